@@ -1,0 +1,37 @@
+// prelude.wgsl: helpers and structs shared by every adore kernel (prepended to each shader).
+
+// Per-step values that change between submissions of the same recorded plan.
+struct Step {
+    n_rows: u32,   // rows (tokens) processed in this step
+    n_slots: u32,  // KV slots in use (attention scans slots 0..n_slots)
+    counter: u32,  // sampling counter: one random draw per step
+    pad: u32,
+}
+
+// Scores below this are masked out (WGSL has no infinity literals).
+const MASKED: f32 = -1.0e30;
+
+fn silu(v: f32) -> f32 {
+    return v / (1.0 + exp(-v));
+}
+
+// Maps an f32 to a u32 with the same ordering (larger float -> larger key).
+fn order_key(v: f32) -> u32 {
+    let b = bitcast<u32>(v);
+    if (b & 0x80000000u) != 0u {
+        return ~b;
+    }
+    return b | 0x80000000u;
+}
+
+// PCG hash: a well-mixed 32-bit value from a 32-bit input.
+fn pcg_hash(v: u32) -> u32 {
+    let state = v * 747796405u + 2891336453u;
+    let word = ((state >> ((state >> 28u) + 4u)) ^ state) * 277803737u;
+    return (word >> 22u) ^ word;
+}
+
+// Uniform draw in [0, 1) from (seed, counter), 24 bits of resolution.
+fn uniform01(seed: u32, counter: u32) -> f32 {
+    return f32(pcg_hash(seed ^ pcg_hash(counter)) >> 8u) / 16777216.0;
+}

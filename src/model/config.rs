@@ -1,0 +1,150 @@
+//! Model hyper-parameters, read from GGUF metadata or a Hugging Face config.json, and checked.
+
+use serde::Deserialize;
+
+use super::gguf::Gguf;
+use crate::error::{Error, Result};
+
+/// Llama-family hyper-parameters.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Config {
+    pub hidden: usize,
+    pub ffn: usize,
+    pub layers: usize,
+    pub n_heads: usize,
+    pub n_kv_heads: usize,
+    pub head_dim: usize,
+    pub vocab: usize,
+    /// Trained context length.
+    pub context: usize,
+    pub rms_eps: f32,
+    pub rope_theta: f32,
+    /// RoPE pairs (2i, 2i+1) (llama.cpp's GGUF row layout) rather than (i, i + d/2).
+    pub rope_interleaved: bool,
+}
+
+impl Config {
+    pub fn q_dim(&self) -> usize {
+        self.n_heads * self.head_dim
+    }
+    pub fn kv_dim(&self) -> usize {
+        self.n_kv_heads * self.head_dim
+    }
+
+    /// Rejects configurations the engine cannot run, naming the field.
+    pub fn validate(&self) -> Result<()> {
+        let bad = |m: String| Err(Error::Config(m));
+        let limits = [
+            ("hidden size", self.hidden, 1 << 16),
+            ("feed-forward size", self.ffn, 1 << 18),
+            ("layer count", self.layers, 1024),
+            ("head count", self.n_heads, 1024),
+            ("KV head count", self.n_kv_heads, 1024),
+            ("head dimension", self.head_dim, 256),
+            ("vocabulary size", self.vocab, 1 << 22),
+            ("context length", self.context, 1 << 24),
+        ];
+        for (name, v, max) in limits {
+            if v == 0 || v > max {
+                return bad(format!("{name} is {v}; it must be between 1 and {max}"));
+            }
+        }
+        if self.n_heads % self.n_kv_heads != 0 {
+            return bad(format!("{} query heads are not a multiple of {} KV heads", self.n_heads, self.n_kv_heads));
+        }
+        if self.head_dim % 2 != 0 {
+            return bad(format!("head dimension {} is odd; RoPE needs pairs", self.head_dim));
+        }
+        if !(self.rms_eps >= 0.0 && self.rms_eps < 1.0) {
+            return bad(format!("RMSNorm epsilon {} is outside [0, 1)", self.rms_eps));
+        }
+        if !(self.rope_theta > 1.0 && self.rope_theta.is_finite()) {
+            return bad(format!("RoPE base {} must be a finite number above 1", self.rope_theta));
+        }
+        Ok(())
+    }
+
+    /// From GGUF metadata (`<arch>.*` keys).
+    pub fn from_gguf(g: &Gguf) -> Result<Self> {
+        let arch = g.get("general.architecture").and_then(|v| v.as_str()).unwrap_or("llama").to_string();
+        if !matches!(arch.as_str(), "llama" | "mistral") {
+            return Err(Error::Config(format!("{}: architecture {arch:?} is not a Llama-family model", g.file)));
+        }
+        let int = |key: &str| -> Result<usize> {
+            let full = format!("{arch}.{key}");
+            g.get(&full)
+                .and_then(|v| v.as_u64())
+                .map(|v| v as usize)
+                .ok_or_else(|| Error::Config(format!("{}: metadata {full} is missing or not an unsigned integer", g.file)))
+        };
+        let float = |key: &str, default: f64| -> f32 { g.get(&format!("{arch}.{key}")).and_then(|v| v.as_f64()).unwrap_or(default) as f32 };
+        let hidden = int("embedding_length")?;
+        let n_heads = int("attention.head_count")?;
+        let n_kv_heads = int("attention.head_count_kv").unwrap_or(n_heads);
+        let head_dim = if n_heads > 0 { hidden / n_heads } else { 0 };
+        let vocab = match int("vocab_size") {
+            Ok(v) => v,
+            Err(_) => g.get("tokenizer.ggml.tokens").and_then(|v| v.as_array()).map_or(0, |a| a.len()),
+        };
+        let cfg = Self {
+            hidden,
+            ffn: int("feed_forward_length")?,
+            layers: int("block_count")?,
+            n_heads,
+            n_kv_heads,
+            head_dim,
+            vocab,
+            context: int("context_length")?,
+            rms_eps: float("attention.layer_norm_rms_epsilon", 1e-5),
+            rope_theta: float("rope.freq_base", 10000.0),
+            rope_interleaved: true,
+        };
+        if let Ok(rope_dims) = int("rope.dimension_count") {
+            if rope_dims != head_dim {
+                return Err(Error::Config(format!("{}: partial rotary embeddings ({rope_dims} of {head_dim} dims) are not supported", g.file)));
+            }
+        }
+        cfg.validate()?;
+        Ok(cfg)
+    }
+
+    /// From a Hugging Face config.json.
+    pub fn from_hf_json(file: &str, text: &str) -> Result<Self> {
+        #[derive(Deserialize)]
+        struct Hf {
+            hidden_size: usize,
+            intermediate_size: usize,
+            num_hidden_layers: usize,
+            num_attention_heads: usize,
+            num_key_value_heads: Option<usize>,
+            head_dim: Option<usize>,
+            vocab_size: usize,
+            max_position_embeddings: Option<usize>,
+            rms_norm_eps: Option<f64>,
+            rope_theta: Option<f64>,
+            model_type: Option<String>,
+        }
+        let hf: Hf = serde_json::from_str(text).map_err(|e| Error::malformed(file, format!("not a usable config.json: {e}")))?;
+        if let Some(t) = &hf.model_type {
+            if !matches!(t.as_str(), "llama" | "mistral") {
+                return Err(Error::Config(format!("{file}: model_type {t:?} is not a Llama-family model")));
+            }
+        }
+        let n_heads = hf.num_attention_heads;
+        let cfg = Self {
+            hidden: hf.hidden_size,
+            ffn: hf.intermediate_size,
+            layers: hf.num_hidden_layers,
+            n_heads,
+            n_kv_heads: hf.num_key_value_heads.unwrap_or(n_heads),
+            head_dim: hf.head_dim.unwrap_or(if n_heads > 0 { hf.hidden_size / n_heads } else { 0 }),
+            vocab: hf.vocab_size,
+            context: hf.max_position_embeddings.unwrap_or(2048),
+            rms_eps: hf.rms_norm_eps.unwrap_or(1e-6) as f32,
+            rope_theta: hf.rope_theta.unwrap_or(10000.0) as f32,
+            rope_interleaved: false,
+        };
+        cfg.validate()?;
+        Ok(cfg)
+    }
+}

@@ -1,0 +1,315 @@
+//! Models: reading GGUF files and Hugging Face directories, checking every tensor against the
+//! configuration, and uploading the weights (still quantized) to the GPU.
+
+pub mod config;
+pub mod gguf;
+pub mod tokenizer;
+
+use std::borrow::Cow;
+use std::collections::HashMap;
+use std::sync::Arc;
+
+pub use config::Config;
+pub use tokenizer::Tokenizer;
+
+use crate::error::{Error, Result};
+use crate::gpu::Context;
+use crate::tensor::{DType, GpuWeight, HostTensor};
+
+/// The bytes of a model, however they arrived (files on disk, a download, a browser upload).
+pub enum Source<'a> {
+    /// One GGUF file.
+    Gguf { name: String, bytes: &'a [u8] },
+    /// A Hugging Face directory: config.json, one or more *.safetensors, tokenizer.json.
+    HfDir { config_json: (String, &'a [u8]), safetensors: Vec<(String, &'a [u8])>, tokenizer_json: (String, &'a [u8]) },
+}
+
+/// A model read from its files and checked, not yet on the GPU. Tensors use GGUF names.
+pub struct ModelSpec<'a> {
+    pub name: String,
+    pub config: Config,
+    pub tensors: HashMap<String, HostTensor<'a>>,
+    pub tokenizer: Tokenizer,
+    pub chat_template: Option<String>,
+}
+
+/// Hugging Face tensor names -> GGUF names.
+fn hf_to_gguf(name: &str) -> Option<String> {
+    let fixed = match name {
+        "model.embed_tokens.weight" => Some("token_embd.weight"),
+        "model.norm.weight" => Some("output_norm.weight"),
+        "lm_head.weight" => Some("output.weight"),
+        _ => None,
+    };
+    if let Some(f) = fixed {
+        return Some(f.to_string());
+    }
+    let rest = name.strip_prefix("model.layers.")?;
+    let (layer, part) = rest.split_once('.')?;
+    let layer: usize = layer.parse().ok()?;
+    let short = match part {
+        "input_layernorm.weight" => "attn_norm",
+        "self_attn.q_proj.weight" => "attn_q",
+        "self_attn.k_proj.weight" => "attn_k",
+        "self_attn.v_proj.weight" => "attn_v",
+        "self_attn.o_proj.weight" => "attn_output",
+        "post_attention_layernorm.weight" => "ffn_norm",
+        "mlp.gate_proj.weight" => "ffn_gate",
+        "mlp.up_proj.weight" => "ffn_up",
+        "mlp.down_proj.weight" => "ffn_down",
+        _ => return None,
+    };
+    Some(format!("blk.{layer}.{short}.weight"))
+}
+
+impl<'a> ModelSpec<'a> {
+    /// Parses and checks a model's files.
+    pub fn read(source: Source<'a>) -> Result<Self> {
+        let spec = match source {
+            Source::Gguf { name, bytes } => {
+                let g = gguf::Gguf::parse(&name, bytes)?;
+                let config = Config::from_gguf(&g)?;
+                let tokenizer = Tokenizer::from_gguf(&g)?;
+                let tensors = g.tensors.iter().map(|t| (t.name.clone(), g.tensor(t))).collect();
+                let chat_template = g.get("tokenizer.chat_template").and_then(|v| v.as_str()).map(str::to_string);
+                ModelSpec { name, config, tensors, tokenizer, chat_template }
+            }
+            Source::HfDir { config_json, safetensors, tokenizer_json } => {
+                let text = std::str::from_utf8(config_json.1).map_err(|_| Error::malformed(&config_json.0, "not UTF-8 text"))?;
+                let config = Config::from_hf_json(&config_json.0, text)?;
+                let tokenizer = Tokenizer::from_json(&tokenizer_json.0, tokenizer_json.1)?;
+                if safetensors.is_empty() {
+                    return Err(Error::MissingTensor { tensor: "any *.safetensors file".into() });
+                }
+                let mut tensors = HashMap::new();
+                for (file, bytes) in safetensors {
+                    if bytes.is_empty() {
+                        return Err(Error::EmptyFile { path: file });
+                    }
+                    let st = safetensors::SafeTensors::deserialize(bytes).map_err(|e| Error::malformed(&file, format!("not a valid safetensors file: {e}")))?;
+                    for (hf_name, view) in st.tensors() {
+                        let Some(name) = hf_to_gguf(&hf_name) else { continue };
+                        let dtype = match view.dtype() {
+                            safetensors::Dtype::F32 => DType::F32,
+                            safetensors::Dtype::F16 => DType::F16,
+                            safetensors::Dtype::BF16 => DType::BF16,
+                            other => return Err(Error::UnknownDtype { file: file.clone(), tensor: hf_name.clone(), dtype: format!("{other:?}") }),
+                        };
+                        tensors.insert(name.clone(), HostTensor { name, dtype, shape: view.shape().to_vec(), data: Cow::Borrowed(view.data()) });
+                    }
+                }
+                let chat_template = serde_json::from_slice::<serde_json::Value>(tokenizer_json.1)
+                    .ok()
+                    .and_then(|v| v.get("chat_template").and_then(|t| t.as_str()).map(str::to_string));
+                ModelSpec { name: config_json.0.trim_end_matches("config.json").trim_end_matches('/').to_string(), config, tensors, tokenizer, chat_template }
+            }
+        };
+        spec.check()?;
+        Ok(spec)
+    }
+
+    /// Every tensor the forward pass needs is present with the shape the configuration implies.
+    fn check(&self) -> Result<()> {
+        for (name, shape) in self.expected_shapes() {
+            let Some(t) = self.tensors.get(&name) else {
+                if name == "output.weight" {
+                    continue; // tied to token_embd
+                }
+                return Err(Error::MissingTensor { tensor: name });
+            };
+            if t.shape != shape {
+                return Err(Error::ShapeMismatch { tensor: name, expected: shape, found: t.shape.clone() });
+            }
+            if t.dtype.is_quantized() && shape.len() == 1 {
+                return Err(Error::malformed(&self.name, format!("norm weight {name} is quantized ({:?}); F32, F16 or BF16 expected", t.dtype)));
+            }
+        }
+        if self.tokenizer.vocab_size() > self.config.vocab {
+            return Err(Error::Config(format!("the tokenizer has {} tokens but the model only {} embedding rows", self.tokenizer.vocab_size(), self.config.vocab)));
+        }
+        Ok(())
+    }
+
+    fn expected_shapes(&self) -> Vec<(String, Vec<usize>)> {
+        let c = &self.config;
+        let mut v = vec![
+            ("token_embd.weight".to_string(), vec![c.vocab, c.hidden]),
+            ("output.weight".to_string(), vec![c.vocab, c.hidden]),
+            ("output_norm.weight".to_string(), vec![c.hidden]),
+        ];
+        for l in 0..c.layers {
+            let t = |s: &str| format!("blk.{l}.{s}.weight");
+            v.extend([
+                (t("attn_norm"), vec![c.hidden]),
+                (t("attn_q"), vec![c.q_dim(), c.hidden]),
+                (t("attn_k"), vec![c.kv_dim(), c.hidden]),
+                (t("attn_v"), vec![c.kv_dim(), c.hidden]),
+                (t("attn_output"), vec![c.hidden, c.q_dim()]),
+                (t("ffn_norm"), vec![c.hidden]),
+                (t("ffn_gate"), vec![c.ffn, c.hidden]),
+                (t("ffn_up"), vec![c.ffn, c.hidden]),
+                (t("ffn_down"), vec![c.hidden, c.ffn]),
+            ]);
+        }
+        v
+    }
+
+    fn get(&self, name: &str) -> Result<&HostTensor<'a>> {
+        self.tensors.get(name).ok_or_else(|| Error::MissingTensor { tensor: name.into() })
+    }
+
+    /// Bytes that will be uploaded (for progress reports).
+    pub fn total_bytes(&self) -> u64 {
+        self.tensors.values().map(|t| t.data.len() as u64).sum()
+    }
+}
+
+/// One transformer block's weights on the GPU.
+pub struct Layer {
+    pub attn_norm: wgpu::Buffer,
+    pub q: GpuWeight,
+    pub k: GpuWeight,
+    pub v: GpuWeight,
+    pub o: GpuWeight,
+    pub ffn_norm: wgpu::Buffer,
+    pub gate: GpuWeight,
+    pub up: GpuWeight,
+    pub down: GpuWeight,
+}
+
+/// All weights on the GPU.
+pub struct Weights {
+    pub embed: GpuWeight,
+    /// None: tied to `embed`.
+    pub lm_head: Option<GpuWeight>,
+    pub output_norm: wgpu::Buffer,
+    pub layers: Vec<Layer>,
+}
+
+impl Weights {
+    pub fn lm_head(&self) -> &GpuWeight {
+        self.lm_head.as_ref().unwrap_or(&self.embed)
+    }
+}
+
+/// A model on the GPU, ready for sessions.
+pub struct Model {
+    pub ctx: Arc<Context>,
+    pub name: String,
+    pub config: Config,
+    pub weights: Weights,
+    pub tokenizer: Tokenizer,
+    pub chat_template: Option<String>,
+}
+
+impl Model {
+    /// Uploads `spec` to the GPU; `progress(bytes_done, bytes_total)` is called after each tensor.
+    pub fn load(ctx: Arc<Context>, spec: ModelSpec, progress: &mut dyn FnMut(u64, u64)) -> Result<Self> {
+        let total = spec.total_bytes();
+        let mut done = 0u64;
+        let mut step = |t: &HostTensor| {
+            done += t.data.len() as u64;
+            progress(done, total);
+        };
+        let mut weight = |name: &str| -> Result<GpuWeight> {
+            let t = spec.get(name)?;
+            let w = GpuWeight::upload(&ctx, t)?;
+            step(t);
+            Ok(w)
+        };
+        let norm = |name: &str| -> Result<wgpu::Buffer> {
+            let t = spec.get(name)?;
+            ctx.storage_init(name, bytemuck::cast_slice(&t.to_f32()))
+        };
+        let embed = weight("token_embd.weight")?;
+        let lm_head = if spec.tensors.contains_key("output.weight") { Some(weight("output.weight")?) } else { None };
+        let mut layers = Vec::with_capacity(spec.config.layers);
+        for l in 0..spec.config.layers {
+            let n = |s: &str| format!("blk.{l}.{s}.weight");
+            layers.push(Layer {
+                attn_norm: norm(&n("attn_norm"))?,
+                q: weight(&n("attn_q"))?,
+                k: weight(&n("attn_k"))?,
+                v: weight(&n("attn_v"))?,
+                o: weight(&n("attn_output"))?,
+                ffn_norm: norm(&n("ffn_norm"))?,
+                gate: weight(&n("ffn_gate"))?,
+                up: weight(&n("ffn_up"))?,
+                down: weight(&n("ffn_down"))?,
+            });
+        }
+        let output_norm = norm("output_norm.weight")?;
+        ctx.take_error()?;
+        progress(total, total);
+        Ok(Self {
+            ctx,
+            name: spec.name,
+            config: spec.config,
+            weights: Weights { embed, lm_head, output_norm, layers },
+            tokenizer: spec.tokenizer,
+            chat_template: spec.chat_template,
+        })
+    }
+}
+
+/// Reads a model from disk: a .gguf file, or a Hugging Face directory.
+#[cfg(not(target_arch = "wasm32"))]
+pub mod files {
+    use std::path::{Path, PathBuf};
+
+    use super::Source;
+    use crate::error::{Error, Result};
+
+    /// The raw bytes of a model on disk, kept alive while a [`Source`] borrows them.
+    pub enum Files {
+        Gguf(String, Vec<u8>),
+        HfDir { config: (String, Vec<u8>), safetensors: Vec<(String, Vec<u8>)>, tokenizer: (String, Vec<u8>) },
+    }
+
+    fn read(path: &Path) -> Result<Vec<u8>> {
+        let bytes = std::fs::read(path).map_err(|e| Error::Io { path: path.to_path_buf(), source: e })?;
+        if bytes.is_empty() {
+            return Err(Error::EmptyFile { path: path.display().to_string() });
+        }
+        Ok(bytes)
+    }
+
+    impl Files {
+        pub fn read(path: &Path) -> Result<Self> {
+            let meta = std::fs::metadata(path).map_err(|e| Error::Io { path: path.to_path_buf(), source: e })?;
+            if !meta.is_dir() {
+                return Ok(Files::Gguf(path.display().to_string(), read(path)?));
+            }
+            let named = |f: &str| -> Result<(String, Vec<u8>)> {
+                let p: PathBuf = path.join(f);
+                Ok((p.display().to_string(), read(&p)?))
+            };
+            let mut st: Vec<PathBuf> = std::fs::read_dir(path)
+                .map_err(|e| Error::Io { path: path.to_path_buf(), source: e })?
+                .filter_map(|e| e.ok().map(|e| e.path()))
+                .filter(|p| p.extension().is_some_and(|x| x == "safetensors"))
+                .collect();
+            st.sort();
+            let safetensors = st.iter().map(|p| Ok((p.display().to_string(), read(p)?))).collect::<Result<_>>()?;
+            Ok(Files::HfDir { config: named("config.json")?, safetensors, tokenizer: named("tokenizer.json")? })
+        }
+
+        pub fn source(&self) -> Source<'_> {
+            match self {
+                Files::Gguf(name, bytes) => Source::Gguf { name: name.clone(), bytes },
+                Files::HfDir { config, safetensors, tokenizer } => Source::HfDir {
+                    config_json: (config.0.clone(), &config.1),
+                    safetensors: safetensors.iter().map(|(n, b)| (n.clone(), &b[..])).collect(),
+                    tokenizer_json: (tokenizer.0.clone(), &tokenizer.1),
+                },
+            }
+        }
+    }
+
+    /// Reads, checks and uploads the model at `path`.
+    pub fn load(ctx: std::sync::Arc<crate::gpu::Context>, path: &Path, progress: &mut dyn FnMut(u64, u64)) -> Result<super::Model> {
+        let files = Files::read(path)?;
+        let spec = super::ModelSpec::read(files.source())?;
+        super::Model::load(ctx, spec, progress)
+    }
+}

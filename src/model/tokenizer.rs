@@ -1,0 +1,133 @@
+//! Text <-> token ids, with the `tokenizers` crate: from tokenizer.json, or built from GGUF
+//! metadata (byte-level BPE with the pre-tokenizer the file names). Special tokens written in
+//! the text (`<|im_start|>`) are recognised.
+
+use serde_json::json;
+
+use super::gguf::Gguf;
+use crate::error::{Error, Result};
+
+pub struct Tokenizer {
+    inner: tokenizers::Tokenizer,
+    pub bos: Option<u32>,
+    pub eos: Option<u32>,
+    pub add_bos: bool,
+}
+
+const LLAMA3_SPLIT: &str = r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+";
+
+impl Tokenizer {
+    /// From the contents of a tokenizer.json.
+    pub fn from_json(file: &str, bytes: &[u8]) -> Result<Self> {
+        let inner = tokenizers::Tokenizer::from_bytes(bytes).map_err(|e| Error::Tokenizer(format!("{file}: {e}")))?;
+        let find = |names: &[&str]| names.iter().find_map(|n| inner.token_to_id(n));
+        let bos = find(&["<|im_start|>", "<s>", "<|begin_of_text|>"]);
+        let eos = find(&["<|im_end|>", "</s>", "<|eot_id|>", "<|endoftext|>"]);
+        Ok(Self { inner, bos, eos, add_bos: false })
+    }
+
+    /// Builds the tokenizer described by a GGUF file's `tokenizer.ggml.*` metadata.
+    pub fn from_gguf(g: &Gguf) -> Result<Self> {
+        let err = |m: String| Error::Tokenizer(format!("{}: {m}", g.file));
+        let model = g.get("tokenizer.ggml.model").and_then(|v| v.as_str()).ok_or_else(|| err("no tokenizer.ggml.model in the metadata".into()))?;
+        if model != "gpt2" {
+            return Err(err(format!("tokenizer model {model:?} is not supported (byte-level BPE \"gpt2\" is); convert the model with a tokenizer.json")));
+        }
+        let strings = |key: &str| -> Result<Vec<&str>> {
+            let arr = g.get(key).and_then(|v| v.as_array()).ok_or_else(|| err(format!("{key} is missing or not an array")))?;
+            arr.iter().map(|v| v.as_str().ok_or_else(|| err(format!("{key} holds a non-string")))).collect()
+        };
+        let tokens = strings("tokenizer.ggml.tokens")?;
+        let merges = strings("tokenizer.ggml.merges")?;
+        let types: Vec<u64> = match g.get("tokenizer.ggml.token_type").and_then(|v| v.as_array()) {
+            Some(a) => a.iter().map(|v| v.as_u64().unwrap_or(1)).collect(),
+            None => vec![1; tokens.len()],
+        };
+        let mut vocab = serde_json::Map::with_capacity(tokens.len());
+        let mut added = Vec::new();
+        for (id, t) in tokens.iter().enumerate() {
+            vocab.insert(t.to_string(), json!(id));
+            // 3 = control, 4 = user-defined: matched whole in the input text.
+            if matches!(types.get(id), Some(3) | Some(4)) {
+                added.push(json!({"id": id, "content": t, "single_word": false, "lstrip": false, "rstrip": false,
+                                  "normalized": false, "special": types.get(id) == Some(&3)}));
+            }
+        }
+        let pre = g.get("tokenizer.ggml.pre").and_then(|v| v.as_str()).unwrap_or("default");
+        let byte_level = |regex: bool| json!({"type": "ByteLevel", "add_prefix_space": false, "trim_offsets": true, "use_regex": regex});
+        let pre_tokenizer = match pre {
+            "default" | "gpt2" | "gpt-2" => byte_level(true),
+            "smollm" | "starcoder" | "refact" => json!({"type": "Sequence", "pretokenizers": [
+                {"type": "Digits", "individual_digits": true}, byte_level(true)]}),
+            "llama-bpe" | "llama3" | "dbrx" | "smaug-bpe" => json!({"type": "Sequence", "pretokenizers": [
+                {"type": "Split", "pattern": {"Regex": LLAMA3_SPLIT}, "behavior": "Isolated", "invert": false}, byte_level(false)]}),
+            other => return Err(err(format!("pre-tokenizer {other:?} is not supported (gpt2, smollm, llama-bpe are)"))),
+        };
+        let spec = json!({
+            "version": "1.0", "truncation": null, "padding": null, "added_tokens": added, "normalizer": null,
+            "pre_tokenizer": pre_tokenizer, "post_processor": null,
+            "decoder": {"type": "ByteLevel", "add_prefix_space": true, "trim_offsets": true, "use_regex": true},
+            "model": {"type": "BPE", "dropout": null, "unk_token": null, "continuing_subword_prefix": null,
+                      "end_of_word_suffix": null, "fuse_unk": false, "byte_fallback": false, "ignore_merges": false,
+                      "vocab": vocab, "merges": merges},
+        });
+        let text = serde_json::to_vec(&spec).map_err(|e| err(e.to_string()))?;
+        let inner = tokenizers::Tokenizer::from_bytes(&text).map_err(|e| err(format!("building the BPE tokenizer: {e}")))?;
+        let id = |key: &str| g.get(key).and_then(|v| v.as_u64()).map(|v| v as u32).filter(|&v| (v as usize) < tokens.len());
+        Ok(Self {
+            inner,
+            bos: id("tokenizer.ggml.bos_token_id"),
+            eos: id("tokenizer.ggml.eos_token_id"),
+            add_bos: g.get("tokenizer.ggml.add_bos_token").and_then(|v| v.as_bool()).unwrap_or(false),
+        })
+    }
+
+    pub fn vocab_size(&self) -> usize {
+        self.inner.get_vocab_size(true)
+    }
+
+    /// Token ids of `text` (with the BOS token first when the model asks for it).
+    pub fn encode(&self, text: &str) -> Result<Vec<u32>> {
+        let enc = self.inner.encode(text, false).map_err(|e| Error::Tokenizer(e.to_string()))?;
+        let mut ids = Vec::with_capacity(enc.len() + 1);
+        if self.add_bos {
+            ids.extend(self.bos);
+        }
+        ids.extend_from_slice(enc.get_ids());
+        Ok(ids)
+    }
+
+    /// Text of `ids` (special tokens kept).
+    pub fn decode(&self, ids: &[u32]) -> Result<String> {
+        self.inner.decode(ids, false).map_err(|e| Error::Tokenizer(e.to_string()))
+    }
+
+    /// An incremental decoder that only emits complete UTF-8 text.
+    pub fn stream(&self) -> TextStream<'_> {
+        TextStream { tok: self, ids: Vec::new() }
+    }
+
+    pub fn id_to_token(&self, id: u32) -> Option<String> {
+        self.inner.id_to_token(id)
+    }
+}
+
+/// Streams text from tokens as they arrive, holding back incomplete characters. Byte-level
+/// tokens decode independently, so only the tokens not yet emitted are decoded each time.
+pub struct TextStream<'a> {
+    tok: &'a Tokenizer,
+    ids: Vec<u32>,
+}
+
+impl TextStream<'_> {
+    /// Adds a token; returns the new text that became complete.
+    pub fn push(&mut self, id: u32) -> Result<String> {
+        self.ids.push(id);
+        let text = self.tok.decode(&self.ids)?;
+        if text.ends_with('\u{FFFD}') && self.ids.len() < 8 {
+            return Ok(String::new());
+        }
+        self.ids.clear();
+        Ok(text)
+    }
+}

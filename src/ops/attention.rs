@@ -1,0 +1,106 @@
+//! Grouped-query attention over the slot-based KV cache (shaders/attention.wgsl).
+
+use super::{check_len, groups};
+use crate::error::{Error, Result};
+use crate::gpu::{Context, Dispatch};
+use crate::shaders;
+
+/// Marks a free slot in the slot table.
+pub const INVALID_SLOT: u32 = u32::MAX;
+
+#[repr(C)]
+#[derive(Clone, Copy, Debug, bytemuck::Pod, bytemuck::Zeroable)]
+pub struct Params {
+    pub n_heads: u32,
+    pub n_kv_heads: u32,
+    pub head_dim: u32,
+    pub scale: f32,
+}
+
+/// Head geometry.
+#[derive(Clone, Copy, Debug)]
+pub struct Heads {
+    pub n_heads: usize,
+    pub n_kv_heads: usize,
+    pub head_dim: usize,
+}
+
+impl Heads {
+    pub fn check(&self) -> Result<()> {
+        let Heads { n_heads, n_kv_heads, head_dim } = *self;
+        if n_heads == 0 || n_kv_heads == 0 || n_heads % n_kv_heads != 0 || head_dim == 0 || head_dim > 256 {
+            return Err(Error::Shape {
+                op: "attention",
+                what: format!("{n_heads} query heads, {n_kv_heads} KV heads, head_dim {head_dim}: heads must divide evenly and head_dim be 1..=256"),
+            });
+        }
+        Ok(())
+    }
+}
+
+pub struct Buffers<'a> {
+    pub q: &'a wgpu::Buffer,
+    pub k_cache: &'a wgpu::Buffer,
+    pub v_cache: &'a wgpu::Buffer,
+    pub slot_pos: &'a wgpu::Buffer,
+    pub positions: &'a wgpu::Buffer,
+    pub out: &'a wgpu::Buffer,
+}
+
+pub fn build(ctx: &Context, b: &Buffers, step: &wgpu::Buffer, heads: Heads, capacity: usize, max_rows: usize) -> Result<Dispatch> {
+    heads.check()?;
+    let qd = heads.n_heads * heads.head_dim;
+    let kvd = heads.n_kv_heads * heads.head_dim;
+    check_len("attention", "q", b.q, max_rows * qd)?;
+    check_len("attention", "out", b.out, max_rows * qd)?;
+    check_len("attention", "k_cache", b.k_cache, capacity * kvd)?;
+    check_len("attention", "v_cache", b.v_cache, capacity * kvd)?;
+    check_len("attention", "slot_pos", b.slot_pos, capacity)?;
+    check_len("attention", "positions", b.positions, max_rows)?;
+    let params = ctx.uniform(
+        "attention.params",
+        &Params { n_heads: heads.n_heads as u32, n_kv_heads: heads.n_kv_heads as u32, head_dim: heads.head_dim as u32, scale: 1.0 / (heads.head_dim as f32).sqrt() },
+    );
+    let pipeline = ctx.pipeline(&shaders::ATTENTION, "main", &[])?;
+    Ok(ctx.dispatch(
+        pipeline,
+        &[b.q, b.k_cache, b.v_cache, b.slot_pos, b.positions, b.out, &params, step],
+        [groups("attention", heads.n_heads, 1)?, groups("attention", max_rows, 1)?, 1],
+    ))
+}
+
+/// Reference in f64: q (rows, n_heads·hd), caches (n_slots, n_kv·hd), slot_pos (n_slots).
+pub fn reference(q: &[f32], k: &[f32], v: &[f32], slot_pos: &[u32], positions: &[u32], heads: Heads) -> Vec<f32> {
+    let Heads { n_heads, n_kv_heads, head_dim: hd } = heads;
+    let group = n_heads / n_kv_heads;
+    let kvd = n_kv_heads * hd;
+    let scale = 1.0 / (hd as f64).sqrt();
+    let mut out = vec![0f32; positions.len() * n_heads * hd];
+    for (r, &pos) in positions.iter().enumerate() {
+        for h in 0..n_heads {
+            let kvh = h / group;
+            let qv = &q[(r * n_heads + h) * hd..(r * n_heads + h + 1) * hd];
+            let scores: Vec<Option<f64>> = slot_pos
+                .iter()
+                .enumerate()
+                .map(|(j, &sp)| {
+                    (sp != INVALID_SLOT && sp <= pos).then(|| {
+                        let kr = &k[j * kvd + kvh * hd..j * kvd + (kvh + 1) * hd];
+                        qv.iter().zip(kr).map(|(a, b)| *a as f64 * *b as f64).sum::<f64>() * scale
+                    })
+                })
+                .collect();
+            let m = scores.iter().flatten().copied().fold(f64::NEG_INFINITY, f64::max);
+            if m == f64::NEG_INFINITY {
+                continue;
+            }
+            let w: Vec<f64> = scores.iter().map(|s| s.map_or(0.0, |s| (s - m).exp())).collect();
+            let z: f64 = w.iter().sum();
+            for d in 0..hd {
+                let s: f64 = w.iter().enumerate().map(|(j, wj)| wj * v[j * kvd + kvh * hd + d] as f64).sum();
+                out[(r * n_heads + h) * hd + d] = (s / z) as f32;
+            }
+        }
+    }
+    out
+}

@@ -1,0 +1,53 @@
+//! Stores a step's keys and values in their cache slots (shaders/kv_write.wgsl).
+
+use super::{check_len, groups};
+use crate::error::Result;
+use crate::gpu::{Context, Dispatch};
+use crate::shaders;
+
+#[repr(C)]
+#[derive(Clone, Copy, Debug, bytemuck::Pod, bytemuck::Zeroable)]
+pub struct Params {
+    pub kv_dim: u32,
+    pub write_table: u32,
+    pub capacity: u32,
+    pub pad: u32,
+}
+
+/// The buffers a KV write touches.
+pub struct KvWrite<'a> {
+    pub k: &'a wgpu::Buffer,
+    pub v: &'a wgpu::Buffer,
+    pub k_cache: &'a wgpu::Buffer,
+    pub v_cache: &'a wgpu::Buffer,
+    pub slots: &'a wgpu::Buffer,
+    pub slot_pos: &'a wgpu::Buffer,
+    pub positions: &'a wgpu::Buffer,
+}
+
+pub fn build(ctx: &Context, b: &KvWrite, step: &wgpu::Buffer, kv_dim: usize, capacity: usize, max_rows: usize, write_table: bool) -> Result<Dispatch> {
+    check_len("kv_write", "k", b.k, max_rows * kv_dim)?;
+    check_len("kv_write", "v", b.v, max_rows * kv_dim)?;
+    check_len("kv_write", "k_cache", b.k_cache, capacity * kv_dim)?;
+    check_len("kv_write", "v_cache", b.v_cache, capacity * kv_dim)?;
+    check_len("kv_write", "slots", b.slots, max_rows)?;
+    check_len("kv_write", "slot_pos", b.slot_pos, capacity)?;
+    check_len("kv_write", "positions", b.positions, max_rows)?;
+    let params = ctx.uniform("kv_write.params", &Params { kv_dim: kv_dim as u32, write_table: write_table as u32, capacity: capacity as u32, pad: 0 });
+    let pipeline = ctx.pipeline(&shaders::KV_WRITE, "main", &[])?;
+    Ok(ctx.dispatch(
+        pipeline,
+        &[b.k, b.v, b.k_cache, b.v_cache, b.slots, b.slot_pos, b.positions, &params, step],
+        [groups("kv_write", kv_dim, 64)?, groups("kv_write", max_rows, 1)?, 1],
+    ))
+}
+
+/// Reference: rows scattered into `cache` (capacity, kv_dim) at `slots`.
+pub fn reference(cache: &mut [f32], rows: &[f32], slots: &[u32], kv_dim: usize) {
+    for (r, &s) in slots.iter().enumerate() {
+        let s = s as usize;
+        if (s + 1) * kv_dim <= cache.len() {
+            cache[s * kv_dim..(s + 1) * kv_dim].copy_from_slice(&rows[r * kv_dim..(r + 1) * kv_dim]);
+        }
+    }
+}

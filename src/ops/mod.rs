@@ -1,0 +1,42 @@
+//! One Rust wrapper per WGSL kernel: its params struct (field for field the WGSL struct), shape
+//! checks, dispatch construction and a plain-Rust reference that the tests compare against.
+
+pub mod add;
+pub mod attention;
+pub mod embed;
+pub mod kv_write;
+pub mod matmul;
+pub mod rmsnorm;
+pub mod rope;
+pub mod sample;
+pub mod swiglu;
+
+use crate::error::{Error, Result};
+
+/// Per-step values shared by every kernel of a plan (the WGSL `Step` struct in the prelude).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, bytemuck::Pod, bytemuck::Zeroable)]
+pub struct Step {
+    pub n_rows: u32,
+    pub n_slots: u32,
+    pub counter: u32,
+    pub pad: u32,
+}
+
+/// Workgroups needed to cover `n` items with groups of `size`, checked against the device's
+/// per-dimension limit.
+pub(crate) fn groups(op: &'static str, n: usize, size: usize) -> Result<u32> {
+    let g = n.div_ceil(size).max(1);
+    if g > 65535 {
+        return Err(Error::Shape { op, what: format!("{n} items need {g} workgroups, over the limit of 65535") });
+    }
+    Ok(g as u32)
+}
+
+/// Fails unless `buffer` holds at least `elems` 4-byte values.
+pub(crate) fn check_len(op: &'static str, what: &str, buffer: &wgpu::Buffer, elems: usize) -> Result<()> {
+    if buffer.size() < (elems * 4) as u64 {
+        return Err(Error::Shape { op, what: format!("{what} holds {} bytes but needs {}", buffer.size(), elems * 4) });
+    }
+    Ok(())
+}

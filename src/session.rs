@@ -1,0 +1,284 @@
+//! A session: one sequence's run state (activations and the slot-based KV cache, allocated
+//! once), the recorded per-step plans, and the prefill / decode steps. Each step writes a
+//! small uniform, replays one recorded plan in one submit, and reads back one token id.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use crate::error::{Error, Result};
+use crate::gpu::Dispatch;
+use crate::model::Model;
+use crate::ops::{self, attention::Heads, attention::INVALID_SLOT, sample::Sampling, Step};
+
+/// Sizes fixed when a session is created.
+#[derive(Clone, Debug)]
+pub struct SessionOptions {
+    /// KV slots: the longest sequence this session can hold (prompt + generated).
+    pub context: usize,
+    /// Most prompt tokens processed per submit.
+    pub chunk: usize,
+    /// Compute logits for every row (perplexity) instead of only the last one.
+    pub all_logits: bool,
+}
+
+impl Default for SessionOptions {
+    fn default() -> Self {
+        Self { context: 2048, chunk: 256, all_logits: false }
+    }
+}
+
+/// Activations, KV cache and step buffers: everything a step touches, allocated once.
+struct RunState {
+    step: wgpu::Buffer,           // Step uniform
+    sample_params: wgpu::Buffer,  // sample::Params uniform
+    tokens: wgpu::Buffer,         // (chunk) u32 input ids; [0] <- sampled id
+    positions: wgpu::Buffer,      // (chunk) u32 absolute positions
+    slots: wgpu::Buffer,          // (chunk) u32 KV slot of each row
+    x: wgpu::Buffer,              // (chunk, hidden) residual stream
+    xn: wgpu::Buffer,             // (chunk, hidden) normalised
+    q: wgpu::Buffer,              // (chunk, n_heads, head_dim)
+    k: wgpu::Buffer,              // (chunk, n_kv_heads, head_dim)
+    v: wgpu::Buffer,              // (chunk, n_kv_heads, head_dim)
+    att: wgpu::Buffer,            // (chunk, n_heads, head_dim)
+    proj: wgpu::Buffer,           // (chunk, hidden) attention / FFN output
+    gate: wgpu::Buffer,           // (chunk, ffn)
+    up: wgpu::Buffer,             // (chunk, ffn)
+    last: wgpu::Buffer,           // (1, hidden) normalised last row
+    logits: wgpu::Buffer,         // (1 or chunk, vocab)
+    k_cache: Vec<wgpu::Buffer>,   // per layer (context, n_kv_heads, head_dim)
+    v_cache: Vec<wgpu::Buffer>,   // per layer (context, n_kv_heads, head_dim)
+    slot_pos: wgpu::Buffer,       // (context) u32 position held by each slot, or INVALID_SLOT
+    readback: wgpu::Buffer,       // 4 bytes, MAP_READ
+}
+
+pub struct Session {
+    pub model: Arc<Model>,
+    pub options: SessionOptions,
+    state: RunState,
+    /// Recorded plans by row capacity (powers of two up to the chunk size).
+    plans: HashMap<usize, Vec<Dispatch>>,
+    sampling: Sampling,
+    /// Tokens in the sequence so far.
+    n_past: usize,
+    counter: u32,
+}
+
+impl Session {
+    pub fn new(model: Arc<Model>, options: SessionOptions) -> Result<Self> {
+        let c = &model.config;
+        if options.context == 0 || options.chunk == 0 {
+            return Err(Error::arg("context and chunk sizes must be at least 1"));
+        }
+        let ctx = &model.ctx;
+        let f = |n: usize| (n * 4) as u64;
+        let chunk = options.chunk.min(options.context).next_power_of_two();
+        let logit_rows = if options.all_logits { chunk } else { 1 };
+        let kv_bytes = f(options.context * c.kv_dim());
+        let cache = |kind: &str| -> Result<Vec<wgpu::Buffer>> { (0..c.layers).map(|l| ctx.storage(&format!("{kind}_cache.{l}"), kv_bytes)).collect() };
+        let state = RunState {
+            step: ctx.uniform("step", &Step::default()),
+            sample_params: ops::sample::params_buffer(ctx, &Sampling::default(), c.vocab),
+            tokens: ctx.storage("tokens", f(chunk))?,
+            positions: ctx.storage("positions", f(chunk))?,
+            slots: ctx.storage("slots", f(chunk))?,
+            x: ctx.storage("x", f(chunk * c.hidden))?,
+            xn: ctx.storage("xn", f(chunk * c.hidden))?,
+            q: ctx.storage("q", f(chunk * c.q_dim()))?,
+            k: ctx.storage("k", f(chunk * c.kv_dim()))?,
+            v: ctx.storage("v", f(chunk * c.kv_dim()))?,
+            att: ctx.storage("att", f(chunk * c.q_dim()))?,
+            proj: ctx.storage("proj", f(chunk * c.hidden))?,
+            gate: ctx.storage("gate", f(chunk * c.ffn))?,
+            up: ctx.storage("up", f(chunk * c.ffn))?,
+            last: ctx.storage("last", f(c.hidden))?,
+            logits: ctx.storage("logits", f(logit_rows * c.vocab))?,
+            k_cache: cache("k")?,
+            v_cache: cache("v")?,
+            slot_pos: ctx.storage_init("slot_pos", bytemuck::cast_slice(&vec![INVALID_SLOT; options.context]))?,
+            readback: ctx.staging(4),
+        };
+        ctx.take_error()?;
+        Ok(Self { model, options: SessionOptions { chunk, ..options }, state, plans: HashMap::new(), sampling: Sampling::default(), n_past: 0, counter: 0 })
+    }
+
+    /// Tokens held so far.
+    pub fn len(&self) -> usize {
+        self.n_past
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.n_past == 0
+    }
+
+    /// Bytes of KV cache this session holds.
+    pub fn kv_bytes(&self) -> u64 {
+        self.state.k_cache.iter().chain(&self.state.v_cache).map(|b| b.size()).sum()
+    }
+
+    /// Forgets the sequence (the buffers stay allocated).
+    pub fn reset(&mut self) {
+        self.n_past = 0;
+        self.counter = 0;
+        let invalid = vec![INVALID_SLOT; self.options.context];
+        self.model.ctx.queue.write_buffer(&self.state.slot_pos, 0, bytemuck::cast_slice(&invalid));
+    }
+
+    /// Sets how following steps choose tokens.
+    pub fn set_sampling(&mut self, sampling: Sampling) -> Result<()> {
+        sampling.validate()?;
+        self.sampling = sampling;
+        let params = sampling.params(self.model.config.vocab);
+        self.model.ctx.queue.write_buffer(&self.state.sample_params, 0, bytemuck::bytes_of(&params));
+        Ok(())
+    }
+
+    /// Records the dispatches of one step for up to `rows` rows: the forward pass, in order.
+    fn build_plan(&self, rows: usize) -> Result<Vec<Dispatch>> {
+        let m = &self.model;
+        let (ctx, c, w, s) = (&*m.ctx, &m.config, &m.weights, &self.state);
+        let step = &s.step;
+        let heads = Heads { n_heads: c.n_heads, n_kv_heads: c.n_kv_heads, head_dim: c.head_dim };
+        let mut plan = Vec::with_capacity(3 + c.layers * 16);
+        // Token embeddings into the residual stream.
+        plan.push(ops::embed::build(ctx, &w.embed, &s.tokens, &s.x, step, rows)?);
+        for (l, layer) in w.layers.iter().enumerate() {
+            // Attention: norm, q/k/v projections, rotary positions, store k/v, attend, project, add.
+            plan.push(ops::rmsnorm::build(ctx, &s.x, &layer.attn_norm, &s.xn, step, c.hidden, c.rms_eps, rows, false)?);
+            plan.push(ops::matmul::build(ctx, &layer.q, &s.xn, &s.q, step, rows, 0)?);
+            plan.push(ops::matmul::build(ctx, &layer.k, &s.xn, &s.k, step, rows, 0)?);
+            plan.push(ops::matmul::build(ctx, &layer.v, &s.xn, &s.v, step, rows, 0)?);
+            plan.push(ops::rope::build(ctx, &s.q, &s.positions, step, c.n_heads, c.head_dim, c.rope_theta, c.rope_interleaved, rows)?);
+            plan.push(ops::rope::build(ctx, &s.k, &s.positions, step, c.n_kv_heads, c.head_dim, c.rope_theta, c.rope_interleaved, rows)?);
+            let kv = ops::kv_write::KvWrite {
+                k: &s.k,
+                v: &s.v,
+                k_cache: &s.k_cache[l],
+                v_cache: &s.v_cache[l],
+                slots: &s.slots,
+                slot_pos: &s.slot_pos,
+                positions: &s.positions,
+            };
+            plan.push(ops::kv_write::build(ctx, &kv, step, c.kv_dim(), self.options.context, rows, l == 0)?);
+            let ab = ops::attention::Buffers { q: &s.q, k_cache: &s.k_cache[l], v_cache: &s.v_cache[l], slot_pos: &s.slot_pos, positions: &s.positions, out: &s.att };
+            plan.push(ops::attention::build(ctx, &ab, step, heads, self.options.context, rows)?);
+            plan.push(ops::matmul::build(ctx, &layer.o, &s.att, &s.proj, step, rows, 0)?);
+            plan.push(ops::add::build(ctx, &s.x, &s.proj, step, c.hidden, rows)?);
+            // Feed-forward: norm, gate and up projections, SwiGLU, down projection, add.
+            plan.push(ops::rmsnorm::build(ctx, &s.x, &layer.ffn_norm, &s.xn, step, c.hidden, c.rms_eps, rows, false)?);
+            plan.push(ops::matmul::build(ctx, &layer.gate, &s.xn, &s.gate, step, rows, 0)?);
+            plan.push(ops::matmul::build(ctx, &layer.up, &s.xn, &s.up, step, rows, 0)?);
+            plan.push(ops::swiglu::build(ctx, &s.gate, &s.up, step, c.ffn, rows)?);
+            plan.push(ops::matmul::build(ctx, &layer.down, &s.gate, &s.proj, step, rows, 0)?);
+            plan.push(ops::add::build(ctx, &s.x, &s.proj, step, c.hidden, rows)?);
+        }
+        if self.options.all_logits {
+            // Final norm and LM head for every row.
+            plan.push(ops::rmsnorm::build(ctx, &s.x, &w.output_norm, &s.xn, step, c.hidden, c.rms_eps, rows, false)?);
+            plan.push(ops::matmul::build(ctx, w.lm_head(), &s.xn, &s.logits, step, rows, 0)?);
+        } else {
+            // Final norm and LM head for the last row only, then choose the next token.
+            plan.push(ops::rmsnorm::build(ctx, &s.x, &w.output_norm, &s.last, step, c.hidden, c.rms_eps, rows, true)?);
+            plan.push(ops::matmul::build(ctx, w.lm_head(), &s.last, &s.logits, step, 1, 1)?);
+            plan.push(ops::sample::build(ctx, &s.logits, &s.tokens, &s.sample_params, step, c.vocab)?);
+        }
+        Ok(plan)
+    }
+
+    /// Uploads the per-step values and submits the plan for `n` rows (tokens already in place
+    /// when `tokens` is None); copies the sampled id to the readback buffer.
+    fn submit(&mut self, tokens: Option<&[u32]>, n: usize) -> Result<()> {
+        let cap = n.next_power_of_two().min(self.options.chunk);
+        if !self.plans.contains_key(&cap) {
+            let plan = self.build_plan(cap)?;
+            self.plans.insert(cap, plan);
+        }
+        let ctx = &self.model.ctx;
+        let s = &self.state;
+        if let Some(t) = tokens {
+            ctx.queue.write_buffer(&s.tokens, 0, bytemuck::cast_slice(t));
+        }
+        let positions: Vec<u32> = (self.n_past..self.n_past + n).map(|p| p as u32).collect();
+        ctx.queue.write_buffer(&s.positions, 0, bytemuck::cast_slice(&positions));
+        ctx.queue.write_buffer(&s.slots, 0, bytemuck::cast_slice(&positions));
+        let step = Step { n_rows: n as u32, n_slots: (self.n_past + n) as u32, counter: self.counter, pad: 0 };
+        ctx.queue.write_buffer(&s.step, 0, bytemuck::bytes_of(&step));
+        let mut encoder = ctx.encoder();
+        ctx.record(&mut encoder, &self.plans[&cap]);
+        if !self.options.all_logits {
+            encoder.copy_buffer_to_buffer(&s.tokens, 0, &s.readback, 0, 4);
+        }
+        ctx.queue.submit([encoder.finish()]);
+        ctx.take_error()?;
+        self.n_past += n;
+        self.counter = self.counter.wrapping_add(1);
+        Ok(())
+    }
+
+    fn check_tokens(&self, tokens: &[u32]) -> Result<()> {
+        if tokens.is_empty() {
+            return Err(Error::EmptyPrompt);
+        }
+        if self.n_past + tokens.len() > self.options.context {
+            return Err(Error::PromptTooLong { tokens: self.n_past + tokens.len(), context: self.options.context });
+        }
+        let vocab = self.model.config.vocab as u32;
+        if let Some(bad) = tokens.iter().find(|&&t| t >= vocab) {
+            return Err(Error::arg(format!("token id {bad} is outside the vocabulary of {vocab}")));
+        }
+        Ok(())
+    }
+
+    /// Processes `tokens` in chunks and returns the next token chosen after the last one.
+    pub async fn prefill(&mut self, tokens: &[u32]) -> Result<u32> {
+        if self.options.all_logits {
+            return Err(Error::arg("this session computes all logits (perplexity); use prefill_logits"));
+        }
+        self.check_tokens(tokens)?;
+        for chunk in tokens.chunks(self.options.chunk) {
+            self.submit(Some(chunk), chunk.len())?;
+        }
+        self.read_token().await
+    }
+
+    /// Feeds the previously chosen token (still on the GPU) and returns the next one.
+    pub async fn step(&mut self) -> Result<u32> {
+        if self.n_past == 0 {
+            return Err(Error::arg("step() needs a prefill first"));
+        }
+        if self.n_past >= self.options.context {
+            return Err(Error::PromptTooLong { tokens: self.n_past + 1, context: self.options.context });
+        }
+        self.submit(None, 1)?;
+        self.read_token().await
+    }
+
+    /// Feeds a token chosen on the CPU (for teacher forcing or chat turns) and returns the next.
+    pub async fn feed(&mut self, token: u32) -> Result<u32> {
+        self.prefill(&[token]).await
+    }
+
+    async fn read_token(&self) -> Result<u32> {
+        let bytes = self.model.ctx.map_read(&self.state.readback, 4).await?;
+        Ok(u32::from_le_bytes([bytes[0], bytes[1], bytes[2], bytes[3]]))
+    }
+
+    /// The logits that chose the last token (vocab values).
+    pub async fn last_logits(&self) -> Result<Vec<f32>> {
+        self.model.ctx.read_f32(&self.state.logits, self.model.config.vocab).await
+    }
+
+    /// Processes `tokens` and returns the logits of every row, (tokens.len(), vocab), row-major.
+    pub async fn prefill_logits(&mut self, tokens: &[u32]) -> Result<Vec<f32>> {
+        if !self.options.all_logits {
+            return Err(Error::arg("this session was created without all_logits"));
+        }
+        self.check_tokens(tokens)?;
+        let vocab = self.model.config.vocab;
+        let mut out = Vec::with_capacity(tokens.len() * vocab);
+        for chunk in tokens.chunks(self.options.chunk) {
+            self.submit(Some(chunk), chunk.len())?;
+            out.extend(self.model.ctx.read_f32(&self.state.logits, chunk.len() * vocab).await?);
+        }
+        Ok(out)
+    }
+}

@@ -1,0 +1,45 @@
+//! The WGSL sources, one file per kernel, each assembled as prelude (+ quant helpers) + body.
+
+/// One kernel's source. `quant` kernels bind `weights` and get the dequantization helpers.
+pub struct Shader {
+    pub name: &'static str,
+    body: &'static str,
+    quant: bool,
+}
+
+const PRELUDE: &str = include_str!("../shaders/prelude.wgsl");
+const QUANT: &str = include_str!("../shaders/quant.wgsl");
+
+impl Shader {
+    /// The complete WGSL module text.
+    pub fn source(&self) -> String {
+        let mut s = String::with_capacity(PRELUDE.len() + QUANT.len() + self.body.len() + 2);
+        s.push_str(PRELUDE);
+        s.push('\n');
+        if self.quant {
+            s.push_str(QUANT);
+            s.push('\n');
+        }
+        s.push_str(self.body);
+        s
+    }
+}
+
+macro_rules! shader {
+    ($id:ident, $file:literal, $quant:expr) => {
+        pub const $id: Shader = Shader { name: $file, body: include_str!(concat!("../shaders/", $file, ".wgsl")), quant: $quant };
+    };
+}
+
+shader!(MATMUL, "matmul", true);
+shader!(EMBED, "embed", true);
+shader!(RMSNORM, "rmsnorm", false);
+shader!(ROPE, "rope", false);
+shader!(SWIGLU, "swiglu", false);
+shader!(ADD, "add", false);
+shader!(KV_WRITE, "kv_write", false);
+shader!(ATTENTION, "attention", false);
+shader!(SAMPLE, "sample", false);
+
+/// Every kernel, for validation tests.
+pub const ALL: &[&Shader] = &[&MATMUL, &EMBED, &RMSNORM, &ROPE, &SWIGLU, &ADD, &KV_WRITE, &ATTENTION, &SAMPLE];
