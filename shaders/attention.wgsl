@@ -1,8 +1,8 @@
 // attention.wgsl: grouped-query attention of each row over the slot-based KV cache:
 // out[r, h] = Σ_j softmax_j(q[r, h] · k[j, h / group] · scale) v[j, h / group], over the slots j
 // with slot_pos[j] valid and slot_pos[j] <= positions[r] (causal by original position).
-// One workgroup of 64 per (head, row); slots are scanned in tiles of 64 with an online
-// (numerically stable) softmax. Dispatch (n_heads, rows, 1). head_dim <= 256.
+// One workgroup of 64 per (head, row); slots are scanned in tiles of 256 (4 per invocation)
+// with an online (numerically stable) softmax. Dispatch (n_heads, rows, 1). head_dim <= 256.
 
 struct Params {
     n_heads: u32,
@@ -22,7 +22,8 @@ struct Params {
 
 const INVALID: u32 = 0xffffffffu;
 var<workgroup> qs: array<f32, 256>;
-var<workgroup> scores: array<f32, 64>;
+const TILE: u32 = 256u;
+var<workgroup> scores: array<f32, 256>;
 var<workgroup> red: array<f32, 64>;
 
 @compute @workgroup_size(64)
@@ -44,22 +45,27 @@ fn main(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wid: v
     var m = MASKED;  // running max
     var l = 0.0;     // running sum of exp
     var acc: array<f32, 4>;  // output dims lid, lid + 64, ...
-    for (var t0 = 0u; t0 < step.n_slots; t0 += 64u) {
-        // Scores of this tile: one slot per invocation.
-        let j = t0 + lid;
-        var s = MASKED;
-        if j < step.n_slots {
-            let sp = slot_pos[j];
-            if sp != INVALID && sp <= pos {
-                let kb = j * kv_stride + kvh * hd;
-                var dot = 0.0;
-                for (var d = 0u; d < hd; d++) {
-                    dot += qs[d] * k_cache[kb + d];
+    for (var t0 = 0u; t0 < step.n_slots; t0 += TILE) {
+        // Scores of this tile: slots t0 + lid + 64 i.
+        var s: array<f32, 4>;
+        var tile_max = MASKED;
+        for (var i = 0u; i < 4u; i++) {
+            let j = t0 + lid + 64u * i;
+            s[i] = MASKED;
+            if j < step.n_slots {
+                let sp = slot_pos[j];
+                if sp != INVALID && sp <= pos {
+                    let kb = j * kv_stride + kvh * hd;
+                    var dot = 0.0;
+                    for (var d = 0u; d < hd; d++) {
+                        dot += qs[d] * k_cache[kb + d];
+                    }
+                    s[i] = dot * p.scale;
                 }
-                s = dot * p.scale;
             }
+            tile_max = max(tile_max, s[i]);
         }
-        red[lid] = s;
+        red[lid] = tile_max;
         workgroupBarrier();
         for (var w = 32u; w > 0u; w >>= 1u) {
             if lid < w {
@@ -69,12 +75,16 @@ fn main(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wid: v
         }
         let m_new = max(m, red[0]);
         workgroupBarrier();
-        var e = 0.0;
-        if s > MASKED * 0.5 {
-            e = exp(s - m_new);
+        var e_sum = 0.0;
+        for (var i = 0u; i < 4u; i++) {
+            var e = 0.0;
+            if s[i] > MASKED * 0.5 {
+                e = exp(s[i] - m_new);
+            }
+            scores[lid + 64u * i] = e;
+            e_sum += e;
         }
-        scores[lid] = e;
-        red[lid] = e;
+        red[lid] = e_sum;
         workgroupBarrier();
         for (var w = 32u; w > 0u; w >>= 1u) {
             if lid < w {
@@ -84,7 +94,7 @@ fn main(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wid: v
         }
         let alpha = exp(m - m_new);
         l = l * alpha + red[0];
-        let n_tile = min(64u, step.n_slots - t0);
+        let n_tile = min(TILE, step.n_slots - t0);
         for (var c = 0u; c < 4u; c++) {
             let d = lid + c * 64u;
             if d < hd {

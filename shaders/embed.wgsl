@@ -22,14 +22,17 @@ fn main(@builtin(global_invocation_id) gid: vec3<u32>) {
         return;
     }
     let token = tokens[r];
-    var w: array<f32, 8>;
+    var w = W8(vec4<f32>(0.0), vec4<f32>(0.0));
     if token < p.vocab {
         w = dequant8(token, g, p.dim);
     }
-    for (var i = 0u; i < 8u; i++) {
+    for (var i = 0u; i < 4u; i++) {
         let k = g * 8u + i;
         if k < p.dim {
-            x[r * p.dim + k] = w[i];
+            x[r * p.dim + k] = w.lo[i];
+        }
+        if k + 4u < p.dim {
+            x[r * p.dim + k + 4u] = w.hi[i];
         }
     }
 }

@@ -1,9 +1,16 @@
 // matmul.wgsl: y = x · Wᵀ, i.e. y[r, n] = Σ_k x[r, k] · W[n, k], with W dequantized in the kernel.
 //
+// Two shapes per case: one with workgroup cooperation (shared memory, barriers), for GPUs,
+// and one where each invocation works alone, for CPU-backed devices (lavapipe, SwiftShader),
+// where barriers cost far more than arithmetic.
 // `matvec` (decode, up to 8 rows): workgroup of 64 = 8 outputs × 8 lanes splitting k;
 //     dispatch (ceil(n / 8), 1, 1).
+// `matvec_row` (decode, up to 8 rows): one output per invocation, rows one after another;
+//     dispatch (ceil(n / 64), 1, 1).
 // `tiled` (prefill): workgroup of 256 computes a 64 × 64 tile of y, 4 × 4 per invocation,
 //     stepping k by 32; dispatch (ceil(n / 64), ceil(rows / 64), 1).
+// `blocked` (prefill): each invocation computes 4 outputs × 4 rows from global memory;
+//     workgroup of 64 covers 64 outputs × 16 rows; dispatch (ceil(n / 64), ceil(rows / 16), 1).
 
 struct Params {
     k: u32,     // input features
@@ -22,6 +29,20 @@ fn n_rows() -> u32 {
     return select(step.n_rows, p.rows, p.rows != 0u);
 }
 
+// x[i .. i + 8], zero past `valid` values.
+fn x8(i: u32, valid: u32) -> W8 {
+    if valid >= 8u {
+        return W8(vec4<f32>(x[i], x[i + 1u], x[i + 2u], x[i + 3u]), vec4<f32>(x[i + 4u], x[i + 5u], x[i + 6u], x[i + 7u]));
+    }
+    var v: array<f32, 8>;
+    for (var j = 0u; j < 8u; j++) {
+        if j < valid {
+            v[j] = x[i + j];
+        }
+    }
+    return W8(vec4<f32>(v[0], v[1], v[2], v[3]), vec4<f32>(v[4], v[5], v[6], v[7]));
+}
+
 const MV_ROWS: u32 = 8u;
 var<workgroup> partial: array<f32, 512>;  // (MV_ROWS, 64)
 
@@ -36,14 +57,8 @@ fn matvec(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wid:
         for (var g = lane; g < groups; g += 8u) {
             let w = dequant8(out, g, p.k);
             let k0 = g * 8u;
-            let kmax = min(8u, p.k - k0);
             for (var t = 0u; t < rows; t++) {
-                let xb = t * p.k + k0;
-                var s = 0.0;
-                for (var i = 0u; i < kmax; i++) {
-                    s += w[i] * x[xb + i];
-                }
-                acc[t] += s;
+                acc[t] += dot8(w, x8(t * p.k + k0, p.k - k0));
             }
         }
     }
@@ -78,12 +93,13 @@ fn tiled(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wid: 
         // W tile: invocation lid dequantizes 8 weights of output n0 + lid / 4.
         let wn = lid / 4u;
         let wg = lid % 4u;
-        var w: array<f32, 8>;
+        var w = W8(vec4<f32>(0.0), vec4<f32>(0.0));
         if n0 + wn < p.n {
             w = dequant8(n0 + wn, k0 / 8u + wg, p.k);
         }
-        for (var i = 0u; i < 8u; i++) {
-            ws[wn * TS + wg * 8u + i] = w[i];
+        for (var i = 0u; i < 4u; i++) {
+            ws[wn * TS + wg * 8u + i] = w.lo[i];
+            ws[wn * TS + wg * 8u + 4u + i] = w.hi[i];
         }
         // X tile: 8 values per invocation.
         for (var i = 0u; i < 8u; i++) {
@@ -118,6 +134,65 @@ fn tiled(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wid: 
             let n = n0 + tx + 16u * j;
             if r < rows && n < p.n {
                 y[r * p.n + n] = acc[i * 4u + j];
+            }
+        }
+    }
+}
+
+@compute @workgroup_size(64)
+fn matvec_row(@builtin(global_invocation_id) gid: vec3<u32>) {
+    let out = gid.x;
+    if out >= p.n {
+        return;
+    }
+    let rows = min(n_rows(), MV_ROWS);
+    let groups = (p.k + 7u) / 8u;
+    for (var t = 0u; t < rows; t++) {
+        var acc = 0.0;
+        for (var g = 0u; g < groups; g++) {
+            acc += dot8(dequant8(out, g, p.k), x8(t * p.k + g * 8u, p.k - g * 8u));
+        }
+        y[t * p.n + out] = acc;
+    }
+}
+
+@compute @workgroup_size(64)
+fn blocked(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wid: vec3<u32>) {
+    let rows = n_rows();
+    let n0 = (wid.x * 16u + lid % 16u) * 4u;
+    let r0 = (wid.y * 4u + lid / 16u) * 4u;
+    if n0 >= p.n || r0 >= rows {
+        return;
+    }
+    // Out-of-range outputs and rows repeat the last valid one; their results are not written.
+    let o = vec4<u32>(min(n0, p.n - 1u), min(n0 + 1u, p.n - 1u), min(n0 + 2u, p.n - 1u), min(n0 + 3u, p.n - 1u));
+    let r = vec4<u32>(r0, min(r0 + 1u, rows - 1u), min(r0 + 2u, rows - 1u), min(r0 + 3u, rows - 1u)) * p.k;
+    let groups = (p.k + 7u) / 8u;
+    var a0 = vec4<f32>(0.0);
+    var a1 = vec4<f32>(0.0);
+    var a2 = vec4<f32>(0.0);
+    var a3 = vec4<f32>(0.0);
+    for (var g = 0u; g < groups; g++) {
+        let k0 = g * 8u;
+        let valid = p.k - k0;
+        let w0 = dequant8(o.x, g, p.k);
+        let w1 = dequant8(o.y, g, p.k);
+        let w2 = dequant8(o.z, g, p.k);
+        let w3 = dequant8(o.w, g, p.k);
+        let x0 = x8(r.x + k0, valid);
+        let x1 = x8(r.y + k0, valid);
+        let x2 = x8(r.z + k0, valid);
+        let x3 = x8(r.w + k0, valid);
+        a0 += vec4<f32>(dot8(w0, x0), dot8(w1, x0), dot8(w2, x0), dot8(w3, x0));
+        a1 += vec4<f32>(dot8(w0, x1), dot8(w1, x1), dot8(w2, x1), dot8(w3, x1));
+        a2 += vec4<f32>(dot8(w0, x2), dot8(w1, x2), dot8(w2, x2), dot8(w3, x2));
+        a3 += vec4<f32>(dot8(w0, x3), dot8(w1, x3), dot8(w2, x3), dot8(w3, x3));
+    }
+    let acc = array<vec4<f32>, 4>(a0, a1, a2, a3);
+    for (var t = 0u; t < 4u; t++) {
+        for (var j = 0u; j < 4u; j++) {
+            if r0 + t < rows && n0 + j < p.n {
+                y[(r0 + t) * p.n + n0 + j] = acc[t][j];
             }
         }
     }

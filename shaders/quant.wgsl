@@ -10,6 +10,12 @@
 //   4 Q8    blocks of 32 weights in 9 words: (f16 d), then 32 signed bytes; w = d * q.
 override WTYPE: u32 = 0u;
 
+// Eight consecutive weights.
+struct W8 {
+    lo: vec4<f32>,
+    hi: vec4<f32>,
+}
+
 fn half_at(e: u32) -> f32 {
     let w = weights[e >> 1u];
     if WTYPE == 1u {
@@ -18,22 +24,36 @@ fn half_at(e: u32) -> f32 {
     return bitcast<f32>(((w >> ((e & 1u) * 16u)) & 0xffffu) << 16u);
 }
 
+fn float_at(row: u32, kk: u32, k: u32) -> f32 {
+    if kk >= k {
+        return 0.0;
+    }
+    let e = row * k + kk;
+    if WTYPE == 0u {
+        return bitcast<f32>(weights[e]);
+    }
+    return half_at(e);
+}
+
+const NIBBLE_SHIFTS: vec4<u32> = vec4<u32>(0u, 8u, 16u, 24u);
+const BYTE_SHIFTS: vec4<u32> = vec4<u32>(24u, 16u, 8u, 0u);
+
+fn nibbles(w: u32, shift: u32) -> vec4<f32> {
+    return vec4<f32>((vec4<u32>(w) >> (NIBBLE_SHIFTS + vec4<u32>(shift))) & vec4<u32>(15u));
+}
+
+fn signed_bytes(w: u32) -> vec4<f32> {
+    return vec4<f32>((vec4<i32>(bitcast<i32>(w)) << BYTE_SHIFTS) >> vec4<u32>(24u));
+}
+
 // Weights k = 8 g .. 8 g + 7 of row `row` of a (rows, k) matrix; zero past the row's end.
-fn dequant8(row: u32, g: u32, k: u32) -> array<f32, 8> {
-    var out: array<f32, 8>;
+fn dequant8(row: u32, g: u32, k: u32) -> W8 {
+    let k0 = g * 8u;
     if WTYPE <= 2u {
-        for (var i = 0u; i < 8u; i++) {
-            let kk = g * 8u + i;
-            if kk < k {
-                let e = row * k + kk;
-                if WTYPE == 0u {
-                    out[i] = bitcast<f32>(weights[e]);
-                } else {
-                    out[i] = half_at(e);
-                }
-            }
-        }
-        return out;
+        return W8(
+            vec4<f32>(float_at(row, k0, k), float_at(row, k0 + 1u, k), float_at(row, k0 + 2u, k), float_at(row, k0 + 3u, k)),
+            vec4<f32>(float_at(row, k0 + 4u, k), float_at(row, k0 + 5u, k), float_at(row, k0 + 6u, k), float_at(row, k0 + 7u, k)),
+        );
     }
     let nb = k / 32u;
     let b = g / 4u;
@@ -44,19 +64,13 @@ fn dequant8(row: u32, g: u32, k: u32) -> array<f32, 8> {
         let shift = (part >> 1u) * 4u;
         let w0 = weights[base + 1u + (part & 1u) * 2u];
         let w1 = weights[base + 2u + (part & 1u) * 2u];
-        for (var i = 0u; i < 4u; i++) {
-            out[i] = dm.x * f32((w0 >> (8u * i + shift)) & 0xfu) + dm.y;
-            out[i + 4u] = dm.x * f32((w1 >> (8u * i + shift)) & 0xfu) + dm.y;
-        }
-    } else {
-        let base = (row * nb + b) * 9u;
-        let d = unpack2x16float(weights[base]).x;
-        let w0 = weights[base + 1u + part * 2u];
-        let w1 = weights[base + 2u + part * 2u];
-        for (var i = 0u; i < 4u; i++) {
-            out[i] = d * f32(bitcast<i32>(w0 << (24u - 8u * i)) >> 24u);
-            out[i + 4u] = d * f32(bitcast<i32>(w1 << (24u - 8u * i)) >> 24u);
-        }
+        return W8(dm.x * nibbles(w0, shift) + vec4<f32>(dm.y), dm.x * nibbles(w1, shift) + vec4<f32>(dm.y));
     }
-    return out;
+    let base = (row * nb + b) * 9u;
+    let d = unpack2x16float(weights[base]).x;
+    return W8(d * signed_bytes(weights[base + 1u + part * 2u]), d * signed_bytes(weights[base + 2u + part * 2u]));
+}
+
+fn dot8(a: W8, b: W8) -> f32 {
+    return dot(a.lo, b.lo) + dot(a.hi, b.hi);
 }

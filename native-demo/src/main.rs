@@ -1,1 +1,338 @@
-fn main(){}
+//! `adore`: generate, chat, perplexity and bench on the command line. Generated text goes to
+//! stdout; progress, statistics and the adapter go to stderr.
+
+use std::io::{BufRead, IsTerminal, Write};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use adore::generate::{apply_chat_template, perplexity, GenerateOptions, Message};
+use adore::{Context, ContextOptions, Model, Sampling, Session, SessionOptions};
+use anyhow::{bail, Context as _, Result};
+use clap::{Args, Parser, Subcommand};
+use indicatif::{ProgressBar, ProgressStyle};
+
+#[derive(Parser)]
+#[command(name = "adore", version, about = "WebGPU inference for Llama-family models with adaptive KV-cache token release")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Continue a prompt, streaming the text to stdout.
+    Generate {
+        #[command(flatten)]
+        model: ModelArgs,
+        /// The prompt text (special tokens such as <|im_start|> are recognised).
+        #[arg(long)]
+        prompt: String,
+        #[arg(long, default_value_t = 128)]
+        max_tokens: usize,
+        #[command(flatten)]
+        sampling: SamplingArgs,
+    },
+    /// Interactive chat with the model's chat template.
+    Chat {
+        #[command(flatten)]
+        model: ModelArgs,
+        #[arg(long, default_value_t = 512)]
+        max_tokens: usize,
+        #[command(flatten)]
+        sampling: SamplingArgs,
+        /// System prompt (the template's default when omitted).
+        #[arg(long)]
+        system: Option<String>,
+    },
+    /// Perplexity over non-overlapping windows from the start of a text file.
+    Perplexity {
+        #[command(flatten)]
+        model: ModelArgs,
+        #[arg(long)]
+        file: PathBuf,
+        #[arg(long, default_value_t = 512)]
+        window: usize,
+        /// Most windows to score (all that fit by default).
+        #[arg(long)]
+        windows: Option<usize>,
+        /// Print {"ppl": .., "tokens_scored": ..} on stdout.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Prefill and decode tokens/s per context length.
+    Bench {
+        #[command(flatten)]
+        model: ModelArgs,
+        /// Context lengths (prompt tokens before the measured decode).
+        #[arg(long, value_delimiter = ',', default_value = "256,2048")]
+        contexts: Vec<usize>,
+        /// Decode tokens measured per repeat.
+        #[arg(long, default_value_t = 16)]
+        decode_tokens: usize,
+        /// Measured repeats per context (after one warm-up).
+        #[arg(long, default_value_t = 3)]
+        repeats: usize,
+        /// Write the rows as JSON to this file.
+        #[arg(long)]
+        json: Option<PathBuf>,
+    },
+    /// Download (if needed) and verify the default model; print its path.
+    Fetch,
+}
+
+#[derive(Args)]
+struct ModelArgs {
+    /// A .gguf file or a Hugging Face directory (config.json, *.safetensors, tokenizer.json).
+    /// Without it the default model is fetched once into the cache directory.
+    #[arg(long)]
+    model: Option<PathBuf>,
+    /// KV slots (longest sequence); defaults to what the job needs, at most the model's context.
+    #[arg(long)]
+    context: Option<usize>,
+    /// Prompt tokens per GPU submit.
+    #[arg(long, default_value_t = 256)]
+    chunk: usize,
+}
+
+#[derive(Args, Clone)]
+struct SamplingArgs {
+    /// 0 = greedy.
+    #[arg(long, default_value_t = 0.0, allow_negative_numbers = true)]
+    temperature: f32,
+    /// 0 = off.
+    #[arg(long, default_value_t = 0)]
+    top_k: u32,
+    /// 1 = off.
+    #[arg(long, default_value_t = 1.0, allow_negative_numbers = true)]
+    top_p: f32,
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
+}
+
+impl SamplingArgs {
+    fn sampling(&self) -> Result<Sampling> {
+        let s = Sampling { temperature: self.temperature, top_k: self.top_k, top_p: self.top_p, seed: self.seed };
+        s.validate()?;
+        Ok(s)
+    }
+}
+
+fn main() {
+    if std::env::var_os("XDG_RUNTIME_DIR").is_none() {
+        std::env::set_var("XDG_RUNTIME_DIR", std::env::temp_dir());
+    }
+    if let Err(e) = run(Cli::parse()) {
+        eprintln!("error: {e:#}");
+        std::process::exit(1);
+    }
+}
+
+fn run(cli: Cli) -> Result<()> {
+    match cli.command {
+        Command::Fetch => {
+            let path = adore::fetch::default_model(&mut |m| eprintln!("{m}"))?;
+            println!("{}", path.display());
+            Ok(())
+        }
+        Command::Generate { model, prompt, max_tokens, sampling } => {
+            let sampling = sampling.sampling()?;
+            if max_tokens == 0 {
+                bail!("--max-tokens must be at least 1");
+            }
+            let model_ = load(&model)?;
+            let ids = model_.tokenizer.encode(&prompt)?;
+            let context = model.context.unwrap_or((ids.len() + max_tokens).min(model_.config.context));
+            let mut session = Session::new(model_.clone(), SessionOptions { context, chunk: model.chunk, all_logits: false })?;
+            let opts = GenerateOptions { max_tokens, sampling, stop_at_eos: true };
+            let mut stdout = std::io::stdout();
+            let (_, stats) = pollster::block_on(adore::generate(&mut session, &ids, &opts, |_, text| {
+                let _ = stdout.write_all(text.as_bytes());
+                let _ = stdout.flush();
+                true
+            }))?;
+            println!();
+            eprintln!(
+                "prompt {} tokens, {:.1} tokens/s prefill; generated {} tokens, {:.1} tokens/s decode; stop: {:?}",
+                stats.prompt_tokens,
+                stats.prefill_tokens_per_s(),
+                stats.generated_tokens,
+                stats.decode_tokens_per_s(),
+                stats.stop
+            );
+            Ok(())
+        }
+        Command::Chat { model, max_tokens, sampling, system } => chat(&model, max_tokens, sampling.sampling()?, system),
+        Command::Perplexity { model, file, window, windows, json } => {
+            let text = std::fs::read_to_string(&file).with_context(|| format!("reading {}", file.display()))?;
+            let model_ = load(&model)?;
+            let ids = model_.tokenizer.encode(&text)?;
+            let context = model.context.unwrap_or(window);
+            let mut session = Session::new(model_.clone(), SessionOptions { context, chunk: model.chunk, all_logits: true })?;
+            let n = windows.unwrap_or(usize::MAX);
+            let bar = progress_bar((ids.len() / window.max(1)).min(n) as u64, "windows");
+            let r = pollster::block_on(perplexity(&mut session, &ids, window, n, |done, _| bar.set_position(done as u64)))?;
+            bar.finish_and_clear();
+            if json {
+                println!("{}", serde_json::json!({"ppl": r.ppl, "tokens_scored": r.tokens_scored}));
+            } else {
+                println!("perplexity {:.4} over {} tokens ({} windows of {window})", r.ppl, r.tokens_scored, r.windows);
+            }
+            Ok(())
+        }
+        Command::Bench { model, contexts, decode_tokens, repeats, json } => bench(&model, &contexts, decode_tokens, repeats, json.as_deref()),
+    }
+}
+
+fn progress_bar(len: u64, unit: &str) -> ProgressBar {
+    if !std::io::stderr().is_terminal() {
+        return ProgressBar::hidden();
+    }
+    let bar = ProgressBar::new(len);
+    bar.set_style(ProgressStyle::with_template(&format!("{{bar:40}} {{pos}}/{{len}} {unit} ({{eta}} left)")).unwrap_or_else(|_| ProgressStyle::default_bar()));
+    bar
+}
+
+fn load(args: &ModelArgs) -> Result<Arc<Model>> {
+    let path = match &args.model {
+        Some(p) => p.clone(),
+        None => adore::fetch::default_model(&mut |m| eprintln!("{m}"))?,
+    };
+    let ctx = Arc::new(Context::new_blocking(ContextOptions::default())?);
+    eprintln!("adapter: {}", ctx.describe());
+    let bar = if std::io::stderr().is_terminal() {
+        let b = ProgressBar::new(0);
+        b.set_style(ProgressStyle::with_template("loading {bar:40} {bytes}/{total_bytes}").unwrap_or_else(|_| ProgressStyle::default_bar()));
+        b
+    } else {
+        ProgressBar::hidden()
+    };
+    let t = std::time::Instant::now();
+    let model = adore::model::files::load(ctx, &path, &mut |done, total| {
+        bar.set_length(total);
+        bar.set_position(done);
+    })
+    .with_context(|| format!("loading {}", path.display()))?;
+    bar.finish_and_clear();
+    let c = &model.config;
+    eprintln!(
+        "model: {} ({} layers, hidden {}, {} heads / {} KV heads, vocab {}), loaded in {:.2} s",
+        display_name(&path),
+        c.layers,
+        c.hidden,
+        c.n_heads,
+        c.n_kv_heads,
+        c.vocab,
+        t.elapsed().as_secs_f64()
+    );
+    Ok(Arc::new(model))
+}
+
+fn display_name(p: &Path) -> String {
+    p.file_name().map_or_else(|| p.display().to_string(), |n| n.to_string_lossy().into_owned())
+}
+
+fn chat(args: &ModelArgs, max_tokens: usize, sampling: Sampling, system: Option<String>) -> Result<()> {
+    let model = load(args)?;
+    let context = args.context.unwrap_or(model.config.context.min(4096));
+    let mut session = Session::new(model.clone(), SessionOptions { context, chunk: args.chunk, all_logits: false })?;
+    let mut messages: Vec<Message> = system.into_iter().map(|content| Message { role: "system".into(), content }).collect();
+    let interactive = std::io::stdin().is_terminal();
+    if interactive {
+        eprintln!("chat: type a message and press Enter; an empty line or Ctrl-D ends the chat.");
+    }
+    let stdin = std::io::stdin();
+    loop {
+        if interactive {
+            eprint!("> ");
+        }
+        let mut line = String::new();
+        if stdin.lock().read_line(&mut line)? == 0 || line.trim().is_empty() {
+            return Ok(());
+        }
+        messages.push(Message { role: "user".into(), content: line.trim_end().to_string() });
+        // The whole conversation is re-rendered and re-run, so the session always holds
+        // exactly what the template produces.
+        let prompt = apply_chat_template(model.chat_template.as_deref(), &messages)?;
+        let ids = model.tokenizer.encode(&prompt)?;
+        session.reset();
+        let opts = GenerateOptions { max_tokens, sampling, stop_at_eos: true };
+        let mut reply = String::new();
+        let mut stdout = std::io::stdout();
+        let (_, stats) = pollster::block_on(adore::generate(&mut session, &ids, &opts, |_, text| {
+            reply.push_str(text);
+            let _ = stdout.write_all(text.as_bytes());
+            let _ = stdout.flush();
+            true
+        }))?;
+        println!();
+        eprintln!("[{} tokens, {:.1} tokens/s]", stats.generated_tokens, stats.decode_tokens_per_s());
+        messages.push(Message { role: "assistant".into(), content: reply });
+    }
+}
+
+#[derive(serde::Serialize)]
+struct BenchRow {
+    policy: &'static str,
+    context: usize,
+    prefill_tokens_per_s: f64,
+    decode_tokens_per_s: f64,
+    kv_bytes: u64,
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(|a, b| a.total_cmp(b));
+    let n = v.len();
+    if n % 2 == 1 {
+        v[n / 2]
+    } else {
+        (v[n / 2 - 1] + v[n / 2]) / 2.0
+    }
+}
+
+fn bench(args: &ModelArgs, contexts: &[usize], decode_tokens: usize, repeats: usize, json: Option<&Path>) -> Result<()> {
+    if contexts.is_empty() || contexts.contains(&0) || repeats == 0 || decode_tokens == 0 {
+        bail!("--contexts must list positive lengths; --repeats and --decode-tokens must be at least 1");
+    }
+    let model = load(args)?;
+    let max_ctx = contexts.iter().max().copied().unwrap_or(0) + decode_tokens;
+    if max_ctx > model.config.context {
+        bail!("context {max_ctx} (longest context + decode tokens) exceeds the model's {}", model.config.context);
+    }
+    let mut session = Session::new(model.clone(), SessionOptions { context: max_ctx, chunk: args.chunk, all_logits: false })?;
+    eprintln!("bench: adapter {}; decode {decode_tokens} tokens per repeat, {repeats} repeats after 1 warm-up, median reported", model.ctx.describe());
+    // A deterministic prompt: the vocabulary walked with a stride, skipping control tokens.
+    let prompt: Vec<u32> = (0..max_ctx).map(|i| (100 + (i * 7919) % (model.config.vocab - 100)) as u32).collect();
+    let mut rows = Vec::new();
+    for &ctx_len in contexts {
+        let (mut pre, mut dec) = (Vec::new(), Vec::new());
+        for rep in 0..=repeats {
+            session.reset();
+            let t = std::time::Instant::now();
+            pollster::block_on(session.prefill(&prompt[..ctx_len]))?;
+            let prefill = t.elapsed().as_secs_f64();
+            let t = std::time::Instant::now();
+            for _ in 0..decode_tokens {
+                pollster::block_on(session.step())?;
+            }
+            let decode = t.elapsed().as_secs_f64();
+            if rep > 0 {
+                pre.push(ctx_len as f64 / prefill);
+                dec.push(decode_tokens as f64 / decode);
+            }
+        }
+        let row = BenchRow { policy: "full", context: ctx_len, prefill_tokens_per_s: median(pre), decode_tokens_per_s: median(dec), kv_bytes: session.kv_bytes() };
+        eprintln!("context {:>6}: prefill {:>9.1} tokens/s, decode {:>8.2} tokens/s", row.context, row.prefill_tokens_per_s, row.decode_tokens_per_s);
+        rows.push(row);
+    }
+    println!("| policy | context | prefill tokens/s | decode tokens/s | KV bytes |");
+    println!("|---|---:|---:|---:|---:|");
+    for r in &rows {
+        println!("| {} | {} | {:.1} | {:.2} | {} |", r.policy, r.context, r.prefill_tokens_per_s, r.decode_tokens_per_s, r.kv_bytes);
+    }
+    if let Some(path) = json {
+        let doc = serde_json::json!({"adapter": model.ctx.describe(), "decode_tokens": decode_tokens, "repeats": repeats, "rows": rows});
+        std::fs::write(path, serde_json::to_string_pretty(&doc)?).with_context(|| format!("writing {}", path.display()))?;
+        eprintln!("wrote {}", path.display());
+    }
+    Ok(())
+}

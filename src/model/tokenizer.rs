@@ -107,6 +107,11 @@ impl Tokenizer {
         TextStream { tok: self, ids: Vec::new() }
     }
 
+    /// The tokenizer as tokenizer.json text (for converting a GGUF model's tokenizer).
+    pub fn to_json(&self) -> Result<String> {
+        self.inner.to_string(false).map_err(|e| Error::Tokenizer(e.to_string()))
+    }
+
     pub fn id_to_token(&self, id: u32) -> Option<String> {
         self.inner.id_to_token(id)
     }

@@ -20,9 +20,33 @@ pub struct Params {
     pub pad: u32,
 }
 
+/// Kernel shapes: cooperative workgroups (GPUs) or independent invocations (CPU-backed devices).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Variant {
+    Cooperative,
+    Independent,
+}
+
+impl Variant {
+    /// The shape that suits this device: CPU-backed adapters pay dearly for barriers.
+    pub fn for_device(ctx: &Context) -> Self {
+        if ctx.info.device_type == wgpu::DeviceType::Cpu {
+            Variant::Independent
+        } else {
+            Variant::Cooperative
+        }
+    }
+}
+
 /// Dispatch computing y (rows, w.rows) = x (rows, w.cols) · Wᵀ for up to `max_rows` rows
 /// (`fixed_rows` = 0 takes the row count from the step).
 pub fn build(ctx: &Context, w: &GpuWeight, x: &wgpu::Buffer, y: &wgpu::Buffer, step: &wgpu::Buffer, max_rows: usize, fixed_rows: u32) -> Result<Dispatch> {
+    build_variant(ctx, Variant::for_device(ctx), w, x, y, step, max_rows, fixed_rows)
+}
+
+/// [`build`] with the kernel shape chosen by the caller.
+#[allow(clippy::too_many_arguments)]
+pub fn build_variant(ctx: &Context, variant: Variant, w: &GpuWeight, x: &wgpu::Buffer, y: &wgpu::Buffer, step: &wgpu::Buffer, max_rows: usize, fixed_rows: u32) -> Result<Dispatch> {
     let (n, k) = (w.rows, w.cols);
     if max_rows == 0 || n == 0 || k == 0 {
         return Err(Error::Shape { op: "matmul", what: format!("{}: empty shape ({max_rows} rows, {n} x {k})", w.name) });
@@ -31,11 +55,13 @@ pub fn build(ctx: &Context, w: &GpuWeight, x: &wgpu::Buffer, y: &wgpu::Buffer, s
     check_len("matmul", "y", y, max_rows * n)?;
     let params = ctx.uniform("matmul.params", &Params { k: k as u32, n: n as u32, rows: fixed_rows, pad: 0 });
     let constants = [("WTYPE", w.wtype as u32 as f64)];
-    let (pipeline, wg): (Arc<wgpu::ComputePipeline>, [u32; 3]) = if max_rows <= MATVEC_MAX_ROWS {
-        (ctx.pipeline(&shaders::MATMUL, "matvec", &constants)?, [groups("matmul", n, 8)?, 1, 1])
-    } else {
-        (ctx.pipeline(&shaders::MATMUL, "tiled", &constants)?, [groups("matmul", n, 64)?, groups("matmul", max_rows, 64)?, 1])
+    let (entry, wg) = match (max_rows <= MATVEC_MAX_ROWS, variant) {
+        (true, Variant::Cooperative) => ("matvec", [groups("matmul", n, 8)?, 1, 1]),
+        (true, Variant::Independent) => ("matvec_row", [groups("matmul", n, 64)?, 1, 1]),
+        (false, Variant::Cooperative) => ("tiled", [groups("matmul", n, 64)?, groups("matmul", max_rows, 64)?, 1]),
+        (false, Variant::Independent) => ("blocked", [groups("matmul", n, 64)?, groups("matmul", max_rows, 16)?, 1]),
     };
+    let pipeline: Arc<wgpu::ComputePipeline> = ctx.pipeline(&shaders::MATMUL, entry, &constants)?;
     Ok(ctx.dispatch(pipeline, &[&w.buffer, x, y, &params, step], wg))
 }
 

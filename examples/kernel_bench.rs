@@ -1,0 +1,69 @@
+//! Times each kernel of a decode / prefill step in isolation on the current adapter:
+//! `cargo run --release --example kernel_bench [rows]`. Median of 5 submits of 20 dispatches.
+
+use std::sync::Arc;
+
+use adore::gpu::{Context, ContextOptions, Dispatch};
+use adore::ops::{self, attention::Heads, matmul::Variant, Step};
+use adore::tensor::{quantize, DType, GpuWeight, HostTensor};
+
+fn time(ctx: &Context, name: &str, d: Dispatch, flops: f64) {
+    let list: Vec<&Dispatch> = std::iter::repeat(&d).take(5).collect();
+    let mut times = Vec::new();
+    for _ in 0..4 {
+        let t = std::time::Instant::now();
+        let mut enc = ctx.encoder();
+        {
+            let mut pass = enc.begin_compute_pass(&Default::default());
+            for d in &list {
+                pass.set_pipeline(&d.pipeline);
+                pass.set_bind_group(0, &d.bind_group, &[]);
+                pass.dispatch_workgroups(d.workgroups[0], d.workgroups[1], d.workgroups[2]);
+            }
+        }
+        ctx.queue.submit([enc.finish()]);
+        let _ = ctx.device.poll(wgpu::PollType::wait_indefinitely());
+        times.push(t.elapsed().as_secs_f64() / 5.0);
+    }
+    times.remove(0);
+    times.sort_by(|a, b| a.total_cmp(b));
+    let t = times[times.len() / 2];
+    println!("{name:<40} {:>9.3} ms  {:>7.2} GFLOP/s", t * 1e3, flops / t / 1e9);
+}
+
+fn main() -> adore::Result<()> {
+    let rows: usize = std::env::args().nth(1).and_then(|a| a.parse().ok()).unwrap_or(1);
+    let ctx = Arc::new(Context::new_blocking(ContextOptions::default())?);
+    println!("adapter: {}, rows {rows}", ctx.describe());
+    let step = ctx.uniform("step", &Step { n_rows: rows as u32, n_slots: 512, counter: 0, pad: 0 });
+    let (hidden, ffn, vocab) = (576usize, 1536usize, 49152usize);
+    let x = ctx.storage("x", (rows * ffn.max(hidden) * 4) as u64)?;
+    let y = ctx.storage("y", (rows * vocab * 4) as u64)?;
+    let rnd: Vec<f32> = (0..vocab * hidden).map(|i| ((i * 2654435761usize) % 1000) as f32 / 1000.0 - 0.5).collect();
+    for (dtype, n, k) in [(DType::Q4_1, ffn, hidden), (DType::Q4_1, hidden, ffn), (DType::Q8_0, vocab, hidden), (DType::F32, hidden, hidden), (DType::F32, 12288, hidden)] {
+        if rows > 8 && n == vocab {
+            continue;
+        }
+        let t = HostTensor { name: format!("{dtype:?} {n}x{k}"), dtype, shape: vec![n, k], data: quantize(dtype, &rnd[..n * k]).into() };
+        let w = GpuWeight::upload(&ctx, &t)?;
+        for v in [Variant::Cooperative, Variant::Independent] {
+            let d = ops::matmul::build_variant(&ctx, v, &w, &x, &y, &step, rows, 0)?;
+            time(&ctx, &format!("matmul {:?} {} {v:?}", dtype, t.shape.iter().map(|s| s.to_string()).collect::<Vec<_>>().join("x")), d, (2 * n * k * rows) as f64);
+        }
+    }
+    let heads = Heads { n_heads: 9, n_kv_heads: 3, head_dim: 64 };
+    let q = ctx.storage("q", (rows * 576 * 4) as u64)?;
+    let kc = ctx.storage("kc", (512 * 192 * 4) as u64)?;
+    let vc = ctx.storage("vc", (512 * 192 * 4) as u64)?;
+    let sp = ctx.storage_init("sp", bytemuck::cast_slice(&(0..512u32).collect::<Vec<_>>()))?;
+    let pos = ctx.storage_init("pos", bytemuck::cast_slice(&vec![511u32; rows]))?;
+    let out = ctx.storage("out", (rows * 576 * 4) as u64)?;
+    let b = ops::attention::Buffers { q: &q, k_cache: &kc, v_cache: &vc, slot_pos: &sp, positions: &pos, out: &out };
+    time(&ctx, "attention 512 slots", ops::attention::build(&ctx, &b, &step, heads, 512, rows)?, (rows * 9 * 512 * 64 * 4) as f64);
+    let g = ctx.storage("g", (ffn * 4) as u64)?;
+    time(&ctx, "rmsnorm 576", ops::rmsnorm::build(&ctx, &x, &g, &y, &step, hidden, 1e-5, rows, false)?, (rows * hidden * 3) as f64);
+    time(&ctx, "rope 9x64", ops::rope::build(&ctx, &q, &pos, &step, 9, 64, 1e5, true, rows)?, (rows * 576 * 3) as f64);
+    time(&ctx, "swiglu 1536", ops::swiglu::build(&ctx, &x, &y, &step, ffn, rows)?, (rows * ffn * 4) as f64);
+    time(&ctx, "add 576", ops::add::build(&ctx, &x, &y, &step, hidden, rows)?, (rows * hidden) as f64);
+    Ok(())
+}

@@ -1,0 +1,288 @@
+//! A tiny random Llama model, written both as a quantized GGUF file and as a Hugging Face
+//! safetensors directory holding the same (dequantized) weights, with an f64 reference forward.
+
+use std::collections::HashMap;
+use std::path::Path;
+
+use adore::model::gguf::{self, Value};
+use adore::tensor::{dequantize, quantize, DType, HostTensor};
+
+use super::Rng;
+
+pub const HIDDEN: usize = 64;
+pub const FFN: usize = 96;
+pub const LAYERS: usize = 2;
+pub const HEADS: usize = 4;
+pub const KV_HEADS: usize = 2;
+pub const HEAD_DIM: usize = HIDDEN / HEADS;
+pub const VOCAB: usize = 320;
+pub const CONTEXT: usize = 256;
+pub const EPS: f32 = 1e-5;
+pub const THETA: f32 = 10000.0;
+
+/// GPT-2's byte -> printable character table.
+pub fn byte_chars() -> Vec<char> {
+    let mut bs: Vec<u32> = (b'!' as u32..=b'~' as u32).chain(0xA1..=0xAC).chain(0xAE..=0xFF).collect();
+    let mut cs = bs.clone();
+    let mut n = 0;
+    for b in 0..256u32 {
+        if !bs.contains(&b) {
+            bs.push(b);
+            cs.push(256 + n);
+            n += 1;
+        }
+    }
+    let mut table = vec![' '; 256];
+    for (b, c) in bs.iter().zip(cs) {
+        table[*b as usize] = char::from_u32(c).unwrap_or('?');
+    }
+    table
+}
+
+/// Token strings and merges of a small byte-level BPE vocabulary.
+pub fn vocab() -> (Vec<String>, Vec<String>) {
+    let bc = byte_chars();
+    let mut tokens = vec!["<|endoftext|>".to_string(), "<|im_start|>".to_string(), "<|im_end|>".to_string()];
+    tokens.extend(bc.iter().map(|c| c.to_string()));
+    let merges: Vec<(String, String)> = [("Ġ", "t"), ("h", "e"), ("Ġt", "he"), ("i", "n"), ("Ġ", "a")].iter().map(|(a, b)| (a.to_string(), b.to_string())).collect();
+    for (a, b) in &merges {
+        tokens.push(format!("{a}{b}"));
+    }
+    (tokens, merges.iter().map(|(a, b)| format!("{a} {b}")).collect())
+}
+
+/// The model's weights in Hugging Face layout (as dequantized f32), and each tensor's file type.
+pub struct Tiny {
+    pub w: HashMap<String, (Vec<usize>, Vec<f32>)>,
+    pub dtypes: HashMap<String, DType>,
+}
+
+fn round_bf16(v: f32) -> f32 {
+    half::bf16::from_f32(v).to_f32()
+}
+
+impl Tiny {
+    pub fn new(seed: u64) -> Self {
+        let mut rng = Rng::new(seed);
+        let mut w = HashMap::new();
+        let mut dtypes = HashMap::new();
+        let mut add = |name: String, shape: Vec<usize>, dtype: DType, scale: f32, rng: &mut Rng| {
+            let n: usize = shape.iter().product();
+            let raw = rng.vec(n, scale);
+            let vals = match dtype {
+                DType::F32 if shape.len() == 1 => raw.iter().map(|v| round_bf16(1.0 + v)).collect(),
+                _ => dequantize(dtype, &quantize(dtype, &raw), n),
+            };
+            dtypes.insert(name.clone(), dtype);
+            w.insert(name, (shape, vals));
+        };
+        add("token_embd.weight".into(), vec![VOCAB, HIDDEN], DType::F16, 1.0, &mut rng);
+        add("output_norm.weight".into(), vec![HIDDEN], DType::F32, 0.2, &mut rng);
+        let qd = HEADS * HEAD_DIM;
+        let kvd = KV_HEADS * HEAD_DIM;
+        for l in 0..LAYERS {
+            let n = |s: &str| format!("blk.{l}.{s}.weight");
+            add(n("attn_norm"), vec![HIDDEN], DType::F32, 0.2, &mut rng);
+            add(n("attn_q"), vec![qd, HIDDEN], DType::Q4_0, 0.3, &mut rng);
+            add(n("attn_k"), vec![kvd, HIDDEN], DType::Q4_1, 0.3, &mut rng);
+            add(n("attn_v"), vec![kvd, HIDDEN], DType::Q8_0, 0.3, &mut rng);
+            add(n("attn_output"), vec![HIDDEN, qd], DType::Q4_1, 0.2, &mut rng);
+            add(n("ffn_norm"), vec![HIDDEN], DType::F32, 0.2, &mut rng);
+            add(n("ffn_gate"), vec![FFN, HIDDEN], DType::Q8_0, 0.3, &mut rng);
+            add(n("ffn_up"), vec![FFN, HIDDEN], DType::Q4_0, 0.3, &mut rng);
+            add(n("ffn_down"), vec![HIDDEN, FFN], DType::Q8_0, 0.2, &mut rng);
+        }
+        Tiny { w, dtypes }
+    }
+
+    fn get(&self, name: &str) -> &[f32] {
+        &self.w[name].1
+    }
+
+    /// llama.cpp's row order for q/k: within each head, rows (i, i + d/2) become (2i, 2i + 1).
+    fn permute_rows(vals: &[f32], heads: usize, cols: usize) -> Vec<f32> {
+        let rows = vals.len() / cols;
+        let hd = rows / heads;
+        let mut out = vec![0f32; vals.len()];
+        for h in 0..heads {
+            for i in 0..hd / 2 {
+                for (j, src) in [i, i + hd / 2].into_iter().enumerate() {
+                    let dst = h * hd + 2 * i + j;
+                    out[dst * cols..(dst + 1) * cols].copy_from_slice(&vals[(h * hd + src) * cols..(h * hd + src + 1) * cols]);
+                }
+            }
+        }
+        out
+    }
+
+    /// The model as a GGUF file (quantized as the types say; q/k rows in llama.cpp's order).
+    pub fn gguf_bytes(&self) -> Vec<u8> {
+        let (tokens, merges) = vocab();
+        let mut types = vec![Value::I32(1); tokens.len()];
+        for t in types.iter_mut().take(3) {
+            *t = Value::I32(3);
+        }
+        let meta = vec![
+            ("general.architecture", Value::String("llama".into())),
+            ("llama.block_count", Value::U32(LAYERS as u32)),
+            ("llama.context_length", Value::U32(CONTEXT as u32)),
+            ("llama.embedding_length", Value::U32(HIDDEN as u32)),
+            ("llama.feed_forward_length", Value::U32(FFN as u32)),
+            ("llama.attention.head_count", Value::U32(HEADS as u32)),
+            ("llama.attention.head_count_kv", Value::U32(KV_HEADS as u32)),
+            ("llama.rope.freq_base", Value::F32(THETA)),
+            ("llama.attention.layer_norm_rms_epsilon", Value::F32(EPS)),
+            ("llama.vocab_size", Value::U32(VOCAB as u32)),
+            ("tokenizer.ggml.model", Value::String("gpt2".into())),
+            ("tokenizer.ggml.pre", Value::String("default".into())),
+            ("tokenizer.ggml.tokens", Value::Array(tokens.into_iter().map(Value::String).collect())),
+            ("tokenizer.ggml.token_type", Value::Array(types)),
+            ("tokenizer.ggml.merges", Value::Array(merges.into_iter().map(Value::String).collect())),
+            ("tokenizer.ggml.bos_token_id", Value::U32(1)),
+            ("tokenizer.ggml.eos_token_id", Value::U32(2)),
+        ];
+        let mut names: Vec<&String> = self.w.keys().collect();
+        names.sort();
+        let tensors: Vec<HostTensor> = names
+            .into_iter()
+            .map(|name| {
+                let (shape, vals) = &self.w[name];
+                let vals = if name.ends_with("attn_q.weight") {
+                    Self::permute_rows(vals, HEADS, HIDDEN)
+                } else if name.ends_with("attn_k.weight") {
+                    Self::permute_rows(vals, KV_HEADS, HIDDEN)
+                } else {
+                    vals.clone()
+                };
+                let dtype = self.dtypes[name];
+                HostTensor { name: name.clone(), dtype, shape: shape.clone(), data: quantize(dtype, &vals).into() }
+            })
+            .collect();
+        gguf::write(&meta, &tensors)
+    }
+
+    /// Writes the model as a Hugging Face directory (F32 matrices, F16 embedding, BF16 norms).
+    pub fn write_hf_dir(&self, dir: &Path, tokenizer_json: &str) {
+        std::fs::create_dir_all(dir).unwrap();
+        let config = serde_json::json!({
+            "model_type": "llama", "hidden_size": HIDDEN, "intermediate_size": FFN, "num_hidden_layers": LAYERS,
+            "num_attention_heads": HEADS, "num_key_value_heads": KV_HEADS, "vocab_size": VOCAB,
+            "max_position_embeddings": CONTEXT, "rms_norm_eps": EPS, "rope_theta": THETA, "tie_word_embeddings": true,
+        });
+        std::fs::write(dir.join("config.json"), config.to_string()).unwrap();
+        std::fs::write(dir.join("tokenizer.json"), tokenizer_json).unwrap();
+        let hf_name = |g: &str| -> String {
+            match g {
+                "token_embd.weight" => "model.embed_tokens.weight".into(),
+                "output_norm.weight" => "model.norm.weight".into(),
+                _ => {
+                    let rest = g.strip_prefix("blk.").unwrap();
+                    let (l, part) = rest.split_once('.').unwrap();
+                    let p = match part {
+                        "attn_norm.weight" => "input_layernorm.weight",
+                        "attn_q.weight" => "self_attn.q_proj.weight",
+                        "attn_k.weight" => "self_attn.k_proj.weight",
+                        "attn_v.weight" => "self_attn.v_proj.weight",
+                        "attn_output.weight" => "self_attn.o_proj.weight",
+                        "ffn_norm.weight" => "post_attention_layernorm.weight",
+                        "ffn_gate.weight" => "mlp.gate_proj.weight",
+                        "ffn_up.weight" => "mlp.up_proj.weight",
+                        "ffn_down.weight" => "mlp.down_proj.weight",
+                        other => panic!("unexpected {other}"),
+                    };
+                    format!("model.layers.{l}.{p}")
+                }
+            }
+        };
+        // Two shards, to exercise multi-file directories.
+        let mut shards: [Vec<(String, safetensors::Dtype, Vec<usize>, Vec<u8>)>; 2] = Default::default();
+        let mut names: Vec<&String> = self.w.keys().collect();
+        names.sort();
+        for (i, name) in names.into_iter().enumerate() {
+            let (shape, vals) = &self.w[name];
+            let (dt, bytes) = if shape.len() == 1 {
+                (safetensors::Dtype::BF16, quantize(DType::BF16, vals))
+            } else if name == "token_embd.weight" {
+                (safetensors::Dtype::F16, quantize(DType::F16, vals))
+            } else {
+                (safetensors::Dtype::F32, quantize(DType::F32, vals))
+            };
+            shards[i % 2].push((hf_name(name), dt, shape.clone(), bytes));
+        }
+        for (i, shard) in shards.iter().enumerate() {
+            let views: Vec<(String, safetensors::tensor::TensorView)> =
+                shard.iter().map(|(n, dt, shape, bytes)| (n.clone(), safetensors::tensor::TensorView::new(*dt, shape.clone(), bytes).unwrap())).collect();
+            let data = safetensors::serialize(views, None).unwrap();
+            std::fs::write(dir.join(format!("model-0000{}-of-00002.safetensors", i + 1)), data).unwrap();
+        }
+    }
+
+    /// Reference forward pass in f64 over the whole sequence: logits (tokens, VOCAB).
+    pub fn forward(&self, tokens: &[u32]) -> Vec<f32> {
+        let n = tokens.len();
+        let (qd, kvd) = (HEADS * HEAD_DIM, KV_HEADS * HEAD_DIM);
+        let matmul = |x: &[f64], w: &[f32], k: usize| -> Vec<f64> {
+            let out = w.len() / k;
+            x.chunks(k).flat_map(|row| (0..out).map(move |o| (0..k).map(|i| row[i] * w[o * k + i] as f64).sum::<f64>())).collect()
+        };
+        let rmsnorm = |x: &[f64], g: &[f32]| -> Vec<f64> {
+            x.chunks(HIDDEN)
+                .flat_map(|row| {
+                    let ms = row.iter().map(|v| v * v).sum::<f64>() / HIDDEN as f64;
+                    let s = 1.0 / (ms + EPS as f64).sqrt();
+                    row.iter().zip(g).map(move |(v, w)| v * s * *w as f64)
+                })
+                .collect()
+        };
+        let rope = |x: &mut [f64], heads: usize| {
+            for (p, row) in x.chunks_mut(heads * HEAD_DIM).enumerate() {
+                for h in 0..heads {
+                    for i in 0..HEAD_DIM / 2 {
+                        let ang = p as f64 * (THETA as f64).powf(-2.0 * i as f64 / HEAD_DIM as f64);
+                        let (s, c) = ang.sin_cos();
+                        let (a, b) = (h * HEAD_DIM + i, h * HEAD_DIM + i + HEAD_DIM / 2);
+                        let (xa, xb) = (row[a], row[b]);
+                        row[a] = xa * c - xb * s;
+                        row[b] = xa * s + xb * c;
+                    }
+                }
+            }
+        };
+        let embd = self.get("token_embd.weight");
+        let mut x: Vec<f64> = tokens.iter().flat_map(|&t| embd[t as usize * HIDDEN..(t as usize + 1) * HIDDEN].iter().map(|v| *v as f64)).collect();
+        for l in 0..LAYERS {
+            let g = |s: &str| self.get(&format!("blk.{l}.{s}.weight"));
+            let xn = rmsnorm(&x, g("attn_norm"));
+            let mut q = matmul(&xn, g("attn_q"), HIDDEN);
+            let mut k = matmul(&xn, g("attn_k"), HIDDEN);
+            let v = matmul(&xn, g("attn_v"), HIDDEN);
+            rope(&mut q, HEADS);
+            rope(&mut k, KV_HEADS);
+            let mut att = vec![0f64; n * qd];
+            for t in 0..n {
+                for h in 0..HEADS {
+                    let kh = h / (HEADS / KV_HEADS);
+                    let scores: Vec<f64> = (0..=t)
+                        .map(|j| (0..HEAD_DIM).map(|d| q[t * qd + h * HEAD_DIM + d] * k[j * kvd + kh * HEAD_DIM + d]).sum::<f64>() / (HEAD_DIM as f64).sqrt())
+                        .collect();
+                    let m = scores.iter().copied().fold(f64::NEG_INFINITY, f64::max);
+                    let e: Vec<f64> = scores.iter().map(|s| (s - m).exp()).collect();
+                    let z: f64 = e.iter().sum();
+                    for d in 0..HEAD_DIM {
+                        att[t * qd + h * HEAD_DIM + d] = (0..=t).map(|j| e[j] / z * v[j * kvd + kh * HEAD_DIM + d]).sum();
+                    }
+                }
+            }
+            let o = matmul(&att, g("attn_output"), qd);
+            x.iter_mut().zip(&o).for_each(|(a, b)| *a += b);
+            let xn = rmsnorm(&x, g("ffn_norm"));
+            let gate = matmul(&xn, g("ffn_gate"), HIDDEN);
+            let up = matmul(&xn, g("ffn_up"), HIDDEN);
+            let h: Vec<f64> = gate.iter().zip(&up).map(|(g, u)| g / (1.0 + (-g).exp()) * u).collect();
+            let down = matmul(&h, g("ffn_down"), FFN);
+            x.iter_mut().zip(&down).for_each(|(a, b)| *a += b);
+        }
+        let xn = rmsnorm(&x, self.get("output_norm.weight"));
+        matmul(&xn, embd, HIDDEN).into_iter().map(|v| v as f32).collect()
+    }
+}

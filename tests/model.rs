@@ -1,0 +1,82 @@
+//! A tiny random model written as GGUF (quantized, llama.cpp row order) and as a safetensors
+//! directory gives, through the GPU forward pass, the logits of the f64 reference forward.
+
+mod common;
+
+use std::sync::Arc;
+
+use adore::{Model, Session, SessionOptions};
+use common::{assert_close, ctx, tiny::Tiny};
+
+fn temp_dir(name: &str) -> std::path::PathBuf {
+    let d = std::env::temp_dir().join(format!("adore-test-{}-{name}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&d);
+    std::fs::create_dir_all(&d).unwrap();
+    d
+}
+
+fn load(path: &std::path::Path) -> Arc<Model> {
+    Arc::new(adore::model::files::load(ctx(), path, &mut |_, _| {}).unwrap())
+}
+
+fn tokens() -> Vec<u32> {
+    // Long enough for several prefill chunks; ids cover specials, bytes and merges.
+    (0..70u32).map(|i| (i * 37 + 5) % common::tiny::VOCAB as u32).collect()
+}
+
+fn check_all_logits(model: Arc<Model>, tiny: &Tiny, what: &str) {
+    let ids = tokens();
+    let want = tiny.forward(&ids);
+    for chunk in [256, 16] {
+        let mut s = Session::new(model.clone(), SessionOptions { context: 128, chunk, all_logits: true }).unwrap();
+        let got = pollster::block_on(s.prefill_logits(&ids)).unwrap();
+        assert_close(&format!("{what}: all logits, chunk {chunk}"), &got, &want, 2e-3, 2e-3);
+    }
+}
+
+#[test]
+fn gguf_forward_matches_reference() {
+    let tiny = Tiny::new(7);
+    let dir = temp_dir("gguf");
+    let path = dir.join("tiny.gguf");
+    std::fs::write(&path, tiny.gguf_bytes()).unwrap();
+    let model = load(&path);
+    assert!(model.config.rope_interleaved);
+    check_all_logits(model.clone(), &tiny, "gguf");
+
+    // Decode path: prefill part of the sequence in chunks, then one token per step.
+    let ids = tokens();
+    let want = tiny.forward(&ids);
+    let vocab = common::tiny::VOCAB;
+    let mut s = Session::new(model, SessionOptions { context: 128, chunk: 8, all_logits: false }).unwrap();
+    let split = 60;
+    let mut next = pollster::block_on(s.prefill(&ids[..split])).unwrap();
+    for t in split..ids.len() {
+        let logits = pollster::block_on(s.last_logits()).unwrap();
+        let row = &want[(t - 1) * vocab..t * vocab];
+        assert_close(&format!("gguf: decode logits at position {}", t - 1), &logits, row, 2e-3, 2e-3);
+        let argmax = row.iter().enumerate().fold(0, |b, (i, v)| if *v > row[b] { i } else { b });
+        assert_eq!(next as usize, argmax, "greedy token after position {}", t - 1);
+        next = pollster::block_on(s.feed(ids[t])).unwrap();
+    }
+    let _ = std::fs::remove_dir_all(dir);
+}
+
+#[test]
+fn safetensors_dir_forward_matches_reference() {
+    let tiny = Tiny::new(7);
+    let dir = temp_dir("hf");
+    // The tokenizer.json comes from the GGUF's own tokenizer, converted.
+    let gguf = tiny.gguf_bytes();
+    let g = adore::model::gguf::Gguf::parse("tiny.gguf", &gguf).unwrap();
+    let tok = adore::model::Tokenizer::from_gguf(&g).unwrap();
+    tiny.write_hf_dir(&dir, &tok.to_json().unwrap());
+    let model = load(&dir);
+    assert!(!model.config.rope_interleaved);
+    check_all_logits(model.clone(), &tiny, "safetensors");
+    // Both tokenizers agree on text with merges and special tokens.
+    let text = "<|im_start|>the cat in the hat<|im_end|>";
+    assert_eq!(model.tokenizer.encode(text).unwrap(), tok.encode(text).unwrap());
+    assert_eq!(model.tokenizer.encode(text).unwrap()[0], 1, "special token recognised in text");
+    let _ = std::fs::remove_dir_all(dir);
+}
