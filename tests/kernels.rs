@@ -1,0 +1,254 @@
+//! Every kernel against its plain-Rust reference on seeded random inputs at awkward sizes.
+
+mod common;
+
+use adore::gpu::{Context, Dispatch};
+use adore::ops::{self, attention::Heads, attention::INVALID_SLOT, matmul::Variant, sample::Sampling, Step};
+use adore::tensor::{dequantize, quantize, DType, GpuWeight, HostTensor};
+use common::{assert_close, ctx, Rng, AWKWARD};
+
+fn step(ctx: &Context, n_rows: usize, n_slots: usize, counter: u32) -> wgpu::Buffer {
+    ctx.uniform("step", &Step { n_rows: n_rows as u32, n_slots: n_slots as u32, counter, pad: 0 })
+}
+
+fn buf(ctx: &Context, v: &[f32]) -> wgpu::Buffer {
+    ctx.storage_init("test", bytemuck::cast_slice(v)).unwrap()
+}
+
+fn buf_u32(ctx: &Context, v: &[u32]) -> wgpu::Buffer {
+    ctx.storage_init("test", bytemuck::cast_slice(v)).unwrap()
+}
+
+fn run(ctx: &Context, d: Dispatch) {
+    ctx.run(&[d]).unwrap();
+}
+
+fn read(ctx: &Context, b: &wgpu::Buffer, n: usize) -> Vec<f32> {
+    pollster::block_on(ctx.read_f32(b, n)).unwrap()
+}
+
+fn weight(ctx: &Context, rng: &mut Rng, dtype: DType, n: usize, k: usize) -> (GpuWeight, Vec<f32>) {
+    let raw = rng.vec(n * k, 1.0);
+    let data = quantize(dtype, &raw);
+    let exact = dequantize(dtype, &data, n * k);
+    let t = HostTensor { name: format!("w {dtype:?} {n}x{k}"), dtype, shape: vec![n, k], data: data.into() };
+    (GpuWeight::upload(ctx, &t).unwrap(), exact)
+}
+
+#[test]
+fn matmul_all_types_variants_and_sizes() {
+    let ctx = ctx();
+    let mut rng = Rng::new(1);
+    for dtype in [DType::F32, DType::F16, DType::BF16, DType::Q4_0, DType::Q4_1, DType::Q8_0] {
+        let ks: &[usize] = if dtype.is_quantized() { &[32, 96, 576] } else { &[1, 3, 17, 64, 257] };
+        for &k in ks {
+            for &n in AWKWARD {
+                for rows in [1, 3, 8, 17, 70] {
+                    if n * k > 300_000 || rows * n > 40_000 {
+                        continue;
+                    }
+                    let (w, exact) = weight(&ctx, &mut rng, dtype, n, k);
+                    let x = rng.vec(rows * k, 1.0);
+                    let want = ops::matmul::reference(&exact, &x, rows, k, n);
+                    for variant in [Variant::Cooperative, Variant::Independent] {
+                        let xb = buf(&ctx, &x);
+                        let y = ctx.storage("y", (rows * n * 4) as u64).unwrap();
+                        let d = ops::matmul::build_variant(&ctx, variant, &w, &xb, &y, &step(&ctx, rows, 0, 0), rows, 0).unwrap();
+                        run(&ctx, d);
+                        let tol = 1e-4 * (k as f32).sqrt();
+                        assert_close(&format!("matmul {dtype:?} {variant:?} rows {rows} n {n} k {k}"), &read(&ctx, &y, rows * n), &want, tol, 1e-4);
+                    }
+                }
+            }
+        }
+    }
+}
+
+#[test]
+fn embed_quantized_tables() {
+    let ctx = ctx();
+    let mut rng = Rng::new(2);
+    for dtype in [DType::F32, DType::F16, DType::Q4_0, DType::Q4_1, DType::Q8_0] {
+        for &dim in &[32usize, 96, 576] {
+            for &rows in AWKWARD {
+                let vocab = 300;
+                let (w, exact) = weight(&ctx, &mut rng, dtype, vocab, dim);
+                let tokens: Vec<u32> = (0..rows).map(|_| rng.below(vocab as u64) as u32).collect();
+                let x = ctx.storage("x", (rows * dim * 4) as u64).unwrap();
+                run(&ctx, ops::embed::build(&ctx, &w, &buf_u32(&ctx, &tokens), &x, &step(&ctx, rows, 0, 0), rows).unwrap());
+                assert_close(&format!("embed {dtype:?} dim {dim} rows {rows}"), &read(&ctx, &x, rows * dim), &ops::embed::reference(&exact, dim, &tokens), 0.0, 0.0);
+            }
+        }
+    }
+}
+
+#[test]
+fn rmsnorm_sizes_and_last_row() {
+    let ctx = ctx();
+    let mut rng = Rng::new(3);
+    for &dim in AWKWARD {
+        for &rows in &[1usize, 3, 17] {
+            let x = rng.vec(rows * dim, 3.0);
+            let g = rng.vec(dim, 1.0);
+            let want = ops::rmsnorm::reference(&x, &g, dim, 1e-5);
+            let y = ctx.storage("y", (rows * dim * 4) as u64).unwrap();
+            run(&ctx, ops::rmsnorm::build(&ctx, &buf(&ctx, &x), &buf(&ctx, &g), &y, &step(&ctx, rows, 0, 0), dim, 1e-5, rows, false).unwrap());
+            assert_close(&format!("rmsnorm dim {dim} rows {rows}"), &read(&ctx, &y, rows * dim), &want, 1e-5, 1e-5);
+            let y1 = ctx.storage("y1", (dim * 4) as u64).unwrap();
+            run(&ctx, ops::rmsnorm::build(&ctx, &buf(&ctx, &x), &buf(&ctx, &g), &y1, &step(&ctx, rows, 0, 0), dim, 1e-5, rows, true).unwrap());
+            assert_close(&format!("rmsnorm last row, dim {dim} rows {rows}"), &read(&ctx, &y1, dim), &want[(rows - 1) * dim..], 1e-5, 1e-5);
+        }
+    }
+}
+
+#[test]
+fn rope_both_layouts() {
+    let ctx = ctx();
+    let mut rng = Rng::new(4);
+    for interleaved in [true, false] {
+        for &(heads, hd) in &[(1usize, 2usize), (3, 64), (9, 64), (17, 16), (2, 128)] {
+            for &rows in &[1usize, 3, 17, 255] {
+                let x = rng.vec(rows * heads * hd, 1.0);
+                let pos: Vec<u32> = (0..rows).map(|_| rng.below(8192) as u32).collect();
+                let want = ops::rope::reference(&x, &pos, heads, hd, 100000.0, interleaved);
+                let xb = buf(&ctx, &x);
+                run(&ctx, ops::rope::build(&ctx, &xb, &buf_u32(&ctx, &pos), &step(&ctx, rows, 0, 0), heads, hd, 100000.0, interleaved, rows).unwrap());
+                // f32 angles at positions up to 8192 carry ~1e-3 rad of rounding.
+                assert_close(&format!("rope interleaved={interleaved} heads {heads} hd {hd} rows {rows}"), &read(&ctx, &xb, x.len()), &want, 3e-3, 1e-3);
+            }
+        }
+    }
+}
+
+#[test]
+fn elementwise_swiglu_and_add() {
+    let ctx = ctx();
+    let mut rng = Rng::new(5);
+    for &dim in AWKWARD {
+        for &rows in &[1usize, 3, 17] {
+            let (g, u) = (rng.vec(rows * dim, 6.0), rng.vec(rows * dim, 2.0));
+            let gb = buf(&ctx, &g);
+            run(&ctx, ops::swiglu::build(&ctx, &gb, &buf(&ctx, &u), &step(&ctx, rows, 0, 0), dim, rows).unwrap());
+            assert_close(&format!("swiglu dim {dim} rows {rows}"), &read(&ctx, &gb, g.len()), &ops::swiglu::reference(&g, &u), 1e-5, 1e-5);
+            let xb = buf(&ctx, &g);
+            run(&ctx, ops::add::build(&ctx, &xb, &buf(&ctx, &u), &step(&ctx, rows, 0, 0), dim, rows).unwrap());
+            assert_close(&format!("add dim {dim} rows {rows}"), &read(&ctx, &xb, g.len()), &ops::add::reference(&g, &u), 0.0, 0.0);
+        }
+    }
+}
+
+#[test]
+fn kv_write_scatters_rows_and_slot_table() {
+    let ctx = ctx();
+    let mut rng = Rng::new(6);
+    for &kv_dim in &[1usize, 17, 192, 257] {
+        for &rows in &[1usize, 3, 17] {
+            let cap = 300;
+            let mut slots: Vec<u32> = (0..cap as u32).collect();
+            for i in (1..slots.len()).rev() {
+                slots.swap(i, rng.below(i as u64 + 1) as usize);
+            }
+            slots.truncate(rows);
+            let pos: Vec<u32> = (0..rows as u32).map(|r| 1000 + r).collect();
+            let (k, v) = (rng.vec(rows * kv_dim, 1.0), rng.vec(rows * kv_dim, 1.0));
+            let init = rng.vec(cap * kv_dim, 1.0);
+            let (kc, vc) = (buf(&ctx, &init), buf(&ctx, &init));
+            let sp = buf_u32(&ctx, &vec![INVALID_SLOT; cap]);
+            let (kb, vb, sb, pb) = (buf(&ctx, &k), buf(&ctx, &v), buf_u32(&ctx, &slots), buf_u32(&ctx, &pos));
+            let b = ops::kv_write::KvWrite { k: &kb, v: &vb, k_cache: &kc, v_cache: &vc, slots: &sb, slot_pos: &sp, positions: &pb };
+            run(&ctx, ops::kv_write::build(&ctx, &b, &step(&ctx, rows, 0, 0), kv_dim, cap, rows, true).unwrap());
+            let (mut wk, mut wv) = (init.clone(), init.clone());
+            ops::kv_write::reference(&mut wk, &k, &slots, kv_dim);
+            ops::kv_write::reference(&mut wv, &v, &slots, kv_dim);
+            assert_close(&format!("kv_write k, kv_dim {kv_dim} rows {rows}"), &read(&ctx, &kc, cap * kv_dim), &wk, 0.0, 0.0);
+            assert_close(&format!("kv_write v, kv_dim {kv_dim} rows {rows}"), &read(&ctx, &vc, cap * kv_dim), &wv, 0.0, 0.0);
+            let table = pollster::block_on(ctx.read_u32(&sp, cap)).unwrap();
+            let mut want = vec![INVALID_SLOT; cap];
+            for (r, s) in slots.iter().enumerate() {
+                want[*s as usize] = pos[r];
+            }
+            assert_eq!(table, want, "slot table after kv_write");
+        }
+    }
+}
+
+#[test]
+fn attention_over_slots_with_gaps_and_causal_positions() {
+    let ctx = ctx();
+    let mut rng = Rng::new(7);
+    let cases = [(1usize, 1usize, 8usize), (9, 3, 64), (4, 4, 17), (8, 2, 128), (2, 1, 256)];
+    for &(n_heads, n_kv, hd) in &cases {
+        for &n_slots in &[1usize, 3, 17, 255, 257, 1000] {
+            for &rows in &[1usize, 3] {
+                let heads = Heads { n_heads, n_kv_heads: n_kv, head_dim: hd };
+                let kvd = n_kv * hd;
+                // Slots hold scattered positions; some are free.
+                let slot_pos: Vec<u32> = (0..n_slots).map(|_| if rng.below(5) == 0 { INVALID_SLOT } else { rng.below(2000) as u32 }).collect();
+                let positions: Vec<u32> = (0..rows).map(|_| 500 + rng.below(2000) as u32).collect();
+                let q = rng.vec(rows * n_heads * hd, 2.0);
+                let (k, v) = (rng.vec(n_slots * kvd, 2.0), rng.vec(n_slots * kvd, 1.0));
+                let want = ops::attention::reference(&q, &k, &v, &slot_pos, &positions, heads);
+                let out = ctx.storage("out", (rows * n_heads * hd * 4) as u64).unwrap();
+                let (qb, kb, vb, sb, pb) = (buf(&ctx, &q), buf(&ctx, &k), buf(&ctx, &v), buf_u32(&ctx, &slot_pos), buf_u32(&ctx, &positions));
+                let b = ops::attention::Buffers { q: &qb, k_cache: &kb, v_cache: &vb, slot_pos: &sb, positions: &pb, out: &out };
+                run(&ctx, ops::attention::build(&ctx, &b, &step(&ctx, rows, n_slots, 0), heads, n_slots, rows).unwrap());
+                assert_close(&format!("attention heads {n_heads}/{n_kv} hd {hd} slots {n_slots} rows {rows}"), &read(&ctx, &out, want.len()), &want, 1e-4, 1e-4);
+            }
+        }
+    }
+}
+
+#[test]
+fn sampling_greedy_topk_topp_match_reference() {
+    let ctx = ctx();
+    let mut rng = Rng::new(8);
+    let mut drawn = std::collections::HashSet::new();
+    for &vocab in &[1usize, 3, 17, 255, 257, 1000, 49152] {
+        let mut logits = rng.vec(vocab, 4.0);
+        if vocab > 10 {
+            // Ties, including for the maximum: the lower id wins.
+            logits[vocab / 2] = 9.0;
+            logits[vocab / 3] = 9.0;
+            logits[1] = logits[2];
+        }
+        let lb = buf(&ctx, &logits);
+        for (i, s) in [
+            Sampling { temperature: 0.0, ..Default::default() },
+            Sampling { temperature: 1.0, top_k: 0, top_p: 1.0, seed: 1 },
+            Sampling { temperature: 0.7, top_k: 5, top_p: 1.0, seed: 2 },
+            Sampling { temperature: 1.3, top_k: 0, top_p: 0.9, seed: 3 },
+            Sampling { temperature: 0.9, top_k: 40, top_p: 0.5, seed: 4 },
+            Sampling { temperature: 1.0, top_k: 1, top_p: 1.0, seed: 5 },
+        ]
+        .iter()
+        .enumerate()
+        {
+            for counter in 0..4u32 {
+                let tokens = ctx.storage("tokens", 4).unwrap();
+                let params = ops::sample::params_buffer(&ctx, s, vocab);
+                run(&ctx, ops::sample::build(&ctx, &lb, &tokens, &params, &step(&ctx, 1, 0, counter), vocab).unwrap());
+                let got = pollster::block_on(ctx.read_u32(&tokens, 1)).unwrap()[0];
+                let (kept, want) = ops::sample::reference(&logits, s, counter);
+                assert!(kept.contains(&got), "case {i} vocab {vocab}: sampled {got} is outside the kept set {kept:?}");
+                assert_eq!(got, want, "case {i} ({s:?}) vocab {vocab} counter {counter}");
+                drawn.insert((vocab, got));
+            }
+        }
+    }
+    assert!(drawn.len() > 20, "sampling drew too few distinct tokens: {drawn:?}");
+}
+
+#[test]
+fn every_shader_validates() {
+    let ctx = ctx();
+    for s in adore::shaders::ALL {
+        let module = naga::front::wgsl::parse_str(&s.source());
+        assert!(module.is_ok(), "{} does not parse: {:?}", s.name, module.err());
+    }
+    // Compiling through wgpu too, with the weight formats as constants.
+    for wtype in 0..5 {
+        for entry in ["matvec", "matvec_row", "tiled", "blocked"] {
+            ctx.pipeline(&adore::shaders::MATMUL, entry, &[("WTYPE", wtype as f64)]).unwrap();
+        }
+    }
+}
