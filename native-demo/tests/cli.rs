@@ -1,0 +1,69 @@
+//! The `adore` program: text on stdout, errors as one readable line with a non-zero exit.
+
+#[path = "../../tests/common/mod.rs"]
+mod common;
+
+use std::path::PathBuf;
+use std::process::{Command, Output};
+
+fn tiny_model() -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("adore-cli-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join("tiny.gguf");
+    if !path.exists() {
+        std::fs::write(&path, common::tiny::Tiny::new(11).gguf_bytes()).unwrap();
+    }
+    path
+}
+
+fn adore(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_adore")).args(args).env("XDG_RUNTIME_DIR", std::env::temp_dir()).output().unwrap()
+}
+
+fn fails_with(args: &[&str], needle: &str) {
+    let out = adore(args);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{args:?} succeeded");
+    assert!(!stderr.contains("panicked"), "{args:?} panicked: {stderr}");
+    assert!(stderr.contains(needle), "{args:?}: expected {needle:?} in stderr: {stderr}");
+}
+
+#[test]
+fn generates_text_on_stdout_and_stats_on_stderr() {
+    let m = tiny_model();
+    let out = adore(&["generate", "--model", m.to_str().unwrap(), "--prompt", "the", "--max-tokens", "5"]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    assert!(stderr.contains("adapter:") && stderr.contains("tokens/s"), "{stderr}");
+    assert!(!String::from_utf8_lossy(&out.stdout).contains("adapter"));
+    // Sampling with a seed is repeatable across processes.
+    let args = ["generate", "--model", m.to_str().unwrap(), "--prompt", "the", "--max-tokens", "8", "--temperature", "1.0", "--top-p", "0.9", "--seed", "42"];
+    assert_eq!(adore(&args).stdout, adore(&args).stdout);
+}
+
+#[test]
+fn perplexity_json() {
+    let m = tiny_model();
+    let text = std::env::temp_dir().join(format!("adore-cli-text-{}", std::process::id()));
+    std::fs::write(&text, "the cat in the hat sat on the mat. ".repeat(20)).unwrap();
+    let out = adore(&["perplexity", "--model", m.to_str().unwrap(), "--file", text.to_str().unwrap(), "--window", "64", "--json"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert!(v["ppl"].as_f64().unwrap() > 1.0 && v["tokens_scored"].as_u64().unwrap() > 0, "{v}");
+}
+
+#[test]
+fn bad_arguments_and_files() {
+    let m = tiny_model();
+    let m = m.to_str().unwrap();
+    fails_with(&["generate", "--model", m, "--prompt", "x", "--temperature", "-1"], "temperature");
+    fails_with(&["generate", "--model", m, "--prompt", "x", "--top-p", "1.5"], "top-p");
+    fails_with(&["generate", "--model", m, "--prompt", "x", "--max-tokens", "0"], "max-tokens");
+    fails_with(&["generate", "--model", "/nonexistent.gguf", "--prompt", "x"], "/nonexistent.gguf");
+    fails_with(&["generate", "--model", m, "--prompt", &"the ".repeat(300)], "context");
+    fails_with(&["generate", "--model", m, "--prompt", ""], "empty");
+    let bad = std::env::temp_dir().join(format!("adore-cli-bad-{}.gguf", std::process::id()));
+    std::fs::write(&bad, b"GGUF\x03\x00\x00\x00\xff\xff\xff\xff\xff\xff\xff\xff").unwrap();
+    fails_with(&["generate", "--model", bad.to_str().unwrap(), "--prompt", "x"], "truncated");
+    fails_with(&["bench", "--model", m, "--contexts", "0"], "contexts");
+}

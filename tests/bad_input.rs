@@ -1,0 +1,264 @@
+//! Bad input gets a typed error that names what is wrong, and never a panic.
+
+mod common;
+
+use std::sync::Arc;
+
+use adore::model::gguf::{self, Gguf, Value};
+use adore::model::{ModelSpec, Source};
+use adore::tensor::{DType, HostTensor};
+use adore::{Error, GenerateOptions, Model, Sampling, Session, SessionOptions};
+use common::tiny::Tiny;
+
+fn read(bytes: &[u8]) -> adore::Result<ModelSpec<'_>> {
+    ModelSpec::read(Source::Gguf { name: "bad.gguf".into(), bytes })
+}
+
+fn err(bytes: &[u8]) -> Error {
+    match read(bytes) {
+        Ok(_) => panic!("a malformed file was accepted"),
+        Err(e) => e,
+    }
+}
+
+/// A GGUF header followed by `body`.
+fn header(version: u32, n_tensors: u64, n_kv: u64, body: &[u8]) -> Vec<u8> {
+    let mut v = b"GGUF".to_vec();
+    v.extend_from_slice(&version.to_le_bytes());
+    v.extend_from_slice(&n_tensors.to_le_bytes());
+    v.extend_from_slice(&n_kv.to_le_bytes());
+    v.extend_from_slice(body);
+    v
+}
+
+fn tensor_entry(name: &str, dims: &[u64], ty: u32, offset: u64) -> Vec<u8> {
+    let mut v = (name.len() as u64).to_le_bytes().to_vec();
+    v.extend_from_slice(name.as_bytes());
+    v.extend_from_slice(&(dims.len() as u32).to_le_bytes());
+    dims.iter().for_each(|d| v.extend_from_slice(&d.to_le_bytes()));
+    v.extend_from_slice(&ty.to_le_bytes());
+    v.extend_from_slice(&offset.to_le_bytes());
+    v
+}
+
+#[test]
+fn missing_file() {
+    let e = adore::model::files::load(common::ctx(), std::path::Path::new("/nonexistent/model.gguf"), &mut |_, _| {}).err().unwrap();
+    assert!(matches!(e, Error::Io { .. }), "{e}");
+    assert!(e.to_string().contains("/nonexistent/model.gguf"), "{e}");
+}
+
+#[test]
+fn empty_file() {
+    assert!(matches!(err(&[]), Error::EmptyFile { .. }));
+}
+
+#[test]
+fn wrong_magic() {
+    let e = err(b"GGML\x03\x00\x00\x00rest of a file");
+    assert!(matches!(e, Error::BadMagic { .. }), "{e}");
+}
+
+#[test]
+fn wrong_version() {
+    for v in [0, 1, 4, 99] {
+        let e = err(&header(v, 0, 0, &[]));
+        assert!(matches!(e, Error::UnsupportedVersion { version, .. } if version == v), "{e}");
+    }
+}
+
+#[test]
+fn counts_past_the_end_are_rejected_before_allocating() {
+    for (t, kv) in [(1u64 << 40, 0u64), (0, 1 << 40), (u64::MAX, u64::MAX), (3, 0)] {
+        let e = err(&header(3, t, kv, &[0; 16]));
+        assert!(matches!(e, Error::Truncated { .. }), "{t} tensors, {kv} keys: {e}");
+    }
+    // An array claiming more elements than bytes remain.
+    let mut body = (4u64).to_le_bytes().to_vec();
+    body.extend_from_slice(b"toks");
+    body.extend_from_slice(&9u32.to_le_bytes()); // array
+    body.extend_from_slice(&8u32.to_le_bytes()); // of strings
+    body.extend_from_slice(&(1u64 << 50).to_le_bytes());
+    let e = err(&header(3, 0, 1, &body));
+    assert!(matches!(e, Error::Truncated { .. }), "{e}");
+}
+
+#[test]
+fn offsets_past_the_end() {
+    let body = tensor_entry("token_embd.weight", &[32, 4], 0, 1 << 20);
+    let e = err(&header(3, 1, 0, &body));
+    assert!(matches!(&e, Error::Truncated { what, .. } if what.contains("token_embd.weight")), "{e}");
+    let body = tensor_entry("x", &[32], 0, u64::MAX - 8);
+    assert!(matches!(err(&header(3, 1, 0, &body)), Error::Truncated { .. }));
+}
+
+#[test]
+fn truncated_at_every_offset() {
+    let bytes = Tiny::new(1).gguf_bytes();
+    let mut step = 1;
+    let mut cut = 0;
+    while cut < bytes.len() {
+        assert!(read(&bytes[..cut]).is_err(), "a file cut at byte {cut} of {} was accepted", bytes.len());
+        cut += step;
+        step = (step * 5 / 4).max(step + 1);
+    }
+    assert!(read(&bytes).is_ok());
+}
+
+#[test]
+fn unknown_dtype() {
+    let body = tensor_entry("blk.0.attn_q.weight", &[256, 4], 14, 0); // Q6_K
+    let e = err(&header(3, 1, 0, &body));
+    assert!(matches!(&e, Error::UnknownDtype { tensor, dtype, .. } if tensor == "blk.0.attn_q.weight" && dtype.contains("Q6_K")), "{e}");
+    let body = tensor_entry("t", &[32], 1000, 0);
+    assert!(matches!(err(&header(3, 1, 0, &body)), Error::UnknownDtype { .. }));
+}
+
+fn tiny_with(edit: impl Fn(&mut Vec<(&'static str, Value)>, &mut Vec<HostTensor<'static>>)) -> Vec<u8> {
+    let bytes = Tiny::new(3).gguf_bytes();
+    let g = Gguf::parse("tiny", &bytes).unwrap();
+    let keep = [
+        "general.architecture", "llama.block_count", "llama.context_length", "llama.embedding_length", "llama.feed_forward_length",
+        "llama.attention.head_count", "llama.attention.head_count_kv", "llama.rope.freq_base",
+        "llama.attention.layer_norm_rms_epsilon", "llama.vocab_size", "tokenizer.ggml.model", "tokenizer.ggml.pre",
+        "tokenizer.ggml.tokens", "tokenizer.ggml.token_type", "tokenizer.ggml.merges",
+    ];
+    let mut meta: Vec<(&'static str, Value)> = keep.iter().map(|k| (*k, g.get(k).unwrap().clone())).collect();
+    let mut tensors: Vec<HostTensor<'static>> = g
+        .tensors
+        .iter()
+        .map(|t| {
+            let h = g.tensor(t);
+            HostTensor { name: h.name, dtype: h.dtype, shape: h.shape, data: h.data.into_owned().into() }
+        })
+        .collect();
+    edit(&mut meta, &mut tensors);
+    gguf::write(&meta, &tensors)
+}
+
+#[test]
+fn shape_disagrees_with_config() {
+    let bytes = tiny_with(|_, ts| {
+        let t = ts.iter_mut().find(|t| t.name == "blk.1.ffn_up.weight").unwrap();
+        t.shape = vec![64, 96];
+    });
+    let e = err(&bytes);
+    assert!(matches!(&e, Error::ShapeMismatch { tensor, .. } if tensor == "blk.1.ffn_up.weight"), "{e}");
+}
+
+#[test]
+fn config_nonsense() {
+    for (key, value) in [("llama.attention.head_count_kv", Value::U32(3)), ("llama.embedding_length", Value::U32(0)), ("llama.rope.freq_base", Value::F32(-1.0))] {
+        let bytes = tiny_with(|m, _| m.iter_mut().find(|(k, _)| *k == key).unwrap().1 = value.clone());
+        let e = err(&bytes);
+        assert!(matches!(e, Error::Config(_)), "{key}: {e}");
+    }
+    let bytes = tiny_with(|m, _| m.retain(|(k, _)| *k != "llama.block_count"));
+    assert!(matches!(err(&bytes), Error::Config(ref s) if s.contains("block_count")));
+}
+
+#[test]
+fn missing_tensor() {
+    let bytes = tiny_with(|_, ts| ts.retain(|t| t.name != "blk.0.attn_v.weight"));
+    let e = err(&bytes);
+    assert!(matches!(&e, Error::MissingTensor { tensor } if tensor == "blk.0.attn_v.weight"), "{e}");
+}
+
+#[test]
+fn bad_utf8_in_metadata() {
+    let bytes = tiny_with(|m, _| m.push(("general.name", Value::String("x".into()))));
+    let pos = bytes.windows(12).position(|w| w == b"general.name").unwrap();
+    let mut bad = bytes.clone();
+    // The value's single byte follows the key, its type (4 bytes) and its length (8 bytes).
+    bad[pos + 12 + 4 + 8] = 0xff;
+    let e = err(&bad);
+    assert!(matches!(&e, Error::Malformed { what, .. } if what.contains("UTF-8")), "{e}");
+}
+
+#[test]
+fn tensor_over_the_binding_limit() {
+    let ctx = Arc::new(adore::Context::new_blocking(adore::ContextOptions { max_binding_size: Some(4096) }).unwrap());
+    let bytes = Tiny::new(1).gguf_bytes();
+    let spec = read(&bytes).unwrap();
+    let e = Model::load(ctx, spec, &mut |_, _| {}).err().unwrap();
+    assert!(matches!(&e, Error::TensorTooLarge { tensor, limit: 4096, .. } if tensor == "token_embd.weight"), "{e}");
+}
+
+#[test]
+fn unknown_safetensors_dtype_and_bad_config() {
+    let cfg = br#"{"hidden_size": 64}"#;
+    let e = ModelSpec::read(Source::HfDir { config_json: ("config.json".into(), cfg), safetensors: vec![], tokenizer_json: ("tokenizer.json".into(), b"{}") }).err().unwrap();
+    assert!(matches!(&e, Error::Malformed { file, .. } if file == "config.json"), "{e}");
+    let e = ModelSpec::read(Source::HfDir { config_json: ("config.json".into(), b"not json"), safetensors: vec![], tokenizer_json: ("t".into(), b"{}") }).err().unwrap();
+    assert!(matches!(e, Error::Malformed { .. }), "{e}");
+    // A corrupt safetensors file.
+    let tiny = Tiny::new(2);
+    let dir = std::env::temp_dir().join(format!("adore-bad-{}", std::process::id()));
+    let g = tiny.gguf_bytes();
+    let tok = adore::model::Tokenizer::from_gguf(&Gguf::parse("t", &g).unwrap()).unwrap();
+    tiny.write_hf_dir(&dir, &tok.to_json().unwrap());
+    let shard = dir.join("model-00001-of-00002.safetensors");
+    let mut bytes = std::fs::read(&shard).unwrap();
+    bytes.truncate(bytes.len() / 2);
+    std::fs::write(&shard, &bytes).unwrap();
+    let e = adore::model::files::load(common::ctx(), &dir, &mut |_, _| {}).err().unwrap();
+    assert!(matches!(&e, Error::Malformed { file, .. } if file.contains("00001")), "{e}");
+    // An integer tensor.
+    let view = safetensors::tensor::TensorView::new(safetensors::Dtype::I64, vec![2], &[0u8; 16]).unwrap();
+    let st = safetensors::serialize([("model.norm.weight".to_string(), view)], None).unwrap();
+    std::fs::write(&shard, st).unwrap();
+    let e = adore::model::files::load(common::ctx(), &dir, &mut |_, _| {}).err().unwrap();
+    assert!(matches!(&e, Error::UnknownDtype { dtype, .. } if dtype.contains("I64")), "{e}");
+    let _ = std::fs::remove_dir_all(dir);
+}
+
+fn tiny_model() -> Arc<Model> {
+    let bytes = Tiny::new(1).gguf_bytes();
+    let spec = read(&bytes).unwrap();
+    Arc::new(Model::load(common::ctx(), spec, &mut |_, _| {}).unwrap())
+}
+
+#[test]
+fn prompt_longer_than_the_context() {
+    let m = tiny_model();
+    let mut s = Session::new(m, SessionOptions { context: 16, chunk: 8, all_logits: false }).unwrap();
+    let e = pollster::block_on(s.prefill(&[5; 17])).err().unwrap();
+    assert!(matches!(e, Error::PromptTooLong { tokens: 17, context: 16 }), "{e}");
+    // The session is still usable afterwards.
+    pollster::block_on(s.prefill(&[5; 16])).unwrap();
+    let e = pollster::block_on(s.step()).err().unwrap();
+    assert!(matches!(e, Error::PromptTooLong { .. }), "{e}");
+}
+
+#[test]
+fn nonsense_arguments() {
+    let m = tiny_model();
+    let mut s = Session::new(m.clone(), SessionOptions { context: 16, chunk: 8, all_logits: false }).unwrap();
+    for bad in [
+        Sampling { temperature: -1.0, ..Default::default() },
+        Sampling { temperature: f32::NAN, ..Default::default() },
+        Sampling { top_p: 1.5, ..Default::default() },
+        Sampling { top_p: 0.0, ..Default::default() },
+    ] {
+        let e = s.set_sampling(bad).err().unwrap();
+        assert!(matches!(e, Error::InvalidArgument(_)), "{bad:?}: {e}");
+    }
+    let opts = GenerateOptions { max_tokens: 0, ..Default::default() };
+    let e = pollster::block_on(adore::generate(&mut s, &[5], &opts, |_, _| true)).err().unwrap();
+    assert!(matches!(e, Error::InvalidArgument(_)), "{e}");
+    let e = pollster::block_on(s.prefill(&[])).err().unwrap();
+    assert!(matches!(e, Error::EmptyPrompt), "{e}");
+    let e = pollster::block_on(s.prefill(&[100_000])).err().unwrap();
+    assert!(matches!(e, Error::InvalidArgument(_)), "{e}");
+    assert!(Session::new(m, SessionOptions { context: 0, chunk: 8, all_logits: false }).is_err());
+}
+
+#[test]
+fn quantized_rows_must_be_whole_blocks() {
+    let ctx = common::ctx();
+    let t = HostTensor { name: "odd".into(), dtype: DType::Q8_0, shape: vec![1, 32], data: vec![0u8; 34].into() };
+    assert!(adore::tensor::GpuWeight::upload(&ctx, &t).is_ok());
+    let body = tensor_entry("odd", &[48, 2], 8, 0); // 48 is not a multiple of 32
+    let e = err(&header(3, 1, 0, &body));
+    assert!(matches!(e, Error::Malformed { .. }), "{e}");
+}
