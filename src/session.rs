@@ -123,6 +123,21 @@ impl Session {
         self.model.ctx.queue.write_buffer(&self.state.slot_pos, 0, bytemuck::cast_slice(&invalid));
     }
 
+    /// Keeps only the first `n` tokens of the sequence (for example the part of a chat that a
+    /// new turn shares with the previous one).
+    pub fn truncate(&mut self, n: usize) {
+        if n >= self.n_past {
+            return;
+        }
+        if n == 0 {
+            return self.reset();
+        }
+        // Slots hold positions one to one, so the slots from n on are the ones to free.
+        let invalid = vec![INVALID_SLOT; self.n_past - n];
+        self.model.ctx.queue.write_buffer(&self.state.slot_pos, (n * 4) as u64, bytemuck::cast_slice(&invalid));
+        self.n_past = n;
+    }
+
     /// Sets how following steps choose tokens.
     pub fn set_sampling(&mut self, sampling: Sampling) -> Result<()> {
         sampling.validate()?;

@@ -80,3 +80,27 @@ fn safetensors_dir_forward_matches_reference() {
     assert_eq!(model.tokenizer.encode(text).unwrap()[0], 1, "special token recognised in text");
     let _ = std::fs::remove_dir_all(dir);
 }
+
+#[test]
+fn truncate_then_continue_equals_a_fresh_sequence() {
+    let tiny = Tiny::new(9);
+    let dir = temp_dir("trunc");
+    let path = dir.join("tiny.gguf");
+    std::fs::write(&path, tiny.gguf_bytes()).unwrap();
+    let model = load(&path);
+    let ids = tokens();
+    let (a, b, c) = (&ids[..20], &ids[20..35], &ids[40..50]);
+    let opts = SessionOptions { context: 64, chunk: 8, all_logits: false };
+    let mut s = Session::new(model.clone(), opts.clone()).unwrap();
+    pollster::block_on(s.prefill(&[a, b].concat())).unwrap();
+    s.truncate(a.len());
+    assert_eq!(s.len(), a.len());
+    let t1 = pollster::block_on(s.prefill(c)).unwrap();
+    let l1 = pollster::block_on(s.last_logits()).unwrap();
+    let mut fresh = Session::new(model, opts).unwrap();
+    let t2 = pollster::block_on(fresh.prefill(&[a, c].concat())).unwrap();
+    let l2 = pollster::block_on(fresh.last_logits()).unwrap();
+    assert_eq!(t1, t2);
+    assert_close("logits after truncate + continue vs fresh", &l1, &l2, 1e-5, 1e-5);
+    let _ = std::fs::remove_dir_all(dir);
+}

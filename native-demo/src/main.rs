@@ -235,6 +235,7 @@ fn chat(args: &ModelArgs, max_tokens: usize, sampling: Sampling, system: Option<
     let model = load(args)?;
     let context = args.context.unwrap_or(model.config.context.min(4096));
     let mut session = Session::new(model.clone(), SessionOptions { context, chunk: args.chunk, all_logits: false })?;
+    let mut held: Vec<u32> = Vec::new(); // the tokens the session holds
     let mut messages: Vec<Message> = system.into_iter().map(|content| Message { role: "system".into(), content }).collect();
     let interactive = std::io::stdin().is_terminal();
     if interactive {
@@ -250,15 +251,24 @@ fn chat(args: &ModelArgs, max_tokens: usize, sampling: Sampling, system: Option<
             return Ok(());
         }
         messages.push(Message { role: "user".into(), content: line.trim_end().to_string() });
-        // The whole conversation is re-rendered and re-run, so the session always holds
-        // exactly what the template produces.
+        // The conversation is re-rendered whole; the part the session already holds is kept
+        // and only the rest is run.
         let prompt = apply_chat_template(model.chat_template.as_deref(), &messages)?;
         let ids = model.tokenizer.encode(&prompt)?;
-        session.reset();
+        let common = held.iter().zip(&ids).take_while(|(a, b)| a == b).count().min(ids.len() - 1);
+        session.truncate(common);
+        held.truncate(common);
+        if ids.len() + max_tokens > context {
+            eprintln!("(the conversation no longer fits in {context} tokens; starting over with the last message)");
+            messages.drain(..messages.len() - 1);
+            session.reset();
+            held.clear();
+            continue;
+        }
         let opts = GenerateOptions { max_tokens, sampling, stop_at_eos: true };
         let mut reply = String::new();
         let mut stdout = std::io::stdout();
-        let (_, stats) = pollster::block_on(adore::generate(&mut session, &ids, &opts, |_, text| {
+        let (out, stats) = pollster::block_on(adore::generate(&mut session, &ids[common..], &opts, |_, text| {
             reply.push_str(text);
             let _ = stdout.write_all(text.as_bytes());
             let _ = stdout.flush();
@@ -266,6 +276,9 @@ fn chat(args: &ModelArgs, max_tokens: usize, sampling: Sampling, system: Option<
         }))?;
         println!();
         eprintln!("[{} tokens, {:.1} tokens/s]", stats.generated_tokens, stats.decode_tokens_per_s());
+        held.extend_from_slice(&ids[common..]);
+        held.extend_from_slice(&out);
+        held.truncate(session.len());
         messages.push(Message { role: "assistant".into(), content: reply });
     }
 }
