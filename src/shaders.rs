@@ -40,6 +40,7 @@ shader!(ADD, "add", false);
 shader!(KV_WRITE, "kv_write", false);
 shader!(ATTENTION, "attention", false);
 shader!(SAMPLE, "sample", false);
+shader!(TOPK, "topk", false);
 
 /// Every kernel, for validation tests.
-pub const ALL: &[&Shader] = &[&MATMUL, &EMBED, &RMSNORM, &ROPE, &SWIGLU, &ADD, &KV_WRITE, &ATTENTION, &SAMPLE];
+pub const ALL: &[&Shader] = &[&MATMUL, &EMBED, &RMSNORM, &ROPE, &SWIGLU, &ADD, &KV_WRITE, &ATTENTION, &SAMPLE, &TOPK];

@@ -252,3 +252,25 @@ fn every_shader_validates() {
         }
     }
 }
+
+#[test]
+fn topk_equals_a_cpu_sort_with_ties() {
+    let ctx = ctx();
+    let mut rng = Rng::new(9);
+    for &n in &[1usize, 2, 3, 17, 255, 256, 257, 1000, 4097, 10000] {
+        for &k in &[0usize, 1, 2, 5, 64, 255, 256, 1000, 9999, 20000] {
+            // Few distinct values, so that ties are everywhere; negative and positive.
+            let distinct = 1 + rng.below(20) as u32;
+            let scores: Vec<f32> = (0..n).map(|_| (rng.below(distinct as u64) as f32 - distinct as f32 / 2.0) * 0.25).collect();
+            let (sb, sel) = (buf(&ctx, &scores), ctx.storage("sel", (n * 4) as u64).unwrap());
+            let idx = ctx.storage("idx", (k.min(n).max(1) * 4) as u64).unwrap();
+            run(&ctx, ops::topk::build(&ctx, &sb, &sel, &idx, n, k).unwrap());
+            let want = ops::topk::reference(&scores, k);
+            let got = pollster::block_on(ctx.read_u32(&idx, want.len().max(1))).unwrap();
+            assert_eq!(&got[..want.len()], &want[..], "top-{k} of {n} (indices)");
+            let mask = pollster::block_on(ctx.read_u32(&sel, n)).unwrap();
+            let from_mask: Vec<u32> = mask.iter().enumerate().filter(|(_, &m)| m == 1).map(|(i, _)| i as u32).collect();
+            assert_eq!(from_mask, want, "top-{k} of {n} (mask)");
+        }
+    }
+}

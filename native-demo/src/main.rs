@@ -130,7 +130,7 @@ fn main() {
 fn run(cli: Cli) -> Result<()> {
     match cli.command {
         Command::Fetch => {
-            let path = adore::fetch::default_model(&mut |m| eprintln!("{m}"))?;
+            let path = fetch_default()?;
             println!("{}", path.display());
             Ok(())
         }
@@ -192,10 +192,27 @@ fn progress_bar(len: u64, unit: &str) -> ProgressBar {
     bar
 }
 
+/// The default model's path, downloading it (with a progress bar on a terminal) if needed.
+fn fetch_default() -> Result<PathBuf> {
+    let bar = if std::io::stderr().is_terminal() {
+        let b = ProgressBar::new(0);
+        b.set_style(ProgressStyle::with_template("downloading {bar:40} {bytes}/{total_bytes} ({eta} left)").unwrap_or_else(|_| ProgressStyle::default_bar()));
+        b
+    } else {
+        ProgressBar::hidden()
+    };
+    let path = adore::fetch::default_model_with(&mut |m| bar.suspend(|| eprintln!("{m}")), &mut |done, total| {
+        bar.set_length(total.max(done));
+        bar.set_position(done);
+    })?;
+    bar.finish_and_clear();
+    Ok(path)
+}
+
 fn load(args: &ModelArgs) -> Result<Arc<Model>> {
     let path = match &args.model {
         Some(p) => p.clone(),
-        None => adore::fetch::default_model(&mut |m| eprintln!("{m}"))?,
+        None => fetch_default()?,
     };
     let ctx = Arc::new(Context::new_blocking(ContextOptions::default())?);
     eprintln!("adapter: {}", ctx.describe());

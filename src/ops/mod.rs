@@ -10,6 +10,7 @@ pub mod rmsnorm;
 pub mod rope;
 pub mod sample;
 pub mod swiglu;
+pub mod topk;
 
 use crate::error::{Error, Result};
 
