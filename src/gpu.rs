@@ -101,16 +101,7 @@ impl Context {
         }));
         let device_limit = (limits.max_storage_buffer_binding_size as u64).min(limits.max_buffer_size);
         let binding_limit = options.max_binding_size.map_or(device_limit, |m| m.min(device_limit));
-        Ok(Self {
-            device,
-            queue,
-            info,
-            limits,
-            features,
-            binding_limit,
-            pipelines: Mutex::default(),
-            last_error,
-        })
+        Ok(Self { device, queue, info, limits, features, binding_limit, pipelines: Mutex::default(), last_error })
     }
 
     /// Blocking form of [`Context::new`] for native programs.
@@ -214,11 +205,8 @@ impl Context {
     /// Binds `buffers` to bindings 0.. of group 0 of `pipeline`, in order.
     pub fn dispatch(&self, pipeline: Arc<wgpu::ComputePipeline>, buffers: &[&wgpu::Buffer], workgroups: [u32; 3]) -> Dispatch {
         let layout = pipeline.get_bind_group_layout(0);
-        let entries: Vec<wgpu::BindGroupEntry> = buffers
-            .iter()
-            .enumerate()
-            .map(|(i, b)| wgpu::BindGroupEntry { binding: i as u32, resource: b.as_entire_binding() })
-            .collect();
+        let entries: Vec<wgpu::BindGroupEntry> =
+            buffers.iter().enumerate().map(|(i, b)| wgpu::BindGroupEntry { binding: i as u32, resource: b.as_entire_binding() }).collect();
         let bind_group = self.device.create_bind_group(&wgpu::BindGroupDescriptor { label: None, layout: &layout, entries: &entries });
         Dispatch { pipeline, bind_group, workgroups }
     }

@@ -9,6 +9,7 @@ pub mod error;
 pub mod fetch;
 pub mod generate;
 pub mod gpu;
+pub mod kv;
 pub mod model;
 pub mod ops;
 pub mod session;

@@ -7,48 +7,62 @@ use std::sync::Arc;
 
 use crate::error::{Error, Result};
 use crate::gpu::Dispatch;
+use crate::kv::{Policy, PolicyKind, SlotMap};
 use crate::model::Model;
 use crate::ops::{self, attention::Heads, attention::INVALID_SLOT, sample::Sampling, Step};
 
 /// Sizes fixed when a session is created.
 #[derive(Clone, Debug)]
 pub struct SessionOptions {
-    /// KV slots: the longest sequence this session can hold (prompt + generated).
+    /// The longest sequence this session can hold (prompt + generated tokens).
     pub context: usize,
     /// Most prompt tokens processed per submit.
     pub chunk: usize,
     /// Compute logits for every row (perplexity) instead of only the last one.
     pub all_logits: bool,
+    /// Which tokens the KV cache keeps.
+    pub policy: Policy,
 }
 
 impl Default for SessionOptions {
     fn default() -> Self {
-        Self { context: 2048, chunk: 256, all_logits: false }
+        Self { context: 2048, chunk: 256, all_logits: false, policy: Policy::full() }
+    }
+}
+
+impl SessionOptions {
+    /// KV slots needed: the whole context for `full`; otherwise the budget plus one chunk of
+    /// rows in flight.
+    pub fn capacity(&self) -> usize {
+        match self.policy.kind {
+            PolicyKind::Full => self.context,
+            _ => self.context.min(self.policy.budget + self.chunk),
+        }
     }
 }
 
 /// Activations, KV cache and step buffers: everything a step touches, allocated once.
 struct RunState {
-    step: wgpu::Buffer,           // Step uniform
-    sample_params: wgpu::Buffer,  // sample::Params uniform
-    tokens: wgpu::Buffer,         // (chunk) u32 input ids; [0] <- sampled id
-    positions: wgpu::Buffer,      // (chunk) u32 absolute positions
-    slots: wgpu::Buffer,          // (chunk) u32 KV slot of each row
-    x: wgpu::Buffer,              // (chunk, hidden) residual stream
-    xn: wgpu::Buffer,             // (chunk, hidden) normalised
-    q: wgpu::Buffer,              // (chunk, n_heads, head_dim)
-    k: wgpu::Buffer,              // (chunk, n_kv_heads, head_dim)
-    v: wgpu::Buffer,              // (chunk, n_kv_heads, head_dim)
-    att: wgpu::Buffer,            // (chunk, n_heads, head_dim)
-    proj: wgpu::Buffer,           // (chunk, hidden) attention / FFN output
-    gate: wgpu::Buffer,           // (chunk, ffn)
-    up: wgpu::Buffer,             // (chunk, ffn)
-    last: wgpu::Buffer,           // (1, hidden) normalised last row
-    logits: wgpu::Buffer,         // (1 or chunk, vocab)
-    k_cache: Vec<wgpu::Buffer>,   // per layer (context, n_kv_heads, head_dim)
-    v_cache: Vec<wgpu::Buffer>,   // per layer (context, n_kv_heads, head_dim)
-    slot_pos: wgpu::Buffer,       // (context) u32 position held by each slot, or INVALID_SLOT
-    readback: wgpu::Buffer,       // 4 bytes, MAP_READ
+    step: wgpu::Buffer,          // Step uniform
+    sample_params: wgpu::Buffer, // sample::Params uniform
+    tokens: wgpu::Buffer,        // (chunk) u32 input ids; [0] <- sampled id
+    positions: wgpu::Buffer,     // (chunk) u32 absolute positions
+    slots: wgpu::Buffer,         // (chunk) u32 KV slot of each row
+    x: wgpu::Buffer,             // (chunk, hidden) residual stream
+    xn: wgpu::Buffer,            // (chunk, hidden) normalised
+    q: wgpu::Buffer,             // (chunk, n_heads, head_dim)
+    k: wgpu::Buffer,             // (chunk, n_kv_heads, head_dim)
+    v: wgpu::Buffer,             // (chunk, n_kv_heads, head_dim)
+    att: wgpu::Buffer,           // (chunk, n_heads, head_dim)
+    proj: wgpu::Buffer,          // (chunk, hidden) attention / FFN output
+    gate: wgpu::Buffer,          // (chunk, ffn)
+    up: wgpu::Buffer,            // (chunk, ffn)
+    last: wgpu::Buffer,          // (1, hidden) normalised last row
+    logits: wgpu::Buffer,        // (1 or chunk, vocab)
+    k_cache: Vec<wgpu::Buffer>,  // per layer (capacity, n_kv_heads, head_dim)
+    v_cache: Vec<wgpu::Buffer>,  // per layer (capacity, n_kv_heads, head_dim)
+    slot_pos: wgpu::Buffer,      // (capacity) u32 position held by each slot, or INVALID_SLOT
+    readback: wgpu::Buffer,      // 4 bytes, MAP_READ
 }
 
 pub struct Session {
@@ -61,6 +75,9 @@ pub struct Session {
     /// Tokens in the sequence so far.
     n_past: usize,
     counter: u32,
+    /// CPU mirror of the slot table (policies without scores are decided on it).
+    slots: SlotMap,
+    capacity: usize,
 }
 
 impl Session {
@@ -69,12 +86,17 @@ impl Session {
         if options.context == 0 || options.chunk == 0 {
             return Err(Error::arg("context and chunk sizes must be at least 1"));
         }
+        options.policy.validate()?;
         let ctx = &model.ctx;
         let f = |n: usize| (n * 4) as u64;
         let chunk = options.chunk.min(options.context).next_power_of_two();
+        let options = SessionOptions { chunk, ..options };
+        let capacity = options.capacity();
         let logit_rows = if options.all_logits { chunk } else { 1 };
-        let kv_bytes = f(options.context * c.kv_dim());
-        let cache = |kind: &str| -> Result<Vec<wgpu::Buffer>> { (0..c.layers).map(|l| ctx.storage(&format!("{kind}_cache.{l}"), kv_bytes)).collect() };
+        let kv_bytes = f(capacity * c.kv_dim());
+        let cache = |kind: &str| -> Result<Vec<wgpu::Buffer>> {
+            (0..c.layers).map(|l| ctx.storage(&format!("{kind}_cache.{l}"), kv_bytes)).collect()
+        };
         let state = RunState {
             step: ctx.uniform("step", &Step::default()),
             sample_params: ops::sample::params_buffer(ctx, &Sampling::default(), c.vocab),
@@ -94,11 +116,21 @@ impl Session {
             logits: ctx.storage("logits", f(logit_rows * c.vocab))?,
             k_cache: cache("k")?,
             v_cache: cache("v")?,
-            slot_pos: ctx.storage_init("slot_pos", bytemuck::cast_slice(&vec![INVALID_SLOT; options.context]))?,
+            slot_pos: ctx.storage_init("slot_pos", bytemuck::cast_slice(&vec![INVALID_SLOT; capacity]))?,
             readback: ctx.staging(4),
         };
         ctx.take_error()?;
-        Ok(Self { model, options: SessionOptions { chunk, ..options }, state, plans: HashMap::new(), sampling: Sampling::default(), n_past: 0, counter: 0 })
+        Ok(Self {
+            model,
+            options,
+            state,
+            plans: HashMap::new(),
+            sampling: Sampling::default(),
+            n_past: 0,
+            counter: 0,
+            slots: SlotMap::new(capacity),
+            capacity,
+        })
     }
 
     /// Tokens held so far.
@@ -115,12 +147,30 @@ impl Session {
         self.state.k_cache.iter().chain(&self.state.v_cache).map(|b| b.size()).sum()
     }
 
+    /// Positions the KV cache holds now, ascending.
+    pub fn kept_positions(&self) -> Vec<u32> {
+        self.slots.positions()
+    }
+
+    /// The GPU slot table (position per slot, INVALID_SLOT when free), read back (for tests).
+    pub async fn slot_table(&self) -> Result<Vec<u32>> {
+        self.model.ctx.read_u32(&self.state.slot_pos, self.capacity).await
+    }
+
     /// Forgets the sequence (the buffers stay allocated).
     pub fn reset(&mut self) {
         self.n_past = 0;
         self.counter = 0;
-        let invalid = vec![INVALID_SLOT; self.options.context];
+        self.slots.clear();
+        let invalid = vec![INVALID_SLOT; self.capacity];
         self.model.ctx.queue.write_buffer(&self.state.slot_pos, 0, bytemuck::cast_slice(&invalid));
+    }
+
+    /// Marks `freed` slots free in the GPU table (before the next submit).
+    fn free_slots(&self, freed: &[u32]) {
+        for &slot in freed {
+            self.model.ctx.queue.write_buffer(&self.state.slot_pos, slot as u64 * 4, bytemuck::bytes_of(&INVALID_SLOT));
+        }
     }
 
     /// Keeps only the first `n` tokens of the sequence (for example the part of a chat that a
@@ -132,9 +182,8 @@ impl Session {
         if n == 0 {
             return self.reset();
         }
-        // Slots hold positions one to one, so the slots from n on are the ones to free.
-        let invalid = vec![INVALID_SLOT; self.n_past - n];
-        self.model.ctx.queue.write_buffer(&self.state.slot_pos, (n * 4) as u64, bytemuck::cast_slice(&invalid));
+        let freed = self.slots.truncate(n);
+        self.free_slots(&freed);
         self.n_past = n;
     }
 
@@ -173,9 +222,16 @@ impl Session {
                 slot_pos: &s.slot_pos,
                 positions: &s.positions,
             };
-            plan.push(ops::kv_write::build(ctx, &kv, step, c.kv_dim(), self.options.context, rows, l == 0)?);
-            let ab = ops::attention::Buffers { q: &s.q, k_cache: &s.k_cache[l], v_cache: &s.v_cache[l], slot_pos: &s.slot_pos, positions: &s.positions, out: &s.att };
-            plan.push(ops::attention::build(ctx, &ab, step, heads, self.options.context, rows)?);
+            plan.push(ops::kv_write::build(ctx, &kv, step, c.kv_dim(), self.capacity, rows, l == 0)?);
+            let ab = ops::attention::Buffers {
+                q: &s.q,
+                k_cache: &s.k_cache[l],
+                v_cache: &s.v_cache[l],
+                slot_pos: &s.slot_pos,
+                positions: &s.positions,
+                out: &s.att,
+            };
+            plan.push(ops::attention::build(ctx, &ab, step, heads, self.capacity, rows)?);
             plan.push(ops::matmul::build(ctx, &layer.o, &s.att, &s.proj, step, rows, 0)?);
             plan.push(ops::add::build(ctx, &s.x, &s.proj, step, c.hidden, rows)?);
             // Feed-forward: norm, gate and up projections, SwiGLU, down projection, add.
@@ -207,15 +263,16 @@ impl Session {
             let plan = self.build_plan(cap)?;
             self.plans.insert(cap, plan);
         }
+        let positions: Vec<u32> = (self.n_past..self.n_past + n).map(|p| p as u32).collect();
+        let slots = self.slots.assign(&positions)?;
         let ctx = &self.model.ctx;
         let s = &self.state;
         if let Some(t) = tokens {
             ctx.queue.write_buffer(&s.tokens, 0, bytemuck::cast_slice(t));
         }
-        let positions: Vec<u32> = (self.n_past..self.n_past + n).map(|p| p as u32).collect();
         ctx.queue.write_buffer(&s.positions, 0, bytemuck::cast_slice(&positions));
-        ctx.queue.write_buffer(&s.slots, 0, bytemuck::cast_slice(&positions));
-        let step = Step { n_rows: n as u32, n_slots: (self.n_past + n) as u32, counter: self.counter, pad: 0 };
+        ctx.queue.write_buffer(&s.slots, 0, bytemuck::cast_slice(&slots));
+        let step = Step { n_rows: n as u32, n_slots: self.slots.high_water() as u32, counter: self.counter, pad: 0 };
         ctx.queue.write_buffer(&s.step, 0, bytemuck::bytes_of(&step));
         let mut encoder = ctx.encoder();
         ctx.record(&mut encoder, &self.plans[&cap]);
@@ -226,6 +283,9 @@ impl Session {
         ctx.take_error()?;
         self.n_past += n;
         self.counter = self.counter.wrapping_add(1);
+        // The cache update: the policy frees slots down to its budget.
+        let freed = self.slots.release(&self.options.policy, self.n_past);
+        self.free_slots(&freed);
         Ok(())
     }
 

@@ -118,10 +118,21 @@ fn tiny_with(edit: impl Fn(&mut Vec<(&'static str, Value)>, &mut Vec<HostTensor<
     let bytes = Tiny::new(3).gguf_bytes();
     let g = Gguf::parse("tiny", &bytes).unwrap();
     let keep = [
-        "general.architecture", "llama.block_count", "llama.context_length", "llama.embedding_length", "llama.feed_forward_length",
-        "llama.attention.head_count", "llama.attention.head_count_kv", "llama.rope.freq_base",
-        "llama.attention.layer_norm_rms_epsilon", "llama.vocab_size", "tokenizer.ggml.model", "tokenizer.ggml.pre",
-        "tokenizer.ggml.tokens", "tokenizer.ggml.token_type", "tokenizer.ggml.merges",
+        "general.architecture",
+        "llama.block_count",
+        "llama.context_length",
+        "llama.embedding_length",
+        "llama.feed_forward_length",
+        "llama.attention.head_count",
+        "llama.attention.head_count_kv",
+        "llama.rope.freq_base",
+        "llama.attention.layer_norm_rms_epsilon",
+        "llama.vocab_size",
+        "tokenizer.ggml.model",
+        "tokenizer.ggml.pre",
+        "tokenizer.ggml.tokens",
+        "tokenizer.ggml.token_type",
+        "tokenizer.ggml.merges",
     ];
     let mut meta: Vec<(&'static str, Value)> = keep.iter().map(|k| (*k, g.get(k).unwrap().clone())).collect();
     let mut tensors: Vec<HostTensor<'static>> = g
@@ -148,7 +159,11 @@ fn shape_disagrees_with_config() {
 
 #[test]
 fn config_nonsense() {
-    for (key, value) in [("llama.attention.head_count_kv", Value::U32(3)), ("llama.embedding_length", Value::U32(0)), ("llama.rope.freq_base", Value::F32(-1.0))] {
+    for (key, value) in [
+        ("llama.attention.head_count_kv", Value::U32(3)),
+        ("llama.embedding_length", Value::U32(0)),
+        ("llama.rope.freq_base", Value::F32(-1.0)),
+    ] {
         let bytes = tiny_with(|m, _| m.iter_mut().find(|(k, _)| *k == key).unwrap().1 = value.clone());
         let e = err(&bytes);
         assert!(matches!(e, Error::Config(_)), "{key}: {e}");
@@ -187,9 +202,21 @@ fn tensor_over_the_binding_limit() {
 #[test]
 fn unknown_safetensors_dtype_and_bad_config() {
     let cfg = br#"{"hidden_size": 64}"#;
-    let e = ModelSpec::read(Source::HfDir { config_json: ("config.json".into(), cfg), safetensors: vec![], tokenizer_json: ("tokenizer.json".into(), b"{}") }).err().unwrap();
+    let e = ModelSpec::read(Source::HfDir {
+        config_json: ("config.json".into(), cfg),
+        safetensors: vec![],
+        tokenizer_json: ("tokenizer.json".into(), b"{}"),
+    })
+    .err()
+    .unwrap();
     assert!(matches!(&e, Error::Malformed { file, .. } if file == "config.json"), "{e}");
-    let e = ModelSpec::read(Source::HfDir { config_json: ("config.json".into(), b"not json"), safetensors: vec![], tokenizer_json: ("t".into(), b"{}") }).err().unwrap();
+    let e = ModelSpec::read(Source::HfDir {
+        config_json: ("config.json".into(), b"not json"),
+        safetensors: vec![],
+        tokenizer_json: ("t".into(), b"{}"),
+    })
+    .err()
+    .unwrap();
     assert!(matches!(e, Error::Malformed { .. }), "{e}");
     // A corrupt safetensors file.
     let tiny = Tiny::new(2);

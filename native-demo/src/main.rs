@@ -6,6 +6,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use adore::generate::{apply_chat_template, perplexity, GenerateOptions, Message};
+use adore::kv::{Policy, PolicyKind};
 use adore::{Context, ContextOptions, Model, Sampling, Session, SessionOptions};
 use anyhow::{bail, Context as _, Result};
 use clap::{Args, Parser, Subcommand};
@@ -75,6 +76,9 @@ enum Command {
         /// Write the rows as JSON to this file.
         #[arg(long)]
         json: Option<PathBuf>,
+        /// Policies to compare (each with --budget); defaults to --policy.
+        #[arg(long, value_delimiter = ',')]
+        policies: Vec<String>,
     },
     /// Download (if needed) and verify the default model; print its path.
     Fetch,
@@ -92,6 +96,28 @@ struct ModelArgs {
     /// Prompt tokens per GPU submit.
     #[arg(long, default_value_t = 256)]
     chunk: usize,
+    /// KV-cache policy: full, window or sink (StreamingLLM).
+    #[arg(long, default_value = "full")]
+    policy: String,
+    /// KV slots kept by a budgeted policy.
+    #[arg(long, default_value_t = 256)]
+    budget: usize,
+    /// Protected first tokens of the sink policy.
+    #[arg(long, default_value_t = 4)]
+    sinks: usize,
+}
+
+impl ModelArgs {
+    fn policy(&self, name: &str) -> Result<Policy> {
+        let p = Policy { kind: name.parse()?, budget: self.budget, sinks: self.sinks };
+        p.validate()?;
+        Ok(p)
+    }
+
+    fn session(&self, model: &Arc<Model>, context: usize, all_logits: bool) -> Result<Session> {
+        let policy = self.policy(&self.policy)?;
+        Ok(Session::new(model.clone(), SessionOptions { context, chunk: self.chunk, all_logits, policy })?)
+    }
 }
 
 #[derive(Args, Clone)]
@@ -142,7 +168,7 @@ fn run(cli: Cli) -> Result<()> {
             let model_ = load(&model)?;
             let ids = model_.tokenizer.encode(&prompt)?;
             let context = model.context.unwrap_or((ids.len() + max_tokens).min(model_.config.context));
-            let mut session = Session::new(model_.clone(), SessionOptions { context, chunk: model.chunk, all_logits: false })?;
+            let mut session = model.session(&model_, context, false)?;
             let opts = GenerateOptions { max_tokens, sampling, stop_at_eos: true };
             let mut stdout = std::io::stdout();
             let (_, stats) = pollster::block_on(adore::generate(&mut session, &ids, &opts, |_, text| {
@@ -167,7 +193,7 @@ fn run(cli: Cli) -> Result<()> {
             let model_ = load(&model)?;
             let ids = model_.tokenizer.encode(&text)?;
             let context = model.context.unwrap_or(window);
-            let mut session = Session::new(model_.clone(), SessionOptions { context, chunk: model.chunk, all_logits: true })?;
+            let mut session = model.session(&model_, context, true)?;
             let n = windows.unwrap_or(usize::MAX);
             let bar = progress_bar((ids.len() / window.max(1)).min(n) as u64, "windows");
             let r = pollster::block_on(perplexity(&mut session, &ids, window, n, |done, _| bar.set_position(done as u64)))?;
@@ -179,7 +205,10 @@ fn run(cli: Cli) -> Result<()> {
             }
             Ok(())
         }
-        Command::Bench { model, contexts, decode_tokens, repeats, json } => bench(&model, &contexts, decode_tokens, repeats, json.as_deref()),
+        Command::Bench { model, contexts, decode_tokens, repeats, json, policies } => {
+            let policies = if policies.is_empty() { vec![model.policy.clone()] } else { policies };
+            bench(&model, &policies, &contexts, decode_tokens, repeats, json.as_deref())
+        }
     }
 }
 
@@ -188,7 +217,10 @@ fn progress_bar(len: u64, unit: &str) -> ProgressBar {
         return ProgressBar::hidden();
     }
     let bar = ProgressBar::new(len);
-    bar.set_style(ProgressStyle::with_template(&format!("{{bar:40}} {{pos}}/{{len}} {unit} ({{eta}} left)")).unwrap_or_else(|_| ProgressStyle::default_bar()));
+    bar.set_style(
+        ProgressStyle::with_template(&format!("{{bar:40}} {{pos}}/{{len}} {unit} ({{eta}} left)"))
+            .unwrap_or_else(|_| ProgressStyle::default_bar()),
+    );
     bar
 }
 
@@ -196,7 +228,10 @@ fn progress_bar(len: u64, unit: &str) -> ProgressBar {
 fn fetch_default() -> Result<PathBuf> {
     let bar = if std::io::stderr().is_terminal() {
         let b = ProgressBar::new(0);
-        b.set_style(ProgressStyle::with_template("downloading {bar:40} {bytes}/{total_bytes} ({eta} left)").unwrap_or_else(|_| ProgressStyle::default_bar()));
+        b.set_style(
+            ProgressStyle::with_template("downloading {bar:40} {bytes}/{total_bytes} ({eta} left)")
+                .unwrap_or_else(|_| ProgressStyle::default_bar()),
+        );
         b
     } else {
         ProgressBar::hidden()
@@ -218,7 +253,9 @@ fn load(args: &ModelArgs) -> Result<Arc<Model>> {
     eprintln!("adapter: {}", ctx.describe());
     let bar = if std::io::stderr().is_terminal() {
         let b = ProgressBar::new(0);
-        b.set_style(ProgressStyle::with_template("loading {bar:40} {bytes}/{total_bytes}").unwrap_or_else(|_| ProgressStyle::default_bar()));
+        b.set_style(
+            ProgressStyle::with_template("loading {bar:40} {bytes}/{total_bytes}").unwrap_or_else(|_| ProgressStyle::default_bar()),
+        );
         b
     } else {
         ProgressBar::hidden()
@@ -251,7 +288,7 @@ fn display_name(p: &Path) -> String {
 fn chat(args: &ModelArgs, max_tokens: usize, sampling: Sampling, system: Option<String>) -> Result<()> {
     let model = load(args)?;
     let context = args.context.unwrap_or(model.config.context.min(4096));
-    let mut session = Session::new(model.clone(), SessionOptions { context, chunk: args.chunk, all_logits: false })?;
+    let mut session = args.session(&model, context, false)?;
     let mut held: Vec<u32> = Vec::new(); // the tokens the session holds
     let mut messages: Vec<Message> = system.into_iter().map(|content| Message { role: "system".into(), content }).collect();
     let interactive = std::io::stdin().is_terminal();
@@ -303,6 +340,7 @@ fn chat(args: &ModelArgs, max_tokens: usize, sampling: Sampling, system: Option<
 #[derive(serde::Serialize)]
 struct BenchRow {
     policy: &'static str,
+    budget: Option<usize>,
     context: usize,
     prefill_tokens_per_s: f64,
     decode_tokens_per_s: f64,
@@ -319,7 +357,15 @@ fn median(mut v: Vec<f64>) -> f64 {
     }
 }
 
-fn bench(args: &ModelArgs, contexts: &[usize], decode_tokens: usize, repeats: usize, json: Option<&Path>) -> Result<()> {
+fn bench(
+    args: &ModelArgs,
+    policies: &[String],
+    contexts: &[usize],
+    decode_tokens: usize,
+    repeats: usize,
+    json: Option<&Path>,
+) -> Result<()> {
+    let policies: Vec<Policy> = policies.iter().map(|p| args.policy(p)).collect::<Result<_>>()?;
     if contexts.is_empty() || contexts.contains(&0) || repeats == 0 || decode_tokens == 0 {
         bail!("--contexts must list positive lengths; --repeats and --decode-tokens must be at least 1");
     }
@@ -328,36 +374,57 @@ fn bench(args: &ModelArgs, contexts: &[usize], decode_tokens: usize, repeats: us
     if max_ctx > model.config.context {
         bail!("context {max_ctx} (longest context + decode tokens) exceeds the model's {}", model.config.context);
     }
-    let mut session = Session::new(model.clone(), SessionOptions { context: max_ctx, chunk: args.chunk, all_logits: false })?;
-    eprintln!("bench: adapter {}; decode {decode_tokens} tokens per repeat, {repeats} repeats after 1 warm-up, median reported", model.ctx.describe());
+    eprintln!(
+        "bench: adapter {}; decode {decode_tokens} tokens per repeat, {repeats} repeats after 1 warm-up, median reported",
+        model.ctx.describe()
+    );
     // A deterministic prompt: the vocabulary walked with a stride, skipping control tokens.
     let prompt: Vec<u32> = (0..max_ctx).map(|i| (100 + (i * 7919) % (model.config.vocab - 100)) as u32).collect();
     let mut rows = Vec::new();
-    for &ctx_len in contexts {
-        let (mut pre, mut dec) = (Vec::new(), Vec::new());
-        for rep in 0..=repeats {
-            session.reset();
-            let t = std::time::Instant::now();
-            pollster::block_on(session.prefill(&prompt[..ctx_len]))?;
-            let prefill = t.elapsed().as_secs_f64();
-            let t = std::time::Instant::now();
-            for _ in 0..decode_tokens {
-                pollster::block_on(session.step())?;
+    for policy in &policies {
+        let mut session =
+            Session::new(model.clone(), SessionOptions { context: max_ctx, chunk: args.chunk, all_logits: false, policy: *policy })?;
+        for &ctx_len in contexts {
+            let (mut pre, mut dec) = (Vec::new(), Vec::new());
+            for rep in 0..=repeats {
+                session.reset();
+                let t = std::time::Instant::now();
+                pollster::block_on(session.prefill(&prompt[..ctx_len]))?;
+                let prefill = t.elapsed().as_secs_f64();
+                let t = std::time::Instant::now();
+                for _ in 0..decode_tokens {
+                    pollster::block_on(session.step())?;
+                }
+                let decode = t.elapsed().as_secs_f64();
+                if rep > 0 {
+                    pre.push(ctx_len as f64 / prefill);
+                    dec.push(decode_tokens as f64 / decode);
+                }
             }
-            let decode = t.elapsed().as_secs_f64();
-            if rep > 0 {
-                pre.push(ctx_len as f64 / prefill);
-                dec.push(decode_tokens as f64 / decode);
-            }
+            let budget = (policy.kind != PolicyKind::Full).then_some(policy.budget);
+            let row = BenchRow {
+                policy: policy.name(),
+                budget,
+                context: ctx_len,
+                prefill_tokens_per_s: median(pre),
+                decode_tokens_per_s: median(dec),
+                kv_bytes: session.kv_bytes(),
+            };
+            eprintln!(
+                "{:>6} context {:>6}: prefill {:>9.1} tokens/s, decode {:>8.2} tokens/s",
+                row.policy, row.context, row.prefill_tokens_per_s, row.decode_tokens_per_s
+            );
+            rows.push(row);
         }
-        let row = BenchRow { policy: "full", context: ctx_len, prefill_tokens_per_s: median(pre), decode_tokens_per_s: median(dec), kv_bytes: session.kv_bytes() };
-        eprintln!("context {:>6}: prefill {:>9.1} tokens/s, decode {:>8.2} tokens/s", row.context, row.prefill_tokens_per_s, row.decode_tokens_per_s);
-        rows.push(row);
     }
-    println!("| policy | context | prefill tokens/s | decode tokens/s | KV bytes |");
-    println!("|---|---:|---:|---:|---:|");
+    println!("| policy | budget | context | prefill tokens/s | decode tokens/s | KV bytes |");
+    println!("|---|---:|---:|---:|---:|---:|");
     for r in &rows {
-        println!("| {} | {} | {:.1} | {:.2} | {} |", r.policy, r.context, r.prefill_tokens_per_s, r.decode_tokens_per_s, r.kv_bytes);
+        let budget = r.budget.map_or("-".to_string(), |b| b.to_string());
+        println!(
+            "| {} | {budget} | {} | {:.1} | {:.2} | {} |",
+            r.policy, r.context, r.prefill_tokens_per_s, r.decode_tokens_per_s, r.kv_bytes
+        );
     }
     if let Some(path) = json {
         let doc = serde_json::json!({"adapter": model.ctx.describe(), "decode_tokens": decode_tokens, "repeats": repeats, "rows": rows});

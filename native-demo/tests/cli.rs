@@ -37,8 +37,39 @@ fn generates_text_on_stdout_and_stats_on_stderr() {
     assert!(stderr.contains("adapter:") && stderr.contains("tokens/s"), "{stderr}");
     assert!(!String::from_utf8_lossy(&out.stdout).contains("adapter"));
     // Sampling with a seed is repeatable across processes.
-    let args = ["generate", "--model", m.to_str().unwrap(), "--prompt", "the", "--max-tokens", "8", "--temperature", "1.0", "--top-p", "0.9", "--seed", "42"];
+    let args = [
+        "generate",
+        "--model",
+        m.to_str().unwrap(),
+        "--prompt",
+        "the",
+        "--max-tokens",
+        "8",
+        "--temperature",
+        "1.0",
+        "--top-p",
+        "0.9",
+        "--seed",
+        "42",
+    ];
     assert_eq!(adore(&args).stdout, adore(&args).stdout);
+    // A budgeted cache generates past its budget.
+    let out = adore(&[
+        "generate",
+        "--model",
+        m.to_str().unwrap(),
+        "--prompt",
+        "the cat",
+        "--max-tokens",
+        "40",
+        "--policy",
+        "sink",
+        "--budget",
+        "8",
+        "--chunk",
+        "4",
+    ]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
 }
 
 #[test]
@@ -66,4 +97,7 @@ fn bad_arguments_and_files() {
     std::fs::write(&bad, b"GGUF\x03\x00\x00\x00\xff\xff\xff\xff\xff\xff\xff\xff").unwrap();
     fails_with(&["generate", "--model", bad.to_str().unwrap(), "--prompt", "x"], "truncated");
     fails_with(&["bench", "--model", m, "--contexts", "0"], "contexts");
+    fails_with(&["generate", "--model", m, "--prompt", "x", "--policy", "h2o"], "not implemented yet");
+    fails_with(&["generate", "--model", m, "--prompt", "x", "--policy", "sink", "--budget", "4", "--sinks", "4"], "sink");
+    fails_with(&["generate", "--model", m, "--prompt", "x", "--policy", "lru"], "unknown policy");
 }

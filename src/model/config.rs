@@ -101,7 +101,10 @@ impl Config {
         };
         if let Ok(rope_dims) = int("rope.dimension_count") {
             if rope_dims != head_dim {
-                return Err(Error::Config(format!("{}: partial rotary embeddings ({rope_dims} of {head_dim} dims) are not supported", g.file)));
+                return Err(Error::Config(format!(
+                    "{}: partial rotary embeddings ({rope_dims} of {head_dim} dims) are not supported",
+                    g.file
+                )));
             }
         }
         cfg.validate()?;

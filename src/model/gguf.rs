@@ -214,7 +214,12 @@ impl<'a> Gguf<'a> {
         // A key-value pair takes at least 13 bytes and a tensor entry at least 28.
         for (count, min, what) in [(n_kv, 13u64, "metadata entries"), (n_tensors, 28u64, "tensor entries")] {
             if count.checked_mul(min).is_none_or(|n| n > r.remaining()) {
-                return Err(Error::Truncated { file: file.into(), what: format!("{count} {what}"), needed: count.saturating_mul(min), len: data.len() as u64 });
+                return Err(Error::Truncated {
+                    file: file.into(),
+                    what: format!("{count} {what}"),
+                    needed: count.saturating_mul(min),
+                    len: data.len() as u64,
+                });
             }
         }
         let mut metadata = BTreeMap::new();
@@ -249,10 +254,16 @@ impl<'a> Gguf<'a> {
         let data_start = (r.pos as u64).next_multiple_of(alignment);
         let mut tensors = Vec::with_capacity(raw.len());
         for (name, dims, ty, offset) in raw {
-            let dtype = DType::from_ggml(ty).ok_or_else(|| Error::UnknownDtype { file: file.into(), tensor: name.clone(), dtype: ggml_type_name(ty) })?;
+            let dtype = DType::from_ggml(ty).ok_or_else(|| Error::UnknownDtype {
+                file: file.into(),
+                tensor: name.clone(),
+                dtype: ggml_type_name(ty),
+            })?;
             let numel = dims.iter().try_fold(1u64, |a, &d| a.checked_mul(d)).filter(|&n| n > 0 && n < 1 << 40);
             let numel = numel.ok_or_else(|| Error::malformed(file, format!("tensor {name} has an impossible shape {dims:?}")))?;
-            let bytes = dtype.bytes_for(numel).ok_or_else(|| Error::malformed(file, format!("tensor {name}: {numel} elements are not whole blocks of {:?}", dtype)))?;
+            let bytes = dtype
+                .bytes_for(numel)
+                .ok_or_else(|| Error::malformed(file, format!("tensor {name}: {numel} elements are not whole blocks of {:?}", dtype)))?;
             if dims[0] % dtype.block_size() as u64 != 0 {
                 return Err(Error::malformed(file, format!("tensor {name}: rows of {} are not whole {:?} blocks", dims[0], dtype)));
             }

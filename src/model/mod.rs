@@ -86,22 +86,38 @@ impl<'a> ModelSpec<'a> {
                     if bytes.is_empty() {
                         return Err(Error::EmptyFile { path: file });
                     }
-                    let st = safetensors::SafeTensors::deserialize(bytes).map_err(|e| Error::malformed(&file, format!("not a valid safetensors file: {e}")))?;
+                    let st = safetensors::SafeTensors::deserialize(bytes)
+                        .map_err(|e| Error::malformed(&file, format!("not a valid safetensors file: {e}")))?;
                     for (hf_name, view) in st.tensors() {
                         let Some(name) = hf_to_gguf(&hf_name) else { continue };
                         let dtype = match view.dtype() {
                             safetensors::Dtype::F32 => DType::F32,
                             safetensors::Dtype::F16 => DType::F16,
                             safetensors::Dtype::BF16 => DType::BF16,
-                            other => return Err(Error::UnknownDtype { file: file.clone(), tensor: hf_name.clone(), dtype: format!("{other:?}") }),
+                            other => {
+                                return Err(Error::UnknownDtype {
+                                    file: file.clone(),
+                                    tensor: hf_name.clone(),
+                                    dtype: format!("{other:?}"),
+                                })
+                            }
                         };
-                        tensors.insert(name.clone(), HostTensor { name, dtype, shape: view.shape().to_vec(), data: Cow::Borrowed(view.data()) });
+                        tensors.insert(
+                            name.clone(),
+                            HostTensor { name, dtype, shape: view.shape().to_vec(), data: Cow::Borrowed(view.data()) },
+                        );
                     }
                 }
                 let chat_template = serde_json::from_slice::<serde_json::Value>(tokenizer_json.1)
                     .ok()
                     .and_then(|v| v.get("chat_template").and_then(|t| t.as_str()).map(str::to_string));
-                ModelSpec { name: config_json.0.trim_end_matches("config.json").trim_end_matches('/').to_string(), config, tensors, tokenizer, chat_template }
+                ModelSpec {
+                    name: config_json.0.trim_end_matches("config.json").trim_end_matches('/').to_string(),
+                    config,
+                    tensors,
+                    tokenizer,
+                    chat_template,
+                }
             }
         };
         spec.check()?;
@@ -121,11 +137,18 @@ impl<'a> ModelSpec<'a> {
                 return Err(Error::ShapeMismatch { tensor: name, expected: shape, found: t.shape.clone() });
             }
             if t.dtype.is_quantized() && shape.len() == 1 {
-                return Err(Error::malformed(&self.name, format!("norm weight {name} is quantized ({:?}); F32, F16 or BF16 expected", t.dtype)));
+                return Err(Error::malformed(
+                    &self.name,
+                    format!("norm weight {name} is quantized ({:?}); F32, F16 or BF16 expected", t.dtype),
+                ));
             }
         }
         if self.tokenizer.vocab_size() > self.config.vocab {
-            return Err(Error::Config(format!("the tokenizer has {} tokens but the model only {} embedding rows", self.tokenizer.vocab_size(), self.config.vocab)));
+            return Err(Error::Config(format!(
+                "the tokenizer has {} tokens but the model only {} embedding rows",
+                self.tokenizer.vocab_size(),
+                self.config.vocab
+            )));
         }
         Ok(())
     }

@@ -14,7 +14,8 @@ pub struct Tokenizer {
     pub add_bos: bool,
 }
 
-const LLAMA3_SPLIT: &str = r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+";
+const LLAMA3_SPLIT: &str =
+    r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+";
 
 impl Tokenizer {
     /// From the contents of a tokenizer.json.
@@ -29,9 +30,12 @@ impl Tokenizer {
     /// Builds the tokenizer described by a GGUF file's `tokenizer.ggml.*` metadata.
     pub fn from_gguf(g: &Gguf) -> Result<Self> {
         let err = |m: String| Error::Tokenizer(format!("{}: {m}", g.file));
-        let model = g.get("tokenizer.ggml.model").and_then(|v| v.as_str()).ok_or_else(|| err("no tokenizer.ggml.model in the metadata".into()))?;
+        let model =
+            g.get("tokenizer.ggml.model").and_then(|v| v.as_str()).ok_or_else(|| err("no tokenizer.ggml.model in the metadata".into()))?;
         if model != "gpt2" {
-            return Err(err(format!("tokenizer model {model:?} is not supported (byte-level BPE \"gpt2\" is); convert the model with a tokenizer.json")));
+            return Err(err(format!(
+                "tokenizer model {model:?} is not supported (byte-level BPE \"gpt2\" is); convert the model with a tokenizer.json"
+            )));
         }
         let strings = |key: &str| -> Result<Vec<&str>> {
             let arr = g.get(key).and_then(|v| v.as_array()).ok_or_else(|| err(format!("{key} is missing or not an array")))?;

@@ -31,7 +31,9 @@ impl Heads {
         if n_heads == 0 || n_kv_heads == 0 || n_heads % n_kv_heads != 0 || head_dim == 0 || head_dim > 256 {
             return Err(Error::Shape {
                 op: "attention",
-                what: format!("{n_heads} query heads, {n_kv_heads} KV heads, head_dim {head_dim}: heads must divide evenly and head_dim be 1..=256"),
+                what: format!(
+                    "{n_heads} query heads, {n_kv_heads} KV heads, head_dim {head_dim}: heads must divide evenly and head_dim be 1..=256"
+                ),
             });
         }
         Ok(())
@@ -59,7 +61,12 @@ pub fn build(ctx: &Context, b: &Buffers, step: &wgpu::Buffer, heads: Heads, capa
     check_len("attention", "positions", b.positions, max_rows)?;
     let params = ctx.uniform(
         "attention.params",
-        &Params { n_heads: heads.n_heads as u32, n_kv_heads: heads.n_kv_heads as u32, head_dim: heads.head_dim as u32, scale: 1.0 / (heads.head_dim as f32).sqrt() },
+        &Params {
+            n_heads: heads.n_heads as u32,
+            n_kv_heads: heads.n_kv_heads as u32,
+            head_dim: heads.head_dim as u32,
+            scale: 1.0 / (heads.head_dim as f32).sqrt(),
+        },
     );
     let pipeline = ctx.pipeline(&shaders::ATTENTION, "main", &[])?;
     Ok(ctx.dispatch(

@@ -16,7 +16,14 @@ pub struct Params {
 }
 
 /// Dispatch writing x (rows, dim) = table[tokens[r]] for up to `max_rows` rows.
-pub fn build(ctx: &Context, table: &GpuWeight, tokens: &wgpu::Buffer, x: &wgpu::Buffer, step: &wgpu::Buffer, max_rows: usize) -> Result<Dispatch> {
+pub fn build(
+    ctx: &Context,
+    table: &GpuWeight,
+    tokens: &wgpu::Buffer,
+    x: &wgpu::Buffer,
+    step: &wgpu::Buffer,
+    max_rows: usize,
+) -> Result<Dispatch> {
     let (vocab, dim) = (table.rows, table.cols);
     if dim == 0 || vocab == 0 {
         return Err(Error::Shape { op: "embed", what: format!("{}: empty table", table.name) });
@@ -25,7 +32,11 @@ pub fn build(ctx: &Context, table: &GpuWeight, tokens: &wgpu::Buffer, x: &wgpu::
     check_len("embed", "x", x, max_rows * dim)?;
     let params = ctx.uniform("embed.params", &Params { dim: dim as u32, vocab: vocab as u32, pad0: 0, pad1: 0 });
     let pipeline = ctx.pipeline(&shaders::EMBED, "main", &[("WTYPE", table.wtype as u32 as f64)])?;
-    Ok(ctx.dispatch(pipeline, &[&table.buffer, tokens, x, &params, step], [groups("embed", dim.div_ceil(8), 64)?, groups("embed", max_rows, 1)?, 1]))
+    Ok(ctx.dispatch(
+        pipeline,
+        &[&table.buffer, tokens, x, &params, step],
+        [groups("embed", dim.div_ceil(8), 64)?, groups("embed", max_rows, 1)?, 1],
+    ))
 }
 
 /// Reference: the rows of `table` (vocab, dim) named by `tokens`.

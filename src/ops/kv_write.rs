@@ -25,7 +25,15 @@ pub struct KvWrite<'a> {
     pub positions: &'a wgpu::Buffer,
 }
 
-pub fn build(ctx: &Context, b: &KvWrite, step: &wgpu::Buffer, kv_dim: usize, capacity: usize, max_rows: usize, write_table: bool) -> Result<Dispatch> {
+pub fn build(
+    ctx: &Context,
+    b: &KvWrite,
+    step: &wgpu::Buffer,
+    kv_dim: usize,
+    capacity: usize,
+    max_rows: usize,
+    write_table: bool,
+) -> Result<Dispatch> {
     check_len("kv_write", "k", b.k, max_rows * kv_dim)?;
     check_len("kv_write", "v", b.v, max_rows * kv_dim)?;
     check_len("kv_write", "k_cache", b.k_cache, capacity * kv_dim)?;
@@ -33,7 +41,8 @@ pub fn build(ctx: &Context, b: &KvWrite, step: &wgpu::Buffer, kv_dim: usize, cap
     check_len("kv_write", "slots", b.slots, max_rows)?;
     check_len("kv_write", "slot_pos", b.slot_pos, capacity)?;
     check_len("kv_write", "positions", b.positions, max_rows)?;
-    let params = ctx.uniform("kv_write.params", &Params { kv_dim: kv_dim as u32, write_table: write_table as u32, capacity: capacity as u32, pad: 0 });
+    let params = ctx
+        .uniform("kv_write.params", &Params { kv_dim: kv_dim as u32, write_table: write_table as u32, capacity: capacity as u32, pad: 0 });
     let pipeline = ctx.pipeline(&shaders::KV_WRITE, "main", &[])?;
     Ok(ctx.dispatch(
         pipeline,

@@ -40,13 +40,30 @@ impl Variant {
 
 /// Dispatch computing y (rows, w.rows) = x (rows, w.cols) · Wᵀ for up to `max_rows` rows
 /// (`fixed_rows` = 0 takes the row count from the step).
-pub fn build(ctx: &Context, w: &GpuWeight, x: &wgpu::Buffer, y: &wgpu::Buffer, step: &wgpu::Buffer, max_rows: usize, fixed_rows: u32) -> Result<Dispatch> {
+pub fn build(
+    ctx: &Context,
+    w: &GpuWeight,
+    x: &wgpu::Buffer,
+    y: &wgpu::Buffer,
+    step: &wgpu::Buffer,
+    max_rows: usize,
+    fixed_rows: u32,
+) -> Result<Dispatch> {
     build_variant(ctx, Variant::for_device(ctx), w, x, y, step, max_rows, fixed_rows)
 }
 
 /// [`build`] with the kernel shape chosen by the caller.
 #[allow(clippy::too_many_arguments)]
-pub fn build_variant(ctx: &Context, variant: Variant, w: &GpuWeight, x: &wgpu::Buffer, y: &wgpu::Buffer, step: &wgpu::Buffer, max_rows: usize, fixed_rows: u32) -> Result<Dispatch> {
+pub fn build_variant(
+    ctx: &Context,
+    variant: Variant,
+    w: &GpuWeight,
+    x: &wgpu::Buffer,
+    y: &wgpu::Buffer,
+    step: &wgpu::Buffer,
+    max_rows: usize,
+    fixed_rows: u32,
+) -> Result<Dispatch> {
     let (n, k) = (w.rows, w.cols);
     if max_rows == 0 || n == 0 || k == 0 {
         return Err(Error::Shape { op: "matmul", what: format!("{}: empty shape ({max_rows} rows, {n} x {k})", w.name) });

@@ -16,7 +16,17 @@ pub struct Params {
 
 /// Dispatch normalising x (rows, dim) into y; with `last_only`, only the step's last row, into row 0.
 #[allow(clippy::too_many_arguments)]
-pub fn build(ctx: &Context, x: &wgpu::Buffer, g: &wgpu::Buffer, y: &wgpu::Buffer, step: &wgpu::Buffer, dim: usize, eps: f32, max_rows: usize, last_only: bool) -> Result<Dispatch> {
+pub fn build(
+    ctx: &Context,
+    x: &wgpu::Buffer,
+    g: &wgpu::Buffer,
+    y: &wgpu::Buffer,
+    step: &wgpu::Buffer,
+    dim: usize,
+    eps: f32,
+    max_rows: usize,
+    last_only: bool,
+) -> Result<Dispatch> {
     if dim == 0 || !(eps >= 0.0) {
         return Err(Error::Shape { op: "rmsnorm", what: format!("dim {dim}, eps {eps}") });
     }

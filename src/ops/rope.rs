@@ -16,15 +16,30 @@ pub struct Params {
 
 /// Dispatch rotating x (rows, n_heads, head_dim) in place at positions[r].
 #[allow(clippy::too_many_arguments)]
-pub fn build(ctx: &Context, x: &wgpu::Buffer, positions: &wgpu::Buffer, step: &wgpu::Buffer, n_heads: usize, head_dim: usize, theta: f32, interleaved: bool, max_rows: usize) -> Result<Dispatch> {
+pub fn build(
+    ctx: &Context,
+    x: &wgpu::Buffer,
+    positions: &wgpu::Buffer,
+    step: &wgpu::Buffer,
+    n_heads: usize,
+    head_dim: usize,
+    theta: f32,
+    interleaved: bool,
+    max_rows: usize,
+) -> Result<Dispatch> {
     if head_dim == 0 || head_dim % 2 != 0 || n_heads == 0 || !(theta > 0.0) {
         return Err(Error::Shape { op: "rope", what: format!("n_heads {n_heads}, head_dim {head_dim} (must be even), theta {theta}") });
     }
     check_len("rope", "x", x, max_rows * n_heads * head_dim)?;
     check_len("rope", "positions", positions, max_rows)?;
-    let params = ctx.uniform("rope.params", &Params { n_heads: n_heads as u32, head_dim: head_dim as u32, theta, interleaved: interleaved as u32 });
+    let params =
+        ctx.uniform("rope.params", &Params { n_heads: n_heads as u32, head_dim: head_dim as u32, theta, interleaved: interleaved as u32 });
     let pipeline = ctx.pipeline(&shaders::ROPE, "main", &[])?;
-    Ok(ctx.dispatch(pipeline, &[x, positions, &params, step], [groups("rope", n_heads * head_dim / 2, 64)?, groups("rope", max_rows, 1)?, 1]))
+    Ok(ctx.dispatch(
+        pipeline,
+        &[x, positions, &params, step],
+        [groups("rope", n_heads * head_dim / 2, 64)?, groups("rope", max_rows, 1)?, 1],
+    ))
 }
 
 /// Reference, in f64.

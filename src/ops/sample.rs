@@ -61,7 +61,14 @@ pub fn params_buffer(ctx: &Context, s: &Sampling, vocab: usize) -> wgpu::Buffer 
     ctx.uniform("sample.params", &s.params(vocab))
 }
 
-pub fn build(ctx: &Context, logits: &wgpu::Buffer, tokens: &wgpu::Buffer, params: &wgpu::Buffer, step: &wgpu::Buffer, vocab: usize) -> Result<Dispatch> {
+pub fn build(
+    ctx: &Context,
+    logits: &wgpu::Buffer,
+    tokens: &wgpu::Buffer,
+    params: &wgpu::Buffer,
+    step: &wgpu::Buffer,
+    vocab: usize,
+) -> Result<Dispatch> {
     check_len("sample", "logits", logits, vocab)?;
     check_len("sample", "tokens", tokens, 1)?;
     let pipeline = ctx.pipeline(&shaders::SAMPLE, "main", &[])?;

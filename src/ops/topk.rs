@@ -15,7 +15,14 @@ pub struct Params {
 }
 
 /// Dispatch selecting the `k` largest of `n` scores: a 0/1 mask and the ascending index list.
-pub fn build(ctx: &Context, scores: &wgpu::Buffer, selected: &wgpu::Buffer, indices: &wgpu::Buffer, n: usize, k: usize) -> Result<Dispatch> {
+pub fn build(
+    ctx: &Context,
+    scores: &wgpu::Buffer,
+    selected: &wgpu::Buffer,
+    indices: &wgpu::Buffer,
+    n: usize,
+    k: usize,
+) -> Result<Dispatch> {
     if n == 0 || n > u32::MAX as usize / 2 {
         return Err(Error::Shape { op: "topk", what: format!("{n} scores") });
     }

@@ -44,7 +44,8 @@ pub fn vocab() -> (Vec<String>, Vec<String>) {
     let bc = byte_chars();
     let mut tokens = vec!["<|endoftext|>".to_string(), "<|im_start|>".to_string(), "<|im_end|>".to_string()];
     tokens.extend(bc.iter().map(|c| c.to_string()));
-    let merges: Vec<(String, String)> = [("Ġ", "t"), ("h", "e"), ("Ġt", "he"), ("i", "n"), ("Ġ", "a")].iter().map(|(a, b)| (a.to_string(), b.to_string())).collect();
+    let merges: Vec<(String, String)> =
+        [("Ġ", "t"), ("h", "e"), ("Ġt", "he"), ("i", "n"), ("Ġ", "a")].iter().map(|(a, b)| (a.to_string(), b.to_string())).collect();
     for (a, b) in &merges {
         tokens.push(format!("{a}{b}"));
     }
@@ -210,8 +211,10 @@ impl Tiny {
             shards[i % 2].push((hf_name(name), dt, shape.clone(), bytes));
         }
         for (i, shard) in shards.iter().enumerate() {
-            let views: Vec<(String, safetensors::tensor::TensorView)> =
-                shard.iter().map(|(n, dt, shape, bytes)| (n.clone(), safetensors::tensor::TensorView::new(*dt, shape.clone(), bytes).unwrap())).collect();
+            let views: Vec<(String, safetensors::tensor::TensorView)> = shard
+                .iter()
+                .map(|(n, dt, shape, bytes)| (n.clone(), safetensors::tensor::TensorView::new(*dt, shape.clone(), bytes).unwrap()))
+                .collect();
             let data = safetensors::serialize(views, None).unwrap();
             std::fs::write(dir.join(format!("model-0000{}-of-00002.safetensors", i + 1)), data).unwrap();
         }
@@ -219,6 +222,11 @@ impl Tiny {
 
     /// Reference forward pass in f64 over the whole sequence: logits (tokens, VOCAB).
     pub fn forward(&self, tokens: &[u32]) -> Vec<f32> {
+        self.forward_masked(tokens, &|_, _| true)
+    }
+
+    /// As [`Tiny::forward`], with row t attending only to the keys j <= t with `visible(t, j)`.
+    pub fn forward_masked(&self, tokens: &[u32], visible: &dyn Fn(usize, usize) -> bool) -> Vec<f32> {
         let n = tokens.len();
         let (qd, kvd) = (HEADS * HEAD_DIM, KV_HEADS * HEAD_DIM);
         let matmul = |x: &[f64], w: &[f32], k: usize| -> Vec<f64> {
@@ -249,7 +257,8 @@ impl Tiny {
             }
         };
         let embd = self.get("token_embd.weight");
-        let mut x: Vec<f64> = tokens.iter().flat_map(|&t| embd[t as usize * HIDDEN..(t as usize + 1) * HIDDEN].iter().map(|v| *v as f64)).collect();
+        let mut x: Vec<f64> =
+            tokens.iter().flat_map(|&t| embd[t as usize * HIDDEN..(t as usize + 1) * HIDDEN].iter().map(|v| *v as f64)).collect();
         for l in 0..LAYERS {
             let g = |s: &str| self.get(&format!("blk.{l}.{s}.weight"));
             let xn = rmsnorm(&x, g("attn_norm"));
@@ -263,7 +272,13 @@ impl Tiny {
                 for h in 0..HEADS {
                     let kh = h / (HEADS / KV_HEADS);
                     let scores: Vec<f64> = (0..=t)
-                        .map(|j| (0..HEAD_DIM).map(|d| q[t * qd + h * HEAD_DIM + d] * k[j * kvd + kh * HEAD_DIM + d]).sum::<f64>() / (HEAD_DIM as f64).sqrt())
+                        .map(|j| {
+                            if !visible(t, j) {
+                                return f64::NEG_INFINITY;
+                            }
+                            (0..HEAD_DIM).map(|d| q[t * qd + h * HEAD_DIM + d] * k[j * kvd + kh * HEAD_DIM + d]).sum::<f64>()
+                                / (HEAD_DIM as f64).sqrt()
+                        })
                         .collect();
                     let m = scores.iter().copied().fold(f64::NEG_INFINITY, f64::max);
                     let e: Vec<f64> = scores.iter().map(|s| (s - m).exp()).collect();

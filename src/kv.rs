@@ -1,0 +1,210 @@
+//! The KV cache's slot map and the release policies decided without scores.
+//!
+//! Every layer's K/V buffers have `capacity` slots; the GPU slot table holds each slot's token
+//! position (or INVALID). New rows take the lowest free slots, attention masks by position, and
+//! after each step the policy frees slots until at most `budget` remain. Slots never move.
+//! Policies whose decision needs no GPU data (full, window, sink) are decided here, on the
+//! CPU mirror of the table, so no step reads anything back but the sampled token.
+
+use crate::error::{Error, Result};
+
+/// Which tokens a budgeted cache keeps.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum PolicyKind {
+    /// Everything: the cache grows with the sequence.
+    Full,
+    /// The `budget` most recent tokens.
+    Window,
+    /// StreamingLLM: the first `sinks` tokens and the `budget - sinks` most recent.
+    Sink,
+}
+
+impl std::str::FromStr for PolicyKind {
+    type Err = Error;
+    fn from_str(s: &str) -> Result<Self> {
+        match s {
+            "full" => Ok(PolicyKind::Full),
+            "window" => Ok(PolicyKind::Window),
+            "sink" | "streamingllm" => Ok(PolicyKind::Sink),
+            "h2o" | "tova" | "adore" | "oracle" => {
+                Err(Error::arg(format!("policy {s:?} is not implemented yet (available: full, window, sink)")))
+            }
+            _ => Err(Error::arg(format!("unknown policy {s:?} (available: full, window, sink)"))),
+        }
+    }
+}
+
+/// A release policy with its budget.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Policy {
+    pub kind: PolicyKind,
+    /// KV slots kept between steps (ignored by `full`).
+    pub budget: usize,
+    /// Protected first tokens (`sink`).
+    pub sinks: usize,
+}
+
+impl Default for Policy {
+    fn default() -> Self {
+        Policy { kind: PolicyKind::Full, budget: 0, sinks: 4 }
+    }
+}
+
+impl Policy {
+    pub fn full() -> Self {
+        Self::default()
+    }
+
+    pub fn name(&self) -> &'static str {
+        match self.kind {
+            PolicyKind::Full => "full",
+            PolicyKind::Window => "window",
+            PolicyKind::Sink => "sink",
+        }
+    }
+
+    pub fn validate(&self) -> Result<()> {
+        if self.kind == PolicyKind::Full {
+            return Ok(());
+        }
+        if self.budget == 0 {
+            return Err(Error::arg(format!("policy {} needs a budget of at least 1 KV slot", self.name())));
+        }
+        if self.kind == PolicyKind::Sink && self.sinks >= self.budget {
+            return Err(Error::arg(format!("{} sink tokens leave no room in a budget of {}", self.sinks, self.budget)));
+        }
+        Ok(())
+    }
+
+    /// Reference: the positions this policy keeps after `n` tokens (ascending).
+    pub fn reference_keep(&self, n: usize) -> Vec<u32> {
+        let all = 0..n as u32;
+        match self.kind {
+            PolicyKind::Full => all.collect(),
+            _ if n <= self.budget => all.collect(),
+            PolicyKind::Window => ((n - self.budget) as u32..n as u32).collect(),
+            PolicyKind::Sink => (0..self.sinks as u32).chain((n - (self.budget - self.sinks)) as u32..n as u32).collect(),
+        }
+    }
+}
+
+/// CPU mirror of the GPU slot table.
+#[derive(Clone, Debug)]
+pub struct SlotMap {
+    /// Position held by each slot.
+    slots: Vec<Option<u32>>,
+}
+
+impl SlotMap {
+    pub fn new(capacity: usize) -> Self {
+        SlotMap { slots: vec![None; capacity] }
+    }
+
+    pub fn capacity(&self) -> usize {
+        self.slots.len()
+    }
+
+    pub fn clear(&mut self) {
+        self.slots.iter_mut().for_each(|s| *s = None);
+    }
+
+    /// Tokens held.
+    pub fn len(&self) -> usize {
+        self.slots.iter().flatten().count()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// One past the highest slot in use: attention scans slots below it.
+    pub fn high_water(&self) -> usize {
+        self.slots.iter().rposition(Option::is_some).map_or(0, |i| i + 1)
+    }
+
+    /// Positions held, ascending.
+    pub fn positions(&self) -> Vec<u32> {
+        let mut p: Vec<u32> = self.slots.iter().flatten().copied().collect();
+        p.sort_unstable();
+        p
+    }
+
+    /// Places `positions` in the lowest free slots and returns those slots.
+    pub fn assign(&mut self, positions: &[u32]) -> Result<Vec<u32>> {
+        let mut out = Vec::with_capacity(positions.len());
+        let mut free = self.slots.iter().enumerate().filter(|(_, s)| s.is_none()).map(|(i, _)| i).collect::<Vec<_>>().into_iter();
+        for &p in positions {
+            let slot = free.next().ok_or_else(|| Error::arg(format!("the KV cache's {} slots are full", self.slots.len())))?;
+            self.slots[slot] = Some(p);
+            out.push(slot as u32);
+        }
+        Ok(out)
+    }
+
+    /// Frees the slots of positions the policy does not keep once `n` tokens have been seen;
+    /// returns the freed slots.
+    pub fn release(&mut self, policy: &Policy, n: usize) -> Vec<u32> {
+        if policy.kind == PolicyKind::Full || self.len() <= policy.budget {
+            return Vec::new();
+        }
+        let recent_from = n.saturating_sub(policy.budget - if policy.kind == PolicyKind::Sink { policy.sinks } else { 0 }) as u32;
+        let sinks = if policy.kind == PolicyKind::Sink { policy.sinks as u32 } else { 0 };
+        let mut freed = Vec::new();
+        for (i, s) in self.slots.iter_mut().enumerate() {
+            if let Some(p) = *s {
+                if p >= sinks && p < recent_from {
+                    *s = None;
+                    freed.push(i as u32);
+                }
+            }
+        }
+        freed
+    }
+
+    /// Drops every position from `n` on (sequence truncation); returns the freed slots.
+    pub fn truncate(&mut self, n: usize) -> Vec<u32> {
+        let mut freed = Vec::new();
+        for (i, s) in self.slots.iter_mut().enumerate() {
+            if s.is_some_and(|p| p as usize >= n) {
+                *s = None;
+                freed.push(i as u32);
+            }
+        }
+        freed
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn slot_map_follows_the_reference_for_window_and_sink() {
+        for policy in [
+            Policy { kind: PolicyKind::Window, budget: 5, sinks: 0 },
+            Policy { kind: PolicyKind::Sink, budget: 7, sinks: 3 },
+            Policy { kind: PolicyKind::Full, budget: 0, sinks: 4 },
+        ] {
+            let mut map = SlotMap::new(64);
+            let mut n = 0;
+            for chunk in [1usize, 4, 9, 1, 1, 3, 1, 1, 1, 8] {
+                let pos: Vec<u32> = (n..n + chunk).map(|p| p as u32).collect();
+                map.assign(&pos).unwrap();
+                n += chunk;
+                map.release(&policy, n);
+                assert_eq!(map.positions(), policy.reference_keep(n), "{policy:?} after {n} tokens");
+                if policy.kind != PolicyKind::Full {
+                    assert!(map.high_water() <= policy.budget + 9, "slots stay within budget + one chunk");
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn policy_arguments() {
+        assert!("h2o".parse::<PolicyKind>().is_err());
+        assert!("nonsense".parse::<PolicyKind>().is_err());
+        assert!(Policy { kind: PolicyKind::Sink, budget: 4, sinks: 4 }.validate().is_err());
+        assert!(Policy { kind: PolicyKind::Window, budget: 0, sinks: 0 }.validate().is_err());
+    }
+}

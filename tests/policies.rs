@@ -1,0 +1,111 @@
+//! Budgeted KV caches on the slot table: window and sink (StreamingLLM) against plain-Rust
+//! references of their decisions, exactness when the budget holds everything, and a long
+//! generation at a fixed memory size.
+
+mod common;
+
+use std::sync::Arc;
+
+use adore::kv::{Policy, PolicyKind};
+use adore::ops::attention::INVALID_SLOT;
+use adore::{Model, Session, SessionOptions};
+use common::{assert_close, tiny::Tiny};
+
+fn tiny_model(seed: u64) -> Arc<Model> {
+    let bytes = Tiny::new(seed).gguf_bytes();
+    let spec = adore::ModelSpec::read(adore::Source::Gguf { name: "tiny.gguf".into(), bytes: &bytes }).unwrap();
+    Arc::new(Model::load(common::ctx(), spec, &mut |_, _| {}).unwrap())
+}
+
+fn session(model: &Arc<Model>, policy: Policy, context: usize, chunk: usize, all_logits: bool) -> Session {
+    Session::new(model.clone(), SessionOptions { context, chunk, all_logits, policy }).unwrap()
+}
+
+fn ids(n: usize) -> Vec<u32> {
+    (0..n as u32).map(|i| (i * 53 + 11) % common::tiny::VOCAB as u32).collect()
+}
+
+fn budgeted() -> Vec<Policy> {
+    vec![
+        Policy { kind: PolicyKind::Window, budget: 16, sinks: 0 },
+        Policy { kind: PolicyKind::Sink, budget: 16, sinks: 4 },
+        Policy { kind: PolicyKind::Sink, budget: 9, sinks: 1 },
+    ]
+}
+
+#[test]
+fn every_policy_equals_full_when_the_budget_holds_everything() {
+    let m = tiny_model(21);
+    let tokens = ids(70);
+    let mut full = session(&m, Policy::full(), 128, 16, true);
+    let want = pollster::block_on(full.prefill_logits(&tokens)).unwrap();
+    for kind in [PolicyKind::Window, PolicyKind::Sink] {
+        let policy = Policy { kind, budget: 70, sinks: 4 };
+        let mut s = session(&m, policy, 128, 16, true);
+        let got = pollster::block_on(s.prefill_logits(&tokens)).unwrap();
+        assert_close(&format!("{kind:?} with budget >= n vs full"), &got, &want, 0.0, 0.0);
+    }
+}
+
+#[test]
+fn kept_sets_follow_the_reference_for_300_steps() {
+    let m = tiny_model(22);
+    for policy in budgeted() {
+        let mut s = session(&m, policy, 1024, 8, false);
+        let prompt = ids(40); // longer than the budget: chunked prefill with updates between chunks
+        pollster::block_on(s.prefill(&prompt)).unwrap();
+        for step in 0..320 {
+            let n = s.len();
+            let want = policy.reference_keep(n);
+            assert_eq!(s.kept_positions(), want, "{policy:?}: CPU slot map after {n} tokens");
+            let table = pollster::block_on(s.slot_table()).unwrap();
+            let mut on_gpu: Vec<u32> = table.iter().copied().filter(|&p| p != INVALID_SLOT).collect();
+            on_gpu.sort_unstable();
+            assert_eq!(on_gpu, want, "{policy:?}: GPU slot table after {n} tokens (step {step})");
+            pollster::block_on(s.step()).unwrap();
+        }
+    }
+}
+
+#[test]
+fn token_by_token_logits_equal_a_masked_reference() {
+    // Fed one token at a time, row t sees exactly the tokens the policy kept after t tokens,
+    // plus itself: a causal forward pass with that mask is the reference.
+    let tiny = Tiny::new(23);
+    let bytes = tiny.gguf_bytes();
+    let spec = adore::ModelSpec::read(adore::Source::Gguf { name: "tiny.gguf".into(), bytes: &bytes }).unwrap();
+    let m = Arc::new(Model::load(common::ctx(), spec, &mut |_, _| {}).unwrap());
+    let tokens = ids(40);
+    let vocab = common::tiny::VOCAB;
+    for policy in budgeted() {
+        let want = tiny.forward_masked(&tokens, &|t, j| j == t || policy.reference_keep(t).contains(&(j as u32)));
+        let mut s = session(&m, policy, 128, 1, false);
+        for (t, &tok) in tokens.iter().enumerate() {
+            pollster::block_on(s.feed(tok)).unwrap();
+            let got = pollster::block_on(s.last_logits()).unwrap();
+            assert_close(&format!("{policy:?}: logits at position {t}"), &got, &want[t * vocab..(t + 1) * vocab], 2e-3, 2e-3);
+        }
+    }
+}
+
+#[test]
+fn long_generation_at_a_fixed_kv_size() {
+    let m = tiny_model(24);
+    let policy = Policy { kind: PolicyKind::Sink, budget: 256, sinks: 4 };
+    let mut s = session(&m, policy, 8192, 64, false);
+    let bytes = s.kv_bytes();
+    pollster::block_on(s.prefill(&ids(300))).unwrap();
+    while s.len() < 4096 {
+        let t = pollster::block_on(s.step()).unwrap();
+        assert!((t as usize) < common::tiny::VOCAB);
+        if s.len() % 512 == 0 {
+            let logits = pollster::block_on(s.last_logits()).unwrap();
+            assert!(logits.iter().all(|v| v.is_finite()), "NaN or infinity after {} tokens", s.len());
+            assert_eq!(s.kv_bytes(), bytes, "KV memory changed");
+            assert_eq!(s.kept_positions().len(), 256);
+        }
+    }
+    assert_eq!(s.kept_positions(), policy.reference_keep(4096));
+    assert_eq!(s.kv_bytes(), bytes);
+    assert_eq!(bytes, ((256 + 64) * common::tiny::KV_HEADS * common::tiny::HEAD_DIM * 4 * 2 * common::tiny::LAYERS) as u64);
+}
