@@ -35,7 +35,7 @@ fn main() -> adore::Result<()> {
     let rows: usize = std::env::args().nth(1).and_then(|a| a.parse().ok()).unwrap_or(1);
     let ctx = Arc::new(Context::new_blocking(ContextOptions::default())?);
     println!("adapter: {}, rows {rows}", ctx.describe());
-    let step = ctx.uniform("step", &Step { n_rows: rows as u32, n_slots: 512, counter: 0, pad: 0 });
+    let step = ctx.uniform("step", &Step { n_rows: rows as u32, n_slots: 512, counter: 0, n_seen: 0 });
     let (hidden, ffn, vocab) = (576usize, 1536usize, 49152usize);
     let x = ctx.storage("x", (rows * ffn.max(hidden) * 4) as u64)?;
     let y = ctx.storage("y", (rows * vocab * 4) as u64)?;
@@ -69,8 +69,13 @@ fn main() -> adore::Result<()> {
     let sp = ctx.storage_init("sp", bytemuck::cast_slice(&(0..512u32).collect::<Vec<_>>()))?;
     let pos = ctx.storage_init("pos", bytemuck::cast_slice(&vec![511u32; rows]))?;
     let out = ctx.storage("out", (rows * 576 * 4) as u64)?;
-    let b = ops::attention::Buffers { q: &q, k_cache: &kc, v_cache: &vc, slot_pos: &sp, positions: &pos, out: &out };
-    time(&ctx, "attention 512 slots", ops::attention::build(&ctx, &b, &step, heads, 512, rows)?, (rows * 9 * 512 * 64 * 4) as f64);
+    let b = ops::attention::Buffers { q: &q, k_cache: &kc, v_cache: &vc, slot_pos: &sp, positions: &pos, out: &out, mass: &out };
+    time(
+        &ctx,
+        "attention 512 slots",
+        ops::attention::build(&ctx, &b, &step, heads, 512, rows, ops::attention::Mass::None)?,
+        (rows * 9 * 512 * 64 * 4) as f64,
+    );
     let g = ctx.storage("g", (ffn * 4) as u64)?;
     time(&ctx, "rmsnorm 576", ops::rmsnorm::build(&ctx, &x, &g, &y, &step, hidden, 1e-5, rows, false)?, (rows * hidden * 3) as f64);
     time(&ctx, "rope 9x64", ops::rope::build(&ctx, &q, &pos, &step, 9, 64, 1e5, true, rows)?, (rows * 576 * 3) as f64);

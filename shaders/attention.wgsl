@@ -3,12 +3,18 @@
 // with slot_pos[j] valid and slot_pos[j] <= positions[r] (causal by original position).
 // One workgroup of 64 per (head, row); slots are scanned in tiles of 256 (4 per invocation)
 // with an online (numerically stable) softmax. Dispatch (n_heads, rows, 1). head_dim <= 256.
+// With write_mass, a second pass stores each slot's attention probability for this row and
+// head in mass[r, h, slot] (1: overwrite, 2: add, to sum over layers), for the release policies.
 
 struct Params {
     n_heads: u32,
     n_kv_heads: u32,
     head_dim: u32,
-    scale: f32,  // usually 1 / sqrt(head_dim)
+    scale: f32,        // usually 1 / sqrt(head_dim)
+    capacity: u32,     // slots in the cache (row stride of mass)
+    write_mass: u32,   // 0: no mass, 1: mass = p, 2: mass += p
+    pad0: u32,
+    pad1: u32,
 }
 
 @group(0) @binding(0) var<storage, read> q: array<f32>;          // (rows, n_heads, head_dim)
@@ -19,6 +25,7 @@ struct Params {
 @group(0) @binding(5) var<storage, read_write> out: array<f32>;  // (rows, n_heads, head_dim)
 @group(0) @binding(6) var<uniform> p: Params;
 @group(0) @binding(7) var<uniform> step: Step;
+@group(0) @binding(8) var<storage, read_write> mass: array<f32>; // (rows, n_heads, capacity) or unused
 
 const INVALID: u32 = 0xffffffffu;
 var<workgroup> qs: array<f32, 256>;
@@ -112,6 +119,26 @@ fn main(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wid: v
         let d = lid + c * 64u;
         if d < hd {
             out[(r * p.n_heads + h) * hd + d] = select(0.0, acc[c] / l, l > 0.0);
+        }
+    }
+    if p.write_mass != 0u {
+        let base = (r * p.n_heads + h) * p.capacity;
+        for (var j = lid; j < p.capacity; j += 64u) {
+            var prob = 0.0;
+            let sp = slot_pos[j];
+            if j < step.n_slots && sp != INVALID && sp <= pos && l > 0.0 {
+                let kb = j * kv_stride + kvh * hd;
+                var dot = 0.0;
+                for (var d = 0u; d < hd; d++) {
+                    dot += qs[d] * k_cache[kb + d];
+                }
+                prob = exp(dot * p.scale - m) / l;
+            }
+            if p.write_mass == 2u {
+                mass[base + j] += prob;
+            } else {
+                mass[base + j] = prob;
+            }
         }
     }
 }

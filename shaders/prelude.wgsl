@@ -5,7 +5,7 @@ struct Step {
     n_rows: u32,   // rows (tokens) processed in this step
     n_slots: u32,  // KV slots in use (attention scans slots 0..n_slots)
     counter: u32,  // sampling counter: one random draw per step
-    pad: u32,
+    n_seen: u32,   // tokens in the sequence after this step
 }
 
 // Scores below this are masked out (WGSL has no infinity literals).

@@ -17,6 +17,19 @@ pub enum PolicyKind {
     Window,
     /// StreamingLLM: the first `sinks` tokens and the `budget - sinks` most recent.
     Sink,
+    /// Heavy hitters: sinks and recent window protected, the rest by attention mass
+    /// accumulated over steps (summed over heads and layers). Decided on the GPU.
+    H2o,
+    /// Sinks and recent window protected, the rest by the current query's attention.
+    /// Decided on the GPU.
+    Tova,
+}
+
+impl PolicyKind {
+    /// Whether the GPU decides releases (from attention scores) rather than the CPU.
+    pub fn on_gpu(self) -> bool {
+        matches!(self, PolicyKind::H2o | PolicyKind::Tova)
+    }
 }
 
 impl std::str::FromStr for PolicyKind {
@@ -40,13 +53,15 @@ pub struct Policy {
     pub kind: PolicyKind,
     /// KV slots kept between steps (ignored by `full`).
     pub budget: usize,
-    /// Protected first tokens (`sink`).
+    /// Protected first tokens (`sink`, `h2o`, `tova`).
     pub sinks: usize,
+    /// Protected most recent tokens (`h2o`, `tova`).
+    pub recent: usize,
 }
 
 impl Default for Policy {
     fn default() -> Self {
-        Policy { kind: PolicyKind::Full, budget: 0, sinks: 4 }
+        Policy { kind: PolicyKind::Full, budget: 0, sinks: 4, recent: 16 }
     }
 }
 
@@ -60,6 +75,8 @@ impl Policy {
             PolicyKind::Full => "full",
             PolicyKind::Window => "window",
             PolicyKind::Sink => "sink",
+            PolicyKind::H2o => "h2o",
+            PolicyKind::Tova => "tova",
         }
     }
 
@@ -73,14 +90,21 @@ impl Policy {
         if self.kind == PolicyKind::Sink && self.sinks >= self.budget {
             return Err(Error::arg(format!("{} sink tokens leave no room in a budget of {}", self.sinks, self.budget)));
         }
+        if self.kind.on_gpu() && self.sinks + self.recent > self.budget {
+            return Err(Error::arg(format!(
+                "{} sink and {} recent tokens do not fit in a budget of {}",
+                self.sinks, self.recent, self.budget
+            )));
+        }
         Ok(())
     }
 
-    /// Reference: the positions this policy keeps after `n` tokens (ascending).
+    /// Reference: the positions this policy keeps after `n` tokens (ascending); for the
+    /// score-driven policies, see `ops::cache_update::reference`.
     pub fn reference_keep(&self, n: usize) -> Vec<u32> {
         let all = 0..n as u32;
         match self.kind {
-            PolicyKind::Full => all.collect(),
+            PolicyKind::Full | PolicyKind::H2o | PolicyKind::Tova => all.collect(),
             _ if n <= self.budget => all.collect(),
             PolicyKind::Window => ((n - self.budget) as u32..n as u32).collect(),
             PolicyKind::Sink => (0..self.sinks as u32).chain((n - (self.budget - self.sinks)) as u32..n as u32).collect(),
@@ -144,7 +168,7 @@ impl SlotMap {
     /// Frees the slots of positions the policy does not keep once `n` tokens have been seen;
     /// returns the freed slots.
     pub fn release(&mut self, policy: &Policy, n: usize) -> Vec<u32> {
-        if policy.kind == PolicyKind::Full || self.len() <= policy.budget {
+        if matches!(policy.kind, PolicyKind::Full | PolicyKind::H2o | PolicyKind::Tova) || self.len() <= policy.budget {
             return Vec::new();
         }
         let recent_from = n.saturating_sub(policy.budget - if policy.kind == PolicyKind::Sink { policy.sinks } else { 0 }) as u32;
@@ -181,9 +205,9 @@ mod tests {
     #[test]
     fn slot_map_follows_the_reference_for_window_and_sink() {
         for policy in [
-            Policy { kind: PolicyKind::Window, budget: 5, sinks: 0 },
-            Policy { kind: PolicyKind::Sink, budget: 7, sinks: 3 },
-            Policy { kind: PolicyKind::Full, budget: 0, sinks: 4 },
+            Policy { kind: PolicyKind::Window, budget: 5, sinks: 0, recent: 0 },
+            Policy { kind: PolicyKind::Sink, budget: 7, sinks: 3, recent: 0 },
+            Policy::full(),
         ] {
             let mut map = SlotMap::new(64);
             let mut n = 0;
@@ -202,9 +226,10 @@ mod tests {
 
     #[test]
     fn policy_arguments() {
-        assert!("h2o".parse::<PolicyKind>().is_err());
+        assert!("adore".parse::<PolicyKind>().is_err());
         assert!("nonsense".parse::<PolicyKind>().is_err());
-        assert!(Policy { kind: PolicyKind::Sink, budget: 4, sinks: 4 }.validate().is_err());
-        assert!(Policy { kind: PolicyKind::Window, budget: 0, sinks: 0 }.validate().is_err());
+        assert!(Policy { kind: PolicyKind::Sink, budget: 4, sinks: 4, recent: 0 }.validate().is_err());
+        assert!(Policy { kind: PolicyKind::Window, budget: 0, sinks: 0, recent: 0 }.validate().is_err());
+        assert!(Policy { kind: PolicyKind::H2o, budget: 16, sinks: 4, recent: 13 }.validate().is_err());
     }
 }

@@ -9,7 +9,7 @@ use crate::error::{Error, Result};
 use crate::gpu::Dispatch;
 use crate::kv::{Policy, PolicyKind, SlotMap};
 use crate::model::Model;
-use crate::ops::{self, attention::Heads, attention::INVALID_SLOT, sample::Sampling, Step};
+use crate::ops::{self, attention::Heads, attention::Mass, attention::INVALID_SLOT, sample::Sampling, Step};
 
 /// Sizes fixed when a session is created.
 #[derive(Clone, Debug)]
@@ -62,6 +62,8 @@ struct RunState {
     k_cache: Vec<wgpu::Buffer>,  // per layer (capacity, n_kv_heads, head_dim)
     v_cache: Vec<wgpu::Buffer>,  // per layer (capacity, n_kv_heads, head_dim)
     slot_pos: wgpu::Buffer,      // (capacity) u32 position held by each slot, or INVALID_SLOT
+    mass: wgpu::Buffer,          // (chunk, n_heads, capacity) attention probabilities (h2o, tova)
+    slot_score: wgpu::Buffer,    // (capacity) per-slot score the GPU policies release by
     readback: wgpu::Buffer,      // 4 bytes, MAP_READ
 }
 
@@ -117,6 +119,8 @@ impl Session {
             k_cache: cache("k")?,
             v_cache: cache("v")?,
             slot_pos: ctx.storage_init("slot_pos", bytemuck::cast_slice(&vec![INVALID_SLOT; capacity]))?,
+            mass: ctx.storage("mass", if options.policy.kind.on_gpu() { f(chunk * c.n_heads * capacity) } else { 4 })?,
+            slot_score: ctx.storage("slot_score", f(capacity))?,
             readback: ctx.staging(4),
         };
         ctx.take_error()?;
@@ -147,14 +151,21 @@ impl Session {
         self.state.k_cache.iter().chain(&self.state.v_cache).map(|b| b.size()).sum()
     }
 
-    /// Positions the KV cache holds now, ascending.
-    pub fn kept_positions(&self) -> Vec<u32> {
-        self.slots.positions()
+    /// Positions the KV cache holds now, ascending (read back from the GPU).
+    pub async fn kept_positions(&self) -> Result<Vec<u32>> {
+        let mut p: Vec<u32> = self.slot_table().await?.into_iter().filter(|&p| p != INVALID_SLOT).collect();
+        p.sort_unstable();
+        Ok(p)
     }
 
-    /// The GPU slot table (position per slot, INVALID_SLOT when free), read back (for tests).
+    /// The GPU slot table (position per slot, INVALID_SLOT when free), read back.
     pub async fn slot_table(&self) -> Result<Vec<u32>> {
         self.model.ctx.read_u32(&self.state.slot_pos, self.capacity).await
+    }
+
+    /// The per-slot scores the GPU policies release by, read back.
+    pub async fn slot_scores(&self) -> Result<Vec<f32>> {
+        self.model.ctx.read_f32(&self.state.slot_score, self.capacity).await
     }
 
     /// Forgets the sequence (the buffers stay allocated).
@@ -175,16 +186,23 @@ impl Session {
 
     /// Keeps only the first `n` tokens of the sequence (for example the part of a chat that a
     /// new turn shares with the previous one).
-    pub fn truncate(&mut self, n: usize) {
+    pub async fn truncate(&mut self, n: usize) -> Result<()> {
         if n >= self.n_past {
-            return;
+            return Ok(());
         }
         if n == 0 {
-            return self.reset();
+            self.reset();
+            return Ok(());
         }
-        let freed = self.slots.truncate(n);
+        let freed = if self.options.policy.kind.on_gpu() {
+            let table = self.slot_table().await?;
+            (0..table.len() as u32).filter(|&j| table[j as usize] != INVALID_SLOT && table[j as usize] as usize >= n).collect()
+        } else {
+            self.slots.truncate(n)
+        };
         self.free_slots(&freed);
         self.n_past = n;
+        Ok(())
     }
 
     /// Sets how following steps choose tokens.
@@ -202,7 +220,12 @@ impl Session {
         let (ctx, c, w, s) = (&*m.ctx, &m.config, &m.weights, &self.state);
         let step = &s.step;
         let heads = Heads { n_heads: c.n_heads, n_kv_heads: c.n_kv_heads, head_dim: c.head_dim };
-        let mut plan = Vec::with_capacity(3 + c.layers * 16);
+        let mut plan = Vec::with_capacity(6 + c.layers * 16);
+        let policy = self.options.policy;
+        if policy.kind.on_gpu() {
+            // The GPU decides releases, so it also places the new rows in free slots.
+            plan.push(ops::cache_update::build_assign(ctx, &s.slot_pos, &s.slots, step, self.capacity, rows)?);
+        }
         // Token embeddings into the residual stream.
         plan.push(ops::embed::build(ctx, &w.embed, &s.tokens, &s.x, step, rows)?);
         for (l, layer) in w.layers.iter().enumerate() {
@@ -230,8 +253,14 @@ impl Session {
                 slot_pos: &s.slot_pos,
                 positions: &s.positions,
                 out: &s.att,
+                mass: &s.mass,
             };
-            plan.push(ops::attention::build(ctx, &ab, step, heads, self.capacity, rows)?);
+            let mass = match (policy.kind.on_gpu(), l) {
+                (false, _) => Mass::None,
+                (true, 0) => Mass::Write,
+                (true, _) => Mass::Add,
+            };
+            plan.push(ops::attention::build(ctx, &ab, step, heads, self.capacity, rows, mass)?);
             plan.push(ops::matmul::build(ctx, &layer.o, &s.att, &s.proj, step, rows, 0)?);
             plan.push(ops::add::build(ctx, &s.x, &s.proj, step, c.hidden, rows)?);
             // Feed-forward: norm, gate and up projections, SwiGLU, down projection, add.
@@ -241,6 +270,23 @@ impl Session {
             plan.push(ops::swiglu::build(ctx, &s.gate, &s.up, step, c.ffn, rows)?);
             plan.push(ops::matmul::build(ctx, &layer.down, &s.gate, &s.proj, step, rows, 0)?);
             plan.push(ops::add::build(ctx, &s.x, &s.proj, step, c.hidden, rows)?);
+        }
+        if policy.kind.on_gpu() {
+            // The cache update: per-slot attention mass, then release down to the budget.
+            let sp = ops::cache_update::ScoreParams {
+                capacity: self.capacity as u32,
+                n_heads: c.n_heads as u32,
+                accumulate: (policy.kind == PolicyKind::H2o) as u32,
+                scale: 1.0 / (c.n_heads * c.layers) as f32,
+            };
+            plan.push(ops::cache_update::build_score(ctx, &s.mass, &s.slots, &s.slot_score, step, sp, rows)?);
+            let up = ops::cache_update::Params {
+                capacity: self.capacity as u32,
+                budget: policy.budget as u32,
+                sinks: policy.sinks as u32,
+                recent: policy.recent as u32,
+            };
+            plan.push(ops::cache_update::build(ctx, &s.slot_pos, &s.slot_score, step, up)?);
         }
         if self.options.all_logits {
             // Final norm and LM head for every row.
@@ -264,15 +310,23 @@ impl Session {
             self.plans.insert(cap, plan);
         }
         let positions: Vec<u32> = (self.n_past..self.n_past + n).map(|p| p as u32).collect();
-        let slots = self.slots.assign(&positions)?;
+        let on_gpu = self.options.policy.kind.on_gpu();
         let ctx = &self.model.ctx;
         let s = &self.state;
+        // Slots: chosen here for the policies decided on the CPU, by slot_assign otherwise
+        // (attention then scans every slot).
+        let n_slots = if on_gpu {
+            self.capacity
+        } else {
+            let slots = self.slots.assign(&positions)?;
+            ctx.queue.write_buffer(&s.slots, 0, bytemuck::cast_slice(&slots));
+            self.slots.high_water()
+        };
         if let Some(t) = tokens {
             ctx.queue.write_buffer(&s.tokens, 0, bytemuck::cast_slice(t));
         }
         ctx.queue.write_buffer(&s.positions, 0, bytemuck::cast_slice(&positions));
-        ctx.queue.write_buffer(&s.slots, 0, bytemuck::cast_slice(&slots));
-        let step = Step { n_rows: n as u32, n_slots: self.slots.high_water() as u32, counter: self.counter, pad: 0 };
+        let step = Step { n_rows: n as u32, n_slots: n_slots as u32, counter: self.counter, n_seen: (self.n_past + n) as u32 };
         ctx.queue.write_buffer(&s.step, 0, bytemuck::bytes_of(&step));
         let mut encoder = ctx.encoder();
         ctx.record(&mut encoder, &self.plans[&cap]);

@@ -41,6 +41,10 @@ shader!(KV_WRITE, "kv_write", false);
 shader!(ATTENTION, "attention", false);
 shader!(SAMPLE, "sample", false);
 shader!(TOPK, "topk", false);
+shader!(CACHE_UPDATE, "cache_update", false);
+shader!(SLOT_SCORE, "slot_score", false);
+shader!(SLOT_ASSIGN, "slot_assign", false);
 
 /// Every kernel, for validation tests.
-pub const ALL: &[&Shader] = &[&MATMUL, &EMBED, &RMSNORM, &ROPE, &SWIGLU, &ADD, &KV_WRITE, &ATTENTION, &SAMPLE, &TOPK];
+pub const ALL: &[&Shader] =
+    &[&MATMUL, &EMBED, &RMSNORM, &ROPE, &SWIGLU, &ADD, &KV_WRITE, &ATTENTION, &SAMPLE, &TOPK, &CACHE_UPDATE, &SLOT_SCORE, &SLOT_ASSIGN];

@@ -248,7 +248,7 @@ fn tiny_model() -> Arc<Model> {
 #[test]
 fn prompt_longer_than_the_context() {
     let m = tiny_model();
-    let mut s = Session::new(m, SessionOptions { context: 16, chunk: 8, all_logits: false }).unwrap();
+    let mut s = Session::new(m, SessionOptions { context: 16, chunk: 8, all_logits: false, ..Default::default() }).unwrap();
     let e = pollster::block_on(s.prefill(&[5; 17])).err().unwrap();
     assert!(matches!(e, Error::PromptTooLong { tokens: 17, context: 16 }), "{e}");
     // The session is still usable afterwards.
@@ -260,7 +260,7 @@ fn prompt_longer_than_the_context() {
 #[test]
 fn nonsense_arguments() {
     let m = tiny_model();
-    let mut s = Session::new(m.clone(), SessionOptions { context: 16, chunk: 8, all_logits: false }).unwrap();
+    let mut s = Session::new(m.clone(), SessionOptions { context: 16, chunk: 8, all_logits: false, ..Default::default() }).unwrap();
     for bad in [
         Sampling { temperature: -1.0, ..Default::default() },
         Sampling { temperature: f32::NAN, ..Default::default() },
@@ -277,7 +277,7 @@ fn nonsense_arguments() {
     assert!(matches!(e, Error::EmptyPrompt), "{e}");
     let e = pollster::block_on(s.prefill(&[100_000])).err().unwrap();
     assert!(matches!(e, Error::InvalidArgument(_)), "{e}");
-    assert!(Session::new(m, SessionOptions { context: 0, chunk: 8, all_logits: false }).is_err());
+    assert!(Session::new(m, SessionOptions { context: 0, chunk: 8, all_logits: false, ..Default::default() }).is_err());
 }
 
 #[test]

@@ -57,16 +57,16 @@ fn logits_and_greedy_continuations_equal_reference() {
         let prompt_ids = ids(&case["ids"]);
         let what = format!("case {i} ({:?})", case["prompt"].as_str().unwrap());
         // First position, from a session that keeps every row's logits.
-        let mut all = Session::new(m.clone(), SessionOptions { context: 64, chunk: 64, all_logits: true }).unwrap();
+        let mut all = Session::new(m.clone(), SessionOptions { context: 64, chunk: 64, all_logits: true, ..Default::default() }).unwrap();
         let rows = pollster::block_on(all.prefill_logits(&prompt_ids)).unwrap();
         let vocab = m.config.vocab;
         check_pairs(&format!("{what}, first position"), &rows[..vocab], &case["first_pos_logits_top3"]);
 
-        let mut s = Session::new(m.clone(), SessionOptions { context: 64, chunk: 256, all_logits: false }).unwrap();
+        let mut s = Session::new(m.clone(), SessionOptions { context: 64, chunk: 256, all_logits: false, ..Default::default() }).unwrap();
         let opts = GenerateOptions { max_tokens: 20, ..Default::default() };
         let (out, _) = pollster::block_on(adore::generate(&mut s, &prompt_ids, &opts, |_, _| true)).unwrap();
         // The logits after the prompt, from the prompt-only session for clarity.
-        let mut p = Session::new(m.clone(), SessionOptions { context: 64, chunk: 256, all_logits: false }).unwrap();
+        let mut p = Session::new(m.clone(), SessionOptions { context: 64, chunk: 256, all_logits: false, ..Default::default() }).unwrap();
         pollster::block_on(p.prefill(&prompt_ids)).unwrap();
         let logits = pollster::block_on(p.last_logits()).unwrap();
         check_pairs(&format!("{what}, last position top 5"), &logits, &case["last_logits_top5"]);
@@ -107,7 +107,7 @@ fn hamlet_perplexity_within_one_percent() {
     let m = model();
     let tokens = m.tokenizer.encode(&text).unwrap();
     assert_eq!(tokens.len() as u64, g["perplexity"]["n_text_tokens"].as_u64().unwrap(), "token count of Hamlet");
-    let mut s = Session::new(m, SessionOptions { context: 512, chunk: 256, all_logits: true }).unwrap();
+    let mut s = Session::new(m, SessionOptions { context: 512, chunk: 256, all_logits: true, ..Default::default() }).unwrap();
     let r = pollster::block_on(perplexity(&mut s, &tokens, 512, 2, |_, _| {})).unwrap();
     assert_eq!(r.tokens_scored as u64, g["perplexity"]["tokens_scored"].as_u64().unwrap());
     assert!((r.ppl - want).abs() / want < 0.01, "perplexity {} vs reference {want} (more than 1% apart)", r.ppl);

@@ -8,7 +8,7 @@ use adore::tensor::{dequantize, quantize, DType, GpuWeight, HostTensor};
 use common::{assert_close, ctx, Rng, AWKWARD};
 
 fn step(ctx: &Context, n_rows: usize, n_slots: usize, counter: u32) -> wgpu::Buffer {
-    ctx.uniform("step", &Step { n_rows: n_rows as u32, n_slots: n_slots as u32, counter, pad: 0 })
+    ctx.uniform("step", &Step { n_rows: n_rows as u32, n_slots: n_slots as u32, counter, n_seen: 0 })
 }
 
 fn buf(ctx: &Context, v: &[f32]) -> wgpu::Buffer {
@@ -216,19 +216,22 @@ fn attention_over_slots_with_gaps_and_causal_positions() {
                 let positions: Vec<u32> = (0..rows).map(|_| 500 + rng.below(2000) as u32).collect();
                 let q = rng.vec(rows * n_heads * hd, 2.0);
                 let (k, v) = (rng.vec(n_slots * kvd, 2.0), rng.vec(n_slots * kvd, 1.0));
-                let want = ops::attention::reference(&q, &k, &v, &slot_pos, &positions, heads);
+                let (want, want_mass) = ops::attention::reference_with_mass(&q, &k, &v, &slot_pos, &positions, heads);
                 let out = ctx.storage("out", (rows * n_heads * hd * 4) as u64).unwrap();
                 let (qb, kb, vb, sb, pb) =
                     (buf(&ctx, &q), buf(&ctx, &k), buf(&ctx, &v), buf_u32(&ctx, &slot_pos), buf_u32(&ctx, &positions));
-                let b = ops::attention::Buffers { q: &qb, k_cache: &kb, v_cache: &vb, slot_pos: &sb, positions: &pb, out: &out };
-                run(&ctx, ops::attention::build(&ctx, &b, &step(&ctx, rows, n_slots, 0), heads, n_slots, rows).unwrap());
-                assert_close(
-                    &format!("attention heads {n_heads}/{n_kv} hd {hd} slots {n_slots} rows {rows}"),
-                    &read(&ctx, &out, want.len()),
-                    &want,
-                    1e-4,
-                    1e-4,
-                );
+                let mass = buf(&ctx, &vec![0.5; want_mass.len()]);
+                let b =
+                    ops::attention::Buffers { q: &qb, k_cache: &kb, v_cache: &vb, slot_pos: &sb, positions: &pb, out: &out, mass: &mass };
+                let what = format!("attention heads {n_heads}/{n_kv} hd {hd} slots {n_slots} rows {rows}");
+                // Odd slot counts also record the probabilities, added to what the buffer held.
+                let mode = if n_slots % 2 == 0 { ops::attention::Mass::None } else { ops::attention::Mass::Add };
+                run(&ctx, ops::attention::build(&ctx, &b, &step(&ctx, rows, n_slots, 0), heads, n_slots, rows, mode).unwrap());
+                assert_close(&what, &read(&ctx, &out, want.len()), &want, 1e-4, 1e-4);
+                if mode == ops::attention::Mass::Add {
+                    let plus: Vec<f32> = want_mass.iter().map(|m| m + 0.5).collect();
+                    assert_close(&format!("{what}, mass"), &read(&ctx, &mass, plus.len()), &plus, 1e-5, 1e-4);
+                }
             }
         }
     }
@@ -309,4 +312,61 @@ fn topk_equals_a_cpu_sort_with_ties() {
             assert_eq!(from_mask, want, "top-{k} of {n} (mask)");
         }
     }
+}
+
+#[test]
+fn cache_update_score_and_assign_match_references() {
+    use ops::cache_update::{self as cu, Params, ScoreParams};
+    let ctx = ctx();
+    let mut rng = Rng::new(10);
+    for &cap in &[1usize, 3, 17, 255, 257, 1000] {
+        for round in 0..6 {
+            let n_seen = 3000u32;
+            // Distinct positions, some slots free; scores with ties.
+            let mut positions: Vec<u32> = (0..n_seen).collect();
+            for i in (1..positions.len()).rev() {
+                positions.swap(i, rng.below(i as u64 + 1) as usize);
+            }
+            let slot_pos: Vec<u32> = (0..cap).map(|j| if rng.below(4) == 0 { INVALID_SLOT } else { positions[j] }).collect();
+            let score: Vec<f32> = (0..cap).map(|_| rng.below(7) as f32 * 0.125).collect();
+            let budget = rng.below(cap as u64 + 1) as u32;
+            let p = Params { capacity: cap as u32, budget, sinks: [0, 4, 100][round % 3], recent: [0, 16, 500][round % 3] };
+            let (tb, sb) = (buf_u32(&ctx, &slot_pos), buf(&ctx, &score));
+            run(&ctx, cu::build(&ctx, &tb, &sb, &step_seen(&ctx, 1, n_seen), p).unwrap());
+            let got = pollster::block_on(ctx.read_u32(&tb, cap)).unwrap();
+            assert_eq!(got, cu::reference(&slot_pos, &score, p, n_seen), "cache_update cap {cap} {p:?}");
+
+            let rows = 1 + rng.below(4) as usize;
+            let want_slots = cu::reference_assign(&slot_pos, rows);
+            if want_slots.len() == rows {
+                let slots = ctx.storage("slots", (rows * 4) as u64).unwrap();
+                run(&ctx, cu::build_assign(&ctx, &buf_u32(&ctx, &slot_pos), &slots, &step(&ctx, rows, 0, 0), cap, rows).unwrap());
+                assert_eq!(pollster::block_on(ctx.read_u32(&slots, rows)).unwrap(), want_slots, "slot_assign cap {cap} rows {rows}");
+
+                let heads = 3;
+                let mass = rng.vec(rows * heads * cap, 1.0);
+                let old = rng.vec(cap, 1.0);
+                for accumulate in [0, 1] {
+                    let sp = ScoreParams { capacity: cap as u32, n_heads: heads as u32, accumulate, scale: 0.25 };
+                    let score_b = buf(&ctx, &old);
+                    let d =
+                        cu::build_score(&ctx, &buf(&ctx, &mass), &buf_u32(&ctx, &want_slots), &score_b, &step(&ctx, rows, 0, 0), sp, rows)
+                            .unwrap();
+                    run(&ctx, d);
+                    let want = cu::reference_score(&mass, &want_slots, &old, sp, rows);
+                    assert_close(
+                        &format!("slot_score cap {cap} rows {rows} accumulate {accumulate}"),
+                        &read(&ctx, &score_b, cap),
+                        &want,
+                        1e-5,
+                        1e-5,
+                    );
+                }
+            }
+        }
+    }
+}
+
+fn step_seen(ctx: &Context, n_rows: usize, n_seen: u32) -> wgpu::Buffer {
+    ctx.uniform("step", &Step { n_rows: n_rows as u32, n_slots: 0, counter: 0, n_seen })
 }

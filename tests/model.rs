@@ -28,7 +28,7 @@ fn check_all_logits(model: Arc<Model>, tiny: &Tiny, what: &str) {
     let ids = tokens();
     let want = tiny.forward(&ids);
     for chunk in [256, 16] {
-        let mut s = Session::new(model.clone(), SessionOptions { context: 128, chunk, all_logits: true }).unwrap();
+        let mut s = Session::new(model.clone(), SessionOptions { context: 128, chunk, all_logits: true, ..Default::default() }).unwrap();
         let got = pollster::block_on(s.prefill_logits(&ids)).unwrap();
         assert_close(&format!("{what}: all logits, chunk {chunk}"), &got, &want, 2e-3, 2e-3);
     }
@@ -48,7 +48,7 @@ fn gguf_forward_matches_reference() {
     let ids = tokens();
     let want = tiny.forward(&ids);
     let vocab = common::tiny::VOCAB;
-    let mut s = Session::new(model, SessionOptions { context: 128, chunk: 8, all_logits: false }).unwrap();
+    let mut s = Session::new(model, SessionOptions { context: 128, chunk: 8, all_logits: false, ..Default::default() }).unwrap();
     let split = 60;
     let mut next = pollster::block_on(s.prefill(&ids[..split])).unwrap();
     for t in split..ids.len() {
@@ -90,10 +90,10 @@ fn truncate_then_continue_equals_a_fresh_sequence() {
     let model = load(&path);
     let ids = tokens();
     let (a, b, c) = (&ids[..20], &ids[20..35], &ids[40..50]);
-    let opts = SessionOptions { context: 64, chunk: 8, all_logits: false };
+    let opts = SessionOptions { context: 64, chunk: 8, all_logits: false, ..Default::default() };
     let mut s = Session::new(model.clone(), opts.clone()).unwrap();
     pollster::block_on(s.prefill(&[a, b].concat())).unwrap();
-    s.truncate(a.len());
+    pollster::block_on(s.truncate(a.len())).unwrap();
     assert_eq!(s.len(), a.len());
     let t1 = pollster::block_on(s.prefill(c)).unwrap();
     let l1 = pollster::block_on(s.last_logits()).unwrap();

@@ -8,6 +8,7 @@ use std::sync::Arc;
 
 use adore::kv::{Policy, PolicyKind};
 use adore::ops::attention::INVALID_SLOT;
+use adore::ops::cache_update;
 use adore::{Model, Session, SessionOptions};
 use common::{assert_close, tiny::Tiny};
 
@@ -27,9 +28,9 @@ fn ids(n: usize) -> Vec<u32> {
 
 fn budgeted() -> Vec<Policy> {
     vec![
-        Policy { kind: PolicyKind::Window, budget: 16, sinks: 0 },
-        Policy { kind: PolicyKind::Sink, budget: 16, sinks: 4 },
-        Policy { kind: PolicyKind::Sink, budget: 9, sinks: 1 },
+        Policy { kind: PolicyKind::Window, budget: 16, sinks: 0, recent: 0 },
+        Policy { kind: PolicyKind::Sink, budget: 16, sinks: 4, recent: 0 },
+        Policy { kind: PolicyKind::Sink, budget: 9, sinks: 1, recent: 0 },
     ]
 }
 
@@ -39,8 +40,8 @@ fn every_policy_equals_full_when_the_budget_holds_everything() {
     let tokens = ids(70);
     let mut full = session(&m, Policy::full(), 128, 16, true);
     let want = pollster::block_on(full.prefill_logits(&tokens)).unwrap();
-    for kind in [PolicyKind::Window, PolicyKind::Sink] {
-        let policy = Policy { kind, budget: 70, sinks: 4 };
+    for kind in [PolicyKind::Window, PolicyKind::Sink, PolicyKind::H2o, PolicyKind::Tova] {
+        let policy = Policy { kind, budget: 70, sinks: 4, recent: 16 };
         let mut s = session(&m, policy, 128, 16, true);
         let got = pollster::block_on(s.prefill_logits(&tokens)).unwrap();
         assert_close(&format!("{kind:?} with budget >= n vs full"), &got, &want, 0.0, 0.0);
@@ -57,11 +58,7 @@ fn kept_sets_follow_the_reference_for_300_steps() {
         for step in 0..320 {
             let n = s.len();
             let want = policy.reference_keep(n);
-            assert_eq!(s.kept_positions(), want, "{policy:?}: CPU slot map after {n} tokens");
-            let table = pollster::block_on(s.slot_table()).unwrap();
-            let mut on_gpu: Vec<u32> = table.iter().copied().filter(|&p| p != INVALID_SLOT).collect();
-            on_gpu.sort_unstable();
-            assert_eq!(on_gpu, want, "{policy:?}: GPU slot table after {n} tokens (step {step})");
+            assert_eq!(pollster::block_on(s.kept_positions()).unwrap(), want, "{policy:?}: GPU slot table after {n} tokens (step {step})");
             pollster::block_on(s.step()).unwrap();
         }
     }
@@ -91,7 +88,7 @@ fn token_by_token_logits_equal_a_masked_reference() {
 #[test]
 fn long_generation_at_a_fixed_kv_size() {
     let m = tiny_model(24);
-    let policy = Policy { kind: PolicyKind::Sink, budget: 256, sinks: 4 };
+    let policy = Policy { kind: PolicyKind::Sink, budget: 256, sinks: 4, recent: 0 };
     let mut s = session(&m, policy, 8192, 64, false);
     let bytes = s.kv_bytes();
     pollster::block_on(s.prefill(&ids(300))).unwrap();
@@ -102,10 +99,48 @@ fn long_generation_at_a_fixed_kv_size() {
             let logits = pollster::block_on(s.last_logits()).unwrap();
             assert!(logits.iter().all(|v| v.is_finite()), "NaN or infinity after {} tokens", s.len());
             assert_eq!(s.kv_bytes(), bytes, "KV memory changed");
-            assert_eq!(s.kept_positions().len(), 256);
+            assert_eq!(pollster::block_on(s.kept_positions()).unwrap().len(), 256);
         }
     }
-    assert_eq!(s.kept_positions(), policy.reference_keep(4096));
+    assert_eq!(pollster::block_on(s.kept_positions()).unwrap(), policy.reference_keep(4096));
     assert_eq!(s.kv_bytes(), bytes);
     assert_eq!(bytes, ((256 + 64) * common::tiny::KV_HEADS * common::tiny::HEAD_DIM * 4 * 2 * common::tiny::LAYERS) as u64);
+}
+
+#[test]
+fn gpu_policies_release_as_the_reference_does_with_the_same_scores() {
+    let m = tiny_model(25);
+    for policy in [
+        Policy { kind: PolicyKind::H2o, budget: 16, sinks: 4, recent: 4 },
+        Policy { kind: PolicyKind::H2o, budget: 12, sinks: 0, recent: 0 },
+        Policy { kind: PolicyKind::Tova, budget: 16, sinks: 4, recent: 4 },
+        Policy { kind: PolicyKind::Tova, budget: 9, sinks: 1, recent: 2 },
+    ] {
+        let mut s = session(&m, policy, 1024, 8, false);
+        pollster::block_on(s.prefill(&ids(40))).unwrap();
+        assert_eq!(pollster::block_on(s.kept_positions()).unwrap().len(), policy.budget, "{policy:?} after the prefill");
+        let params =
+            cache_update::Params { capacity: 0, budget: policy.budget as u32, sinks: policy.sinks as u32, recent: policy.recent as u32 };
+        let mut table = pollster::block_on(s.slot_table()).unwrap();
+        for step in 0..310 {
+            let n = s.len();
+            pollster::block_on(s.step()).unwrap();
+            // Before the update the new token sat in the lowest free slot.
+            let mut before = table.clone();
+            let slot = cache_update::reference_assign(&table, 1)[0];
+            before[slot as usize] = n as u32;
+            let scores = pollster::block_on(s.slot_scores()).unwrap();
+            let after = pollster::block_on(s.slot_table()).unwrap();
+            let p = cache_update::Params { capacity: table.len() as u32, ..params };
+            let want = cache_update::reference(&before, &scores, p, n as u32 + 1);
+            assert_eq!(after, want, "{policy:?}: slot table after step {step} ({} tokens)", n + 1);
+            assert_eq!(after.iter().filter(|&&x| x != INVALID_SLOT).count(), policy.budget);
+            table = after;
+        }
+        // Unlike sinks + window, these policies keep older tokens by their attention.
+        let kept = pollster::block_on(s.kept_positions()).unwrap();
+        let streaming =
+            Policy { kind: PolicyKind::Sink, budget: policy.budget, sinks: policy.sinks.max(1), recent: 0 }.reference_keep(s.len());
+        assert_ne!(kept, streaming, "{policy:?} kept exactly sinks + the most recent tokens");
+    }
 }

@@ -96,20 +96,23 @@ struct ModelArgs {
     /// Prompt tokens per GPU submit.
     #[arg(long, default_value_t = 256)]
     chunk: usize,
-    /// KV-cache policy: full, window or sink (StreamingLLM).
+    /// KV-cache policy: full, window, sink (StreamingLLM), h2o or tova.
     #[arg(long, default_value = "full")]
     policy: String,
     /// KV slots kept by a budgeted policy.
     #[arg(long, default_value_t = 256)]
     budget: usize,
-    /// Protected first tokens of the sink policy.
+    /// Protected first tokens (sink, h2o, tova).
     #[arg(long, default_value_t = 4)]
     sinks: usize,
+    /// Protected most recent tokens (h2o, tova).
+    #[arg(long, default_value_t = 16)]
+    recent: usize,
 }
 
 impl ModelArgs {
     fn policy(&self, name: &str) -> Result<Policy> {
-        let p = Policy { kind: name.parse()?, budget: self.budget, sinks: self.sinks };
+        let p = Policy { kind: name.parse()?, budget: self.budget, sinks: self.sinks, recent: self.recent };
         p.validate()?;
         Ok(p)
     }
@@ -310,7 +313,7 @@ fn chat(args: &ModelArgs, max_tokens: usize, sampling: Sampling, system: Option<
         let prompt = apply_chat_template(model.chat_template.as_deref(), &messages)?;
         let ids = model.tokenizer.encode(&prompt)?;
         let common = held.iter().zip(&ids).take_while(|(a, b)| a == b).count().min(ids.len() - 1);
-        session.truncate(common);
+        pollster::block_on(session.truncate(common))?;
         held.truncate(common);
         if ids.len() + max_tokens > context {
             eprintln!("(the conversation no longer fits in {context} tokens; starting over with the last message)");

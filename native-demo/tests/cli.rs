@@ -70,6 +70,26 @@ fn generates_text_on_stdout_and_stats_on_stderr() {
         "4",
     ]);
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    for policy in ["h2o", "tova"] {
+        let out = adore(&[
+            "generate",
+            "--model",
+            m.to_str().unwrap(),
+            "--prompt",
+            "the cat",
+            "--max-tokens",
+            "30",
+            "--policy",
+            policy,
+            "--budget",
+            "12",
+            "--recent",
+            "4",
+            "--chunk",
+            "4",
+        ]);
+        assert!(out.status.success(), "{policy}: {}", String::from_utf8_lossy(&out.stderr));
+    }
 }
 
 #[test]
@@ -97,7 +117,7 @@ fn bad_arguments_and_files() {
     std::fs::write(&bad, b"GGUF\x03\x00\x00\x00\xff\xff\xff\xff\xff\xff\xff\xff").unwrap();
     fails_with(&["generate", "--model", bad.to_str().unwrap(), "--prompt", "x"], "truncated");
     fails_with(&["bench", "--model", m, "--contexts", "0"], "contexts");
-    fails_with(&["generate", "--model", m, "--prompt", "x", "--policy", "h2o"], "not implemented yet");
+    fails_with(&["generate", "--model", m, "--prompt", "x", "--policy", "adore"], "not implemented yet");
     fails_with(&["generate", "--model", m, "--prompt", "x", "--policy", "sink", "--budget", "4", "--sinks", "4"], "sink");
     fails_with(&["generate", "--model", m, "--prompt", "x", "--policy", "lru"], "unknown policy");
 }

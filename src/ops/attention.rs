@@ -15,6 +15,20 @@ pub struct Params {
     pub n_kv_heads: u32,
     pub head_dim: u32,
     pub scale: f32,
+    pub capacity: u32,
+    pub write_mass: u32,
+    pub pad0: u32,
+    pub pad1: u32,
+}
+
+/// Whether attention also records per-slot probabilities.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Mass {
+    None,
+    /// mass[r, h, slot] = p
+    Write,
+    /// mass[r, h, slot] += p (summing over layers)
+    Add,
 }
 
 /// Head geometry.
@@ -47,9 +61,19 @@ pub struct Buffers<'a> {
     pub slot_pos: &'a wgpu::Buffer,
     pub positions: &'a wgpu::Buffer,
     pub out: &'a wgpu::Buffer,
+    /// (rows, n_heads, capacity) f32 when mass is recorded; any small buffer otherwise.
+    pub mass: &'a wgpu::Buffer,
 }
 
-pub fn build(ctx: &Context, b: &Buffers, step: &wgpu::Buffer, heads: Heads, capacity: usize, max_rows: usize) -> Result<Dispatch> {
+pub fn build(
+    ctx: &Context,
+    b: &Buffers,
+    step: &wgpu::Buffer,
+    heads: Heads,
+    capacity: usize,
+    max_rows: usize,
+    mass: Mass,
+) -> Result<Dispatch> {
     heads.check()?;
     let qd = heads.n_heads * heads.head_dim;
     let kvd = heads.n_kv_heads * heads.head_dim;
@@ -59,6 +83,14 @@ pub fn build(ctx: &Context, b: &Buffers, step: &wgpu::Buffer, heads: Heads, capa
     check_len("attention", "v_cache", b.v_cache, capacity * kvd)?;
     check_len("attention", "slot_pos", b.slot_pos, capacity)?;
     check_len("attention", "positions", b.positions, max_rows)?;
+    if mass != Mass::None {
+        check_len("attention", "mass", b.mass, max_rows * heads.n_heads * capacity)?;
+    }
+    let write_mass = match mass {
+        Mass::None => 0,
+        Mass::Write => 1,
+        Mass::Add => 2,
+    };
     let params = ctx.uniform(
         "attention.params",
         &Params {
@@ -66,23 +98,33 @@ pub fn build(ctx: &Context, b: &Buffers, step: &wgpu::Buffer, heads: Heads, capa
             n_kv_heads: heads.n_kv_heads as u32,
             head_dim: heads.head_dim as u32,
             scale: 1.0 / (heads.head_dim as f32).sqrt(),
+            capacity: capacity as u32,
+            write_mass,
+            pad0: 0,
+            pad1: 0,
         },
     );
     let pipeline = ctx.pipeline(&shaders::ATTENTION, "main", &[])?;
     Ok(ctx.dispatch(
         pipeline,
-        &[b.q, b.k_cache, b.v_cache, b.slot_pos, b.positions, b.out, &params, step],
+        &[b.q, b.k_cache, b.v_cache, b.slot_pos, b.positions, b.out, &params, step, b.mass],
         [groups("attention", heads.n_heads, 1)?, groups("attention", max_rows, 1)?, 1],
     ))
 }
 
 /// Reference in f64: q (rows, n_heads·hd), caches (n_slots, n_kv·hd), slot_pos (n_slots).
 pub fn reference(q: &[f32], k: &[f32], v: &[f32], slot_pos: &[u32], positions: &[u32], heads: Heads) -> Vec<f32> {
+    reference_with_mass(q, k, v, slot_pos, positions, heads).0
+}
+
+/// [`reference`], also returning the probabilities (rows, n_heads, n_slots).
+pub fn reference_with_mass(q: &[f32], k: &[f32], v: &[f32], slot_pos: &[u32], positions: &[u32], heads: Heads) -> (Vec<f32>, Vec<f32>) {
     let Heads { n_heads, n_kv_heads, head_dim: hd } = heads;
     let group = n_heads / n_kv_heads;
     let kvd = n_kv_heads * hd;
     let scale = 1.0 / (hd as f64).sqrt();
     let mut out = vec![0f32; positions.len() * n_heads * hd];
+    let mut mass = vec![0f32; positions.len() * n_heads * slot_pos.len()];
     for (r, &pos) in positions.iter().enumerate() {
         for h in 0..n_heads {
             let kvh = h / group;
@@ -103,11 +145,14 @@ pub fn reference(q: &[f32], k: &[f32], v: &[f32], slot_pos: &[u32], positions: &
             }
             let w: Vec<f64> = scores.iter().map(|s| s.map_or(0.0, |s| (s - m).exp())).collect();
             let z: f64 = w.iter().sum();
+            for (j, wj) in w.iter().enumerate() {
+                mass[(r * n_heads + h) * slot_pos.len() + j] = (wj / z) as f32;
+            }
             for d in 0..hd {
                 let s: f64 = w.iter().enumerate().map(|(j, wj)| wj * v[j * kvd + kvh * hd + d] as f64).sum();
                 out[(r * n_heads + h) * hd + d] = (s / z) as f32;
             }
         }
     }
-    out
+    (out, mass)
 }

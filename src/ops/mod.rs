@@ -3,6 +3,7 @@
 
 pub mod add;
 pub mod attention;
+pub mod cache_update;
 pub mod embed;
 pub mod kv_write;
 pub mod matmul;
@@ -21,7 +22,8 @@ pub struct Step {
     pub n_rows: u32,
     pub n_slots: u32,
     pub counter: u32,
-    pub pad: u32,
+    /// Tokens in the sequence after this step.
+    pub n_seen: u32,
 }
 
 /// Workgroups needed to cover `n` items with groups of `size`, checked against the device's

@@ -1,0 +1,128 @@
+//! The release decision of score-driven policies on the GPU (shaders/cache_update.wgsl), the
+//! per-slot scores it reads (shaders/slot_score.wgsl) and the placement of new rows in free
+//! slots (shaders/slot_assign.wgsl).
+
+use super::{check_len, groups};
+use crate::error::Result;
+use crate::gpu::{Context, Dispatch};
+use crate::ops::attention::INVALID_SLOT;
+use crate::shaders;
+
+#[repr(C)]
+#[derive(Clone, Copy, Debug, bytemuck::Pod, bytemuck::Zeroable)]
+pub struct Params {
+    pub capacity: u32,
+    pub budget: u32,
+    pub sinks: u32,
+    pub recent: u32,
+}
+
+/// Dispatch freeing slots down to `budget` by score, protecting sinks and recent positions.
+pub fn build(ctx: &Context, slot_pos: &wgpu::Buffer, score: &wgpu::Buffer, step: &wgpu::Buffer, p: Params) -> Result<Dispatch> {
+    check_len("cache_update", "slot_pos", slot_pos, p.capacity as usize)?;
+    check_len("cache_update", "score", score, p.capacity as usize)?;
+    let params = ctx.uniform("cache_update.params", &p);
+    let pipeline = ctx.pipeline(&shaders::CACHE_UPDATE, "main", &[])?;
+    Ok(ctx.dispatch(pipeline, &[slot_pos, score, &params, step], [1, 1, 1]))
+}
+
+/// Reference: the slot table after the decision, for `n_seen` tokens.
+pub fn reference(slot_pos: &[u32], score: &[f32], p: Params, n_seen: u32) -> Vec<u32> {
+    let protected = |pos: u32| pos < p.sinks || pos + p.recent >= n_seen;
+    let valid = slot_pos.iter().filter(|&&s| s != INVALID_SLOT).count();
+    if valid <= p.budget as usize {
+        return slot_pos.to_vec();
+    }
+    let n_prot = slot_pos.iter().filter(|&&s| s != INVALID_SLOT && protected(s)).count();
+    let keep = (p.budget as usize).saturating_sub(n_prot);
+    let key = |v: f32| {
+        let b = v.to_bits();
+        if b & 0x8000_0000 != 0 {
+            !b
+        } else {
+            b | 0x8000_0000
+        }
+    };
+    let mut cands: Vec<usize> = (0..slot_pos.len()).filter(|&j| slot_pos[j] != INVALID_SLOT && !protected(slot_pos[j])).collect();
+    cands.sort_by(|&a, &b| key(score[b]).cmp(&key(score[a])).then(slot_pos[a].cmp(&slot_pos[b])));
+    let mut out = slot_pos.to_vec();
+    for &j in &cands[keep.min(cands.len())..] {
+        out[j] = INVALID_SLOT;
+    }
+    out
+}
+
+#[repr(C)]
+#[derive(Clone, Copy, Debug, bytemuck::Pod, bytemuck::Zeroable)]
+pub struct ScoreParams {
+    pub capacity: u32,
+    pub n_heads: u32,
+    pub accumulate: u32,
+    pub scale: f32,
+}
+
+/// Dispatch reducing attention probabilities (rows, n_heads, capacity) to one score per slot.
+pub fn build_score(
+    ctx: &Context,
+    mass: &wgpu::Buffer,
+    slots: &wgpu::Buffer,
+    score: &wgpu::Buffer,
+    step: &wgpu::Buffer,
+    p: ScoreParams,
+    max_rows: usize,
+) -> Result<Dispatch> {
+    check_len("slot_score", "mass", mass, max_rows * p.n_heads as usize * p.capacity as usize)?;
+    check_len("slot_score", "slots", slots, max_rows)?;
+    check_len("slot_score", "score", score, p.capacity as usize)?;
+    let params = ctx.uniform("slot_score.params", &p);
+    let pipeline = ctx.pipeline(&shaders::SLOT_SCORE, "main", &[])?;
+    Ok(ctx.dispatch(pipeline, &[mass, slots, score, &params, step], [groups("slot_score", p.capacity as usize, 64)?, 1, 1]))
+}
+
+/// Reference of [`build_score`] for `rows` rows.
+pub fn reference_score(mass: &[f32], slots: &[u32], old: &[f32], p: ScoreParams, rows: usize) -> Vec<f32> {
+    let (cap, heads) = (p.capacity as usize, p.n_heads as usize);
+    (0..cap)
+        .map(|j| {
+            let first = if p.accumulate != 0 { 0 } else { rows - 1 };
+            let s: f64 =
+                (first..rows).flat_map(|r| (0..heads).map(move |h| (r, h))).map(|(r, h)| mass[(r * heads + h) * cap + j] as f64).sum();
+            let s = (s * p.scale as f64) as f32;
+            if p.accumulate != 0 {
+                s + if slots[..rows].contains(&(j as u32)) { 0.0 } else { old[j] }
+            } else {
+                s
+            }
+        })
+        .collect()
+}
+
+#[repr(C)]
+#[derive(Clone, Copy, Debug, bytemuck::Pod, bytemuck::Zeroable)]
+pub struct AssignParams {
+    pub capacity: u32,
+    pub pad0: u32,
+    pub pad1: u32,
+    pub pad2: u32,
+}
+
+/// Dispatch writing the lowest free slots into `slots` for the step's rows.
+pub fn build_assign(
+    ctx: &Context,
+    slot_pos: &wgpu::Buffer,
+    slots: &wgpu::Buffer,
+    step: &wgpu::Buffer,
+    capacity: usize,
+    max_rows: usize,
+) -> Result<Dispatch> {
+    check_len("slot_assign", "slot_pos", slot_pos, capacity)?;
+    check_len("slot_assign", "slots", slots, max_rows)?;
+    let params = ctx.uniform("slot_assign.params", &AssignParams { capacity: capacity as u32, pad0: 0, pad1: 0, pad2: 0 });
+    let pipeline = ctx.pipeline(&shaders::SLOT_ASSIGN, "main", &[])?;
+    Ok(ctx.dispatch(pipeline, &[slot_pos, slots, &params, step], [1, 1, 1]))
+}
+
+/// Reference: the lowest `rows` free slots.
+pub fn reference_assign(slot_pos: &[u32], rows: usize) -> Vec<u32> {
+    (0..slot_pos.len() as u32).filter(|&j| slot_pos[j as usize] == INVALID_SLOT).take(rows).collect()
+}
