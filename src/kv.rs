@@ -39,10 +39,12 @@ impl std::str::FromStr for PolicyKind {
             "full" => Ok(PolicyKind::Full),
             "window" => Ok(PolicyKind::Window),
             "sink" | "streamingllm" => Ok(PolicyKind::Sink),
-            "h2o" | "tova" | "adore" | "oracle" => {
-                Err(Error::arg(format!("policy {s:?} is not implemented yet (available: full, window, sink)")))
+            "h2o" => Ok(PolicyKind::H2o),
+            "tova" => Ok(PolicyKind::Tova),
+            "adore" | "oracle" => {
+                Err(Error::arg(format!("policy {s:?} is not implemented yet (available: full, window, sink, h2o, tova)")))
             }
-            _ => Err(Error::arg(format!("unknown policy {s:?} (available: full, window, sink)"))),
+            _ => Err(Error::arg(format!("unknown policy {s:?} (available: full, window, sink, h2o, tova)"))),
         }
     }
 }
