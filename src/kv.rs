@@ -23,11 +23,19 @@ pub enum PolicyKind {
     /// Sinks and recent window protected, the rest by the current query's attention.
     /// Decided on the GPU.
     Tova,
+    /// Sinks and recent window protected, the rest by the learned controller's score
+    /// (ADORE, without rebuild so far). Decided on the GPU.
+    Adore,
 }
 
 impl PolicyKind {
     /// Whether the GPU decides releases (from attention scores) rather than the CPU.
     pub fn on_gpu(self) -> bool {
+        matches!(self, PolicyKind::H2o | PolicyKind::Tova | PolicyKind::Adore)
+    }
+
+    /// Whether attention must record per-slot probabilities.
+    pub fn needs_mass(self) -> bool {
         matches!(self, PolicyKind::H2o | PolicyKind::Tova)
     }
 }
@@ -41,10 +49,9 @@ impl std::str::FromStr for PolicyKind {
             "sink" | "streamingllm" => Ok(PolicyKind::Sink),
             "h2o" => Ok(PolicyKind::H2o),
             "tova" => Ok(PolicyKind::Tova),
-            "adore" | "oracle" => {
-                Err(Error::arg(format!("policy {s:?} is not implemented yet (available: full, window, sink, h2o, tova)")))
-            }
-            _ => Err(Error::arg(format!("unknown policy {s:?} (available: full, window, sink, h2o, tova)"))),
+            "adore" => Ok(PolicyKind::Adore),
+            "oracle" => Err(Error::arg("policy \"oracle\" is not implemented yet (available: full, window, sink, h2o, tova, adore)")),
+            _ => Err(Error::arg(format!("unknown policy {s:?} (available: full, window, sink, h2o, tova, adore)"))),
         }
     }
 }
@@ -79,6 +86,7 @@ impl Policy {
             PolicyKind::Sink => "sink",
             PolicyKind::H2o => "h2o",
             PolicyKind::Tova => "tova",
+            PolicyKind::Adore => "adore",
         }
     }
 
@@ -106,7 +114,7 @@ impl Policy {
     pub fn reference_keep(&self, n: usize) -> Vec<u32> {
         let all = 0..n as u32;
         match self.kind {
-            PolicyKind::Full | PolicyKind::H2o | PolicyKind::Tova => all.collect(),
+            PolicyKind::Full | PolicyKind::H2o | PolicyKind::Tova | PolicyKind::Adore => all.collect(),
             _ if n <= self.budget => all.collect(),
             PolicyKind::Window => ((n - self.budget) as u32..n as u32).collect(),
             PolicyKind::Sink => (0..self.sinks as u32).chain((n - (self.budget - self.sinks)) as u32..n as u32).collect(),
@@ -170,7 +178,7 @@ impl SlotMap {
     /// Frees the slots of positions the policy does not keep once `n` tokens have been seen;
     /// returns the freed slots.
     pub fn release(&mut self, policy: &Policy, n: usize) -> Vec<u32> {
-        if matches!(policy.kind, PolicyKind::Full | PolicyKind::H2o | PolicyKind::Tova) || self.len() <= policy.budget {
+        if policy.kind == PolicyKind::Full || policy.kind.on_gpu() || self.len() <= policy.budget {
             return Vec::new();
         }
         let recent_from = n.saturating_sub(policy.budget - if policy.kind == PolicyKind::Sink { policy.sinks } else { 0 }) as u32;
@@ -228,7 +236,7 @@ mod tests {
 
     #[test]
     fn policy_arguments() {
-        assert!("adore".parse::<PolicyKind>().is_err());
+        assert!("oracle".parse::<PolicyKind>().is_err());
         assert!("nonsense".parse::<PolicyKind>().is_err());
         assert!(Policy { kind: PolicyKind::Sink, budget: 4, sinks: 4, recent: 0 }.validate().is_err());
         assert!(Policy { kind: PolicyKind::Window, budget: 0, sinks: 0, recent: 0 }.validate().is_err());

@@ -4,6 +4,7 @@
 //! Data flow: model file -> [`model::ModelSpec`] -> [`model::Model`] (weights on the GPU) ->
 //! [`session::Session`] (run state, plans, KV cache) -> [`generate`].
 
+pub mod controller;
 pub mod error;
 #[cfg(all(feature = "fetch", not(target_arch = "wasm32")))]
 pub mod fetch;

@@ -5,6 +5,7 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 
+use crate::controller::Controller;
 use crate::error::{Error, Result};
 use crate::gpu::Dispatch;
 use crate::kv::{Policy, PolicyKind, SlotMap};
@@ -22,11 +23,13 @@ pub struct SessionOptions {
     pub all_logits: bool,
     /// Which tokens the KV cache keeps.
     pub policy: Policy,
+    /// The ADORE controller (required by the `adore` policy).
+    pub controller: Option<Arc<Controller>>,
 }
 
 impl Default for SessionOptions {
     fn default() -> Self {
-        Self { context: 2048, chunk: 256, all_logits: false, policy: Policy::full() }
+        Self { context: 2048, chunk: 256, all_logits: false, policy: Policy::full(), controller: None }
     }
 }
 
@@ -63,6 +66,8 @@ struct RunState {
     v_cache: Vec<wgpu::Buffer>,  // per layer (capacity, n_kv_heads, head_dim)
     slot_pos: wgpu::Buffer,      // (capacity) u32 position held by each slot, or INVALID_SLOT
     mass: wgpu::Buffer,          // (chunk, n_heads, capacity) attention probabilities (h2o, tova)
+    ctrl_state: wgpu::Buffer,    // (2, d_c) controller state h, then query q (adore)
+    ctrl_keys: wgpu::Buffer,     // (context, d_c) controller key of every token by position (adore)
     slot_score: wgpu::Buffer,    // (capacity) per-slot score the GPU policies release by
     readback: wgpu::Buffer,      // 4 bytes, MAP_READ
 }
@@ -80,6 +85,7 @@ pub struct Session {
     /// CPU mirror of the slot table (policies without scores are decided on it).
     slots: SlotMap,
     capacity: usize,
+    controller: Option<ops::controller::GpuController>,
 }
 
 impl Session {
@@ -94,6 +100,24 @@ impl Session {
         let chunk = options.chunk.min(options.context).next_power_of_two();
         let options = SessionOptions { chunk, ..options };
         let capacity = options.capacity();
+        let controller = match (options.policy.kind, &options.controller) {
+            (PolicyKind::Adore, None) => {
+                return Err(Error::arg(
+                    "the adore policy needs a controller (--controller FILE; `adore controller init` makes a random one)",
+                ))
+            }
+            (PolicyKind::Adore, Some(cl)) => {
+                if cl.fingerprint != model.fingerprint || cl.hidden != c.hidden {
+                    return Err(Error::Config(format!(
+                        "the controller was made for another model (fingerprint {}, this model's is {})",
+                        cl.fingerprint, model.fingerprint
+                    )));
+                }
+                Some(ops::controller::GpuController::upload(ctx, cl, capacity)?)
+            }
+            _ => None,
+        };
+        let d_c = controller.as_ref().map_or(1, |g| g.params.d_c as usize);
         let logit_rows = if options.all_logits { chunk } else { 1 };
         let kv_bytes = f(capacity * c.kv_dim());
         let cache = |kind: &str| -> Result<Vec<wgpu::Buffer>> {
@@ -119,7 +143,9 @@ impl Session {
             k_cache: cache("k")?,
             v_cache: cache("v")?,
             slot_pos: ctx.storage_init("slot_pos", bytemuck::cast_slice(&vec![INVALID_SLOT; capacity]))?,
-            mass: ctx.storage("mass", if options.policy.kind.on_gpu() { f(chunk * c.n_heads * capacity) } else { 4 })?,
+            mass: ctx.storage("mass", if options.policy.kind.needs_mass() { f(chunk * c.n_heads * capacity) } else { 4 })?,
+            ctrl_state: ctx.storage("controller.state", f(2 * d_c))?,
+            ctrl_keys: ctx.storage("controller.keys", f(options.context * d_c))?,
             slot_score: ctx.storage("slot_score", f(capacity))?,
             readback: ctx.staging(4),
         };
@@ -134,6 +160,7 @@ impl Session {
             counter: 0,
             slots: SlotMap::new(capacity),
             capacity,
+            controller,
         })
     }
 
@@ -175,6 +202,8 @@ impl Session {
         self.slots.clear();
         let invalid = vec![INVALID_SLOT; self.capacity];
         self.model.ctx.queue.write_buffer(&self.state.slot_pos, 0, bytemuck::cast_slice(&invalid));
+        let zeros = vec![0u8; self.state.ctrl_state.size() as usize];
+        self.model.ctx.queue.write_buffer(&self.state.ctrl_state, 0, &zeros);
     }
 
     /// Marks `freed` slots free in the GPU table (before the next submit).
@@ -193,6 +222,9 @@ impl Session {
         if n == 0 {
             self.reset();
             return Ok(());
+        }
+        if self.controller.is_some() {
+            return Err(Error::arg("the adore controller's state cannot be rewound: reset the session instead of truncating it"));
         }
         let freed = if self.options.policy.kind.on_gpu() {
             let table = self.slot_table().await?;
@@ -228,6 +260,10 @@ impl Session {
         }
         // Token embeddings into the residual stream.
         plan.push(ops::embed::build(ctx, &w.embed, &s.tokens, &s.x, step, rows)?);
+        if let Some(cl) = &self.controller {
+            // The controller reads the embeddings before the first layer changes them.
+            plan.push(ops::controller::build_step(ctx, cl, &s.x, &s.positions, &s.ctrl_state, &s.ctrl_keys, step, rows)?);
+        }
         for (l, layer) in w.layers.iter().enumerate() {
             // Attention: norm, q/k/v projections, rotary positions, store k/v, attend, project, add.
             plan.push(ops::rmsnorm::build(ctx, &s.x, &layer.attn_norm, &s.xn, step, c.hidden, c.rms_eps, rows, false)?);
@@ -255,7 +291,7 @@ impl Session {
                 out: &s.att,
                 mass: &s.mass,
             };
-            let mass = match (policy.kind.on_gpu(), l) {
+            let mass = match (policy.kind.needs_mass(), l) {
                 (false, _) => Mass::None,
                 (true, 0) => Mass::Write,
                 (true, _) => Mass::Add,
@@ -279,7 +315,12 @@ impl Session {
                 accumulate: (policy.kind == PolicyKind::H2o) as u32,
                 scale: 1.0 / (c.n_heads * c.layers) as f32,
             };
-            plan.push(ops::cache_update::build_score(ctx, &s.mass, &s.slots, &s.slot_score, step, sp, rows)?);
+            match &self.controller {
+                Some(cl) => {
+                    plan.push(ops::controller::build_score(ctx, cl, &s.ctrl_state, &s.ctrl_keys, &s.slot_pos, &s.slot_score, step)?)
+                }
+                None => plan.push(ops::cache_update::build_score(ctx, &s.mass, &s.slots, &s.slot_score, step, sp, rows)?),
+            }
             let up = ops::cache_update::Params {
                 capacity: self.capacity as u32,
                 budget: policy.budget as u32,

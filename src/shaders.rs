@@ -44,7 +44,24 @@ shader!(TOPK, "topk", false);
 shader!(CACHE_UPDATE, "cache_update", false);
 shader!(SLOT_SCORE, "slot_score", false);
 shader!(SLOT_ASSIGN, "slot_assign", false);
+shader!(CONTROLLER_STEP, "controller_step", false);
+shader!(CONTROLLER_SCORE, "controller_score", false);
 
 /// Every kernel, for validation tests.
-pub const ALL: &[&Shader] =
-    &[&MATMUL, &EMBED, &RMSNORM, &ROPE, &SWIGLU, &ADD, &KV_WRITE, &ATTENTION, &SAMPLE, &TOPK, &CACHE_UPDATE, &SLOT_SCORE, &SLOT_ASSIGN];
+pub const ALL: &[&Shader] = &[
+    &MATMUL,
+    &EMBED,
+    &RMSNORM,
+    &ROPE,
+    &SWIGLU,
+    &ADD,
+    &KV_WRITE,
+    &ATTENTION,
+    &SAMPLE,
+    &TOPK,
+    &CACHE_UPDATE,
+    &SLOT_SCORE,
+    &SLOT_ASSIGN,
+    &CONTROLLER_STEP,
+    &CONTROLLER_SCORE,
+];

@@ -6,6 +6,7 @@ mod common;
 
 use std::sync::Arc;
 
+use adore::controller::Controller;
 use adore::kv::{Policy, PolicyKind};
 use adore::ops::attention::INVALID_SLOT;
 use adore::ops::cache_update;
@@ -19,7 +20,12 @@ fn tiny_model(seed: u64) -> Arc<Model> {
 }
 
 fn session(model: &Arc<Model>, policy: Policy, context: usize, chunk: usize, all_logits: bool) -> Session {
-    Session::new(model.clone(), SessionOptions { context, chunk, all_logits, policy }).unwrap()
+    let controller = (policy.kind == PolicyKind::Adore).then(|| Arc::new(controller(model)));
+    Session::new(model.clone(), SessionOptions { context, chunk, all_logits, policy, controller }).unwrap()
+}
+
+fn controller(model: &Model) -> Controller {
+    Controller::random(&model.fingerprint, model.config.hidden, 16, 8, 5).unwrap()
 }
 
 fn ids(n: usize) -> Vec<u32> {
@@ -40,7 +46,7 @@ fn every_policy_equals_full_when_the_budget_holds_everything() {
     let tokens = ids(70);
     let mut full = session(&m, Policy::full(), 128, 16, true);
     let want = pollster::block_on(full.prefill_logits(&tokens)).unwrap();
-    for kind in [PolicyKind::Window, PolicyKind::Sink, PolicyKind::H2o, PolicyKind::Tova] {
+    for kind in [PolicyKind::Window, PolicyKind::Sink, PolicyKind::H2o, PolicyKind::Tova, PolicyKind::Adore] {
         let policy = Policy { kind, budget: 70, sinks: 4, recent: 16 };
         let mut s = session(&m, policy, 128, 16, true);
         let got = pollster::block_on(s.prefill_logits(&tokens)).unwrap();
@@ -115,6 +121,8 @@ fn gpu_policies_release_as_the_reference_does_with_the_same_scores() {
         Policy { kind: PolicyKind::H2o, budget: 12, sinks: 0, recent: 0 },
         Policy { kind: PolicyKind::Tova, budget: 16, sinks: 4, recent: 4 },
         Policy { kind: PolicyKind::Tova, budget: 9, sinks: 1, recent: 2 },
+        Policy { kind: PolicyKind::Adore, budget: 16, sinks: 4, recent: 4 },
+        Policy { kind: PolicyKind::Adore, budget: 10, sinks: 0, recent: 1 },
     ] {
         let mut s = session(&m, policy, 1024, 8, false);
         pollster::block_on(s.prefill(&ids(40))).unwrap();
@@ -143,4 +151,78 @@ fn gpu_policies_release_as_the_reference_does_with_the_same_scores() {
             Policy { kind: PolicyKind::Sink, budget: policy.budget, sinks: policy.sinks.max(1), recent: 0 }.reference_keep(s.len());
         assert_ne!(kept, streaming, "{policy:?} kept exactly sinks + the most recent tokens");
     }
+}
+
+#[test]
+fn adore_controller_scores_equal_a_cpu_recurrence() {
+    let tiny = Tiny::new(26);
+    let bytes = tiny.gguf_bytes();
+    let spec = adore::ModelSpec::read(adore::Source::Gguf { name: "tiny.gguf".into(), bytes: &bytes }).unwrap();
+    let m = Arc::new(Model::load(common::ctx(), spec, &mut |_, _| {}).unwrap());
+    let c = controller(&m);
+    let policy = Policy { kind: PolicyKind::Adore, budget: 12, sinks: 2, recent: 2 };
+    let mut s = session(&m, policy, 256, 8, false);
+    let mut tokens = ids(30);
+    let mut next = pollster::block_on(s.prefill(&tokens)).unwrap();
+    let embd = &tiny.w["token_embd.weight"].1;
+    let hidden = common::tiny::HIDDEN;
+    for step in 0..40 {
+        // CPU: the recurrence over every token so far.
+        let mut h = vec![0f32; c.d_c];
+        let mut keys = Vec::new();
+        for &t in &tokens {
+            c.gru_step(&embd[t as usize * hidden..(t as usize + 1) * hidden], &mut h);
+            keys.push(c.project(&c.w_k, &h));
+        }
+        let q = c.project(&c.w_q, &h);
+        let n = tokens.len() as u32;
+        let table = pollster::block_on(s.slot_table()).unwrap();
+        let scores = pollster::block_on(s.slot_scores()).unwrap();
+        let (mut got, mut want) = (Vec::new(), Vec::new());
+        for (j, &pos) in table.iter().enumerate() {
+            if pos != INVALID_SLOT {
+                got.push(scores[j]);
+                want.push(c.score(&q, &keys[pos as usize], n - 1, pos));
+            }
+        }
+        assert_eq!(got.len(), 12.min(tokens.len()));
+        assert_close(&format!("controller scores after {n} tokens (step {step})"), &got, &want, 1e-4, 1e-4);
+        tokens.push(next);
+        next = pollster::block_on(s.step()).unwrap();
+    }
+}
+
+#[test]
+fn controller_files_are_checked() {
+    let m = tiny_model(27);
+    let c = controller(&m);
+    let bytes = c.to_bytes().unwrap();
+    let back = Controller::from_bytes("c.safetensors", &bytes, &m.fingerprint).unwrap();
+    assert_eq!((back.d_c, back.buckets, &back.w_q, &back.bucket_bias), (c.d_c, c.buckets, &c.w_q, &c.bucket_bias));
+    // Made for another model.
+    let other = tiny_model(28);
+    assert_ne!(other.fingerprint, m.fingerprint);
+    let e = Controller::from_bytes("c.safetensors", &bytes, &other.fingerprint).err().unwrap();
+    assert!(matches!(e, adore::Error::Config(ref s) if s.contains("another model")), "{e}");
+    let e = Session::new(
+        other.clone(),
+        SessionOptions {
+            policy: Policy { kind: PolicyKind::Adore, budget: 16, sinks: 4, recent: 4 },
+            controller: Some(Arc::new(c)),
+            ..Default::default()
+        },
+    )
+    .err()
+    .unwrap();
+    assert!(matches!(e, adore::Error::Config(_)), "{e}");
+    // Truncated and missing.
+    assert!(Controller::from_bytes("c.safetensors", &bytes[..bytes.len() / 2], &m.fingerprint).is_err());
+    assert!(Controller::from_bytes("c.safetensors", b"", &m.fingerprint).is_err());
+    let e = Session::new(
+        m,
+        SessionOptions { policy: Policy { kind: PolicyKind::Adore, budget: 16, sinks: 4, recent: 4 }, ..Default::default() },
+    )
+    .err()
+    .unwrap();
+    assert!(e.to_string().contains("controller"), "{e}");
 }

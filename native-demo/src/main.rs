@@ -5,6 +5,7 @@ use std::io::{BufRead, IsTerminal, Write};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
+use adore::controller::Controller;
 use adore::generate::{apply_chat_template, perplexity, GenerateOptions, Message};
 use adore::kv::{Policy, PolicyKind};
 use adore::{Context, ContextOptions, Model, Sampling, Session, SessionOptions};
@@ -82,6 +83,30 @@ enum Command {
     },
     /// Download (if needed) and verify the default model; print its path.
     Fetch,
+    /// ADORE controller files.
+    Controller {
+        #[command(subcommand)]
+        action: ControllerCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum ControllerCommand {
+    /// Write a seeded random (untrained) controller for a model.
+    Init {
+        #[command(flatten)]
+        model: ModelArgs,
+        #[arg(long)]
+        out: PathBuf,
+        #[arg(long, default_value_t = 0)]
+        seed: u64,
+        /// Controller width d_c.
+        #[arg(long, default_value_t = 64)]
+        width: usize,
+        /// Distance buckets of the score bias.
+        #[arg(long, default_value_t = 32)]
+        buckets: usize,
+    },
 }
 
 #[derive(Args)]
@@ -96,7 +121,7 @@ struct ModelArgs {
     /// Prompt tokens per GPU submit.
     #[arg(long, default_value_t = 256)]
     chunk: usize,
-    /// KV-cache policy: full, window, sink (StreamingLLM), h2o or tova.
+    /// KV-cache policy: full, window, sink (StreamingLLM), h2o, tova or adore (needs --controller).
     #[arg(long, default_value = "full")]
     policy: String,
     /// KV slots kept by a budgeted policy.
@@ -105,9 +130,12 @@ struct ModelArgs {
     /// Protected first tokens (sink, h2o, tova).
     #[arg(long, default_value_t = 4)]
     sinks: usize,
-    /// Protected most recent tokens (h2o, tova).
+    /// Protected most recent tokens (h2o, tova, adore).
     #[arg(long, default_value_t = 16)]
     recent: usize,
+    /// ADORE controller file (safetensors) for the adore policy.
+    #[arg(long)]
+    controller: Option<PathBuf>,
 }
 
 impl ModelArgs {
@@ -119,7 +147,17 @@ impl ModelArgs {
 
     fn session(&self, model: &Arc<Model>, context: usize, all_logits: bool) -> Result<Session> {
         let policy = self.policy(&self.policy)?;
-        Ok(Session::new(model.clone(), SessionOptions { context, chunk: self.chunk, all_logits, policy })?)
+        Ok(Session::new(
+            model.clone(),
+            SessionOptions { context, chunk: self.chunk, all_logits, policy, controller: self.controller(model)? },
+        )?)
+    }
+
+    /// The controller named by --controller, checked against the model.
+    fn controller(&self, model: &Model) -> Result<Option<Arc<Controller>>> {
+        let Some(path) = &self.controller else { return Ok(None) };
+        let bytes = std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
+        Ok(Some(Arc::new(Controller::from_bytes(&path.display().to_string(), &bytes, &model.fingerprint)?)))
     }
 }
 
@@ -161,6 +199,13 @@ fn run(cli: Cli) -> Result<()> {
         Command::Fetch => {
             let path = fetch_default()?;
             println!("{}", path.display());
+            Ok(())
+        }
+        Command::Controller { action: ControllerCommand::Init { model, out, seed, width, buckets } } => {
+            let m = load(&model)?;
+            let c = Controller::random(&m.fingerprint, m.config.hidden, width, buckets, seed)?;
+            std::fs::write(&out, c.to_bytes()?).with_context(|| format!("writing {}", out.display()))?;
+            eprintln!("wrote {} (random controller, width {width}, {buckets} buckets, seed {seed})", out.display());
             Ok(())
         }
         Command::Generate { model, prompt, max_tokens, sampling } => {
@@ -312,8 +357,12 @@ fn chat(args: &ModelArgs, max_tokens: usize, sampling: Sampling, system: Option<
         // and only the rest is run.
         let prompt = apply_chat_template(model.chat_template.as_deref(), &messages)?;
         let ids = model.tokenizer.encode(&prompt)?;
-        let common = held.iter().zip(&ids).take_while(|(a, b)| a == b).count().min(ids.len() - 1);
-        pollster::block_on(session.truncate(common))?;
+        let mut common = held.iter().zip(&ids).take_while(|(a, b)| a == b).count().min(ids.len() - 1);
+        if pollster::block_on(session.truncate(common)).is_err() {
+            // Some caches (the adore controller's state) cannot be rewound: start over.
+            session.reset();
+            common = 0;
+        }
         held.truncate(common);
         if ids.len() + max_tokens > context {
             eprintln!("(the conversation no longer fits in {context} tokens; starting over with the last message)");
@@ -385,8 +434,16 @@ fn bench(
     let prompt: Vec<u32> = (0..max_ctx).map(|i| (100 + (i * 7919) % (model.config.vocab - 100)) as u32).collect();
     let mut rows = Vec::new();
     for policy in &policies {
-        let mut session =
-            Session::new(model.clone(), SessionOptions { context: max_ctx, chunk: args.chunk, all_logits: false, policy: *policy })?;
+        let mut session = Session::new(
+            model.clone(),
+            SessionOptions {
+                context: max_ctx,
+                chunk: args.chunk,
+                all_logits: false,
+                policy: *policy,
+                controller: args.controller(&model)?,
+            },
+        )?;
         for &ctx_len in contexts {
             let (mut pre, mut dec) = (Vec::new(), Vec::new());
             for rep in 0..=repeats {

@@ -70,6 +70,31 @@ fn generates_text_on_stdout_and_stats_on_stderr() {
         "4",
     ]);
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    // An ADORE controller made for this model, then used.
+    let ctl = m.with_extension("controller.safetensors");
+    let out =
+        adore(&["controller", "init", "--model", m.to_str().unwrap(), "--out", ctl.to_str().unwrap(), "--seed", "3", "--width", "16"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let out = adore(&[
+        "generate",
+        "--model",
+        m.to_str().unwrap(),
+        "--prompt",
+        "the cat",
+        "--max-tokens",
+        "30",
+        "--policy",
+        "adore",
+        "--budget",
+        "12",
+        "--recent",
+        "4",
+        "--chunk",
+        "4",
+        "--controller",
+        ctl.to_str().unwrap(),
+    ]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     for policy in ["h2o", "tova"] {
         let out = adore(&[
             "generate",
@@ -117,7 +142,8 @@ fn bad_arguments_and_files() {
     std::fs::write(&bad, b"GGUF\x03\x00\x00\x00\xff\xff\xff\xff\xff\xff\xff\xff").unwrap();
     fails_with(&["generate", "--model", bad.to_str().unwrap(), "--prompt", "x"], "truncated");
     fails_with(&["bench", "--model", m, "--contexts", "0"], "contexts");
-    fails_with(&["generate", "--model", m, "--prompt", "x", "--policy", "adore"], "not implemented yet");
+    fails_with(&["generate", "--model", m, "--prompt", "x", "--policy", "oracle"], "not implemented yet");
     fails_with(&["generate", "--model", m, "--prompt", "x", "--policy", "sink", "--budget", "4", "--sinks", "4"], "sink");
     fails_with(&["generate", "--model", m, "--prompt", "x", "--policy", "lru"], "unknown policy");
+    fails_with(&["generate", "--model", m, "--prompt", "x", "--policy", "adore"], "controller");
 }

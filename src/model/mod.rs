@@ -181,6 +181,17 @@ impl<'a> ModelSpec<'a> {
         self.tensors.get(name).ok_or_else(|| Error::MissingTensor { tensor: name.into() })
     }
 
+    /// sha256 of the configuration and the embedding table, which identifies the model for
+    /// files made for it (ADORE controllers).
+    pub fn fingerprint(&self) -> Result<String> {
+        use sha2::{Digest, Sha256};
+        let embd = self.get("token_embd.weight")?;
+        let mut h = Sha256::new();
+        h.update(format!("{:?}", self.config).as_bytes());
+        h.update(&embd.data);
+        Ok(h.finalize().iter().map(|b| format!("{b:02x}")).collect())
+    }
+
     /// Bytes that will be uploaded (for progress reports).
     pub fn total_bytes(&self) -> u64 {
         self.tensors.values().map(|t| t.data.len() as u64).sum()
@@ -223,11 +234,14 @@ pub struct Model {
     pub weights: Weights,
     pub tokenizer: Tokenizer,
     pub chat_template: Option<String>,
+    /// sha256 of the configuration and the embedding table: what a controller is made for.
+    pub fingerprint: String,
 }
 
 impl Model {
     /// Uploads `spec` to the GPU; `progress(bytes_done, bytes_total)` is called after each tensor.
     pub fn load(ctx: Arc<Context>, spec: ModelSpec, progress: &mut dyn FnMut(u64, u64)) -> Result<Self> {
+        let fingerprint = spec.fingerprint()?;
         let total = spec.total_bytes();
         let mut done = 0u64;
         let mut step = |t: &HostTensor| {
@@ -271,6 +285,7 @@ impl Model {
             weights: Weights { embed, lm_head, output_norm, layers },
             tokenizer: spec.tokenizer,
             chat_template: spec.chat_template,
+            fingerprint,
         })
     }
 }

@@ -1,0 +1,202 @@
+//! The ADORE controller: a GRU over the model's own token embeddings that gives every token a
+//! key, and the current token a query; score(t, i) = q_t · k_i / sqrt(d_c) + b(bucket(t - i)).
+//! Weights live in a safetensors file whose metadata names the model they were made for.
+
+use std::collections::HashMap;
+
+use crate::error::{Error, Result};
+
+const FORMAT: &str = "adore-controller-v1";
+
+/// Controller weights, row-major f32. GRU gates in PyTorch's order (r, z, n).
+#[derive(Clone, Debug)]
+pub struct Controller {
+    pub d_c: usize,
+    pub hidden: usize,
+    pub buckets: usize,
+    pub max_distance: usize,
+    /// sha256 of the model's configuration and embedding table.
+    pub fingerprint: String,
+    /// How the weights were made (free text).
+    pub training: String,
+    pub proj: Vec<f32>,        // (d_c, hidden)
+    pub w_ih: Vec<f32>,        // (3 d_c, d_c)
+    pub w_hh: Vec<f32>,        // (3 d_c, d_c)
+    pub b_ih: Vec<f32>,        // (3 d_c)
+    pub b_hh: Vec<f32>,        // (3 d_c)
+    pub w_k: Vec<f32>,         // (d_c, d_c)
+    pub w_q: Vec<f32>,         // (d_c, d_c)
+    pub bucket_bias: Vec<f32>, // (buckets)
+}
+
+/// T5-style logarithmic distance buckets (one direction): exact below buckets / 2, then
+/// log-spaced up to max_distance.
+pub fn bucket(distance: u32, buckets: usize, max_distance: usize) -> usize {
+    let exact = (buckets / 2).max(1);
+    let d = distance as usize;
+    if d < exact {
+        return d;
+    }
+    let span = ((max_distance as f64) / exact as f64).ln().max(1e-9);
+    let b = exact + (((d as f64) / exact as f64).ln() / span * (buckets - exact) as f64) as usize;
+    b.min(buckets - 1)
+}
+
+impl Controller {
+    /// A seeded random controller for `model` (for tests until one is trained).
+    pub fn random(fingerprint: &str, hidden: usize, d_c: usize, buckets: usize, seed: u64) -> Result<Self> {
+        if d_c == 0 || d_c > 256 || buckets < 2 || buckets > 1024 || hidden == 0 {
+            return Err(Error::arg(format!("controller width {d_c} (1..=256) or {buckets} buckets (2..=1024) out of range")));
+        }
+        let mut state = seed ^ 0x5DEE_CE66_D1CE_4E5B;
+        let mut next = move |scale: f32| {
+            state = state.wrapping_add(0x9E37_79B9_7F4A_7C15);
+            let mut z = state;
+            z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+            z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+            z ^= z >> 31;
+            ((z >> 40) as f32 / (1u64 << 24) as f32 * 2.0 - 1.0) * scale
+        };
+        let mut v = |n: usize, scale: f32| (0..n).map(|_| next(scale)).collect::<Vec<f32>>();
+        let (a, b) = (1.0 / (hidden as f32).sqrt(), 1.0 / (d_c as f32).sqrt());
+        Ok(Controller {
+            d_c,
+            hidden,
+            buckets,
+            max_distance: 8192,
+            fingerprint: fingerprint.to_string(),
+            training: format!("random initialisation, seed {seed} (untrained)"),
+            proj: v(d_c * hidden, a),
+            w_ih: v(3 * d_c * d_c, b),
+            w_hh: v(3 * d_c * d_c, b),
+            b_ih: v(3 * d_c, b),
+            b_hh: v(3 * d_c, b),
+            w_k: v(d_c * d_c, b),
+            w_q: v(d_c * d_c, b),
+            bucket_bias: v(buckets, 0.5),
+        })
+    }
+
+    fn tensors(&self) -> Vec<(&'static str, Vec<usize>, &[f32])> {
+        let (d, h) = (self.d_c, self.hidden);
+        vec![
+            ("proj", vec![d, h], &self.proj[..]),
+            ("gru.w_ih", vec![3 * d, d], &self.w_ih[..]),
+            ("gru.w_hh", vec![3 * d, d], &self.w_hh[..]),
+            ("gru.b_ih", vec![3 * d], &self.b_ih[..]),
+            ("gru.b_hh", vec![3 * d], &self.b_hh[..]),
+            ("w_k", vec![d, d], &self.w_k[..]),
+            ("w_q", vec![d, d], &self.w_q[..]),
+            ("bucket_bias", vec![self.buckets], &self.bucket_bias[..]),
+        ]
+    }
+
+    /// The controller as a safetensors file.
+    pub fn to_bytes(&self) -> Result<Vec<u8>> {
+        let bytes: Vec<(String, Vec<usize>, Vec<u8>)> =
+            self.tensors().into_iter().map(|(n, s, v)| (n.to_string(), s, bytemuck::cast_slice(v).to_vec())).collect();
+        let views = bytes
+            .iter()
+            .map(|(n, s, b)| {
+                Ok((
+                    n.clone(),
+                    safetensors::tensor::TensorView::new(safetensors::Dtype::F32, s.clone(), b).map_err(|e| Error::arg(e.to_string()))?,
+                ))
+            })
+            .collect::<Result<Vec<_>>>()?;
+        let meta: HashMap<String, String> = [
+            ("format", FORMAT.to_string()),
+            ("model_fingerprint", self.fingerprint.clone()),
+            ("d_c", self.d_c.to_string()),
+            ("hidden", self.hidden.to_string()),
+            ("buckets", self.buckets.to_string()),
+            ("max_distance", self.max_distance.to_string()),
+            ("training", self.training.clone()),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_string(), v))
+        .collect();
+        safetensors::serialize(views, Some(meta)).map_err(|e| Error::arg(e.to_string()))
+    }
+
+    /// Reads a controller file, checking that it was made for the model with `fingerprint`.
+    pub fn from_bytes(file: &str, bytes: &[u8], fingerprint: &str) -> Result<Self> {
+        let bad = |what: String| Error::malformed(file, what);
+        let (_, header) = safetensors::SafeTensors::read_metadata(bytes).map_err(|e| bad(format!("not a controller file: {e}")))?;
+        let meta = header.metadata().clone().unwrap_or_default();
+        let get = |k: &str| meta.get(k).cloned().ok_or_else(|| bad(format!("metadata {k} is missing")));
+        if get("format")? != FORMAT {
+            return Err(bad(format!("format is {:?}, not {FORMAT}", meta.get("format"))));
+        }
+        let found = get("model_fingerprint")?;
+        if found != fingerprint {
+            return Err(Error::Config(format!(
+                "{file} was made for another model (fingerprint {found}, this model's is {fingerprint}); train or init a controller for this model"
+            )));
+        }
+        let num = |k: &str| -> Result<usize> { get(k)?.parse().map_err(|_| bad(format!("metadata {k} is not a number"))) };
+        let st = safetensors::SafeTensors::deserialize(bytes).map_err(|e| bad(format!("not a controller file: {e}")))?;
+        let (d_c, hidden, buckets) = (num("d_c")?, num("hidden")?, num("buckets")?);
+        let mut c = Controller::random(fingerprint, hidden, d_c, buckets, 0)?;
+        c.max_distance = num("max_distance")?.max(1);
+        c.training = meta.get("training").cloned().unwrap_or_default();
+        let shapes: Vec<(&'static str, Vec<usize>)> = c.tensors().into_iter().map(|(n, s, _)| (n, s)).collect();
+        for (name, shape) in shapes {
+            let t = st.tensor(name).map_err(|_| Error::MissingTensor { tensor: format!("{file}: {name}") })?;
+            if t.dtype() != safetensors::Dtype::F32 {
+                return Err(Error::UnknownDtype {
+                    file: file.into(),
+                    tensor: name.into(),
+                    dtype: format!("{:?} (controllers are F32)", t.dtype()),
+                });
+            }
+            if t.shape() != shape.as_slice() {
+                return Err(Error::ShapeMismatch { tensor: format!("{file}: {name}"), expected: shape, found: t.shape().to_vec() });
+            }
+            let v: Vec<f32> = bytemuck::pod_collect_to_vec(t.data());
+            *match name {
+                "proj" => &mut c.proj,
+                "gru.w_ih" => &mut c.w_ih,
+                "gru.w_hh" => &mut c.w_hh,
+                "gru.b_ih" => &mut c.b_ih,
+                "gru.b_hh" => &mut c.b_hh,
+                "w_k" => &mut c.w_k,
+                "w_q" => &mut c.w_q,
+                _ => &mut c.bucket_bias,
+            } = v;
+        }
+        Ok(c)
+    }
+
+    /// Reference: one GRU step from embedding `e`, updating `h`.
+    pub fn gru_step(&self, e: &[f32], h: &mut [f32]) {
+        let d = self.d_c;
+        let u: Vec<f64> = (0..d).map(|i| (0..self.hidden).map(|k| self.proj[i * self.hidden + k] as f64 * e[k] as f64).sum()).collect();
+        let lin = |w: &[f32], b: &[f32], x: &dyn Fn(usize) -> f64, row: usize| -> f64 {
+            b[row] as f64 + (0..d).map(|k| w[row * d + k] as f64 * x(k)).sum::<f64>()
+        };
+        let hv: Vec<f64> = h.iter().map(|v| *v as f64).collect();
+        let sig = |x: f64| 1.0 / (1.0 + (-x).exp());
+        let new: Vec<f32> = (0..d)
+            .map(|i| {
+                let r = sig(lin(&self.w_ih, &self.b_ih, &|k| u[k], i) + lin(&self.w_hh, &self.b_hh, &|k| hv[k], i));
+                let z = sig(lin(&self.w_ih, &self.b_ih, &|k| u[k], d + i) + lin(&self.w_hh, &self.b_hh, &|k| hv[k], d + i));
+                let n = (lin(&self.w_ih, &self.b_ih, &|k| u[k], 2 * d + i) + r * lin(&self.w_hh, &self.b_hh, &|k| hv[k], 2 * d + i)).tanh();
+                ((1.0 - z) * n + z * hv[i]) as f32
+            })
+            .collect();
+        h.copy_from_slice(&new);
+    }
+
+    /// Reference: `w` (d_c, d_c) times `h`.
+    pub fn project(&self, w: &[f32], h: &[f32]) -> Vec<f32> {
+        let d = self.d_c;
+        (0..d).map(|i| (0..d).map(|k| w[i * d + k] as f64 * h[k] as f64).sum::<f64>() as f32).collect()
+    }
+
+    /// Reference: score of key `k` (of the token at `pos`) for query `q` of the token at `t`.
+    pub fn score(&self, q: &[f32], k: &[f32], t: u32, pos: u32) -> f32 {
+        let dot: f64 = q.iter().zip(k).map(|(a, b)| *a as f64 * *b as f64).sum();
+        (dot / (self.d_c as f64).sqrt()) as f32 + self.bucket_bias[bucket(t.saturating_sub(pos), self.buckets, self.max_distance)]
+    }
+}
