@@ -19,22 +19,6 @@ struct Params {
 
 const WG: u32 = 256u;
 const INVALID: u32 = 0xffffffffu;
-var<workgroup> red: array<u32, 256>;
-
-fn total(lid: u32, v: u32) -> u32 {
-    red[lid] = v;
-    workgroupBarrier();
-    for (var w = WG / 2u; w > 0u; w >>= 1u) {
-        if lid < w {
-            red[lid] += red[lid + w];
-        }
-        workgroupBarrier();
-    }
-    let t = red[0];
-    workgroupBarrier();
-    return t;
-}
-
 fn protected_pos(pos: u32) -> bool {
     return pos < p.sinks || pos + p.recent >= step.n_seen;
 }
@@ -60,8 +44,8 @@ fn main(@builtin(local_invocation_index) lid: u32) {
         n_valid += select(0u, 1u, k != 0u);
         n_prot += select(0u, 1u, k == 1u);
     }
-    let valid = total(lid, n_valid);
-    let prot = total(lid, n_prot);
+    let valid = wg_total_u32(lid, n_valid);
+    let prot = wg_total_u32(lid, n_prot);
     if valid <= p.budget {
         return;
     }
@@ -75,7 +59,7 @@ fn main(@builtin(local_invocation_index) lid: u32) {
         for (var j = c0; j < c1; j++) {
             cnt += select(0u, 1u, kind(j) == 2u && order_key(score[j]) >= cand);
         }
-        if total(lid, cnt) >= keep {
+        if wg_total_u32(lid, cnt) >= keep {
             thr = cand;
         }
     }
@@ -83,7 +67,7 @@ fn main(@builtin(local_invocation_index) lid: u32) {
     for (var j = c0; j < c1; j++) {
         above += select(0u, 1u, kind(j) == 2u && order_key(score[j]) > thr);
     }
-    let n_above = total(lid, above);
+    let n_above = wg_total_u32(lid, above);
     let need = keep - min(n_above, keep);  // tied candidates that stay, lowest positions first
     // The largest position cut c with count(tied, pos < c) <= need.
     var cut = 0u;
@@ -93,7 +77,7 @@ fn main(@builtin(local_invocation_index) lid: u32) {
         for (var j = c0; j < c1; j++) {
             cnt += select(0u, 1u, kind(j) == 2u && order_key(score[j]) == thr && slot_pos[j] < cand);
         }
-        if total(lid, cnt) <= need {
+        if wg_total_u32(lid, cnt) <= need {
             cut = cand;
         }
     }

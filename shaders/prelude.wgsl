@@ -35,3 +35,39 @@ fn pcg_hash(v: u32) -> u32 {
 fn uniform01(seed: u32, counter: u32) -> f32 {
     return f32(pcg_hash(seed ^ pcg_hash(counter)) >> 8u) / 16777216.0;
 }
+
+// Reductions over a workgroup of 256 invocations, for the single-workgroup selection kernels.
+var<workgroup> wg_red_u32: array<u32, 256>;
+
+// Sum of v over the workgroup (every invocation gets it).
+fn wg_total_u32(lid: u32, v: u32) -> u32 {
+    wg_red_u32[lid] = v;
+    workgroupBarrier();
+    for (var w = 128u; w > 0u; w >>= 1u) {
+        if lid < w {
+            wg_red_u32[lid] += wg_red_u32[lid + w];
+        }
+        workgroupBarrier();
+    }
+    let t = wg_red_u32[0];
+    workgroupBarrier();
+    return t;
+}
+
+// Exclusive prefix sum of v in invocation order.
+fn wg_prefix_u32(lid: u32, v: u32) -> u32 {
+    wg_red_u32[lid] = v;
+    workgroupBarrier();
+    if lid == 0u {
+        var run = 0u;
+        for (var t = 0u; t < 256u; t++) {
+            let x = wg_red_u32[t];
+            wg_red_u32[t] = run;
+            run += x;
+        }
+    }
+    workgroupBarrier();
+    let out = wg_red_u32[lid];
+    workgroupBarrier();
+    return out;
+}

@@ -41,20 +41,6 @@ fn sum_f(lid: u32, v: f32) -> f32 {
     return total;
 }
 
-fn sum_u(lid: u32, v: u32) -> u32 {
-    redu[lid] = v;
-    workgroupBarrier();
-    for (var w = WG / 2u; w > 0u; w >>= 1u) {
-        if lid < w {
-            redu[lid] += redu[lid + w];
-        }
-        workgroupBarrier();
-    }
-    let total = redu[0];
-    workgroupBarrier();
-    return total;
-}
-
 @compute @workgroup_size(256)
 fn main(@builtin(local_invocation_index) lid: u32) {
     let chunk = (p.vocab + WG - 1u) / WG;
@@ -104,7 +90,7 @@ fn main(@builtin(local_invocation_index) lid: u32) {
             for (var i = c0; i < c1; i++) {
                 cnt += select(0u, 1u, order_key(logits[i]) >= cand);
             }
-            if sum_u(lid, cnt) >= p.top_k {
+            if wg_total_u32(lid, cnt) >= p.top_k {
                 thr = cand;
             }
         }

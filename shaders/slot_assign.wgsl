@@ -16,8 +16,6 @@ struct Params {
 
 const WG: u32 = 256u;
 const INVALID: u32 = 0xffffffffu;
-var<workgroup> red: array<u32, 256>;
-
 @compute @workgroup_size(256)
 fn main(@builtin(local_invocation_index) lid: u32) {
     let chunk = (p.capacity + WG - 1u) / WG;
@@ -27,18 +25,7 @@ fn main(@builtin(local_invocation_index) lid: u32) {
     for (var j = c0; j < c1; j++) {
         free += select(0u, 1u, slot_pos[j] == INVALID);
     }
-    red[lid] = free;
-    workgroupBarrier();
-    if lid == 0u {
-        var run = 0u;
-        for (var t = 0u; t < WG; t++) {
-            let x = red[t];
-            red[t] = run;
-            run += x;
-        }
-    }
-    workgroupBarrier();
-    var r = red[lid];
+    var r = wg_prefix_u32(lid, free);
     for (var j = c0; j < c1; j++) {
         if slot_pos[j] == INVALID && r < step.n_rows {
             slots[r] = j;

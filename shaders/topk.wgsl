@@ -18,40 +18,6 @@ struct Params {
 @group(0) @binding(3) var<uniform> p: Params;
 
 const WG: u32 = 256u;
-var<workgroup> red: array<u32, 256>;
-
-fn total(lid: u32, v: u32) -> u32 {
-    red[lid] = v;
-    workgroupBarrier();
-    for (var w = WG / 2u; w > 0u; w >>= 1u) {
-        if lid < w {
-            red[lid] += red[lid + w];
-        }
-        workgroupBarrier();
-    }
-    let t = red[0];
-    workgroupBarrier();
-    return t;
-}
-
-// Exclusive prefix sum of v over invocations, in invocation order.
-fn prefix(lid: u32, v: u32) -> u32 {
-    red[lid] = v;
-    workgroupBarrier();
-    if lid == 0u {
-        var run = 0u;
-        for (var t = 0u; t < WG; t++) {
-            let x = red[t];
-            red[t] = run;
-            run += x;
-        }
-    }
-    workgroupBarrier();
-    let out = red[lid];
-    workgroupBarrier();
-    return out;
-}
-
 @compute @workgroup_size(256)
 fn main(@builtin(local_invocation_index) lid: u32) {
     let chunk = (p.n + WG - 1u) / WG;
@@ -67,7 +33,7 @@ fn main(@builtin(local_invocation_index) lid: u32) {
         for (var i = c0; i < c1; i++) {
             cnt += select(0u, 1u, order_key(scores[i]) >= cand);
         }
-        if total(lid, cnt) >= k {
+        if wg_total_u32(lid, cnt) >= k {
             thr = cand;
         }
     }
@@ -79,9 +45,9 @@ fn main(@builtin(local_invocation_index) lid: u32) {
         above += select(0u, 1u, key > thr);
         ties += select(0u, 1u, key == thr);
     }
-    let n_above = total(lid, above);
+    let n_above = wg_total_u32(lid, above);
     let tie_room = select(k - n_above, 0u, k == 0u || n_above >= k);
-    var tie_seen = prefix(lid, ties);
+    var tie_seen = wg_prefix_u32(lid, ties);
     var mine = 0u;
     for (var i = c0; i < c1; i++) {
         let key = order_key(scores[i]);
@@ -95,7 +61,7 @@ fn main(@builtin(local_invocation_index) lid: u32) {
         mine += select(0u, 1u, take);
     }
     // Compact the selected indices in ascending order.
-    var out = prefix(lid, mine);
+    var out = wg_prefix_u32(lid, mine);
     for (var i = c0; i < c1; i++) {
         if selected[i] != 0u {
             indices[out] = i;

@@ -35,14 +35,7 @@ pub fn reference(slot_pos: &[u32], score: &[f32], p: Params, n_seen: u32) -> Vec
     }
     let n_prot = slot_pos.iter().filter(|&&s| s != INVALID_SLOT && protected(s)).count();
     let keep = (p.budget as usize).saturating_sub(n_prot);
-    let key = |v: f32| {
-        let b = v.to_bits();
-        if b & 0x8000_0000 != 0 {
-            !b
-        } else {
-            b | 0x8000_0000
-        }
-    };
+    let key = super::order_key;
     let mut cands: Vec<usize> = (0..slot_pos.len()).filter(|&j| slot_pos[j] != INVALID_SLOT && !protected(slot_pos[j])).collect();
     cands.sort_by(|&a, &b| key(score[b]).cmp(&key(score[a])).then(slot_pos[a].cmp(&slot_pos[b])));
     let mut out = slot_pos.to_vec();

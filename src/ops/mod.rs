@@ -44,3 +44,13 @@ pub(crate) fn check_len(op: &'static str, what: &str, buffer: &wgpu::Buffer, ele
     }
     Ok(())
 }
+
+/// The kernels' `order_key` (prelude.wgsl): an f32 as a u32 with the same ordering.
+pub(crate) fn order_key(v: f32) -> u32 {
+    let b = v.to_bits();
+    if b & 0x8000_0000 != 0 {
+        !b
+    } else {
+        b | 0x8000_0000
+    }
+}

@@ -1,7 +1,7 @@
 //! Next-token choice on the GPU: greedy, or seeded sampling with temperature, top-k and top-p
 //! (shaders/sample.wgsl). Only the chosen id is read back.
 
-use super::check_len;
+use super::{check_len, order_key};
 use crate::error::{Error, Result};
 use crate::gpu::{Context, Dispatch};
 use crate::shaders;
@@ -73,15 +73,6 @@ pub fn build(
     check_len("sample", "tokens", tokens, 1)?;
     let pipeline = ctx.pipeline(&shaders::SAMPLE, "main", &[])?;
     Ok(ctx.dispatch(pipeline, &[logits, tokens, params, step], [1, 1, 1]))
-}
-
-fn order_key(v: f32) -> u32 {
-    let b = v.to_bits();
-    if b & 0x8000_0000 != 0 {
-        !b
-    } else {
-        b | 0x8000_0000
-    }
 }
 
 fn pcg_hash(v: u32) -> u32 {

@@ -37,14 +37,7 @@ pub fn build(
 /// Reference: indices of the k largest scores (ties to the lower index), ascending.
 /// NaN scores order as the kernel orders them (by their bit pattern).
 pub fn reference(scores: &[f32], k: usize) -> Vec<u32> {
-    let key = |v: f32| {
-        let b = v.to_bits();
-        if b & 0x8000_0000 != 0 {
-            !b
-        } else {
-            b | 0x8000_0000
-        }
-    };
+    let key = super::order_key;
     let mut order: Vec<u32> = (0..scores.len() as u32).collect();
     order.sort_by(|&a, &b| key(scores[b as usize]).cmp(&key(scores[a as usize])).then(a.cmp(&b)));
     order.truncate(k);
