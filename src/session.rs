@@ -35,7 +35,7 @@ impl Default for SessionOptions {
 
 impl SessionOptions {
     /// KV slots needed: the whole context for `full`; otherwise the budget plus one chunk of
-    /// rows in flight.
+    /// rows in flight (the session caps the chunk at the budget).
     pub fn capacity(&self) -> usize {
         match self.policy.kind {
             PolicyKind::Full => self.context,
@@ -97,7 +97,13 @@ impl Session {
         options.policy.validate()?;
         let ctx = &model.ctx;
         let f = |n: usize| (n * 4) as u64;
-        let chunk = options.chunk.min(options.context).next_power_of_two();
+        // A budgeted cache holds the budget plus one chunk of rows in flight; chunks no larger
+        // than the budget keep that under twice the budget.
+        let chunk = match options.policy.kind {
+            PolicyKind::Full => options.chunk,
+            _ => options.chunk.min(options.policy.budget),
+        }
+        .min(options.context);
         let options = SessionOptions { chunk, ..options };
         let capacity = options.capacity();
         let controller = match (options.policy.kind, &options.controller) {

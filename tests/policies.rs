@@ -110,7 +110,11 @@ fn long_generation_at_a_fixed_kv_size() {
     }
     assert_eq!(pollster::block_on(s.kept_positions()).unwrap(), policy.reference_keep(4096));
     assert_eq!(s.kv_bytes(), bytes);
-    assert_eq!(bytes, ((256 + 64) * common::tiny::KV_HEADS * common::tiny::HEAD_DIM * 4 * 2 * common::tiny::LAYERS) as u64);
+    let per_slot = (common::tiny::KV_HEADS * common::tiny::HEAD_DIM * 4 * 2 * common::tiny::LAYERS) as u64;
+    assert_eq!(bytes, (256 + 64) * per_slot);
+    // Prefill chunks larger than the budget are cut to it: at most twice the budget in slots.
+    let big = session(&m, policy, 8192, 1024, false);
+    assert_eq!(big.kv_bytes(), 512 * per_slot);
 }
 
 #[test]
