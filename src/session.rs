@@ -151,8 +151,8 @@ impl Session {
             slot_pos: ctx.storage_init("slot_pos", bytemuck::cast_slice(&vec![INVALID_SLOT; capacity]))?,
             mass: ctx.storage("mass", if options.policy.kind.needs_mass() { f(chunk * c.n_heads * capacity) } else { 4 })?,
             ctrl_state: ctx.storage("controller.state", f(2 * d_c))?,
-            ctrl_keys: ctx.storage("controller.keys", f(options.context * d_c))?,
-            slot_score: ctx.storage("slot_score", f(capacity))?,
+            ctrl_keys: ctx.storage("controller.keys", if controller.is_some() { f(options.context * d_c) } else { 4 })?,
+            slot_score: ctx.storage("slot_score", if options.policy.kind.on_gpu() { f(capacity) } else { 4 })?,
             readback: ctx.staging(4),
         };
         ctx.take_error()?;
