@@ -35,7 +35,7 @@ fn main() -> adore::Result<()> {
     let rows: usize = std::env::args().nth(1).and_then(|a| a.parse().ok()).unwrap_or(1);
     let ctx = Arc::new(Context::new_blocking(ContextOptions::default())?);
     println!("adapter: {}, rows {rows}", ctx.describe());
-    let step = ctx.uniform("step", &Step { n_rows: rows as u32, n_slots: 512, counter: 0, n_seen: 0 });
+    let step = ctx.uniform("step", &Step::new(rows as u32, 512, 0, 0));
     let (hidden, ffn, vocab) = (576usize, 1536usize, 49152usize);
     let x = ctx.storage("x", (rows * ffn.max(hidden) * 4) as u64)?;
     let y = ctx.storage("y", (rows * vocab * 4) as u64)?;

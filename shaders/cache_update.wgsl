@@ -2,6 +2,8 @@
 // slots, the `sinks` first and `recent` last positions (of step.n_seen) are protected; of the
 // others, the budget - protected with the highest score stay, ties going to the lower position;
 // the rest are freed (slot_pos = INVALID). Nothing happens while the cache is within budget.
+// With in_flight, the step's new rows (positions >= n_seen - n_new) stay and do not count
+// against the budget (the oracle selects what those rows attend to).
 // The k-th score and the tie cut are found exactly, bit by bit (32 + 32 counting passes).
 // One workgroup of 256, each invocation owning a contiguous range of slots. Dispatch (1, 1, 1).
 
@@ -10,6 +12,10 @@ struct Params {
     budget: u32,
     sinks: u32,
     recent: u32,
+    in_flight: u32,  // 1: this step's new rows stay outside the budget
+    pad0: u32,
+    pad1: u32,
+    pad2: u32,
 }
 
 @group(0) @binding(0) var<storage, read_write> slot_pos: array<u32>;  // (capacity) position or INVALID
@@ -23,10 +29,10 @@ fn protected_pos(pos: u32) -> bool {
     return pos < p.sinks || pos + p.recent >= step.n_seen;
 }
 
-// 0: free, 1: protected, 2: candidate for release.
+// 0: free (or in flight), 1: protected, 2: candidate for release.
 fn kind(j: u32) -> u32 {
     let pos = slot_pos[j];
-    if pos == INVALID {
+    if pos == INVALID || (p.in_flight != 0u && pos + step.n_new >= step.n_seen) {
         return 0u;
     }
     return select(2u, 1u, protected_pos(pos));

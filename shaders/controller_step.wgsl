@@ -1,4 +1,4 @@
-// controller_step.wgsl: the ADORE controller over this step's rows, in order: for each row r,
+// controller_step.wgsl: the ADORE controller over this step's new rows (not rebuilt ones), in order: for each row r,
 // u = P e_r (e_r: the token's embedding), h = GRU(u, h) (gates r, z, n as in PyTorch), and
 // keys[pos_r] = W_k h; after the last row, q = W_q h. The recurrence makes rows sequential:
 // one workgroup of 256 splits each row's products. Dispatch (1, 1, 1).
@@ -43,7 +43,7 @@ fn main(@builtin(local_invocation_index) lid: u32) {
         h[i] = state[i];
     }
     workgroupBarrier();
-    for (var r = 0u; r < step.n_rows; r++) {
+    for (var r = 0u; r < step.n_new; r++) {
         // u = P e
         for (var i = lid; i < d; i += WG) {
             var s = 0.0;

@@ -6,6 +6,10 @@ struct Step {
     n_slots: u32,  // KV slots in use (attention scans slots 0..n_slots)
     counter: u32,  // sampling counter: one random draw per step
     n_seen: u32,   // tokens in the sequence after this step
+    n_new: u32,    // rows 0..n_new are new tokens; rows n_new..n_rows rebuild released ones
+    pad0: u32,
+    pad1: u32,
+    pad2: u32,
 }
 
 // Scores below this are masked out (WGSL has no infinity literals).

@@ -1,11 +1,11 @@
 // rmsnorm.wgsl: y[r, i] = x[r, i] / sqrt(mean_i(x[r, :]²) + eps) · g[i].
 // One workgroup of 256 per row; dispatch (1, rows, 1). With last_only, the only workgroup
-// normalises the step's last row into row 0 of y (for the LM head of a prompt).
+// normalises the step's last new row into row 0 of y (for the LM head of a prompt).
 
 struct Params {
     dim: u32,
     eps: f32,
-    last_only: u32,  // 1: read row step.n_rows - 1, write row 0
+    last_only: u32,  // 1: read row step.n_new - 1 (the last new token), write row 0
     pad: u32,
 }
 
@@ -23,7 +23,7 @@ fn main(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wid: v
     if r >= step.n_rows || (p.last_only != 0u && r != 0u) {
         return;
     }
-    let src = select(r, step.n_rows - 1u, p.last_only != 0u);
+    let src = select(r, step.n_new - 1u, p.last_only != 0u);
     var s = 0.0;
     for (var i = lid; i < p.dim; i += 256u) {
         let v = x[src * p.dim + i];

@@ -1,7 +1,7 @@
 // slot_score.wgsl: per-slot attention mass for the release policies, from attention's
 // probabilities summed over layers, mass (rows, n_heads, capacity):
 //   accumulate (H2O): score[j] = (j written this step ? 0 : score[j]) + scale Σ_r Σ_h mass[r, h, j]
-//   current (TOVA):   score[j] = scale Σ_h mass[last row, h, j]
+//   current (TOVA):   score[j] = scale Σ_h mass[last new row, h, j]
 // scale = 1 / (n_heads · layers). Invocation = one slot; dispatch (ceil(capacity / 64), 1, 1).
 
 struct Params {
@@ -25,7 +25,7 @@ fn main(@builtin(global_invocation_id) gid: vec3<u32>) {
     }
     var first = 0u;
     if p.accumulate == 0u {
-        first = step.n_rows - 1u;
+        first = step.n_new - 1u;
     }
     var s = 0.0;
     for (var r = first; r < step.n_rows; r++) {

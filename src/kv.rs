@@ -23,9 +23,14 @@ pub enum PolicyKind {
     /// Sinks and recent window protected, the rest by the current query's attention.
     /// Decided on the GPU.
     Tova,
-    /// Sinks and recent window protected, the rest by the learned controller's score
-    /// (ADORE, without rebuild so far). Decided on the GPU.
+    /// Sinks and recent window protected, the rest by the learned controller's score; each
+    /// single-token step also recomputes the `rebuild` best-scored released tokens, which may
+    /// re-enter the cache (ADORE). Decided on the GPU.
     Adore,
+    /// Evaluation only: keeps the whole sequence, and each step attends to the `budget` tokens
+    /// that its last row's full attention (summed over heads and layers) ranks highest: the
+    /// upper bound the other policies approximate. Costs two forward passes per step.
+    Oracle,
 }
 
 impl PolicyKind {
@@ -36,7 +41,12 @@ impl PolicyKind {
 
     /// Whether attention must record per-slot probabilities.
     pub fn needs_mass(self) -> bool {
-        matches!(self, PolicyKind::H2o | PolicyKind::Tova)
+        matches!(self, PolicyKind::H2o | PolicyKind::Tova | PolicyKind::Oracle)
+    }
+
+    /// Whether the KV cache holds the whole sequence (no memory saving).
+    pub fn keeps_everything(self) -> bool {
+        matches!(self, PolicyKind::Full | PolicyKind::Oracle)
     }
 }
 
@@ -50,8 +60,8 @@ impl std::str::FromStr for PolicyKind {
             "h2o" => Ok(PolicyKind::H2o),
             "tova" => Ok(PolicyKind::Tova),
             "adore" => Ok(PolicyKind::Adore),
-            "oracle" => Err(Error::arg("policy \"oracle\" is not implemented yet (available: full, window, sink, h2o, tova, adore)")),
-            _ => Err(Error::arg(format!("unknown policy {s:?} (available: full, window, sink, h2o, tova, adore)"))),
+            "oracle" => Ok(PolicyKind::Oracle),
+            _ => Err(Error::arg(format!("unknown policy {s:?} (available: full, window, sink, h2o, tova, adore, oracle)"))),
         }
     }
 }
@@ -64,13 +74,15 @@ pub struct Policy {
     pub budget: usize,
     /// Protected first tokens (`sink`, `h2o`, `tova`).
     pub sinks: usize,
-    /// Protected most recent tokens (`h2o`, `tova`).
+    /// Protected most recent tokens (`h2o`, `tova`, `adore`).
     pub recent: usize,
+    /// Released tokens recomputed with each single-token step (`adore`; 0 disables rebuild).
+    pub rebuild: usize,
 }
 
 impl Default for Policy {
     fn default() -> Self {
-        Policy { kind: PolicyKind::Full, budget: 0, sinks: 4, recent: 16 }
+        Policy { kind: PolicyKind::Full, budget: 0, sinks: 4, recent: 16, rebuild: 0 }
     }
 }
 
@@ -87,6 +99,7 @@ impl Policy {
             PolicyKind::H2o => "h2o",
             PolicyKind::Tova => "tova",
             PolicyKind::Adore => "adore",
+            PolicyKind::Oracle => "oracle",
         }
     }
 
@@ -99,6 +112,12 @@ impl Policy {
         }
         if self.kind == PolicyKind::Sink && self.sinks >= self.budget {
             return Err(Error::arg(format!("{} sink tokens leave no room in a budget of {}", self.sinks, self.budget)));
+        }
+        if self.rebuild > 0 && self.kind != PolicyKind::Adore {
+            return Err(Error::arg(format!("--rebuild applies to the adore policy only, not {}", self.name())));
+        }
+        if self.rebuild > self.budget {
+            return Err(Error::arg(format!("rebuild rows ({}) cannot exceed the budget ({})", self.rebuild, self.budget)));
         }
         if self.kind.on_gpu() && self.sinks + self.recent > self.budget {
             return Err(Error::arg(format!(
@@ -114,7 +133,7 @@ impl Policy {
     pub fn reference_keep(&self, n: usize) -> Vec<u32> {
         let all = 0..n as u32;
         match self.kind {
-            PolicyKind::Full | PolicyKind::H2o | PolicyKind::Tova | PolicyKind::Adore => all.collect(),
+            PolicyKind::Full | PolicyKind::H2o | PolicyKind::Tova | PolicyKind::Adore | PolicyKind::Oracle => all.collect(),
             _ if n <= self.budget => all.collect(),
             PolicyKind::Window => ((n - self.budget) as u32..n as u32).collect(),
             PolicyKind::Sink => (0..self.sinks as u32).chain((n - (self.budget - self.sinks)) as u32..n as u32).collect(),
@@ -178,7 +197,7 @@ impl SlotMap {
     /// Frees the slots of positions the policy does not keep once `n` tokens have been seen;
     /// returns the freed slots.
     pub fn release(&mut self, policy: &Policy, n: usize) -> Vec<u32> {
-        if policy.kind == PolicyKind::Full || policy.kind.on_gpu() || self.len() <= policy.budget {
+        if policy.kind.keeps_everything() || policy.kind.on_gpu() || self.len() <= policy.budget {
             return Vec::new();
         }
         let recent_from = n.saturating_sub(policy.budget - if policy.kind == PolicyKind::Sink { policy.sinks } else { 0 }) as u32;
@@ -215,8 +234,8 @@ mod tests {
     #[test]
     fn slot_map_follows_the_reference_for_window_and_sink() {
         for policy in [
-            Policy { kind: PolicyKind::Window, budget: 5, sinks: 0, recent: 0 },
-            Policy { kind: PolicyKind::Sink, budget: 7, sinks: 3, recent: 0 },
+            Policy { kind: PolicyKind::Window, budget: 5, sinks: 0, recent: 0, rebuild: 0 },
+            Policy { kind: PolicyKind::Sink, budget: 7, sinks: 3, recent: 0, rebuild: 0 },
             Policy::full(),
         ] {
             let mut map = SlotMap::new(64);
@@ -238,8 +257,8 @@ mod tests {
     fn policy_arguments() {
         assert!("oracle".parse::<PolicyKind>().is_err());
         assert!("nonsense".parse::<PolicyKind>().is_err());
-        assert!(Policy { kind: PolicyKind::Sink, budget: 4, sinks: 4, recent: 0 }.validate().is_err());
-        assert!(Policy { kind: PolicyKind::Window, budget: 0, sinks: 0, recent: 0 }.validate().is_err());
-        assert!(Policy { kind: PolicyKind::H2o, budget: 16, sinks: 4, recent: 13 }.validate().is_err());
+        assert!(Policy { kind: PolicyKind::Sink, budget: 4, sinks: 4, recent: 0, rebuild: 0 }.validate().is_err());
+        assert!(Policy { kind: PolicyKind::Window, budget: 0, sinks: 0, recent: 0, rebuild: 0 }.validate().is_err());
+        assert!(Policy { kind: PolicyKind::H2o, budget: 16, sinks: 4, recent: 13, rebuild: 0 }.validate().is_err());
     }
 }

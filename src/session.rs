@@ -34,12 +34,18 @@ impl Default for SessionOptions {
 }
 
 impl SessionOptions {
-    /// KV slots needed: the whole context for `full`; otherwise the budget plus one chunk of
-    /// rows in flight (the session caps the chunk at the budget).
+    /// Most rows one step processes: a prompt chunk, or a token with its rebuild rows.
+    pub fn max_rows(&self) -> usize {
+        self.chunk.max(self.policy.rebuild + 1).min(self.context)
+    }
+
+    /// KV slots needed: the whole context for `full` and `oracle`; otherwise the budget plus
+    /// the rows of one step in flight (the session caps the chunk at the budget).
     pub fn capacity(&self) -> usize {
-        match self.policy.kind {
-            PolicyKind::Full => self.context,
-            _ => self.context.min(self.policy.budget + self.chunk),
+        if self.policy.kind.keeps_everything() {
+            self.context
+        } else {
+            self.context.min(self.policy.budget + self.max_rows())
         }
     }
 }
@@ -48,27 +54,32 @@ impl SessionOptions {
 struct RunState {
     step: wgpu::Buffer,          // Step uniform
     sample_params: wgpu::Buffer, // sample::Params uniform
-    tokens: wgpu::Buffer,        // (chunk) u32 input ids; [0] <- sampled id
-    positions: wgpu::Buffer,     // (chunk) u32 absolute positions
-    slots: wgpu::Buffer,         // (chunk) u32 KV slot of each row
-    x: wgpu::Buffer,             // (chunk, hidden) residual stream
-    xn: wgpu::Buffer,            // (chunk, hidden) normalised
-    q: wgpu::Buffer,             // (chunk, n_heads, head_dim)
-    k: wgpu::Buffer,             // (chunk, n_kv_heads, head_dim)
-    v: wgpu::Buffer,             // (chunk, n_kv_heads, head_dim)
-    att: wgpu::Buffer,           // (chunk, n_heads, head_dim)
-    proj: wgpu::Buffer,          // (chunk, hidden) attention / FFN output
-    gate: wgpu::Buffer,          // (chunk, ffn)
-    up: wgpu::Buffer,            // (chunk, ffn)
+    tokens: wgpu::Buffer,        // (rows) u32 input ids; [0] <- sampled id
+    positions: wgpu::Buffer,     // (rows) u32 absolute positions
+    slots: wgpu::Buffer,         // (rows) u32 KV slot of each row
+    x: wgpu::Buffer,             // (rows, hidden) residual stream
+    xn: wgpu::Buffer,            // (rows, hidden) normalised
+    q: wgpu::Buffer,             // (rows, n_heads, head_dim)
+    k: wgpu::Buffer,             // (rows, n_kv_heads, head_dim)
+    v: wgpu::Buffer,             // (rows, n_kv_heads, head_dim)
+    att: wgpu::Buffer,           // (rows, n_heads, head_dim)
+    proj: wgpu::Buffer,          // (rows, hidden) attention / FFN output
+    gate: wgpu::Buffer,          // (rows, ffn)
+    up: wgpu::Buffer,            // (rows, ffn)
     last: wgpu::Buffer,          // (1, hidden) normalised last row
     logits: wgpu::Buffer,        // (1 or chunk, vocab)
     k_cache: Vec<wgpu::Buffer>,  // per layer (capacity, n_kv_heads, head_dim)
     v_cache: Vec<wgpu::Buffer>,  // per layer (capacity, n_kv_heads, head_dim)
     slot_pos: wgpu::Buffer,      // (capacity) u32 position held by each slot, or INVALID_SLOT
-    mass: wgpu::Buffer,          // (chunk, n_heads, capacity) attention probabilities (h2o, tova)
+    attend: wgpu::Buffer,        // (capacity) the oracle's selection: slot_pos less what this step skips
+    mass: wgpu::Buffer,          // (rows, n_heads, capacity) attention probabilities (h2o, tova, oracle)
     ctrl_state: wgpu::Buffer,    // (2, d_c) controller state h, then query q (adore)
     ctrl_keys: wgpu::Buffer,     // (context, d_c) controller key of every token by position (adore)
     slot_score: wgpu::Buffer,    // (capacity) per-slot score the GPU policies release by
+    ids: wgpu::Buffer,           // (context) u32 token id by position (rebuild)
+    pos_score: wgpu::Buffer,     // (context) controller score by position, cached ones masked (rebuild)
+    selected: wgpu::Buffer,      // (context) u32 top-k mask (rebuild)
+    rebuild_idx: wgpu::Buffer,   // (R) u32 positions to rebuild, ascending
     readback: wgpu::Buffer,      // 4 bytes, MAP_READ
 }
 
@@ -76,8 +87,8 @@ pub struct Session {
     pub model: Arc<Model>,
     pub options: SessionOptions,
     state: RunState,
-    /// Recorded plans by row capacity (powers of two up to the chunk size).
-    plans: HashMap<usize, Vec<Dispatch>>,
+    /// Recorded plans by (row capacity: powers of two up to max_rows, rebuild rows).
+    plans: HashMap<(usize, usize), Vec<Dispatch>>,
     sampling: Sampling,
     /// Tokens in the sequence so far.
     n_past: usize,
@@ -85,6 +96,9 @@ pub struct Session {
     /// CPU mirror of the slot table (policies without scores are decided on it).
     slots: SlotMap,
     capacity: usize,
+    max_rows: usize,
+    /// Rows and new rows of the last step.
+    last_rows: (usize, usize),
     controller: Option<ops::controller::GpuController>,
 }
 
@@ -106,6 +120,8 @@ impl Session {
         .min(options.context);
         let options = SessionOptions { chunk, ..options };
         let capacity = options.capacity();
+        let rows = options.max_rows();
+        let rebuild = options.policy.rebuild;
         let controller = match (options.policy.kind, &options.controller) {
             (PolicyKind::Adore, None) => {
                 return Err(Error::arg(
@@ -124,35 +140,41 @@ impl Session {
             _ => None,
         };
         let d_c = controller.as_ref().map_or(1, |g| g.params.d_c as usize);
-        let logit_rows = if options.all_logits { chunk } else { 1 };
+        let logit_rows = if options.all_logits { rows } else { 1 };
         let kv_bytes = f(capacity * c.kv_dim());
+        let oracle = options.policy.kind == PolicyKind::Oracle;
         let cache = |kind: &str| -> Result<Vec<wgpu::Buffer>> {
             (0..c.layers).map(|l| ctx.storage(&format!("{kind}_cache.{l}"), kv_bytes)).collect()
         };
         let state = RunState {
             step: ctx.uniform("step", &Step::default()),
             sample_params: ops::sample::params_buffer(ctx, &Sampling::default(), c.vocab),
-            tokens: ctx.storage("tokens", f(chunk))?,
-            positions: ctx.storage("positions", f(chunk))?,
-            slots: ctx.storage("slots", f(chunk))?,
-            x: ctx.storage("x", f(chunk * c.hidden))?,
-            xn: ctx.storage("xn", f(chunk * c.hidden))?,
-            q: ctx.storage("q", f(chunk * c.q_dim()))?,
-            k: ctx.storage("k", f(chunk * c.kv_dim()))?,
-            v: ctx.storage("v", f(chunk * c.kv_dim()))?,
-            att: ctx.storage("att", f(chunk * c.q_dim()))?,
-            proj: ctx.storage("proj", f(chunk * c.hidden))?,
-            gate: ctx.storage("gate", f(chunk * c.ffn))?,
-            up: ctx.storage("up", f(chunk * c.ffn))?,
+            tokens: ctx.storage("tokens", f(rows))?,
+            positions: ctx.storage("positions", f(rows))?,
+            slots: ctx.storage("slots", f(rows))?,
+            x: ctx.storage("x", f(rows * c.hidden))?,
+            xn: ctx.storage("xn", f(rows * c.hidden))?,
+            q: ctx.storage("q", f(rows * c.q_dim()))?,
+            k: ctx.storage("k", f(rows * c.kv_dim()))?,
+            v: ctx.storage("v", f(rows * c.kv_dim()))?,
+            att: ctx.storage("att", f(rows * c.q_dim()))?,
+            proj: ctx.storage("proj", f(rows * c.hidden))?,
+            gate: ctx.storage("gate", f(rows * c.ffn))?,
+            up: ctx.storage("up", f(rows * c.ffn))?,
             last: ctx.storage("last", f(c.hidden))?,
             logits: ctx.storage("logits", f(logit_rows * c.vocab))?,
             k_cache: cache("k")?,
             v_cache: cache("v")?,
             slot_pos: ctx.storage_init("slot_pos", bytemuck::cast_slice(&vec![INVALID_SLOT; capacity]))?,
-            mass: ctx.storage("mass", if options.policy.kind.needs_mass() { f(chunk * c.n_heads * capacity) } else { 4 })?,
+            attend: ctx.storage("attend", if oracle { f(capacity) } else { 4 })?,
+            mass: ctx.storage("mass", if options.policy.kind.needs_mass() { f(rows * c.n_heads * capacity) } else { 4 })?,
             ctrl_state: ctx.storage("controller.state", f(2 * d_c))?,
             ctrl_keys: ctx.storage("controller.keys", if controller.is_some() { f(options.context * d_c) } else { 4 })?,
-            slot_score: ctx.storage("slot_score", if options.policy.kind.on_gpu() { f(capacity) } else { 4 })?,
+            slot_score: ctx.storage("slot_score", if options.policy.kind.on_gpu() || oracle { f(capacity) } else { 4 })?,
+            ids: ctx.storage("ids", if rebuild > 0 { f(options.context) } else { 4 })?,
+            pos_score: ctx.storage("pos_score", if rebuild > 0 { f(options.context) } else { 4 })?,
+            selected: ctx.storage("selected", if rebuild > 0 { f(options.context) } else { 4 })?,
+            rebuild_idx: ctx.storage("rebuild_idx", f(rebuild.max(1)))?,
             readback: ctx.staging(4),
         };
         ctx.take_error()?;
@@ -166,6 +188,8 @@ impl Session {
             counter: 0,
             slots: SlotMap::new(capacity),
             capacity,
+            max_rows: rows,
+            last_rows: (0, 0),
             controller,
         })
     }
@@ -199,6 +223,48 @@ impl Session {
     /// The per-slot scores the GPU policies release by, read back.
     pub async fn slot_scores(&self) -> Result<Vec<f32>> {
         self.model.ctx.read_f32(&self.state.slot_score, self.capacity).await
+    }
+
+    /// The last step's rows, read back: (positions, slots). New rows come first, then the
+    /// rebuilt ones (whose positions the GPU chose).
+    pub async fn last_rows(&self) -> Result<(Vec<u32>, Vec<u32>)> {
+        let ctx = &self.model.ctx;
+        let rows = self.last_rows.0;
+        Ok((ctx.read_u32(&self.state.positions, rows).await?, ctx.read_u32(&self.state.slots, rows).await?))
+    }
+
+    /// The positions the last step rebuilt (ascending), read back.
+    pub async fn rebuilt_positions(&self) -> Result<Vec<u32>> {
+        let (rows, new) = self.last_rows;
+        Ok(self.model.ctx.read_u32(&self.state.positions, rows).await?.split_off(new))
+    }
+
+    /// The controller's score of every position at the last rebuild selection (released
+    /// positions; cached and later ones hold ops::rebuild::MASKED), read back.
+    pub async fn position_scores(&self) -> Result<Vec<f32>> {
+        if self.options.policy.rebuild == 0 {
+            return Err(Error::arg("position scores exist only with rebuild"));
+        }
+        self.model.ctx.read_f32(&self.state.pos_score, self.options.context).await
+    }
+
+    /// One layer's K and V caches, (capacity, kv_dim) each, read back.
+    pub async fn kv_cache(&self, layer: usize) -> Result<(Vec<f32>, Vec<f32>)> {
+        let s = &self.state;
+        let (k, v) = match (s.k_cache.get(layer), s.v_cache.get(layer)) {
+            (Some(k), Some(v)) => (k, v),
+            _ => return Err(Error::arg(format!("layer {layer} does not exist"))),
+        };
+        let n = self.capacity * self.model.config.kv_dim();
+        Ok((self.model.ctx.read_f32(k, n).await?, self.model.ctx.read_f32(v, n).await?))
+    }
+
+    /// The slots the oracle's last step attended to (its slot table less what it skipped).
+    pub async fn attended_table(&self) -> Result<Vec<u32>> {
+        if self.options.policy.kind != PolicyKind::Oracle {
+            return Err(Error::arg("only the oracle policy attends to a subset of its cache"));
+        }
+        self.model.ctx.read_u32(&self.state.attend, self.capacity).await
     }
 
     /// Forgets the sequence (the buffers stay allocated).
@@ -252,13 +318,13 @@ impl Session {
         Ok(())
     }
 
-    /// Records the dispatches of one step for up to `rows` rows: the forward pass, in order.
-    fn build_plan(&self, rows: usize) -> Result<Vec<Dispatch>> {
+    /// Records the dispatches of one step for up to `rows` rows, `rebuild` of them rebuild
+    /// rows: the forward pass, in order.
+    fn build_plan(&self, rows: usize, rebuild: usize) -> Result<Vec<Dispatch>> {
         let m = &self.model;
         let (ctx, c, w, s) = (&*m.ctx, &m.config, &m.weights, &self.state);
         let step = &s.step;
-        let heads = Heads { n_heads: c.n_heads, n_kv_heads: c.n_kv_heads, head_dim: c.head_dim };
-        let mut plan = Vec::with_capacity(6 + c.layers * 16);
+        let mut plan = Vec::with_capacity(12 + c.layers * 16);
         let policy = self.options.policy;
         if policy.kind.on_gpu() {
             // The GPU decides releases, so it also places the new rows in free slots.
@@ -267,9 +333,83 @@ impl Session {
         // Token embeddings into the residual stream.
         plan.push(ops::embed::build(ctx, &w.embed, &s.tokens, &s.x, step, rows)?);
         if let Some(cl) = &self.controller {
-            // The controller reads the embeddings before the first layer changes them.
+            // The controller reads the new rows' embeddings before the first layer changes them.
             plan.push(ops::controller::build_step(ctx, cl, &s.x, &s.positions, &s.ctrl_state, &s.ctrl_keys, step, rows)?);
+            if policy.rebuild > 0 {
+                if rebuild > 0 {
+                    // Rebuild: score every earlier token, mask the cached ones, take the top R.
+                    let context = self.options.context;
+                    plan.push(ops::rebuild::build_rank(ctx, cl, &s.ctrl_state, &s.ctrl_keys, &s.pos_score, step, context)?);
+                    plan.push(ops::rebuild::build_mask(ctx, &s.slot_pos, &s.pos_score, self.capacity)?);
+                    plan.push(ops::topk::build(ctx, &s.pos_score, &s.selected, &s.rebuild_idx, context, rebuild)?);
+                }
+                let b = ops::rebuild::Rows { tokens: &s.tokens, positions: &s.positions, ids: &s.ids, indices: &s.rebuild_idx };
+                plan.push(ops::rebuild::build_rows(ctx, &b, step, rows)?);
+                if rebuild > 0 {
+                    // The rebuild rows' embeddings (the new row's again, unchanged).
+                    plan.push(ops::embed::build(ctx, &w.embed, &s.tokens, &s.x, step, rows)?);
+                }
+            }
         }
+        if policy.kind == PolicyKind::Oracle {
+            // A first pass with full attention ranks the slots by the last row's attention; the
+            // second attends to the top `budget` of them (and to the step's own rows).
+            self.push_layers(&mut plan, rows, &s.slot_pos, true)?;
+            let sp = ops::cache_update::ScoreParams {
+                capacity: self.capacity as u32,
+                n_heads: c.n_heads as u32,
+                accumulate: 0,
+                scale: 1.0 / (c.n_heads * c.layers) as f32,
+            };
+            plan.push(ops::cache_update::build_score(ctx, &s.mass, &s.slots, &s.slot_score, step, sp, rows)?);
+            plan.push(ops::rebuild::build_copy(ctx, &s.slot_pos, &s.attend, self.capacity)?);
+            let up =
+                ops::cache_update::Params { sinks: 0, recent: 0, in_flight: 1, ..ops::cache_update::Params::new(self.capacity, &policy) };
+            plan.push(ops::cache_update::build(ctx, &s.attend, &s.slot_score, step, up)?);
+            plan.push(ops::embed::build(ctx, &w.embed, &s.tokens, &s.x, step, rows)?);
+            self.push_layers(&mut plan, rows, &s.attend, false)?;
+        } else {
+            self.push_layers(&mut plan, rows, &s.slot_pos, policy.kind.needs_mass())?;
+        }
+        if policy.kind.on_gpu() {
+            // The cache update: per-slot scores, then release down to the budget.
+            match &self.controller {
+                Some(cl) => {
+                    plan.push(ops::controller::build_score(ctx, cl, &s.ctrl_state, &s.ctrl_keys, &s.slot_pos, &s.slot_score, step)?)
+                }
+                None => {
+                    let sp = ops::cache_update::ScoreParams {
+                        capacity: self.capacity as u32,
+                        n_heads: c.n_heads as u32,
+                        accumulate: (policy.kind == PolicyKind::H2o) as u32,
+                        scale: 1.0 / (c.n_heads * c.layers) as f32,
+                    };
+                    plan.push(ops::cache_update::build_score(ctx, &s.mass, &s.slots, &s.slot_score, step, sp, rows)?)
+                }
+            }
+            let up = ops::cache_update::Params::new(self.capacity, &policy);
+            plan.push(ops::cache_update::build(ctx, &s.slot_pos, &s.slot_score, step, up)?);
+        }
+        if self.options.all_logits {
+            // Final norm and LM head for every row.
+            plan.push(ops::rmsnorm::build(ctx, &s.x, &w.output_norm, &s.xn, step, c.hidden, c.rms_eps, rows, false)?);
+            plan.push(ops::matmul::build(ctx, w.lm_head(), &s.xn, &s.logits, step, rows, 0)?);
+        } else {
+            // Final norm and LM head for the last new row only, then choose the next token.
+            plan.push(ops::rmsnorm::build(ctx, &s.x, &w.output_norm, &s.last, step, c.hidden, c.rms_eps, rows, true)?);
+            plan.push(ops::matmul::build(ctx, w.lm_head(), &s.last, &s.logits, step, 1, 1)?);
+            plan.push(ops::sample::build(ctx, &s.logits, &s.tokens, &s.sample_params, step, c.vocab)?);
+        }
+        Ok(plan)
+    }
+
+    /// Records every layer for up to `rows` rows; attention sees the slots valid in `table`
+    /// and, with `mass`, records per-slot probabilities summed over layers.
+    fn push_layers(&self, plan: &mut Vec<Dispatch>, rows: usize, table: &wgpu::Buffer, mass: bool) -> Result<()> {
+        let m = &self.model;
+        let (ctx, c, w, s) = (&*m.ctx, &m.config, &m.weights, &self.state);
+        let step = &s.step;
+        let heads = Heads { n_heads: c.n_heads, n_kv_heads: c.n_kv_heads, head_dim: c.head_dim };
         for (l, layer) in w.layers.iter().enumerate() {
             // Attention: norm, q/k/v projections, rotary positions, store k/v, attend, project, add.
             plan.push(ops::rmsnorm::build(ctx, &s.x, &layer.attn_norm, &s.xn, step, c.hidden, c.rms_eps, rows, false)?);
@@ -292,12 +432,12 @@ impl Session {
                 q: &s.q,
                 k_cache: &s.k_cache[l],
                 v_cache: &s.v_cache[l],
-                slot_pos: &s.slot_pos,
+                slot_pos: table,
                 positions: &s.positions,
                 out: &s.att,
                 mass: &s.mass,
             };
-            let mass = match (policy.kind.needs_mass(), l) {
+            let mass = match (mass, l) {
                 (false, _) => Mass::None,
                 (true, 0) => Mass::Write,
                 (true, _) => Mass::Add,
@@ -313,51 +453,24 @@ impl Session {
             plan.push(ops::matmul::build(ctx, &layer.down, &s.gate, &s.proj, step, rows, 0)?);
             plan.push(ops::add::build(ctx, &s.x, &s.proj, step, c.hidden, rows)?);
         }
-        if policy.kind.on_gpu() {
-            // The cache update: per-slot attention mass, then release down to the budget.
-            let sp = ops::cache_update::ScoreParams {
-                capacity: self.capacity as u32,
-                n_heads: c.n_heads as u32,
-                accumulate: (policy.kind == PolicyKind::H2o) as u32,
-                scale: 1.0 / (c.n_heads * c.layers) as f32,
-            };
-            match &self.controller {
-                Some(cl) => {
-                    plan.push(ops::controller::build_score(ctx, cl, &s.ctrl_state, &s.ctrl_keys, &s.slot_pos, &s.slot_score, step)?)
-                }
-                None => plan.push(ops::cache_update::build_score(ctx, &s.mass, &s.slots, &s.slot_score, step, sp, rows)?),
-            }
-            let up = ops::cache_update::Params {
-                capacity: self.capacity as u32,
-                budget: policy.budget as u32,
-                sinks: policy.sinks as u32,
-                recent: policy.recent as u32,
-            };
-            plan.push(ops::cache_update::build(ctx, &s.slot_pos, &s.slot_score, step, up)?);
-        }
-        if self.options.all_logits {
-            // Final norm and LM head for every row.
-            plan.push(ops::rmsnorm::build(ctx, &s.x, &w.output_norm, &s.xn, step, c.hidden, c.rms_eps, rows, false)?);
-            plan.push(ops::matmul::build(ctx, w.lm_head(), &s.xn, &s.logits, step, rows, 0)?);
-        } else {
-            // Final norm and LM head for the last row only, then choose the next token.
-            plan.push(ops::rmsnorm::build(ctx, &s.x, &w.output_norm, &s.last, step, c.hidden, c.rms_eps, rows, true)?);
-            plan.push(ops::matmul::build(ctx, w.lm_head(), &s.last, &s.logits, step, 1, 1)?);
-            plan.push(ops::sample::build(ctx, &s.logits, &s.tokens, &s.sample_params, step, c.vocab)?);
-        }
-        Ok(plan)
+        Ok(())
     }
 
-    /// Uploads the per-step values and submits the plan for `n` rows (tokens already in place
-    /// when `tokens` is None); copies the sampled id to the readback buffer.
+    /// Uploads the per-step values and submits the plan for `n` new rows (tokens already in
+    /// place when `tokens` is None), with rebuild rows when the policy asks for them; copies
+    /// the sampled id to the readback buffer.
     fn submit(&mut self, tokens: Option<&[u32]>, n: usize) -> Result<()> {
-        let cap = n.next_power_of_two().min(self.options.chunk);
-        if !self.plans.contains_key(&cap) {
-            let plan = self.build_plan(cap)?;
-            self.plans.insert(cap, plan);
+        let policy = self.options.policy;
+        // Rebuild runs with single-token steps, once tokens have been released.
+        let rebuild = if n == 1 { policy.rebuild.min(self.n_past.saturating_sub(policy.budget)) } else { 0 };
+        let rows = n + rebuild;
+        let cap = rows.next_power_of_two().min(self.max_rows);
+        if !self.plans.contains_key(&(cap, rebuild)) {
+            let plan = self.build_plan(cap, rebuild)?;
+            self.plans.insert((cap, rebuild), plan);
         }
         let positions: Vec<u32> = (self.n_past..self.n_past + n).map(|p| p as u32).collect();
-        let on_gpu = self.options.policy.kind.on_gpu();
+        let on_gpu = policy.kind.on_gpu();
         let ctx = &self.model.ctx;
         let s = &self.state;
         // Slots: chosen here for the policies decided on the CPU, by slot_assign otherwise
@@ -373,16 +486,24 @@ impl Session {
             ctx.queue.write_buffer(&s.tokens, 0, bytemuck::cast_slice(t));
         }
         ctx.queue.write_buffer(&s.positions, 0, bytemuck::cast_slice(&positions));
-        let step = Step { n_rows: n as u32, n_slots: n_slots as u32, counter: self.counter, n_seen: (self.n_past + n) as u32 };
+        let step = Step {
+            n_rows: rows as u32,
+            n_slots: n_slots as u32,
+            counter: self.counter,
+            n_seen: (self.n_past + n) as u32,
+            n_new: n as u32,
+            pad: [0; 3],
+        };
         ctx.queue.write_buffer(&s.step, 0, bytemuck::bytes_of(&step));
         let mut encoder = ctx.encoder();
-        ctx.record(&mut encoder, &self.plans[&cap]);
+        ctx.record(&mut encoder, &self.plans[&(cap, rebuild)]);
         if !self.options.all_logits {
             encoder.copy_buffer_to_buffer(&s.tokens, 0, &s.readback, 0, 4);
         }
         ctx.queue.submit([encoder.finish()]);
         ctx.take_error()?;
         self.n_past += n;
+        self.last_rows = (rows, n);
         self.counter = self.counter.wrapping_add(1);
         // The cache update: the policy frees slots down to its budget.
         let freed = self.slots.release(&self.options.policy, self.n_past);

@@ -46,6 +46,10 @@ shader!(SLOT_SCORE, "slot_score", false);
 shader!(SLOT_ASSIGN, "slot_assign", false);
 shader!(CONTROLLER_STEP, "controller_step", false);
 shader!(CONTROLLER_SCORE, "controller_score", false);
+shader!(REBUILD_RANK, "rebuild_rank", false);
+shader!(REBUILD_MASK, "rebuild_mask", false);
+shader!(REBUILD_ROWS, "rebuild_rows", false);
+shader!(TABLE_COPY, "table_copy", false);
 
 /// Every kernel, for validation tests.
 pub const ALL: &[&Shader] = &[
@@ -64,4 +68,8 @@ pub const ALL: &[&Shader] = &[
     &SLOT_ASSIGN,
     &CONTROLLER_STEP,
     &CONTROLLER_SCORE,
+    &REBUILD_RANK,
+    &REBUILD_MASK,
+    &REBUILD_ROWS,
+    &TABLE_COPY,
 ];

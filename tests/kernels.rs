@@ -8,7 +8,7 @@ use adore::tensor::{dequantize, quantize, DType, GpuWeight, HostTensor};
 use common::{assert_close, ctx, Rng, AWKWARD};
 
 fn step(ctx: &Context, n_rows: usize, n_slots: usize, counter: u32) -> wgpu::Buffer {
-    ctx.uniform("step", &Step { n_rows: n_rows as u32, n_slots: n_slots as u32, counter, n_seen: 0 })
+    ctx.uniform("step", &Step::new(n_rows as u32, n_slots as u32, counter, 0))
 }
 
 fn buf(ctx: &Context, v: &[f32]) -> wgpu::Buffer {
@@ -330,11 +330,20 @@ fn cache_update_score_and_assign_match_references() {
             let slot_pos: Vec<u32> = (0..cap).map(|j| if rng.below(4) == 0 { INVALID_SLOT } else { positions[j] }).collect();
             let score: Vec<f32> = (0..cap).map(|_| rng.below(7) as f32 * 0.125).collect();
             let budget = rng.below(cap as u64 + 1) as u32;
-            let p = Params { capacity: cap as u32, budget, sinks: [0, 4, 100][round % 3], recent: [0, 16, 500][round % 3] };
+            // Odd rounds keep the step's new rows (the last n_new positions) outside the budget.
+            let p = Params {
+                capacity: cap as u32,
+                budget,
+                sinks: [0, 4, 100][round % 3],
+                recent: [0, 16, 500][round % 3],
+                in_flight: (round % 2) as u32,
+                pad: [0; 3],
+            };
+            let n_new = [1, 700, 2000][round % 3];
             let (tb, sb) = (buf_u32(&ctx, &slot_pos), buf(&ctx, &score));
-            run(&ctx, cu::build(&ctx, &tb, &sb, &step_seen(&ctx, 1, n_seen), p).unwrap());
+            run(&ctx, cu::build(&ctx, &tb, &sb, &step_seen(&ctx, n_new as usize, n_seen), p).unwrap());
             let got = pollster::block_on(ctx.read_u32(&tb, cap)).unwrap();
-            assert_eq!(got, cu::reference(&slot_pos, &score, p, n_seen), "cache_update cap {cap} {p:?}");
+            assert_eq!(got, cu::reference(&slot_pos, &score, p, n_seen, n_new), "cache_update cap {cap} {p:?} n_new {n_new}");
 
             let rows = 1 + rng.below(4) as usize;
             let want_slots = cu::reference_assign(&slot_pos, rows);
@@ -368,5 +377,5 @@ fn cache_update_score_and_assign_match_references() {
 }
 
 fn step_seen(ctx: &Context, n_rows: usize, n_seen: u32) -> wgpu::Buffer {
-    ctx.uniform("step", &Step { n_rows: n_rows as u32, n_slots: 0, counter: 0, n_seen })
+    ctx.uniform("step", &Step::new(n_rows as u32, 0, 0, n_seen))
 }

@@ -9,12 +9,18 @@ use std::sync::Arc;
 use adore::controller::Controller;
 use adore::kv::{Policy, PolicyKind};
 use adore::ops::attention::INVALID_SLOT;
-use adore::ops::cache_update;
+use adore::ops::{cache_update, rebuild::MASKED, topk};
 use adore::{Model, Session, SessionOptions};
-use common::{assert_close, tiny::Tiny};
+use common::assert_close;
+use common::tiny::{gguf_k_dim, Tiny, HEAD_DIM, KV_HEADS, LAYERS};
+use pollster::block_on as run;
 
 fn tiny_model(seed: u64) -> Arc<Model> {
-    let bytes = Tiny::new(seed).gguf_bytes();
+    load(&Tiny::new(seed))
+}
+
+fn load(tiny: &Tiny) -> Arc<Model> {
+    let bytes = tiny.gguf_bytes();
     let spec = adore::ModelSpec::read(adore::Source::Gguf { name: "tiny.gguf".into(), bytes: &bytes }).unwrap();
     Arc::new(Model::load(common::ctx(), spec, &mut |_, _| {}).unwrap())
 }
@@ -34,9 +40,9 @@ fn ids(n: usize) -> Vec<u32> {
 
 fn budgeted() -> Vec<Policy> {
     vec![
-        Policy { kind: PolicyKind::Window, budget: 16, sinks: 0, recent: 0 },
-        Policy { kind: PolicyKind::Sink, budget: 16, sinks: 4, recent: 0 },
-        Policy { kind: PolicyKind::Sink, budget: 9, sinks: 1, recent: 0 },
+        Policy { kind: PolicyKind::Window, budget: 16, sinks: 0, recent: 0, rebuild: 0 },
+        Policy { kind: PolicyKind::Sink, budget: 16, sinks: 4, recent: 0, rebuild: 0 },
+        Policy { kind: PolicyKind::Sink, budget: 9, sinks: 1, recent: 0, rebuild: 0 },
     ]
 }
 
@@ -46,8 +52,16 @@ fn every_policy_equals_full_when_the_budget_holds_everything() {
     let tokens = ids(70);
     let mut full = session(&m, Policy::full(), 128, 16, true);
     let want = pollster::block_on(full.prefill_logits(&tokens)).unwrap();
-    for kind in [PolicyKind::Window, PolicyKind::Sink, PolicyKind::H2o, PolicyKind::Tova, PolicyKind::Adore] {
-        let policy = Policy { kind, budget: 70, sinks: 4, recent: 16 };
+    for (kind, rebuild) in [
+        (PolicyKind::Window, 0),
+        (PolicyKind::Sink, 0),
+        (PolicyKind::H2o, 0),
+        (PolicyKind::Tova, 0),
+        (PolicyKind::Adore, 0),
+        (PolicyKind::Adore, 4),
+        (PolicyKind::Oracle, 0),
+    ] {
+        let policy = Policy { kind, budget: 70, sinks: 4, recent: 16, rebuild };
         let mut s = session(&m, policy, 128, 16, true);
         let got = pollster::block_on(s.prefill_logits(&tokens)).unwrap();
         assert_close(&format!("{kind:?} with budget >= n vs full"), &got, &want, 0.0, 0.0);
@@ -94,7 +108,7 @@ fn token_by_token_logits_equal_a_masked_reference() {
 #[test]
 fn long_generation_at_a_fixed_kv_size() {
     let m = tiny_model(24);
-    let policy = Policy { kind: PolicyKind::Sink, budget: 256, sinks: 4, recent: 0 };
+    let policy = Policy { kind: PolicyKind::Sink, budget: 256, sinks: 4, recent: 0, rebuild: 0 };
     let mut s = session(&m, policy, 8192, 64, false);
     let bytes = s.kv_bytes();
     pollster::block_on(s.prefill(&ids(300))).unwrap();
@@ -121,18 +135,17 @@ fn long_generation_at_a_fixed_kv_size() {
 fn gpu_policies_release_as_the_reference_does_with_the_same_scores() {
     let m = tiny_model(25);
     for policy in [
-        Policy { kind: PolicyKind::H2o, budget: 16, sinks: 4, recent: 4 },
-        Policy { kind: PolicyKind::H2o, budget: 12, sinks: 0, recent: 0 },
-        Policy { kind: PolicyKind::Tova, budget: 16, sinks: 4, recent: 4 },
-        Policy { kind: PolicyKind::Tova, budget: 9, sinks: 1, recent: 2 },
-        Policy { kind: PolicyKind::Adore, budget: 16, sinks: 4, recent: 4 },
-        Policy { kind: PolicyKind::Adore, budget: 10, sinks: 0, recent: 1 },
+        Policy { kind: PolicyKind::H2o, budget: 16, sinks: 4, recent: 4, rebuild: 0 },
+        Policy { kind: PolicyKind::H2o, budget: 12, sinks: 0, recent: 0, rebuild: 0 },
+        Policy { kind: PolicyKind::Tova, budget: 16, sinks: 4, recent: 4, rebuild: 0 },
+        Policy { kind: PolicyKind::Tova, budget: 9, sinks: 1, recent: 2, rebuild: 0 },
+        Policy { kind: PolicyKind::Adore, budget: 16, sinks: 4, recent: 4, rebuild: 0 },
+        Policy { kind: PolicyKind::Adore, budget: 10, sinks: 0, recent: 1, rebuild: 0 },
     ] {
         let mut s = session(&m, policy, 1024, 8, false);
         pollster::block_on(s.prefill(&ids(40))).unwrap();
         assert_eq!(pollster::block_on(s.kept_positions()).unwrap().len(), policy.budget, "{policy:?} after the prefill");
-        let params =
-            cache_update::Params { capacity: 0, budget: policy.budget as u32, sinks: policy.sinks as u32, recent: policy.recent as u32 };
+        let params = cache_update::Params::new(0, &policy);
         let mut table = pollster::block_on(s.slot_table()).unwrap();
         for step in 0..310 {
             let n = s.len();
@@ -144,15 +157,15 @@ fn gpu_policies_release_as_the_reference_does_with_the_same_scores() {
             let scores = pollster::block_on(s.slot_scores()).unwrap();
             let after = pollster::block_on(s.slot_table()).unwrap();
             let p = cache_update::Params { capacity: table.len() as u32, ..params };
-            let want = cache_update::reference(&before, &scores, p, n as u32 + 1);
+            let want = cache_update::reference(&before, &scores, p, n as u32 + 1, 1);
             assert_eq!(after, want, "{policy:?}: slot table after step {step} ({} tokens)", n + 1);
             assert_eq!(after.iter().filter(|&&x| x != INVALID_SLOT).count(), policy.budget);
             table = after;
         }
         // Unlike sinks + window, these policies keep older tokens by their attention.
         let kept = pollster::block_on(s.kept_positions()).unwrap();
-        let streaming =
-            Policy { kind: PolicyKind::Sink, budget: policy.budget, sinks: policy.sinks.max(1), recent: 0 }.reference_keep(s.len());
+        let streaming = Policy { kind: PolicyKind::Sink, budget: policy.budget, sinks: policy.sinks.max(1), recent: 0, rebuild: 0 }
+            .reference_keep(s.len());
         assert_ne!(kept, streaming, "{policy:?} kept exactly sinks + the most recent tokens");
     }
 }
@@ -164,7 +177,7 @@ fn adore_controller_scores_equal_a_cpu_recurrence() {
     let spec = adore::ModelSpec::read(adore::Source::Gguf { name: "tiny.gguf".into(), bytes: &bytes }).unwrap();
     let m = Arc::new(Model::load(common::ctx(), spec, &mut |_, _| {}).unwrap());
     let c = controller(&m);
-    let policy = Policy { kind: PolicyKind::Adore, budget: 12, sinks: 2, recent: 2 };
+    let policy = Policy { kind: PolicyKind::Adore, budget: 12, sinks: 2, recent: 2, rebuild: 0 };
     let mut s = session(&m, policy, 256, 8, false);
     let mut tokens = ids(30);
     let mut next = pollster::block_on(s.prefill(&tokens)).unwrap();
@@ -211,7 +224,7 @@ fn controller_files_are_checked() {
     let e = Session::new(
         other.clone(),
         SessionOptions {
-            policy: Policy { kind: PolicyKind::Adore, budget: 16, sinks: 4, recent: 4 },
+            policy: Policy { kind: PolicyKind::Adore, budget: 16, sinks: 4, recent: 4, rebuild: 0 },
             controller: Some(Arc::new(c)),
             ..Default::default()
         },
@@ -224,9 +237,159 @@ fn controller_files_are_checked() {
     assert!(Controller::from_bytes("c.safetensors", b"", &m.fingerprint).is_err());
     let e = Session::new(
         m,
-        SessionOptions { policy: Policy { kind: PolicyKind::Adore, budget: 16, sinks: 4, recent: 4 }, ..Default::default() },
+        SessionOptions { policy: Policy { kind: PolicyKind::Adore, budget: 16, sinks: 4, recent: 4, rebuild: 0 }, ..Default::default() },
     )
     .err()
     .unwrap();
     assert!(e.to_string().contains("controller"), "{e}");
+}
+
+#[test]
+fn adore_rebuild_follows_the_reference_for_300_steps() {
+    // Each single-token step scores every released token with the controller, rebuilds the
+    // top R of them as extra rows, and then keeps the best `budget` of cached, rebuilt and new.
+    let tiny = Tiny::new(29);
+    let m = load(&tiny);
+    let c = controller(&m);
+    let policy = Policy { kind: PolicyKind::Adore, budget: 12, sinks: 2, recent: 2, rebuild: 3 };
+    let mut s = session(&m, policy, 512, 8, false);
+    let tokens = ids(345);
+    let embd = &tiny.w["token_embd.weight"].1;
+    let hidden = common::tiny::HIDDEN;
+    let (mut h, mut keys) = (vec![0f32; c.d_c], Vec::new());
+    let remember = |t: u32, h: &mut Vec<f32>, keys: &mut Vec<Vec<f32>>| {
+        c.gru_step(&embd[t as usize * hidden..(t as usize + 1) * hidden], h);
+        keys.push(c.project(&c.w_k, h));
+    };
+    run(s.prefill(&tokens[..30])).unwrap();
+    for &t in &tokens[..30] {
+        remember(t, &mut h, &mut keys);
+    }
+    let mut reentered = 0;
+    for n in 30..tokens.len() {
+        let table = run(s.slot_table()).unwrap();
+        run(s.feed(tokens[n])).unwrap();
+        remember(tokens[n], &mut h, &mut keys);
+        let q = c.project(&c.w_q, &h);
+        let r = policy.rebuild.min(n - policy.budget);
+        let (positions, slots) = run(s.last_rows()).unwrap();
+        assert_eq!((positions.len(), positions[0]), (1 + r, n as u32), "rows of step {n}");
+        // Candidates: the released positions below n, by controller score; the rest masked.
+        let pos_score = run(s.position_scores()).unwrap();
+        let (mut got, mut want) = (Vec::new(), Vec::new());
+        for (i, &sc) in pos_score.iter().enumerate() {
+            if i < n && !table.contains(&(i as u32)) {
+                got.push(sc);
+                want.push(c.score(&q, &keys[i], n as u32, i as u32));
+            } else {
+                assert_eq!(sc, MASKED, "position {i} is cached or not yet seen at step {n}");
+            }
+        }
+        assert_eq!(got.len(), n - policy.budget);
+        assert_close(&format!("rebuild candidates' scores at step {n}"), &got, &want, 1e-4, 1e-4);
+        assert_eq!(positions[1..], topk::reference(&pos_score, r)[..], "rebuilt positions at step {n}");
+        // The rows took the lowest free slots; then the cache kept the best by score.
+        assert_eq!(slots, cache_update::reference_assign(&table, 1 + r), "slots of step {n}");
+        let mut before = table.clone();
+        for (&p, &j) in positions.iter().zip(&slots) {
+            before[j as usize] = p;
+        }
+        let scores = run(s.slot_scores()).unwrap();
+        let after = run(s.slot_table()).unwrap();
+        let p = cache_update::Params::new(table.len(), &policy);
+        assert_eq!(after, cache_update::reference(&before, &scores, p, n as u32 + 1, 1), "slot table after step {n}");
+        reentered += positions[1..].iter().filter(|p| after.contains(p)).count();
+    }
+    assert!(reentered > 0, "no rebuilt token ever re-entered the cache");
+}
+
+#[test]
+fn rebuilt_rows_equal_a_cpu_recomputation_against_the_same_cache() {
+    // The step's rows (the new token and the rebuilt ones) attend to the cache as it was
+    // before the step plus each other, causally by position: the f64 reference does the same
+    // with the cache read back, and must give the K/V the GPU wrote into the rows' slots.
+    let tiny = Tiny::new(30);
+    let m = load(&tiny);
+    let policy = Policy { kind: PolicyKind::Adore, budget: 10, sinks: 1, recent: 1, rebuild: 3 };
+    let mut s = session(&m, policy, 256, 4, false);
+    let tokens = ids(40);
+    run(s.prefill(&tokens[..24])).unwrap();
+    let kvd = KV_HEADS * HEAD_DIM;
+    let mut rebuilt = 0;
+    for n in 24..tokens.len() {
+        let table = run(s.slot_table()).unwrap();
+        let before: Vec<(Vec<f32>, Vec<f32>)> = (0..LAYERS).map(|l| run(s.kv_cache(l)).unwrap()).collect();
+        run(s.feed(tokens[n])).unwrap();
+        let (positions, slots) = run(s.last_rows()).unwrap();
+        let valid: Vec<usize> = (0..table.len()).filter(|&j| table[j] != INVALID_SLOT).collect();
+        let cache: Vec<(Vec<f64>, Vec<f64>)> = before
+            .iter()
+            .map(|(k, v)| {
+                let k = valid.iter().flat_map(|&j| (0..kvd).map(move |i| k[j * kvd + gguf_k_dim(i)] as f64)).collect();
+                let v = valid.iter().flat_map(|&j| (0..kvd).map(move |i| v[j * kvd + i] as f64)).collect();
+                (k, v)
+            })
+            .collect();
+        let key_pos: Vec<u32> = valid.iter().map(|&j| table[j]).chain(positions.iter().copied()).collect();
+        let row_tokens: Vec<u32> = positions.iter().map(|&p| tokens[p as usize]).collect();
+        let want = tiny.run(&row_tokens, &positions, &cache, &|r, j| key_pos[j] <= positions[r]);
+        for (l, (wk, wv)) in want.kv.iter().enumerate() {
+            let (k, v) = run(s.kv_cache(l)).unwrap();
+            for (r, &slot) in slots.iter().enumerate() {
+                let j = slot as usize;
+                let got_k: Vec<f32> = (0..kvd).map(|i| k[j * kvd + gguf_k_dim(i)]).collect();
+                let want_k: Vec<f32> = wk[r * kvd..(r + 1) * kvd].iter().map(|&x| x as f32).collect();
+                let want_v: Vec<f32> = wv[r * kvd..(r + 1) * kvd].iter().map(|&x| x as f32).collect();
+                let what = format!("step {n}, layer {l}, row {r} (position {})", positions[r]);
+                assert_close(&format!("K of {what}"), &got_k, &want_k, 1e-3, 1e-3);
+                assert_close(&format!("V of {what}"), &v[j * kvd..(j + 1) * kvd], &want_v, 1e-3, 1e-3);
+            }
+        }
+        rebuilt += positions.len() - 1;
+    }
+    assert_eq!(rebuilt, 3 * 16);
+}
+
+#[test]
+fn oracle_attends_to_the_top_of_its_full_attention() {
+    // Each step ranks the cache by the new row's full attention (averaged over heads and
+    // layers), then attends to the top `budget` and itself. Checked three ways: the ranking
+    // against an f64 full-attention pass over the same cache, the selection against the
+    // reference, and the logits against a forward pass masked to the selections.
+    let tiny = Tiny::new(31);
+    let m = load(&tiny);
+    let policy = Policy { kind: PolicyKind::Oracle, budget: 8, sinks: 4, recent: 16, rebuild: 0 };
+    let mut s = session(&m, policy, 128, 4, false);
+    let tokens = ids(40);
+    let kvd = KV_HEADS * HEAD_DIM;
+    let vocab = common::tiny::VOCAB;
+    let (mut attended, mut logits) = (Vec::new(), Vec::new());
+    for (t, &tok) in tokens.iter().enumerate() {
+        let cache: Vec<(Vec<f64>, Vec<f64>)> = (0..LAYERS)
+            .map(|l| {
+                let (k, v) = run(s.kv_cache(l)).unwrap();
+                let k = (0..t * kvd).map(|x| k[x / kvd * kvd + gguf_k_dim(x % kvd)] as f64).collect();
+                let v = v[..t * kvd].iter().map(|&x| x as f64).collect();
+                (k, v)
+            })
+            .collect();
+        run(s.feed(tok)).unwrap();
+        logits.push(run(s.last_logits()).unwrap());
+        let table = run(s.slot_table()).unwrap();
+        assert_eq!(table[..=t], (0..=t as u32).collect::<Vec<_>>()[..], "the oracle keeps everything, in order");
+        let scores = run(s.slot_scores()).unwrap();
+        let want = tiny.run(&[tok], &[t as u32], &cache, &|_, _| true);
+        let want: Vec<f32> = want.attention[0].iter().map(|&x| x as f32).collect();
+        assert_close(&format!("oracle ranking at step {t}"), &scores[..=t], &want, 1e-5, 1e-3);
+        let att = run(s.attended_table()).unwrap();
+        let p = cache_update::Params { sinks: 0, recent: 0, in_flight: 1, ..cache_update::Params::new(table.len(), &policy) };
+        assert_eq!(att, cache_update::reference(&table, &scores, p, t as u32 + 1, 1), "oracle selection at step {t}");
+        let kept: Vec<u32> = att.into_iter().filter(|&x| x != INVALID_SLOT).collect();
+        assert_eq!(kept.len(), t.min(policy.budget) + 1);
+        attended.push(kept);
+    }
+    let want = tiny.forward_masked(&tokens, &|t, j| attended[t].contains(&(j as u32)));
+    for (t, got) in logits.iter().enumerate() {
+        assert_close(&format!("oracle logits at position {t}"), got, &want[t * vocab..(t + 1) * vocab], 2e-3, 2e-3);
+    }
 }

@@ -140,7 +140,7 @@ struct ModelArgs {
 
 impl ModelArgs {
     fn policy(&self, name: &str) -> Result<Policy> {
-        let p = Policy { kind: name.parse()?, budget: self.budget, sinks: self.sinks, recent: self.recent };
+        let p = Policy { kind: name.parse()?, budget: self.budget, sinks: self.sinks, recent: self.recent, rebuild: 0 };
         p.validate()?;
         Ok(p)
     }

@@ -15,6 +15,22 @@ pub struct Params {
     pub budget: u32,
     pub sinks: u32,
     pub recent: u32,
+    /// 1: the step's new rows stay and do not count against the budget (oracle selection).
+    pub in_flight: u32,
+    pub pad: [u32; 3],
+}
+
+impl Params {
+    pub fn new(capacity: usize, policy: &crate::kv::Policy) -> Self {
+        Params {
+            capacity: capacity as u32,
+            budget: policy.budget as u32,
+            sinks: policy.sinks as u32,
+            recent: policy.recent as u32,
+            in_flight: 0,
+            pad: [0; 3],
+        }
+    }
 }
 
 /// Dispatch freeing slots down to `budget` by score, protecting sinks and recent positions.
@@ -26,17 +42,19 @@ pub fn build(ctx: &Context, slot_pos: &wgpu::Buffer, score: &wgpu::Buffer, step:
     Ok(ctx.dispatch(pipeline, &[slot_pos, score, &params, step], [1, 1, 1]))
 }
 
-/// Reference: the slot table after the decision, for `n_seen` tokens.
-pub fn reference(slot_pos: &[u32], score: &[f32], p: Params, n_seen: u32) -> Vec<u32> {
+/// Reference: the slot table after the decision, for `n_seen` tokens of which the last
+/// `n_new` came in this step.
+pub fn reference(slot_pos: &[u32], score: &[f32], p: Params, n_seen: u32, n_new: u32) -> Vec<u32> {
     let protected = |pos: u32| pos < p.sinks || pos + p.recent >= n_seen;
-    let valid = slot_pos.iter().filter(|&&s| s != INVALID_SLOT).count();
+    let counted = |pos: u32| pos != INVALID_SLOT && !(p.in_flight != 0 && pos + n_new >= n_seen);
+    let valid = slot_pos.iter().filter(|&&s| counted(s)).count();
     if valid <= p.budget as usize {
         return slot_pos.to_vec();
     }
-    let n_prot = slot_pos.iter().filter(|&&s| s != INVALID_SLOT && protected(s)).count();
+    let n_prot = slot_pos.iter().filter(|&&s| counted(s) && protected(s)).count();
     let keep = (p.budget as usize).saturating_sub(n_prot);
     let key = super::order_key;
-    let mut cands: Vec<usize> = (0..slot_pos.len()).filter(|&j| slot_pos[j] != INVALID_SLOT && !protected(slot_pos[j])).collect();
+    let mut cands: Vec<usize> = (0..slot_pos.len()).filter(|&j| counted(slot_pos[j]) && !protected(slot_pos[j])).collect();
     cands.sort_by(|&a, &b| key(score[b]).cmp(&key(score[a])).then(slot_pos[a].cmp(&slot_pos[b])));
     let mut out = slot_pos.to_vec();
     for &j in &cands[keep.min(cands.len())..] {

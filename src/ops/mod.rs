@@ -8,6 +8,7 @@ pub mod controller;
 pub mod embed;
 pub mod kv_write;
 pub mod matmul;
+pub mod rebuild;
 pub mod rmsnorm;
 pub mod rope;
 pub mod sample;
@@ -25,6 +26,17 @@ pub struct Step {
     pub counter: u32,
     /// Tokens in the sequence after this step.
     pub n_seen: u32,
+    /// Rows 0..n_new are new tokens (the last of them feeds the LM head); the rows after them
+    /// recompute released tokens (ADORE's rebuild).
+    pub n_new: u32,
+    pub pad: [u32; 3],
+}
+
+impl Step {
+    /// A step of `n_rows` new tokens.
+    pub fn new(n_rows: u32, n_slots: u32, counter: u32, n_seen: u32) -> Self {
+        Step { n_rows, n_slots, counter, n_seen, n_new: n_rows, pad: [0; 3] }
+    }
 }
 
 /// Workgroups needed to cover `n` items with groups of `size`, checked against the device's

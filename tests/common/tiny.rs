@@ -227,8 +227,18 @@ impl Tiny {
 
     /// As [`Tiny::forward`], with row t attending only to the keys j <= t with `visible(t, j)`.
     pub fn forward_masked(&self, tokens: &[u32], visible: &dyn Fn(usize, usize) -> bool) -> Vec<f32> {
+        let positions: Vec<u32> = (0..tokens.len() as u32).collect();
+        self.run(tokens, &positions, &[], &|t, j| j <= t && visible(t, j)).logits
+    }
+
+    /// The general f64 forward: `rows` tokens at `positions`, attending to the keys
+    /// `cache` entries followed by the rows themselves, where row r sees key j when
+    /// `visible(r, j)`. `cache` holds per layer (K, V) of its entries in this model's
+    /// (Hugging Face, rotate-half) layout, already rotated at their positions.
+    pub fn run(&self, tokens: &[u32], positions: &[u32], cache: &[(Vec<f64>, Vec<f64>)], visible: &dyn Fn(usize, usize) -> bool) -> Run {
         let n = tokens.len();
         let (qd, kvd) = (HEADS * HEAD_DIM, KV_HEADS * HEAD_DIM);
+        let n_cache = cache.first().map_or(0, |(k, _)| k.len() / kvd);
         let matmul = |x: &[f64], w: &[f32], k: usize| -> Vec<f64> {
             let out = w.len() / k;
             x.chunks(k).flat_map(|row| (0..out).map(move |o| (0..k).map(|i| row[i] * w[o * k + i] as f64).sum::<f64>())).collect()
@@ -243,7 +253,7 @@ impl Tiny {
                 .collect()
         };
         let rope = |x: &mut [f64], heads: usize| {
-            for (p, row) in x.chunks_mut(heads * HEAD_DIM).enumerate() {
+            for (row, &p) in x.chunks_mut(heads * HEAD_DIM).zip(positions) {
                 for h in 0..heads {
                     for i in 0..HEAD_DIM / 2 {
                         let ang = p as f64 * (THETA as f64).powf(-2.0 * i as f64 / HEAD_DIM as f64);
@@ -259,6 +269,9 @@ impl Tiny {
         let embd = self.get("token_embd.weight");
         let mut x: Vec<f64> =
             tokens.iter().flat_map(|&t| embd[t as usize * HIDDEN..(t as usize + 1) * HIDDEN].iter().map(|v| *v as f64)).collect();
+        let n_keys = n_cache + n;
+        let mut attention = vec![vec![0f64; n_keys]; n];
+        let mut kv = Vec::new();
         for l in 0..LAYERS {
             let g = |s: &str| self.get(&format!("blk.{l}.{s}.weight"));
             let xn = rmsnorm(&x, g("attn_norm"));
@@ -267,27 +280,34 @@ impl Tiny {
             let v = matmul(&xn, g("attn_v"), HIDDEN);
             rope(&mut q, HEADS);
             rope(&mut k, KV_HEADS);
+            let (ck, cv) = cache.get(l).map_or((&[][..], &[][..]), |(a, b)| (&a[..], &b[..]));
+            let keys: Vec<f64> = ck.iter().chain(&k).copied().collect();
+            let values: Vec<f64> = cv.iter().chain(&v).copied().collect();
             let mut att = vec![0f64; n * qd];
             for t in 0..n {
                 for h in 0..HEADS {
                     let kh = h / (HEADS / KV_HEADS);
-                    let scores: Vec<f64> = (0..=t)
+                    let scores: Vec<f64> = (0..n_keys)
                         .map(|j| {
                             if !visible(t, j) {
                                 return f64::NEG_INFINITY;
                             }
-                            (0..HEAD_DIM).map(|d| q[t * qd + h * HEAD_DIM + d] * k[j * kvd + kh * HEAD_DIM + d]).sum::<f64>()
+                            (0..HEAD_DIM).map(|d| q[t * qd + h * HEAD_DIM + d] * keys[j * kvd + kh * HEAD_DIM + d]).sum::<f64>()
                                 / (HEAD_DIM as f64).sqrt()
                         })
                         .collect();
                     let m = scores.iter().copied().fold(f64::NEG_INFINITY, f64::max);
                     let e: Vec<f64> = scores.iter().map(|s| (s - m).exp()).collect();
                     let z: f64 = e.iter().sum();
+                    for j in 0..n_keys {
+                        attention[t][j] += e[j] / z / (HEADS * LAYERS) as f64;
+                    }
                     for d in 0..HEAD_DIM {
-                        att[t * qd + h * HEAD_DIM + d] = (0..=t).map(|j| e[j] / z * v[j * kvd + kh * HEAD_DIM + d]).sum();
+                        att[t * qd + h * HEAD_DIM + d] = (0..n_keys).map(|j| e[j] / z * values[j * kvd + kh * HEAD_DIM + d]).sum();
                     }
                 }
             }
+            kv.push((k, v));
             let o = matmul(&att, g("attn_output"), qd);
             x.iter_mut().zip(&o).for_each(|(a, b)| *a += b);
             let xn = rmsnorm(&x, g("ffn_norm"));
@@ -298,6 +318,25 @@ impl Tiny {
             x.iter_mut().zip(&down).for_each(|(a, b)| *a += b);
         }
         let xn = rmsnorm(&x, self.get("output_norm.weight"));
-        matmul(&xn, embd, HIDDEN).into_iter().map(|v| v as f32).collect()
+        let logits = matmul(&xn, embd, HIDDEN).into_iter().map(|v| v as f32).collect();
+        Run { logits, kv, attention }
     }
+}
+
+/// What [`Tiny::run`] computes.
+pub struct Run {
+    /// (rows, VOCAB)
+    pub logits: Vec<f32>,
+    /// Per layer, the rows' K (rotated) and V, (rows, KV_HEADS * HEAD_DIM) each.
+    pub kv: Vec<(Vec<f64>, Vec<f64>)>,
+    /// Per row, its attention over the keys (cache entries, then rows), averaged over heads
+    /// and layers.
+    pub attention: Vec<Vec<f64>>,
+}
+
+/// The GGUF file's K feature index of this model's feature `i` (llama.cpp's q/k row order).
+pub fn gguf_k_dim(i: usize) -> usize {
+    let (h, d) = (i / HEAD_DIM, i % HEAD_DIM);
+    let half = HEAD_DIM / 2;
+    h * HEAD_DIM + if d < half { 2 * d } else { 2 * (d - half) + 1 }
 }
