@@ -81,5 +81,39 @@ fn main() -> adore::Result<()> {
     time(&ctx, "rope 9x64", ops::rope::build(&ctx, &q, &pos, &step, 9, 64, 1e5, true, rows)?, (rows * 576 * 3) as f64);
     time(&ctx, "swiglu 1536", ops::swiglu::build(&ctx, &x, &y, &step, ffn, rows)?, (rows * ffn * 4) as f64);
     time(&ctx, "add 576", ops::add::build(&ctx, &x, &y, &step, hidden, rows)?, (rows * hidden) as f64);
+
+    // The KV policy kernels at the default model's sizes: budget 256, 512 slots, 8192 positions.
+    let (cap, budget, context, kvd) = (512usize, 256usize, 8192usize, 192usize);
+    let seen = ctx.uniform("step", &Step::new(rows as u32, cap as u32, 0, 4096));
+    let c = adore::controller::Controller::random("bench", hidden, 64, 32, 1)?;
+    let gc = ops::controller::GpuController::upload(&ctx, &c, cap)?;
+    let state = ctx.storage("state", 2 * 64 * 4)?;
+    let keys = ctx.storage("keys", (context * 64 * 4) as u64)?;
+    let score = ctx.storage("score", (context * 4) as u64)?;
+    let sel = ctx.storage("sel", (context * 4) as u64)?;
+    let idx = ctx.storage("idx", 64 * 4)?;
+    let table = ctx.storage_init("table", bytemuck::cast_slice(&(0..cap as u32).map(|j| j * 7).collect::<Vec<_>>()))?;
+    let flops_step = (rows * 2 * 64 * (hidden + 6 * 64 + 64)) as f64;
+    time(&ctx, "controller_step d_c 64", ops::controller::build_step(&ctx, &gc, &x, &pos, &state, &keys, &seen, rows)?, flops_step);
+    time(
+        &ctx,
+        "controller_score 512 slots",
+        ops::controller::build_score(&ctx, &gc, &state, &keys, &table, &score, &seen)?,
+        (cap * 2 * 64) as f64,
+    );
+    time(
+        &ctx,
+        "rebuild_rank 8192 positions",
+        ops::rebuild::build_rank(&ctx, &gc, &state, &keys, &score, &seen, context)?,
+        (context * 2 * 64) as f64,
+    );
+    time(&ctx, "topk 4 of 4096 seen", ops::topk::build(&ctx, &score, &sel, &idx, context, 4, Some(&seen))?, 0.0);
+    let up = ops::cache_update::Params { capacity: cap as u32, budget: budget as u32, sinks: 4, recent: 16, in_flight: 0, pad: [0; 3] };
+    time(&ctx, "cache_update 512 slots", ops::cache_update::build(&ctx, &table, &score, &seen, up)?, 0.0);
+    let p = ops::compact::Params { capacity: cap as u32, budget: budget as u32, kv_dim: kvd as u32, pad: 0 };
+    let matrix = ctx.storage("select", (budget * cap * 4) as u64)?;
+    let selected = ctx.storage("selected", (2 * budget * kvd * 4) as u64)?;
+    let [product, _] = ops::compact::build_apply(&ctx, &matrix, &kc, &vc, &selected, p)?;
+    time(&ctx, "select_matmul 256x512 (one layer)", product, (2 * 2 * budget * cap * kvd) as f64);
     Ok(())
 }

@@ -2,28 +2,31 @@
 // selected[i] = 1 for the k largest scores[i] (and 0 otherwise); indices[0..k) lists them in
 // ascending index order. The k-th largest value is found exactly by building its order key
 // bit by bit (32 counting passes); then, of the scores equal to it, the lowest indices fill
-// the remaining places. One workgroup of 256, each invocation owning a contiguous chunk.
-// Dispatch (1, 1, 1).
+// the remaining places. With `bounded`, only the first min(n, step.n_seen) scores take part
+// (the rest are left alone): the positions seen so far. One workgroup of 256, each invocation
+// owning a contiguous chunk. Dispatch (1, 1, 1).
 
 struct Params {
     n: u32,  // number of scores
     k: u32,  // how many to select (k >= n selects all)
-    pad0: u32,
-    pad1: u32,
+    bounded: u32,  // 1: n = min(n, step.n_seen)
+    pad: u32,
 }
 
 @group(0) @binding(0) var<storage, read> scores: array<f32>;         // (n)
 @group(0) @binding(1) var<storage, read_write> selected: array<u32>; // (n) 1 = selected
 @group(0) @binding(2) var<storage, read_write> indices: array<u32>;  // (k) selected indices, ascending
 @group(0) @binding(3) var<uniform> p: Params;
+@group(0) @binding(4) var<uniform> step: Step;
 
 const WG: u32 = 256u;
 @compute @workgroup_size(256)
 fn main(@builtin(local_invocation_index) lid: u32) {
-    let chunk = (p.n + WG - 1u) / WG;
-    let c0 = min(lid * chunk, p.n);
-    let c1 = min(c0 + chunk, p.n);
-    let k = min(p.k, p.n);
+    let n = select(p.n, min(p.n, step.n_seen), p.bounded != 0u);
+    let chunk = (n + WG - 1u) / WG;
+    let c0 = min(lid * chunk, n);
+    let c1 = min(c0 + chunk, n);
+    let k = min(p.k, n);
 
     // The largest key t with count(key >= t) >= k (0 when k = 0 keeps nothing below).
     var thr = 0u;

@@ -66,6 +66,30 @@ impl std::str::FromStr for PolicyKind {
     }
 }
 
+/// How kept rows reach their cache slots.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum CacheUpdate {
+    /// Each new row is written straight into a free slot (an index-driven scatter, at write
+    /// time); a release only marks slots free. Nothing moves afterwards.
+    #[default]
+    Scatter,
+    /// The paper's technique: rows are staged after the cache's `budget` slots, and after the
+    /// release decision a one-hot selection matrix multiplied with every layer's K and V moves
+    /// the surviving ones into freed slots. For the policies decided on the GPU.
+    Matmul,
+}
+
+impl std::str::FromStr for CacheUpdate {
+    type Err = Error;
+    fn from_str(s: &str) -> Result<Self> {
+        match s {
+            "scatter" => Ok(CacheUpdate::Scatter),
+            "matmul" => Ok(CacheUpdate::Matmul),
+            _ => Err(Error::arg(format!("unknown cache update {s:?} (available: scatter, matmul)"))),
+        }
+    }
+}
+
 /// A release policy with its budget.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Policy {

@@ -8,7 +8,7 @@ use std::sync::Arc;
 use crate::controller::Controller;
 use crate::error::{Error, Result};
 use crate::gpu::Dispatch;
-use crate::kv::{Policy, PolicyKind, SlotMap};
+use crate::kv::{CacheUpdate, Policy, PolicyKind, SlotMap};
 use crate::model::Model;
 use crate::ops::{self, attention::Heads, attention::Mass, attention::INVALID_SLOT, sample::Sampling, Step};
 
@@ -25,11 +25,13 @@ pub struct SessionOptions {
     pub policy: Policy,
     /// The ADORE controller (required by the `adore` policy).
     pub controller: Option<Arc<Controller>>,
+    /// How kept rows reach their slots (the selection-matrix variant is an ablation).
+    pub cache_update: CacheUpdate,
 }
 
 impl Default for SessionOptions {
     fn default() -> Self {
-        Self { context: 2048, chunk: 256, all_logits: false, policy: Policy::full(), controller: None }
+        Self { context: 2048, chunk: 256, all_logits: false, policy: Policy::full(), controller: None, cache_update: CacheUpdate::Scatter }
     }
 }
 
@@ -80,6 +82,9 @@ struct RunState {
     pos_score: wgpu::Buffer,     // (context) controller score by position, cached ones masked (rebuild)
     selected: wgpu::Buffer,      // (context) u32 top-k mask (rebuild)
     rebuild_idx: wgpu::Buffer,   // (R) u32 positions to rebuild, ascending
+    moves: wgpu::Buffer,         // (capacity) u32 source slot of each cache slot (matmul update)
+    select: wgpu::Buffer,        // (budget, capacity) one-hot selection matrix (matmul update)
+    selected_kv: wgpu::Buffer,   // (2, budget, kv_dim) one layer's selected K and V (matmul update)
     readback: wgpu::Buffer,      // 4 bytes, MAP_READ
 }
 
@@ -109,6 +114,13 @@ impl Session {
             return Err(Error::arg("context and chunk sizes must be at least 1"));
         }
         options.policy.validate()?;
+        let staged = options.cache_update == CacheUpdate::Matmul;
+        if staged && !options.policy.kind.on_gpu() {
+            return Err(Error::arg(format!(
+                "--cache-update matmul applies to the policies whose releases the GPU decides (h2o, tova, adore), not {}",
+                options.policy.name()
+            )));
+        }
         let ctx = &model.ctx;
         let f = |n: usize| (n * 4) as u64;
         // A budgeted cache holds the budget plus one chunk of rows in flight; chunks no larger
@@ -175,6 +187,9 @@ impl Session {
             pos_score: ctx.storage("pos_score", if rebuild > 0 { f(options.context) } else { 4 })?,
             selected: ctx.storage("selected", if rebuild > 0 { f(options.context) } else { 4 })?,
             rebuild_idx: ctx.storage("rebuild_idx", f(rebuild.max(1)))?,
+            moves: ctx.storage("moves", if staged { f(capacity) } else { 4 })?,
+            select: ctx.storage("select", if staged { f(options.policy.budget * capacity) } else { 4 })?,
+            selected_kv: ctx.storage("selected_kv", if staged { f(2 * options.policy.budget * c.kv_dim()) } else { 4 })?,
             readback: ctx.staging(4),
         };
         ctx.take_error()?;
@@ -341,7 +356,7 @@ impl Session {
                     let context = self.options.context;
                     plan.push(ops::rebuild::build_rank(ctx, cl, &s.ctrl_state, &s.ctrl_keys, &s.pos_score, step, context)?);
                     plan.push(ops::rebuild::build_mask(ctx, &s.slot_pos, &s.pos_score, self.capacity)?);
-                    plan.push(ops::topk::build(ctx, &s.pos_score, &s.selected, &s.rebuild_idx, context, rebuild)?);
+                    plan.push(ops::topk::build(ctx, &s.pos_score, &s.selected, &s.rebuild_idx, context, rebuild, Some(step))?);
                 }
                 let b = ops::rebuild::Rows { tokens: &s.tokens, positions: &s.positions, ids: &s.ids, indices: &s.rebuild_idx };
                 plan.push(ops::rebuild::build_rows(ctx, &b, step, rows)?);
@@ -389,6 +404,20 @@ impl Session {
             }
             let up = ops::cache_update::Params::new(self.capacity, &policy);
             plan.push(ops::cache_update::build(ctx, &s.slot_pos, &s.slot_score, step, up)?);
+            if self.options.cache_update == CacheUpdate::Matmul {
+                // Surviving staged rows move into freed slots by a selection-matrix product.
+                let p = ops::compact::Params {
+                    capacity: self.capacity as u32,
+                    budget: policy.budget as u32,
+                    kv_dim: c.kv_dim() as u32,
+                    pad: 0,
+                };
+                plan.push(ops::compact::build_compact(ctx, &s.slot_pos, &s.slot_score, &s.moves, p)?);
+                plan.push(ops::compact::build_matrix(ctx, &s.moves, &s.select, p)?);
+                for (k, v) in s.k_cache.iter().zip(&s.v_cache) {
+                    plan.extend(ops::compact::build_apply(ctx, &s.select, k, v, &s.selected_kv, p)?);
+                }
+            }
         }
         if self.options.all_logits {
             // Final norm and LM head for every row.

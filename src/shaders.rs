@@ -50,6 +50,10 @@ shader!(REBUILD_RANK, "rebuild_rank", false);
 shader!(REBUILD_MASK, "rebuild_mask", false);
 shader!(REBUILD_ROWS, "rebuild_rows", false);
 shader!(TABLE_COPY, "table_copy", false);
+shader!(COMPACT, "compact", false);
+shader!(SELECT_MATRIX, "select_matrix", false);
+shader!(SELECT_MATMUL, "select_matmul", false);
+shader!(SELECT_STORE, "select_store", false);
 
 /// Every kernel, for validation tests.
 pub const ALL: &[&Shader] = &[
@@ -72,4 +76,8 @@ pub const ALL: &[&Shader] = &[
     &REBUILD_MASK,
     &REBUILD_ROWS,
     &TABLE_COPY,
+    &COMPACT,
+    &SELECT_MATRIX,
+    &SELECT_MATMUL,
+    &SELECT_STORE,
 ];

@@ -303,13 +303,19 @@ fn topk_equals_a_cpu_sort_with_ties() {
             let scores: Vec<f32> = (0..n).map(|_| (rng.below(distinct as u64) as f32 - distinct as f32 / 2.0) * 0.25).collect();
             let (sb, sel) = (buf(&ctx, &scores), ctx.storage("sel", (n * 4) as u64).unwrap());
             let idx = ctx.storage("idx", (k.min(n).max(1) * 4) as u64).unwrap();
-            run(&ctx, ops::topk::build(&ctx, &sb, &sel, &idx, n, k).unwrap());
+            run(&ctx, ops::topk::build(&ctx, &sb, &sel, &idx, n, k, None).unwrap());
             let want = ops::topk::reference(&scores, k);
             let got = pollster::block_on(ctx.read_u32(&idx, want.len().max(1))).unwrap();
             assert_eq!(&got[..want.len()], &want[..], "top-{k} of {n} (indices)");
             let mask = pollster::block_on(ctx.read_u32(&sel, n)).unwrap();
             let from_mask: Vec<u32> = mask.iter().enumerate().filter(|(_, &m)| m == 1).map(|(i, _)| i as u32).collect();
             assert_eq!(from_mask, want, "top-{k} of {n} (mask)");
+            // Bounded by the positions seen so far: only the first `seen` scores take part.
+            let seen = rng.below(n as u64) as usize + 1;
+            run(&ctx, ops::topk::build(&ctx, &sb, &sel, &idx, n, k, Some(&step_seen(&ctx, 1, seen as u32))).unwrap());
+            let want = ops::topk::reference(&scores[..seen], k);
+            let got = pollster::block_on(ctx.read_u32(&idx, want.len().max(1))).unwrap();
+            assert_eq!(&got[..want.len()], &want[..], "top-{k} of the first {seen} of {n}");
         }
     }
 }
@@ -378,4 +384,52 @@ fn cache_update_score_and_assign_match_references() {
 
 fn step_seen(ctx: &Context, n_rows: usize, n_seen: u32) -> wgpu::Buffer {
     ctx.uniform("step", &Step::new(n_rows as u32, 0, 0, n_seen))
+}
+
+#[test]
+fn staged_cache_update_by_selection_matrix_equals_a_scatter() {
+    use ops::compact::{self, Params};
+    let ctx = ctx();
+    let mut rng = Rng::new(12);
+    let mut moved = 0;
+    for &(budget, capacity, kvd) in &[(1usize, 2usize, 1usize), (5, 9, 3), (17, 33, 64), (100, 357, 192), (256, 512, 192)] {
+        for _ in 0..3 {
+            // A table after a release decision: at most `budget` valid slots anywhere.
+            let mut order: Vec<usize> = (0..capacity).collect();
+            for i in (1..capacity).rev() {
+                order.swap(i, rng.below(i as u64 + 1) as usize);
+            }
+            let n_valid = rng.below(budget as u64 + 1) as usize;
+            let mut table = vec![INVALID_SLOT; capacity];
+            for (r, &j) in order[..n_valid].iter().enumerate() {
+                table[j] = 1000 + r as u32 * 7;
+            }
+            let (k, v, score) = (rng.vec(capacity * kvd, 1.0), rng.vec(capacity * kvd, 1.0), rng.vec(capacity, 1.0));
+            let p = Params { capacity: capacity as u32, budget: budget as u32, kv_dim: kvd as u32, pad: 0 };
+            let (tb, sb, kb, vb) = (buf_u32(&ctx, &table), buf(&ctx, &score), buf(&ctx, &k), buf(&ctx, &v));
+            let src = ctx.storage("src", (capacity * 4) as u64).unwrap();
+            let sel = ctx.storage("sel", (budget * capacity * 4) as u64).unwrap();
+            let out = ctx.storage("out", (2 * budget * kvd * 4) as u64).unwrap();
+            run(&ctx, compact::build_compact(&ctx, &tb, &sb, &src, p).unwrap());
+            run(&ctx, compact::build_matrix(&ctx, &src, &sel, p).unwrap());
+            for d in compact::build_apply(&ctx, &sel, &kb, &vb, &out, p).unwrap() {
+                run(&ctx, d);
+            }
+            let (mut wk, mut wv, mut ws) = (k.clone(), v.clone(), score.clone());
+            let want = compact::reference(&table, &mut [&mut wk, &mut wv], budget, kvd);
+            assert_eq!(compact::reference(&table, &mut [&mut ws], budget, 1), want);
+            let got = pollster::block_on(ctx.read_u32(&tb, capacity)).unwrap();
+            assert_eq!(got, want, "slot table, budget {budget} capacity {capacity}");
+            let (gk, gv, gs) = (read(&ctx, &kb, capacity * kvd), read(&ctx, &vb, capacity * kvd), read(&ctx, &sb, capacity));
+            let bits = |x: &[f32]| x.iter().map(|f| f.to_bits()).collect::<Vec<u32>>();
+            for j in (0..capacity).filter(|&j| want[j] != INVALID_SLOT) {
+                let row = j * kvd..(j + 1) * kvd;
+                assert_eq!(bits(&gk[row.clone()]), bits(&wk[row.clone()]), "K of slot {j}, budget {budget} capacity {capacity}");
+                assert_eq!(bits(&gv[row.clone()]), bits(&wv[row]), "V of slot {j}, budget {budget} capacity {capacity}");
+                assert_eq!(gs[j].to_bits(), ws[j].to_bits(), "score of slot {j}");
+            }
+            moved += (budget..capacity).filter(|&s| table[s] != INVALID_SLOT).count();
+        }
+    }
+    assert!(moved > 100, "too few staged rows moved ({moved})");
 }

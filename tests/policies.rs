@@ -7,7 +7,7 @@ mod common;
 use std::sync::Arc;
 
 use adore::controller::Controller;
-use adore::kv::{Policy, PolicyKind};
+use adore::kv::{CacheUpdate, Policy, PolicyKind};
 use adore::ops::attention::INVALID_SLOT;
 use adore::ops::{cache_update, rebuild::MASKED, topk};
 use adore::{Model, Session, SessionOptions};
@@ -27,7 +27,7 @@ fn load(tiny: &Tiny) -> Arc<Model> {
 
 fn session(model: &Arc<Model>, policy: Policy, context: usize, chunk: usize, all_logits: bool) -> Session {
     let controller = (policy.kind == PolicyKind::Adore).then(|| Arc::new(controller(model)));
-    Session::new(model.clone(), SessionOptions { context, chunk, all_logits, policy, controller }).unwrap()
+    Session::new(model.clone(), SessionOptions { context, chunk, all_logits, policy, controller, ..Default::default() }).unwrap()
 }
 
 fn controller(model: &Model) -> Controller {
@@ -108,24 +108,31 @@ fn token_by_token_logits_equal_a_masked_reference() {
 #[test]
 fn long_generation_at_a_fixed_kv_size() {
     let m = tiny_model(24);
-    let policy = Policy { kind: PolicyKind::Sink, budget: 256, sinks: 4, recent: 0, rebuild: 0 };
-    let mut s = session(&m, policy, 8192, 64, false);
-    let bytes = s.kv_bytes();
-    pollster::block_on(s.prefill(&ids(300))).unwrap();
-    while s.len() < 4096 {
-        let t = pollster::block_on(s.step()).unwrap();
-        assert!((t as usize) < common::tiny::VOCAB);
-        if s.len() % 512 == 0 {
-            let logits = pollster::block_on(s.last_logits()).unwrap();
-            assert!(logits.iter().all(|v| v.is_finite()), "NaN or infinity after {} tokens", s.len());
-            assert_eq!(s.kv_bytes(), bytes, "KV memory changed");
-            assert_eq!(pollster::block_on(s.kept_positions()).unwrap().len(), 256);
-        }
-    }
-    assert_eq!(pollster::block_on(s.kept_positions()).unwrap(), policy.reference_keep(4096));
-    assert_eq!(s.kv_bytes(), bytes);
     let per_slot = (common::tiny::KV_HEADS * common::tiny::HEAD_DIM * 4 * 2 * common::tiny::LAYERS) as u64;
-    assert_eq!(bytes, (256 + 64) * per_slot);
+    let adore = Policy { kind: PolicyKind::Adore, budget: 256, sinks: 4, recent: 16, rebuild: 4 };
+    let policy = Policy { kind: PolicyKind::Sink, budget: 256, sinks: 4, recent: 0, rebuild: 0 };
+    for p in [policy, adore] {
+        let controller = Some(Arc::new(Controller::random(&m.fingerprint, m.config.hidden, 64, 32, 5).unwrap()));
+        let options = SessionOptions { context: 8192, chunk: 64, policy: p, controller, ..Default::default() };
+        let mut s = Session::new(m.clone(), options).unwrap();
+        let bytes = s.kv_bytes();
+        pollster::block_on(s.prefill(&ids(300))).unwrap();
+        while s.len() < 4096 {
+            let t = pollster::block_on(s.step()).unwrap();
+            assert!((t as usize) < common::tiny::VOCAB);
+            if s.len() % 512 == 0 {
+                let logits = pollster::block_on(s.last_logits()).unwrap();
+                assert!(logits.iter().all(|v| v.is_finite()), "{p:?}: NaN or infinity after {} tokens", s.len());
+                assert_eq!(s.kv_bytes(), bytes, "{p:?}: KV memory changed");
+                assert_eq!(pollster::block_on(s.kept_positions()).unwrap().len(), 256);
+            }
+        }
+        if p == policy {
+            assert_eq!(pollster::block_on(s.kept_positions()).unwrap(), policy.reference_keep(4096));
+        }
+        assert_eq!(s.kv_bytes(), bytes);
+        assert_eq!(bytes, (256 + 64) * per_slot);
+    }
     // Prefill chunks larger than the budget are cut to it: at most twice the budget in slots.
     let big = session(&m, policy, 8192, 1024, false);
     assert_eq!(big.kv_bytes(), 512 * per_slot);
@@ -392,4 +399,59 @@ fn oracle_attends_to_the_top_of_its_full_attention() {
     for (t, got) in logits.iter().enumerate() {
         assert_close(&format!("oracle logits at position {t}"), got, &want[t * vocab..(t + 1) * vocab], 2e-3, 2e-3);
     }
+}
+
+#[test]
+fn matmul_and_scatter_cache_updates_keep_the_same_cache() {
+    // The selection-matrix update stages rows and moves survivors into freed slots; the
+    // default writes rows straight into free slots. Slots differ, contents must not: the same
+    // positions kept, the same K/V per position (up to the order attention sums slots in) and
+    // the same logits.
+    let m = tiny_model(32);
+    let kvd = KV_HEADS * HEAD_DIM;
+    for policy in [
+        Policy { kind: PolicyKind::Adore, budget: 12, sinks: 2, recent: 2, rebuild: 0 },
+        Policy { kind: PolicyKind::Adore, budget: 9, sinks: 1, recent: 1, rebuild: 2 },
+    ] {
+        let make = |cache_update| {
+            let controller = Some(Arc::new(controller(&m)));
+            let options = SessionOptions { context: 512, chunk: 8, policy, controller, cache_update, ..Default::default() };
+            Session::new(m.clone(), options).unwrap()
+        };
+        let (mut a, mut b) = (make(CacheUpdate::Scatter), make(CacheUpdate::Matmul));
+        let tokens = ids(150);
+        run(a.prefill(&tokens[..40])).unwrap();
+        run(b.prefill(&tokens[..40])).unwrap();
+        for (n, &tok) in tokens.iter().enumerate().skip(40) {
+            run(a.feed(tok)).unwrap();
+            run(b.feed(tok)).unwrap();
+            let what = format!("{policy:?} after {} tokens", n + 1);
+            assert_close(&format!("logits, {what}"), &run(b.last_logits()).unwrap(), &run(a.last_logits()).unwrap(), 1e-4, 1e-4);
+            let (ta, tb) = (run(a.slot_table()).unwrap(), run(b.slot_table()).unwrap());
+            assert!(tb[policy.budget..].iter().all(|&p| p == INVALID_SLOT), "matmul update left staged rows: {what}");
+            let by_pos = |t: &[u32]| {
+                let mut v: Vec<(u32, usize)> = t.iter().enumerate().filter(|(_, &p)| p != INVALID_SLOT).map(|(j, &p)| (p, j)).collect();
+                v.sort_unstable();
+                v
+            };
+            let (pa, pb) = (by_pos(&ta), by_pos(&tb));
+            assert_eq!(pa.iter().map(|x| x.0).collect::<Vec<_>>(), pb.iter().map(|x| x.0).collect::<Vec<_>>(), "kept positions, {what}");
+            if n % 10 == 0 {
+                for l in [0, LAYERS - 1] {
+                    let (ka, va) = run(a.kv_cache(l)).unwrap();
+                    let (kb, vb) = run(b.kv_cache(l)).unwrap();
+                    for ((p, ja), (_, jb)) in pa.iter().zip(&pb) {
+                        let (ra, rb) = (ja * kvd..(ja + 1) * kvd, jb * kvd..(jb + 1) * kvd);
+                        assert_close(&format!("K of position {p}, layer {l}, {what}"), &kb[rb.clone()], &ka[ra.clone()], 1e-5, 1e-5);
+                        assert_close(&format!("V of position {p}, layer {l}, {what}"), &vb[rb], &va[ra], 1e-5, 1e-5);
+                    }
+                }
+            }
+        }
+    }
+    // Only the policies decided on the GPU stage their rows.
+    let window = Policy { kind: PolicyKind::Window, budget: 16, sinks: 0, recent: 0, rebuild: 0 };
+    let e =
+        Session::new(m.clone(), SessionOptions { policy: window, cache_update: CacheUpdate::Matmul, ..Default::default() }).err().unwrap();
+    assert!(e.to_string().contains("matmul"), "{e}");
 }

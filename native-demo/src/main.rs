@@ -7,7 +7,7 @@ use std::sync::Arc;
 
 use adore::controller::Controller;
 use adore::generate::{apply_chat_template, perplexity, GenerateOptions, Message};
-use adore::kv::{Policy, PolicyKind};
+use adore::kv::{CacheUpdate, Policy, PolicyKind};
 use adore::{Context, ContextOptions, Model, Sampling, Session, SessionOptions};
 use anyhow::{bail, Context as _, Result};
 use clap::{Args, Parser, Subcommand};
@@ -61,7 +61,8 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
-    /// Prefill and decode tokens/s per context length.
+    /// Prefill and decode tokens/s per context length: each policy prefills once, growing
+    /// through the contexts in ascending order, and decodes at each.
     Bench {
         #[command(flatten)]
         model: ModelArgs,
@@ -71,7 +72,7 @@ enum Command {
         /// Decode tokens measured per repeat.
         #[arg(long, default_value_t = 16)]
         decode_tokens: usize,
-        /// Measured repeats per context (after one warm-up).
+        /// Measured decode repeats per context (after one warm-up token).
         #[arg(long, default_value_t = 3)]
         repeats: usize,
         /// Write the rows as JSON to this file.
@@ -80,6 +81,10 @@ enum Command {
         /// Policies to compare (each with --budget); defaults to --policy.
         #[arg(long, value_delimiter = ',')]
         policies: Vec<String>,
+        /// Cache updates to compare for h2o, tova and adore (scatter, matmul); defaults to
+        /// --cache-update.
+        #[arg(long, value_delimiter = ',')]
+        cache_updates: Vec<String>,
     },
     /// Download (if needed) and verify the default model; print its path.
     Fetch,
@@ -121,18 +126,26 @@ struct ModelArgs {
     /// Prompt tokens per GPU submit.
     #[arg(long, default_value_t = 256)]
     chunk: usize,
-    /// KV-cache policy: full, window, sink (StreamingLLM), h2o, tova or adore (needs --controller).
+    /// KV-cache policy: full, window, sink (StreamingLLM), h2o, tova, adore (needs --controller)
+    /// or oracle (evaluation only: full memory, two passes per step).
     #[arg(long, default_value = "full")]
     policy: String,
     /// KV slots kept by a budgeted policy.
     #[arg(long, default_value_t = 256)]
     budget: usize,
-    /// Protected first tokens (sink, h2o, tova).
+    /// Protected first tokens (sink, h2o, tova, adore).
     #[arg(long, default_value_t = 4)]
     sinks: usize,
     /// Protected most recent tokens (h2o, tova, adore).
     #[arg(long, default_value_t = 16)]
     recent: usize,
+    /// Released tokens recomputed with each generated token (adore; 0 = release only).
+    #[arg(long, default_value_t = 0)]
+    rebuild: usize,
+    /// How kept rows reach their KV slots: scatter (written into free slots) or matmul (staged,
+    /// then moved by a selection-matrix product: the paper's technique, as an ablation).
+    #[arg(long, default_value = "scatter")]
+    cache_update: String,
     /// ADORE controller file (safetensors) for the adore policy.
     #[arg(long)]
     controller: Option<PathBuf>,
@@ -140,17 +153,28 @@ struct ModelArgs {
 
 impl ModelArgs {
     fn policy(&self, name: &str) -> Result<Policy> {
-        let p = Policy { kind: name.parse()?, budget: self.budget, sinks: self.sinks, recent: self.recent, rebuild: 0 };
+        let kind: PolicyKind = name.parse()?;
+        // --rebuild belongs to adore; comparisons across policies keep it there.
+        let rebuild = if kind == PolicyKind::Adore { self.rebuild } else { 0 };
+        let p = Policy { kind, budget: self.budget, sinks: self.sinks, recent: self.recent, rebuild };
         p.validate()?;
         Ok(p)
     }
 
     fn session(&self, model: &Arc<Model>, context: usize, all_logits: bool) -> Result<Session> {
         let policy = self.policy(&self.policy)?;
-        Ok(Session::new(
-            model.clone(),
-            SessionOptions { context, chunk: self.chunk, all_logits, policy, controller: self.controller(model)? },
-        )?)
+        if self.rebuild > 0 && policy.kind != PolicyKind::Adore {
+            bail!("--rebuild applies to the adore policy only, not {}", self.policy);
+        }
+        let options = SessionOptions {
+            context,
+            chunk: self.chunk,
+            all_logits,
+            policy,
+            controller: self.controller(model)?,
+            cache_update: self.cache_update.parse()?,
+        };
+        Ok(Session::new(model.clone(), options)?)
     }
 
     /// The controller named by --controller, checked against the model.
@@ -253,9 +277,9 @@ fn run(cli: Cli) -> Result<()> {
             }
             Ok(())
         }
-        Command::Bench { model, contexts, decode_tokens, repeats, json, policies } => {
+        Command::Bench { model, contexts, decode_tokens, repeats, json, policies, cache_updates } => {
             let policies = if policies.is_empty() { vec![model.policy.clone()] } else { policies };
-            bench(&model, &policies, &contexts, decode_tokens, repeats, json.as_deref())
+            bench(&model, &policies, &cache_updates, &contexts, decode_tokens, repeats, json.as_deref())
         }
     }
 }
@@ -393,8 +417,11 @@ fn chat(args: &ModelArgs, max_tokens: usize, sampling: Sampling, system: Option<
 struct BenchRow {
     policy: &'static str,
     budget: Option<usize>,
+    rebuild: usize,
+    cache_update: &'static str,
     context: usize,
-    prefill_tokens_per_s: f64,
+    /// Prompt tokens/s of the prefill that grew the sequence to this context.
+    prefill_tokens_per_s: Option<f64>,
     decode_tokens_per_s: f64,
     kv_bytes: u64,
 }
@@ -412,28 +439,48 @@ fn median(mut v: Vec<f64>) -> f64 {
 fn bench(
     args: &ModelArgs,
     policies: &[String],
+    cache_updates: &[String],
     contexts: &[usize],
     decode_tokens: usize,
     repeats: usize,
     json: Option<&Path>,
 ) -> Result<()> {
     let policies: Vec<Policy> = policies.iter().map(|p| args.policy(p)).collect::<Result<_>>()?;
+    let updates: Vec<CacheUpdate> = if cache_updates.is_empty() {
+        vec![args.cache_update.parse()?]
+    } else {
+        cache_updates.iter().map(|u| u.parse()).collect::<adore::Result<_>>()?
+    };
+    // Each policy with each cache update that applies to it.
+    let runs: Vec<(Policy, CacheUpdate)> = policies
+        .iter()
+        .flat_map(|p| {
+            let ups: Vec<CacheUpdate> = if p.kind.on_gpu() { updates.clone() } else { vec![CacheUpdate::Scatter] };
+            ups.into_iter().map(move |u| (*p, u))
+        })
+        .collect();
     if contexts.is_empty() || contexts.contains(&0) || repeats == 0 || decode_tokens == 0 {
         bail!("--contexts must list positive lengths; --repeats and --decode-tokens must be at least 1");
     }
     let model = load(args)?;
-    let max_ctx = contexts.iter().max().copied().unwrap_or(0) + decode_tokens;
-    if max_ctx > model.config.context {
-        bail!("context {max_ctx} (longest context + decode tokens) exceeds the model's {}", model.config.context);
+    let mut contexts = contexts.to_vec();
+    contexts.sort_unstable();
+    contexts.dedup();
+    let longest = contexts.last().copied().unwrap_or(0);
+    if longest > model.config.context {
+        bail!("context {longest} exceeds the model's {}", model.config.context);
     }
+    // Decoding at each context adds tokens: the warm-up token and the measured ones.
+    let per_context = 1 + repeats * decode_tokens;
+    let max_ctx = longest + per_context;
     eprintln!(
-        "bench: adapter {}; decode {decode_tokens} tokens per repeat, {repeats} repeats after 1 warm-up, median reported",
+        "bench: adapter {}; at each context 1 warm-up token, then {repeats} x {decode_tokens} decode tokens, median reported",
         model.ctx.describe()
     );
     // A deterministic prompt: the vocabulary walked with a stride, skipping control tokens.
     let prompt: Vec<u32> = (0..max_ctx).map(|i| (100 + (i * 7919) % (model.config.vocab - 100)) as u32).collect();
     let mut rows = Vec::new();
-    for policy in &policies {
+    for (policy, update) in &runs {
         let mut session = Session::new(
             model.clone(),
             SessionOptions {
@@ -442,48 +489,67 @@ fn bench(
                 all_logits: false,
                 policy: *policy,
                 controller: args.controller(&model)?,
+                cache_update: *update,
             },
         )?;
-        for &ctx_len in contexts {
-            let (mut pre, mut dec) = (Vec::new(), Vec::new());
-            for rep in 0..=repeats {
-                session.reset();
+        // Warm-up: compile the pipelines of a chunk-sized prefill and of a decode step.
+        pollster::block_on(session.prefill(&prompt[..args.chunk.min(contexts[0])]))?;
+        pollster::block_on(session.step())?;
+        session.reset();
+        for &ctx_len in &contexts {
+            // Grow the sequence to this context with the prompt (generated tokens stay in it).
+            let have = session.len();
+            let mut prefill = None;
+            if ctx_len > have {
                 let t = std::time::Instant::now();
-                pollster::block_on(session.prefill(&prompt[..ctx_len]))?;
-                let prefill = t.elapsed().as_secs_f64();
+                pollster::block_on(session.prefill(&prompt[have..ctx_len]))?;
+                prefill = Some((ctx_len - have) as f64 / t.elapsed().as_secs_f64());
+            }
+            pollster::block_on(session.step())?;
+            let mut dec = Vec::new();
+            for _ in 0..repeats {
                 let t = std::time::Instant::now();
                 for _ in 0..decode_tokens {
                     pollster::block_on(session.step())?;
                 }
-                let decode = t.elapsed().as_secs_f64();
-                if rep > 0 {
-                    pre.push(ctx_len as f64 / prefill);
-                    dec.push(decode_tokens as f64 / decode);
-                }
+                dec.push(decode_tokens as f64 / t.elapsed().as_secs_f64());
             }
-            let budget = (policy.kind != PolicyKind::Full).then_some(policy.budget);
+            let budget = (!policy.kind.keeps_everything()).then_some(policy.budget);
             let row = BenchRow {
                 policy: policy.name(),
                 budget,
+                rebuild: policy.rebuild,
+                cache_update: match update {
+                    CacheUpdate::Scatter => "scatter",
+                    CacheUpdate::Matmul => "matmul",
+                },
                 context: ctx_len,
-                prefill_tokens_per_s: median(pre),
+                prefill_tokens_per_s: prefill,
                 decode_tokens_per_s: median(dec),
                 kv_bytes: session.kv_bytes(),
             };
             eprintln!(
-                "{:>6} context {:>6}: prefill {:>9.1} tokens/s, decode {:>8.2} tokens/s",
-                row.policy, row.context, row.prefill_tokens_per_s, row.decode_tokens_per_s
+                "{:>6} ({}) context {:>6}: prefill {:>9} tokens/s, decode {:>8.2} tokens/s",
+                row.policy,
+                row.cache_update,
+                row.context,
+                prefill.map_or("-".to_string(), |p| format!("{p:.1}")),
+                row.decode_tokens_per_s
             );
             rows.push(row);
         }
     }
-    println!("| policy | budget | context | prefill tokens/s | decode tokens/s | KV bytes |");
-    println!("|---|---:|---:|---:|---:|---:|");
+    println!("| policy | budget | rebuild | cache update | context | prefill tokens/s | decode tokens/s | decode vs full | KV bytes |");
+    println!("|---|---:|---:|---|---:|---:|---:|---:|---:|");
     for r in &rows {
         let budget = r.budget.map_or("-".to_string(), |b| b.to_string());
+        // The ratio to full attention at the same context, when full ran too.
+        let full = rows.iter().find(|f| f.policy == "full" && f.context == r.context);
+        let ratio = full.map_or("-".to_string(), |f| format!("{:.2}", r.decode_tokens_per_s / f.decode_tokens_per_s));
+        let prefill = r.prefill_tokens_per_s.map_or("-".to_string(), |p| format!("{p:.1}"));
         println!(
-            "| {} | {budget} | {} | {:.1} | {:.2} | {} |",
-            r.policy, r.context, r.prefill_tokens_per_s, r.decode_tokens_per_s, r.kv_bytes
+            "| {} | {budget} | {} | {} | {} | {prefill} | {:.2} | {ratio} | {} |",
+            r.policy, r.rebuild, r.cache_update, r.context, r.decode_tokens_per_s, r.kv_bytes
         );
     }
     if let Some(path) = json {

@@ -95,7 +95,47 @@ fn generates_text_on_stdout_and_stats_on_stderr() {
         ctl.to_str().unwrap(),
     ]);
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    for policy in ["h2o", "tova"] {
+    // The benchmark compares policies and cache updates in one run.
+    let json = m.with_extension("bench.json");
+    let out = adore(&[
+        "bench",
+        "--model",
+        m.to_str().unwrap(),
+        "--contexts",
+        "40",
+        "--decode-tokens",
+        "4",
+        "--repeats",
+        "1",
+        "--policies",
+        "full,adore,oracle",
+        "--budget",
+        "12",
+        "--recent",
+        "4",
+        "--chunk",
+        "8",
+        "--rebuild",
+        "2",
+        "--cache-updates",
+        "scatter,matmul",
+        "--controller",
+        ctl.to_str().unwrap(),
+        "--json",
+        json.to_str().unwrap(),
+    ]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let v: serde_json::Value = serde_json::from_slice(&std::fs::read(&json).unwrap()).unwrap();
+    let rows: Vec<(String, String, u64)> = v["rows"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| (r["policy"].as_str().unwrap().into(), r["cache_update"].as_str().unwrap().into(), r["rebuild"].as_u64().unwrap()))
+        .collect();
+    let want = [("full", "scatter", 0), ("adore", "scatter", 2), ("adore", "matmul", 2), ("oracle", "scatter", 0)];
+    assert_eq!(rows, want.map(|(a, b, c)| (a.to_string(), b.to_string(), c)), "{v}");
+    assert!(String::from_utf8_lossy(&out.stdout).contains("| decode vs full |"));
+    for policy in ["h2o", "tova", "oracle"] {
         let out = adore(&[
             "generate",
             "--model",
@@ -142,7 +182,9 @@ fn bad_arguments_and_files() {
     std::fs::write(&bad, b"GGUF\x03\x00\x00\x00\xff\xff\xff\xff\xff\xff\xff\xff").unwrap();
     fails_with(&["generate", "--model", bad.to_str().unwrap(), "--prompt", "x"], "truncated");
     fails_with(&["bench", "--model", m, "--contexts", "0"], "contexts");
-    fails_with(&["generate", "--model", m, "--prompt", "x", "--policy", "oracle"], "not implemented yet");
+    fails_with(&["generate", "--model", m, "--prompt", "x", "--policy", "sink", "--rebuild", "2"], "adore policy only");
+    fails_with(&["generate", "--model", m, "--prompt", "x", "--policy", "window", "--cache-update", "matmul"], "matmul applies");
+    fails_with(&["generate", "--model", m, "--prompt", "x", "--cache-update", "gather"], "unknown cache update");
     fails_with(&["generate", "--model", m, "--prompt", "x", "--policy", "sink", "--budget", "4", "--sinks", "4"], "sink");
     fails_with(&["generate", "--model", m, "--prompt", "x", "--policy", "lru"], "unknown policy");
     fails_with(&["generate", "--model", m, "--prompt", "x", "--policy", "adore"], "controller");

@@ -4,6 +4,7 @@
 pub mod add;
 pub mod attention;
 pub mod cache_update;
+pub mod compact;
 pub mod controller;
 pub mod embed;
 pub mod kv_write;

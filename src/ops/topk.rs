@@ -10,11 +10,12 @@ use crate::shaders;
 pub struct Params {
     pub n: u32,
     pub k: u32,
-    pub pad0: u32,
-    pub pad1: u32,
+    pub bounded: u32,
+    pub pad: u32,
 }
 
 /// Dispatch selecting the `k` largest of `n` scores: a 0/1 mask and the ascending index list.
+/// With `seen` (a Step uniform), only the first min(n, step.n_seen) scores take part.
 pub fn build(
     ctx: &Context,
     scores: &wgpu::Buffer,
@@ -22,6 +23,7 @@ pub fn build(
     indices: &wgpu::Buffer,
     n: usize,
     k: usize,
+    seen: Option<&wgpu::Buffer>,
 ) -> Result<Dispatch> {
     if n == 0 || n > u32::MAX as usize / 2 {
         return Err(Error::Shape { op: "topk", what: format!("{n} scores") });
@@ -29,9 +31,17 @@ pub fn build(
     check_len("topk", "scores", scores, n)?;
     check_len("topk", "selected", selected, n)?;
     check_len("topk", "indices", indices, k.min(n))?;
-    let params = ctx.uniform("topk.params", &Params { n: n as u32, k: k as u32, pad0: 0, pad1: 0 });
+    let params = ctx.uniform("topk.params", &Params { n: n as u32, k: k as u32, bounded: seen.is_some() as u32, pad: 0 });
+    let unbounded;
+    let step = match seen {
+        Some(s) => s,
+        None => {
+            unbounded = ctx.uniform("step", &super::Step::default());
+            &unbounded
+        }
+    };
     let pipeline = ctx.pipeline(&shaders::TOPK, "main", &[])?;
-    Ok(ctx.dispatch(pipeline, &[scores, selected, indices, &params], [1, 1, 1]))
+    Ok(ctx.dispatch(pipeline, &[scores, selected, indices, &params, step], [1, 1, 1]))
 }
 
 /// Reference: indices of the k largest scores (ties to the lower index), ascending.
