@@ -6,6 +6,7 @@
 
 pub mod controller;
 pub mod error;
+pub mod eval;
 #[cfg(all(feature = "fetch", not(target_arch = "wasm32")))]
 pub mod fetch;
 pub mod generate;

@@ -13,6 +13,9 @@ use anyhow::{bail, Context as _, Result};
 use clap::{Args, Parser, Subcommand};
 use indicatif::{ProgressBar, ProgressStyle};
 
+#[cfg(feature = "train")]
+mod train;
+
 #[derive(Parser)]
 #[command(name = "adore", version, about = "WebGPU inference for Llama-family models with adaptive KV-cache token release")]
 struct Cli {
@@ -88,6 +91,64 @@ enum Command {
     },
     /// Download (if needed) and verify the default model; print its path.
     Fetch,
+    /// Teacher data for controller training: full attention over the texts (on the CPU), the
+    /// attention distribution of sampled queries averaged over heads and layers (feature `train`).
+    Collect {
+        #[command(flatten)]
+        model: ModelPath,
+        /// Plain-text files, cut into windows of --seq-len tokens.
+        #[arg(long, num_args = 1.., required = true)]
+        text: Vec<PathBuf>,
+        /// Output directory (a repeated run resumes where it stopped).
+        #[arg(long)]
+        out: PathBuf,
+        #[arg(long, default_value_t = 2048)]
+        seq_len: usize,
+        /// Query positions sampled per sequence.
+        #[arg(long, default_value_t = 32)]
+        queries: usize,
+        #[arg(long, default_value_t = 0)]
+        seed: u64,
+    },
+    /// Train an ADORE controller on `collect` data (feature `train`).
+    TrainController {
+        #[command(flatten)]
+        model: ModelPath,
+        /// Training data (a `collect` directory).
+        #[arg(long)]
+        data: PathBuf,
+        /// Held-out data (a `collect` directory of other texts); default: the last tenth of --data.
+        #[arg(long)]
+        heldout: Option<PathBuf>,
+        #[arg(long)]
+        out: PathBuf,
+        #[arg(long, default_value_t = 0)]
+        seed: u64,
+        #[arg(long, default_value_t = 20)]
+        epochs: usize,
+        /// Controller width d_c.
+        #[arg(long, default_value_t = 64)]
+        width: usize,
+        /// Distance buckets of the score bias.
+        #[arg(long, default_value_t = 32)]
+        buckets: usize,
+        #[arg(long, default_value_t = 3e-3)]
+        lr: f64,
+        /// Sequences per optimizer step.
+        #[arg(long, default_value_t = 8)]
+        batch: usize,
+        /// Budgets m at which recall of the teacher's top-m is reported.
+        #[arg(long, value_delimiter = ',', default_value = "64,128,256,512")]
+        budgets: Vec<usize>,
+        /// Protected first and most recent tokens of the policies compared.
+        #[arg(long, default_value_t = 4)]
+        sinks: usize,
+        #[arg(long, default_value_t = 16)]
+        recent: usize,
+        /// Write the report (losses per epoch, recall table) as JSON.
+        #[arg(long)]
+        json: Option<PathBuf>,
+    },
     /// ADORE controller files.
     Controller {
         #[command(subcommand)]
@@ -112,6 +173,13 @@ enum ControllerCommand {
         #[arg(long, default_value_t = 32)]
         buckets: usize,
     },
+}
+
+#[derive(Args)]
+struct ModelPath {
+    /// A .gguf file or a Hugging Face directory; the default model without it.
+    #[arg(long)]
+    model: Option<PathBuf>,
 }
 
 #[derive(Args)]
@@ -225,6 +293,86 @@ fn run(cli: Cli) -> Result<()> {
             println!("{}", path.display());
             Ok(())
         }
+        #[cfg(feature = "train")]
+        Command::Collect { model, text, out, seq_len, queries, seed } => {
+            let path = model_path(&model.model)?;
+            let files = adore::model::files::Files::read(&path).with_context(|| format!("reading {}", path.display()))?;
+            let spec = adore::ModelSpec::read(files.source())?;
+            let teacher = train::teacher::Teacher::new(&spec)?;
+            let fingerprint = spec.fingerprint()?;
+            train::data::collect(&train::data::Collect {
+                teacher: &teacher,
+                tokenizer: &spec.tokenizer,
+                fingerprint: &fingerprint,
+                texts: &text,
+                out: &out,
+                seq_len,
+                queries,
+                seed,
+            })
+        }
+        #[cfg(feature = "train")]
+        Command::TrainController { model, data, heldout, out, seed, epochs, width, buckets, lr, batch, budgets, sinks, recent, json } => {
+            let path = model_path(&model.model)?;
+            let files = adore::model::files::Files::read(&path).with_context(|| format!("reading {}", path.display()))?;
+            let spec = adore::ModelSpec::read(files.source())?;
+            let fingerprint = spec.fingerprint()?;
+            let embed = spec.get("token_embd.weight")?.to_f32();
+            let mut train_seqs = train::data::read_dir(&data)?;
+            let held = match &heldout {
+                Some(dir) => train::data::read_dir(dir)?,
+                None => {
+                    let keep = train_seqs.len() - (train_seqs.len() / 10).max(1).min(train_seqs.len() - 1);
+                    if train_seqs.len() < 2 {
+                        bail!("{} holds one sequence: give --heldout or collect more", data.display());
+                    }
+                    train_seqs.split_off(keep)
+                }
+            };
+            let o = train::fit::FitOptions { d_c: width, buckets, epochs, seed, lr, batch, sinks, recent, budgets };
+            eprintln!("train-controller: {} training and {} held-out sequences, {epochs} epochs", train_seqs.len(), held.len());
+            let bar = ProgressBar::new(epochs as u64);
+            bar.set_style(
+                ProgressStyle::with_template("train {bar:40} epoch {pos}/{len}, {eta} left {msg}")
+                    .unwrap_or_else(|_| ProgressStyle::default_bar()),
+            );
+            let (mut c, report) = train::fit::fit(&embed, spec.config.hidden, &fingerprint, &train_seqs, &held, &o, &mut |e| {
+                bar.set_message(format!("loss {:.4} held-out {:.4}", e.train_loss, e.heldout_loss));
+                bar.inc(1);
+            })?;
+            bar.finish_and_clear();
+            for e in &report.epochs {
+                eprintln!("epoch {:>3}: training loss {:.4}, held-out loss {:.4}", e.epoch, e.train_loss, e.heldout_loss);
+            }
+            let names = |s: &[train::data::Sequence]| {
+                let mut v: Vec<String> = s.iter().map(|q| q.name.splitn(4, '-').nth(3).unwrap_or("").to_string()).collect();
+                v.dedup();
+                v.join(", ")
+            };
+            c.training = format!(
+                "trained by adore train-controller on {} sequences of {} ({}); held out: {}; {epochs} epochs, lr {lr}, seed {seed}; final held-out loss {:.4}",
+                train_seqs.len(),
+                train_seqs[0].len(),
+                names(&train_seqs),
+                names(&held),
+                report.epochs.last().map_or(f64::NAN, |e| e.heldout_loss)
+            );
+            std::fs::write(&out, c.to_bytes()?).with_context(|| format!("writing {}", out.display()))?;
+            println!("| m | held-out queries | adore | h2o | sinks + window |");
+            println!("|---:|---:|---:|---:|---:|");
+            for r in &report.recall {
+                println!("| {} | {} | {:.3} | {:.3} | {:.3} |", r.m, r.queries, r.adore, r.h2o, r.sink_window);
+            }
+            if let Some(path) = json {
+                std::fs::write(&path, serde_json::to_string_pretty(&report)?).with_context(|| format!("writing {}", path.display()))?;
+            }
+            eprintln!("wrote {}", out.display());
+            Ok(())
+        }
+        #[cfg(not(feature = "train"))]
+        Command::Collect { .. } | Command::TrainController { .. } => {
+            bail!("this build has no training support: build with `cargo build --release -p native-demo --features train`")
+        }
         Command::Controller { action: ControllerCommand::Init { model, out, seed, width, buckets } } => {
             let m = load(&model)?;
             let c = Controller::random(&m.fingerprint, m.config.hidden, width, buckets, seed)?;
@@ -316,11 +464,16 @@ fn fetch_default() -> Result<PathBuf> {
     Ok(path)
 }
 
+/// The model path given, or the default model (fetched once).
+fn model_path(model: &Option<PathBuf>) -> Result<PathBuf> {
+    match model {
+        Some(p) => Ok(p.clone()),
+        None => fetch_default(),
+    }
+}
+
 fn load(args: &ModelArgs) -> Result<Arc<Model>> {
-    let path = match &args.model {
-        Some(p) => p.clone(),
-        None => fetch_default()?,
-    };
+    let path = model_path(&args.model)?;
     let ctx = Arc::new(Context::new_blocking(ContextOptions::default())?);
     eprintln!("adapter: {}", ctx.describe());
     let bar = if std::io::stderr().is_terminal() {

@@ -177,7 +177,8 @@ impl<'a> ModelSpec<'a> {
         v
     }
 
-    fn get(&self, name: &str) -> Result<&HostTensor<'a>> {
+    /// A tensor by its GGUF name.
+    pub fn get(&self, name: &str) -> Result<&HostTensor<'a>> {
         self.tensors.get(name).ok_or_else(|| Error::MissingTensor { tensor: name.into() })
     }
 

@@ -1,0 +1,258 @@
+//! Training the ADORE controller on teacher data (candle, CPU): listwise cross-entropy between
+//! the controller's softmax over keys and the teacher's attention distribution, at the sampled
+//! query positions; then recall of the teacher's top-m on held-out sequences, for the trained
+//! controller beside H2O's accumulated attention and sinks + recent window, each keeping m keys
+//! the way its policy does.
+
+use anyhow::{bail, Result};
+use candle_core::{DType, Device, IndexOp, Tensor, Var, D};
+use candle_nn::{AdamW, Optimizer, ParamsAdamW};
+
+use adore::controller::{bucket, Controller};
+use adore::eval::{policy_keep, recall, top_m};
+
+use super::data::{Rng, Sequence};
+
+pub struct FitOptions {
+    pub d_c: usize,
+    pub buckets: usize,
+    pub epochs: usize,
+    pub seed: u64,
+    pub lr: f64,
+    pub batch: usize,
+    pub sinks: usize,
+    pub recent: usize,
+    pub budgets: Vec<usize>,
+}
+
+#[derive(serde::Serialize, Clone, Debug)]
+pub struct EpochStats {
+    pub epoch: usize,
+    pub train_loss: f64,
+    pub heldout_loss: f64,
+}
+
+#[derive(serde::Serialize, Clone, Debug)]
+pub struct RecallRow {
+    pub m: usize,
+    /// Held-out queries with more than m keys (the others keep everything).
+    pub queries: usize,
+    pub adore: f64,
+    pub h2o: f64,
+    pub sink_window: f64,
+}
+
+#[derive(serde::Serialize, Clone, Debug)]
+pub struct Report {
+    pub epochs: Vec<EpochStats>,
+    pub recall: Vec<RecallRow>,
+}
+
+/// The trainable weights, shapes as in `Controller`.
+struct Params {
+    proj: Var,
+    w_ih: Var,
+    w_hh: Var,
+    b_ih: Var,
+    b_hh: Var,
+    w_k: Var,
+    w_q: Var,
+    bias: Var,
+}
+
+impl Params {
+    fn new(c: &Controller) -> Result<Self> {
+        let dev = Device::Cpu;
+        let (d, hid) = (c.d_c, c.hidden);
+        let v = |x: &[f32], shape: &[usize]| Var::from_vec(x.to_vec(), shape, &dev);
+        Ok(Params {
+            proj: v(&c.proj, &[d, hid])?,
+            w_ih: v(&c.w_ih, &[3 * d, d])?,
+            w_hh: v(&c.w_hh, &[3 * d, d])?,
+            b_ih: v(&c.b_ih, &[3 * d])?,
+            b_hh: v(&c.b_hh, &[3 * d])?,
+            w_k: v(&c.w_k, &[d, d])?,
+            w_q: v(&c.w_q, &[d, d])?,
+            bias: v(&c.bucket_bias, &[c.buckets])?,
+        })
+    }
+
+    fn vars(&self) -> Vec<Var> {
+        [&self.proj, &self.w_ih, &self.w_hh, &self.b_ih, &self.b_hh, &self.w_k, &self.w_q, &self.bias].into_iter().cloned().collect()
+    }
+
+    fn write(&self, c: &mut Controller) -> Result<()> {
+        let flat = |v: &Var| -> Result<Vec<f32>> { Ok(v.as_tensor().flatten_all()?.to_vec1::<f32>()?) };
+        c.proj = flat(&self.proj)?;
+        c.w_ih = flat(&self.w_ih)?;
+        c.w_hh = flat(&self.w_hh)?;
+        c.b_ih = flat(&self.b_ih)?;
+        c.b_hh = flat(&self.b_hh)?;
+        c.w_k = flat(&self.w_k)?;
+        c.w_q = flat(&self.w_q)?;
+        c.bucket_bias = flat(&self.bias)?;
+        Ok(())
+    }
+}
+
+fn sigmoid(x: &Tensor) -> Result<Tensor> {
+    // (tanh(x / 2) + 1) / 2: the logistic function through differentiable primitives.
+    Ok((((x * 0.5)?.tanh()? + 1.0)? * 0.5)?)
+}
+
+struct Model<'a> {
+    p: &'a Params,
+    embed: &'a Tensor,
+    d: usize,
+    buckets: usize,
+    max_distance: usize,
+}
+
+impl Model<'_> {
+    /// Scores (B, Q, n) of a batch of equal-length sequences: q_t · k_i / sqrt(d) + bias, with
+    /// keys after the query masked to -1e9.
+    fn scores(&self, batch: &[&Sequence]) -> Result<Tensor> {
+        let dev = Device::Cpu;
+        let (b, n, nq, d) = (batch.len(), batch[0].len(), batch[0].queries.len(), self.d);
+        let ids: Vec<u32> = batch.iter().flat_map(|s| s.ids.iter().copied()).collect();
+        let e = self.embed.index_select(&Tensor::from_vec(ids, b * n, &dev)?, 0)?;
+        let u = e.matmul(&self.p.proj.t()?)?;
+        let gi = u.matmul(&self.p.w_ih.t()?)?.broadcast_add(&self.p.b_ih)?.reshape((b, n, 3 * d))?;
+        let w_hh = self.p.w_hh.t()?;
+        let mut h = Tensor::zeros((b, d), DType::F32, &dev)?;
+        let mut hs = Vec::with_capacity(n);
+        for t in 0..n {
+            let g = gi.i((.., t, ..))?;
+            let gh = h.matmul(&w_hh)?.broadcast_add(&self.p.b_hh)?;
+            let r = sigmoid(&(g.narrow(1, 0, d)? + gh.narrow(1, 0, d)?)?)?;
+            let z = sigmoid(&(g.narrow(1, d, d)? + gh.narrow(1, d, d)?)?)?;
+            let cand = (g.narrow(1, 2 * d, d)? + (r * gh.narrow(1, 2 * d, d)?)?)?.tanh()?;
+            h = (&cand + (z * (&h - &cand)?)?)?;
+            hs.push(h.clone());
+        }
+        let hs = Tensor::stack(&hs, 1)?; // (B, n, d)
+        let keys = hs.reshape((b * n, d))?.matmul(&self.p.w_k.t()?)?.reshape((b, n, d))?;
+        let qidx: Vec<u32> = batch.iter().enumerate().flat_map(|(bi, s)| s.queries.iter().map(move |&t| (bi * n) as u32 + t)).collect();
+        let q = hs.reshape((b * n, d))?.index_select(&Tensor::from_vec(qidx, b * nq, &dev)?, 0)?.matmul(&self.p.w_q.t()?)?;
+        let s = (q.reshape((b, nq, d))?.matmul(&keys.transpose(1, 2)?.contiguous()?)? / (d as f64).sqrt())?;
+        let mut bidx = Vec::with_capacity(b * nq * n);
+        let mut mask = Vec::with_capacity(b * nq * n);
+        for s in batch {
+            for &t in &s.queries {
+                for i in 0..n as u32 {
+                    let ok = i <= t;
+                    bidx.push(if ok { bucket(t - i, self.buckets, self.max_distance) as u32 } else { 0 });
+                    mask.push(if ok { 0f32 } else { -1e9 });
+                }
+            }
+        }
+        let bias = self.p.bias.index_select(&Tensor::from_vec(bidx, b * nq * n, &dev)?, 0)?.reshape((b, nq, n))?;
+        Ok(((s + bias)? + Tensor::from_vec(mask, (b, nq, n), &dev)?)?)
+    }
+
+    /// Mean over queries of the cross-entropy between the teacher and the controller.
+    fn loss(&self, batch: &[&Sequence]) -> Result<Tensor> {
+        let (b, n, nq) = (batch.len(), batch[0].len(), batch[0].queries.len());
+        let logp = candle_nn::ops::log_softmax(&self.scores(batch)?, D::Minus1)?;
+        let teacher: Vec<f32> = batch.iter().flat_map(|s| s.teacher.iter().copied()).collect();
+        let teacher = Tensor::from_vec(teacher, (b, nq, n), &Device::Cpu)?;
+        Ok(((teacher * logp)?.sum_all()? / -((b * nq) as f64))?)
+    }
+}
+
+/// Batches of equal-length sequences with equal query counts.
+fn batches<'a>(seqs: &'a [Sequence], size: usize, rng: Option<&mut Rng>) -> Vec<Vec<&'a Sequence>> {
+    let mut order: Vec<usize> = (0..seqs.len()).collect();
+    if let Some(rng) = rng {
+        for i in (1..order.len()).rev() {
+            order.swap(i, rng.below(i + 1));
+        }
+    }
+    let mut groups: Vec<Vec<&Sequence>> = Vec::new();
+    for i in order {
+        let s = &seqs[i];
+        match groups.iter_mut().find(|g| g.len() < size && g[0].len() == s.len() && g[0].queries.len() == s.queries.len()) {
+            Some(g) => g.push(s),
+            None => groups.push(vec![s]),
+        }
+    }
+    groups
+}
+
+pub fn fit(
+    embed: &[f32],
+    hidden: usize,
+    fingerprint: &str,
+    train: &[Sequence],
+    heldout: &[Sequence],
+    o: &FitOptions,
+    progress: &mut dyn FnMut(&EpochStats),
+) -> Result<(Controller, Report)> {
+    if train.is_empty() || heldout.is_empty() {
+        bail!("training needs both training and held-out sequences");
+    }
+    if o.epochs == 0 || o.batch == 0 || !(o.lr > 0.0) {
+        bail!("--epochs and --batch must be at least 1 and --lr positive");
+    }
+    let vocab = embed.len() / hidden.max(1);
+    if let Some(bad) = train.iter().chain(heldout).flat_map(|s| &s.ids).find(|&&t| t as usize >= vocab) {
+        bail!("token id {bad} in the data is outside this model's vocabulary of {vocab}: the data was collected for another model");
+    }
+    let mut c = Controller::random(fingerprint, hidden, o.d_c, o.buckets, o.seed)?;
+    let p = Params::new(&c)?;
+    let embed = Tensor::from_slice(embed, (vocab, hidden), &Device::Cpu)?;
+    let model = Model { p: &p, embed: &embed, d: o.d_c, buckets: o.buckets, max_distance: c.max_distance };
+    let mut opt = AdamW::new(p.vars(), ParamsAdamW { lr: o.lr, weight_decay: 0.0, ..Default::default() })?;
+    let mut rng = Rng(o.seed ^ 0xA5A5_5A5A_1234_5678);
+    let held = batches(heldout, o.batch, None);
+    let heldout_loss = |model: &Model| -> Result<f64> {
+        let mut sum = 0.0;
+        for b in &held {
+            sum += model.loss(b)?.to_scalar::<f32>()? as f64 * b.len() as f64;
+        }
+        Ok(sum / heldout.len() as f64)
+    };
+    let mut epochs = Vec::new();
+    for epoch in 1..=o.epochs {
+        let mut sum = 0.0;
+        for b in batches(train, o.batch, Some(&mut rng)) {
+            let loss = model.loss(&b)?;
+            opt.backward_step(&loss)?;
+            sum += loss.to_scalar::<f32>()? as f64 * b.len() as f64;
+        }
+        let stats = EpochStats { epoch, train_loss: sum / train.len() as f64, heldout_loss: heldout_loss(&model)? };
+        progress(&stats);
+        epochs.push(stats);
+    }
+    p.write(&mut c)?;
+    let recall = recall_table(&model, heldout, o)?;
+    Ok((c, Report { epochs, recall }))
+}
+
+/// Recall of the teacher's top-m on held-out sequences, per budget.
+fn recall_table(model: &Model, heldout: &[Sequence], o: &FitOptions) -> Result<Vec<RecallRow>> {
+    let mut rows: Vec<RecallRow> = o.budgets.iter().map(|&m| RecallRow { m, queries: 0, adore: 0.0, h2o: 0.0, sink_window: 0.0 }).collect();
+    for s in heldout {
+        let n = s.len();
+        let scores = model.scores(&[s])?.flatten_all()?.to_vec1::<f32>()?;
+        for (qi, &t) in s.queries.iter().enumerate() {
+            let t = t as usize;
+            let row = |v: &[f32]| v[qi * n..qi * n + t + 1].to_vec();
+            let (teacher, ctl, h2o) = (row(&s.teacher), row(&scores), row(&s.h2o));
+            for r in rows.iter_mut().filter(|r| t + 1 > r.m) {
+                let truth = top_m(&teacher, r.m);
+                r.queries += 1;
+                r.adore += recall(&truth, &policy_keep(t, r.m, o.sinks, o.recent, Some(&ctl)));
+                r.h2o += recall(&truth, &policy_keep(t, r.m, o.sinks, o.recent, Some(&h2o)));
+                r.sink_window += recall(&truth, &policy_keep(t, r.m, o.sinks, 0, None));
+            }
+        }
+    }
+    for r in &mut rows {
+        let q = r.queries.max(1) as f64;
+        r.adore /= q;
+        r.h2o /= q;
+        r.sink_window /= q;
+    }
+    Ok(rows)
+}
