@@ -13,6 +13,7 @@ use anyhow::{bail, Context as _, Result};
 use clap::{Args, Parser, Subcommand};
 use indicatif::{ProgressBar, ProgressStyle};
 
+mod eval;
 #[cfg(feature = "train")]
 mod train;
 
@@ -91,6 +92,39 @@ enum Command {
     },
     /// Download (if needed) and verify the default model; print its path.
     Fetch,
+    /// Each policy against full attention on a text, teacher-forced token by token: top-1
+    /// agreement, mean KL divergence and perplexity per policy and budget.
+    Eval {
+        #[command(flatten)]
+        model: ModelArgs,
+        /// Plain text to score (its first --tokens tokens).
+        #[arg(long)]
+        text: PathBuf,
+        #[arg(long, default_value_t = 2048)]
+        tokens: usize,
+        #[arg(long, value_delimiter = ',', default_value = "full,window,sink,h2o,tova,adore,oracle")]
+        policies: Vec<String>,
+        #[arg(long, value_delimiter = ',', default_value = "64,128,256,512")]
+        budgets: Vec<usize>,
+        /// JSON lines with a "prompt" each: greedy generations compared with full attention's
+        /// (ROUGE-L, BLEU).
+        #[arg(long)]
+        prompts: Option<PathBuf>,
+        /// Tokens generated per prompt.
+        #[arg(long, default_value_t = 64)]
+        max_tokens: usize,
+        /// Write the rows as JSON.
+        #[arg(long)]
+        json: Option<PathBuf>,
+        /// Write an SVG chart of top-1 agreement against budget per policy.
+        #[arg(long)]
+        plot: Option<PathBuf>,
+        /// With --speed-plot: an `adore bench --json` file to chart decode tokens/s against context.
+        #[arg(long)]
+        bench: Option<PathBuf>,
+        #[arg(long)]
+        speed_plot: Option<PathBuf>,
+    },
     /// Teacher data for controller training: full attention over the texts (on the CPU), the
     /// attention distribution of sampled queries averaged over heads and layers (feature `train`).
     Collect {
@@ -291,6 +325,70 @@ fn run(cli: Cli) -> Result<()> {
         Command::Fetch => {
             let path = fetch_default()?;
             println!("{}", path.display());
+            Ok(())
+        }
+        Command::Eval { model, text, tokens, policies, budgets, prompts, max_tokens, json, plot, bench, speed_plot } => {
+            if budgets.is_empty() || budgets.contains(&0) || tokens < 2 {
+                bail!("--budgets must list positive budgets and --tokens be at least 2");
+            }
+            if speed_plot.is_some() != bench.is_some() {
+                bail!("--speed-plot and --bench go together");
+            }
+            let m = load(&model)?;
+            let body = std::fs::read_to_string(&text).with_context(|| format!("reading {}", text.display()))?;
+            let mut ids = m.tokenizer.encode(&body)?;
+            if ids.len() < tokens {
+                eprintln!("eval: {} holds {} tokens, fewer than --tokens {tokens}; scoring them all", text.display(), ids.len());
+            }
+            ids.truncate(tokens.min(m.config.context));
+            let mut runs = Vec::new();
+            for name in &policies {
+                let base = model.policy(name)?;
+                if base.kind == PolicyKind::Full {
+                    runs.push(base);
+                    continue;
+                }
+                for &b in &budgets {
+                    let p = Policy { budget: b, ..base };
+                    p.validate()?;
+                    runs.push(p);
+                }
+            }
+            let e = eval::Eval { model: &m, policies: &runs, controller: model.controller(&m)?, cache_update: model.cache_update.parse()? };
+            eprintln!("eval: {} tokens of {}, {} policy runs", ids.len(), text.display(), runs.len());
+            let mut rows = e.teacher_forced(&ids)?;
+            if let Some(path) = &prompts {
+                let lines = std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+                let mut list = Vec::new();
+                for (i, line) in lines.lines().enumerate().filter(|(_, l)| !l.trim().is_empty()) {
+                    let v: serde_json::Value =
+                        serde_json::from_str(line).with_context(|| format!("{}:{}: not JSON", path.display(), i + 1))?;
+                    let Some(p) = v["prompt"].as_str() else { bail!("{}:{}: no \"prompt\" string", path.display(), i + 1) };
+                    list.push(m.tokenizer.encode(p)?);
+                }
+                e.generations(&list, max_tokens, &mut rows)?;
+            }
+            print!("{}", eval::markdown(&rows));
+            if let Some(path) = &json {
+                let doc = serde_json::json!({"model": m.name, "text": text.display().to_string(), "tokens": ids.len(), "rows": rows});
+                std::fs::write(path, serde_json::to_string_pretty(&doc)?).with_context(|| format!("writing {}", path.display()))?;
+            }
+            if let Some(path) = &plot {
+                let svg = eval::svg_chart(
+                    &format!("Agreement with full attention, {} tokens", ids.len()),
+                    "budget m (KV slots)",
+                    "top-1 agreement",
+                    &eval::fidelity_series(&rows),
+                    true,
+                );
+                std::fs::write(path, svg).with_context(|| format!("writing {}", path.display()))?;
+            }
+            if let (Some(path), Some(b)) = (&speed_plot, &bench) {
+                let doc: serde_json::Value = serde_json::from_slice(&std::fs::read(b).with_context(|| format!("reading {}", b.display()))?)
+                    .with_context(|| format!("{} is not JSON", b.display()))?;
+                let svg = eval::svg_chart("Decode speed", "context (tokens)", "decode tokens/s", &eval::speed_series(&doc)?, true);
+                std::fs::write(path, svg).with_context(|| format!("writing {}", path.display()))?;
+            }
             Ok(())
         }
         #[cfg(feature = "train")]

@@ -189,3 +189,67 @@ fn bad_arguments_and_files() {
     fails_with(&["generate", "--model", m, "--prompt", "x", "--policy", "lru"], "unknown policy");
     fails_with(&["generate", "--model", m, "--prompt", "x", "--policy", "adore"], "controller");
 }
+
+#[test]
+fn eval_compares_every_policy_with_full_attention() {
+    let m = tiny_model();
+    let d = m.parent().unwrap().to_path_buf();
+    let text = d.join("eval.txt");
+    std::fs::write(&text, "the cat in the hat sat on the mat, and the hat sat on the cat. ".repeat(8)).unwrap();
+    let prompts = d.join("prompts.jsonl");
+    std::fs::write(&prompts, "{\"prompt\": \"the cat\"}\n\n{\"prompt\": \"on the mat\"}\n").unwrap();
+    let (json, plot, speed) = (d.join("eval.json"), d.join("eval.svg"), d.join("speed.svg"));
+    let bench = d.join("bench-for-plot.json");
+    std::fs::write(&bench, r#"{"rows": [{"policy": "full", "context": 256, "decode_tokens_per_s": 3.0}, {"policy": "full", "context": 1024, "decode_tokens_per_s": 2.0}]}"#).unwrap();
+    let out = adore(&[
+        "eval",
+        "--model",
+        m.to_str().unwrap(),
+        "--text",
+        text.to_str().unwrap(),
+        "--tokens",
+        "60",
+        "--policies",
+        "full,sink,h2o,oracle",
+        "--budgets",
+        "8,64",
+        "--recent",
+        "2",
+        "--prompts",
+        prompts.to_str().unwrap(),
+        "--max-tokens",
+        "6",
+        "--json",
+        json.to_str().unwrap(),
+        "--plot",
+        plot.to_str().unwrap(),
+        "--bench",
+        bench.to_str().unwrap(),
+        "--speed-plot",
+        speed.to_str().unwrap(),
+    ]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let v: serde_json::Value = serde_json::from_slice(&std::fs::read(&json).unwrap()).unwrap();
+    let rows = v["rows"].as_array().unwrap();
+    assert_eq!(rows.len(), 1 + 3 * 2, "{v}");
+    for r in rows {
+        let (agree, kl) = (r["top1_agreement"].as_f64().unwrap(), r["mean_kl"].as_f64().unwrap());
+        assert_eq!(r["positions"].as_u64(), Some(59), "{r}");
+        assert!(r["ppl"].as_f64().unwrap().is_finite() && (0.0..=1.0).contains(&agree) && kl >= 0.0, "{r}");
+        assert!(r["rouge_l"].as_f64().is_some() && r["bleu"].as_f64().is_some(), "{r}");
+        // With a budget above the text's length, nothing is released: the same predictions.
+        if r["policy"] == "full" || r["budget"] == 64 {
+            assert_eq!(agree, 1.0, "{r}");
+            assert!(kl < 1e-6, "{r}");
+            assert_eq!(r["rouge_l"].as_f64(), Some(1.0), "{r}");
+        }
+    }
+    let small = rows.iter().find(|r| r["policy"] == "sink" && r["budget"] == 8).unwrap();
+    assert!(small["mean_kl"].as_f64().unwrap() > 1e-4, "a budget of 8 changed nothing: {small}");
+    assert!(String::from_utf8_lossy(&out.stdout).contains("| top-1 agreement |"));
+    for svg in [&plot, &speed] {
+        let s = std::fs::read_to_string(svg).unwrap();
+        assert!(s.starts_with("<svg") && s.contains("polyline"), "{s}");
+    }
+    fails_with(&["eval", "--model", m.to_str().unwrap(), "--text", text.to_str().unwrap(), "--budgets", "0"], "budgets");
+}
