@@ -3,27 +3,12 @@
 // keys[pos_r] = W_k h; after the last row, q = W_q h. The recurrence makes rows sequential:
 // one workgroup of 256 splits each row's products. Dispatch (1, 1, 1).
 
-struct Params {
-    d_c: u32,
-    hidden: u32,
-    off_proj: u32,    // offsets into `weights` (f32 elements)
-    off_w_ih: u32,
-    off_w_hh: u32,
-    off_b_ih: u32,
-    off_b_hh: u32,
-    off_w_k: u32,
-    off_w_q: u32,
-    off_bias: u32,    // bias by distance, max_distance + 1 values
-    max_distance: u32,
-    capacity: u32,    // slots in the KV cache (controller_score)
-}
-
 @group(0) @binding(0) var<storage, read> x: array<f32>;             // (rows, hidden) embeddings
 @group(0) @binding(1) var<storage, read> positions: array<u32>;     // (rows)
 @group(0) @binding(2) var<storage, read> weights: array<f32>;       // packed controller weights
 @group(0) @binding(3) var<storage, read_write> state: array<f32>;   // h (d_c), then q (d_c)
 @group(0) @binding(4) var<storage, read_write> keys: array<f32>;    // (context, d_c) by position
-@group(0) @binding(5) var<uniform> p: Params;
+@group(0) @binding(5) var<uniform> p: ControllerParams;
 @group(0) @binding(6) var<uniform> step: Step;
 
 const WG: u32 = 256u;

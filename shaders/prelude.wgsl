@@ -12,6 +12,22 @@ struct Step {
     pad2: u32,
 }
 
+// The ADORE controller's layout in its packed weight buffer (controller kernels).
+struct ControllerParams {
+    d_c: u32,
+    hidden: u32,
+    off_proj: u32,    // offsets into the packed weights (f32 elements)
+    off_w_ih: u32,
+    off_w_hh: u32,
+    off_b_ih: u32,
+    off_b_hh: u32,
+    off_w_k: u32,
+    off_w_q: u32,
+    off_bias: u32,    // bias by distance, max_distance + 1 values
+    max_distance: u32,
+    capacity: u32,    // slots in the KV cache
+}
+
 // Scores below this are masked out (WGSL has no infinity literals).
 const MASKED: f32 = -1.0e30;
 

@@ -4,26 +4,11 @@
 // MASKED for i >= t. rebuild_mask then masks the cached ones, leaving the rebuild candidates.
 // Invocation = one position; dispatch (ceil(context / 64), 1, 1).
 
-struct Params {
-    d_c: u32,
-    hidden: u32,
-    off_proj: u32,
-    off_w_ih: u32,
-    off_w_hh: u32,
-    off_b_ih: u32,
-    off_b_hh: u32,
-    off_w_k: u32,
-    off_w_q: u32,
-    off_bias: u32,
-    max_distance: u32,
-    capacity: u32,
-}
-
 @group(0) @binding(0) var<storage, read> weights: array<f32>;          // packed controller weights
 @group(0) @binding(1) var<storage, read> state: array<f32>;            // h (d_c), then q (d_c)
 @group(0) @binding(2) var<storage, read> keys: array<f32>;             // (context, d_c)
 @group(0) @binding(3) var<storage, read_write> pos_score: array<f32>;  // (context)
-@group(0) @binding(4) var<uniform> p: Params;
+@group(0) @binding(4) var<uniform> p: ControllerParams;
 @group(0) @binding(5) var<uniform> step: Step;
 
 @compute @workgroup_size(64)

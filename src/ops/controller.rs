@@ -7,6 +7,7 @@ use crate::error::Result;
 use crate::gpu::{Context, Dispatch};
 use crate::shaders;
 
+/// The WGSL `ControllerParams` (prelude.wgsl), field for field.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, bytemuck::Pod, bytemuck::Zeroable)]
 pub struct Params {
