@@ -8,6 +8,10 @@ use crate::error::{Error, Result};
 
 const FORMAT: &str = "adore-controller-v1";
 
+/// Controllers shipped with the library: (file name, contents).
+const BUILTIN: &[(&str, &[u8])] =
+    &[("controllers/smollm2-135m-instruct.safetensors", include_bytes!("../controllers/smollm2-135m-instruct.safetensors"))];
+
 /// Controller weights, row-major f32. GRU gates in PyTorch's order (r, z, n).
 #[derive(Clone, Debug)]
 pub struct Controller {
@@ -166,6 +170,12 @@ impl Controller {
             } = v;
         }
         Ok(c)
+    }
+
+    /// The trained controller shipped for the model with `fingerprint`, if there is one (the
+    /// default model's, trained as the README describes).
+    pub fn builtin(fingerprint: &str) -> Option<Self> {
+        BUILTIN.iter().find_map(|(name, bytes)| Controller::from_bytes(name, bytes, fingerprint).ok())
     }
 
     /// Reference: one GRU step from embedding `e`, updating `h`.

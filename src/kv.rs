@@ -279,8 +279,11 @@ mod tests {
 
     #[test]
     fn policy_arguments() {
-        assert!("oracle".parse::<PolicyKind>().is_err());
+        assert_eq!("oracle".parse::<PolicyKind>().unwrap(), PolicyKind::Oracle);
         assert!("nonsense".parse::<PolicyKind>().is_err());
+        assert!(Policy { kind: PolicyKind::Tova, budget: 16, sinks: 0, recent: 0, rebuild: 2 }.validate().is_err());
+        assert!(Policy { kind: PolicyKind::Adore, budget: 4, sinks: 0, recent: 0, rebuild: 5 }.validate().is_err());
+        assert!(Policy { kind: PolicyKind::Adore, budget: 16, sinks: 4, recent: 4, rebuild: 4 }.validate().is_ok());
         assert!(Policy { kind: PolicyKind::Sink, budget: 4, sinks: 4, recent: 0, rebuild: 0 }.validate().is_err());
         assert!(Policy { kind: PolicyKind::Window, budget: 0, sinks: 0, recent: 0, rebuild: 0 }.validate().is_err());
         assert!(Policy { kind: PolicyKind::H2o, budget: 16, sinks: 4, recent: 13, rebuild: 0 }.validate().is_err());

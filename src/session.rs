@@ -134,10 +134,16 @@ impl Session {
         let capacity = options.capacity();
         let rows = options.max_rows();
         let rebuild = options.policy.rebuild;
+        // The adore policy takes the controller given, or the one shipped for this model.
+        let shipped = match (options.policy.kind, &options.controller) {
+            (PolicyKind::Adore, None) => Controller::builtin(&model.fingerprint).map(Arc::new),
+            _ => None,
+        };
+        let options = SessionOptions { controller: options.controller.clone().or(shipped), ..options };
         let controller = match (options.policy.kind, &options.controller) {
             (PolicyKind::Adore, None) => {
                 return Err(Error::arg(
-                    "the adore policy needs a controller (--controller FILE; `adore controller init` makes a random one)",
+                    "the adore policy needs a controller for this model: none is shipped for it, so pass --controller FILE (train one as the README says; `adore controller init` makes a random one)",
                 ))
             }
             (PolicyKind::Adore, Some(cl)) => {

@@ -434,14 +434,24 @@ fn run(cli: Cli) -> Result<()> {
                 ProgressStyle::with_template("train {bar:40} epoch {pos}/{len}, {eta} left {msg}")
                     .unwrap_or_else(|_| ProgressStyle::default_bar()),
             );
+            let t0 = std::time::Instant::now();
             let (mut c, report) = train::fit::fit(&embed, spec.config.hidden, &fingerprint, &train_seqs, &held, &o, &mut |e| {
-                bar.set_message(format!("loss {:.4} held-out {:.4}", e.train_loss, e.heldout_loss));
+                // One line per epoch, above the bar (or alone when stderr is not a terminal).
+                let line = format!(
+                    "epoch {:>3}: training loss {:.4}, held-out loss {:.4} ({:.0} s)",
+                    e.epoch,
+                    e.train_loss,
+                    e.heldout_loss,
+                    t0.elapsed().as_secs_f64()
+                );
+                if bar.is_hidden() {
+                    eprintln!("{line}");
+                } else {
+                    bar.println(line);
+                }
                 bar.inc(1);
             })?;
             bar.finish_and_clear();
-            for e in &report.epochs {
-                eprintln!("epoch {:>3}: training loss {:.4}, held-out loss {:.4}", e.epoch, e.train_loss, e.heldout_loss);
-            }
             let names = |s: &[train::data::Sequence]| {
                 let mut v: Vec<String> = s.iter().map(|q| q.name.splitn(4, '-').nth(3).unwrap_or("").to_string()).collect();
                 v.dedup();
