@@ -182,6 +182,10 @@ enum Command {
         /// Write the report (losses per epoch, recall table) as JSON.
         #[arg(long)]
         json: Option<PathBuf>,
+        /// Which keys the loss covers: all of them, or only those the policy decides on
+        /// (unprotected: the sinks and recent window left out).
+        #[arg(long, default_value = "all")]
+        loss_keys: String,
     },
     /// ADORE controller files.
     Controller {
@@ -410,7 +414,28 @@ fn run(cli: Cli) -> Result<()> {
             })
         }
         #[cfg(feature = "train")]
-        Command::TrainController { model, data, heldout, out, seed, epochs, width, buckets, lr, batch, budgets, sinks, recent, json } => {
+        Command::TrainController {
+            model,
+            data,
+            heldout,
+            out,
+            seed,
+            epochs,
+            width,
+            buckets,
+            lr,
+            batch,
+            budgets,
+            sinks,
+            recent,
+            json,
+            loss_keys,
+        } => {
+            let unprotected_only = match loss_keys.as_str() {
+                "all" => false,
+                "unprotected" => true,
+                other => bail!("--loss-keys is all or unprotected, not {other:?}"),
+            };
             let path = model_path(&model.model)?;
             let files = adore::model::files::Files::read(&path).with_context(|| format!("reading {}", path.display()))?;
             let spec = adore::ModelSpec::read(files.source())?;
@@ -427,7 +452,7 @@ fn run(cli: Cli) -> Result<()> {
                     train_seqs.split_off(keep)
                 }
             };
-            let o = train::fit::FitOptions { d_c: width, buckets, epochs, seed, lr, batch, sinks, recent, budgets };
+            let o = train::fit::FitOptions { d_c: width, buckets, epochs, seed, lr, batch, sinks, recent, budgets, unprotected_only };
             eprintln!("train-controller: {} training and {} held-out sequences, {epochs} epochs", train_seqs.len(), held.len());
             let bar = ProgressBar::new(epochs as u64);
             bar.set_style(

@@ -23,6 +23,9 @@ pub struct FitOptions {
     pub sinks: usize,
     pub recent: usize,
     pub budgets: Vec<usize>,
+    /// Train on the keys the policy decides on only: the protected sinks and recent tokens are
+    /// left out of the softmax and the teacher renormalised over the rest.
+    pub unprotected_only: bool,
 }
 
 #[derive(serde::Serialize, Clone, Debug)]
@@ -106,6 +109,8 @@ struct Model<'a> {
     d: usize,
     buckets: usize,
     max_distance: usize,
+    /// (sinks, recent) left out of the loss.
+    protected: Option<(usize, usize)>,
 }
 
 impl Model<'_> {
@@ -153,8 +158,34 @@ impl Model<'_> {
     /// Mean over queries of the cross-entropy between the teacher and the controller.
     fn loss(&self, batch: &[&Sequence]) -> Result<Tensor> {
         let (b, n, nq) = (batch.len(), batch[0].len(), batch[0].queries.len());
-        let logp = candle_nn::ops::log_softmax(&self.scores(batch)?, D::Minus1)?;
-        let teacher: Vec<f32> = batch.iter().flat_map(|s| s.teacher.iter().copied()).collect();
+        let mut scores = self.scores(batch)?;
+        let mut teacher: Vec<f32> = batch.iter().flat_map(|s| s.teacher.iter().copied()).collect();
+        if let Some((sinks, recent)) = self.protected {
+            // Keys a policy keeps anyway leave the loss; the teacher is renormalised over the
+            // rest (queries with nothing left keep their full distribution).
+            let mut mask = vec![0f32; b * nq * n];
+            for (bi, s) in batch.iter().enumerate() {
+                for (qi, &t) in s.queries.iter().enumerate() {
+                    let row = (bi * nq + qi) * n;
+                    let t = t as usize;
+                    let free = |i: usize| i >= sinks && i + recent <= t;
+                    let z: f32 = (0..=t).filter(|&i| free(i)).map(|i| teacher[row + i]).sum();
+                    if z <= 0.0 {
+                        continue;
+                    }
+                    for i in 0..n {
+                        if i <= t && free(i) {
+                            teacher[row + i] /= z;
+                        } else {
+                            teacher[row + i] = 0.0;
+                            mask[row + i] = -1e9;
+                        }
+                    }
+                }
+            }
+            scores = (scores + Tensor::from_vec(mask, (b, nq, n), &Device::Cpu)?)?;
+        }
+        let logp = candle_nn::ops::log_softmax(&scores, D::Minus1)?;
         let teacher = Tensor::from_vec(teacher, (b, nq, n), &Device::Cpu)?;
         Ok(((teacher * logp)?.sum_all()? / -((b * nq) as f64))?)
     }
@@ -201,7 +232,8 @@ pub fn fit(
     let mut c = Controller::random(fingerprint, hidden, o.d_c, o.buckets, o.seed)?;
     let p = Params::new(&c)?;
     let embed = Tensor::from_slice(embed, (vocab, hidden), &Device::Cpu)?;
-    let model = Model { p: &p, embed: &embed, d: o.d_c, buckets: o.buckets, max_distance: c.max_distance };
+    let protected = o.unprotected_only.then_some((o.sinks, o.recent));
+    let model = Model { p: &p, embed: &embed, d: o.d_c, buckets: o.buckets, max_distance: c.max_distance, protected };
     let mut opt = AdamW::new(p.vars(), ParamsAdamW { lr: o.lr, weight_decay: 0.0, ..Default::default() })?;
     let mut rng = Rng(o.seed ^ 0xA5A5_5A5A_1234_5678);
     let held = batches(heldout, o.batch, None);
