@@ -483,11 +483,12 @@ fn run(cli: Cli) -> Result<()> {
                 v.join(", ")
             };
             c.training = format!(
-                "trained by adore train-controller on {} sequences of {} ({}); held out: {}; {epochs} epochs, lr {lr}, seed {seed}; final held-out loss {:.4}",
+                "trained by adore train-controller on {} sequences of {} ({}); held out: {}; {epochs} epochs, lr {lr}, seed {seed}, loss over {} keys; final held-out loss {:.4}",
                 train_seqs.len(),
                 train_seqs[0].len(),
                 names(&train_seqs),
                 names(&held),
+                if unprotected_only { format!("the unprotected ({sinks} sinks, {recent} recent left out)") } else { "all".to_string() },
                 report.epochs.last().map_or(f64::NAN, |e| e.heldout_loss)
             );
             std::fs::write(&out, c.to_bytes()?).with_context(|| format!("writing {}", out.display()))?;
