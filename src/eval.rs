@@ -1,11 +1,16 @@
 //! Fidelity measures for comparing a release policy with full attention: KL divergence of
 //! next-token distributions, recall of an attention top-m, and ROUGE-L / BLEU between texts.
 
+/// log Σ exp(x), in f64.
+pub fn logsumexp(x: &[f32]) -> f64 {
+    let m = x.iter().copied().fold(f32::NEG_INFINITY, f32::max) as f64;
+    x.iter().map(|&v| (v as f64 - m).exp()).sum::<f64>().ln() + m
+}
+
 /// KL(p || q) of two distributions given as logits, in nats (softmax taken here, in f64).
 pub fn kl_from_logits(p_logits: &[f32], q_logits: &[f32]) -> f64 {
     let log_softmax = |x: &[f32]| {
-        let m = x.iter().copied().fold(f32::NEG_INFINITY, f32::max) as f64;
-        let z = x.iter().map(|&v| (v as f64 - m).exp()).sum::<f64>().ln() + m;
+        let z = logsumexp(x);
         x.iter().map(move |&v| v as f64 - z).collect::<Vec<f64>>()
     };
     let (lp, lq) = (log_softmax(p_logits), log_softmax(q_logits));

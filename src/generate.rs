@@ -156,9 +156,7 @@ pub async fn perplexity(
         let logits = session.prefill_logits(ids).await?;
         for t in 0..window - 1 {
             let row = &logits[t * vocab..(t + 1) * vocab];
-            let max = row.iter().copied().fold(f32::NEG_INFINITY, f32::max) as f64;
-            let lse = row.iter().map(|&v| (v as f64 - max).exp()).sum::<f64>().ln() + max;
-            nll += lse - row[ids[t + 1] as usize] as f64;
+            nll += crate::eval::logsumexp(row) - row[ids[t + 1] as usize] as f64;
             scored += 1;
         }
         progress(w + 1, n_windows);

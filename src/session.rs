@@ -347,6 +347,14 @@ impl Session {
         let step = &s.step;
         let mut plan = Vec::with_capacity(12 + c.layers * 16);
         let policy = self.options.policy;
+        // Per-slot attention mass, averaged over heads and layers: accumulated (H2O) or the
+        // last new row's (TOVA, oracle).
+        let score_params = |accumulate: bool| ops::cache_update::ScoreParams {
+            capacity: self.capacity as u32,
+            n_heads: c.n_heads as u32,
+            accumulate: accumulate as u32,
+            scale: 1.0 / (c.n_heads * c.layers) as f32,
+        };
         if policy.kind.on_gpu() {
             // The GPU decides releases, so it also places the new rows in free slots.
             plan.push(ops::cache_update::build_assign(ctx, &s.slot_pos, &s.slots, step, self.capacity, rows)?);
@@ -376,13 +384,7 @@ impl Session {
             // A first pass with full attention ranks the slots by the last row's attention; the
             // second attends to the top `budget` of them (and to the step's own rows).
             self.push_layers(&mut plan, rows, &s.slot_pos, true)?;
-            let sp = ops::cache_update::ScoreParams {
-                capacity: self.capacity as u32,
-                n_heads: c.n_heads as u32,
-                accumulate: 0,
-                scale: 1.0 / (c.n_heads * c.layers) as f32,
-            };
-            plan.push(ops::cache_update::build_score(ctx, &s.mass, &s.slots, &s.slot_score, step, sp, rows)?);
+            plan.push(ops::cache_update::build_score(ctx, &s.mass, &s.slots, &s.slot_score, step, score_params(false), rows)?);
             plan.push(ops::rebuild::build_copy(ctx, &s.slot_pos, &s.attend, self.capacity)?);
             let up =
                 ops::cache_update::Params { sinks: 0, recent: 0, in_flight: 1, ..ops::cache_update::Params::new(self.capacity, &policy) };
@@ -399,12 +401,7 @@ impl Session {
                     plan.push(ops::controller::build_score(ctx, cl, &s.ctrl_state, &s.ctrl_keys, &s.slot_pos, &s.slot_score, step)?)
                 }
                 None => {
-                    let sp = ops::cache_update::ScoreParams {
-                        capacity: self.capacity as u32,
-                        n_heads: c.n_heads as u32,
-                        accumulate: (policy.kind == PolicyKind::H2o) as u32,
-                        scale: 1.0 / (c.n_heads * c.layers) as f32,
-                    };
+                    let sp = score_params(policy.kind == PolicyKind::H2o);
                     plan.push(ops::cache_update::build_score(ctx, &s.mass, &s.slots, &s.slot_score, step, sp, rows)?)
                 }
             }

@@ -8,7 +8,7 @@ use anyhow::{bail, Result};
 use indicatif::{ProgressBar, ProgressStyle};
 
 use adore::controller::Controller;
-use adore::eval::{argmax, bleu, kl_from_logits, rouge_l};
+use adore::eval::{argmax, bleu, kl_from_logits, logsumexp, rouge_l};
 use adore::kv::{CacheUpdate, Policy, PolicyKind};
 use adore::{GenerateOptions, Model, Sampling, Session, SessionOptions};
 
@@ -37,9 +37,7 @@ struct Acc {
 }
 
 fn log_softmax_at(logits: &[f32], id: usize) -> f64 {
-    let m = logits.iter().copied().fold(f32::NEG_INFINITY, f32::max) as f64;
-    let z = logits.iter().map(|&v| (v as f64 - m).exp()).sum::<f64>().ln() + m;
-    logits[id] as f64 - z
+    logits[id] as f64 - logsumexp(logits)
 }
 
 pub struct Eval<'a> {
