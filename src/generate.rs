@@ -5,6 +5,7 @@ use serde::Serialize;
 use web_time::Instant;
 
 use crate::error::{Error, Result};
+use crate::model::tokenizer::TextStream;
 use crate::ops::sample::Sampling;
 use crate::session::Session;
 
@@ -53,6 +54,98 @@ impl Stats {
     }
 }
 
+/// A generation in progress, pulled one token at a time (the browser streams from it; native
+/// programs use [`generate`]). The session must not be used for anything else meanwhile.
+pub struct Generation {
+    options: GenerateOptions,
+    eos: Option<u32>,
+    prompt_tokens: usize,
+    out: Vec<u32>,
+    text: TextStream,
+    /// The token sampled by the last step, not yet returned.
+    pending: Option<u32>,
+    prefill_seconds: f64,
+    decode_start: Instant,
+    decode_seconds: f64,
+    stop: Option<StopReason>,
+}
+
+impl Generation {
+    /// Checks the options and runs the prompt (the prefill); the first token is ready after it.
+    pub async fn start(session: &mut Session, prompt: &[u32], options: &GenerateOptions) -> Result<Self> {
+        if options.max_tokens == 0 {
+            return Err(Error::arg("max tokens must be at least 1"));
+        }
+        session.set_sampling(options.sampling)?;
+        let t0 = Instant::now();
+        let first = session.prefill(prompt).await?;
+        Ok(Self {
+            options: options.clone(),
+            eos: if options.stop_at_eos { session.model.tokenizer.eos } else { None },
+            prompt_tokens: prompt.len(),
+            out: Vec::new(),
+            text: TextStream::default(),
+            pending: Some(first),
+            prefill_seconds: t0.elapsed().as_secs_f64(),
+            decode_start: Instant::now(),
+            decode_seconds: 0.0,
+            stop: None,
+        })
+    }
+
+    /// The next token and the text it completes (empty while a character is incomplete), or
+    /// `None` once generation has stopped.
+    pub async fn next(&mut self, session: &mut Session) -> Result<Option<(u32, String)>> {
+        if self.stop.is_some() {
+            return Ok(None);
+        }
+        let token = match self.pending.take() {
+            Some(t) => t,
+            None => session.step().await?,
+        };
+        if Some(token) == self.eos {
+            self.finish(StopReason::EndOfSequence);
+            return Ok(None);
+        }
+        self.out.push(token);
+        let piece = self.text.push(&session.model.tokenizer, token)?;
+        if self.out.len() >= self.options.max_tokens {
+            self.finish(StopReason::MaxTokens);
+        } else if session.len() >= session.options.context {
+            self.finish(StopReason::ContextFull);
+        }
+        Ok(Some((token, piece)))
+    }
+
+    /// Stops before the next token.
+    pub fn cancel(&mut self) {
+        self.finish(StopReason::Cancelled);
+    }
+
+    fn finish(&mut self, reason: StopReason) {
+        if self.stop.is_none() {
+            self.stop = Some(reason);
+            self.decode_seconds = self.decode_start.elapsed().as_secs_f64();
+        }
+    }
+
+    /// The tokens generated so far.
+    pub fn tokens(&self) -> &[u32] {
+        &self.out
+    }
+
+    /// Timings, once generation has stopped.
+    pub fn stats(&self) -> Option<Stats> {
+        Some(Stats {
+            prompt_tokens: self.prompt_tokens,
+            generated_tokens: self.out.len(),
+            prefill_seconds: self.prefill_seconds,
+            decode_seconds: self.decode_seconds,
+            stop: self.stop?,
+        })
+    }
+}
+
 /// Runs the prompt and generates up to `max_tokens` tokens, calling `on_token(id, text)` for each
 /// (text may be empty while a character is incomplete); `on_token` returns false to stop.
 pub async fn generate(
@@ -61,43 +154,28 @@ pub async fn generate(
     options: &GenerateOptions,
     mut on_token: impl FnMut(u32, &str) -> bool,
 ) -> Result<(Vec<u32>, Stats)> {
-    if options.max_tokens == 0 {
-        return Err(Error::arg("max tokens must be at least 1"));
-    }
-    session.set_sampling(options.sampling)?;
-    let eos = if options.stop_at_eos { session.model.tokenizer.eos } else { None };
-    let t0 = Instant::now();
-    let mut token = session.prefill(prompt).await?;
-    let prefill_seconds = t0.elapsed().as_secs_f64();
-    let t1 = Instant::now();
-    let mut out = Vec::new();
-    let model = session.model.clone();
-    let mut text = model.tokenizer.stream();
-    let stop = loop {
-        if Some(token) == eos {
-            break StopReason::EndOfSequence;
-        }
-        out.push(token);
-        let piece = text.push(token)?;
+    let mut g = Generation::start(session, prompt, options).await?;
+    while let Some((token, piece)) = g.next(session).await? {
         if !on_token(token, &piece) {
-            break StopReason::Cancelled;
+            g.cancel();
         }
-        if out.len() >= options.max_tokens {
-            break StopReason::MaxTokens;
-        }
-        if session.len() >= session.options.context {
-            break StopReason::ContextFull;
-        }
-        token = session.step().await?;
-    };
-    let stats = Stats {
-        prompt_tokens: prompt.len(),
-        generated_tokens: out.len(),
-        prefill_seconds,
-        decode_seconds: t1.elapsed().as_secs_f64(),
-        stop,
-    };
-    Ok((out, stats))
+    }
+    let stats = g.stats().ok_or_else(|| Error::Gpu("generation ended without a stop reason".into()))?;
+    Ok((g.out, stats))
+}
+
+/// Prepares a session that holds the tokens `held` to continue with `ids` (a chat re-rendered
+/// whole each turn): keeps the prefix they share where the cache can be rewound, otherwise
+/// starts over, and returns how many tokens of `ids` the session keeps. Run the rest; at least
+/// the last token of `ids` is always left to run.
+pub async fn reuse_prefix(session: &mut Session, held: &[u32], ids: &[u32]) -> usize {
+    let common = held.iter().zip(ids).take_while(|(a, b)| a == b).count().min(ids.len().saturating_sub(1));
+    if held.len() != session.len() || session.truncate(common).await.is_err() {
+        // Some caches (the adore controller's state) cannot be rewound.
+        session.reset();
+        return 0;
+    }
+    common
 }
 
 /// One chat message.

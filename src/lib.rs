@@ -17,9 +17,11 @@ pub mod ops;
 pub mod session;
 pub mod shaders;
 pub mod tensor;
+#[cfg(target_arch = "wasm32")]
+pub mod wasm;
 
 pub use error::{Error, Result};
-pub use generate::{generate, GenerateOptions, Message, Stats, StopReason};
+pub use generate::{generate, GenerateOptions, Generation, Message, Stats, StopReason};
 pub use gpu::{Context, ContextOptions};
 pub use model::{Model, ModelSpec, Source};
 pub use ops::sample::Sampling;

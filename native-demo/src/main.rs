@@ -14,6 +14,7 @@ use clap::{Args, Parser, Subcommand};
 use indicatif::{ProgressBar, ProgressStyle};
 
 mod eval;
+mod serve;
 #[cfg(feature = "train")]
 mod train;
 
@@ -37,6 +38,9 @@ enum Command {
         max_tokens: usize,
         #[command(flatten)]
         sampling: SamplingArgs,
+        /// Print one JSON object at the end (text, token ids, statistics) instead of streaming.
+        #[arg(long)]
+        json: bool,
     },
     /// Interactive chat with the model's chat template.
     Chat {
@@ -92,6 +96,18 @@ enum Command {
     },
     /// Download (if needed) and verify the default model; print its path.
     Fetch,
+    /// Serve the browser demo and a model on 127.0.0.1; prints the URL to open.
+    Serve {
+        /// Port (0 = any free port).
+        #[arg(long, default_value_t = 8080)]
+        port: u16,
+        /// A .gguf file; without it the default model is fetched once into the cache directory.
+        #[arg(long)]
+        model: Option<PathBuf>,
+        /// The demo's directory (default: web/ with its built package, see web/build.sh).
+        #[arg(long)]
+        web: Option<PathBuf>,
+    },
     /// Each policy against full attention on a text, teacher-forced token by token: top-1
     /// agreement, mean KL divergence and perplexity per policy and budget.
     Eval {
@@ -232,7 +248,7 @@ struct ModelArgs {
     /// Prompt tokens per GPU submit.
     #[arg(long, default_value_t = 256)]
     chunk: usize,
-    /// KV-cache policy: full, window, sink (StreamingLLM), h2o, tova, adore (needs --controller)
+    /// KV-cache policy: full, window, sink (StreamingLLM), h2o, tova, adore (the controller shipped for the default model, or --controller)
     /// or oracle (evaluation only: full memory, two passes per step).
     #[arg(long, default_value = "full")]
     policy: String,
@@ -330,6 +346,17 @@ fn run(cli: Cli) -> Result<()> {
             let path = fetch_default()?;
             println!("{}", path.display());
             Ok(())
+        }
+        Command::Serve { port, model, web } => {
+            let web = serve::web_dir(web)?;
+            let model = model_path(&model)?;
+            if model.is_dir() {
+                bail!(
+                    "{}: serve takes one .gguf file (the page also accepts a Hugging Face directory's files from its file picker)",
+                    model.display()
+                );
+            }
+            serve::serve(port, &web, &model)
         }
         Command::Eval { model, text, tokens, policies, budgets, prompts, max_tokens, json, plot, bench, speed_plot } => {
             if budgets.is_empty() || budgets.contains(&0) || tokens < 2 {
@@ -514,7 +541,7 @@ fn run(cli: Cli) -> Result<()> {
             eprintln!("wrote {} (random controller, width {width}, {buckets} buckets, seed {seed})", out.display());
             Ok(())
         }
-        Command::Generate { model, prompt, max_tokens, sampling } => {
+        Command::Generate { model, prompt, max_tokens, sampling, json } => {
             let sampling = sampling.sampling()?;
             if max_tokens == 0 {
                 bail!("--max-tokens must be at least 1");
@@ -525,12 +552,21 @@ fn run(cli: Cli) -> Result<()> {
             let mut session = model.session(&model_, context, false)?;
             let opts = GenerateOptions { max_tokens, sampling, stop_at_eos: true };
             let mut stdout = std::io::stdout();
-            let (_, stats) = pollster::block_on(adore::generate(&mut session, &ids, &opts, |_, text| {
-                let _ = stdout.write_all(text.as_bytes());
-                let _ = stdout.flush();
+            let mut text = String::new();
+            let (tokens, stats) = pollster::block_on(adore::generate(&mut session, &ids, &opts, |_, piece| {
+                if json {
+                    text.push_str(piece);
+                } else {
+                    let _ = stdout.write_all(piece.as_bytes());
+                    let _ = stdout.flush();
+                }
                 true
             }))?;
-            println!();
+            if json {
+                println!("{}", serde_json::json!({ "text": text, "tokens": tokens, "stats": stats }));
+            } else {
+                println!();
+            }
             eprintln!(
                 "prompt {} tokens, {:.1} tokens/s prefill; generated {} tokens, {:.1} tokens/s decode; stop: {:?}",
                 stats.prompt_tokens,
@@ -668,12 +704,7 @@ fn chat(args: &ModelArgs, max_tokens: usize, sampling: Sampling, system: Option<
         // and only the rest is run.
         let prompt = apply_chat_template(model.chat_template.as_deref(), &messages)?;
         let ids = model.tokenizer.encode(&prompt)?;
-        let mut common = held.iter().zip(&ids).take_while(|(a, b)| a == b).count().min(ids.len() - 1);
-        if pollster::block_on(session.truncate(common)).is_err() {
-            // Some caches (the adore controller's state) cannot be rewound: start over.
-            session.reset();
-            common = 0;
-        }
+        let common = pollster::block_on(adore::generate::reuse_prefix(&mut session, &held, &ids));
         held.truncate(common);
         if ids.len() + max_tokens > context {
             eprintln!("(the conversation no longer fits in {context} tokens; starting over with the last message)");

@@ -106,11 +106,6 @@ impl Tokenizer {
         self.inner.decode(ids, false).map_err(|e| Error::Tokenizer(e.to_string()))
     }
 
-    /// An incremental decoder that only emits complete UTF-8 text.
-    pub fn stream(&self) -> TextStream<'_> {
-        TextStream { tok: self, ids: Vec::new() }
-    }
-
     /// The tokenizer as tokenizer.json text (for converting a GGUF model's tokenizer).
     pub fn to_json(&self) -> Result<String> {
         self.inner.to_string(false).map_err(|e| Error::Tokenizer(e.to_string()))
@@ -123,16 +118,16 @@ impl Tokenizer {
 
 /// Streams text from tokens as they arrive, holding back incomplete characters. Byte-level
 /// tokens decode independently, so only the tokens not yet emitted are decoded each time.
-pub struct TextStream<'a> {
-    tok: &'a Tokenizer,
+#[derive(Clone, Debug, Default)]
+pub struct TextStream {
     ids: Vec<u32>,
 }
 
-impl TextStream<'_> {
+impl TextStream {
     /// Adds a token; returns the new text that became complete.
-    pub fn push(&mut self, id: u32) -> Result<String> {
+    pub fn push(&mut self, tok: &Tokenizer, id: u32) -> Result<String> {
         self.ids.push(id);
-        let text = self.tok.decode(&self.ids)?;
+        let text = tok.decode(&self.ids)?;
         if text.ends_with('\u{FFFD}') && self.ids.len() < 8 {
             return Ok(String::new());
         }
