@@ -69,7 +69,9 @@ fn wg_total_u32(lid: u32, v: u32) -> u32 {
         }
         workgroupBarrier();
     }
-    let t = wg_red_u32[0];
+    // A uniform load, so that callers may branch on the total around barriers (browsers'
+    // uniformity analysis requires it).
+    let t = workgroupUniformLoad(&wg_red_u32[0]);
     workgroupBarrier();
     return t;
 }

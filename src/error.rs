@@ -76,6 +76,34 @@ pub enum Error {
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
 impl Error {
+    /// The variant's name in snake case: a stable identifier for programs (the browser API's
+    /// error `kind`, the malformed-input corpus).
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Error::Io { .. } => "io",
+            Error::EmptyFile { .. } => "empty_file",
+            Error::BadMagic { .. } => "bad_magic",
+            Error::UnsupportedVersion { .. } => "unsupported_version",
+            Error::Truncated { .. } => "truncated",
+            Error::Malformed { .. } => "malformed",
+            Error::UnknownDtype { .. } => "unknown_dtype",
+            Error::ShapeMismatch { .. } => "shape_mismatch",
+            Error::MissingTensor { .. } => "missing_tensor",
+            Error::Config(_) => "config",
+            Error::TensorTooLarge { .. } => "tensor_too_large",
+            Error::Tokenizer(_) => "tokenizer",
+            Error::PromptTooLong { .. } => "prompt_too_long",
+            Error::EmptyPrompt => "empty_prompt",
+            Error::InvalidArgument(_) => "invalid_argument",
+            Error::Shape { .. } => "shape",
+            Error::NoAdapter(_) => "no_adapter",
+            Error::Device(_) => "device",
+            Error::Gpu(_) => "gpu",
+            Error::Download(_) => "download",
+            Error::Checksum { .. } => "checksum",
+        }
+    }
+
     pub(crate) fn malformed(file: &str, what: impl Into<String>) -> Self {
         Error::Malformed { file: file.to_string(), what: what.into() }
     }

@@ -112,7 +112,10 @@ impl Context {
 
     /// One line naming the adapter, for logs and benchmark reports.
     pub fn describe(&self) -> String {
-        format!("{} ({:?}, {:?}, driver {})", self.info.name, self.info.backend, self.info.device_type, self.info.driver_info)
+        // Browsers may withhold the adapter's name and driver.
+        let name = if self.info.name.is_empty() { "unnamed adapter" } else { &self.info.name };
+        let driver = if self.info.driver_info.is_empty() { String::new() } else { format!(", driver {}", self.info.driver_info) };
+        format!("{name} ({:?}, {:?}{driver})", self.info.backend, self.info.device_type)
     }
 
     /// Largest storage binding this context allows, in bytes.
@@ -151,8 +154,22 @@ impl Context {
             compilation_options: wgpu::PipelineCompilationOptions { constants, zero_initialize_workgroup_memory: false },
             cache: None,
         });
-        if let Some(err) = block_on_local(scope.pop()) {
+        let popped = scope.pop();
+        // Native: the scope's result is ready at once. Web: it arrives from the browser later,
+        // and cannot be waited for here; it is reported by the next `take_error`.
+        #[cfg(not(target_arch = "wasm32"))]
+        if let Some(err) = pollster::block_on(popped) {
             return Err(Error::Gpu(format!("compiling {label}: {err}")));
+        }
+        #[cfg(target_arch = "wasm32")]
+        {
+            let sink = self.last_error.clone();
+            let label = label.clone();
+            wasm_bindgen_futures::spawn_local(async move {
+                if let (Some(err), Ok(mut slot)) = (popped.await, sink.lock()) {
+                    slot.get_or_insert_with(|| format!("compiling {label}: {err}"));
+                }
+            });
         }
         let pipeline = Arc::new(pipeline);
         cache.insert(key, pipeline.clone());
@@ -287,26 +304,6 @@ impl Context {
     pub async fn read_u32(&self, buffer: &wgpu::Buffer, count: usize) -> Result<Vec<u32>> {
         let bytes = self.read(buffer, 0, (count * 4) as u64).await?;
         Ok(bytemuck::pod_collect_to_vec(&bytes))
-    }
-}
-
-/// Waits for a future that completes without the executor's help (wgpu's error scopes resolve
-/// immediately on native; on the web the result is reported through the uncaptured handler).
-fn block_on_local<F: std::future::Future>(f: F) -> F::Output {
-    #[cfg(not(target_arch = "wasm32"))]
-    {
-        pollster::block_on(f)
-    }
-    #[cfg(target_arch = "wasm32")]
-    {
-        let mut f = std::pin::pin!(f);
-        let waker = std::task::Waker::noop();
-        let mut cx = std::task::Context::from_waker(waker);
-        loop {
-            if let std::task::Poll::Ready(v) = f.as_mut().poll(&mut cx) {
-                return v;
-            }
-        }
     }
 }
 

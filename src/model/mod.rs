@@ -24,6 +24,34 @@ pub enum Source<'a> {
     HfDir { config_json: (String, &'a [u8]), safetensors: Vec<(String, &'a [u8])>, tokenizer_json: (String, &'a [u8]) },
 }
 
+impl<'a> Source<'a> {
+    /// Recognises a model among named files (a browser upload, a list of downloads): one GGUF
+    /// file, or a Hugging Face directory's config.json, tokenizer.json and *.safetensors (matched
+    /// by the last component of each name).
+    pub fn from_files(files: &'a [(String, Vec<u8>)]) -> Result<Self> {
+        let base = |n: &str| n.rsplit(['/', '\\']).next().unwrap_or(n).to_string();
+        if let [(name, bytes)] = files {
+            if name.ends_with(".gguf") || bytes.starts_with(b"GGUF") {
+                return Ok(Source::Gguf { name: name.clone(), bytes });
+            }
+        }
+        let find = |want: &str| files.iter().find(|(n, _)| base(n) == want).map(|(n, b)| (n.clone(), &b[..]));
+        let mut safetensors: Vec<(String, &[u8])> =
+            files.iter().filter(|(n, _)| n.ends_with(".safetensors")).map(|(n, b)| (n.clone(), &b[..])).collect();
+        safetensors.sort_by(|a, b| a.0.cmp(&b.0));
+        match (find("config.json"), find("tokenizer.json")) {
+            (Some(config_json), Some(tokenizer_json)) if !safetensors.is_empty() => {
+                Ok(Source::HfDir { config_json, safetensors, tokenizer_json })
+            }
+            _ => Err(Error::arg(format!(
+                "{} file(s) given ({}): give one .gguf file, or a Hugging Face model directory's config.json, tokenizer.json and *.safetensors files",
+                files.len(),
+                files.iter().map(|(n, _)| base(n)).collect::<Vec<_>>().join(", ")
+            ))),
+        }
+    }
+}
+
 /// A model read from its files and checked, not yet on the GPU. Tensors use GGUF names.
 pub struct ModelSpec<'a> {
     pub name: String,
