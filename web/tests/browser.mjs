@@ -1,0 +1,203 @@
+// The demo page in headless Chromium (WebGPU on SwiftShader), driven by Playwright, against the
+// native engine on the same machine:
+//  - greedy output for each golden prompt equals the native `adore generate` token for token
+//    (full attention, and the adore policy under a small budget);
+//  - load progress events arrive in order (phases in order, bytes never going back);
+//  - a corrupt model file shows a readable error in the page, and the page keeps working;
+//  - no panic message appears in any console output;
+//  - a screenshot of the demo after a generation is written to web/test-output/demo.png.
+// Timings (wasm size, load time, tokens/s in the browser and natively) go to
+// web/test-output/browser-report.json and the console.
+//
+// Usage: node web/tests/browser.mjs [--adore target/release/adore] [--model FILE.gguf]
+// (the model defaults to the one `adore fetch` keeps). Needs web/build.sh to have run, and
+// /usr/bin/chromium (apt-get install chromium).
+
+import { execFileSync, spawn } from 'node:child_process';
+import { existsSync, mkdirSync, readFileSync, statSync, writeFileSync } from 'node:fs';
+import { dirname, join, resolve } from 'node:path';
+import { fileURLToPath } from 'node:url';
+
+import { chromium } from 'playwright-core';
+
+const here = dirname(fileURLToPath(import.meta.url));
+const repo = resolve(here, '../..');
+const outDir = join(repo, 'web/test-output');
+const TOKENS = 8;
+const PHASES = ['download', 'cache', 'read', 'parse', 'upload', 'ready'];
+
+function arg(name, fallback) {
+  const i = process.argv.indexOf(name);
+  return i >= 0 ? process.argv[i + 1] : fallback;
+}
+
+function fail(message) {
+  console.error(`browser test: FAIL: ${message}`);
+  process.exitCode = 1;
+  throw new Error(message);
+}
+
+const adore = resolve(arg('--adore', join(repo, 'target/release/adore')));
+if (!existsSync(adore)) fail(`${adore} is missing: build it with cargo build --release`);
+if (!existsSync(join(repo, 'web/pkg/adore_bg.wasm'))) fail('web/pkg is missing: run web/build.sh');
+if (!existsSync('/usr/bin/chromium')) fail('/usr/bin/chromium is missing: apt-get install chromium');
+const model = resolve(arg('--model', execFileSync(adore, ['fetch'], { encoding: 'utf8' }).trim()));
+const golden = JSON.parse(readFileSync(join(repo, '../shared/golden/smollm2-135m-instruct.json'), 'utf8'));
+mkdirSync(outDir, { recursive: true });
+
+// Cases: every golden prompt under full attention, and one under adore with a budget smaller
+// than the prompt (so that tokens are released in the browser too).
+const cases = golden.cases.map((c) => ({ prompt: c.prompt, policy: 'full', budget: 256 }));
+cases.push({ prompt: golden.cases.at(-1).prompt, policy: 'adore', budget: 24 });
+
+function native(c) {
+  const out = execFileSync(
+    adore,
+    ['generate', '--model', model, '--prompt', c.prompt, '--max-tokens', String(TOKENS), '--policy', c.policy, '--budget', String(c.budget), '--json'],
+    { encoding: 'utf8', stdio: ['ignore', 'pipe', 'pipe'] },
+  );
+  return JSON.parse(out);
+}
+
+function checkProgress(events, label) {
+  if (events.length === 0) fail(`${label}: no progress events`);
+  let phase = -1;
+  let loaded = 0;
+  for (const e of events) {
+    const p = PHASES.indexOf(e.phase);
+    if (p < 0) fail(`${label}: unknown progress phase ${e.phase}`);
+    if (p < phase) fail(`${label}: progress went back from ${PHASES[phase]} to ${e.phase}`);
+    if (p > phase) loaded = 0;
+    if (e.loadedBytes < loaded) fail(`${label}: ${e.phase} bytes went back (${loaded} -> ${e.loadedBytes})`);
+    if (e.loadedBytes > e.totalBytes) fail(`${label}: ${e.phase} loaded ${e.loadedBytes} of ${e.totalBytes}`);
+    phase = p;
+    loaded = e.loadedBytes;
+  }
+  const last = events.at(-1);
+  if (last.phase !== 'ready' || last.loadedBytes !== last.totalBytes) fail(`${label}: the last progress event is ${JSON.stringify(last)}`);
+  const seen = [...new Set(events.map((e) => e.phase))];
+  if (!seen.includes('parse') || !seen.includes('upload')) fail(`${label}: phases ${seen} lack parse or upload`);
+  return seen;
+}
+
+// Native first: blocking the event loop while the browser runs can stall it.
+const expectations = cases.map(native);
+const server = spawn(adore, ['serve', '--port', '0', '--model', model, '--web', join(repo, 'web')], { stdio: ['ignore', 'pipe', 'inherit'] });
+const base = await new Promise((ok, bad) => {
+  server.stdout.once('data', (d) => ok(String(d).trim().split('\n')[0]));
+  server.once('exit', (code) => bad(new Error(`adore serve exited with ${code}`)));
+});
+const browser = await chromium.launch({
+  executablePath: '/usr/bin/chromium',
+  args: ['--no-sandbox', '--enable-unsafe-webgpu', '--enable-features=Vulkan', '--use-vulkan=swiftshader', '--use-webgpu-adapter=swiftshader', '--enable-unsafe-swiftshader'],
+});
+const consoleLines = [];
+const report = { wasmBytes: statSync(join(repo, 'web/pkg/adore_bg.wasm')).size, tokens: TOKENS, cases: [] };
+
+async function newPage() {
+  const page = await browser.newPage({ viewport: { width: 1100, height: 1100 } });
+  page.on('console', (m) => consoleLines.push(m.text()));
+  page.on('pageerror', (e) => consoleLines.push(`pageerror: ${e.message}`));
+  page.on('worker', (w) => w.on('console', (m) => consoleLines.push(m.text())));
+  return page;
+}
+
+try {
+  // 0. Every kernel compiles under the browser's WGSL compiler (Tint's uniformity analysis
+  // is stricter than naga's), not only those the cases below reach.
+  {
+    const page = await newPage();
+    await page.goto(base);
+    const errors = await page.evaluate(async () => {
+      const glue = await import('./pkg/adore.js');
+      await glue.default();
+      const adapter = await navigator.gpu.requestAdapter();
+      const device = await adapter.requestDevice({ requiredFeatures: [...adapter.features].filter((f) => f === 'shader-f16' || f === 'subgroups') });
+      const out = [];
+      for (const { name, source } of JSON.parse(glue.shaderSources())) {
+        const module = device.createShaderModule({ code: source, label: name });
+        const info = await module.getCompilationInfo();
+        for (const m of info.messages.filter((m) => m.type === 'error')) out.push(`${name}:${m.lineNum}: ${m.message}`);
+      }
+      return out;
+    });
+    if (errors.length) fail(`kernels the browser rejects:\n${errors.join('\n')}`);
+    console.log('browser test: ok every kernel compiles in the browser');
+    await page.close();
+  }
+
+  // 1. Golden prompts: page output against native output.
+  for (const [i, c] of cases.entries()) {
+    const expected = expectations[i];
+    const page = await newPage();
+    const q = new URLSearchParams({ prompt: c.prompt, max_tokens: String(TOKENS), policy: c.policy, budget: String(c.budget), autorun: '1' });
+    const t0 = Date.now();
+    await page.goto(`${base}&${q}`);
+    await page.waitForSelector('#output[data-done="1"]', { state: 'attached', timeout: 300_000 });
+    const got = await page.$eval('#output', (e) => ({ text: e.textContent, tokens: e.dataset.tokens, error: e.dataset.error, stats: e.dataset.stats }));
+    const label = `${c.policy}/${c.budget} ${JSON.stringify(c.prompt.slice(0, 30))}`;
+    if (got.error) fail(`${label}: the page reported ${got.error}`);
+    const tokens = got.tokens.split(',').map(Number);
+    if (JSON.stringify(tokens) !== JSON.stringify(expected.tokens)) {
+      fail(`${label}: browser tokens ${tokens} differ from native ${expected.tokens}`);
+    }
+    if (got.text !== expected.text) fail(`${label}: browser text ${JSON.stringify(got.text)} differs from native ${JSON.stringify(expected.text)}`);
+    const phases = checkProgress(await page.evaluate(() => window.adoreProgress), label);
+    const stats = JSON.parse(got.stats);
+    const loadSeconds = Number(await page.$eval('#status', (e) => e.dataset.loadSeconds));
+    const row = {
+      policy: c.policy,
+      budget: c.budget,
+      prompt: c.prompt.slice(0, 40),
+      tokens,
+      phases,
+      loadSeconds,
+      browserDecodeTokensPerS: stats.decodeTokensPerS,
+      browserPrefillTokensPerS: stats.prefillTokensPerS,
+      nativeDecodeTokensPerS: expected.stats.generated_tokens > 1 ? (expected.stats.generated_tokens - 1) / expected.stats.decode_seconds : null,
+      nativePrefillTokensPerS: expected.stats.prompt_tokens / expected.stats.prefill_seconds,
+      wallSeconds: (Date.now() - t0) / 1000,
+    };
+    report.cases.push(row);
+    console.log(`browser test: ok ${label}: ${JSON.stringify(got.text)} (${phases.join(' > ')}; load ${loadSeconds.toFixed(1)} s; decode ${row.browserDecodeTokensPerS.toFixed(2)} tokens/s browser, ${row.nativeDecodeTokensPerS?.toFixed(2)} native)`);
+    await page.close();
+  }
+
+  // 2. A corrupt model file: a readable error in the page, and the page keeps working.
+  const corrupt = join(outDir, 'corrupt.gguf');
+  writeFileSync(corrupt, readFileSync(model).subarray(0, 2 << 20));
+  const page = await newPage();
+  await page.goto(base);
+  await page.setInputFiles('#model-file', corrupt);
+  await page.waitForSelector('#error:not([hidden])', { timeout: 120_000 });
+  const error = await page.$eval('#error', (e) => e.textContent);
+  if (!/ModelFormatError: .*corrupt\.gguf.*truncated/.test(error)) fail(`the corrupt file's error reads ${JSON.stringify(error)}`);
+  console.log(`browser test: ok corrupt file: ${error}`);
+  await page.click('#load-url'); // the model URL from ?model=
+  await page.waitForSelector('#prompt:not([disabled])', { timeout: 120_000 });
+  if (!(await page.$eval('#error', (e) => e.hidden))) fail('the error stayed after a good model loaded');
+  await page.fill('#max-tokens', '4');
+  await page.fill('#budget', '24');
+  await page.fill('#prompt', 'What is the capital of France?');
+  await page.click('#send');
+  await page.waitForFunction(() => /tokens\/s/.test(document.getElementById('speed').textContent), null, { timeout: 300_000 });
+  const reply = await page.$eval('.msg.assistant', (e) => e.textContent);
+  if (!reply.trim()) fail('the chat reply after the corrupt file is empty');
+  const cells = await page.$$eval('#transcript .tok', (s) => s.length);
+  if (cells === 0) fail('the transcript shows no tokens');
+  await page.screenshot({ path: join(outDir, 'demo.png'), fullPage: true });
+  console.log(`browser test: ok chat after the corrupt file: ${JSON.stringify(reply)}; screenshot web/test-output/demo.png`);
+  await page.close();
+
+  // 3. No panic anywhere.
+  const panics = consoleLines.filter((l) => /panicked|internal error|RuntimeError|unreachable/i.test(l));
+  if (panics.length) fail(`panic messages in the console: ${panics.join(' | ')}`);
+  writeFileSync(join(outDir, 'browser-report.json'), JSON.stringify(report, null, 2));
+  console.log(`browser test: all passed; wasm ${(report.wasmBytes / 1e6).toFixed(2)} MB; report web/test-output/browser-report.json`);
+} catch (e) {
+  process.exitCode = 1;
+  if (!String(e.message).startsWith('browser test')) console.error(e);
+} finally {
+  await browser.close();
+  server.kill();
+}
