@@ -13,7 +13,7 @@ ensure_packages rustc-web rust-web-src lld-22
 version=$(awk '/^name = "wasm-bindgen"$/ { getline; gsub(/[^0-9.]/, ""); print; exit }' Cargo.lock)
 if [ "$(wasm-bindgen --version 2>/dev/null | awk '{print $2}')" != "$version" ]; then
   echo "build-web: installing wasm-bindgen-cli $version (the version in Cargo.lock; a few minutes, once)" >&2
-  cargo install --quiet wasm-bindgen-cli --version "$version"
+  cargo install --quiet wasm-bindgen-cli --version "$version" --no-default-features
 fi
 
 echo "build-web: compiling the engine for wasm32" >&2
