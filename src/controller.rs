@@ -141,6 +141,11 @@ impl Controller {
         let num = |k: &str| -> Result<usize> { get(k)?.parse().map_err(|_| bad(format!("metadata {k} is not a number"))) };
         let st = safetensors::SafeTensors::deserialize(bytes).map_err(|e| bad(format!("not a controller file: {e}")))?;
         let (d_c, hidden, buckets) = (num("d_c")?, num("hidden")?, num("buckets")?);
+        // The projection alone holds hidden x d_c floats: sizes the file cannot hold are lies,
+        // refused before anything is allocated for them.
+        if hidden.checked_mul(d_c).and_then(|n| n.checked_mul(4)).is_none_or(|n| n > bytes.len()) {
+            return Err(bad(format!("hidden {hidden} x d_c {d_c} floats do not fit in a file of {} bytes", bytes.len())));
+        }
         let mut c = Controller::random(fingerprint, hidden, d_c, buckets, 0)?;
         c.max_distance = num("max_distance")?.max(1);
         c.training = meta.get("training").cloned().unwrap_or_default();
