@@ -4,10 +4,11 @@ mod common;
 
 use std::sync::Arc;
 
-use adore::model::gguf::{self, Gguf, Value};
+use adore::model::gguf::{Gguf, Value};
 use adore::model::{ModelSpec, Source};
 use adore::tensor::{DType, HostTensor};
 use adore::{Error, GenerateOptions, Model, Sampling, Session, SessionOptions};
+use common::malformed::{header, tensor_entry, tiny_with};
 use common::tiny::Tiny;
 
 fn read(bytes: &[u8]) -> adore::Result<ModelSpec<'_>> {
@@ -19,26 +20,6 @@ fn err(bytes: &[u8]) -> Error {
         Ok(_) => panic!("a malformed file was accepted"),
         Err(e) => e,
     }
-}
-
-/// A GGUF header followed by `body`.
-fn header(version: u32, n_tensors: u64, n_kv: u64, body: &[u8]) -> Vec<u8> {
-    let mut v = b"GGUF".to_vec();
-    v.extend_from_slice(&version.to_le_bytes());
-    v.extend_from_slice(&n_tensors.to_le_bytes());
-    v.extend_from_slice(&n_kv.to_le_bytes());
-    v.extend_from_slice(body);
-    v
-}
-
-fn tensor_entry(name: &str, dims: &[u64], ty: u32, offset: u64) -> Vec<u8> {
-    let mut v = (name.len() as u64).to_le_bytes().to_vec();
-    v.extend_from_slice(name.as_bytes());
-    v.extend_from_slice(&(dims.len() as u32).to_le_bytes());
-    dims.iter().for_each(|d| v.extend_from_slice(&d.to_le_bytes()));
-    v.extend_from_slice(&ty.to_le_bytes());
-    v.extend_from_slice(&offset.to_le_bytes());
-    v
 }
 
 #[test]
@@ -112,39 +93,6 @@ fn unknown_dtype() {
     assert!(matches!(&e, Error::UnknownDtype { tensor, dtype, .. } if tensor == "blk.0.attn_q.weight" && dtype.contains("Q6_K")), "{e}");
     let body = tensor_entry("t", &[32], 1000, 0);
     assert!(matches!(err(&header(3, 1, 0, &body)), Error::UnknownDtype { .. }));
-}
-
-fn tiny_with(edit: impl Fn(&mut Vec<(&'static str, Value)>, &mut Vec<HostTensor<'static>>)) -> Vec<u8> {
-    let bytes = Tiny::new(3).gguf_bytes();
-    let g = Gguf::parse("tiny", &bytes).unwrap();
-    let keep = [
-        "general.architecture",
-        "llama.block_count",
-        "llama.context_length",
-        "llama.embedding_length",
-        "llama.feed_forward_length",
-        "llama.attention.head_count",
-        "llama.attention.head_count_kv",
-        "llama.rope.freq_base",
-        "llama.attention.layer_norm_rms_epsilon",
-        "llama.vocab_size",
-        "tokenizer.ggml.model",
-        "tokenizer.ggml.pre",
-        "tokenizer.ggml.tokens",
-        "tokenizer.ggml.token_type",
-        "tokenizer.ggml.merges",
-    ];
-    let mut meta: Vec<(&'static str, Value)> = keep.iter().map(|k| (*k, g.get(k).unwrap().clone())).collect();
-    let mut tensors: Vec<HostTensor<'static>> = g
-        .tensors
-        .iter()
-        .map(|t| {
-            let h = g.tensor(t);
-            HostTensor { name: h.name, dtype: h.dtype, shape: h.shape, data: h.data.into_owned().into() }
-        })
-        .collect();
-    edit(&mut meta, &mut tensors);
-    gguf::write(&meta, &tensors)
 }
 
 #[test]
@@ -288,4 +236,25 @@ fn quantized_rows_must_be_whole_blocks() {
     let body = tensor_entry("odd", &[48, 2], 8, 0); // 48 is not a multiple of 32
     let e = err(&header(3, 1, 0, &body));
     assert!(matches!(e, Error::Malformed { .. }), "{e}");
+}
+
+#[test]
+fn allocations_over_the_device_limits_fail_cleanly_and_the_engine_stays_usable() {
+    let m = tiny_model();
+    let limits = &m.ctx.limits;
+    // A KV cache whose per-layer buffer exceeds what the device allows in one buffer.
+    let kv_row = (m.config.kv_dim() * 4) as u64;
+    let context = (limits.max_buffer_size.max(limits.max_storage_buffer_binding_size as u64) / kv_row + 1) as usize;
+    let e = Session::new(m.clone(), SessionOptions { context, chunk: 8, ..Default::default() }).err().unwrap();
+    assert!(matches!(e, Error::TensorTooLarge { .. }), "context {context}: {e}");
+    assert!(e.to_string().contains("max_storage_buffer_binding_size"), "{e}");
+    // An activation buffer over the limit: a prompt chunk of absurd size.
+    let e = Session::new(m.clone(), SessionOptions { context: 1 << 30, chunk: 1 << 30, ..Default::default() }).err().unwrap();
+    assert!(matches!(e, Error::TensorTooLarge { .. }), "{e}");
+    // Nothing was left half-made: the device reports no error and the model still generates.
+    m.ctx.take_error().unwrap();
+    let mut s = Session::new(m, SessionOptions { context: 32, chunk: 8, ..Default::default() }).unwrap();
+    let opts = GenerateOptions { max_tokens: 4, ..Default::default() };
+    let (out, _) = pollster::block_on(adore::generate(&mut s, &[5, 6, 7], &opts, |_, _| true)).unwrap();
+    assert!(!out.is_empty());
 }

@@ -380,3 +380,42 @@ pub mod files {
         super::Model::load(ctx, spec, progress)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn named(names: &[&str]) -> Vec<(String, Vec<u8>)> {
+        names.iter().map(|n| (n.to_string(), b"data".to_vec())).collect()
+    }
+
+    #[test]
+    fn files_are_recognised_by_name_or_magic() {
+        let one = named(&["dir/m.gguf"]);
+        assert!(matches!(Source::from_files(&one), Ok(Source::Gguf { name, .. }) if name == "dir/m.gguf"));
+        let magic = vec![("blob".to_string(), b"GGUF\x03\0\0\0".to_vec())];
+        assert!(matches!(Source::from_files(&magic), Ok(Source::Gguf { .. })));
+        let hf = named(&["m/model-00002.safetensors", "m/tokenizer.json", "m/config.json", "m/model-00001.safetensors", "m/README.md"]);
+        match Source::from_files(&hf) {
+            Ok(Source::HfDir { config_json, safetensors, tokenizer_json }) => {
+                assert_eq!(config_json.0, "m/config.json");
+                assert_eq!(tokenizer_json.0, "m/tokenizer.json");
+                let names: Vec<_> = safetensors.iter().map(|(n, _)| n.as_str()).collect();
+                assert_eq!(names, ["m/model-00001.safetensors", "m/model-00002.safetensors"]);
+            }
+            _ => panic!("a Hugging Face directory was not recognised"),
+        }
+    }
+
+    #[test]
+    fn incomplete_file_sets_say_what_is_needed() {
+        for names in
+            [&["config.json", "tokenizer.json"][..], &["model.safetensors", "config.json"], &["notes.txt"], &[], &["a.gguf", "b.gguf"]]
+        {
+            match Source::from_files(&named(names)) {
+                Err(Error::InvalidArgument(m)) => assert!(m.contains("give one .gguf file"), "{m}"),
+                _ => panic!("{names:?} accepted"),
+            }
+        }
+    }
+}

@@ -6,6 +6,7 @@ use std::sync::{Arc, OnceLock};
 
 use adore::gpu::{Context, ContextOptions};
 
+pub mod malformed;
 pub mod tiny;
 
 /// The shared GPU context. Without an adapter the test fails, saying how to get one.
