@@ -15,6 +15,7 @@ use indicatif::{ProgressBar, ProgressStyle};
 
 mod eval;
 mod serve;
+mod soak;
 #[cfg(feature = "train")]
 mod train;
 
@@ -93,6 +94,25 @@ enum Command {
         /// --cache-update.
         #[arg(long, value_delimiter = ',')]
         cache_updates: Vec<String>,
+    },
+    /// One long generation checked every --every tokens (tokens/s, resident memory, KV size,
+    /// finite logits): a budgeted cache should keep all of them flat.
+    Soak {
+        #[command(flatten)]
+        model: ModelArgs,
+        /// Tokens to generate (end-of-sequence does not stop the soak).
+        #[arg(long, default_value_t = 8192)]
+        tokens: usize,
+        /// Tokens between samples.
+        #[arg(long, default_value_t = 256)]
+        every: usize,
+        #[arg(long, default_value = "Once upon a time")]
+        prompt: String,
+        #[command(flatten)]
+        sampling: SamplingArgs,
+        /// Write the samples as JSON to this file.
+        #[arg(long)]
+        json: Option<PathBuf>,
     },
     /// Download (if needed) and verify the default model; print its path.
     Fetch,
@@ -346,6 +366,13 @@ fn run(cli: Cli) -> Result<()> {
             let path = fetch_default()?;
             println!("{}", path.display());
             Ok(())
+        }
+        Command::Soak { model, tokens, every, prompt, sampling, json } => {
+            let m = load(&model)?;
+            let ids = m.tokenizer.encode(&prompt)?;
+            let context = model.context.unwrap_or(ids.len() + tokens);
+            let mut session = model.session(&m, context, false)?;
+            soak::soak(&mut session, &ids, tokens, every, sampling.sampling()?, json)
         }
         Command::Serve { port, model, web } => {
             let web = serve::web_dir(web)?;

@@ -1,0 +1,73 @@
+//! `adore soak`: one long generation, checked at intervals — tokens/s over the interval, the
+//! process's resident memory, the KV cache's size, and whether the last logits are finite —
+//! to show that a budgeted cache keeps memory and speed flat over thousands of tokens.
+
+use std::path::PathBuf;
+
+use adore::generate::{GenerateOptions, Generation};
+use adore::{Sampling, Session};
+use anyhow::{bail, Result};
+use serde::Serialize;
+use web_time::Instant;
+
+#[derive(Serialize)]
+pub struct Sample {
+    /// Tokens in the sequence (prompt included) at this sample.
+    pub tokens: usize,
+    /// Generated tokens per second over the interval since the previous sample.
+    pub tokens_per_s: f64,
+    pub kv_bytes: u64,
+    /// Resident set size of this process (host memory; with a software GPU, its memory too).
+    pub rss_bytes: Option<u64>,
+    pub finite_logits: bool,
+}
+
+/// Resident memory from /proc (Linux); None elsewhere.
+fn rss_bytes() -> Option<u64> {
+    let statm = std::fs::read_to_string("/proc/self/statm").ok()?;
+    let pages: u64 = statm.split_whitespace().nth(1)?.parse().ok()?;
+    Some(pages * 4096)
+}
+
+pub fn soak(session: &mut Session, prompt: &[u32], tokens: usize, every: usize, sampling: Sampling, json: Option<PathBuf>) -> Result<()> {
+    if every == 0 || tokens < every {
+        bail!("--every must be at least 1 and at most --tokens");
+    }
+    let opts = GenerateOptions { max_tokens: tokens, sampling, stop_at_eos: false };
+    let mut g = pollster::block_on(Generation::start(session, prompt, &opts))?;
+    let mut samples: Vec<Sample> = Vec::new();
+    let (mut t, mut since) = (Instant::now(), 0usize);
+    let mut generated = 0usize;
+    println!("| tokens | tokens/s | KV MB | RSS MB | logits finite |\n|---:|---:|---:|---:|---|");
+    while pollster::block_on(g.next(session))?.is_some() {
+        generated += 1;
+        since += 1;
+        if generated % every == 0 || generated == tokens {
+            let logits = pollster::block_on(session.last_logits())?;
+            let s = Sample {
+                tokens: session.len(),
+                tokens_per_s: since as f64 / t.elapsed().as_secs_f64().max(1e-9),
+                kv_bytes: session.kv_bytes(),
+                rss_bytes: rss_bytes(),
+                finite_logits: logits.iter().all(|x| x.is_finite()),
+            };
+            println!(
+                "| {} | {:.2} | {:.1} | {} | {} |",
+                s.tokens,
+                s.tokens_per_s,
+                s.kv_bytes as f64 / 1e6,
+                s.rss_bytes.map_or("-".into(), |b| format!("{:.0}", b as f64 / 1e6)),
+                if s.finite_logits { "yes" } else { "NO" }
+            );
+            samples.push(s);
+            (t, since) = (Instant::now(), 0);
+        }
+    }
+    if let Some(path) = json {
+        std::fs::write(&path, serde_json::to_string_pretty(&samples)?)?;
+    }
+    if samples.iter().any(|s| !s.finite_logits) {
+        bail!("non-finite logits during the soak");
+    }
+    Ok(())
+}
