@@ -231,8 +231,9 @@ pub async fn load_model(files: js_sys::Array, progress: Option<js_sys::Function>
     }
     let total: u64 = named.iter().map(|(_, b)| b.len() as u64).sum();
     report("parse", 0, total);
-    let ctx = Arc::new(Context::new(ContextOptions::default()).await.map_err(|e| js_error(&e))?);
+    // The files are checked before a device is requested: a bad file costs no GPU.
     let spec = Source::from_files(&named).and_then(ModelSpec::read).map_err(|e| js_error(&e))?;
+    let ctx = Arc::new(Context::new(ContextOptions::default()).await.map_err(|e| js_error(&e))?);
     report("upload", 0, total);
     let model = Model::load(ctx, spec, &mut |done, total| report("upload", done, total)).map_err(|e| js_error(&e))?;
     drop(named);

@@ -4,6 +4,8 @@
 //    (full attention, and the adore policy under a small budget);
 //  - load progress events arrive in order (phases in order, bytes never going back);
 //  - a corrupt model file shows a readable error in the page, and the page keeps working;
+//  - every case of the malformed-input corpus (tests/corpus) gives its error kind through the
+//    JS API, as natively (tests/corpus.rs);
 //  - no panic message appears in any console output;
 //  - a screenshot of the demo after a generation is written to web/test-output/demo.png.
 // Timings (wasm size, load time, tokens/s in the browser and natively) go to
@@ -99,15 +101,34 @@ async function newPage() {
   page.on('console', (m) => consoleLines.push(m.text()));
   page.on('pageerror', (e) => consoleLines.push(`pageerror: ${e.message}`));
   page.on('worker', (w) => w.on('console', (m) => consoleLines.push(m.text())));
+  page.pending = new Set();
+  page.on('request', (r) => page.pending.add(r.url()));
+  page.on('requestfinished', (r) => page.pending.delete(r.url()));
+  page.on('requestfailed', (r) => page.pending.delete(r.url()));
   return page;
+}
+
+// Opens `url` in a fresh page. A navigation that stalls (seen rarely with headless Chromium
+// after several WebGPU pages) is reported with its pending requests and tried once more.
+async function open(url) {
+  for (let attempt = 1; ; attempt++) {
+    const page = await newPage();
+    try {
+      await page.goto(url, { timeout: 60_000 });
+      return page;
+    } catch (e) {
+      console.error(`browser test: navigation to ${url} stalled (attempt ${attempt}); pending: ${[...page.pending].join(', ') || 'none'}`);
+      await page.close().catch(() => {});
+      if (attempt === 2) throw e;
+    }
+  }
 }
 
 try {
   // 0. Every kernel compiles under the browser's WGSL compiler (Tint's uniformity analysis
   // is stricter than naga's), not only those the cases below reach.
   {
-    const page = await newPage();
-    await page.goto(base);
+    const page = await open(base);
     const errors = await page.evaluate(async () => {
       const glue = await import('./pkg/adore.js');
       await glue.default();
@@ -129,10 +150,9 @@ try {
   // 1. Golden prompts: page output against native output.
   for (const [i, c] of cases.entries()) {
     const expected = expectations[i];
-    const page = await newPage();
     const q = new URLSearchParams({ prompt: c.prompt, max_tokens: String(TOKENS), policy: c.policy, budget: String(c.budget), autorun: '1' });
     const t0 = Date.now();
-    await page.goto(`${base}&${q}`);
+    const page = await open(`${base}&${q}`);
     await page.waitForSelector('#output[data-done="1"]', { state: 'attached', timeout: 300_000 });
     const got = await page.$eval('#output', (e) => ({ text: e.textContent, tokens: e.dataset.tokens, error: e.dataset.error, stats: e.dataset.stats }));
     const label = `${c.policy}/${c.budget} ${JSON.stringify(c.prompt.slice(0, 30))}`;
@@ -166,8 +186,7 @@ try {
   // 2. A corrupt model file: a readable error in the page, and the page keeps working.
   const corrupt = join(outDir, 'corrupt.gguf');
   writeFileSync(corrupt, readFileSync(model).subarray(0, 2 << 20));
-  const page = await newPage();
-  await page.goto(base);
+  const page = await open(base);
   await page.setInputFiles('#model-file', corrupt);
   await page.waitForSelector('#error:not([hidden])', { timeout: 120_000 });
   const error = await page.$eval('#error', (e) => e.textContent);
@@ -189,7 +208,41 @@ try {
   console.log(`browser test: ok chat after the corrupt file: ${JSON.stringify(reply)}; screenshot web/test-output/demo.png`);
   await page.close();
 
-  // 3. No panic anywhere.
+  // 3. The malformed-input corpus through the JS API: each case's error kind, as natively.
+  {
+    const corpusDir = join(repo, 'tests/corpus');
+    const entries = JSON.parse(readFileSync(join(corpusDir, 'expected.json'), 'utf8'));
+    const payload = entries.map((e) => ({
+      name: e.name,
+      kind: e.kind,
+      files: e.files.map((f) => ({ name: f, base64: readFileSync(join(corpusDir, f)).toString('base64') })),
+    }));
+    const page = await open(base);
+    const results = await page.evaluate(async (cases) => {
+      const { createEngine } = await import('./pkg/index.js');
+      const decode = (b64) => Uint8Array.from(atob(b64), (c) => c.charCodeAt(0));
+      const out = [];
+      for (const c of cases) {
+        const files = c.files.map((f) => ({ name: f.name, data: decode(f.base64) }));
+        try {
+          const engine = await createEngine(files.length === 1 ? files[0] : files);
+          engine.dispose();
+          out.push({ name: c.name, expected: c.kind, got: 'accepted' });
+        } catch (e) {
+          out.push({ name: c.name, expected: c.kind, got: e.kind, error: `${e.name}: ${e.message}` });
+        }
+      }
+      return out;
+    }, payload);
+    const wrong = results.filter((r) => r.got !== r.expected);
+    if (wrong.length) fail(`corpus cases with the wrong error in the browser:\n${wrong.map((r) => `${r.name}: expected ${r.expected}, got ${r.got} (${r.error})`).join('\n')}`);
+    const unnamed = results.filter((r) => !/^(ModelFormatError|DownloadError|ArgumentError): /.test(r.error));
+    if (unnamed.length) fail(`corpus errors without a named class: ${unnamed.map((r) => r.error).join(' | ')}`);
+    console.log(`browser test: ok ${results.length} corpus cases give their error kinds through the JS API`);
+    await page.close();
+  }
+
+  // 4. No panic anywhere.
   const panics = consoleLines.filter((l) => /panicked|internal error|RuntimeError|unreachable/i.test(l));
   if (panics.length) fail(`panic messages in the console: ${panics.join(' | ')}`);
   writeFileSync(join(outDir, 'browser-report.json'), JSON.stringify(report, null, 2));
