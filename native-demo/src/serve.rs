@@ -2,7 +2,10 @@
 //! and one model file, served on 127.0.0.1 so that WebGPU has its secure context.
 
 use std::fs::File;
+use std::io::{BufRead, BufReader, Write};
+use std::net::{TcpListener, TcpStream};
 use std::path::{Component, Path, PathBuf};
+use std::time::Duration;
 
 use anyhow::{bail, Context as _, Result};
 
@@ -62,6 +65,40 @@ fn resolve(root: &Path, url_path: &str) -> Option<PathBuf> {
     }
 }
 
+/// Answers one connection: one GET or HEAD, then the connection closes (no keep-alive, so a
+/// browser never waits on a connection held by an earlier response).
+fn answer(mut stream: TcpStream, web: &Path, model: &Path, model_url: &str) -> std::io::Result<()> {
+    stream.set_read_timeout(Some(Duration::from_secs(30)))?;
+    let mut reader = BufReader::new(stream.try_clone()?);
+    let mut line = String::new();
+    reader.read_line(&mut line)?;
+    // The headers are not needed; read up to the blank line that ends them.
+    let mut header = String::new();
+    while reader.read_line(&mut header)? > 2 {
+        header.clear();
+    }
+    let mut parts = line.split_whitespace();
+    let (method, target) = (parts.next().unwrap_or(""), parts.next().unwrap_or("/"));
+    let path = if target.split('?').next() == Some(model_url) { Some(model.to_path_buf()) } else { resolve(web, target) };
+    let file = path.as_deref().filter(|p| p.is_file()).and_then(|p| File::open(p).ok().map(|f| (p, f)));
+    match (method, file) {
+        ("GET" | "HEAD", Some((p, mut f))) => {
+            let len = f.metadata()?.len();
+            write!(
+                stream,
+                "HTTP/1.1 200 OK\r\nContent-Type: {}\r\nContent-Length: {len}\r\nCache-Control: no-cache\r\nConnection: close\r\n\r\n",
+                content_type(p)
+            )?;
+            if method == "GET" {
+                std::io::copy(&mut f, &mut stream)?;
+            }
+        }
+        ("GET" | "HEAD", None) => write!(stream, "HTTP/1.1 404 Not Found\r\nContent-Length: 9\r\nConnection: close\r\n\r\nnot found")?,
+        _ => write!(stream, "HTTP/1.1 405 Method Not Allowed\r\nContent-Length: 0\r\nConnection: close\r\n\r\n")?,
+    }
+    stream.flush()
+}
+
 /// Serves until killed; prints the demo's URL (with the model) on stdout.
 pub fn serve(port: u16, web: &Path, model: &Path) -> Result<()> {
     let model_name = model
@@ -71,36 +108,27 @@ pub fn serve(port: u16, web: &Path, model: &Path) -> Result<()> {
         .map(str::to_string)
         .with_context(|| format!("{}: the model file name must be plain text without spaces or URL characters", model.display()))?;
     File::open(model).with_context(|| format!("cannot open the model {}", model.display()))?;
-    let server = tiny_http::Server::http(("127.0.0.1", port)).map_err(|e| anyhow::anyhow!("cannot listen on 127.0.0.1:{port}: {e}"))?;
-    let port = server.server_addr().to_ip().map_or(port, |a| a.port());
+    let listener = TcpListener::bind(("127.0.0.1", port)).with_context(|| format!("cannot listen on 127.0.0.1:{port}"))?;
+    let port = listener.local_addr()?.port();
     println!("http://127.0.0.1:{port}/?model=/models/{model_name}");
+    std::io::stdout().flush()?;
     eprintln!("serve: {} and {} (Ctrl-C stops)", web.display(), model.display());
-    let model_url = format!("/models/{model_name}");
-    for request in server.incoming_requests() {
-        let path = if request.url().split('?').next() == Some(model_url.as_str()) {
-            Some(model.to_path_buf())
-        } else {
-            resolve(web, request.url())
-        };
-        // One thread per request: the model download must not hold up the page's other files.
-        std::thread::spawn(move || {
-            let response = match path.as_deref().map(|p| (p, File::open(p))) {
-                Some((p, Ok(file))) if p.is_file() => {
-                    let header = tiny_http::Header::from_bytes(&b"Content-Type"[..], content_type(p).as_bytes());
-                    let cache = tiny_http::Header::from_bytes(&b"Cache-Control"[..], &b"no-cache"[..]);
-                    // Content-Length rather than chunks, so that the page can show download progress.
-                    let mut r = tiny_http::Response::from_file(file).with_chunked_threshold(usize::MAX);
-                    for h in [header, cache].into_iter().flatten() {
-                        r.add_header(h);
+    let model_url: &'static str = Box::leak(format!("/models/{model_name}").into_boxed_str());
+    let (web, model): (&'static Path, &'static Path) = (Box::leak(web.into()), Box::leak(model.into()));
+    for stream in listener.incoming() {
+        match stream {
+            // One thread per connection: the model download must not hold up the page's files.
+            Ok(s) => {
+                std::thread::spawn(move || {
+                    if let Err(e) = answer(s, web, model, model_url) {
+                        if e.kind() != std::io::ErrorKind::BrokenPipe && e.kind() != std::io::ErrorKind::ConnectionReset {
+                            eprintln!("serve: {e}");
+                        }
                     }
-                    request.respond(r)
-                }
-                _ => request.respond(tiny_http::Response::from_string("not found").with_status_code(404)),
-            };
-            if let Err(e) = response {
-                eprintln!("serve: {e}");
+                });
             }
-        });
+            Err(e) => eprintln!("serve: {e}"),
+        }
     }
     Ok(())
 }

@@ -113,16 +113,18 @@ impl Config {
 
     /// From a Hugging Face config.json.
     pub fn from_hf_json(file: &str, text: &str) -> Result<Self> {
+        // Integers as u64, so that a value too large for this platform's usize (wasm32) is a
+        // configuration error like any absurd size, not a parse failure.
         #[derive(Deserialize)]
         struct Hf {
-            hidden_size: usize,
-            intermediate_size: usize,
-            num_hidden_layers: usize,
-            num_attention_heads: usize,
-            num_key_value_heads: Option<usize>,
-            head_dim: Option<usize>,
-            vocab_size: usize,
-            max_position_embeddings: Option<usize>,
+            hidden_size: u64,
+            intermediate_size: u64,
+            num_hidden_layers: u64,
+            num_attention_heads: u64,
+            num_key_value_heads: Option<u64>,
+            head_dim: Option<u64>,
+            vocab_size: u64,
+            max_position_embeddings: Option<u64>,
             rms_norm_eps: Option<f64>,
             rope_theta: Option<f64>,
             model_type: Option<String>,
@@ -133,16 +135,24 @@ impl Config {
                 return Err(Error::Config(format!("{file}: model_type {t:?} is not a Llama-family model")));
             }
         }
-        let n_heads = hf.num_attention_heads;
+        let size = |name: &str, v: u64| -> Result<usize> {
+            usize::try_from(v).map_err(|_| Error::Config(format!("{file}: {name} = {v} is more than this platform can address")))
+        };
+        let n_heads = size("num_attention_heads", hf.num_attention_heads)?;
+        let hidden = size("hidden_size", hf.hidden_size)?;
         let cfg = Self {
-            hidden: hf.hidden_size,
-            ffn: hf.intermediate_size,
-            layers: hf.num_hidden_layers,
+            hidden,
+            ffn: size("intermediate_size", hf.intermediate_size)?,
+            layers: size("num_hidden_layers", hf.num_hidden_layers)?,
             n_heads,
-            n_kv_heads: hf.num_key_value_heads.unwrap_or(n_heads),
-            head_dim: hf.head_dim.unwrap_or(if n_heads > 0 { hf.hidden_size / n_heads } else { 0 }),
-            vocab: hf.vocab_size,
-            context: hf.max_position_embeddings.unwrap_or(2048),
+            n_kv_heads: size("num_key_value_heads", hf.num_key_value_heads.unwrap_or(hf.num_attention_heads))?,
+            head_dim: match hf.head_dim {
+                Some(d) => size("head_dim", d)?,
+                None if n_heads > 0 => hidden / n_heads,
+                None => 0,
+            },
+            vocab: size("vocab_size", hf.vocab_size)?,
+            context: size("max_position_embeddings", hf.max_position_embeddings.unwrap_or(2048))?,
             rms_eps: hf.rms_norm_eps.unwrap_or(1e-6) as f32,
             rope_theta: hf.rope_theta.unwrap_or(10000.0) as f32,
             rope_interleaved: false,
