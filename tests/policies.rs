@@ -455,3 +455,32 @@ fn matmul_and_scatter_cache_updates_keep_the_same_cache() {
         Session::new(m.clone(), SessionOptions { policy: window, cache_update: CacheUpdate::Matmul, ..Default::default() }).err().unwrap();
     assert!(e.to_string().contains("matmul"), "{e}");
 }
+
+/// The same seed gives the same tokens: twice in one session (after a reset), and in a second
+/// session, for sampling under full attention and under adore with rebuild.
+#[test]
+fn sampling_with_a_seed_is_repeatable_in_one_process() {
+    let model = tiny_model(21);
+    let controller = Arc::new(Controller::random(&model.fingerprint, model.config.hidden, 8, 16, 5).unwrap());
+    for policy in [Policy::full(), Policy { kind: PolicyKind::Adore, budget: 10, sinks: 2, recent: 3, rebuild: 2 }] {
+        let options = SessionOptions { context: 64, chunk: 8, policy, controller: Some(controller.clone()), ..Default::default() };
+        let gen = adore::GenerateOptions {
+            max_tokens: 40,
+            sampling: adore::Sampling { temperature: 1.0, top_k: 0, top_p: 0.95, seed: 1234 },
+            stop_at_eos: false,
+        };
+        let mut first = Session::new(model.clone(), options.clone()).unwrap();
+        let (a, _) = run(adore::generate(&mut first, &[3, 4, 5], &gen, |_, _| true)).unwrap();
+        first.reset();
+        let (b, _) = run(adore::generate(&mut first, &[3, 4, 5], &gen, |_, _| true)).unwrap();
+        let mut second = Session::new(model.clone(), options).unwrap();
+        let (c, _) = run(adore::generate(&mut second, &[3, 4, 5], &gen, |_, _| true)).unwrap();
+        assert_eq!(a.len(), 40);
+        assert_eq!(a, b, "{}: after a reset", policy.name());
+        assert_eq!(a, c, "{}: in a second session", policy.name());
+        let other = adore::GenerateOptions { sampling: adore::Sampling { seed: 99, ..gen.sampling }, ..gen.clone() };
+        second.reset();
+        let (d, _) = run(adore::generate(&mut second, &[3, 4, 5], &other, |_, _| true)).unwrap();
+        assert_ne!(a, d, "{}: another seed gave the same 40 tokens", policy.name());
+    }
+}
