@@ -20,9 +20,10 @@ const LLAMA3_SPLIT: &str =
 impl Tokenizer {
     /// From the contents of a tokenizer.json.
     pub fn from_json(file: &str, bytes: &[u8]) -> Result<Self> {
-        // The JSON syntax is checked first: the tokenizers crate panics (instead of returning an
-        // error) on some malformed input, such as a control character inside the decoder.
-        serde_json::from_slice::<serde::de::IgnoredAny>(bytes)
+        // The JSON is read whole first (strings decoded too): the tokenizers crate panics instead
+        // of returning an error on malformed JSON inside the decoder (a control character, a
+        // lone surrogate escape).
+        serde_json::from_slice::<serde_json::Value>(bytes)
             .map_err(|e| Error::Tokenizer(format!("{file}: not valid JSON: {e}")))?;
         let inner = tokenizers::Tokenizer::from_bytes(bytes).map_err(|e| Error::Tokenizer(format!("{file}: {e}")))?;
         let find = |names: &[&str]| names.iter().find_map(|n| inner.token_to_id(n));
