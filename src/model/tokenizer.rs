@@ -23,8 +23,7 @@ impl Tokenizer {
         // The JSON is read whole first (strings decoded too): the tokenizers crate panics instead
         // of returning an error on malformed JSON inside the decoder (a control character, a
         // lone surrogate escape).
-        serde_json::from_slice::<serde_json::Value>(bytes)
-            .map_err(|e| Error::Tokenizer(format!("{file}: not valid JSON: {e}")))?;
+        serde_json::from_slice::<serde_json::Value>(bytes).map_err(|e| Error::Tokenizer(format!("{file}: not valid JSON: {e}")))?;
         let inner = tokenizers::Tokenizer::from_bytes(bytes).map_err(|e| Error::Tokenizer(format!("{file}: {e}")))?;
         let find = |names: &[&str]| names.iter().find_map(|n| inner.token_to_id(n));
         let bos = find(&["<|im_start|>", "<s>", "<|begin_of_text|>"]);
