@@ -2,67 +2,47 @@
 // `kind` (a stable identifier) and a message that says what to do.
 
 export class AdoreError extends Error {
-  constructor(message, kind = 'internal') {
+  static defaultKind = 'internal';
+  constructor(message, kind = new.target.defaultKind) {
     super(message);
-    this.name = 'AdoreError';
+    this.name = new.target.name;
     this.kind = kind;
   }
 }
 
 /** The model file is not one this engine can read (truncated, corrupt, unsupported). */
 export class ModelFormatError extends AdoreError {
-  constructor(message, kind = 'malformed') {
-    super(message, kind);
-    this.name = 'ModelFormatError';
-  }
+  static defaultKind = 'malformed';
 }
 
 /** WebGPU is missing, refused a device, or failed while running. */
 export class WebGpuError extends AdoreError {
-  constructor(message, kind = 'no_adapter') {
-    super(message, kind);
-    this.name = 'WebGpuError';
-  }
+  static defaultKind = 'no_adapter';
 }
 
 /** A tensor or buffer exceeds what this device allows (maxStorageBufferBindingSize). */
 export class DeviceLimitError extends AdoreError {
-  constructor(message, kind = 'tensor_too_large') {
-    super(message, kind);
-    this.name = 'DeviceLimitError';
-  }
+  static defaultKind = 'tensor_too_large';
 }
 
 /** An argument (option, message list, model source) is out of range or of the wrong type. */
 export class ArgumentError extends AdoreError {
-  constructor(message, kind = 'invalid_argument') {
-    super(message, kind);
-    this.name = 'ArgumentError';
-  }
+  static defaultKind = 'invalid_argument';
 }
 
 /** The prompt is empty or longer than the context. */
 export class PromptError extends AdoreError {
-  constructor(message, kind = 'prompt_too_long') {
-    super(message, kind);
-    this.name = 'PromptError';
-  }
+  static defaultKind = 'prompt_too_long';
 }
 
 /** The model could not be fetched or read. */
 export class DownloadError extends AdoreError {
-  constructor(message, kind = 'download') {
-    super(message, kind);
-    this.name = 'DownloadError';
-  }
+  static defaultKind = 'download';
 }
 
 /** The engine was disposed, or stopped after an internal error: create a new one. */
 export class EngineClosedError extends AdoreError {
-  constructor(message, kind = 'closed') {
-    super(message, kind);
-    this.name = 'EngineClosedError';
-  }
+  static defaultKind = 'closed';
 }
 
 const BY_KIND = {
