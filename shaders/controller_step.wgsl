@@ -8,7 +8,9 @@
 @group(0) @binding(2) var<storage, read> weights: array<f32>;       // packed controller weights
 @group(0) @binding(3) var<storage, read_write> state: array<f32>;   // h (d_c), then q (d_c)
 @group(0) @binding(4) var<storage, read_write> keys: array<f32>;    // (context, d_c) by position
-@group(0) @binding(5) var<uniform> p: ControllerParams;
+// A storage buffer, not a uniform one: lavapipe (Mesa 22.3) inlines uniform values that bound
+// loops by recompiling the kernel at each dispatch, and kept every copy (0.3 MB per token).
+@group(0) @binding(5) var<storage, read> p: ControllerParams;
 @group(0) @binding(6) var<uniform> step: Step;
 
 const WG: u32 = 256u;

@@ -76,7 +76,8 @@ pub fn build_step(
     let d = c.params.d_c as usize;
     check_len("controller_step", "x", x, max_rows * c.params.hidden as usize)?;
     check_len("controller_step", "state", state, 2 * d)?;
-    let params = ctx.uniform("controller.params", &c.params);
+    // In a storage buffer: see the binding in the shader.
+    let params = ctx.storage_init("controller.params", bytemuck::bytes_of(&c.params))?;
     let pipeline = ctx.pipeline(&shaders::CONTROLLER_STEP, "main", &[])?;
     Ok(ctx.dispatch(pipeline, &[x, positions, &c.weights, state, keys, &params, step], [1, 1, 1]))
 }
