@@ -194,18 +194,18 @@ enum Command {
         out: PathBuf,
         #[arg(long, default_value_t = 0)]
         seed: u64,
-        #[arg(long, default_value_t = 20)]
+        #[arg(long, default_value_t = 40)]
         epochs: usize,
         /// Controller width d_c.
         #[arg(long, default_value_t = 64)]
         width: usize,
         /// Distance buckets of the score bias.
-        #[arg(long, default_value_t = 32)]
+        #[arg(long, default_value_t = 128)]
         buckets: usize,
         #[arg(long, default_value_t = 3e-3)]
         lr: f64,
         /// Sequences per optimizer step.
-        #[arg(long, default_value_t = 8)]
+        #[arg(long, default_value_t = 4)]
         batch: usize,
         /// Budgets m at which recall of the teacher's top-m is reported.
         #[arg(long, value_delimiter = ',', default_value = "64,128,256,512")]
@@ -220,8 +220,12 @@ enum Command {
         json: Option<PathBuf>,
         /// Which keys the loss covers: all of them, or only those the policy decides on
         /// (unprotected: the sinks and recent window left out).
-        #[arg(long, default_value = "all")]
+        #[arg(long, default_value = "unprotected")]
         loss_keys: String,
+        /// What the controller learns to match per query: `distribution` (the teacher's
+        /// attention) or `top-M` (membership in the teacher's top M keys, what a budget of M keeps).
+        #[arg(long, default_value = "top-128")]
+        target: String,
     },
     /// ADORE controller files.
     Controller {
@@ -244,7 +248,7 @@ enum ControllerCommand {
         #[arg(long, default_value_t = 64)]
         width: usize,
         /// Distance buckets of the score bias.
-        #[arg(long, default_value_t = 32)]
+        #[arg(long, default_value_t = 128)]
         buckets: usize,
     },
 }
@@ -484,7 +488,9 @@ fn run(cli: Cli) -> Result<()> {
             recent,
             json,
             loss_keys,
+            target,
         } => {
+            let target: train::fit::Target = target.parse()?;
             let unprotected_only = match loss_keys.as_str() {
                 "all" => false,
                 "unprotected" => true,
@@ -506,7 +512,8 @@ fn run(cli: Cli) -> Result<()> {
                     train_seqs.split_off(keep)
                 }
             };
-            let o = train::fit::FitOptions { d_c: width, buckets, epochs, seed, lr, batch, sinks, recent, budgets, unprotected_only };
+            let o =
+                train::fit::FitOptions { d_c: width, buckets, epochs, seed, lr, batch, sinks, recent, budgets, unprotected_only, target };
             eprintln!("train-controller: {} training and {} held-out sequences, {epochs} epochs", train_seqs.len(), held.len());
             let bar = ProgressBar::new(epochs as u64);
             bar.set_style(
@@ -537,11 +544,15 @@ fn run(cli: Cli) -> Result<()> {
                 v.join(", ")
             };
             c.training = format!(
-                "trained by adore train-controller on {} sequences of {} ({}); held out: {}; {epochs} epochs, lr {lr}, seed {seed}, loss over {} keys; final held-out loss {:.4}",
+                "trained by adore train-controller on {} sequences of {} ({}); held out: {}; {epochs} epochs, lr {lr}, batch {batch}, {buckets} buckets, seed {seed}, target {}, loss over {} keys; final held-out loss {:.4}",
                 train_seqs.len(),
                 train_seqs[0].len(),
                 names(&train_seqs),
                 names(&held),
+                match target {
+                    train::fit::Target::Distribution => "the teacher's distribution".to_string(),
+                    train::fit::Target::TopM(m) => format!("the teacher's top {m}"),
+                },
                 if unprotected_only { format!("the unprotected ({sinks} sinks, {recent} recent left out)") } else { "all".to_string() },
                 report.epochs.last().map_or(f64::NAN, |e| e.heldout_loss)
             );

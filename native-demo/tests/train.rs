@@ -141,9 +141,11 @@ fn training_finds_the_tokens_a_synthetic_teacher_attends_to() {
     std::fs::create_dir_all(&held).unwrap();
     synthetic(&train, 24, 1);
     synthetic(&held, 6, 2);
-    let run = |out: &Path, json: &Path| {
+    let run = |out: &Path, json: &Path, target: &str| {
         adore(&[
             "train-controller",
+            "--target",
+            target,
             "--model",
             model.to_str().unwrap(),
             "--data",
@@ -174,17 +176,21 @@ fn training_finds_the_tokens_a_synthetic_teacher_attends_to() {
             json.to_str().unwrap(),
         ])
     };
-    run(&d.join("a.safetensors"), &d.join("a.json"));
-    let report: serde_json::Value = serde_json::from_slice(&std::fs::read(d.join("a.json")).unwrap()).unwrap();
-    let epochs = report["epochs"].as_array().unwrap();
-    let first = epochs[0]["heldout_loss"].as_f64().unwrap();
-    let last = epochs.last().unwrap()["heldout_loss"].as_f64().unwrap();
-    assert!(last < first, "held-out loss did not fall: {first} -> {last}");
-    let r = &report["recall"][0];
-    assert!(r["adore"].as_f64().unwrap() > 0.95, "held-out recall@6 of the trained controller: {report}");
-    assert!(r["sink_window"].as_f64().unwrap() < 0.5, "the synthetic task is too easy for a window: {report}");
+    // Both targets: membership in the teacher's top 6 (the default kind) and its distribution.
+    for (target, name) in [("top-6", "a"), ("distribution", "dist")] {
+        let json = d.join(format!("{name}.json"));
+        run(&d.join(format!("{name}.safetensors")), &json, target);
+        let report: serde_json::Value = serde_json::from_slice(&std::fs::read(&json).unwrap()).unwrap();
+        let epochs = report["epochs"].as_array().unwrap();
+        let first = epochs[0]["heldout_loss"].as_f64().unwrap();
+        let last = epochs.last().unwrap()["heldout_loss"].as_f64().unwrap();
+        assert!(last < first, "{target}: held-out loss did not fall: {first} -> {last}");
+        let r = &report["recall"][0];
+        assert!(r["adore"].as_f64().unwrap() > 0.95, "{target}: held-out recall@6 of the trained controller: {report}");
+        assert!(r["sink_window"].as_f64().unwrap() < 0.5, "the synthetic task is too easy for a window: {report}");
+    }
     // The same seed gives the same controller, bit for bit (the header's key order may vary).
-    run(&d.join("b.safetensors"), &d.join("b.json"));
+    run(&d.join("b.safetensors"), &d.join("b.json"), "top-6");
     let (a, b) = (read(&d.join("a.safetensors")), read(&d.join("b.safetensors")));
     let mut names: Vec<&String> = a.keys().collect();
     names.sort();

@@ -26,6 +26,31 @@ pub struct FitOptions {
     /// Train on the keys the policy decides on only: the protected sinks and recent tokens are
     /// left out of the softmax and the teacher renormalised over the rest.
     pub unprotected_only: bool,
+    pub target: Target,
+}
+
+/// What the controller's softmax over keys is trained to match, per query.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum Target {
+    /// The teacher's attention distribution (ADORE.md's first design).
+    Distribution,
+    /// Uniform over the teacher's top m keys: membership in the set a budget of m should keep,
+    /// which is what recall@m and the policy's decision measure. Queries with at most m keys
+    /// keep everything whatever the ranking, and leave the loss.
+    TopM(usize),
+}
+
+impl std::str::FromStr for Target {
+    type Err = anyhow::Error;
+    fn from_str(s: &str) -> Result<Self> {
+        if s == "distribution" {
+            return Ok(Target::Distribution);
+        }
+        match s.strip_prefix("top-").map(str::parse::<usize>) {
+            Some(Ok(m)) if m > 0 => Ok(Target::TopM(m)),
+            _ => bail!("--target is `distribution` or `top-M` with M a budget of at least 1 (such as top-128), not {s:?}"),
+        }
+    }
 }
 
 #[derive(serde::Serialize, Clone, Debug)]
@@ -111,6 +136,7 @@ struct Model<'a> {
     max_distance: usize,
     /// (sinks, recent) left out of the loss.
     protected: Option<(usize, usize)>,
+    target: Target,
 }
 
 impl Model<'_> {
@@ -119,15 +145,17 @@ impl Model<'_> {
     fn scores(&self, batch: &[&Sequence]) -> Result<Tensor> {
         let dev = Device::Cpu;
         let (b, n, nq, d) = (batch.len(), batch[0].len(), batch[0].queries.len(), self.d);
-        let ids: Vec<u32> = batch.iter().flat_map(|s| s.ids.iter().copied()).collect();
-        let e = self.embed.index_select(&Tensor::from_vec(ids, b * n, &dev)?, 0)?;
-        let u = e.matmul(&self.p.proj.t()?)?;
-        let gi = u.matmul(&self.p.w_ih.t()?)?.broadcast_add(&self.p.b_ih)?.reshape((b, n, 3 * d))?;
-        let w_hh = self.p.w_hh.t()?;
+        // Embeddings time-major, (n, B, hidden): step t's rows are one contiguous block. They
+        // carry no gradient, so taking a step's rows costs nothing in the backward pass (a slice
+        // of a tensor that does, such as the projected inputs, would be padded back to its whole
+        // size at every step).
+        let ids: Vec<u32> = (0..n).flat_map(|t| batch.iter().map(move |s| s.ids[t])).collect();
+        let e = self.embed.index_select(&Tensor::from_vec(ids, n * b, &dev)?, 0)?.reshape((n, b, ()))?;
+        let (proj, w_ih, w_hh) = (self.p.proj.t()?, self.p.w_ih.t()?, self.p.w_hh.t()?);
         let mut h = Tensor::zeros((b, d), DType::F32, &dev)?;
         let mut hs = Vec::with_capacity(n);
         for t in 0..n {
-            let g = gi.i((.., t, ..))?;
+            let g = e.i(t)?.matmul(&proj)?.matmul(&w_ih)?.broadcast_add(&self.p.b_ih)?;
             let gh = h.matmul(&w_hh)?.broadcast_add(&self.p.b_hh)?;
             let r = sigmoid(&(g.narrow(1, 0, d)? + gh.narrow(1, 0, d)?)?)?;
             let z = sigmoid(&(g.narrow(1, d, d)? + gh.narrow(1, d, d)?)?)?;
@@ -160,9 +188,22 @@ impl Model<'_> {
         let (b, n, nq) = (batch.len(), batch[0].len(), batch[0].queries.len());
         let mut scores = self.scores(batch)?;
         let mut teacher: Vec<f32> = batch.iter().flat_map(|s| s.teacher.iter().copied()).collect();
+        if let Target::TopM(m) = self.target {
+            for (bi, s) in batch.iter().enumerate() {
+                for (qi, &t) in s.queries.iter().enumerate() {
+                    let row = &mut teacher[(bi * nq + qi) * n..][..n];
+                    let t = t as usize;
+                    let members = if t + 1 > m { top_m(&row[..=t], m) } else { Vec::new() };
+                    row.fill(0.0);
+                    for i in members {
+                        row[i] = 1.0 / m as f32;
+                    }
+                }
+            }
+        }
         if let Some((sinks, recent)) = self.protected {
-            // Keys a policy keeps anyway leave the loss; the teacher is renormalised over the
-            // rest (queries with nothing left keep their full distribution).
+            // Keys a policy keeps anyway leave the loss; the target is renormalised over the
+            // rest (with the distribution target, queries with nothing left keep it whole).
             let mut mask = vec![0f32; b * nq * n];
             for (bi, s) in batch.iter().enumerate() {
                 for (qi, &t) in s.queries.iter().enumerate() {
@@ -170,12 +211,14 @@ impl Model<'_> {
                     let t = t as usize;
                     let free = |i: usize| i >= sinks && i + recent <= t;
                     let z: f32 = (0..=t).filter(|&i| free(i)).map(|i| teacher[row + i]).sum();
-                    if z <= 0.0 {
+                    if z <= 0.0 && self.target == Target::Distribution {
                         continue;
                     }
+                    // (A membership query with no member left: zero, out of the loss.)
+                    let inv = if z > 0.0 { 1.0 / z } else { 0.0 };
                     for i in 0..n {
                         if i <= t && free(i) {
-                            teacher[row + i] /= z;
+                            teacher[row + i] *= inv;
                         } else {
                             teacher[row + i] = 0.0;
                             mask[row + i] = -1e9;
@@ -230,10 +273,19 @@ pub fn fit(
         bail!("token id {bad} in the data is outside this model's vocabulary of {vocab}: the data was collected for another model");
     }
     let mut c = Controller::random(fingerprint, hidden, o.d_c, o.buckets, o.seed)?;
+    // Start from recency: the distance bias falls with the log of each bucket's nearest
+    // distance and the query is zero, so the first ranking is the most recent first (what
+    // sinks + window keeps, this model's strongest simple baseline); training then moves
+    // tokens by their content.
+    for (j, b) in c.bucket_bias.iter_mut().enumerate() {
+        let nearest = (0..=c.max_distance as u32).find(|&d| bucket(d, c.buckets, c.max_distance) == j).unwrap_or(c.max_distance as u32);
+        *b = -(1.0 + nearest as f32).ln();
+    }
+    c.w_q.fill(0.0);
     let p = Params::new(&c)?;
     let embed = Tensor::from_slice(embed, (vocab, hidden), &Device::Cpu)?;
     let protected = o.unprotected_only.then_some((o.sinks, o.recent));
-    let model = Model { p: &p, embed: &embed, d: o.d_c, buckets: o.buckets, max_distance: c.max_distance, protected };
+    let model = Model { p: &p, embed: &embed, d: o.d_c, buckets: o.buckets, max_distance: c.max_distance, protected, target: o.target };
     let mut opt = AdamW::new(p.vars(), ParamsAdamW { lr: o.lr, weight_decay: 0.0, ..Default::default() })?;
     let mut rng = Rng(o.seed ^ 0xA5A5_5A5A_1234_5678);
     let held = batches(heldout, o.batch, None);
@@ -287,4 +339,19 @@ fn recall_table(model: &Model, heldout: &[Sequence], o: &FitOptions) -> Result<V
         r.sink_window /= q;
     }
     Ok(rows)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Target;
+
+    #[test]
+    fn targets_parse_and_nonsense_is_refused() {
+        assert_eq!("distribution".parse::<Target>().unwrap(), Target::Distribution);
+        assert_eq!("top-128".parse::<Target>().unwrap(), Target::TopM(128));
+        for bad in ["top-0", "top-", "top--3", "top-x", "top128", "", "Distribution"] {
+            let e = bad.parse::<Target>().unwrap_err().to_string();
+            assert!(e.contains("--target"), "{bad:?}: {e}");
+        }
+    }
 }
