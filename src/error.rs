@@ -66,6 +66,9 @@ pub enum Error {
     #[error("GPU error: {0}")]
     Gpu(String),
 
+    #[error("the GPU device was lost ({0}); this engine is closed: load the model again")]
+    DeviceLost(String),
+
     #[error("download failed: {0}")]
     Download(String),
 
@@ -99,6 +102,7 @@ impl Error {
             Error::NoAdapter(_) => "no_adapter",
             Error::Device(_) => "device",
             Error::Gpu(_) => "gpu",
+            Error::DeviceLost(_) => "device_lost",
             Error::Download(_) => "download",
             Error::Checksum { .. } => "checksum",
         }

@@ -4,8 +4,6 @@
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
-use wgpu::util::DeviceExt;
-
 use crate::error::{Error, Result};
 use crate::shaders::Shader;
 
@@ -54,6 +52,8 @@ pub struct Context {
     binding_limit: u64,
     pipelines: Mutex<HashMap<PipelineKey, Arc<wgpu::ComputePipeline>>>,
     last_error: Arc<Mutex<Option<String>>>,
+    /// Why the device was lost, once it has been.
+    lost: Arc<Mutex<Option<String>>>,
 }
 
 impl Context {
@@ -99,9 +99,16 @@ impl Context {
                 slot.get_or_insert_with(|| e.to_string());
             }
         }));
+        let lost: Arc<Mutex<Option<String>>> = Arc::default();
+        let flag = lost.clone();
+        device.set_device_lost_callback(move |reason, message| {
+            if let Ok(mut slot) = flag.lock() {
+                slot.get_or_insert_with(|| if message.is_empty() { format!("{reason:?}") } else { format!("{reason:?}: {message}") });
+            }
+        });
         let device_limit = (limits.max_storage_buffer_binding_size as u64).min(limits.max_buffer_size);
         let binding_limit = options.max_binding_size.map_or(device_limit, |m| m.min(device_limit));
-        Ok(Self { device, queue, info, limits, features, binding_limit, pipelines: Mutex::default(), last_error })
+        Ok(Self { device, queue, info, limits, features, binding_limit, pipelines: Mutex::default(), last_error, lost })
     }
 
     /// Blocking form of [`Context::new`] for native programs.
@@ -184,6 +191,7 @@ impl Context {
     /// A storage buffer of `bytes` (at least 4), zero-filled.
     pub fn storage(&self, label: &str, bytes: u64) -> Result<wgpu::Buffer> {
         self.check_binding(label, bytes)?;
+        self.check_alive()?;
         Ok(self.device.create_buffer(&wgpu::BufferDescriptor {
             label: Some(label),
             size: bytes.max(4).next_multiple_of(4),
@@ -203,20 +211,49 @@ impl Context {
         } else {
             data
         };
-        Ok(self.device.create_buffer_init(&wgpu::util::BufferInitDescriptor {
+        self.check_alive()?;
+        // Written while mapped at creation, as wgpu's create_buffer_init does, but a buffer the
+        // device could not make (out of memory, device lost) is an error here, not a panic.
+        let buffer = self.device.create_buffer(&wgpu::BufferDescriptor {
             label: Some(label),
-            contents,
+            size: contents.len() as u64,
             usage: wgpu::BufferUsages::STORAGE | wgpu::BufferUsages::COPY_SRC | wgpu::BufferUsages::COPY_DST,
-        }))
+            mapped_at_creation: true,
+        });
+        {
+            let mut view = buffer.slice(..).get_mapped_range_mut().map_err(|e| self.gpu_error(format!("creating {label}: {e}")))?;
+            view.copy_from_slice(contents);
+        }
+        buffer.unmap();
+        Ok(buffer)
     }
 
-    /// A uniform buffer holding a params struct.
+    /// A uniform buffer holding a params struct (written through the queue: creating it cannot
+    /// fail here; a device that could not make it reports at the next submit).
     pub fn uniform<T: bytemuck::Pod>(&self, label: &str, value: &T) -> wgpu::Buffer {
-        self.device.create_buffer_init(&wgpu::util::BufferInitDescriptor {
+        let bytes = bytemuck::bytes_of(value);
+        let buffer = self.device.create_buffer(&wgpu::BufferDescriptor {
             label: Some(label),
-            contents: bytemuck::bytes_of(value),
+            size: (bytes.len() as u64).max(4).next_multiple_of(4),
             usage: wgpu::BufferUsages::UNIFORM | wgpu::BufferUsages::COPY_DST,
-        })
+            mapped_at_creation: false,
+        });
+        self.queue.write_buffer(&buffer, 0, bytes);
+        buffer
+    }
+
+    /// Err(DeviceLost) once the device is gone: everything made from it is unusable, and the
+    /// model must be loaded again on a new context.
+    pub fn check_alive(&self) -> Result<()> {
+        match self.lost.lock().ok().and_then(|l| l.clone()) {
+            Some(why) => Err(Error::DeviceLost(why)),
+            None => Ok(()),
+        }
+    }
+
+    /// A GPU failure, reported as a lost device when that is what it was.
+    fn gpu_error(&self, what: String) -> Error {
+        self.check_alive().err().unwrap_or(Error::Gpu(what))
     }
 
     /// Binds `buffers` to bindings 0.. of group 0 of `pipeline`, in order.
@@ -252,6 +289,7 @@ impl Context {
 
     /// Returns the first uncaptured GPU error since the last call, if any.
     pub fn take_error(&self) -> Result<()> {
+        self.check_alive()?;
         match self.last_error.lock().ok().and_then(|mut e| e.take()) {
             Some(msg) => Err(Error::Gpu(msg)),
             None => Ok(()),
@@ -274,10 +312,10 @@ impl Context {
         let (tx, rx) = futures_channel();
         slice.map_async(wgpu::MapMode::Read, move |r| tx.send(r));
         #[cfg(not(target_arch = "wasm32"))]
-        self.device.poll(wgpu::PollType::wait_indefinitely()).map_err(|e| Error::Gpu(e.to_string()))?;
-        rx.recv().await.map_err(|e| Error::Gpu(format!("reading back from the GPU: {e}")))?;
+        self.device.poll(wgpu::PollType::wait_indefinitely()).map_err(|e| self.gpu_error(e.to_string()))?;
+        rx.recv().await.map_err(|e| self.gpu_error(format!("reading back from the GPU: {e}")))?;
         let out = {
-            let view = slice.get_mapped_range().map_err(|e| Error::Gpu(e.to_string()))?;
+            let view = slice.get_mapped_range().map_err(|e| self.gpu_error(e.to_string()))?;
             view[..bytes as usize].to_vec()
         };
         staging.unmap();

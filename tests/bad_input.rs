@@ -258,3 +258,24 @@ fn allocations_over_the_device_limits_fail_cleanly_and_the_engine_stays_usable()
     let (out, _) = pollster::block_on(adore::generate(&mut s, &[5, 6, 7], &opts, |_, _| true)).unwrap();
     assert!(!out.is_empty());
 }
+
+#[test]
+fn a_lost_device_gives_an_error_and_no_panic() {
+    // A context of its own: the shared one must survive for the other tests.
+    let ctx = Arc::new(adore::gpu::Context::new_blocking(adore::gpu::ContextOptions::default()).unwrap());
+    let bytes = Tiny::new(1).gguf_bytes();
+    let m = Arc::new(Model::load(ctx.clone(), read(&bytes).unwrap(), &mut |_, _| {}).unwrap());
+    let mut s = Session::new(m.clone(), SessionOptions { context: 32, chunk: 8, ..Default::default() }).unwrap();
+    let opts = GenerateOptions { max_tokens: 4, ..Default::default() };
+    pollster::block_on(adore::generate(&mut s, &[5, 6, 7], &opts, |_, _| true)).unwrap();
+    // What a driver reset or an unplugged GPU does to a running engine.
+    ctx.device.destroy();
+    s.reset();
+    let lost = |e: Option<Error>, what: &str| match e {
+        Some(e @ Error::DeviceLost(_)) => assert!(e.to_string().contains("load the model again"), "{e}"),
+        other => panic!("{what} on a lost device: {other:?}"),
+    };
+    lost(pollster::block_on(adore::generate(&mut s, &[5, 6, 7], &opts, |_, _| true)).err(), "generating");
+    lost(Session::new(m, SessionOptions { context: 32, chunk: 8, ..Default::default() }).err(), "a new session");
+    lost(Model::load(ctx, read(&bytes).unwrap(), &mut |_, _| {}).err(), "loading a model");
+}

@@ -177,6 +177,9 @@ export class Engine {
         throw new EngineClosedError(this.#closed);
       }
       if (err instanceof EngineClosedError) this.#closed = err.message;
+      // A lost GPU device takes every buffer with it: the engine closes (the error says so)
+      // and later calls say it is closed.
+      if (err.kind === 'device_lost') this.#closed = err.message;
       throw err;
     }
   }

@@ -63,6 +63,7 @@ const BY_KIND = {
   no_adapter: WebGpuError,
   device: WebGpuError,
   gpu: WebGpuError,
+  device_lost: WebGpuError,
   invalid_argument: ArgumentError,
   prompt_too_long: PromptError,
   empty_prompt: PromptError,

@@ -79,6 +79,7 @@ test('model sources', () => {
 test('engine errors become named classes by kind', () => {
   assert.ok(errorFromParts('truncated', 'm') instanceof ModelFormatError);
   assert.ok(errorFromParts('no_adapter', 'm') instanceof WebGpuError);
+  assert.ok(errorFromParts('device_lost', 'm') instanceof WebGpuError);
   assert.ok(errorFromParts('prompt_too_long', 'm') instanceof PromptError);
   const e = toError({ kind: 'bad_magic', message: 'x.gguf: not a GGUF file' });
   assert.equal(e.name, 'ModelFormatError');
