@@ -277,9 +277,12 @@ pub fn fit(
     // distance and the query is zero, so the first ranking is the most recent first (what
     // sinks + window keeps, this model's strongest simple baseline); training then moves
     // tokens by their content.
-    for (j, b) in c.bucket_bias.iter_mut().enumerate() {
-        let nearest = (0..=c.max_distance as u32).find(|&d| bucket(d, c.buckets, c.max_distance) == j).unwrap_or(c.max_distance as u32);
-        *b = -(1.0 + nearest as f32).ln();
+    let mut nearest: Vec<Option<u32>> = vec![None; c.buckets];
+    for d in 0..=c.max_distance as u32 {
+        nearest[bucket(d, c.buckets, c.max_distance)].get_or_insert(d);
+    }
+    for (b, d) in c.bucket_bias.iter_mut().zip(nearest) {
+        *b = -(1.0 + d.unwrap_or(c.max_distance as u32) as f32).ln();
     }
     c.w_q.fill(0.0);
     let p = Params::new(&c)?;
