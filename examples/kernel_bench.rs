@@ -8,7 +8,12 @@ use adore::ops::{self, attention::Heads, matmul::Variant, Step};
 use adore::tensor::{quantize, DType, GpuWeight, HostTensor};
 
 fn time(ctx: &Context, name: &str, d: Dispatch, flops: f64) {
-    let list: Vec<&Dispatch> = std::iter::repeat(&d).take(5).collect();
+    time_all(ctx, name, vec![d], flops)
+}
+
+/// One kernel made of several dispatches (a matmul in row windows).
+fn time_all(ctx: &Context, name: &str, d: Vec<Dispatch>, flops: f64) {
+    let list: Vec<&Dispatch> = std::iter::repeat(d.iter()).take(5).flatten().collect();
     let mut times = Vec::new();
     for _ in 0..4 {
         let t = std::time::Instant::now();
@@ -52,9 +57,9 @@ fn main() -> adore::Result<()> {
         }
         let t = HostTensor { name: format!("{dtype:?} {n}x{k}"), dtype, shape: vec![n, k], data: quantize(dtype, &rnd[..n * k]).into() };
         let w = GpuWeight::upload(&ctx, &t)?;
-        for v in [Variant::Cooperative, Variant::Independent] {
+        for v in [Variant::Cooperative, Variant::Independent, Variant::UniformInput] {
             let d = ops::matmul::build_variant(&ctx, v, &w, &x, &y, &step, rows, 0)?;
-            time(
+            time_all(
                 &ctx,
                 &format!("matmul {:?} {} {v:?}", dtype, t.shape.iter().map(|s| s.to_string()).collect::<Vec<_>>().join("x")),
                 d,

@@ -23,6 +23,9 @@ pub struct PipelineKey {
     pub entry: &'static str,
     /// (name, value bits) sorted by name; f64 bits so that the key is hashable.
     pub constants: Vec<(&'static str, u64)>,
+    /// (name, value): module-scope `const` values set in the source before compiling, for what
+    /// override constants cannot set (array lengths outside workgroup memory).
+    pub defines: Vec<(&'static str, u32)>,
 }
 
 impl std::fmt::Display for PipelineKey {
@@ -30,6 +33,9 @@ impl std::fmt::Display for PipelineKey {
         write!(f, "{}::{}", self.shader, self.entry)?;
         for (name, bits) in &self.constants {
             write!(f, " {}={}", name, f64::from_bits(*bits))?;
+        }
+        for (word, value) in &self.defines {
+            write!(f, " {word}:={value}")?;
         }
         Ok(())
     }
@@ -41,6 +47,11 @@ pub struct Dispatch {
     pub bind_group: wgpu::BindGroup,
     pub workgroups: [u32; 3],
 }
+
+/// Usage of the buffers kernels read and write: storage, copies, and uniform, so that a kernel
+/// may read a small input through a uniform binding (see shaders/matvec_cpu.wgsl).
+const STORAGE_USAGE: wgpu::BufferUsages =
+    wgpu::BufferUsages::STORAGE.union(wgpu::BufferUsages::UNIFORM).union(wgpu::BufferUsages::COPY_SRC).union(wgpu::BufferUsages::COPY_DST);
 
 /// Device, queue and caches shared by everything that runs on one GPU.
 pub struct Context {
@@ -140,19 +151,31 @@ impl Context {
 
     /// The compiled pipeline for (shader, entry, constants), compiled once and cached.
     pub fn pipeline(&self, shader: &Shader, entry: &'static str, constants: &[(&'static str, f64)]) -> Result<Arc<wgpu::ComputePipeline>> {
+        self.pipeline_with(shader, entry, constants, &[])
+    }
+
+    /// [`Context::pipeline`] with `defines`: module-scope `u32` constants of the source set to
+    /// other values.
+    pub fn pipeline_with(
+        &self,
+        shader: &Shader,
+        entry: &'static str,
+        constants: &[(&'static str, f64)],
+        defines: &[(&'static str, u32)],
+    ) -> Result<Arc<wgpu::ComputePipeline>> {
         let mut sorted: Vec<(&'static str, u64)> = constants.iter().map(|(n, v)| (*n, v.to_bits())).collect();
         sorted.sort();
-        let key = PipelineKey { shader: shader.name, entry, constants: sorted };
+        let key = PipelineKey { shader: shader.name, entry, constants: sorted, defines: defines.to_vec() };
         let mut cache = self.pipelines.lock().map_err(|_| Error::Gpu("pipeline cache poisoned".into()))?;
         if let Some(p) = cache.get(&key) {
             return Ok(p.clone());
         }
         let label = key.to_string();
+        let source = shader.source_with(defines)?;
         let scope = self.device.push_error_scope(wgpu::ErrorFilter::Validation);
-        let module = self.device.create_shader_module(wgpu::ShaderModuleDescriptor {
-            label: Some(&label),
-            source: wgpu::ShaderSource::Wgsl(shader.source().into()),
-        });
+        let module = self
+            .device
+            .create_shader_module(wgpu::ShaderModuleDescriptor { label: Some(&label), source: wgpu::ShaderSource::Wgsl(source.into()) });
         let pipeline = self.device.create_compute_pipeline(&wgpu::ComputePipelineDescriptor {
             label: Some(&label),
             layout: None,
@@ -195,7 +218,7 @@ impl Context {
         Ok(self.device.create_buffer(&wgpu::BufferDescriptor {
             label: Some(label),
             size: bytes.max(4).next_multiple_of(4),
-            usage: wgpu::BufferUsages::STORAGE | wgpu::BufferUsages::COPY_SRC | wgpu::BufferUsages::COPY_DST,
+            usage: STORAGE_USAGE,
             mapped_at_creation: false,
         }))
     }
@@ -217,7 +240,7 @@ impl Context {
         let buffer = self.device.create_buffer(&wgpu::BufferDescriptor {
             label: Some(label),
             size: contents.len() as u64,
-            usage: wgpu::BufferUsages::STORAGE | wgpu::BufferUsages::COPY_SRC | wgpu::BufferUsages::COPY_DST,
+            usage: STORAGE_USAGE,
             mapped_at_creation: true,
         });
         {
@@ -258,9 +281,31 @@ impl Context {
 
     /// Binds `buffers` to bindings 0.. of group 0 of `pipeline`, in order.
     pub fn dispatch(&self, pipeline: Arc<wgpu::ComputePipeline>, buffers: &[&wgpu::Buffer], workgroups: [u32; 3]) -> Dispatch {
+        let whole: Vec<(&wgpu::Buffer, Option<(u64, u64)>)> = buffers.iter().map(|b| (*b, None)).collect();
+        self.dispatch_sized(pipeline, &whole, workgroups)
+    }
+
+    /// [`Context::dispatch`] where a buffer may be bound as a range (offset, size) rather than
+    /// whole: uniform bindings are limited in size.
+    pub fn dispatch_sized(
+        &self,
+        pipeline: Arc<wgpu::ComputePipeline>,
+        buffers: &[(&wgpu::Buffer, Option<(u64, u64)>)],
+        workgroups: [u32; 3],
+    ) -> Dispatch {
         let layout = pipeline.get_bind_group_layout(0);
-        let entries: Vec<wgpu::BindGroupEntry> =
-            buffers.iter().enumerate().map(|(i, b)| wgpu::BindGroupEntry { binding: i as u32, resource: b.as_entire_binding() }).collect();
+        let entries: Vec<wgpu::BindGroupEntry> = buffers
+            .iter()
+            .enumerate()
+            .map(|(i, (buffer, range))| wgpu::BindGroupEntry {
+                binding: i as u32,
+                resource: wgpu::BindingResource::Buffer(wgpu::BufferBinding {
+                    buffer,
+                    offset: range.map_or(0, |r| r.0),
+                    size: range.and_then(|r| wgpu::BufferSize::new(r.1)),
+                }),
+            })
+            .collect();
         let bind_group = self.device.create_bind_group(&wgpu::BindGroupDescriptor { label: None, layout: &layout, entries: &entries });
         Dispatch { pipeline, bind_group, workgroups }
     }

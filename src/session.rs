@@ -425,11 +425,11 @@ impl Session {
         if self.options.all_logits {
             // Final norm and LM head for every row.
             plan.push(ops::rmsnorm::build(ctx, &s.x, &w.output_norm, &s.xn, step, c.hidden, c.rms_eps, rows, false)?);
-            plan.push(ops::matmul::build(ctx, w.lm_head(), &s.xn, &s.logits, step, rows, 0)?);
+            plan.extend(ops::matmul::build(ctx, w.lm_head(), &s.xn, &s.logits, step, rows, 0)?);
         } else {
             // Final norm and LM head for the last new row only, then choose the next token.
             plan.push(ops::rmsnorm::build(ctx, &s.x, &w.output_norm, &s.last, step, c.hidden, c.rms_eps, rows, true)?);
-            plan.push(ops::matmul::build(ctx, w.lm_head(), &s.last, &s.logits, step, 1, 1)?);
+            plan.extend(ops::matmul::build(ctx, w.lm_head(), &s.last, &s.logits, step, 1, 1)?);
             plan.push(ops::sample::build(ctx, &s.logits, &s.tokens, &s.sample_params, step, c.vocab)?);
         }
         Ok(plan)
@@ -445,9 +445,9 @@ impl Session {
         for (l, layer) in w.layers.iter().enumerate() {
             // Attention: norm, q/k/v projections, rotary positions, store k/v, attend, project, add.
             plan.push(ops::rmsnorm::build(ctx, &s.x, &layer.attn_norm, &s.xn, step, c.hidden, c.rms_eps, rows, false)?);
-            plan.push(ops::matmul::build(ctx, &layer.q, &s.xn, &s.q, step, rows, 0)?);
-            plan.push(ops::matmul::build(ctx, &layer.k, &s.xn, &s.k, step, rows, 0)?);
-            plan.push(ops::matmul::build(ctx, &layer.v, &s.xn, &s.v, step, rows, 0)?);
+            plan.extend(ops::matmul::build(ctx, &layer.q, &s.xn, &s.q, step, rows, 0)?);
+            plan.extend(ops::matmul::build(ctx, &layer.k, &s.xn, &s.k, step, rows, 0)?);
+            plan.extend(ops::matmul::build(ctx, &layer.v, &s.xn, &s.v, step, rows, 0)?);
             plan.push(ops::rope::build(ctx, &s.q, &s.positions, step, c.n_heads, c.head_dim, c.rope_theta, c.rope_interleaved, rows)?);
             plan.push(ops::rope::build(ctx, &s.k, &s.positions, step, c.n_kv_heads, c.head_dim, c.rope_theta, c.rope_interleaved, rows)?);
             let kv = ops::kv_write::KvWrite {
@@ -475,14 +475,14 @@ impl Session {
                 (true, _) => Mass::Add,
             };
             plan.push(ops::attention::build(ctx, &ab, step, heads, self.capacity, rows, mass)?);
-            plan.push(ops::matmul::build(ctx, &layer.o, &s.att, &s.proj, step, rows, 0)?);
+            plan.extend(ops::matmul::build(ctx, &layer.o, &s.att, &s.proj, step, rows, 0)?);
             plan.push(ops::add::build(ctx, &s.x, &s.proj, step, c.hidden, rows)?);
             // Feed-forward: norm, gate and up projections, SwiGLU, down projection, add.
             plan.push(ops::rmsnorm::build(ctx, &s.x, &layer.ffn_norm, &s.xn, step, c.hidden, c.rms_eps, rows, false)?);
-            plan.push(ops::matmul::build(ctx, &layer.gate, &s.xn, &s.gate, step, rows, 0)?);
-            plan.push(ops::matmul::build(ctx, &layer.up, &s.xn, &s.up, step, rows, 0)?);
+            plan.extend(ops::matmul::build(ctx, &layer.gate, &s.xn, &s.gate, step, rows, 0)?);
+            plan.extend(ops::matmul::build(ctx, &layer.up, &s.xn, &s.up, step, rows, 0)?);
             plan.push(ops::swiglu::build(ctx, &s.gate, &s.up, step, c.ffn, rows)?);
-            plan.push(ops::matmul::build(ctx, &layer.down, &s.gate, &s.proj, step, rows, 0)?);
+            plan.extend(ops::matmul::build(ctx, &layer.down, &s.gate, &s.proj, step, rows, 0)?);
             plan.push(ops::add::build(ctx, &s.x, &s.proj, step, c.hidden, rows)?);
         }
         Ok(())

@@ -1,5 +1,7 @@
 //! The WGSL sources, one file per kernel, each assembled as prelude (+ quant helpers) + body.
 
+use crate::error::{Error, Result};
+
 /// One kernel's source. `quant` kernels bind `weights` and get the dequantization helpers.
 pub struct Shader {
     pub name: &'static str,
@@ -11,6 +13,20 @@ const PRELUDE: &str = include_str!("../shaders/prelude.wgsl");
 const QUANT: &str = include_str!("../shaders/quant.wgsl");
 
 impl Shader {
+    /// The module text with the module-scope constants named in `defines` (`const NAME: u32 =
+    /// ...;` lines) set to other values, for what override constants cannot set.
+    pub fn source_with(&self, defines: &[(&str, u32)]) -> Result<String> {
+        let mut s = self.source();
+        for (name, value) in defines {
+            let head = format!("const {name}: u32 = ");
+            let start = s.find(&head).ok_or_else(|| Error::Gpu(format!("{}: no constant {name} to set", self.name)))?;
+            let end =
+                s[start..].find(';').map(|e| start + e).ok_or_else(|| Error::Gpu(format!("{}: constant {name} has no end", self.name)))?;
+            s.replace_range(start..end, &format!("{head}{value}u"));
+        }
+        Ok(s)
+    }
+
     /// The complete WGSL module text.
     pub fn source(&self) -> String {
         let mut s = String::with_capacity(PRELUDE.len() + QUANT.len() + self.body.len() + 2);
@@ -32,6 +48,7 @@ macro_rules! shader {
 }
 
 shader!(MATMUL, "matmul", true);
+shader!(MATVEC_CPU, "matvec_cpu", true);
 shader!(EMBED, "embed", true);
 shader!(RMSNORM, "rmsnorm", false);
 shader!(ROPE, "rope", false);
@@ -58,6 +75,7 @@ shader!(SELECT_STORE, "select_store", false);
 /// Every kernel, for validation tests.
 pub const ALL: &[&Shader] = &[
     &MATMUL,
+    &MATVEC_CPU,
     &EMBED,
     &RMSNORM,
     &ROPE,

@@ -40,7 +40,7 @@ fn matmul_all_types_variants_and_sizes() {
     let ctx = ctx();
     let mut rng = Rng::new(1);
     for dtype in [DType::F32, DType::F16, DType::BF16, DType::Q4_0, DType::Q4_1, DType::Q8_0] {
-        let ks: &[usize] = if dtype.is_quantized() { &[32, 96, 576] } else { &[1, 3, 17, 64, 257] };
+        let ks: &[usize] = if dtype.is_quantized() { &[32, 96, 576, 1536] } else { &[1, 3, 17, 64, 257] };
         for &k in ks {
             for &n in AWKWARD {
                 for rows in [1, 3, 8, 17, 70] {
@@ -50,11 +50,11 @@ fn matmul_all_types_variants_and_sizes() {
                     let (w, exact) = weight(&ctx, &mut rng, dtype, n, k);
                     let x = rng.vec(rows * k, 1.0);
                     let want = ops::matmul::reference(&exact, &x, rows, k, n);
-                    for variant in [Variant::Cooperative, Variant::Independent] {
+                    for variant in [Variant::Cooperative, Variant::Independent, Variant::UniformInput] {
                         let xb = buf(&ctx, &x);
                         let y = ctx.storage("y", (rows * n * 4) as u64).unwrap();
                         let d = ops::matmul::build_variant(&ctx, variant, &w, &xb, &y, &step(&ctx, rows, 0, 0), rows, 0).unwrap();
-                        run(&ctx, d);
+                        ctx.run(&d).unwrap();
                         let tol = 1e-4 * (k as f32).sqrt();
                         assert_close(
                             &format!("matmul {dtype:?} {variant:?} rows {rows} n {n} k {k}"),
@@ -288,6 +288,9 @@ fn every_shader_validates() {
     for wtype in 0..5 {
         for entry in ["matvec", "matvec_row", "tiled", "blocked"] {
             ctx.pipeline(&adore::shaders::MATMUL, entry, &[("WTYPE", wtype as f64)]).unwrap();
+        }
+        for entry in ["matvec_cpu", "window_cpu"] {
+            ctx.pipeline_with(&adore::shaders::MATVEC_CPU, entry, &[("WTYPE", wtype as f64)], &[("XLEN", 24)]).unwrap();
         }
     }
 }

@@ -1,4 +1,5 @@
-//! y = x · Wᵀ with W in its file's quantization (shaders/matmul.wgsl).
+//! y = x · Wᵀ with W in its file's quantization (shaders/matmul.wgsl; shaders/matvec_cpu.wgsl on CPU-backed
+//! devices).
 
 use std::sync::Arc;
 
@@ -17,7 +18,8 @@ pub struct Params {
     pub k: u32,
     pub n: u32,
     pub rows: u32,
-    pub pad: u32,
+    /// The windowed CPU kernel: the row of x at the start of the bound window; 0 otherwise.
+    pub first: u32,
 }
 
 /// Kernel shapes: cooperative workgroups (GPUs) or independent invocations (CPU-backed devices).
@@ -25,21 +27,41 @@ pub struct Params {
 pub enum Variant {
     Cooperative,
     Independent,
+    /// As `Independent`, with x read through uniform bindings (whole, or a window of rows per
+    /// dispatch), whole weight blocks at a time (shaders/matvec_cpu.wgsl); shapes it cannot
+    /// take fall back to `Independent`.
+    UniformInput,
 }
 
 impl Variant {
-    /// The shape that suits this device: CPU-backed adapters pay dearly for barriers.
+    /// The shape that suits this device: CPU-backed adapters pay dearly for barriers and for
+    /// storage loads.
     pub fn for_device(ctx: &Context) -> Self {
         if ctx.info.device_type == wgpu::DeviceType::Cpu {
-            Variant::Independent
+            Variant::UniformInput
         } else {
             Variant::Cooperative
         }
     }
 }
 
-/// Dispatch computing y (rows, w.rows) = x (rows, w.cols) · Wᵀ for up to `max_rows` rows
-/// (`fixed_rows` = 0 takes the row count from the step).
+/// Rows of x per uniform window for `k` inputs on this device: as many as one uniform binding
+/// holds, each window's start aligned as uniform bindings require; `None` if `k % 32 != 0`.
+fn window_rows(ctx: &Context, k: usize) -> Option<usize> {
+    if k % 32 != 0 {
+        return None;
+    }
+    let row_bytes = k as u64 * 4;
+    let align = (ctx.limits.min_uniform_buffer_offset_alignment as u64).max(1);
+    let mut rows = ctx.limits.max_uniform_buffer_binding_size / row_bytes;
+    while rows > 0 && (rows * row_bytes) % align != 0 {
+        rows -= 1;
+    }
+    (rows > 0).then_some(rows as usize)
+}
+
+/// Dispatches (one, or one per window of rows) computing y (rows, w.rows) = x (rows, w.cols) · Wᵀ
+/// for up to `max_rows` rows (`fixed_rows` = 0 takes the row count from the step).
 pub fn build(
     ctx: &Context,
     w: &GpuWeight,
@@ -48,7 +70,7 @@ pub fn build(
     step: &wgpu::Buffer,
     max_rows: usize,
     fixed_rows: u32,
-) -> Result<Dispatch> {
+) -> Result<Vec<Dispatch>> {
     build_variant(ctx, Variant::for_device(ctx), w, x, y, step, max_rows, fixed_rows)
 }
 
@@ -63,23 +85,44 @@ pub fn build_variant(
     step: &wgpu::Buffer,
     max_rows: usize,
     fixed_rows: u32,
-) -> Result<Dispatch> {
+) -> Result<Vec<Dispatch>> {
     let (n, k) = (w.rows, w.cols);
     if max_rows == 0 || n == 0 || k == 0 {
         return Err(Error::Shape { op: "matmul", what: format!("{}: empty shape ({max_rows} rows, {n} x {k})", w.name) });
     }
     check_len("matmul", "x", x, max_rows * k)?;
     check_len("matmul", "y", y, max_rows * n)?;
-    let params = ctx.uniform("matmul.params", &Params { k: k as u32, n: n as u32, rows: fixed_rows, pad: 0 });
     let constants = [("WTYPE", w.wtype as u32 as f64)];
+    if variant == Variant::UniformInput {
+        if let Some(window) = window_rows(ctx, k) {
+            // Decode: x whole, one dispatch. Prefill: one dispatch per window of rows.
+            let (entry, window) = if max_rows <= MATVEC_MAX_ROWS.min(window) { ("matvec_cpu", max_rows) } else { ("window_cpu", window) };
+            let row_bytes = k as u64 * 4;
+            let mut plan = Vec::new();
+            for first in (0..max_rows).step_by(window) {
+                let count = window.min(max_rows - first);
+                let pipeline = ctx.pipeline_with(&shaders::MATVEC_CPU, entry, &constants, &[("XLEN", (count * k / 4) as u32)])?;
+                let at = Params { k: k as u32, n: n as u32, rows: fixed_rows, first: first as u32 };
+                let params = ctx.storage_init("matmul.params", bytemuck::bytes_of(&at))?;
+                let range = Some((first as u64 * row_bytes, count as u64 * row_bytes));
+                let bound = [(&w.buffer, None), (x, range), (y, None), (&params, None), (step, None)];
+                let wg_y = if entry == "matvec_cpu" { count as u32 } else { groups("matmul", count, 4)? };
+                plan.push(ctx.dispatch_sized(pipeline, &bound, [groups("matmul", n, 64)?, wg_y, 1]));
+            }
+            return Ok(plan);
+        }
+    }
+    let params = ctx.uniform("matmul.params", &Params { k: k as u32, n: n as u32, rows: fixed_rows, first: 0 });
     let (entry, wg) = match (max_rows <= MATVEC_MAX_ROWS, variant) {
         (true, Variant::Cooperative) => ("matvec", [groups("matmul", n, 8)?, 1, 1]),
-        (true, Variant::Independent) => ("matvec_row", [groups("matmul", n, 64)?, 1, 1]),
+        (true, Variant::Independent | Variant::UniformInput) => ("matvec_row", [groups("matmul", n, 64)?, 1, 1]),
         (false, Variant::Cooperative) => ("tiled", [groups("matmul", n, 64)?, groups("matmul", max_rows, 64)?, 1]),
-        (false, Variant::Independent) => ("blocked", [groups("matmul", n, 64)?, groups("matmul", max_rows, 16)?, 1]),
+        (false, Variant::Independent | Variant::UniformInput) => {
+            ("blocked", [groups("matmul", n, 64)?, groups("matmul", max_rows, 16)?, 1])
+        }
     };
     let pipeline: Arc<wgpu::ComputePipeline> = ctx.pipeline(&shaders::MATMUL, entry, &constants)?;
-    Ok(ctx.dispatch(pipeline, &[&w.buffer, x, y, &params, step], wg))
+    Ok(vec![ctx.dispatch(pipeline, &[&w.buffer, x, y, &params, step], wg)])
 }
 
 /// Reference: y[r, n] = Σ_k x[r, k] w[n, k], accumulated in f64.

@@ -1,0 +1,161 @@
+// matvec_cpu.wgsl: y = x · Wᵀ on CPU-backed devices (lavapipe, SwiftShader), with W dequantized
+// in the kernel.
+//
+// A CPU device runs a workgroup's invocations as lanes of SIMD registers. There, a storage-buffer
+// load is made lane by lane, while a uniform-buffer load at an address that is the same in every
+// lane is made once and broadcast. So x, which every invocation reads whole, is bound as a uniform
+// buffer, and each invocation computes one output over whole blocks of 32 weights, loading each
+// word of W once per row (5 loads per 32 Q4 weights, against 12 for three 8-weight reads).
+// `matvec_cpu` (decode, up to 8 rows): one output of one row per invocation;
+//     dispatch (ceil(n / 64), rows, 1). Needs rows · k ≤ 4 · XLEN.
+// `window_cpu` (prefill): x is bound as a window of XLEN · 4 / k rows starting at row p.first (one
+//     dispatch per window); each invocation computes one output for 4 rows, reading each weight
+//     once for the 4; dispatch (ceil(n / 64), ceil(window rows / 4), 1).
+// Both need k % 32 == 0.
+
+// Length of x in vec4: set to the bound size when the pipeline is made (a uniform array's length
+// must be known when the shader is compiled, and the binding must hold all of it).
+const XLEN: u32 = 4096u;
+
+struct Params {
+    k: u32,     // input features
+    n: u32,     // output features
+    rows: u32,  // rows of x; 0 = step.n_rows
+    first: u32, // window_cpu: the row of x at the start of the bound window
+}
+
+// p is a storage buffer: lavapipe (Mesa 22.3) inlines uniform values that steer loops and
+// branches by recompiling the kernel at dispatch time, and keeps every copy (the tiny test model
+// grew by 6 MB per token with p uniform here).
+@group(0) @binding(0) var<storage, read> weights: array<u32>;  // W: (n, k) in format WTYPE
+@group(0) @binding(1) var<uniform> x: array<vec4<f32>, XLEN>;  // (rows, k), or the window's rows
+@group(0) @binding(2) var<storage, read_write> y: array<f32>;  // (rows, n)
+@group(0) @binding(3) var<storage, read> p: Params;
+@group(0) @binding(4) var<uniform> step: Step;
+
+fn halves(w: u32) -> vec2<f32> {
+    if WTYPE == 1u {
+        return unpack2x16float(w);
+    }
+    return vec2<f32>(bitcast<f32>(w << 16u), bitcast<f32>(w & 0xffff0000u));
+}
+
+fn float4(e: u32) -> vec4<f32> {
+    if WTYPE == 0u {
+        return bitcast<vec4<f32>>(vec4<u32>(weights[e], weights[e + 1u], weights[e + 2u], weights[e + 3u]));
+    }
+    return vec4<f32>(halves(weights[e >> 1u]), halves(weights[(e >> 1u) + 1u]));
+}
+
+// Block `b` (32 weights) of row `row` of W: w = scale · (a0 .. a7) + offset, elementwise.
+struct Block {
+    a0: vec4<f32>,
+    a1: vec4<f32>,
+    a2: vec4<f32>,
+    a3: vec4<f32>,
+    a4: vec4<f32>,
+    a5: vec4<f32>,
+    a6: vec4<f32>,
+    a7: vec4<f32>,
+    scale: f32,
+    offset: f32,
+}
+
+fn block(row: u32, b: u32) -> Block {
+    let nb = p.k / 32u;
+    if WTYPE == 3u {
+        let base = (row * nb + b) * 5u;
+        let dm = unpack2x16float(weights[base]);
+        let q0 = weights[base + 1u];
+        let q1 = weights[base + 2u];
+        let q2 = weights[base + 3u];
+        let q3 = weights[base + 4u];
+        return Block(
+            nibbles(q0, 0u), nibbles(q1, 0u), nibbles(q2, 0u), nibbles(q3, 0u),
+            nibbles(q0, 4u), nibbles(q1, 4u), nibbles(q2, 4u), nibbles(q3, 4u),
+            dm.x, dm.y,
+        );
+    }
+    if WTYPE == 4u {
+        let base = (row * nb + b) * 9u;
+        return Block(
+            signed_bytes(weights[base + 1u]), signed_bytes(weights[base + 2u]),
+            signed_bytes(weights[base + 3u]), signed_bytes(weights[base + 4u]),
+            signed_bytes(weights[base + 5u]), signed_bytes(weights[base + 6u]),
+            signed_bytes(weights[base + 7u]), signed_bytes(weights[base + 8u]),
+            unpack2x16float(weights[base]).x, 0.0,
+        );
+    }
+    let e = row * p.k + b * 32u;
+    return Block(
+        float4(e), float4(e + 4u), float4(e + 8u), float4(e + 12u),
+        float4(e + 16u), float4(e + 20u), float4(e + 24u), float4(e + 28u),
+        1.0, 0.0,
+    );
+}
+
+// Σ over the block of w · x[4 xb .. 4 xb + 32]: scale · Σ a x + offset · Σ x.
+fn block_dot(w: Block, xb: u32) -> f32 {
+    let x0 = x[xb];
+    let x1 = x[xb + 1u];
+    let x2 = x[xb + 2u];
+    let x3 = x[xb + 3u];
+    let x4 = x[xb + 4u];
+    let x5 = x[xb + 5u];
+    let x6 = x[xb + 6u];
+    let x7 = x[xb + 7u];
+    let s = dot(w.a0, x0) + dot(w.a1, x1) + dot(w.a2, x2) + dot(w.a3, x3)
+        + dot(w.a4, x4) + dot(w.a5, x5) + dot(w.a6, x6) + dot(w.a7, x7);
+    if WTYPE == 3u {
+        return w.scale * s + w.offset * dot(x0 + x1 + x2 + x3 + x4 + x5 + x6 + x7, vec4<f32>(1.0));
+    }
+    return w.scale * s;
+}
+
+@compute @workgroup_size(64)
+fn matvec_cpu(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(workgroup_id) wid: vec3<u32>) {
+    let t = wid.y;
+    if t >= min(select(step.n_rows, p.rows, p.rows != 0u), 8u) {
+        return;
+    }
+    // Lanes past the last output compute the last one again and do not write it.
+    let out = min(gid.x, p.n - 1u);
+    let x0 = t * p.k / 4u;
+    var acc = 0.0;
+    for (var b = 0u; b < p.k / 32u; b++) {
+        acc += block_dot(block(out, b), x0 + b * 8u);
+    }
+    if gid.x < p.n {
+        y[t * p.n + gid.x] = acc;
+    }
+}
+
+@compute @workgroup_size(64)
+fn window_cpu(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(workgroup_id) wid: vec3<u32>) {
+    let rows = select(step.n_rows, p.rows, p.rows != 0u);
+    let r0 = wid.y * 4u;  // first of this invocation's rows in the window
+    if p.first + r0 >= rows {
+        return;
+    }
+    // Rows past the window or past x repeat its last valid row and are not written.
+    let last = min(XLEN * 4u / p.k, rows - p.first) - 1u;
+    let stride = p.k / 4u;
+    let x0 = r0 * stride;
+    let x1 = min(r0 + 1u, last) * stride;
+    let x2 = min(r0 + 2u, last) * stride;
+    let x3 = min(r0 + 3u, last) * stride;
+    let out = min(gid.x, p.n - 1u);
+    var acc = vec4<f32>(0.0);
+    for (var b = 0u; b < p.k / 32u; b++) {
+        let w = block(out, b);
+        let o = b * 8u;
+        acc += vec4<f32>(block_dot(w, x0 + o), block_dot(w, x1 + o), block_dot(w, x2 + o), block_dot(w, x3 + o));
+    }
+    if gid.x < p.n {
+        for (var i = 0u; i < 4u; i++) {
+            if r0 + i <= last {
+                y[(p.first + r0 + i) * p.n + gid.x] = acc[i];
+            }
+        }
+    }
+}
