@@ -33,13 +33,6 @@ struct Params {
 @group(0) @binding(3) var<storage, read> p: Params;
 @group(0) @binding(4) var<uniform> step: Step;
 
-fn halves(w: u32) -> vec2<f32> {
-    if WTYPE == 1u {
-        return unpack2x16float(w);
-    }
-    return vec2<f32>(bitcast<f32>(w << 16u), bitcast<f32>(w & 0xffff0000u));
-}
-
 fn float4(e: u32) -> vec4<f32> {
     if WTYPE == 0u {
         return bitcast<vec4<f32>>(vec4<u32>(weights[e], weights[e + 1u], weights[e + 2u], weights[e + 3u]));

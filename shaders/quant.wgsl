@@ -16,12 +16,16 @@ struct W8 {
     hi: vec4<f32>,
 }
 
-fn half_at(e: u32) -> f32 {
-    let w = weights[e >> 1u];
+// Both 16-bit floats of one word (F16 or BF16), low half first.
+fn halves(w: u32) -> vec2<f32> {
     if WTYPE == 1u {
-        return unpack2x16float(w)[e & 1u];
+        return unpack2x16float(w);
     }
-    return bitcast<f32>(((w >> ((e & 1u) * 16u)) & 0xffffu) << 16u);
+    return vec2<f32>(bitcast<f32>(w << 16u), bitcast<f32>(w & 0xffff0000u));
+}
+
+fn half_at(e: u32) -> f32 {
+    return halves(weights[e >> 1u])[e & 1u];
 }
 
 fn float_at(row: u32, kk: u32, k: u32) -> f32 {
