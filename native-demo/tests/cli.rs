@@ -3,17 +3,24 @@
 #[path = "../../tests/common/mod.rs"]
 mod common;
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
+use std::sync::OnceLock;
 
+/// The tiny model, written once per run (the tests share it) into a directory under the
+/// build's own temporary folder, emptied first, so that runs leave nothing behind elsewhere.
 fn tiny_model() -> PathBuf {
-    let dir = std::env::temp_dir().join(format!("adore-cli-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
-    let path = dir.join("tiny.gguf");
-    if !path.exists() {
-        std::fs::write(&path, common::tiny::Tiny::new(11).gguf_bytes()).unwrap();
-    }
-    path
+    static MODEL: OnceLock<PathBuf> = OnceLock::new();
+    MODEL
+        .get_or_init(|| {
+            let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join("cli");
+            let _ = std::fs::remove_dir_all(&dir);
+            std::fs::create_dir_all(&dir).unwrap();
+            let path = dir.join("tiny.gguf");
+            std::fs::write(&path, common::tiny::Tiny::new(11).gguf_bytes()).unwrap();
+            path
+        })
+        .clone()
 }
 
 fn adore(args: &[&str]) -> Output {
@@ -160,7 +167,7 @@ fn generates_text_on_stdout_and_stats_on_stderr() {
 #[test]
 fn perplexity_json() {
     let m = tiny_model();
-    let text = std::env::temp_dir().join(format!("adore-cli-text-{}", std::process::id()));
+    let text = m.with_file_name("perplexity.txt");
     std::fs::write(&text, "the cat in the hat sat on the mat. ".repeat(20)).unwrap();
     let out = adore(&["perplexity", "--model", m.to_str().unwrap(), "--file", text.to_str().unwrap(), "--window", "64", "--json"]);
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
@@ -178,7 +185,7 @@ fn bad_arguments_and_files() {
     fails_with(&["generate", "--model", "/nonexistent.gguf", "--prompt", "x"], "/nonexistent.gguf");
     fails_with(&["generate", "--model", m, "--prompt", &"the ".repeat(300)], "context");
     fails_with(&["generate", "--model", m, "--prompt", ""], "empty");
-    let bad = std::env::temp_dir().join(format!("adore-cli-bad-{}.gguf", std::process::id()));
+    let bad = Path::new(m).with_file_name("bad.gguf");
     std::fs::write(&bad, b"GGUF\x03\x00\x00\x00\xff\xff\xff\xff\xff\xff\xff\xff").unwrap();
     fails_with(&["generate", "--model", bad.to_str().unwrap(), "--prompt", "x"], "truncated");
     fails_with(&["bench", "--model", m, "--contexts", "0"], "contexts");

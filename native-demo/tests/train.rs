@@ -14,7 +14,8 @@ use common::tiny::Tiny;
 use safetensors::{tensor::TensorView, Dtype, SafeTensors};
 
 fn dir(name: &str) -> PathBuf {
-    let d = std::env::temp_dir().join(format!("adore-train-{name}-{}", std::process::id()));
+    // Under the build's temporary folder, emptied first: runs leave nothing behind elsewhere.
+    let d = Path::new(env!("CARGO_TARGET_TMPDIR")).join(format!("train-{name}"));
     let _ = std::fs::remove_dir_all(&d);
     std::fs::create_dir_all(&d).unwrap();
     d
