@@ -115,6 +115,18 @@ impl Policy {
         Self::default()
     }
 
+    /// The protected recent window a policy gets when none is asked for: half the budget for
+    /// `h2o` and `adore` (H2O's even split between heavy hitters and recent tokens; for adore,
+    /// chosen over 16 on a validation play), 16 for `tova`; never more than the
+    /// budget leaves after the sinks. Policies without a recent window ignore it.
+    pub fn default_recent(kind: PolicyKind, budget: usize, sinks: usize) -> usize {
+        let want = match kind {
+            PolicyKind::H2o | PolicyKind::Adore => budget / 2,
+            _ => 16,
+        };
+        want.min(budget.saturating_sub(sinks))
+    }
+
     pub fn name(&self) -> &'static str {
         match self.kind {
             PolicyKind::Full => "full",
@@ -254,6 +266,23 @@ impl SlotMap {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn default_recent_window() {
+        assert_eq!(Policy::default_recent(PolicyKind::Adore, 128, 4), 64);
+        assert_eq!(Policy::default_recent(PolicyKind::H2o, 256, 4), 128);
+        assert_eq!(Policy::default_recent(PolicyKind::Tova, 256, 4), 16);
+        // Never past what the sinks leave.
+        assert_eq!(Policy::default_recent(PolicyKind::Adore, 6, 4), 2);
+        assert_eq!(Policy::default_recent(PolicyKind::Tova, 10, 4), 6);
+        assert_eq!(Policy::default_recent(PolicyKind::H2o, 3, 4), 0);
+        for kind in [PolicyKind::H2o, PolicyKind::Tova, PolicyKind::Adore] {
+            for budget in 1..300 {
+                let p = Policy { kind, budget, sinks: 4, recent: Policy::default_recent(kind, budget, 4), rebuild: 0 };
+                assert!(budget < 4 || p.validate().is_ok(), "{p:?}");
+            }
+        }
+    }
 
     #[test]
     fn slot_map_follows_the_reference_for_window_and_sink() {

@@ -56,7 +56,8 @@ struct Options {
     policy: String,
     budget: usize,
     sinks: usize,
-    recent: usize,
+    /// None: the policy's default for the budget.
+    recent: Option<usize>,
     rebuild: usize,
     context: Option<usize>,
     /// Report the cache's kept and rebuilt positions with every token (costs a readback).
@@ -122,7 +123,7 @@ impl Inner {
             kind,
             budget: o.budget,
             sinks: o.sinks,
-            recent: o.recent,
+            recent: o.recent.unwrap_or_else(|| Policy::default_recent(kind, o.budget, o.sinks)),
             rebuild: if kind == PolicyKind::Adore { o.rebuild } else { 0 },
         };
         policy.validate()?;

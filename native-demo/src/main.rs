@@ -282,9 +282,10 @@ struct ModelArgs {
     /// Protected first tokens (sink, h2o, tova, adore).
     #[arg(long, default_value_t = 4)]
     sinks: usize,
-    /// Protected most recent tokens (h2o, tova, adore).
-    #[arg(long, default_value_t = 16)]
-    recent: usize,
+    /// Protected most recent tokens (h2o, tova, adore) [default: half the budget for h2o and
+    /// adore, 16 for tova].
+    #[arg(long)]
+    recent: Option<usize>,
     /// Released tokens recomputed with each generated token (adore; 0 = release only).
     #[arg(long, default_value_t = 0)]
     rebuild: usize,
@@ -302,9 +303,14 @@ impl ModelArgs {
         let kind: PolicyKind = name.parse()?;
         // --rebuild belongs to adore; comparisons across policies keep it there.
         let rebuild = if kind == PolicyKind::Adore { self.rebuild } else { 0 };
-        let p = Policy { kind, budget: self.budget, sinks: self.sinks, recent: self.recent, rebuild };
+        let p = Policy { kind, budget: self.budget, sinks: self.sinks, recent: self.recent(kind, self.budget), rebuild };
         p.validate()?;
         Ok(p)
+    }
+
+    /// --recent, or the policy's default for this budget.
+    fn recent(&self, kind: PolicyKind, budget: usize) -> usize {
+        self.recent.unwrap_or_else(|| Policy::default_recent(kind, budget, self.sinks))
     }
 
     fn session(&self, model: &Arc<Model>, context: usize, all_logits: bool) -> Result<Session> {
@@ -411,7 +417,7 @@ fn run(cli: Cli) -> Result<()> {
                     continue;
                 }
                 for &b in &budgets {
-                    let p = Policy { budget: b, ..base };
+                    let p = Policy { budget: b, recent: model.recent(base.kind, b), ..base };
                     p.validate()?;
                     runs.push(p);
                 }

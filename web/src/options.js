@@ -14,7 +14,7 @@ export const GENERATE_DEFAULTS = Object.freeze({
   policy: 'full',
   budget: 256,
   sinks: 4,
-  recent: 16,
+  recent: null,
   rebuild: 0,
   context: null,
   trace: false,
@@ -69,7 +69,7 @@ export function checkGenerateOptions(options) {
   }
   integer('budget', o.budget, 1, 1 << 20);
   integer('sinks', o.sinks, 0, 1 << 20);
-  integer('recent', o.recent, 0, 1 << 20);
+  if (o.recent !== null) integer('recent', o.recent, 0, 1 << 20);
   integer('rebuild', o.rebuild, 0, 1 << 20);
   if (o.rebuild > 0 && o.policy !== 'adore') {
     throw new ArgumentError(`rebuild applies to the adore policy only, not ${o.policy}`);

@@ -31,6 +31,8 @@ test('nonsense options are ArgumentErrors that name the option', () => {
     [{ seed: 2 ** 60 }, /seed/],
     [{ policy: 'lru' }, /policy must be one of full, window/],
     [{ budget: 0 }, /budget/],
+    [{ recent: -1 }, /recent/],
+    [{ recent: 2.5 }, /recent/],
     [{ rebuild: 2, policy: 'h2o' }, /adore policy only/],
     [{ rebuild: 300, policy: 'adore', budget: 256 }, /cannot exceed the budget/],
     [{ context: 1 }, /context/],
@@ -45,6 +47,8 @@ test('nonsense options are ArgumentErrors that name the option', () => {
     assert.throws(() => checkGenerateOptions(options), (e) => e instanceof ArgumentError && e.kind === 'invalid_argument' && message.test(e.message), JSON.stringify(options));
   }
   assert.doesNotThrow(() => checkGenerateOptions({ policy: 'adore', budget: 64, rebuild: 4, context: 512, temperature: 0.7, topK: 40, topP: 0.9, seed: 7 }));
+  assert.equal(checkGenerateOptions({ policy: 'h2o', recent: 8 }).engine.recent, 8);
+  assert.equal(checkGenerateOptions({ policy: 'h2o', recent: null }).engine.recent, null);
 });
 
 test('prompts and messages', () => {
