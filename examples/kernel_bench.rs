@@ -13,7 +13,7 @@ fn time(ctx: &Context, name: &str, d: Dispatch, flops: f64) {
 
 /// One kernel made of several dispatches (a matmul in row windows).
 fn time_all(ctx: &Context, name: &str, d: Vec<Dispatch>, flops: f64) {
-    let list: Vec<&Dispatch> = std::iter::repeat(d.iter()).take(5).flatten().collect();
+    let list: Vec<&Dispatch> = std::iter::repeat_n(d.iter(), 5).flatten().collect();
     let mut times = Vec::new();
     for _ in 0..4 {
         let t = std::time::Instant::now();

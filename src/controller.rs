@@ -49,7 +49,7 @@ pub fn bucket(distance: u32, buckets: usize, max_distance: usize) -> usize {
 impl Controller {
     /// A seeded random controller for `model` (for tests until one is trained).
     pub fn random(fingerprint: &str, hidden: usize, d_c: usize, buckets: usize, seed: u64) -> Result<Self> {
-        if d_c == 0 || d_c > 256 || buckets < 2 || buckets > 1024 || hidden == 0 {
+        if d_c == 0 || d_c > 256 || !(2..=1024).contains(&buckets) || hidden == 0 {
             return Err(Error::arg(format!("controller width {d_c} (1..=256) or {buckets} buckets (2..=1024) out of range")));
         }
         let mut state = seed ^ 0x5DEE_CE66_D1CE_4E5B;

@@ -227,7 +227,7 @@ impl Context {
     pub fn storage_init(&self, label: &str, data: &[u8]) -> Result<wgpu::Buffer> {
         self.check_binding(label, data.len() as u64)?;
         let mut padded;
-        let contents = if data.len() % 4 != 0 || data.is_empty() {
+        let contents = if !data.len().is_multiple_of(4) || data.is_empty() {
             padded = data.to_vec();
             padded.resize(data.len().next_multiple_of(4).max(4), 0);
             &padded[..]

@@ -244,7 +244,7 @@ fn allocations_over_the_device_limits_fail_cleanly_and_the_engine_stays_usable()
     let limits = &m.ctx.limits;
     // A KV cache whose per-layer buffer exceeds what the device allows in one buffer.
     let kv_row = (m.config.kv_dim() * 4) as u64;
-    let context = (limits.max_buffer_size.max(limits.max_storage_buffer_binding_size as u64) / kv_row + 1) as usize;
+    let context = (limits.max_buffer_size.max(limits.max_storage_buffer_binding_size) / kv_row + 1) as usize;
     let e = Session::new(m.clone(), SessionOptions { context, chunk: 8, ..Default::default() }).err().unwrap();
     assert!(matches!(e, Error::TensorTooLarge { .. }), "context {context}: {e}");
     assert!(e.to_string().contains("max_storage_buffer_binding_size"), "{e}");

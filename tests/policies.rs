@@ -120,7 +120,7 @@ fn long_generation_at_a_fixed_kv_size() {
         while s.len() < 4096 {
             let t = pollster::block_on(s.step()).unwrap();
             assert!((t as usize) < common::tiny::VOCAB);
-            if s.len() % 512 == 0 {
+            if s.len().is_multiple_of(512) {
                 let logits = pollster::block_on(s.last_logits()).unwrap();
                 assert!(logits.iter().all(|v| v.is_finite()), "{p:?}: NaN or infinity after {} tokens", s.len());
                 assert_eq!(s.kv_bytes(), bytes, "{p:?}: KV memory changed");

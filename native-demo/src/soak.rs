@@ -42,7 +42,7 @@ pub fn soak(session: &mut Session, prompt: &[u32], tokens: usize, every: usize, 
     while pollster::block_on(g.next(session))?.is_some() {
         generated += 1;
         since += 1;
-        if generated % every == 0 || generated == tokens {
+        if generated.is_multiple_of(every) || generated == tokens {
             let logits = pollster::block_on(session.last_logits())?;
             let s = Sample {
                 tokens: session.len(),

@@ -49,10 +49,10 @@ impl Config {
                 return bad(format!("{name} is {v}; it must be between 1 and {max}"));
             }
         }
-        if self.n_heads % self.n_kv_heads != 0 {
+        if !self.n_heads.is_multiple_of(self.n_kv_heads) {
             return bad(format!("{} query heads are not a multiple of {} KV heads", self.n_heads, self.n_kv_heads));
         }
-        if self.head_dim % 2 != 0 {
+        if !self.head_dim.is_multiple_of(2) {
             return bad(format!("head dimension {} is odd; RoPE needs pairs", self.head_dim));
         }
         if !(self.rms_eps >= 0.0 && self.rms_eps < 1.0) {

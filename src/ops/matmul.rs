@@ -48,13 +48,13 @@ impl Variant {
 /// Rows of x per uniform window for `k` inputs on this device: as many as one uniform binding
 /// holds, each window's start aligned as uniform bindings require; `None` if `k % 32 != 0`.
 fn window_rows(ctx: &Context, k: usize) -> Option<usize> {
-    if k % 32 != 0 {
+    if !k.is_multiple_of(32) {
         return None;
     }
     let row_bytes = k as u64 * 4;
     let align = (ctx.limits.min_uniform_buffer_offset_alignment as u64).max(1);
     let mut rows = ctx.limits.max_uniform_buffer_binding_size / row_bytes;
-    while rows > 0 && (rows * row_bytes) % align != 0 {
+    while rows > 0 && !(rows * row_bytes).is_multiple_of(align) {
         rows -= 1;
     }
     (rows > 0).then_some(rows as usize)

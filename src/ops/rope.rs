@@ -27,7 +27,7 @@ pub fn build(
     interleaved: bool,
     max_rows: usize,
 ) -> Result<Dispatch> {
-    if head_dim == 0 || head_dim % 2 != 0 || n_heads == 0 || !(theta > 0.0) {
+    if head_dim == 0 || !head_dim.is_multiple_of(2) || n_heads == 0 || !(theta > 0.0) {
         return Err(Error::Shape { op: "rope", what: format!("n_heads {n_heads}, head_dim {head_dim} (must be even), theta {theta}") });
     }
     check_len("rope", "x", x, max_rows * n_heads * head_dim)?;
