@@ -99,7 +99,7 @@ impl Eval<'_> {
                     acc.nll -= log_softmax_at(&got, tokens[t + 1] as usize);
                     acc.n += 1;
                     bar.inc(1);
-                    log_progress(&bar, 1, "eval", "token steps");
+                    crate::log_progress(&bar, 1, "eval", "token steps");
                 }
             }
         }
@@ -296,13 +296,4 @@ pub fn speed_series(bench: &serde_json::Value) -> Result<Vec<(String, Vec<(f64, 
         }
     }
     Ok(out)
-}
-
-/// Where the bar cannot draw (stderr is not a terminal, e.g. a log file): a line each time the
-/// last `step` crossed a twentieth of the work, so that long runs still show how far they are.
-pub fn log_progress(bar: &ProgressBar, step: u64, what: &str, unit: &str) {
-    let (pos, len) = (bar.position(), bar.length().unwrap_or(0));
-    if bar.is_hidden() && len > 0 && (pos * 20 / len) != (pos.saturating_sub(step) * 20 / len) {
-        eprintln!("{what}: {pos}/{len} {unit}, {} left", indicatif::HumanDuration(bar.eta()));
-    }
 }

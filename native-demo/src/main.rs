@@ -658,6 +658,15 @@ fn progress_bar(len: u64, unit: &str) -> ProgressBar {
     bar
 }
 
+/// Where the bar cannot draw (stderr is not a terminal, e.g. a log file): a line each time the
+/// last `step` crossed a twentieth of the work, so that long runs still show how far they are.
+pub fn log_progress(bar: &ProgressBar, step: u64, what: &str, unit: &str) {
+    let (pos, len) = (bar.position(), bar.length().unwrap_or(0));
+    if bar.is_hidden() && len > 0 && (pos * 20 / len) != (pos.saturating_sub(step) * 20 / len) {
+        eprintln!("{what}: {pos}/{len} {unit}, {} left", indicatif::HumanDuration(bar.eta()));
+    }
+}
+
 /// The default model's path, downloading it (with a progress bar on a terminal) if needed.
 fn fetch_default() -> Result<PathBuf> {
     let bar = if std::io::stderr().is_terminal() {

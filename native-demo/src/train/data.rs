@@ -225,7 +225,7 @@ pub fn collect(c: &Collect) -> Result<()> {
         std::fs::write(&tmp, seq.to_bytes(meta)?).with_context(|| format!("writing {}", tmp.display()))?;
         std::fs::rename(&tmp, c.out.join(format!("{name}.safetensors")))?;
         bar.inc(c.seq_len as u64);
-        crate::eval::log_progress(&bar, c.seq_len as u64, "collect", "tokens");
+        crate::log_progress(&bar, c.seq_len as u64, "collect", "tokens");
     }
     bar.finish_and_clear();
     eprintln!("collect: wrote {} sequences to {}", jobs.len(), c.out.display());
