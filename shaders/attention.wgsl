@@ -1,10 +1,15 @@
 // attention.wgsl: grouped-query attention of each row over the slot-based KV cache:
 // out[r, h] = Σ_j softmax_j(q[r, h] · k[j, h / group] · scale) v[j, h / group], over the slots j
 // with slot_pos[j] valid and slot_pos[j] <= positions[r] (causal by original position).
-// One workgroup of 64 per (head, row); slots are scanned in tiles of 256 (4 per invocation)
-// with an online (numerically stable) softmax. Dispatch (n_heads, rows, 1). head_dim <= 256.
-// With write_mass, a second pass stores each slot's attention probability for this row and
-// head in mass[r, h, slot] (1: overwrite, 2: add, to sum over layers), for the release policies.
+//
+// One workgroup of 64 per (row, HPW query heads sharing one KV head); dispatch
+// (n_heads / HPW, rows, 1). HD4 = head_dim / 4 and HPW are set per pipeline, HPW * HD4 <= 64.
+// Each lane takes the slots lid, lid + 64, ... and keeps its own online softmax (running max,
+// sum and weighted V) for each of its HPW heads, so a K or V row is read once for all the
+// heads that share it and the scan needs no barrier; the 64 partial softmaxes are merged at
+// the end through workgroup memory.
+// With write_mass, a last pass stores each slot's attention probability for this row and head in
+// mass[r, h, slot] (1: overwrite, 2: add, to sum over layers), for the release policies.
 
 struct Params {
     n_heads: u32,
@@ -17,127 +22,150 @@ struct Params {
     pad1: u32,
 }
 
-@group(0) @binding(0) var<storage, read> q: array<f32>;          // (rows, n_heads, head_dim)
-@group(0) @binding(1) var<storage, read> k_cache: array<f32>;    // (capacity, n_kv_heads, head_dim)
-@group(0) @binding(2) var<storage, read> v_cache: array<f32>;    // (capacity, n_kv_heads, head_dim)
-@group(0) @binding(3) var<storage, read> slot_pos: array<u32>;   // (capacity) position or 0xffffffff
-@group(0) @binding(4) var<storage, read> positions: array<u32>;  // (rows)
-@group(0) @binding(5) var<storage, read_write> out: array<f32>;  // (rows, n_heads, head_dim)
+@group(0) @binding(0) var<storage, read> q: array<vec4<f32>>;          // (rows, n_heads, head_dim)
+@group(0) @binding(1) var<storage, read> k_cache: array<vec4<f32>>;    // (capacity, n_kv_heads, head_dim)
+@group(0) @binding(2) var<storage, read> v_cache: array<vec4<f32>>;    // (capacity, n_kv_heads, head_dim)
+@group(0) @binding(3) var<storage, read> slot_pos: array<u32>;         // (capacity) position or 0xffffffff
+@group(0) @binding(4) var<storage, read> positions: array<u32>;        // (rows)
+@group(0) @binding(5) var<storage, read_write> out: array<vec4<f32>>;  // (rows, n_heads, head_dim)
 @group(0) @binding(6) var<uniform> p: Params;
 @group(0) @binding(7) var<uniform> step: Step;
-@group(0) @binding(8) var<storage, read_write> mass: array<f32>; // (rows, n_heads, capacity) or unused
+@group(0) @binding(8) var<storage, read_write> mass: array<f32>;       // (rows, n_heads, capacity) or unused
 
+const HD4: u32 = 16u;  // head_dim / 4
+const HPW: u32 = 1u;   // query heads per workgroup
+const WG: u32 = 64u;
 const INVALID: u32 = 0xffffffffu;
-var<workgroup> qs: array<f32, 256>;
-const TILE: u32 = 256u;
-var<workgroup> scores: array<f32, 256>;
-var<workgroup> red: array<f32, 64>;
+// Merging: 8 vec4 of every lane's accumulator per round.
+const ROUND: u32 = 8u;
+
+var<workgroup> lane_m: array<f32, 64>;
+var<workgroup> lane_l: array<f32, 64>;
+var<workgroup> lane_acc: array<vec4<f32>, 512>;  // (ROUND, 64)
+var<workgroup> head_m: array<f32, HPW>;
+var<workgroup> head_l: array<f32, HPW>;
 
 @compute @workgroup_size(64)
 fn main(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wid: vec3<u32>) {
-    let h = wid.x;
+    let h0 = wid.x * HPW;
     let r = wid.y;
     if r >= step.n_rows {
         return;
     }
-    let hd = p.head_dim;
-    let kvh = h / (p.n_heads / p.n_kv_heads);
-    let kv_stride = p.n_kv_heads * hd;
+    let kvh = h0 / (p.n_heads / p.n_kv_heads);
+    let kv4 = p.n_kv_heads * HD4;
     let pos = positions[r];
-    for (var d = lid; d < hd; d += 64u) {
-        qs[d] = q[(r * p.n_heads + h) * hd + d];
+    var qv: array<vec4<f32>, HPW * HD4>;
+    for (var i = 0u; i < HPW * HD4; i++) {
+        qv[i] = q[(r * p.n_heads + h0) * HD4 + i] * p.scale;
     }
-    workgroupBarrier();
+    var m: array<f32, HPW>;
+    var l: array<f32, HPW>;
+    var acc: array<vec4<f32>, HPW * HD4>;
+    for (var g = 0u; g < HPW; g++) {
+        m[g] = MASKED;
+        l[g] = 0.0;
+    }
+    for (var i = 0u; i < HPW * HD4; i++) {
+        acc[i] = vec4<f32>(0.0);
+    }
 
-    var m = MASKED;  // running max
-    var l = 0.0;     // running sum of exp
-    var acc: array<f32, 4>;  // output dims lid, lid + 64, ...
-    for (var t0 = 0u; t0 < step.n_slots; t0 += TILE) {
-        // Scores of this tile: slots t0 + lid + 64 i.
-        var s: array<f32, 4>;
-        var tile_max = MASKED;
-        for (var i = 0u; i < 4u; i++) {
-            let j = t0 + lid + 64u * i;
-            s[i] = MASKED;
-            if j < step.n_slots {
-                let sp = slot_pos[j];
-                if sp != INVALID && sp <= pos {
-                    let kb = j * kv_stride + kvh * hd;
-                    var dot = 0.0;
-                    for (var d = 0u; d < hd; d++) {
-                        dot += qs[d] * k_cache[kb + d];
-                    }
-                    s[i] = dot * p.scale;
+    for (var j = lid; j < step.n_slots; j += WG) {
+        let sp = slot_pos[j];
+        if sp == INVALID || sp > pos {
+            continue;
+        }
+        let kb = j * kv4 + kvh * HD4;
+        var s: array<f32, HPW>;
+        for (var g = 0u; g < HPW; g++) {
+            s[g] = 0.0;
+        }
+        for (var c = 0u; c < HD4; c++) {
+            let kc = k_cache[kb + c];
+            for (var g = 0u; g < HPW; g++) {
+                s[g] += dot(qv[g * HD4 + c], kc);
+            }
+        }
+        var alpha: array<f32, HPW>;
+        var w: array<f32, HPW>;
+        for (var g = 0u; g < HPW; g++) {
+            let m_new = max(m[g], s[g]);
+            alpha[g] = exp(m[g] - m_new);
+            w[g] = exp(s[g] - m_new);
+            l[g] = l[g] * alpha[g] + w[g];
+            m[g] = m_new;
+        }
+        for (var c = 0u; c < HD4; c++) {
+            let vc = v_cache[kb + c];
+            for (var g = 0u; g < HPW; g++) {
+                acc[g * HD4 + c] = acc[g * HD4 + c] * alpha[g] + w[g] * vc;
+            }
+        }
+    }
+
+    // Merge the lanes' softmaxes, head by head.
+    for (var g = 0u; g < HPW; g++) {
+        lane_m[lid] = m[g];
+        workgroupBarrier();
+        var big = MASKED;
+        for (var t = 0u; t < WG; t++) {
+            big = max(big, lane_m[t]);
+        }
+        // Lanes that saw no slot have l = 0 and weigh nothing.
+        let f = exp(m[g] - big);
+        lane_l[lid] = l[g] * f;
+        workgroupBarrier();
+        var total_l = 0.0;
+        for (var t = 0u; t < WG; t++) {
+            total_l += lane_l[t];
+        }
+        if lid == 0u {
+            head_m[g] = big;
+            head_l[g] = total_l;
+        }
+        let o = (r * p.n_heads + h0 + g) * HD4;
+        for (var c0 = 0u; c0 < HD4; c0 += ROUND) {
+            for (var cc = 0u; cc < ROUND; cc++) {
+                if c0 + cc < HD4 {
+                    lane_acc[cc * WG + lid] = acc[g * HD4 + c0 + cc] * f;
                 }
             }
-            tile_max = max(tile_max, s[i]);
-        }
-        red[lid] = tile_max;
-        workgroupBarrier();
-        for (var w = 32u; w > 0u; w >>= 1u) {
-            if lid < w {
-                red[lid] = max(red[lid], red[lid + w]);
+            workgroupBarrier();
+            if lid < ROUND && c0 + lid < HD4 {
+                var sum = vec4<f32>(0.0);
+                for (var t = 0u; t < WG; t++) {
+                    sum += lane_acc[lid * WG + t];
+                }
+                out[o + c0 + lid] = select(vec4<f32>(0.0), sum / total_l, total_l > 0.0);
             }
             workgroupBarrier();
         }
-        let m_new = max(m, red[0]);
-        workgroupBarrier();
-        var e_sum = 0.0;
-        for (var i = 0u; i < 4u; i++) {
-            var e = 0.0;
-            if s[i] > MASKED * 0.5 {
-                e = exp(s[i] - m_new);
-            }
-            scores[lid + 64u * i] = e;
-            e_sum += e;
-        }
-        red[lid] = e_sum;
-        workgroupBarrier();
-        for (var w = 32u; w > 0u; w >>= 1u) {
-            if lid < w {
-                red[lid] += red[lid + w];
-            }
-            workgroupBarrier();
-        }
-        let alpha = exp(m - m_new);
-        l = l * alpha + red[0];
-        let n_tile = min(TILE, step.n_slots - t0);
-        for (var c = 0u; c < 4u; c++) {
-            let d = lid + c * 64u;
-            if d < hd {
-                var a = acc[c] * alpha;
-                for (var jj = 0u; jj < n_tile; jj++) {
-                    a += scores[jj] * v_cache[(t0 + jj) * kv_stride + kvh * hd + d];
-                }
-                acc[c] = a;
-            }
-        }
-        m = m_new;
-        workgroupBarrier();
     }
-    for (var c = 0u; c < 4u; c++) {
-        let d = lid + c * 64u;
-        if d < hd {
-            out[(r * p.n_heads + h) * hd + d] = select(0.0, acc[c] / l, l > 0.0);
-        }
-    }
+
     if p.write_mass != 0u {
-        let base = (r * p.n_heads + h) * p.capacity;
-        for (var j = lid; j < p.capacity; j += 64u) {
-            var prob = 0.0;
-            let sp = slot_pos[j];
-            if j < step.n_slots && sp != INVALID && sp <= pos && l > 0.0 {
-                let kb = j * kv_stride + kvh * hd;
-                var dot = 0.0;
-                for (var d = 0u; d < hd; d++) {
-                    dot += qs[d] * k_cache[kb + d];
+        workgroupBarrier();
+        for (var g = 0u; g < HPW; g++) {
+            let big = head_m[g];
+            let total_l = head_l[g];
+            let base = (r * p.n_heads + h0 + g) * p.capacity;
+            for (var j = lid; j < p.capacity; j += WG) {
+                var prob = 0.0;
+                if j < step.n_slots && total_l > 0.0 {
+                    let sp = slot_pos[j];
+                    if sp != INVALID && sp <= pos {
+                        let kb = j * kv4 + kvh * HD4;
+                        var s = 0.0;
+                        for (var c = 0u; c < HD4; c++) {
+                            s += dot(qv[g * HD4 + c], k_cache[kb + c]);
+                        }
+                        prob = exp(s - big) / total_l;
+                    }
                 }
-                prob = exp(dot * p.scale - m) / l;
-            }
-            if p.write_mass == 2u {
-                mass[base + j] += prob;
-            } else {
-                mass[base + j] = prob;
+                if p.write_mass == 2u {
+                    mass[base + j] += prob;
+                } else {
+                    mass[base + j] = prob;
+                }
             }
         }
     }

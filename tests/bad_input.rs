@@ -111,6 +111,8 @@ fn config_nonsense() {
         ("llama.attention.head_count_kv", Value::U32(3)),
         ("llama.embedding_length", Value::U32(0)),
         ("llama.rope.freq_base", Value::F32(-1.0)),
+        // 64 / 32 = head dimension 2: not a multiple of 4
+        ("llama.attention.head_count", Value::U32(32)),
     ] {
         let bytes = tiny_with(|m, _| m.iter_mut().find(|(k, _)| *k == key).unwrap().1 = value.clone());
         let e = err(&bytes);

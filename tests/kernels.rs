@@ -204,7 +204,7 @@ fn kv_write_scatters_rows_and_slot_table() {
 fn attention_over_slots_with_gaps_and_causal_positions() {
     let ctx = ctx();
     let mut rng = Rng::new(7);
-    let cases = [(1usize, 1usize, 8usize), (9, 3, 64), (4, 4, 17), (8, 2, 128), (2, 1, 256)];
+    let cases = [(1usize, 1usize, 8usize), (9, 3, 64), (4, 4, 20), (8, 2, 128), (2, 1, 256), (12, 2, 12)];
     for &(n_heads, n_kv, hd) in &cases {
         for &n_slots in &[1usize, 3, 17, 255, 257, 1000] {
             for &rows in &[1usize, 3] {

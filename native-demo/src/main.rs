@@ -838,12 +838,17 @@ fn bench(
     contexts.sort_unstable();
     contexts.dedup();
     let longest = contexts.last().copied().unwrap_or(0);
-    if longest > model.config.context {
-        bail!("context {longest} exceeds the model's {}", model.config.context);
-    }
     // Decoding at each context adds tokens: the warm-up token and the measured ones.
     let per_context = 1 + repeats * decode_tokens;
     let max_ctx = longest + per_context;
+    if max_ctx > model.config.context {
+        bail!(
+            "context {longest} plus the {per_context} tokens decoded there exceeds the model's context of {} tokens; \
+             the longest context that fits is {}",
+            model.config.context,
+            model.config.context.saturating_sub(per_context)
+        );
+    }
     eprintln!(
         "bench: adapter {}; at each context 1 warm-up token, then {repeats} x {decode_tokens} decode tokens, median reported",
         model.ctx.describe()

@@ -189,6 +189,8 @@ fn bad_arguments_and_files() {
     std::fs::write(&bad, b"GGUF\x03\x00\x00\x00\xff\xff\xff\xff\xff\xff\xff\xff").unwrap();
     fails_with(&["generate", "--model", bad.to_str().unwrap(), "--prompt", "x"], "truncated");
     fails_with(&["bench", "--model", m, "--contexts", "0"], "contexts");
+    // The tiny model's context is 256 tokens: 250 plus 1 + 3 x 16 decoded ones does not fit.
+    fails_with(&["bench", "--model", m, "--contexts", "250"], "longest context that fits is 207");
     fails_with(&["generate", "--model", m, "--prompt", "x", "--policy", "sink", "--rebuild", "2"], "adore policy only");
     fails_with(&["generate", "--model", m, "--prompt", "x", "--policy", "window", "--cache-update", "matmul"], "matmul applies");
     fails_with(&["generate", "--model", m, "--prompt", "x", "--cache-update", "gather"], "unknown cache update");

@@ -52,8 +52,11 @@ impl Config {
         if !self.n_heads.is_multiple_of(self.n_kv_heads) {
             return bad(format!("{} query heads are not a multiple of {} KV heads", self.n_heads, self.n_kv_heads));
         }
-        if !self.head_dim.is_multiple_of(2) {
-            return bad(format!("head dimension {} is odd; RoPE needs pairs", self.head_dim));
+        if !self.head_dim.is_multiple_of(4) {
+            return bad(format!(
+                "head dimension {} is not a multiple of 4 (RoPE needs pairs, the attention kernel reads vec4)",
+                self.head_dim
+            ));
         }
         if !(self.rms_eps >= 0.0 && self.rms_eps < 1.0) {
             return bad(format!("RMSNorm epsilon {} is outside [0, 1)", self.rms_eps));

@@ -42,15 +42,23 @@ pub struct Heads {
 impl Heads {
     pub fn check(&self) -> Result<()> {
         let Heads { n_heads, n_kv_heads, head_dim } = *self;
-        if n_heads == 0 || n_kv_heads == 0 || n_heads % n_kv_heads != 0 || head_dim == 0 || head_dim > 256 {
+        if n_heads == 0 || n_kv_heads == 0 || n_heads % n_kv_heads != 0 || head_dim == 0 || head_dim > 256 || head_dim % 4 != 0 {
             return Err(Error::Shape {
                 op: "attention",
                 what: format!(
-                    "{n_heads} query heads, {n_kv_heads} KV heads, head_dim {head_dim}: heads must divide evenly and head_dim be 1..=256"
+                    "{n_heads} query heads, {n_kv_heads} KV heads, head_dim {head_dim}: heads must divide evenly and head_dim be a multiple of 4 up to 256"
                 ),
             });
         }
         Ok(())
+    }
+
+    /// Query heads handled by one workgroup: the most heads sharing one KV head whose vectors
+    /// fit 64 vec4 registers (the kernel reads each K and V row once for all of them).
+    pub fn per_workgroup(&self) -> usize {
+        let group = self.n_heads / self.n_kv_heads.max(1);
+        let hd4 = (self.head_dim / 4).max(1);
+        (1..=group).rev().find(|d| group % d == 0 && d * hd4 <= 64).unwrap_or(1)
     }
 }
 
@@ -104,11 +112,12 @@ pub fn build(
             pad1: 0,
         },
     );
-    let pipeline = ctx.pipeline(&shaders::ATTENTION, "main", &[])?;
+    let hpw = heads.per_workgroup();
+    let pipeline = ctx.pipeline_with(&shaders::ATTENTION, "main", &[], &[("HD4", (heads.head_dim / 4) as u32), ("HPW", hpw as u32)])?;
     Ok(ctx.dispatch(
         pipeline,
         &[b.q, b.k_cache, b.v_cache, b.slot_pos, b.positions, b.out, &params, step, b.mass],
-        [groups("attention", heads.n_heads, 1)?, groups("attention", max_rows, 1)?, 1],
+        [groups("attention", heads.n_heads / hpw, 1)?, groups("attention", max_rows, 1)?, 1],
     ))
 }
 
