@@ -162,7 +162,8 @@ enum Command {
         speed_plot: Option<PathBuf>,
     },
     /// Teacher data for controller training: full attention over the texts (on the CPU), the
-    /// attention distribution of sampled queries averaged over heads and layers (feature `train`).
+    /// attention distribution of sampled queries averaged over heads and layers, or the keys'
+    /// contributions to the attention outputs (feature `train`).
     Collect {
         #[command(flatten)]
         model: ModelPath,
@@ -179,6 +180,11 @@ enum Command {
         queries: usize,
         #[arg(long, default_value_t = 0)]
         seed: u64,
+        /// What the teacher distribution measures: `attention` (averaged over heads and layers)
+        /// or `contribution` (attention times the size of what each key's value adds to the
+        /// head's output, summed over heads and layers).
+        #[arg(long, default_value = "attention")]
+        teacher: String,
     },
     /// Train an ADORE controller on `collect` data (feature `train`).
     TrainController {
@@ -460,7 +466,8 @@ fn run(cli: Cli) -> Result<()> {
             Ok(())
         }
         #[cfg(feature = "train")]
-        Command::Collect { model, text, out, seq_len, queries, seed } => {
+        Command::Collect { model, text, out, seq_len, queries, seed, teacher } => {
+            let kind: train::data::TeacherKind = teacher.parse()?;
             let path = model_path(&model.model)?;
             let files = adore::model::files::Files::read(&path).with_context(|| format!("reading {}", path.display()))?;
             let spec = adore::ModelSpec::read(files.source())?;
@@ -475,6 +482,7 @@ fn run(cli: Cli) -> Result<()> {
                 seq_len,
                 queries,
                 seed,
+                kind,
             })
         }
         #[cfg(feature = "train")]

@@ -50,7 +50,18 @@ fn seq_files(d: &Path) -> Vec<PathBuf> {
 
 #[test]
 fn collect_targets_equal_the_averaged_attention() {
-    let d = dir("collect");
+    collect_matches("attention");
+}
+
+#[test]
+fn collect_targets_equal_the_summed_contributions() {
+    collect_matches("contribution");
+}
+
+/// `collect --teacher KIND` on a tiny model against the f64 reference: the teacher rows are
+/// KIND's, H2O's accumulation is always the averaged attention's.
+fn collect_matches(kind: &str) {
+    let d = dir(&format!("collect-{kind}"));
     let tiny = Tiny::new(41);
     let model = d.join("tiny.gguf");
     std::fs::write(&model, tiny.gguf_bytes()).unwrap();
@@ -69,6 +80,8 @@ fn collect_targets_equal_the_averaged_attention() {
         "48",
         "--queries",
         "7",
+        "--teacher",
+        kind,
     ];
     adore(&args);
     let files = seq_files(&out);
@@ -80,11 +93,15 @@ fn collect_targets_equal_the_averaged_attention() {
         let (teacher, h2o) = (f32s(&t["teacher"].1), f32s(&t["h2o"].1));
         assert_eq!((ids.len(), queries.len()), (48, 7));
         let positions: Vec<u32> = (0..48).collect();
-        let want = tiny.run(&ids, &positions, &[], &|r, j| j <= r).attention;
+        let run = tiny.run(&ids, &positions, &[], &|r, j| j <= r);
+        let (want, rows) = (&run.attention, if kind == "attention" { &run.attention } else { &run.contribution });
+        // The two teachers must differ on this model, or the test could not tell them apart.
+        let apart = run.attention.iter().flatten().zip(run.contribution.iter().flatten()).map(|(a, c)| (a - c).abs()).fold(0.0, f64::max);
+        assert!(apart > 1e-3, "attention and contribution agree to {apart}");
         for (qi, &q) in queries.iter().enumerate() {
             let q = q as usize;
             let got = &teacher[qi * 48..(qi + 1) * 48];
-            let w: Vec<f32> = want[q].iter().map(|&x| x as f32).collect();
+            let w: Vec<f32> = rows[q].iter().map(|&x| x as f32).collect();
             common::assert_close(&format!("{f:?} teacher row {q}"), got, &w, 1e-5, 1e-4);
             let acc: Vec<f32> = (0..48).map(|j| (0..=q).map(|r| want[r][j]).sum::<f64>() as f32).collect();
             common::assert_close(&format!("{f:?} h2o at {q}"), &h2o[qi * 48..(qi + 1) * 48], &acc, 1e-5, 1e-4);
@@ -95,6 +112,22 @@ fn collect_targets_equal_the_averaged_attention() {
     let out2 = adore(&args);
     assert!(String::from_utf8_lossy(&out2.stderr).contains(&format!("{} already done", files.len())));
     assert_eq!(before, files.iter().map(|f| std::fs::read(f).unwrap()).collect::<Vec<_>>());
+    // The other teacher's data never joins this directory.
+    let other = if kind == "attention" { "contribution" } else { "attention" };
+    let mut mixed = args.to_vec();
+    *mixed.last_mut().unwrap() = other;
+    let refused = Command::new(env!("CARGO_BIN_EXE_adore")).args(&mixed).env("XDG_RUNTIME_DIR", std::env::temp_dir()).output().unwrap();
+    assert!(!refused.status.success());
+    assert!(String::from_utf8_lossy(&refused.stderr).contains("other settings"), "{}", String::from_utf8_lossy(&refused.stderr));
+    if kind == "attention" {
+        // A manifest from before the teacher could be chosen is the averaged attention's.
+        let path = out.join("manifest.json");
+        let mut m: serde_json::Value = serde_json::from_slice(&std::fs::read(&path).unwrap()).unwrap();
+        m.as_object_mut().unwrap().remove("teacher");
+        std::fs::write(&path, serde_json::to_string(&m).unwrap()).unwrap();
+        let out3 = adore(&args);
+        assert!(String::from_utf8_lossy(&out3.stderr).contains(&format!("{} already done", files.len())));
+    }
 }
 
 /// Sequences whose teacher attends uniformly to the K marker tokens placed early on.

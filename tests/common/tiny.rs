@@ -271,6 +271,7 @@ impl Tiny {
             tokens.iter().flat_map(|&t| embd[t as usize * HIDDEN..(t as usize + 1) * HIDDEN].iter().map(|v| *v as f64)).collect();
         let n_keys = n_cache + n;
         let mut attention = vec![vec![0f64; n_keys]; n];
+        let mut contribution = vec![vec![0f64; n_keys]; n];
         let mut kv = Vec::new();
         for l in 0..LAYERS {
             let g = |s: &str| self.get(&format!("blk.{l}.{s}.weight"));
@@ -284,6 +285,26 @@ impl Tiny {
             let keys: Vec<f64> = ck.iter().chain(&k).copied().collect();
             let values: Vec<f64> = cv.iter().chain(&v).copied().collect();
             let mut att = vec![0f64; n * qd];
+            // |v_j W_o,h|: the size of what key j's value adds to the output through head h.
+            let w_o = g("attn_output");
+            let sizes: Vec<Vec<f64>> = (0..HEADS)
+                .map(|h| {
+                    let kh = h / (HEADS / KV_HEADS);
+                    (0..n_keys)
+                        .map(|j| {
+                            (0..HIDDEN)
+                                .map(|o| {
+                                    (0..HEAD_DIM)
+                                        .map(|d| values[j * kvd + kh * HEAD_DIM + d] * w_o[o * qd + h * HEAD_DIM + d] as f64)
+                                        .sum::<f64>()
+                                        .powi(2)
+                                })
+                                .sum::<f64>()
+                                .sqrt()
+                        })
+                        .collect()
+                })
+                .collect();
             for t in 0..n {
                 for h in 0..HEADS {
                     let kh = h / (HEADS / KV_HEADS);
@@ -301,6 +322,7 @@ impl Tiny {
                     let z: f64 = e.iter().sum();
                     for j in 0..n_keys {
                         attention[t][j] += e[j] / z / (HEADS * LAYERS) as f64;
+                        contribution[t][j] += e[j] / z * sizes[h][j];
                     }
                     for d in 0..HEAD_DIM {
                         att[t * qd + h * HEAD_DIM + d] = (0..n_keys).map(|j| e[j] / z * values[j * kvd + kh * HEAD_DIM + d]).sum();
@@ -319,7 +341,11 @@ impl Tiny {
         }
         let xn = rmsnorm(&x, self.get("output_norm.weight"));
         let logits = matmul(&xn, embd, HIDDEN).into_iter().map(|v| v as f32).collect();
-        Run { logits, kv, attention }
+        for row in &mut contribution {
+            let z: f64 = row.iter().sum();
+            row.iter_mut().for_each(|c| *c /= z);
+        }
+        Run { logits, kv, attention, contribution }
     }
 }
 
@@ -332,6 +358,10 @@ pub struct Run {
     /// Per row, its attention over the keys (cache entries, then rows), averaged over heads
     /// and layers.
     pub attention: Vec<Vec<f64>>,
+    /// Per row, each key's contribution to the attention outputs (each head's weight on it
+    /// times the norm of its value through that head's slice of the output projection), summed
+    /// over heads and layers and normalised to sum to 1.
+    pub contribution: Vec<Vec<f64>>,
 }
 
 /// The GGUF file's K feature index of this model's feature `i` (llama.cpp's q/k row order).

@@ -1,7 +1,7 @@
 //! Teacher data: `adore collect` writes one safetensors file per sequence of a text, holding the
 //! token ids, the sampled query positions, each query's teacher distribution over the keys
-//! (full attention averaged over heads and layers) and H2O's accumulated attention at that
-//! query (the column sums of the teacher's rows up to it), next to a manifest. Finished
+//! (see [`TeacherKind`]) and H2O's accumulated attention at that query (the column sums of the
+//! averaged attention's rows up to it), next to a manifest. Finished
 //! sequences are skipped when a run is repeated, so an interrupted collection resumes.
 
 use std::collections::HashMap;
@@ -14,6 +14,37 @@ use safetensors::{tensor::TensorView, Dtype, SafeTensors};
 use super::teacher::Teacher;
 
 pub const FORMAT: &str = "adore-teacher-v1";
+
+/// What the teacher distribution of a query measures, per key.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum TeacherKind {
+    /// Full attention averaged over heads and layers (ADORE.md's first design).
+    Attention,
+    /// Each key's contribution to the attention outputs: every head's weight on it times the
+    /// norm of its value through the output projection, summed over heads and layers. A key
+    /// that draws attention but adds little (a newline acting as a sink) ranks low.
+    Contribution,
+}
+
+impl TeacherKind {
+    pub fn name(self) -> &'static str {
+        match self {
+            TeacherKind::Attention => "attention",
+            TeacherKind::Contribution => "contribution",
+        }
+    }
+}
+
+impl std::str::FromStr for TeacherKind {
+    type Err = anyhow::Error;
+    fn from_str(s: &str) -> Result<Self> {
+        match s {
+            "attention" => Ok(TeacherKind::Attention),
+            "contribution" => Ok(TeacherKind::Contribution),
+            _ => bail!("--teacher is `attention` or `contribution`, not {s:?}"),
+        }
+    }
+}
 
 /// One sequence's teacher data.
 pub struct Sequence {
@@ -134,9 +165,9 @@ pub fn sample_queries(n: usize, count: usize, first: usize, seed: u64) -> Vec<u3
     pool
 }
 
-/// The teacher's rows at `queries` and H2O's accumulated attention there, from the (n, n)
-/// averaged attention.
-pub fn targets(att: &[f32], n: usize, queries: &[u32]) -> (Vec<f32>, Vec<f32>) {
+/// The teacher's rows at `queries` (from `view`, (n, n)) and H2O's accumulated attention there
+/// (from the (n, n) averaged attention `att`).
+pub fn targets(att: &[f32], view: &[f32], n: usize, queries: &[u32]) -> (Vec<f32>, Vec<f32>) {
     let mut teacher = Vec::with_capacity(queries.len() * n);
     let mut h2o = Vec::with_capacity(queries.len() * n);
     let mut acc = vec![0f64; n];
@@ -149,7 +180,7 @@ pub fn targets(att: &[f32], n: usize, queries: &[u32]) -> (Vec<f32>, Vec<f32>) {
             }
             row += 1;
         }
-        teacher.extend_from_slice(&att[t * n..(t + 1) * n]);
+        teacher.extend_from_slice(&view[t * n..(t + 1) * n]);
         h2o.extend(acc.iter().map(|&a| a as f32));
     }
     (teacher, h2o)
@@ -164,6 +195,7 @@ pub struct Collect<'a> {
     pub seq_len: usize,
     pub queries: usize,
     pub seed: u64,
+    pub kind: TeacherKind,
 }
 
 /// Runs the teacher over every full window of `seq_len` tokens of each text.
@@ -179,10 +211,15 @@ pub fn collect(c: &Collect) -> Result<()> {
         "seq_len": c.seq_len,
         "queries": c.queries,
         "seed": c.seed,
+        "teacher": c.kind.name(),
     });
     if manifest_path.exists() {
-        let old: serde_json::Value = serde_json::from_slice(&std::fs::read(&manifest_path)?)
+        let mut old: serde_json::Value = serde_json::from_slice(&std::fs::read(&manifest_path)?)
             .with_context(|| format!("{} is not a manifest", manifest_path.display()))?;
+        // Data collected before the teacher could be chosen is the averaged attention's.
+        if let Some(o) = old.as_object_mut() {
+            o.entry("teacher").or_insert_with(|| TeacherKind::Attention.name().into());
+        }
         if old != manifest {
             bail!("{} holds data made with other settings or for another model ({old}); use a new --out directory", c.out.display());
         }
@@ -211,15 +248,23 @@ pub fn collect(c: &Collect) -> Result<()> {
             .unwrap_or_else(|_| ProgressStyle::default_bar()),
     );
     for (name, ids, seed) in todo {
-        let att = c.teacher.attention(ids)?;
+        let views = c.teacher.attention(ids)?;
         let queries = sample_queries(ids.len(), c.queries, 1, c.seed ^ seed.wrapping_mul(0x2545_F491_4F6C_DD1D));
-        let (teacher, h2o) = targets(&att, ids.len(), &queries);
+        let view = match c.kind {
+            TeacherKind::Attention => &views.attention,
+            TeacherKind::Contribution => &views.contribution,
+        };
+        let (teacher, h2o) = targets(&views.attention, view, ids.len(), &queries);
         let seq = Sequence { name: name.clone(), ids: ids.clone(), queries, teacher, h2o };
-        let meta: HashMap<String, String> =
-            [("format", FORMAT.to_string()), ("model_fingerprint", c.fingerprint.to_string()), ("name", name.clone())]
-                .into_iter()
-                .map(|(k, v)| (k.to_string(), v))
-                .collect();
+        let meta: HashMap<String, String> = [
+            ("format", FORMAT.to_string()),
+            ("model_fingerprint", c.fingerprint.to_string()),
+            ("name", name.clone()),
+            ("teacher", c.kind.name().to_string()),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_string(), v))
+        .collect();
         // Written under a temporary name and renamed, so a file is either whole or absent.
         let tmp = c.out.join(format!("{name}.part"));
         std::fs::write(&tmp, seq.to_bytes(meta)?).with_context(|| format!("writing {}", tmp.display()))?;

@@ -1,6 +1,8 @@
 //! The teacher: the model with full attention, on the CPU (candle), reporting each query's
-//! attention distribution over keys averaged over every head and layer. The LM head is not
-//! needed. Same arithmetic as the engine (RMSNorm, RoPE in the file's layout, grouped-query
+//! attention distribution over keys averaged over every head and layer, and the keys'
+//! contributions to the attention outputs (each head's weight on a key times the norm of what
+//! that key's value adds through the output projection), summed the same way. The LM head is
+//! not needed. Same arithmetic as the engine (RMSNorm, RoPE in the file's layout, grouped-query
 //! attention, SwiGLU), in f32.
 
 use anyhow::{Context as _, Result};
@@ -19,6 +21,15 @@ struct Layer {
     gate: Tensor,
     up: Tensor,
     down: Tensor,
+}
+
+/// What [`Teacher::attention`] reports, (T, T) row-major each.
+pub struct Views {
+    /// Attention averaged over heads and layers.
+    pub attention: Vec<f32>,
+    /// Contributions to the attention outputs, summed over heads and layers and normalised per
+    /// query.
+    pub contribution: Vec<f32>,
 }
 
 pub struct Teacher {
@@ -71,9 +82,9 @@ impl Teacher {
         })
     }
 
-    /// The averaged attention of every query over the keys, (T, T) row-major: row t holds the
-    /// distribution over keys 0..=t (zeros after), the mean over heads and layers.
-    pub fn attention(&self, ids: &[u32]) -> Result<Vec<f32>> {
+    /// Every query's view of the keys, (T, T) row-major each: row t holds a distribution over
+    /// keys 0..=t (zeros after).
+    pub fn attention(&self, ids: &[u32]) -> Result<Views> {
         let c = &self.config;
         let n = ids.len();
         let dev = Device::Cpu;
@@ -87,6 +98,7 @@ impl Teacher {
         let ids_t = Tensor::from_slice(ids, n, &dev)?;
         let mut x = self.embed.index_select(&ids_t, 0)?;
         let mut total = Tensor::zeros((n, n), DType::F32, &dev)?;
+        let mut contribution = Tensor::zeros((n, n), DType::F32, &dev)?;
         let scale = 1.0 / (hd as f64).sqrt();
         for layer in &self.layers {
             let xn = self.rmsnorm(&x, &layer.attn_norm)?;
@@ -102,6 +114,12 @@ impl Teacher {
             let scores = (q.matmul(&k.t()?)? * scale)?.broadcast_add(&mask)?;
             let p = candle_nn::ops::softmax_last_dim(&scores)?;
             total = (total + p.sum(1)?.squeeze(0)?)?;
+            // Head j's output is sum_i p_j(t, i) v_i; through the output projection key i adds
+            // p_j(t, i) (v_i W_o,j), whose size is p_j(t, i) |v_i W_o,j|.
+            for j in 0..h {
+                let norms = v.narrow(1, j, 1)?.squeeze(0)?.squeeze(0)?.matmul(&layer.o.narrow(0, j * hd, hd)?)?.sqr()?.sum(1)?.sqrt()?;
+                contribution = (contribution + p.narrow(1, j, 1)?.squeeze(0)?.squeeze(0)?.broadcast_mul(&norms.unsqueeze(0)?)?)?;
+            }
             let att = p.matmul(&v)?.transpose(1, 2)?.reshape((n, h * hd))?;
             x = (x + att.matmul(&layer.o)?)?;
             let xn = self.rmsnorm(&x, &layer.ffn_norm)?;
@@ -110,6 +128,7 @@ impl Teacher {
             x = (x + (g * u)?.matmul(&layer.down)?)?;
         }
         let total = (total / (h * self.layers.len()) as f64)?;
-        Ok(total.flatten_all()?.to_vec1::<f32>()?)
+        let contribution = contribution.broadcast_div(&contribution.sum_keepdim(1)?)?;
+        Ok(Views { attention: total.flatten_all()?.to_vec1::<f32>()?, contribution: contribution.flatten_all()?.to_vec1::<f32>()? })
     }
 }
