@@ -67,6 +67,43 @@ pub fn policy_keep(t: usize, m: usize, sinks: usize, recent: usize, score: Optio
     keep
 }
 
+/// What a scored policy keeps when releases are final, as generation makes them: tokens
+/// 0..n arrive one at a time; token t joins the cache and, over the budget of `m`, the
+/// lowest-scored unprotected token by `score(t, i)` is released for good (the `sinks` first
+/// and `recent` last positions protected, clamped as in [`policy_keep`]; on equal scores the
+/// later position goes, as the GPU selection keeps the lower one). Returns the cache after
+/// step t for each t in `at` (ascending): the m tokens kept of 0..=t, comparable with
+/// [`policy_keep`], which ranks every past token afresh instead.
+pub fn replay_keep(n: usize, m: usize, sinks: usize, recent: usize, score: &dyn Fn(usize, usize) -> f32, at: &[usize]) -> Vec<Vec<usize>> {
+    let m = m.max(1);
+    let sinks = sinks.min(m);
+    let recent = recent.min(m - sinks);
+    let mut cache: Vec<usize> = Vec::with_capacity(m + 1);
+    let mut out = Vec::with_capacity(at.len());
+    let mut next = at.iter().peekable();
+    for t in 0..n {
+        cache.push(t);
+        if cache.len() > m {
+            // m + 1 tokens, at most m of them protected: something is free.
+            let free = |i: usize| i >= sinks && i + recent <= t;
+            let worst = cache
+                .iter()
+                .enumerate()
+                .filter(|(_, &i)| free(i))
+                .min_by(|(_, &a), (_, &b)| score(t, a).total_cmp(&score(t, b)).then(b.cmp(&a)))
+                .map(|(k, _)| k);
+            if let Some(k) = worst {
+                cache.remove(k);
+            }
+        }
+        while next.peek().is_some_and(|&&q| q == t) {
+            out.push(cache.clone());
+            next.next();
+        }
+    }
+    out
+}
+
 /// Longest common subsequence length.
 fn lcs(a: &[&str], b: &[&str]) -> usize {
     let mut row = vec![0usize; b.len() + 1];
@@ -173,5 +210,41 @@ mod tests {
         k.sort();
         assert_eq!(k, vec![0, 1, 3, 8, 9]);
         assert_eq!(top_m(&[1.0, 3.0, 3.0, 2.0], 2), vec![1, 2]);
+    }
+
+    #[test]
+    fn replay_is_the_fresh_ranking_when_scores_do_not_change() {
+        // Scores fixed per token: every query's ranking agrees with the earlier ones, so
+        // releasing for good loses nothing and the replay equals the fresh selection.
+        let fixed: Vec<f32> = (0..40).map(|i| ((i * 7919) % 23) as f32).collect();
+        let at: Vec<usize> = (0..40).collect();
+        let got = replay_keep(40, 9, 2, 3, &|_, i| fixed[i], &at);
+        for (t, kept) in at.iter().zip(got) {
+            let mut kept = kept;
+            kept.sort();
+            let mut want = policy_keep(*t, 9, 2, 3, Some(&fixed[..=*t]));
+            want.sort();
+            assert_eq!(kept, want, "t = {t}");
+        }
+    }
+
+    #[test]
+    fn replay_never_brings_back_a_released_token() {
+        // Budget 3, the current token protected (recent 1): token 0 scores lowest at t = 3
+        // and is released; from t = 4 on it scores highest, but it is gone for good, while a
+        // fresh ranking would take it back.
+        let score = |t: usize, i: usize| -> f32 {
+            if i == 0 {
+                return if t <= 3 { -1.0 } else { 10.0 };
+            }
+            i as f32
+        };
+        let got = replay_keep(7, 3, 0, 1, &score, &[3, 4, 6]);
+        assert_eq!(got, vec![vec![1, 2, 3], vec![2, 3, 4], vec![4, 5, 6]]);
+        let fresh: Vec<f32> = (0..=6).map(|i| score(6, i)).collect();
+        assert!(policy_keep(6, 3, 0, 1, Some(&fresh)).contains(&0));
+        // Equal scores: the later position is released first.
+        let got = replay_keep(5, 2, 0, 1, &|_, _| 0.0, &[1, 4]);
+        assert_eq!(got, vec![vec![0, 1], vec![0, 4]]);
     }
 }

@@ -9,7 +9,7 @@ use candle_core::{DType, Device, IndexOp, Tensor, Var, D};
 use candle_nn::{AdamW, Optimizer, ParamsAdamW};
 
 use adore::controller::{bucket, Controller};
-use adore::eval::{policy_keep, recall, top_m};
+use adore::eval::{policy_keep, recall, replay_keep, top_m};
 
 use super::data::{Rng, Sequence};
 
@@ -66,6 +66,9 @@ pub struct RecallRow {
     /// Held-out queries with more than m keys (the others keep everything).
     pub queries: usize,
     pub adore: f64,
+    /// The controller's recall when its releases are final, as in generation: the cache it
+    /// built token by token over the sequence, at each query.
+    pub adore_final: f64,
     pub h2o: f64,
     pub sink_window: f64,
 }
@@ -318,18 +321,25 @@ pub fn fit(
 
 /// Recall of the teacher's top-m on held-out sequences, per budget.
 fn recall_table(model: &Model, heldout: &[Sequence], o: &FitOptions) -> Result<Vec<RecallRow>> {
-    let mut rows: Vec<RecallRow> = o.budgets.iter().map(|&m| RecallRow { m, queries: 0, adore: 0.0, h2o: 0.0, sink_window: 0.0 }).collect();
+    let mut rows: Vec<RecallRow> =
+        o.budgets.iter().map(|&m| RecallRow { m, queries: 0, adore: 0.0, adore_final: 0.0, h2o: 0.0, sink_window: 0.0 }).collect();
     for s in heldout {
         let n = s.len();
-        let scores = model.scores(&[s])?.flatten_all()?.to_vec1::<f32>()?;
-        for (qi, &t) in s.queries.iter().enumerate() {
-            let t = t as usize;
-            let row = |v: &[f32]| v[qi * n..qi * n + t + 1].to_vec();
-            let (teacher, ctl, h2o) = (row(&s.teacher), row(&scores), row(&s.h2o));
-            for r in rows.iter_mut().filter(|r| t + 1 > r.m) {
+        // Every position's scores, for the replay of final releases.
+        let every =
+            Sequence { name: s.name.clone(), ids: s.ids.clone(), queries: (0..n as u32).collect(), teacher: Vec::new(), h2o: Vec::new() };
+        let all = model.scores(&[&every])?.flatten_all()?.to_vec1::<f32>()?;
+        let at: Vec<usize> = s.queries.iter().map(|&t| t as usize).collect();
+        for r in rows.iter_mut() {
+            let replay = replay_keep(n, r.m, o.sinks, o.recent, &|t, i| all[t * n + i], &at);
+            for (qi, &t) in at.iter().enumerate().filter(|(_, &t)| t + 1 > r.m) {
+                let row = |v: &[f32]| v[qi * n..qi * n + t + 1].to_vec();
+                let (teacher, h2o) = (row(&s.teacher), row(&s.h2o));
+                let ctl = &all[t * n..t * n + t + 1];
                 let truth = top_m(&teacher, r.m);
                 r.queries += 1;
-                r.adore += recall(&truth, &policy_keep(t, r.m, o.sinks, o.recent, Some(&ctl)));
+                r.adore += recall(&truth, &policy_keep(t, r.m, o.sinks, o.recent, Some(ctl)));
+                r.adore_final += recall(&truth, &replay[qi]);
                 r.h2o += recall(&truth, &policy_keep(t, r.m, o.sinks, o.recent, Some(&h2o)));
                 r.sink_window += recall(&truth, &policy_keep(t, r.m, o.sinks, 0, None));
             }
@@ -338,6 +348,7 @@ fn recall_table(model: &Model, heldout: &[Sequence], o: &FitOptions) -> Result<V
     for r in &mut rows {
         let q = r.queries.max(1) as f64;
         r.adore /= q;
+        r.adore_final /= q;
         r.h2o /= q;
         r.sink_window /= q;
     }
