@@ -248,12 +248,9 @@ pub fn collect(c: &Collect) -> Result<()> {
             .unwrap_or_else(|_| ProgressStyle::default_bar()),
     );
     for (name, ids, seed) in todo {
-        let views = c.teacher.attention(ids)?;
+        let views = c.teacher.attention(ids, c.kind == TeacherKind::Contribution)?;
         let queries = sample_queries(ids.len(), c.queries, 1, c.seed ^ seed.wrapping_mul(0x2545_F491_4F6C_DD1D));
-        let view = match c.kind {
-            TeacherKind::Attention => &views.attention,
-            TeacherKind::Contribution => &views.contribution,
-        };
+        let view = views.contribution.as_deref().unwrap_or(&views.attention);
         let (teacher, h2o) = targets(&views.attention, view, ids.len(), &queries);
         let seq = Sequence { name: name.clone(), ids: ids.clone(), queries, teacher, h2o };
         let meta: HashMap<String, String> = [

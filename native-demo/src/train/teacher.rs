@@ -28,8 +28,8 @@ pub struct Views {
     /// Attention averaged over heads and layers.
     pub attention: Vec<f32>,
     /// Contributions to the attention outputs, summed over heads and layers and normalised per
-    /// query.
-    pub contribution: Vec<f32>,
+    /// query (when asked for).
+    pub contribution: Option<Vec<f32>>,
 }
 
 pub struct Teacher {
@@ -83,8 +83,9 @@ impl Teacher {
     }
 
     /// Every query's view of the keys, (T, T) row-major each: row t holds a distribution over
-    /// keys 0..=t (zeros after).
-    pub fn attention(&self, ids: &[u32]) -> Result<Views> {
+    /// keys 0..=t (zeros after). The contributions cost a product per head and layer, so they
+    /// are computed only `with_contribution`.
+    pub fn attention(&self, ids: &[u32], with_contribution: bool) -> Result<Views> {
         let c = &self.config;
         let n = ids.len();
         let dev = Device::Cpu;
@@ -116,9 +117,12 @@ impl Teacher {
             total = (total + p.sum(1)?.squeeze(0)?)?;
             // Head j's output is sum_i p_j(t, i) v_i; through the output projection key i adds
             // p_j(t, i) (v_i W_o,j), whose size is p_j(t, i) |v_i W_o,j|.
-            for j in 0..h {
-                let norms = v.narrow(1, j, 1)?.squeeze(0)?.squeeze(0)?.matmul(&layer.o.narrow(0, j * hd, hd)?)?.sqr()?.sum(1)?.sqrt()?;
-                contribution = (contribution + p.narrow(1, j, 1)?.squeeze(0)?.squeeze(0)?.broadcast_mul(&norms.unsqueeze(0)?)?)?;
+            if with_contribution {
+                for j in 0..h {
+                    let norms =
+                        v.narrow(1, j, 1)?.squeeze(0)?.squeeze(0)?.matmul(&layer.o.narrow(0, j * hd, hd)?)?.sqr()?.sum(1)?.sqrt()?;
+                    contribution = (contribution + p.narrow(1, j, 1)?.squeeze(0)?.squeeze(0)?.broadcast_mul(&norms.unsqueeze(0)?)?)?;
+                }
             }
             let att = p.matmul(&v)?.transpose(1, 2)?.reshape((n, h * hd))?;
             x = (x + att.matmul(&layer.o)?)?;
@@ -128,7 +132,10 @@ impl Teacher {
             x = (x + (g * u)?.matmul(&layer.down)?)?;
         }
         let total = (total / (h * self.layers.len()) as f64)?;
-        let contribution = contribution.broadcast_div(&contribution.sum_keepdim(1)?)?;
-        Ok(Views { attention: total.flatten_all()?.to_vec1::<f32>()?, contribution: contribution.flatten_all()?.to_vec1::<f32>()? })
+        let contribution = match with_contribution {
+            true => Some(contribution.broadcast_div(&contribution.sum_keepdim(1)?)?.flatten_all()?.to_vec1::<f32>()?),
+            false => None,
+        };
+        Ok(Views { attention: total.flatten_all()?.to_vec1::<f32>()?, contribution })
     }
 }
