@@ -26,6 +26,10 @@ struct ControllerParams {
     off_bias: u32,    // bias by distance, max_distance + 1 values
     max_distance: u32,
     capacity: u32,    // slots in the KV cache
+    input_norm: u32,  // 1: each input row is divided by its root mean square (residual-stream input)
+    pad0: u32,
+    pad1: u32,
+    pad2: u32,
 }
 
 // Scores below this are masked out (WGSL has no infinity literals).

@@ -8,6 +8,9 @@ use crate::error::{Error, Result};
 
 const FORMAT: &str = "adore-controller-v1";
 
+/// Added to the mean square of a residual-stream row before it is normalised as input.
+pub const INPUT_EPS: f32 = 1e-6;
+
 /// Controllers shipped with the library: (file name, contents).
 const BUILTIN: &[(&str, &[u8])] =
     &[("controllers/smollm2-135m-instruct.safetensors", include_bytes!("../controllers/smollm2-135m-instruct.safetensors"))];
@@ -23,6 +26,10 @@ pub struct Controller {
     pub fingerprint: String,
     /// How the weights were made (free text).
     pub training: String,
+    /// What the GRU reads for each token: 0, the token's embedding (ADORE.md's design); L > 0,
+    /// the model's residual stream after layer L (numbered from 1), RMS-normalised, so that
+    /// keys and queries see the token in its context.
+    pub input_layer: usize,
     pub proj: Vec<f32>,        // (d_c, hidden)
     pub w_ih: Vec<f32>,        // (3 d_c, d_c)
     pub w_hh: Vec<f32>,        // (3 d_c, d_c)
@@ -70,6 +77,7 @@ impl Controller {
             max_distance: 8192,
             fingerprint: fingerprint.to_string(),
             training: format!("random initialisation, seed {seed} (untrained)"),
+            input_layer: 0,
             proj: v(d_c * hidden, a),
             w_ih: v(3 * d_c * d_c, b),
             w_hh: v(3 * d_c * d_c, b),
@@ -116,6 +124,7 @@ impl Controller {
             ("buckets", self.buckets.to_string()),
             ("max_distance", self.max_distance.to_string()),
             ("training", self.training.clone()),
+            ("input_layer", self.input_layer.to_string()),
         ]
         .into_iter()
         .map(|(k, v)| (k.to_string(), v))
@@ -149,6 +158,11 @@ impl Controller {
         let mut c = Controller::random(fingerprint, hidden, d_c, buckets, 0)?;
         c.max_distance = num("max_distance")?.max(1);
         c.training = meta.get("training").cloned().unwrap_or_default();
+        // Files from before the choice read the embedding.
+        c.input_layer = match meta.get("input_layer") {
+            Some(_) => num("input_layer")?,
+            None => 0,
+        };
         let shapes: Vec<(&'static str, Vec<usize>)> = c.tensors().into_iter().map(|(n, s, _)| (n, s)).collect();
         for (name, shape) in shapes {
             let t = st.tensor(name).map_err(|_| Error::MissingTensor { tensor: format!("{file}: {name}") })?;
@@ -183,7 +197,18 @@ impl Controller {
         BUILTIN.iter().find_map(|(name, bytes)| Controller::from_bytes(name, bytes, fingerprint).ok())
     }
 
-    /// Reference: one GRU step from embedding `e`, updating `h`.
+    /// Reference: what the GRU reads for a token from the residual-stream row `x` at
+    /// `input_layer` (the embedding itself at 0, otherwise divided by its root mean square).
+    pub fn input(&self, x: &[f32]) -> Vec<f32> {
+        if self.input_layer == 0 {
+            return x.to_vec();
+        }
+        let ms = x.iter().map(|v| *v as f64 * *v as f64).sum::<f64>() / x.len().max(1) as f64;
+        let inv = 1.0 / (ms + INPUT_EPS as f64).sqrt();
+        x.iter().map(|v| (*v as f64 * inv) as f32).collect()
+    }
+
+    /// Reference: one GRU step from input `e` (see [`Controller::input`]), updating `h`.
     pub fn gru_step(&self, e: &[f32], h: &mut [f32]) {
         let d = self.d_c;
         let u: Vec<f64> = (0..d).map(|i| (0..self.hidden).map(|k| self.proj[i * self.hidden + k] as f64 * e[k] as f64).sum()).collect();

@@ -153,6 +153,20 @@ impl Session {
                         cl.fingerprint, model.fingerprint
                     )));
                 }
+                if cl.input_layer > c.layers {
+                    return Err(Error::Config(format!(
+                        "the controller reads the residual stream after layer {}, but the model has {} layers",
+                        cl.input_layer, c.layers
+                    )));
+                }
+                if cl.input_layer > 0 && rebuild > 0 {
+                    // Rebuild ranks released tokens before the forward pass, which is where
+                    // such a controller's input for the new token is made.
+                    return Err(Error::arg(format!(
+                        "rebuild needs a controller that reads token embeddings; this one reads the residual stream after layer {}: use --rebuild 0",
+                        cl.input_layer
+                    )));
+                }
                 Some(ops::controller::GpuController::upload(ctx, cl, capacity)?)
             }
             _ => None,
@@ -361,8 +375,9 @@ impl Session {
         }
         // Token embeddings into the residual stream.
         plan.push(ops::embed::build(ctx, &w.embed, &s.tokens, &s.x, step, rows)?);
-        if let Some(cl) = &self.controller {
-            // The controller reads the new rows' embeddings before the first layer changes them.
+        if let Some(cl) = self.controller.as_ref().filter(|cl| cl.input_layer == 0) {
+            // The controller reads the new rows' embeddings before the first layer changes them
+            // (one that reads the residual stream runs inside the layers).
             plan.push(ops::controller::build_step(ctx, cl, &s.x, &s.positions, &s.ctrl_state, &s.ctrl_keys, step, rows)?);
             if policy.rebuild > 0 {
                 if rebuild > 0 {
@@ -484,6 +499,10 @@ impl Session {
             plan.push(ops::swiglu::build(ctx, &s.gate, &s.up, step, c.ffn, rows)?);
             plan.extend(ops::matmul::build(ctx, &layer.down, &s.gate, &s.proj, step, rows, 0)?);
             plan.push(ops::add::build(ctx, &s.x, &s.proj, step, c.hidden, rows)?);
+            if let Some(cl) = self.controller.as_ref().filter(|cl| cl.input_layer == l + 1) {
+                // The controller reads the new rows' residual stream after this layer.
+                plan.push(ops::controller::build_step(ctx, cl, &s.x, &s.positions, &s.ctrl_state, &s.ctrl_keys, step, rows)?);
+            }
         }
         Ok(())
     }

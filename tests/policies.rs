@@ -217,6 +217,63 @@ fn adore_controller_scores_equal_a_cpu_recurrence() {
 }
 
 #[test]
+fn residual_stream_controller_scores_equal_a_cpu_recurrence_under_releases() {
+    // A controller reading the residual stream after layer 1: each token's input is what the
+    // model computed for it attending to the cache of that moment, so the reference is the
+    // masked forward pass (row t sees the tokens kept before it, and itself), then the GRU
+    // over its normalised rows.
+    let tiny = Tiny::new(27);
+    let m = load(&tiny);
+    let mut c = controller(&m);
+    c.input_layer = 1;
+    let policy = Policy { kind: PolicyKind::Adore, budget: 12, sinks: 2, recent: 2, rebuild: 0 };
+    let options = SessionOptions { context: 128, chunk: 1, policy, controller: Some(Arc::new(c.clone())), ..Default::default() };
+    let mut s = Session::new(m.clone(), options).unwrap();
+    let tokens = ids(40);
+    let mut seen: Vec<Vec<u32>> = Vec::new();
+    let mut after: Vec<(Vec<u32>, Vec<f32>)> = Vec::new();
+    for &tok in &tokens {
+        seen.push(run(s.kept_positions()).unwrap());
+        run(s.feed(tok)).unwrap();
+        after.push((run(s.slot_table()).unwrap(), run(s.slot_scores()).unwrap()));
+    }
+    assert!(seen.last().unwrap().len() < tokens.len() - 1, "the test must release tokens");
+    let reference =
+        tiny.run(&tokens, &(0..tokens.len() as u32).collect::<Vec<_>>(), &[], &|t, j| j == t || (j < t && seen[t].contains(&(j as u32))));
+    let hidden = common::tiny::HIDDEN;
+    let mut h = vec![0f32; c.d_c];
+    let mut keys = Vec::new();
+    for (t, (table, scores)) in after.iter().enumerate() {
+        let row: Vec<f32> = reference.residuals[0][t * hidden..(t + 1) * hidden].iter().map(|v| *v as f32).collect();
+        c.gru_step(&c.input(&row), &mut h);
+        keys.push(c.project(&c.w_k, &h));
+        let q = c.project(&c.w_q, &h);
+        let (mut got, mut want) = (Vec::new(), Vec::new());
+        for (j, &pos) in table.iter().enumerate() {
+            if pos != INVALID_SLOT {
+                got.push(scores[j]);
+                want.push(c.score(&q, &keys[pos as usize], t as u32, pos));
+            }
+        }
+        assert_eq!(got.len(), 12.min(t + 1));
+        assert_close(&format!("residual-stream controller scores after {} tokens", t + 1), &got, &want, 1e-3, 1e-3);
+    }
+    // Rebuild ranks before the forward pass, where this controller has no input yet; a layer
+    // the model lacks is refused too.
+    for (layer, rebuild) in [(1, 2), (LAYERS + 1, 0)] {
+        let mut bad = c.clone();
+        bad.input_layer = layer;
+        let policy = Policy { rebuild, ..policy };
+        let options = SessionOptions { context: 128, chunk: 1, policy, controller: Some(Arc::new(bad)), ..Default::default() };
+        let e = Session::new(m.clone(), options).err().expect("refused");
+        assert!(e.to_string().contains("layer"), "{e}");
+    }
+    // The choice survives a round trip through the file.
+    let back = Controller::from_bytes("c.safetensors", &c.to_bytes().unwrap(), &m.fingerprint).unwrap();
+    assert_eq!(back.input_layer, 1);
+}
+
+#[test]
 fn controller_files_are_checked() {
     let m = tiny_model(27);
     let c = controller(&m);

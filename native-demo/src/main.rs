@@ -185,6 +185,10 @@ enum Command {
         /// head's output, summed over heads and layers).
         #[arg(long, default_value = "attention")]
         teacher: String,
+        /// Also store the residual stream after these layers (numbered from 1), for
+        /// controllers that read the model's state (`train-controller --input-layer`).
+        #[arg(long, value_delimiter = ',')]
+        features_after: Vec<usize>,
     },
     /// Train an ADORE controller on `collect` data (feature `train`).
     TrainController {
@@ -232,6 +236,10 @@ enum Command {
         /// attention) or `top-M` (membership in the teacher's top M keys, what a budget of M keeps).
         #[arg(long, default_value = "top-128")]
         target: String,
+        /// What the controller reads per token: 0, its embedding; L, the model's residual
+        /// stream after layer L (collected with `collect --features-after L`).
+        #[arg(long, default_value_t = 0)]
+        input_layer: usize,
     },
     /// ADORE controller files.
     Controller {
@@ -466,7 +474,7 @@ fn run(cli: Cli) -> Result<()> {
             Ok(())
         }
         #[cfg(feature = "train")]
-        Command::Collect { model, text, out, seq_len, queries, seed, teacher } => {
+        Command::Collect { model, text, out, seq_len, queries, seed, teacher, features_after } => {
             let kind: train::data::TeacherKind = teacher.parse()?;
             let path = model_path(&model.model)?;
             let files = adore::model::files::Files::read(&path).with_context(|| format!("reading {}", path.display()))?;
@@ -483,6 +491,7 @@ fn run(cli: Cli) -> Result<()> {
                 queries,
                 seed,
                 kind,
+                features_after: &features_after,
             })
         }
         #[cfg(feature = "train")]
@@ -503,6 +512,7 @@ fn run(cli: Cli) -> Result<()> {
             json,
             loss_keys,
             target,
+            input_layer,
         } => {
             let target: train::fit::Target = target.parse()?;
             let unprotected_only = match loss_keys.as_str() {
@@ -526,8 +536,20 @@ fn run(cli: Cli) -> Result<()> {
                     train_seqs.split_off(keep)
                 }
             };
-            let o =
-                train::fit::FitOptions { d_c: width, buckets, epochs, seed, lr, batch, sinks, recent, budgets, unprotected_only, target };
+            let o = train::fit::FitOptions {
+                d_c: width,
+                buckets,
+                epochs,
+                seed,
+                lr,
+                batch,
+                sinks,
+                recent,
+                budgets,
+                unprotected_only,
+                target,
+                input_layer,
+            };
             eprintln!("train-controller: {} training and {} held-out sequences, {epochs} epochs", train_seqs.len(), held.len());
             let bar = ProgressBar::new(epochs as u64);
             bar.set_style(
@@ -558,7 +580,7 @@ fn run(cli: Cli) -> Result<()> {
                 v.join(", ")
             };
             c.training = format!(
-                "trained by adore train-controller on {} sequences of {} ({}); held out: {}; {epochs} epochs, lr {lr}, batch {batch}, {buckets} buckets, seed {seed}, target {}, loss over {} keys; final held-out loss {:.4}",
+                "trained by adore train-controller on {} sequences of {} ({}); held out: {}; {epochs} epochs, lr {lr}, batch {batch}, {buckets} buckets, seed {seed}, target {}, loss over {} keys, input {}; final held-out loss {:.4}",
                 train_seqs.len(),
                 train_seqs[0].len(),
                 names(&train_seqs),
@@ -568,6 +590,7 @@ fn run(cli: Cli) -> Result<()> {
                     train::fit::Target::TopM(m) => format!("the teacher's top {m}"),
                 },
                 if unprotected_only { format!("the unprotected ({sinks} sinks, {recent} recent left out)") } else { "all".to_string() },
+                if input_layer == 0 { "the token embeddings".to_string() } else { format!("the residual stream after layer {input_layer}") },
                 report.epochs.last().map_or(f64::NAN, |e| e.heldout_loss)
             );
             std::fs::write(&out, c.to_bytes()?).with_context(|| format!("writing {}", out.display()))?;

@@ -80,6 +80,8 @@ fn collect_matches(kind: &str) {
         "48",
         "--queries",
         "7",
+        "--features-after",
+        "1,2",
         "--teacher",
         kind,
     ];
@@ -106,6 +108,13 @@ fn collect_matches(kind: &str) {
             let acc: Vec<f32> = (0..48).map(|j| (0..=q).map(|r| want[r][j]).sum::<f64>() as f32).collect();
             common::assert_close(&format!("{f:?} h2o at {q}"), &h2o[qi * 48..(qi + 1) * 48], &acc, 1e-5, 1e-4);
         }
+        // The residual stream after each layer asked for, every row.
+        for layer in [1, 2] {
+            let (shape, bytes) = &t[&format!("features.{layer}")];
+            assert_eq!(shape, &vec![48, common::tiny::HIDDEN]);
+            let w: Vec<f32> = run.residuals[layer - 1].iter().map(|&x| x as f32).collect();
+            common::assert_close(&format!("{f:?} residual stream after layer {layer}"), &f32s(bytes), &w, 1e-4, 1e-4);
+        }
     }
     // A repeated run finds the work done and changes nothing.
     let before: Vec<Vec<u8>> = files.iter().map(|f| std::fs::read(f).unwrap()).collect();
@@ -120,6 +129,41 @@ fn collect_matches(kind: &str) {
     assert!(!refused.status.success());
     assert!(String::from_utf8_lossy(&refused.stderr).contains("other settings"), "{}", String::from_utf8_lossy(&refused.stderr));
     if kind == "attention" {
+        // A controller reading the residual stream trains on the stored layers, and the engine
+        // runs it; a layer not collected is refused.
+        let train = |layer: &str| {
+            Command::new(env!("CARGO_BIN_EXE_adore"))
+                .args(["train-controller", "--model", model.to_str().unwrap(), "--data", out.to_str().unwrap()])
+                .args(["--out", d.join("ctl.safetensors").to_str().unwrap(), "--epochs", "2", "--width", "8", "--buckets", "8"])
+                .args(["--budgets", "8", "--recent", "2", "--target", "top-8", "--input-layer", layer])
+                .env("XDG_RUNTIME_DIR", std::env::temp_dir())
+                .output()
+                .unwrap()
+        };
+        let trained = train("2");
+        assert!(trained.status.success(), "{}", String::from_utf8_lossy(&trained.stderr));
+        let prompt = "the cat sat on the mat and then the hat in the sun";
+        let gen = adore(&[
+            "generate",
+            "--model",
+            model.to_str().unwrap(),
+            "--prompt",
+            prompt,
+            "--max-tokens",
+            "8",
+            "--policy",
+            "adore",
+            "--budget",
+            "8",
+            "--recent",
+            "2",
+            "--controller",
+            d.join("ctl.safetensors").to_str().unwrap(),
+        ]);
+        assert!(!gen.stdout.is_empty());
+        let missing = train("3");
+        assert!(!missing.status.success());
+        assert!(String::from_utf8_lossy(&missing.stderr).contains("--features-after 3"), "{}", String::from_utf8_lossy(&missing.stderr));
         // A manifest from before the teacher could be chosen is the averaged attention's.
         let path = out.join("manifest.json");
         let mut m: serde_json::Value = serde_json::from_slice(&std::fs::read(&path).unwrap()).unwrap();

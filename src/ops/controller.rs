@@ -23,6 +23,9 @@ pub struct Params {
     pub off_bias: u32,
     pub max_distance: u32,
     pub capacity: u32,
+    /// 1 when the input rows are residual-stream rows, normalised by their RMS.
+    pub input_norm: u32,
+    pub pad: [u32; 3],
 }
 
 /// A controller's weights packed in one GPU buffer, with the distance-bias table expanded
@@ -30,6 +33,8 @@ pub struct Params {
 pub struct GpuController {
     pub weights: wgpu::Buffer,
     pub params: Params,
+    /// The layer after which the step reads the residual stream (0: the embeddings).
+    pub input_layer: usize,
 }
 
 impl GpuController {
@@ -57,12 +62,15 @@ impl GpuController {
             off_bias,
             max_distance: c.max_distance as u32,
             capacity: capacity as u32,
+            input_norm: (c.input_layer > 0) as u32,
+            pad: [0; 3],
         };
-        Ok(Self { weights: ctx.storage_init("controller", bytemuck::cast_slice(&packed))?, params })
+        Ok(Self { weights: ctx.storage_init("controller", bytemuck::cast_slice(&packed))?, params, input_layer: c.input_layer })
     }
 }
 
-/// Dispatch running the GRU over the step's rows (embeddings `x`), storing keys by position.
+/// Dispatch running the GRU over the step's new rows (`x`: embeddings, or the residual stream
+/// after the controller's input layer), storing keys by position.
 pub fn build_step(
     ctx: &Context,
     c: &GpuController,

@@ -273,6 +273,7 @@ impl Tiny {
         let mut attention = vec![vec![0f64; n_keys]; n];
         let mut contribution = vec![vec![0f64; n_keys]; n];
         let mut kv = Vec::new();
+        let mut residuals = Vec::new();
         for l in 0..LAYERS {
             let g = |s: &str| self.get(&format!("blk.{l}.{s}.weight"));
             let xn = rmsnorm(&x, g("attn_norm"));
@@ -338,6 +339,7 @@ impl Tiny {
             let h: Vec<f64> = gate.iter().zip(&up).map(|(g, u)| g / (1.0 + (-g).exp()) * u).collect();
             let down = matmul(&h, g("ffn_down"), FFN);
             x.iter_mut().zip(&down).for_each(|(a, b)| *a += b);
+            residuals.push(x.clone());
         }
         let xn = rmsnorm(&x, self.get("output_norm.weight"));
         let logits = matmul(&xn, embd, HIDDEN).into_iter().map(|v| v as f32).collect();
@@ -345,7 +347,7 @@ impl Tiny {
             let z: f64 = row.iter().sum();
             row.iter_mut().for_each(|c| *c /= z);
         }
-        Run { logits, kv, attention, contribution }
+        Run { logits, kv, attention, contribution, residuals }
     }
 }
 
@@ -362,6 +364,8 @@ pub struct Run {
     /// times the norm of its value through that head's slice of the output projection), summed
     /// over heads and layers and normalised to sum to 1.
     pub contribution: Vec<Vec<f64>>,
+    /// Per layer, the residual stream after it, (rows, HIDDEN).
+    pub residuals: Vec<Vec<f64>>,
 }
 
 /// The GGUF file's K feature index of this model's feature `i` (llama.cpp's q/k row order).

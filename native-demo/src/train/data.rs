@@ -55,6 +55,9 @@ pub struct Sequence {
     pub teacher: Vec<f32>,
     /// (queries, seq_len): accumulated attention of keys over queries 0..=t.
     pub h2o: Vec<f32>,
+    /// (layer, (seq_len, hidden)): the residual stream after that layer, for controllers that
+    /// read the model's state (`collect --features-after`).
+    pub features: Vec<(usize, Vec<f32>)>,
 }
 
 impl Sequence {
@@ -66,12 +69,15 @@ impl Sequence {
         let (n, q) = (self.ids.len(), self.queries.len());
         let b = |v: &[u32]| bytemuck_u32(v);
         let f = |v: &[f32]| v.iter().flat_map(|x| x.to_le_bytes()).collect::<Vec<u8>>();
-        let parts = [
-            ("ids", Dtype::U32, vec![n], b(&self.ids)),
-            ("queries", Dtype::U32, vec![q], b(&self.queries)),
-            ("teacher", Dtype::F32, vec![q, n], f(&self.teacher)),
-            ("h2o", Dtype::F32, vec![q, n], f(&self.h2o)),
+        let mut parts = vec![
+            ("ids".to_string(), Dtype::U32, vec![n], b(&self.ids)),
+            ("queries".to_string(), Dtype::U32, vec![q], b(&self.queries)),
+            ("teacher".to_string(), Dtype::F32, vec![q, n], f(&self.teacher)),
+            ("h2o".to_string(), Dtype::F32, vec![q, n], f(&self.h2o)),
         ];
+        for (layer, x) in &self.features {
+            parts.push((format!("features.{layer}"), Dtype::F32, vec![n, x.len() / n.max(1)], f(x)));
+        }
         let views = parts
             .iter()
             .map(|(name, dt, shape, bytes)| Ok((name.to_string(), TensorView::new(*dt, shape.clone(), bytes)?)))
@@ -99,12 +105,25 @@ impl Sequence {
         if t_shape != [q, n] || h_shape != [q, n] {
             bail!("{}: teacher and h2o must be ({q}, {n})", path.display());
         }
+        let mut features = Vec::new();
+        for (name, _) in st.tensors() {
+            if let Some(layer) = name.strip_prefix("features.") {
+                let layer: usize = layer.parse().with_context(|| format!("{}: tensor {name} names no layer", path.display()))?;
+                let (shape, x) = get(&name, Dtype::F32)?;
+                if shape.len() != 2 || shape[0] != n {
+                    bail!("{}: {name} must be ({n}, hidden), not {shape:?}", path.display());
+                }
+                features.push((layer, f32s(&x)));
+            }
+        }
+        features.sort_by_key(|(l, _)| *l);
         let seq = Sequence {
             name: path.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_default(),
             ids: u32s(&ids),
             queries: u32s(&queries),
             teacher: f32s(&teacher),
             h2o: f32s(&h2o),
+            features,
         };
         if seq.queries.iter().any(|&t| t as usize >= n) {
             bail!("{}: a query position is outside the sequence", path.display());
@@ -196,6 +215,8 @@ pub struct Collect<'a> {
     pub queries: usize,
     pub seed: u64,
     pub kind: TeacherKind,
+    /// Layers after which the residual stream is stored (numbered from 1).
+    pub features_after: &'a [usize],
 }
 
 /// Runs the teacher over every full window of `seq_len` tokens of each text.
@@ -212,6 +233,7 @@ pub fn collect(c: &Collect) -> Result<()> {
         "queries": c.queries,
         "seed": c.seed,
         "teacher": c.kind.name(),
+        "features_after": c.features_after,
     });
     if manifest_path.exists() {
         let mut old: serde_json::Value = serde_json::from_slice(&std::fs::read(&manifest_path)?)
@@ -219,6 +241,7 @@ pub fn collect(c: &Collect) -> Result<()> {
         // Data collected before the teacher could be chosen is the averaged attention's.
         if let Some(o) = old.as_object_mut() {
             o.entry("teacher").or_insert_with(|| TeacherKind::Attention.name().into());
+            o.entry("features_after").or_insert_with(|| serde_json::json!([]));
         }
         if old != manifest {
             bail!("{} holds data made with other settings or for another model ({old}); use a new --out directory", c.out.display());
@@ -248,11 +271,11 @@ pub fn collect(c: &Collect) -> Result<()> {
             .unwrap_or_else(|_| ProgressStyle::default_bar()),
     );
     for (name, ids, seed) in todo {
-        let views = c.teacher.attention(ids, c.kind == TeacherKind::Contribution)?;
+        let views = c.teacher.attention(ids, c.kind == TeacherKind::Contribution, c.features_after)?;
         let queries = sample_queries(ids.len(), c.queries, 1, c.seed ^ seed.wrapping_mul(0x2545_F491_4F6C_DD1D));
         let view = views.contribution.as_deref().unwrap_or(&views.attention);
         let (teacher, h2o) = targets(&views.attention, view, ids.len(), &queries);
-        let seq = Sequence { name: name.clone(), ids: ids.clone(), queries, teacher, h2o };
+        let seq = Sequence { name: name.clone(), ids: ids.clone(), queries, teacher, h2o, features: views.features };
         let meta: HashMap<String, String> = [
             ("format", FORMAT.to_string()),
             ("model_fingerprint", c.fingerprint.to_string()),

@@ -27,6 +27,9 @@ pub struct FitOptions {
     /// left out of the softmax and the teacher renormalised over the rest.
     pub unprotected_only: bool,
     pub target: Target,
+    /// 0: the GRU reads token embeddings; L: the residual stream after layer L, stored by
+    /// `collect --features-after L`.
+    pub input_layer: usize,
 }
 
 /// What the controller's softmax over keys is trained to match, per query.
@@ -140,6 +143,7 @@ struct Model<'a> {
     /// (sinks, recent) left out of the loss.
     protected: Option<(usize, usize)>,
     target: Target,
+    input_layer: usize,
 }
 
 impl Model<'_> {
@@ -152,8 +156,24 @@ impl Model<'_> {
         // carry no gradient, so taking a step's rows costs nothing in the backward pass (a slice
         // of a tensor that does, such as the projected inputs, would be padded back to its whole
         // size at every step).
-        let ids: Vec<u32> = (0..n).flat_map(|t| batch.iter().map(move |s| s.ids[t])).collect();
-        let e = self.embed.index_select(&Tensor::from_vec(ids, n * b, &dev)?, 0)?.reshape((n, b, ()))?;
+        let e = if self.input_layer == 0 {
+            let ids: Vec<u32> = (0..n).flat_map(|t| batch.iter().map(move |s| s.ids[t])).collect();
+            self.embed.index_select(&Tensor::from_vec(ids, n * b, &dev)?, 0)?.reshape((n, b, ()))?
+        } else {
+            // The residual stream at the chosen layer, each row divided by its RMS.
+            let rows: Vec<&[f32]> = batch.iter().map(|s| features(s, self.input_layer)).collect::<Result<_>>()?;
+            let hidden = rows[0].len() / n;
+            let mut x = Vec::with_capacity(n * b * hidden);
+            for t in 0..n {
+                for r in &rows {
+                    let row = &r[t * hidden..(t + 1) * hidden];
+                    let ms = row.iter().map(|v| *v as f64 * *v as f64).sum::<f64>() / hidden as f64;
+                    let inv = 1.0 / (ms + adore::controller::INPUT_EPS as f64).sqrt();
+                    x.extend(row.iter().map(|v| (*v as f64 * inv) as f32));
+                }
+            }
+            Tensor::from_vec(x, (n, b, hidden), &dev)?
+        };
         let (proj, w_ih, w_hh) = (self.p.proj.t()?, self.p.w_ih.t()?, self.p.w_hh.t()?);
         let mut h = Tensor::zeros((b, d), DType::F32, &dev)?;
         let mut hs = Vec::with_capacity(n);
@@ -237,6 +257,14 @@ impl Model<'_> {
     }
 }
 
+/// A sequence's residual stream after `layer`, (n, hidden).
+fn features(s: &Sequence, layer: usize) -> Result<&[f32]> {
+    match s.features.iter().find(|(l, _)| *l == layer) {
+        Some((_, x)) => Ok(x),
+        None => bail!("{}: no residual stream after layer {layer} in the data (collect it with --features-after {layer})", s.name),
+    }
+}
+
 /// Batches of equal-length sequences with equal query counts.
 fn batches<'a>(seqs: &'a [Sequence], size: usize, rng: Option<&mut Rng>) -> Vec<Vec<&'a Sequence>> {
     let mut order: Vec<usize> = (0..seqs.len()).collect();
@@ -275,7 +303,16 @@ pub fn fit(
     if let Some(bad) = train.iter().chain(heldout).flat_map(|s| &s.ids).find(|&&t| t as usize >= vocab) {
         bail!("token id {bad} in the data is outside this model's vocabulary of {vocab}: the data was collected for another model");
     }
+    if o.input_layer > 0 {
+        for s in train.iter().chain(heldout) {
+            let x = features(s, o.input_layer)?;
+            if x.len() != s.len() * hidden {
+                bail!("{}: the stored residual stream is not ({}, {hidden}): collected for another model", s.name, s.len());
+            }
+        }
+    }
     let mut c = Controller::random(fingerprint, hidden, o.d_c, o.buckets, o.seed)?;
+    c.input_layer = o.input_layer;
     // Start from recency: the distance bias falls with the log of each bucket's nearest
     // distance and the query is zero, so the first ranking is the most recent first (what
     // sinks + window keeps, this model's strongest simple baseline); training then moves
@@ -291,7 +328,16 @@ pub fn fit(
     let p = Params::new(&c)?;
     let embed = Tensor::from_slice(embed, (vocab, hidden), &Device::Cpu)?;
     let protected = o.unprotected_only.then_some((o.sinks, o.recent));
-    let model = Model { p: &p, embed: &embed, d: o.d_c, buckets: o.buckets, max_distance: c.max_distance, protected, target: o.target };
+    let model = Model {
+        p: &p,
+        embed: &embed,
+        d: o.d_c,
+        buckets: o.buckets,
+        max_distance: c.max_distance,
+        protected,
+        target: o.target,
+        input_layer: o.input_layer,
+    };
     let mut opt = AdamW::new(p.vars(), ParamsAdamW { lr: o.lr, weight_decay: 0.0, ..Default::default() })?;
     let mut rng = Rng(o.seed ^ 0xA5A5_5A5A_1234_5678);
     let held = batches(heldout, o.batch, None);
@@ -326,8 +372,14 @@ fn recall_table(model: &Model, heldout: &[Sequence], o: &FitOptions) -> Result<V
     for s in heldout {
         let n = s.len();
         // Every position's scores, for the replay of final releases.
-        let every =
-            Sequence { name: s.name.clone(), ids: s.ids.clone(), queries: (0..n as u32).collect(), teacher: Vec::new(), h2o: Vec::new() };
+        let every = Sequence {
+            name: s.name.clone(),
+            ids: s.ids.clone(),
+            queries: (0..n as u32).collect(),
+            teacher: Vec::new(),
+            h2o: Vec::new(),
+            features: s.features.clone(),
+        };
         let all = model.scores(&[&every])?.flatten_all()?.to_vec1::<f32>()?;
         let at: Vec<usize> = s.queries.iter().map(|&t| t as usize).collect();
         for r in rows.iter_mut() {

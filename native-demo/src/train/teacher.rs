@@ -30,6 +30,9 @@ pub struct Views {
     /// Contributions to the attention outputs, summed over heads and layers and normalised per
     /// query (when asked for).
     pub contribution: Option<Vec<f32>>,
+    /// The residual stream after each layer asked for (1 = after the first block), (T, hidden)
+    /// row-major: what a controller reading the model's state takes as input.
+    pub features: Vec<(usize, Vec<f32>)>,
 }
 
 pub struct Teacher {
@@ -84,8 +87,12 @@ impl Teacher {
 
     /// Every query's view of the keys, (T, T) row-major each: row t holds a distribution over
     /// keys 0..=t (zeros after). The contributions cost a product per head and layer, so they
-    /// are computed only `with_contribution`.
-    pub fn attention(&self, ids: &[u32], with_contribution: bool) -> Result<Views> {
+    /// are computed only `with_contribution`; the residual stream is kept after the layers in
+    /// `features_after` (numbered from 1).
+    pub fn attention(&self, ids: &[u32], with_contribution: bool, features_after: &[usize]) -> Result<Views> {
+        if let Some(bad) = features_after.iter().find(|&&l| l == 0 || l > self.layers.len()) {
+            anyhow::bail!("layer {bad} is not one of this model's layers 1..={}", self.layers.len());
+        }
         let c = &self.config;
         let n = ids.len();
         let dev = Device::Cpu;
@@ -101,7 +108,8 @@ impl Teacher {
         let mut total = Tensor::zeros((n, n), DType::F32, &dev)?;
         let mut contribution = Tensor::zeros((n, n), DType::F32, &dev)?;
         let scale = 1.0 / (hd as f64).sqrt();
-        for layer in &self.layers {
+        let mut features = Vec::new();
+        for (li, layer) in self.layers.iter().enumerate() {
             let xn = self.rmsnorm(&x, &layer.attn_norm)?;
             let heads = |w: &Tensor, k: usize| -> Result<Tensor> { Ok(xn.matmul(w)?.reshape((1, n, k, hd))?.transpose(1, 2)?) };
             let q = self.rope(&heads(&layer.q, h)?, &cos, &sin)?;
@@ -130,12 +138,15 @@ impl Teacher {
             let g = xn.matmul(&layer.gate)?.silu()?;
             let u = xn.matmul(&layer.up)?;
             x = (x + (g * u)?.matmul(&layer.down)?)?;
+            if features_after.contains(&(li + 1)) {
+                features.push((li + 1, x.flatten_all()?.to_vec1::<f32>()?));
+            }
         }
         let total = (total / (h * self.layers.len()) as f64)?;
         let contribution = match with_contribution {
             true => Some(contribution.broadcast_div(&contribution.sum_keepdim(1)?)?.flatten_all()?.to_vec1::<f32>()?),
             false => None,
         };
-        Ok(Views { attention: total.flatten_all()?.to_vec1::<f32>()?, contribution })
+        Ok(Views { attention: total.flatten_all()?.to_vec1::<f32>()?, contribution, features })
     }
 }
