@@ -53,6 +53,14 @@ pub fn bucket(distance: u32, buckets: usize, max_distance: usize) -> usize {
     b.min(buckets - 1)
 }
 
+/// A residual-stream row divided by its root mean square (with [`INPUT_EPS`]): a controller's
+/// input when it reads the residual stream.
+pub fn rms_normalised(x: &[f32]) -> Vec<f32> {
+    let ms = x.iter().map(|v| *v as f64 * *v as f64).sum::<f64>() / x.len().max(1) as f64;
+    let inv = 1.0 / (ms + INPUT_EPS as f64).sqrt();
+    x.iter().map(|v| (*v as f64 * inv) as f32).collect()
+}
+
 impl Controller {
     /// A seeded random controller for `model` (for tests until one is trained).
     pub fn random(fingerprint: &str, hidden: usize, d_c: usize, buckets: usize, seed: u64) -> Result<Self> {
@@ -203,9 +211,7 @@ impl Controller {
         if self.input_layer == 0 {
             return x.to_vec();
         }
-        let ms = x.iter().map(|v| *v as f64 * *v as f64).sum::<f64>() / x.len().max(1) as f64;
-        let inv = 1.0 / (ms + INPUT_EPS as f64).sqrt();
-        x.iter().map(|v| (*v as f64 * inv) as f32).collect()
+        rms_normalised(x)
     }
 
     /// Reference: one GRU step from input `e` (see [`Controller::input`]), updating `h`.

@@ -143,23 +143,7 @@ fn collect_matches(kind: &str) {
         let trained = train("2");
         assert!(trained.status.success(), "{}", String::from_utf8_lossy(&trained.stderr));
         let prompt = "the cat sat on the mat and then the hat in the sun";
-        let gen = adore(&[
-            "generate",
-            "--model",
-            model.to_str().unwrap(),
-            "--prompt",
-            prompt,
-            "--max-tokens",
-            "8",
-            "--policy",
-            "adore",
-            "--budget",
-            "8",
-            "--recent",
-            "2",
-            "--controller",
-            d.join("ctl.safetensors").to_str().unwrap(),
-        ]);
+        let gen = generate_with(&model, prompt, &d.join("ctl.safetensors"));
         assert!(!gen.stdout.is_empty());
         let missing = train("3");
         assert!(!missing.status.success());
@@ -279,12 +263,18 @@ fn training_finds_the_tokens_a_synthetic_teacher_attends_to() {
         assert!(a[n] == b[n], "tensor {n} differs between two runs with the same seed");
     }
     // The file is a controller for this model: the engine accepts it.
+    generate_with(&model, "the cat", &d.join("a.safetensors"));
+}
+
+/// `adore generate` with the adore policy (budget 8, 2 recent) and `controller`.
+fn generate_with(model: &Path, prompt: &str, controller: &Path) -> Output {
+    let (m, c) = (model.to_str().unwrap(), controller.to_str().unwrap());
     adore(&[
         "generate",
         "--model",
-        model.to_str().unwrap(),
+        m,
         "--prompt",
-        "the cat",
+        prompt,
         "--max-tokens",
         "8",
         "--policy",
@@ -294,6 +284,6 @@ fn training_finds_the_tokens_a_synthetic_teacher_attends_to() {
         "--recent",
         "2",
         "--controller",
-        d.join("a.safetensors").to_str().unwrap(),
-    ]);
+        c,
+    ])
 }

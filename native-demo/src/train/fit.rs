@@ -166,10 +166,7 @@ impl Model<'_> {
             let mut x = Vec::with_capacity(n * b * hidden);
             for t in 0..n {
                 for r in &rows {
-                    let row = &r[t * hidden..(t + 1) * hidden];
-                    let ms = row.iter().map(|v| *v as f64 * *v as f64).sum::<f64>() / hidden as f64;
-                    let inv = 1.0 / (ms + adore::controller::INPUT_EPS as f64).sqrt();
-                    x.extend(row.iter().map(|v| (*v as f64 * inv) as f32));
+                    x.extend(adore::controller::rms_normalised(&r[t * hidden..(t + 1) * hidden]));
                 }
             }
             Tensor::from_vec(x, (n, b, hidden), &dev)?
