@@ -296,8 +296,8 @@ struct ModelArgs {
     /// Protected first tokens (sink, h2o, tova, adore).
     #[arg(long, default_value_t = 4)]
     sinks: usize,
-    /// Protected most recent tokens (h2o, tova, adore) [default: half the budget for h2o and
-    /// adore, 16 for tova].
+    /// Protected most recent tokens (h2o, tova, adore) [default: half the budget for h2o, three
+    /// quarters for adore, 16 for tova].
     #[arg(long)]
     recent: Option<usize>,
     /// Released tokens recomputed with each generated token (adore; 0 = release only).

@@ -49,7 +49,7 @@ export interface GenerateOptions {
   budget?: number;
   /** Protected first tokens (default 4). */
   sinks?: number;
-  /** Protected most recent tokens (h2o, tova, adore; default: half the budget for h2o and adore, 16 for tova). */
+  /** Protected most recent tokens (h2o, tova, adore; default: half the budget for h2o, three quarters for adore, 16 for tova). */
   recent?: number | null;
   /** Released tokens the adore policy may rebuild per step (default 0). */
   rebuild?: number;
