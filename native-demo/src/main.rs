@@ -182,7 +182,8 @@ enum Command {
         seed: u64,
         /// What the teacher distribution measures: `attention` (averaged over heads and layers)
         /// or `contribution` (attention times the size of what each key's value adds to the
-        /// head's output, summed over heads and layers).
+        /// head's output, summed over heads and layers) or `future-H` (the averaged attention of
+        /// the query and the H - 1 queries after it, on the keys up to the query).
         #[arg(long, default_value = "attention")]
         teacher: String,
         /// Also store the residual stream after these layers (numbered from 1), for

@@ -58,6 +58,11 @@ fn collect_targets_equal_the_summed_contributions() {
     collect_matches("contribution");
 }
 
+#[test]
+fn collect_targets_equal_the_attention_of_the_queries_ahead() {
+    collect_matches("future-5");
+}
+
 /// `collect --teacher KIND` on a tiny model against the f64 reference: the teacher rows are
 /// KIND's, H2O's accumulation is always the averaged attention's.
 fn collect_matches(kind: &str) {
@@ -103,7 +108,16 @@ fn collect_matches(kind: &str) {
         for (qi, &q) in queries.iter().enumerate() {
             let q = q as usize;
             let got = &teacher[qi * 48..(qi + 1) * 48];
-            let w: Vec<f32> = rows[q].iter().map(|&x| x as f32).collect();
+            let w: Vec<f32> = match kind.strip_prefix("future-").map(|h| h.parse::<usize>().unwrap()) {
+                // The mean of rows q..q+h (clipped) on keys 0..=q, normalised.
+                Some(h) => {
+                    let sums: Vec<f64> =
+                        (0..48).map(|j| if j <= q { (q..(q + h).min(48)).map(|r| want[r][j]).sum() } else { 0.0 }).collect();
+                    let z: f64 = sums.iter().sum();
+                    sums.iter().map(|&x| (x / z) as f32).collect()
+                }
+                None => rows[q].iter().map(|&x| x as f32).collect(),
+            };
             common::assert_close(&format!("{f:?} teacher row {q}"), got, &w, 1e-5, 1e-4);
             let acc: Vec<f32> = (0..48).map(|j| (0..=q).map(|r| want[r][j]).sum::<f64>() as f32).collect();
             common::assert_close(&format!("{f:?} h2o at {q}"), &h2o[qi * 48..(qi + 1) * 48], &acc, 1e-5, 1e-4);

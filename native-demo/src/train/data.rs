@@ -24,13 +24,18 @@ pub enum TeacherKind {
     /// norm of its value through the output projection, summed over heads and layers. A key
     /// that draws attention but adds little (a newline acting as a sink) ranks low.
     Contribution,
+    /// The averaged attention of the query and the next `H - 1` queries on each key up to the
+    /// query, averaged over those queries: a release is final, so a key should be kept for what
+    /// it will be worth over the steps ahead, not only to the current token.
+    Future(usize),
 }
 
 impl TeacherKind {
-    pub fn name(self) -> &'static str {
+    pub fn name(self) -> String {
         match self {
-            TeacherKind::Attention => "attention",
-            TeacherKind::Contribution => "contribution",
+            TeacherKind::Attention => "attention".to_string(),
+            TeacherKind::Contribution => "contribution".to_string(),
+            TeacherKind::Future(h) => format!("future-{h}"),
         }
     }
 }
@@ -41,7 +46,10 @@ impl std::str::FromStr for TeacherKind {
         match s {
             "attention" => Ok(TeacherKind::Attention),
             "contribution" => Ok(TeacherKind::Contribution),
-            _ => bail!("--teacher is `attention` or `contribution`, not {s:?}"),
+            _ => match s.strip_prefix("future-").map(str::parse::<usize>) {
+                Some(Ok(h)) if h >= 1 => Ok(TeacherKind::Future(h)),
+                _ => bail!("--teacher is `attention`, `contribution` or `future-H` (H >= 1 queries), not {s:?}"),
+            },
         }
     }
 }
@@ -184,6 +192,19 @@ pub fn sample_queries(n: usize, count: usize, first: usize, seed: u64) -> Vec<u3
     pool
 }
 
+/// Row t of the future view: the mean over queries t..t+h (clipped to the sequence) of the
+/// averaged attention `att` ((n, n)) on keys 0..=t, normalised to sum to 1; zeros after t.
+pub fn future_row(att: &[f32], n: usize, t: usize, h: usize) -> Vec<f32> {
+    let mut row = vec![0f64; n];
+    for q in t..(t + h).min(n) {
+        for (r, &p) in row[..=t].iter_mut().zip(&att[q * n..q * n + t + 1]) {
+            *r += p as f64;
+        }
+    }
+    let z: f64 = row.iter().sum();
+    row.iter().map(|&r| if z > 0.0 { (r / z) as f32 } else { 0.0 }).collect()
+}
+
 /// The teacher's rows at `queries` (from `view`, (n, n)) and H2O's accumulated attention there
 /// (from the (n, n) averaged attention `att`).
 pub fn targets(att: &[f32], view: &[f32], n: usize, queries: &[u32]) -> (Vec<f32>, Vec<f32>) {
@@ -273,14 +294,24 @@ pub fn collect(c: &Collect) -> Result<()> {
     for (name, ids, seed) in todo {
         let views = c.teacher.attention(ids, c.kind == TeacherKind::Contribution, c.features_after)?;
         let queries = sample_queries(ids.len(), c.queries, 1, c.seed ^ seed.wrapping_mul(0x2545_F491_4F6C_DD1D));
+        let n = ids.len();
+        let future = match c.kind {
+            TeacherKind::Future(h) => {
+                Some(queries.iter().flat_map(|&t| future_row(&views.attention, n, t as usize, h)).collect::<Vec<f32>>())
+            }
+            _ => None,
+        };
         let view = views.contribution.as_deref().unwrap_or(&views.attention);
-        let (teacher, h2o) = targets(&views.attention, view, ids.len(), &queries);
+        let (mut teacher, h2o) = targets(&views.attention, view, n, &queries);
+        if let Some(f) = future {
+            teacher = f;
+        }
         let seq = Sequence { name: name.clone(), ids: ids.clone(), queries, teacher, h2o, features: views.features };
         let meta: HashMap<String, String> = [
             ("format", FORMAT.to_string()),
             ("model_fingerprint", c.fingerprint.to_string()),
             ("name", name.clone()),
-            ("teacher", c.kind.name().to_string()),
+            ("teacher", c.kind.name()),
         ]
         .into_iter()
         .map(|(k, v)| (k.to_string(), v))
@@ -295,4 +326,41 @@ pub fn collect(c: &Collect) -> Result<()> {
     bar.finish_and_clear();
     eprintln!("collect: wrote {} sequences to {}", jobs.len(), c.out.display());
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{future_row, TeacherKind};
+
+    #[test]
+    fn teacher_kinds_parse_and_nonsense_is_refused() {
+        assert_eq!("attention".parse::<TeacherKind>().unwrap(), TeacherKind::Attention);
+        assert_eq!("future-256".parse::<TeacherKind>().unwrap(), TeacherKind::Future(256));
+        assert_eq!(TeacherKind::Future(7).name(), "future-7");
+        for bad in ["future-0", "future-", "future-x", "future256", "", "Attention"] {
+            let e = bad.parse::<TeacherKind>().unwrap_err().to_string();
+            assert!(e.contains("--teacher"), "{bad:?}: {e}");
+        }
+    }
+
+    #[test]
+    fn future_row_averages_the_next_queries_on_keys_up_to_the_query() {
+        // 4 queries over 4 keys, causal rows.
+        #[rustfmt::skip]
+        let att = [
+            1.0, 0.0, 0.0, 0.0,
+            0.5, 0.5, 0.0, 0.0,
+            0.2, 0.2, 0.6, 0.0,
+            0.1, 0.3, 0.2, 0.4,
+        ];
+        // h = 1 is the query's own row.
+        assert_eq!(future_row(&att, 4, 2, 1), vec![0.2, 0.2, 0.6, 0.0]);
+        // Query 1 with h = 3: rows 1, 2, 3 on keys 0 and 1 sum to (0.8, 1.0), normalised.
+        let r = future_row(&att, 4, 1, 3);
+        let want = [0.8 / 1.8, 1.0 / 1.8, 0.0, 0.0];
+        assert!(r.iter().zip(want).all(|(a, b)| (a - b).abs() < 1e-6), "{r:?}");
+        // The horizon is clipped at the end of the sequence.
+        let r = future_row(&att, 4, 3, 100);
+        assert!(r.iter().zip([0.1, 0.3, 0.2, 0.4]).all(|(a, b)| (a - b).abs() < 1e-6), "{r:?}");
+    }
 }
