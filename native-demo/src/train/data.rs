@@ -295,17 +295,12 @@ pub fn collect(c: &Collect) -> Result<()> {
         let views = c.teacher.attention(ids, c.kind == TeacherKind::Contribution, c.features_after)?;
         let queries = sample_queries(ids.len(), c.queries, 1, c.seed ^ seed.wrapping_mul(0x2545_F491_4F6C_DD1D));
         let n = ids.len();
-        let future = match c.kind {
-            TeacherKind::Future(h) => {
-                Some(queries.iter().flat_map(|&t| future_row(&views.attention, n, t as usize, h)).collect::<Vec<f32>>())
-            }
-            _ => None,
-        };
         let view = views.contribution.as_deref().unwrap_or(&views.attention);
-        let (mut teacher, h2o) = targets(&views.attention, view, n, &queries);
-        if let Some(f) = future {
-            teacher = f;
-        }
+        let (teacher, h2o) = targets(&views.attention, view, n, &queries);
+        let teacher = match c.kind {
+            TeacherKind::Future(h) => queries.iter().flat_map(|&t| future_row(&views.attention, n, t as usize, h)).collect(),
+            _ => teacher,
+        };
         let seq = Sequence { name: name.clone(), ids: ids.clone(), queries, teacher, h2o, features: views.features };
         let meta: HashMap<String, String> = [
             ("format", FORMAT.to_string()),
