@@ -115,10 +115,10 @@ fn main() -> adore::Result<()> {
     time(&ctx, "topk 4 of 4096 seen", ops::topk::build(&ctx, &score, &sel, &idx, context, 4, Some(&seen))?, 0.0);
     let up = ops::cache_update::Params { capacity: cap as u32, budget: budget as u32, sinks: 4, recent: 16, in_flight: 0, pad: [0; 3] };
     time(&ctx, "cache_update 512 slots", ops::cache_update::build(&ctx, &table, &score, &seen, up)?, 0.0);
-    let p = ops::compact::Params { capacity: cap as u32, budget: budget as u32, kv_dim: kvd as u32, pad: 0 };
+    let p = ops::staged_update::Params { capacity: cap as u32, budget: budget as u32, kv_dim: kvd as u32, pad: 0 };
     let matrix = ctx.storage("select", (budget * cap * 4) as u64)?;
     let selected = ctx.storage("selected", (2 * budget * kvd * 4) as u64)?;
-    let [product, _] = ops::compact::build_apply(&ctx, &matrix, &kc, &vc, &selected, p)?;
+    let [product, _] = ops::staged_update::build_move_rows(&ctx, &matrix, &kc, &vc, &selected, p)?;
     time(&ctx, "select_matmul 256x512 (one layer)", product, (2 * 2 * budget * cap * kvd) as f64);
     Ok(())
 }

@@ -7,9 +7,10 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 source scripts/setup.sh
 scripts/fetch-data.sh
-# The controller-training commands (feature train, candle on the CPU) are tested too; one
+# The controller-training commands (feature train, candle on the CPU) and the variants kept
+# behind the feature research are tested too; one
 # feature set throughout, so that nothing is built twice.
-features=(--features native-demo/train)
+features=(--features adore-cli/research)
 cargo build --release --locked --workspace --all-targets "${features[@]}"
 ./target/release/adore fetch
 cargo test --release --locked --workspace "${features[@]}" "$@"

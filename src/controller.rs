@@ -200,7 +200,7 @@ impl Controller {
     }
 
     /// The trained controller shipped for the model with `fingerprint`, if there is one (the
-    /// default model's, trained as the README describes).
+    /// default model's, trained as docs/training.md describes).
     pub fn builtin(fingerprint: &str) -> Option<Self> {
         BUILTIN.iter().find_map(|(name, bytes)| Controller::from_bytes(name, bytes, fingerprint).ok())
     }

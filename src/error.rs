@@ -45,7 +45,7 @@ pub enum Error {
     #[error("tokenizer: {0}")]
     Tokenizer(String),
 
-    #[error("the prompt is {tokens} tokens long but the context holds at most {context}; shorten the prompt or raise --context")]
+    #[error("the prompt is {tokens} tokens long but the context holds at most {context}; shorten the prompt or raise the context")]
     PromptTooLong { tokens: usize, context: usize },
 
     #[error("the prompt is empty: give at least one token of text")]

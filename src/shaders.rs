@@ -67,7 +67,7 @@ shader!(REBUILD_RANK, "rebuild_rank", false);
 shader!(REBUILD_MASK, "rebuild_mask", false);
 shader!(REBUILD_ROWS, "rebuild_rows", false);
 shader!(TABLE_COPY, "table_copy", false);
-shader!(COMPACT, "compact", false);
+shader!(STAGED_MOVES, "staged_moves", false);
 shader!(SELECT_MATRIX, "select_matrix", false);
 shader!(SELECT_MATMUL, "select_matmul", false);
 shader!(SELECT_STORE, "select_store", false);
@@ -94,7 +94,7 @@ pub const ALL: &[&Shader] = &[
     &REBUILD_MASK,
     &REBUILD_ROWS,
     &TABLE_COPY,
-    &COMPACT,
+    &STAGED_MOVES,
     &SELECT_MATRIX,
     &SELECT_MATMUL,
     &SELECT_STORE,

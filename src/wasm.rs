@@ -16,9 +16,9 @@ use wasm_bindgen::prelude::*;
 use crate::error::{Error, Result};
 use crate::generate::{apply_chat_template, reuse_prefix, GenerateOptions, Generation, Message, Stats};
 use crate::gpu::{Context, ContextOptions};
-use crate::kv::{CacheUpdate, Policy, PolicyKind};
 use crate::model::{Model, ModelSpec, Source};
 use crate::ops::sample::Sampling;
+use crate::policy::{CacheUpdate, Policy, PolicyKind, PolicyParts};
 use crate::session::{Session, SessionOptions};
 
 #[wasm_bindgen(start)]
@@ -119,15 +119,8 @@ struct Inner {
 impl Inner {
     fn session_options(&self, o: &Options) -> Result<SessionOptions> {
         let kind: PolicyKind = o.policy.parse()?;
-        let policy = Policy {
-            kind,
-            budget: o.budget,
-            sinks: o.sinks,
-            recent: o.recent.unwrap_or_else(|| Policy::default_recent(kind, o.budget, o.sinks)),
-            rebuild: if kind == PolicyKind::Adore { o.rebuild } else { 0 },
-        };
-        policy.validate()?;
-        let context = o.context.unwrap_or(self.model.config.context.min(4096));
+        let policy = Policy::shared(kind, PolicyParts { budget: o.budget, sinks: o.sinks, recent: o.recent, rebuild: o.rebuild })?;
+        let context = o.context.unwrap_or(SessionOptions::default_context(&self.model.config));
         Ok(SessionOptions { context, chunk: 128, all_logits: false, policy, controller: None, cache_update: CacheUpdate::Scatter })
     }
 

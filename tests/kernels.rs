@@ -391,7 +391,7 @@ fn step_seen(ctx: &Context, n_rows: usize, n_seen: u32) -> wgpu::Buffer {
 
 #[test]
 fn staged_cache_update_by_selection_matrix_equals_a_scatter() {
-    use ops::compact::{self, Params};
+    use ops::staged_update::{self, Params};
     let ctx = ctx();
     let mut rng = Rng::new(12);
     let mut moved = 0;
@@ -413,14 +413,14 @@ fn staged_cache_update_by_selection_matrix_equals_a_scatter() {
             let src = ctx.storage("src", (capacity * 4) as u64).unwrap();
             let sel = ctx.storage("sel", (budget * capacity * 4) as u64).unwrap();
             let out = ctx.storage("out", (2 * budget * kvd * 4) as u64).unwrap();
-            run(&ctx, compact::build_compact(&ctx, &tb, &sb, &src, p).unwrap());
-            run(&ctx, compact::build_matrix(&ctx, &src, &sel, p).unwrap());
-            for d in compact::build_apply(&ctx, &sel, &kb, &vb, &out, p).unwrap() {
+            run(&ctx, staged_update::build_moves(&ctx, &tb, &sb, &src, p).unwrap());
+            run(&ctx, staged_update::build_selection(&ctx, &src, &sel, p).unwrap());
+            for d in staged_update::build_move_rows(&ctx, &sel, &kb, &vb, &out, p).unwrap() {
                 run(&ctx, d);
             }
             let (mut wk, mut wv, mut ws) = (k.clone(), v.clone(), score.clone());
-            let want = compact::reference(&table, &mut [&mut wk, &mut wv], budget, kvd);
-            assert_eq!(compact::reference(&table, &mut [&mut ws], budget, 1), want);
+            let want = staged_update::reference(&table, &mut [&mut wk, &mut wv], budget, kvd);
+            assert_eq!(staged_update::reference(&table, &mut [&mut ws], budget, 1), want);
             let got = pollster::block_on(ctx.read_u32(&tb, capacity)).unwrap();
             assert_eq!(got, want, "slot table, budget {budget} capacity {capacity}");
             let (gk, gv, gs) = (read(&ctx, &kb, capacity * kvd), read(&ctx, &vb, capacity * kvd), read(&ctx, &sb, capacity));

@@ -13,7 +13,7 @@ mod common;
 use std::sync::Arc;
 
 use adore::controller::Controller;
-use adore::kv::{Policy, PolicyKind};
+use adore::policy::{Policy, PolicyKind};
 use adore::{Model, Session, SessionOptions};
 use common::tiny::Tiny;
 use pollster::block_on as run;

@@ -7,9 +7,9 @@ mod common;
 use std::sync::Arc;
 
 use adore::controller::Controller;
-use adore::kv::{CacheUpdate, Policy, PolicyKind};
 use adore::ops::attention::INVALID_SLOT;
 use adore::ops::{cache_update, rebuild::MASKED, topk};
+use adore::policy::{CacheUpdate, Policy, PolicyKind};
 use adore::{Model, Session, SessionOptions};
 use common::assert_close;
 use common::tiny::{gguf_k_dim, Tiny, HEAD_DIM, KV_HEADS, LAYERS};
@@ -153,7 +153,7 @@ fn gpu_policies_release_as_the_reference_does_with_the_same_scores() {
         pollster::block_on(s.prefill(&ids(40))).unwrap();
         assert_eq!(pollster::block_on(s.kept_positions()).unwrap().len(), policy.budget, "{policy:?} after the prefill");
         let params = cache_update::Params::new(0, &policy);
-        let mut table = pollster::block_on(s.slot_table()).unwrap();
+        let mut table = pollster::block_on(s.inspect().slot_table()).unwrap();
         for step in 0..310 {
             let n = s.len();
             pollster::block_on(s.step()).unwrap();
@@ -161,8 +161,8 @@ fn gpu_policies_release_as_the_reference_does_with_the_same_scores() {
             let mut before = table.clone();
             let slot = cache_update::reference_assign(&table, 1)[0];
             before[slot as usize] = n as u32;
-            let scores = pollster::block_on(s.slot_scores()).unwrap();
-            let after = pollster::block_on(s.slot_table()).unwrap();
+            let scores = pollster::block_on(s.inspect().slot_scores()).unwrap();
+            let after = pollster::block_on(s.inspect().slot_table()).unwrap();
             let p = cache_update::Params { capacity: table.len() as u32, ..params };
             let want = cache_update::reference(&before, &scores, p, n as u32 + 1, 1);
             assert_eq!(after, want, "{policy:?}: slot table after step {step} ({} tokens)", n + 1);
@@ -200,8 +200,8 @@ fn adore_controller_scores_equal_a_cpu_recurrence() {
         }
         let q = c.project(&c.w_q, &h);
         let n = tokens.len() as u32;
-        let table = pollster::block_on(s.slot_table()).unwrap();
-        let scores = pollster::block_on(s.slot_scores()).unwrap();
+        let table = pollster::block_on(s.inspect().slot_table()).unwrap();
+        let scores = pollster::block_on(s.inspect().slot_scores()).unwrap();
         let (mut got, mut want) = (Vec::new(), Vec::new());
         for (j, &pos) in table.iter().enumerate() {
             if pos != INVALID_SLOT {
@@ -235,7 +235,7 @@ fn residual_stream_controller_scores_equal_a_cpu_recurrence_under_releases() {
     for &tok in &tokens {
         seen.push(run(s.kept_positions()).unwrap());
         run(s.feed(tok)).unwrap();
-        after.push((run(s.slot_table()).unwrap(), run(s.slot_scores()).unwrap()));
+        after.push((run(s.inspect().slot_table()).unwrap(), run(s.inspect().slot_scores()).unwrap()));
     }
     assert!(seen.last().unwrap().len() < tokens.len() - 1, "the test must release tokens");
     let reference =
@@ -331,15 +331,15 @@ fn adore_rebuild_follows_the_reference_for_300_steps() {
     }
     let mut reentered = 0;
     for n in 30..tokens.len() {
-        let table = run(s.slot_table()).unwrap();
+        let table = run(s.inspect().slot_table()).unwrap();
         run(s.feed(tokens[n])).unwrap();
         remember(tokens[n], &mut h, &mut keys);
         let q = c.project(&c.w_q, &h);
         let r = policy.rebuild.min(n - policy.budget);
-        let (positions, slots) = run(s.last_rows()).unwrap();
+        let (positions, slots) = run(s.inspect().last_rows()).unwrap();
         assert_eq!((positions.len(), positions[0]), (1 + r, n as u32), "rows of step {n}");
         // Candidates: the released positions below n, by controller score; the rest masked.
-        let pos_score = run(s.position_scores()).unwrap();
+        let pos_score = run(s.inspect().position_scores()).unwrap();
         let (mut got, mut want) = (Vec::new(), Vec::new());
         for (i, &sc) in pos_score.iter().enumerate() {
             if i < n && !table.contains(&(i as u32)) {
@@ -358,8 +358,8 @@ fn adore_rebuild_follows_the_reference_for_300_steps() {
         for (&p, &j) in positions.iter().zip(&slots) {
             before[j as usize] = p;
         }
-        let scores = run(s.slot_scores()).unwrap();
-        let after = run(s.slot_table()).unwrap();
+        let scores = run(s.inspect().slot_scores()).unwrap();
+        let after = run(s.inspect().slot_table()).unwrap();
         let p = cache_update::Params::new(table.len(), &policy);
         assert_eq!(after, cache_update::reference(&before, &scores, p, n as u32 + 1, 1), "slot table after step {n}");
         reentered += positions[1..].iter().filter(|p| after.contains(p)).count();
@@ -381,10 +381,10 @@ fn rebuilt_rows_equal_a_cpu_recomputation_against_the_same_cache() {
     let kvd = KV_HEADS * HEAD_DIM;
     let mut rebuilt = 0;
     for n in 24..tokens.len() {
-        let table = run(s.slot_table()).unwrap();
-        let before: Vec<(Vec<f32>, Vec<f32>)> = (0..LAYERS).map(|l| run(s.kv_cache(l)).unwrap()).collect();
+        let table = run(s.inspect().slot_table()).unwrap();
+        let before: Vec<(Vec<f32>, Vec<f32>)> = (0..LAYERS).map(|l| run(s.inspect().kv_cache(l)).unwrap()).collect();
         run(s.feed(tokens[n])).unwrap();
-        let (positions, slots) = run(s.last_rows()).unwrap();
+        let (positions, slots) = run(s.inspect().last_rows()).unwrap();
         let valid: Vec<usize> = (0..table.len()).filter(|&j| table[j] != INVALID_SLOT).collect();
         let cache: Vec<(Vec<f64>, Vec<f64>)> = before
             .iter()
@@ -398,7 +398,7 @@ fn rebuilt_rows_equal_a_cpu_recomputation_against_the_same_cache() {
         let row_tokens: Vec<u32> = positions.iter().map(|&p| tokens[p as usize]).collect();
         let want = tiny.run(&row_tokens, &positions, &cache, &|r, j| key_pos[j] <= positions[r]);
         for (l, (wk, wv)) in want.kv.iter().enumerate() {
-            let (k, v) = run(s.kv_cache(l)).unwrap();
+            let (k, v) = run(s.inspect().kv_cache(l)).unwrap();
             for (r, &slot) in slots.iter().enumerate() {
                 let j = slot as usize;
                 let got_k: Vec<f32> = (0..kvd).map(|i| k[j * kvd + gguf_k_dim(i)]).collect();
@@ -431,7 +431,7 @@ fn oracle_attends_to_the_top_of_its_full_attention() {
     for (t, &tok) in tokens.iter().enumerate() {
         let cache: Vec<(Vec<f64>, Vec<f64>)> = (0..LAYERS)
             .map(|l| {
-                let (k, v) = run(s.kv_cache(l)).unwrap();
+                let (k, v) = run(s.inspect().kv_cache(l)).unwrap();
                 let k = (0..t * kvd).map(|x| k[x / kvd * kvd + gguf_k_dim(x % kvd)] as f64).collect();
                 let v = v[..t * kvd].iter().map(|&x| x as f64).collect();
                 (k, v)
@@ -439,13 +439,13 @@ fn oracle_attends_to_the_top_of_its_full_attention() {
             .collect();
         run(s.feed(tok)).unwrap();
         logits.push(run(s.last_logits()).unwrap());
-        let table = run(s.slot_table()).unwrap();
+        let table = run(s.inspect().slot_table()).unwrap();
         assert_eq!(table[..=t], (0..=t as u32).collect::<Vec<_>>()[..], "the oracle keeps everything, in order");
-        let scores = run(s.slot_scores()).unwrap();
+        let scores = run(s.inspect().slot_scores()).unwrap();
         let want = tiny.run(&[tok], &[t as u32], &cache, &|_, _| true);
         let want: Vec<f32> = want.attention[0].iter().map(|&x| x as f32).collect();
         assert_close(&format!("oracle ranking at step {t}"), &scores[..=t], &want, 1e-5, 1e-3);
-        let att = run(s.attended_table()).unwrap();
+        let att = run(s.inspect().attended_table()).unwrap();
         let p = cache_update::Params { sinks: 0, recent: 0, in_flight: 1, ..cache_update::Params::new(table.len(), &policy) };
         assert_eq!(att, cache_update::reference(&table, &scores, p, t as u32 + 1, 1), "oracle selection at step {t}");
         let kept: Vec<u32> = att.into_iter().filter(|&x| x != INVALID_SLOT).collect();
@@ -484,7 +484,7 @@ fn matmul_and_scatter_cache_updates_keep_the_same_cache() {
             run(b.feed(tok)).unwrap();
             let what = format!("{policy:?} after {} tokens", n + 1);
             assert_close(&format!("logits, {what}"), &run(b.last_logits()).unwrap(), &run(a.last_logits()).unwrap(), 1e-4, 1e-4);
-            let (ta, tb) = (run(a.slot_table()).unwrap(), run(b.slot_table()).unwrap());
+            let (ta, tb) = (run(a.inspect().slot_table()).unwrap(), run(b.inspect().slot_table()).unwrap());
             assert!(tb[policy.budget..].iter().all(|&p| p == INVALID_SLOT), "matmul update left staged rows: {what}");
             let by_pos = |t: &[u32]| {
                 let mut v: Vec<(u32, usize)> = t.iter().enumerate().filter(|(_, &p)| p != INVALID_SLOT).map(|(j, &p)| (p, j)).collect();
@@ -495,8 +495,8 @@ fn matmul_and_scatter_cache_updates_keep_the_same_cache() {
             assert_eq!(pa.iter().map(|x| x.0).collect::<Vec<_>>(), pb.iter().map(|x| x.0).collect::<Vec<_>>(), "kept positions, {what}");
             if n % 10 == 0 {
                 for l in [0, LAYERS - 1] {
-                    let (ka, va) = run(a.kv_cache(l)).unwrap();
-                    let (kb, vb) = run(b.kv_cache(l)).unwrap();
+                    let (ka, va) = run(a.inspect().kv_cache(l)).unwrap();
+                    let (kb, vb) = run(b.inspect().kv_cache(l)).unwrap();
                     for ((p, ja), (_, jb)) in pa.iter().zip(&pb) {
                         let (ra, rb) = (ja * kvd..(ja + 1) * kvd, jb * kvd..(jb + 1) * kvd);
                         assert_close(&format!("K of position {p}, layer {l}, {what}"), &kb[rb.clone()], &ka[ra.clone()], 1e-5, 1e-5);

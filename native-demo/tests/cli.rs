@@ -192,10 +192,12 @@ fn bad_arguments_and_files() {
     // The tiny model's context is 256 tokens: 250 plus 1 + 3 x 16 decoded ones does not fit.
     fails_with(&["bench", "--model", m, "--contexts", "250"], "longest context that fits is 207");
     fails_with(&["generate", "--model", m, "--prompt", "x", "--policy", "sink", "--rebuild", "2"], "adore policy only");
-    fails_with(&["generate", "--model", m, "--prompt", "x", "--policy", "window", "--cache-update", "matmul"], "matmul applies");
-    fails_with(&["generate", "--model", m, "--prompt", "x", "--cache-update", "gather"], "unknown cache update");
+    // The cache-update ablation is a bench and eval option only.
+    fails_with(&["bench", "--model", m, "--policies", "window", "--cache-updates", "matmul"], "matmul applies");
+    fails_with(&["bench", "--model", m, "--cache-updates", "gather"], "invalid value 'gather'");
+    fails_with(&["generate", "--model", m, "--prompt", "x", "--cache-update", "matmul"], "unexpected argument '--cache-update'");
     fails_with(&["generate", "--model", m, "--prompt", "x", "--policy", "sink", "--budget", "4", "--sinks", "4"], "sink");
-    fails_with(&["generate", "--model", m, "--prompt", "x", "--policy", "lru"], "unknown policy");
+    fails_with(&["generate", "--model", m, "--prompt", "x", "--policy", "lru"], "invalid value 'lru'");
     fails_with(&["generate", "--model", m, "--prompt", "x", "--policy", "adore"], "controller");
 }
 

@@ -21,7 +21,7 @@ pub struct Params {
 }
 
 impl Params {
-    pub fn new(capacity: usize, policy: &crate::kv::Policy) -> Self {
+    pub fn new(capacity: usize, policy: &crate::policy::Policy) -> Self {
         Params {
             capacity: capacity as u32,
             budget: policy.budget as u32,

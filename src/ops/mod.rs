@@ -4,7 +4,6 @@
 pub mod add;
 pub mod attention;
 pub mod cache_update;
-pub mod compact;
 pub mod controller;
 pub mod embed;
 pub mod kv_write;
@@ -13,6 +12,7 @@ pub mod rebuild;
 pub mod rmsnorm;
 pub mod rope;
 pub mod sample;
+pub mod staged_update;
 pub mod swiglu;
 pub mod topk;
 

@@ -7,8 +7,8 @@
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
+use crate::progress;
 use anyhow::{bail, Context as _, Result};
-use indicatif::{ProgressBar, ProgressStyle};
 use safetensors::{tensor::TensorView, Dtype, SafeTensors};
 
 use super::teacher::Teacher;
@@ -286,11 +286,7 @@ pub fn collect(c: &Collect) -> Result<()> {
     let done = |name: &str| Sequence::read(&c.out.join(format!("{name}.safetensors"))).is_ok();
     let todo: Vec<_> = jobs.iter().filter(|(name, _, _)| !done(name)).collect();
     eprintln!("collect: {} sequences of {} tokens, {} already done", jobs.len(), c.seq_len, jobs.len() - todo.len());
-    let bar = ProgressBar::new((todo.len() * c.seq_len) as u64);
-    bar.set_style(
-        ProgressStyle::with_template("collect {bar:40} {pos}/{len} tokens, {per_sec}, {eta} left")
-            .unwrap_or_else(|_| ProgressStyle::default_bar()),
-    );
+    let bar = progress::count((todo.len() * c.seq_len) as u64, "collect", "tokens");
     for (name, ids, seed) in todo {
         let views = c.teacher.attention(ids, c.kind == TeacherKind::Contribution, c.features_after)?;
         let queries = sample_queries(ids.len(), c.queries, 1, c.seed ^ seed.wrapping_mul(0x2545_F491_4F6C_DD1D));
@@ -315,8 +311,7 @@ pub fn collect(c: &Collect) -> Result<()> {
         let tmp = c.out.join(format!("{name}.part"));
         std::fs::write(&tmp, seq.to_bytes(meta)?).with_context(|| format!("writing {}", tmp.display()))?;
         std::fs::rename(&tmp, c.out.join(format!("{name}.safetensors")))?;
-        bar.inc(c.seq_len as u64);
-        crate::log_progress(&bar, c.seq_len as u64, "collect", "tokens");
+        progress::advance(&bar, c.seq_len as u64, "collect", "tokens");
     }
     bar.finish_and_clear();
     eprintln!("collect: wrote {} sequences to {}", jobs.len(), c.out.display());

@@ -1,7 +1,7 @@
-//! The staged cache update of `--cache-update matmul` (the paper's selection-matrix
+//! The staged cache update of `CacheUpdate::Matmul` (the paper's selection-matrix
 //! technique): slots 0..budget hold the cache, budget..capacity stage a step's rows; after the
 //! release decision, surviving staged rows move into freed cache slots through a one-hot
-//! selection matrix multiplied with every layer's K and V (shaders/compact.wgsl,
+//! selection matrix multiplied with every layer's K and V (shaders/staged_moves.wgsl,
 //! select_matrix.wgsl, select_matmul.wgsl, select_store.wgsl).
 
 use super::{check_len, groups};
@@ -20,18 +20,18 @@ pub struct Params {
 }
 
 /// Dispatch computing the moves (`src`, capacity entries) and moving the slot table and scores.
-pub fn build_compact(ctx: &Context, slot_pos: &wgpu::Buffer, score: &wgpu::Buffer, src: &wgpu::Buffer, p: Params) -> Result<Dispatch> {
+pub fn build_moves(ctx: &Context, slot_pos: &wgpu::Buffer, score: &wgpu::Buffer, src: &wgpu::Buffer, p: Params) -> Result<Dispatch> {
     let cap = p.capacity as usize;
-    check_len("compact", "slot_pos", slot_pos, cap)?;
-    check_len("compact", "score", score, cap)?;
-    check_len("compact", "src", src, cap)?;
-    let params = ctx.uniform("compact.params", &[p.capacity, p.budget, 0, 0]);
-    let pipeline = ctx.pipeline(&shaders::COMPACT, "main", &[])?;
+    check_len("staged_moves", "slot_pos", slot_pos, cap)?;
+    check_len("staged_moves", "score", score, cap)?;
+    check_len("staged_moves", "src", src, cap)?;
+    let params = ctx.uniform("staged_moves.params", &[p.capacity, p.budget, 0, 0]);
+    let pipeline = ctx.pipeline(&shaders::STAGED_MOVES, "main", &[])?;
     Ok(ctx.dispatch(pipeline, &[slot_pos, score, src, &params], [1, 1, 1]))
 }
 
 /// Dispatch writing the one-hot selection matrix (budget, capacity) from `src`.
-pub fn build_matrix(ctx: &Context, src: &wgpu::Buffer, sel: &wgpu::Buffer, p: Params) -> Result<Dispatch> {
+pub fn build_selection(ctx: &Context, src: &wgpu::Buffer, sel: &wgpu::Buffer, p: Params) -> Result<Dispatch> {
     let (cap, budget) = (p.capacity as usize, p.budget as usize);
     check_len("select_matrix", "src", src, budget)?;
     check_len("select_matrix", "sel", sel, budget * cap)?;
@@ -42,7 +42,7 @@ pub fn build_matrix(ctx: &Context, src: &wgpu::Buffer, sel: &wgpu::Buffer, p: Pa
 
 /// Dispatches applying the selection to one layer's K and V: the product into `out`, then
 /// back into the cache proper.
-pub fn build_apply(
+pub fn build_move_rows(
     ctx: &Context,
     sel: &wgpu::Buffer,
     k_cache: &wgpu::Buffer,

@@ -1,4 +1,7 @@
-//! The KV cache's slot map and the release policies decided without scores.
+//! Release policies: which tokens a fixed-budget KV cache keeps (`Policy`, made from its
+//! parts by `Policy::new`, the one place defaults are filled in and the parts checked), how
+//! kept rows reach their slots (`CacheUpdate`), and the CPU mirror of the slot table
+//! (`SlotMap`) on which the policies decided without scores are decided.
 //!
 //! Every layer's K/V buffers have `capacity` slots; the GPU slot table holds each slot's token
 //! position (or INVALID). New rows take the lowest free slots, attention masks by position, and
@@ -8,14 +11,21 @@
 
 use crate::error::{Error, Result};
 
+/// Protected first tokens when none are asked for (sink, h2o, tova, adore).
+pub const DEFAULT_SINKS: usize = 4;
+/// KV slots a budgeted policy keeps when no budget is asked for.
+pub const DEFAULT_BUDGET: usize = 256;
+
 /// Which tokens a budgeted cache keeps.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[cfg_attr(feature = "clap", derive(clap::ValueEnum))]
 pub enum PolicyKind {
     /// Everything: the cache grows with the sequence.
     Full,
     /// The `budget` most recent tokens.
     Window,
     /// StreamingLLM: the first `sinks` tokens and the `budget - sinks` most recent.
+    #[cfg_attr(feature = "clap", value(alias = "streamingllm"))]
     Sink,
     /// Heavy hitters: sinks and recent window protected, the rest by attention mass
     /// accumulated over steps (summed over heads and layers). Decided on the GPU.
@@ -48,6 +58,24 @@ impl PolicyKind {
     pub fn keeps_everything(self) -> bool {
         matches!(self, PolicyKind::Full | PolicyKind::Oracle)
     }
+
+    /// Whether the policy can rebuild released tokens (only adore: rebuild ranks them with
+    /// the controller). Comparisons across policies give rebuild rows to these alone.
+    pub fn rebuilds(self) -> bool {
+        self == PolicyKind::Adore
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            PolicyKind::Full => "full",
+            PolicyKind::Window => "window",
+            PolicyKind::Sink => "sink",
+            PolicyKind::H2o => "h2o",
+            PolicyKind::Tova => "tova",
+            PolicyKind::Adore => "adore",
+            PolicyKind::Oracle => "oracle",
+        }
+    }
 }
 
 impl std::str::FromStr for PolicyKind {
@@ -68,6 +96,7 @@ impl std::str::FromStr for PolicyKind {
 
 /// How kept rows reach their cache slots.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[cfg_attr(feature = "clap", derive(clap::ValueEnum))]
 pub enum CacheUpdate {
     /// Each new row is written straight into a free slot (an index-driven scatter, at write
     /// time); a release only marks slots free. Nothing moves afterwards.
@@ -77,6 +106,15 @@ pub enum CacheUpdate {
     /// release decision a one-hot selection matrix multiplied with every layer's K and V moves
     /// the surviving ones into freed slots. For the policies decided on the GPU.
     Matmul,
+}
+
+impl CacheUpdate {
+    pub fn name(self) -> &'static str {
+        match self {
+            CacheUpdate::Scatter => "scatter",
+            CacheUpdate::Matmul => "matmul",
+        }
+    }
 }
 
 impl std::str::FromStr for CacheUpdate {
@@ -106,13 +144,44 @@ pub struct Policy {
 
 impl Default for Policy {
     fn default() -> Self {
-        Policy { kind: PolicyKind::Full, budget: 0, sinks: 4, recent: 16, rebuild: 0 }
+        Policy { kind: PolicyKind::Full, budget: 0, sinks: DEFAULT_SINKS, recent: 16, rebuild: 0 }
+    }
+}
+
+/// The parts a policy is made from, as a user gives them: `recent` None takes the policy's
+/// default window for its budget.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct PolicyParts {
+    pub budget: usize,
+    pub sinks: usize,
+    pub recent: Option<usize>,
+    pub rebuild: usize,
+}
+
+impl Default for PolicyParts {
+    fn default() -> Self {
+        PolicyParts { budget: DEFAULT_BUDGET, sinks: DEFAULT_SINKS, recent: None, rebuild: 0 }
     }
 }
 
 impl Policy {
     pub fn full() -> Self {
         Self::default()
+    }
+
+    /// A policy from its parts, with the default recent window where none is given, checked.
+    pub fn new(kind: PolicyKind, parts: PolicyParts) -> Result<Self> {
+        let recent = parts.recent.unwrap_or_else(|| Self::default_recent(kind, parts.budget, parts.sinks));
+        let p = Policy { kind, budget: parts.budget, sinks: parts.sinks, recent, rebuild: parts.rebuild };
+        p.validate()?;
+        Ok(p)
+    }
+
+    /// A policy from parts shared with other policies (several compared side by side, or a
+    /// page whose rebuild setting stays when another policy is picked): rebuild rows go to the
+    /// policies that rebuild, and the others run without.
+    pub fn shared(kind: PolicyKind, parts: PolicyParts) -> Result<Self> {
+        Self::new(kind, PolicyParts { rebuild: if kind.rebuilds() { parts.rebuild } else { 0 }, ..parts })
     }
 
     /// The protected recent window a policy gets when none is asked for: half the budget for
@@ -130,15 +199,7 @@ impl Policy {
     }
 
     pub fn name(&self) -> &'static str {
-        match self.kind {
-            PolicyKind::Full => "full",
-            PolicyKind::Window => "window",
-            PolicyKind::Sink => "sink",
-            PolicyKind::H2o => "h2o",
-            PolicyKind::Tova => "tova",
-            PolicyKind::Adore => "adore",
-            PolicyKind::Oracle => "oracle",
-        }
+        self.kind.name()
     }
 
     pub fn validate(&self) -> Result<()> {
@@ -151,8 +212,8 @@ impl Policy {
         if self.kind == PolicyKind::Sink && self.sinks >= self.budget {
             return Err(Error::arg(format!("{} sink tokens leave no room in a budget of {}", self.sinks, self.budget)));
         }
-        if self.rebuild > 0 && self.kind != PolicyKind::Adore {
-            return Err(Error::arg(format!("--rebuild applies to the adore policy only, not {}", self.name())));
+        if self.rebuild > 0 && !self.kind.rebuilds() {
+            return Err(Error::arg(format!("rebuild applies to the adore policy only, not {}", self.name())));
         }
         if self.rebuild > self.budget {
             return Err(Error::arg(format!("rebuild rows ({}) cannot exceed the budget ({})", self.rebuild, self.budget)));

@@ -8,6 +8,34 @@ use std::path::{Component, Path, PathBuf};
 use std::time::Duration;
 
 use anyhow::{bail, Context as _, Result};
+use clap::Args;
+
+use crate::options::ModelPath;
+
+#[derive(Args)]
+pub struct ServeArgs {
+    /// Port (0 = any free port).
+    #[arg(long, default_value_t = 8080)]
+    port: u16,
+    /// A .gguf file; without it the default model is fetched once into the cache directory.
+    #[command(flatten)]
+    model: ModelPath,
+    /// The demo's directory (default: web/ with its built package, see web/build.sh).
+    #[arg(long)]
+    web: Option<PathBuf>,
+}
+
+pub fn run(a: ServeArgs) -> Result<()> {
+    let web = web_dir(a.web)?;
+    let model = a.model.path()?;
+    if model.is_dir() {
+        bail!(
+            "{}: serve takes one .gguf file (the page also accepts a Hugging Face directory's files from its file picker)",
+            model.display()
+        );
+    }
+    serve(a.port, &web, &model)
+}
 
 fn content_type(path: &Path) -> &'static str {
     match path.extension().and_then(|e| e.to_str()).unwrap_or("") {
@@ -25,7 +53,7 @@ fn content_type(path: &Path) -> &'static str {
 
 /// The web directory: `--web`, else `web/` under the current directory or next to the
 /// repository the binary was built in.
-pub fn web_dir(given: Option<PathBuf>) -> Result<PathBuf> {
+fn web_dir(given: Option<PathBuf>) -> Result<PathBuf> {
     let candidates: Vec<PathBuf> = match given {
         Some(p) => vec![p],
         None => {
@@ -100,7 +128,7 @@ fn answer(mut stream: TcpStream, web: &Path, model: &Path, model_url: &str) -> s
 }
 
 /// Serves until killed; prints the demo's URL (with the model) on stdout.
-pub fn serve(port: u16, web: &Path, model: &Path) -> Result<()> {
+fn serve(port: u16, web: &Path, model: &Path) -> Result<()> {
     let model_name = model
         .file_name()
         .and_then(|n| n.to_str())

@@ -1,4 +1,4 @@
-// compact.wgsl: the staged cache update of `--cache-update matmul`. Slots 0..budget are the
+// staged_moves.wgsl: the staged cache update of `CacheUpdate::Matmul`. Slots 0..budget are the
 // cache proper and budget..capacity stage the rows of a step. After the release decision, the
 // k-th free cache slot receives the k-th surviving staged row (both in slot order):
 // src[j] = j for a kept cache slot, the staged slot moving into j, or INVALID. The slot table

@@ -7,8 +7,40 @@ use std::path::PathBuf;
 use adore::generate::{GenerateOptions, Generation};
 use adore::{Sampling, Session};
 use anyhow::{bail, Result};
+use clap::Args;
 use serde::Serialize;
 use web_time::Instant;
+
+use crate::options::{DefaultPolicy, ModelArgs, PolicyArgs, SamplingArgs};
+
+#[derive(Args)]
+pub struct SoakArgs {
+    #[command(flatten)]
+    model: ModelArgs,
+    #[command(flatten)]
+    policy: PolicyArgs,
+    /// Tokens to generate (end-of-sequence does not stop the soak).
+    #[arg(long, default_value_t = 8192)]
+    tokens: usize,
+    /// Tokens between samples.
+    #[arg(long, default_value_t = 256)]
+    every: usize,
+    #[arg(long, default_value = "Once upon a time")]
+    prompt: String,
+    #[command(flatten)]
+    sampling: SamplingArgs,
+    /// Write the samples as JSON to this file.
+    #[arg(long)]
+    json: Option<PathBuf>,
+}
+
+pub fn run(a: SoakArgs) -> Result<()> {
+    let m = a.model.load()?;
+    let ids = m.tokenizer.encode(&a.prompt)?;
+    let context = a.policy.context.unwrap_or(ids.len() + a.tokens);
+    let mut session = a.policy.session(&m, &a.model, DefaultPolicy::FullUnlessBudget, context, false)?;
+    soak(&mut session, &ids, a.tokens, a.every, a.sampling.sampling()?, a.json)
+}
 
 #[derive(Serialize)]
 pub struct Sample {
@@ -29,7 +61,7 @@ fn rss_bytes() -> Option<u64> {
     Some(pages * 4096)
 }
 
-pub fn soak(session: &mut Session, prompt: &[u32], tokens: usize, every: usize, sampling: Sampling, json: Option<PathBuf>) -> Result<()> {
+fn soak(session: &mut Session, prompt: &[u32], tokens: usize, every: usize, sampling: Sampling, json: Option<PathBuf>) -> Result<()> {
     if every == 0 || tokens < every {
         bail!("--every must be at least 1 and at most --tokens");
     }

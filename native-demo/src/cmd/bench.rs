@@ -1,0 +1,193 @@
+//! `adore bench`: prefill and decode tokens/s per context length. Each policy prefills once,
+//! growing through the contexts in ascending order, and decodes at each: one warm-up token,
+//! then the median of the measured repeats. JSON for machines, a markdown table for people.
+
+use std::path::PathBuf;
+
+use adore::policy::{CacheUpdate, Policy, PolicyKind, DEFAULT_BUDGET};
+use adore::{Session, SessionOptions};
+use anyhow::{bail, Context as _, Result};
+use clap::Args;
+
+use crate::options::{ModelArgs, PartsArgs};
+
+#[derive(Args)]
+pub struct BenchArgs {
+    #[command(flatten)]
+    model: ModelArgs,
+    /// Policies to compare, each at --budget.
+    #[arg(long, value_enum, value_delimiter = ',', default_value = "full")]
+    policies: Vec<PolicyKind>,
+    /// KV slots kept by the budgeted policies.
+    #[arg(long, default_value_t = DEFAULT_BUDGET)]
+    budget: usize,
+    #[command(flatten)]
+    parts: PartsArgs,
+    /// Cache updates to compare for h2o, tova and adore: scatter (rows written into free
+    /// slots) and matmul (staged, then moved by a selection-matrix product: the paper's
+    /// technique, as an ablation).
+    #[arg(long, value_enum, value_delimiter = ',', default_value = "scatter")]
+    cache_updates: Vec<CacheUpdate>,
+    /// Context lengths (prompt tokens before the measured decode).
+    #[arg(long, value_delimiter = ',', default_value = "256,2048")]
+    contexts: Vec<usize>,
+    /// Decode tokens measured per repeat.
+    #[arg(long, default_value_t = 16)]
+    decode_tokens: usize,
+    /// Measured decode repeats per context (after one warm-up token).
+    #[arg(long, default_value_t = 3)]
+    repeats: usize,
+    /// Write the rows as JSON to this file.
+    #[arg(long)]
+    json: Option<PathBuf>,
+}
+
+#[derive(serde::Serialize)]
+struct Row {
+    policy: &'static str,
+    budget: Option<usize>,
+    rebuild: usize,
+    cache_update: &'static str,
+    context: usize,
+    /// Prompt tokens/s of the prefill that grew the sequence to this context.
+    prefill_tokens_per_s: Option<f64>,
+    decode_tokens_per_s: f64,
+    kv_bytes: u64,
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(|a, b| a.total_cmp(b));
+    let n = v.len();
+    if n % 2 == 1 {
+        v[n / 2]
+    } else {
+        (v[n / 2 - 1] + v[n / 2]) / 2.0
+    }
+}
+
+/// Each policy with each cache update that applies to it; an update that applies to none of
+/// them is refused rather than left out.
+fn runs(policies: &[Policy], updates: &[CacheUpdate]) -> Result<Vec<(Policy, CacheUpdate)>> {
+    if let Some(u) = updates.iter().find(|&&u| u != CacheUpdate::Scatter && !policies.iter().any(|p| p.kind.on_gpu())) {
+        bail!("cache update {} applies to the policies whose releases the GPU decides (h2o, tova, adore), and none is listed", u.name());
+    }
+    Ok(policies
+        .iter()
+        .flat_map(|p| {
+            let ups: Vec<CacheUpdate> = if p.kind.on_gpu() { updates.to_vec() } else { vec![CacheUpdate::Scatter] };
+            ups.into_iter().map(move |u| (*p, u))
+        })
+        .collect())
+}
+
+pub fn run(a: BenchArgs) -> Result<()> {
+    let policies: Vec<Policy> = a.policies.iter().map(|&k| a.parts.compared(k, a.budget)).collect::<Result<_>>()?;
+    let runs = runs(&policies, &a.cache_updates)?;
+    if a.contexts.is_empty() || a.contexts.contains(&0) || a.repeats == 0 || a.decode_tokens == 0 {
+        bail!("--contexts must list positive lengths; --repeats and --decode-tokens must be at least 1");
+    }
+    let (repeats, decode_tokens) = (a.repeats, a.decode_tokens);
+    let model = a.model.load()?;
+    let mut contexts = a.contexts.clone();
+    contexts.sort_unstable();
+    contexts.dedup();
+    let longest = contexts.last().copied().unwrap_or(0);
+    // Decoding at each context adds tokens: the warm-up token and the measured ones.
+    let per_context = 1 + repeats * decode_tokens;
+    let max_ctx = longest + per_context;
+    if max_ctx > model.config.context {
+        bail!(
+            "context {longest} plus the {per_context} tokens decoded there exceeds the model's context of {} tokens; \
+             the longest context that fits is {}",
+            model.config.context,
+            model.config.context.saturating_sub(per_context)
+        );
+    }
+    eprintln!(
+        "bench: adapter {}; at each context 1 warm-up token, then {repeats} x {decode_tokens} decode tokens, median reported",
+        model.ctx.describe()
+    );
+    // A deterministic prompt: the vocabulary walked with a stride, skipping control tokens.
+    let prompt: Vec<u32> = (0..max_ctx).map(|i| (100 + (i * 7919) % (model.config.vocab - 100)) as u32).collect();
+    let chunk = a.model.chunk;
+    let mut rows = Vec::new();
+    for (policy, update) in &runs {
+        let options = SessionOptions {
+            context: max_ctx,
+            chunk,
+            all_logits: false,
+            policy: *policy,
+            controller: a.parts.controller(&model)?,
+            cache_update: *update,
+        };
+        let mut session = Session::new(model.clone(), options)?;
+        // Warm-up: compile the pipelines of a chunk-sized prefill and of a decode step.
+        pollster::block_on(session.prefill(&prompt[..chunk.min(contexts[0])]))?;
+        pollster::block_on(session.step())?;
+        session.reset();
+        for &ctx_len in &contexts {
+            // Grow the sequence to this context with the prompt (generated tokens stay in it).
+            let have = session.len();
+            let mut prefill = None;
+            if ctx_len > have {
+                let t = std::time::Instant::now();
+                pollster::block_on(session.prefill(&prompt[have..ctx_len]))?;
+                prefill = Some((ctx_len - have) as f64 / t.elapsed().as_secs_f64());
+            }
+            pollster::block_on(session.step())?;
+            let mut dec = Vec::new();
+            for _ in 0..repeats {
+                let t = std::time::Instant::now();
+                for _ in 0..decode_tokens {
+                    pollster::block_on(session.step())?;
+                }
+                dec.push(decode_tokens as f64 / t.elapsed().as_secs_f64());
+            }
+            let row = Row {
+                policy: policy.name(),
+                budget: (!policy.kind.keeps_everything()).then_some(policy.budget),
+                rebuild: policy.rebuild,
+                cache_update: update.name(),
+                context: ctx_len,
+                prefill_tokens_per_s: prefill,
+                decode_tokens_per_s: median(dec),
+                kv_bytes: session.kv_bytes(),
+            };
+            eprintln!(
+                "{:>6} ({}) context {:>6}: prefill {:>9} tokens/s, decode {:>8.2} tokens/s",
+                row.policy,
+                row.cache_update,
+                row.context,
+                prefill.map_or("-".to_string(), |p| format!("{p:.1}")),
+                row.decode_tokens_per_s
+            );
+            rows.push(row);
+        }
+    }
+    print!("{}", table(&rows));
+    if let Some(path) = &a.json {
+        let doc = serde_json::json!({"adapter": model.ctx.describe(), "decode_tokens": decode_tokens, "repeats": repeats, "rows": rows});
+        std::fs::write(path, serde_json::to_string_pretty(&doc)?).with_context(|| format!("writing {}", path.display()))?;
+        eprintln!("wrote {}", path.display());
+    }
+    Ok(())
+}
+
+/// The rows as a markdown table, each with its ratio to full attention at the same context.
+fn table(rows: &[Row]) -> String {
+    let mut s = String::from(
+        "| policy | budget | rebuild | cache update | context | prefill tokens/s | decode tokens/s | decode vs full | KV bytes |\n",
+    );
+    s += "|---|---:|---:|---|---:|---:|---:|---:|---:|\n";
+    for r in rows {
+        let budget = r.budget.map_or("-".to_string(), |b| b.to_string());
+        let full = rows.iter().find(|f| f.policy == "full" && f.context == r.context);
+        let ratio = full.map_or("-".to_string(), |f| format!("{:.2}", r.decode_tokens_per_s / f.decode_tokens_per_s));
+        let prefill = r.prefill_tokens_per_s.map_or("-".to_string(), |p| format!("{p:.1}"));
+        s += &format!(
+            "| {} | {budget} | {} | {} | {} | {prefill} | {:.2} | {ratio} | {} |\n",
+            r.policy, r.rebuild, r.cache_update, r.context, r.decode_tokens_per_s, r.kv_bytes
+        );
+    }
+    s
+}

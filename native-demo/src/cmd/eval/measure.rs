@@ -1,0 +1,170 @@
+//! The measurements of `adore eval`: every policy against full attention on the same text,
+//! teacher-forced token by token in lockstep (top-1 agreement, KL divergence, perplexity), and
+//! greedy generations from prompts (ROUGE-L, BLEU against full attention's output).
+
+use std::sync::Arc;
+
+use adore::controller::Controller;
+use adore::eval::{argmax, kl_from_logits, logsumexp};
+use adore::policy::{CacheUpdate, Policy, PolicyKind};
+use adore::{GenerateOptions, Model, Sampling, Session, SessionOptions};
+use anyhow::{bail, Result};
+
+use super::overlap::{bleu, rouge_l};
+use crate::progress;
+
+#[derive(serde::Serialize, Clone, Debug)]
+pub struct Row {
+    pub policy: String,
+    pub budget: Option<usize>,
+    pub rebuild: usize,
+    /// Positions scored (next-token predictions).
+    pub positions: usize,
+    pub top1_agreement: f64,
+    pub mean_kl: f64,
+    pub ppl: f64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub rouge_l: Option<f64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub bleu: Option<f64>,
+}
+
+#[derive(Default)]
+struct Acc {
+    agree: usize,
+    kl: f64,
+    nll: f64,
+    n: usize,
+}
+
+fn log_softmax_at(logits: &[f32], id: usize) -> f64 {
+    logits[id] as f64 - logsumexp(logits)
+}
+
+pub struct Eval<'a> {
+    pub model: &'a Arc<Model>,
+    pub policies: &'a [Policy],
+    pub controller: Option<Arc<Controller>>,
+    pub cache_update: CacheUpdate,
+}
+
+impl Eval<'_> {
+    fn session(&self, policy: Policy, context: usize) -> Result<Session> {
+        let options = SessionOptions {
+            context,
+            chunk: 8,
+            all_logits: false,
+            policy,
+            controller: self.controller.clone(),
+            cache_update: if policy.kind.on_gpu() { self.cache_update } else { CacheUpdate::Scatter },
+        };
+        Ok(Session::new(self.model.clone(), options)?)
+    }
+
+    /// Teacher forcing over `tokens`: full attention's logits in chunks, every other policy fed
+    /// one token at a time, all in lockstep.
+    pub fn teacher_forced(&self, tokens: &[u32]) -> Result<Vec<Row>> {
+        let n = tokens.len();
+        if n < 2 {
+            bail!("the text must hold at least 2 tokens");
+        }
+        let vocab = self.model.config.vocab;
+        let mut full = Session::new(
+            self.model.clone(),
+            SessionOptions { context: n, chunk: 256, all_logits: true, policy: Policy::full(), ..Default::default() },
+        )?;
+        let others: Vec<Policy> = self.policies.iter().copied().filter(|p| p.kind != PolicyKind::Full).collect();
+        let mut sessions = others.iter().map(|&p| Ok((p, self.session(p, n)?, Acc::default()))).collect::<Result<Vec<_>>>()?;
+        let mut full_acc = Acc::default();
+        let bar = progress::count(((n - 1) * others.len().max(1)) as u64, "eval", "token steps");
+        for a in (0..n - 1).step_by(256) {
+            let b = (a + 256).min(n - 1);
+            let reference = pollster::block_on(full.prefill_logits(&tokens[a..b]))?;
+            for (r, t) in (a..b).enumerate() {
+                let row = &reference[r * vocab..(r + 1) * vocab];
+                full_acc.agree += 1;
+                full_acc.nll -= log_softmax_at(row, tokens[t + 1] as usize);
+                full_acc.n += 1;
+            }
+            for (_, s, acc) in &mut sessions {
+                for (r, t) in (a..b).enumerate() {
+                    let row = &reference[r * vocab..(r + 1) * vocab];
+                    pollster::block_on(s.feed(tokens[t]))?;
+                    let got = pollster::block_on(s.last_logits())?;
+                    acc.agree += (argmax(&got) == argmax(row)) as usize;
+                    acc.kl += kl_from_logits(row, &got);
+                    acc.nll -= log_softmax_at(&got, tokens[t + 1] as usize);
+                    acc.n += 1;
+                    progress::advance(&bar, 1, "eval", "token steps");
+                }
+            }
+        }
+        bar.finish_and_clear();
+        let row = |p: &Policy, acc: &Acc| Row {
+            policy: p.name().to_string(),
+            budget: (!p.kind.keeps_everything() || p.kind == PolicyKind::Oracle).then_some(p.budget),
+            rebuild: p.rebuild,
+            positions: acc.n,
+            top1_agreement: acc.agree as f64 / acc.n.max(1) as f64,
+            mean_kl: acc.kl / acc.n.max(1) as f64,
+            ppl: (acc.nll / acc.n.max(1) as f64).exp(),
+            rouge_l: None,
+            bleu: None,
+        };
+        let mut rows = vec![row(&Policy::full(), &full_acc)];
+        rows.extend(sessions.iter().map(|(p, _, acc)| row(p, acc)));
+        Ok(rows)
+    }
+
+    /// Greedy generations from each prompt, per policy, scored against full attention's.
+    pub fn generations(&self, prompts: &[Vec<u32>], max_tokens: usize, rows: &mut [Row]) -> Result<()> {
+        let opts = GenerateOptions { max_tokens, sampling: Sampling::default(), stop_at_eos: true };
+        let text = |ids: &[u32]| self.model.tokenizer.decode(ids);
+        let longest = prompts.iter().map(Vec::len).max().unwrap_or(0) + max_tokens;
+        let mut full = self.session(Policy::full(), longest)?;
+        let mut refs = Vec::new();
+        for p in prompts {
+            full.reset();
+            let (out, _) = pollster::block_on(adore::generate(&mut full, p, &opts, |_, _| true))?;
+            refs.push(text(&out)?);
+        }
+        for policy in self.policies {
+            let mut s = self.session(*policy, longest)?;
+            let (mut r, mut b) = (0.0, 0.0);
+            for (p, reference) in prompts.iter().zip(&refs) {
+                s.reset();
+                let (out, _) = pollster::block_on(adore::generate(&mut s, p, &opts, |_, _| true))?;
+                let got = text(&out)?;
+                r += rouge_l(&got, reference);
+                b += bleu(&got, reference);
+            }
+            let k = prompts.len().max(1) as f64;
+            let budget = (policy.kind != PolicyKind::Full).then_some(policy.budget);
+            if let Some(row) = rows.iter_mut().find(|row| row.policy == policy.name() && row.budget == budget) {
+                row.rouge_l = Some(r / k);
+                row.bleu = Some(b / k);
+            }
+        }
+        Ok(())
+    }
+}
+
+pub fn markdown(rows: &[Row]) -> String {
+    let mut s = String::from("| policy | budget | rebuild | top-1 agreement | mean KL | perplexity | ROUGE-L | BLEU |\n");
+    s.push_str("|---|---:|---:|---:|---:|---:|---:|---:|\n");
+    let opt = |v: Option<f64>| v.map_or("-".to_string(), |v| format!("{v:.3}"));
+    for r in rows {
+        s.push_str(&format!(
+            "| {} | {} | {} | {:.3} | {:.4} | {:.2} | {} | {} |\n",
+            r.policy,
+            r.budget.map_or("-".to_string(), |b| b.to_string()),
+            r.rebuild,
+            r.top1_agreement,
+            r.mean_kl,
+            r.ppl,
+            opt(r.rouge_l),
+            opt(r.bleu)
+        ));
+    }
+    s
+}

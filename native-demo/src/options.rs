@@ -1,0 +1,205 @@
+//! The option groups commands share: the model (and loading it), the release policy, sampling.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use adore::controller::Controller;
+use adore::policy::{CacheUpdate, Policy, PolicyKind, PolicyParts, DEFAULT_BUDGET, DEFAULT_SINKS};
+use adore::{Context, ContextOptions, Model, Sampling, Session, SessionOptions};
+use anyhow::{Context as _, Result};
+use clap::Args;
+
+use crate::progress;
+
+#[derive(Args)]
+pub struct ModelPath {
+    /// A .gguf file or a Hugging Face directory (config.json, *.safetensors, tokenizer.json).
+    /// Without it the default model is fetched once into the cache directory.
+    #[arg(long)]
+    pub model: Option<PathBuf>,
+}
+
+impl ModelPath {
+    /// The model path given, or the default model (fetched once).
+    pub fn path(&self) -> Result<PathBuf> {
+        match &self.model {
+            Some(p) => Ok(p.clone()),
+            None => crate::cmd::fetch::default_model(),
+        }
+    }
+}
+
+#[derive(Args)]
+pub struct ModelArgs {
+    #[command(flatten)]
+    pub path: ModelPath,
+    /// Prompt tokens per GPU submit.
+    #[arg(long, default_value_t = 256)]
+    pub chunk: usize,
+}
+
+impl ModelArgs {
+    /// Loads the model onto the first adapter, with progress; says which adapter and model.
+    pub fn load(&self) -> Result<Arc<Model>> {
+        let path = self.path.path()?;
+        let ctx = Arc::new(Context::new_blocking(ContextOptions::default())?);
+        eprintln!("adapter: {}", ctx.describe());
+        let bar = progress::bytes("loading");
+        let t = std::time::Instant::now();
+        let model = adore::model::files::load(ctx, &path, &mut |done, total| {
+            bar.set_length(total);
+            bar.set_position(done);
+        })
+        .with_context(|| format!("loading {}", path.display()))?;
+        bar.finish_and_clear();
+        let c = &model.config;
+        eprintln!(
+            "model: {} ({} layers, hidden {}, {} heads / {} KV heads, vocab {}), loaded in {:.2} s",
+            display_name(&path),
+            c.layers,
+            c.hidden,
+            c.n_heads,
+            c.n_kv_heads,
+            c.vocab,
+            t.elapsed().as_secs_f64()
+        );
+        Ok(Arc::new(model))
+    }
+}
+
+fn display_name(p: &Path) -> String {
+    p.file_name().map_or_else(|| p.display().to_string(), |n| n.to_string_lossy().into_owned())
+}
+
+/// The parts of a release policy besides its budget, shared by every policy a command runs.
+#[derive(Args)]
+pub struct PartsArgs {
+    /// Protected first tokens (sink, h2o, tova, adore).
+    #[arg(long, default_value_t = DEFAULT_SINKS)]
+    pub sinks: usize,
+    /// Protected most recent tokens (h2o, tova, adore) [default: half the budget for h2o, three
+    /// quarters for adore, 16 for tova].
+    #[arg(long)]
+    pub recent: Option<usize>,
+    /// Released tokens rebuilt with each generated token (adore; 0 = release only).
+    #[arg(long, default_value_t = 0)]
+    pub rebuild: usize,
+    /// ADORE controller file (safetensors) for the adore policy [default: the one shipped for
+    /// the model].
+    #[arg(long)]
+    pub controller: Option<PathBuf>,
+}
+
+impl PartsArgs {
+    pub fn parts(&self, budget: usize) -> PolicyParts {
+        PolicyParts { budget, sinks: self.sinks, recent: self.recent, rebuild: self.rebuild }
+    }
+
+    /// `kind` with these parts at `budget`, as one of several policies compared.
+    pub fn compared(&self, kind: PolicyKind, budget: usize) -> Result<Policy> {
+        Ok(Policy::shared(kind, self.parts(budget))?)
+    }
+
+    /// The controller named by --controller, checked against the model.
+    pub fn controller(&self, model: &Model) -> Result<Option<Arc<Controller>>> {
+        let Some(path) = &self.controller else { return Ok(None) };
+        let bytes = std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
+        Ok(Some(Arc::new(Controller::from_bytes(&path.display().to_string(), &bytes, &model.fingerprint)?)))
+    }
+}
+
+/// What a command runs when --policy is not given.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub enum DefaultPolicy {
+    /// Full attention, or adore when a budget is asked for.
+    FullUnlessBudget,
+    /// adore: a long conversation is what it is for.
+    Adore,
+}
+
+#[derive(Args)]
+pub struct PolicyArgs {
+    /// KV-cache policy: full, window, sink (StreamingLLM), h2o, tova, adore, or oracle
+    /// (evaluation: full memory, two passes per step) [default: adore for chat; otherwise
+    /// full, or adore when --budget is given].
+    #[arg(long, value_enum, hide_possible_values = true)]
+    pub policy: Option<PolicyKind>,
+    /// KV slots kept by a budgeted policy [default: 256].
+    #[arg(long)]
+    pub budget: Option<usize>,
+    #[command(flatten)]
+    pub parts: PartsArgs,
+    /// Longest sequence (prompt and generated tokens); defaults to what the job needs, at most
+    /// the model's context.
+    #[arg(long)]
+    pub context: Option<usize>,
+}
+
+impl PolicyArgs {
+    /// The policy asked for, or the command's default. adore needs a controller for the
+    /// model: without one (none given and none shipped) the default falls back to sink.
+    pub fn policy(&self, model: &Model, default: DefaultPolicy) -> Result<Policy> {
+        let kind = match (self.policy, default) {
+            (Some(kind), _) => kind,
+            (None, DefaultPolicy::FullUnlessBudget) if self.budget.is_none() => PolicyKind::Full,
+            (None, _) if self.parts.controller.is_some() || Controller::builtin(&model.fingerprint).is_some() => PolicyKind::Adore,
+            (None, _) => {
+                eprintln!(
+                    "policy: no ADORE controller is shipped for this model, so sink (StreamingLLM); --controller FILE gives adore one"
+                );
+                PolicyKind::Sink
+            }
+        };
+        Ok(Policy::new(kind, self.parts.parts(self.budget.unwrap_or(DEFAULT_BUDGET)))?)
+    }
+
+    /// A session of `context` tokens for this policy (the command's default when not given).
+    pub fn session(&self, model: &Arc<Model>, m: &ModelArgs, default: DefaultPolicy, context: usize, all_logits: bool) -> Result<Session> {
+        let policy = self.policy(model, default)?;
+        if policy.kind != PolicyKind::Full || self.policy.is_some() {
+            eprintln!("policy: {}", describe(&policy));
+        }
+        let options = SessionOptions {
+            context,
+            chunk: m.chunk,
+            all_logits,
+            policy,
+            controller: self.parts.controller(model)?,
+            cache_update: CacheUpdate::Scatter,
+        };
+        Ok(Session::new(model.clone(), options)?)
+    }
+}
+
+/// A policy in words, for the log.
+pub fn describe(p: &Policy) -> String {
+    match p.kind {
+        PolicyKind::Full => "full".to_string(),
+        PolicyKind::Window => format!("window, budget {}", p.budget),
+        PolicyKind::Sink => format!("sink, budget {} ({} sinks)", p.budget, p.sinks),
+        _ => format!("{}, budget {} ({} sinks, {} recent, rebuild {})", p.name(), p.budget, p.sinks, p.recent, p.rebuild),
+    }
+}
+
+#[derive(Args, Clone)]
+pub struct SamplingArgs {
+    /// 0 = greedy.
+    #[arg(long, default_value_t = 0.0, allow_negative_numbers = true)]
+    pub temperature: f32,
+    /// 0 = off.
+    #[arg(long, default_value_t = 0)]
+    pub top_k: u32,
+    /// 1 = off.
+    #[arg(long, default_value_t = 1.0, allow_negative_numbers = true)]
+    pub top_p: f32,
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
+}
+
+impl SamplingArgs {
+    pub fn sampling(&self) -> Result<Sampling> {
+        let s = Sampling { temperature: self.temperature, top_k: self.top_k, top_p: self.top_p, seed: self.seed };
+        s.validate()?;
+        Ok(s)
+    }
+}

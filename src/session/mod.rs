@@ -1,0 +1,263 @@
+//! A session: one sequence's run state (`state`: activations and the slot-based KV cache,
+//! allocated once), its recorded plans (`plan`: the forward pass and what the policy adds), and
+//! the prefill / decode steps here. Each step writes a small uniform, replays one recorded plan
+//! in one submit, and reads back one token id. `inspect` reads internal state back for tests.
+
+mod inspect;
+mod plan;
+mod state;
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use crate::error::{Error, Result};
+use crate::gpu::Dispatch;
+use crate::model::Model;
+use crate::ops::{attention::INVALID_SLOT, sample::Sampling, Step};
+use crate::policy::SlotMap;
+
+pub use inspect::Inspect;
+use state::RunState;
+pub use state::{SessionOptions, DEFAULT_CONTEXT};
+
+pub struct Session {
+    pub model: Arc<Model>,
+    pub options: SessionOptions,
+    state: RunState,
+    /// Recorded plans by (row capacity: powers of two up to max_rows, rebuild rows).
+    plans: HashMap<(usize, usize), Vec<Dispatch>>,
+    sampling: Sampling,
+    /// Tokens in the sequence so far.
+    n_past: usize,
+    counter: u32,
+    /// CPU mirror of the slot table (policies without scores are decided on it).
+    slots: SlotMap,
+    capacity: usize,
+    max_rows: usize,
+    /// Rows and new rows of the last step.
+    last_rows: (usize, usize),
+}
+
+impl Session {
+    pub fn new(model: Arc<Model>, options: SessionOptions) -> Result<Self> {
+        let options = options.settle(&model)?;
+        let state = RunState::new(&model.ctx, &model.config, &options)?;
+        let (capacity, max_rows) = (options.capacity(), options.max_rows());
+        Ok(Self {
+            model,
+            options,
+            state,
+            plans: HashMap::new(),
+            sampling: Sampling::default(),
+            n_past: 0,
+            counter: 0,
+            slots: SlotMap::new(capacity),
+            capacity,
+            max_rows,
+            last_rows: (0, 0),
+        })
+    }
+
+    /// Readbacks of internal state, for tests and diagnostics.
+    pub fn inspect(&self) -> Inspect<'_> {
+        Inspect { session: self }
+    }
+
+    /// Tokens held so far.
+    pub fn len(&self) -> usize {
+        self.n_past
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.n_past == 0
+    }
+
+    /// Bytes of KV cache this session holds.
+    pub fn kv_bytes(&self) -> u64 {
+        self.state.k_cache.iter().chain(&self.state.v_cache).map(|b| b.size()).sum()
+    }
+
+    /// Positions the KV cache holds now, ascending (read back from the GPU).
+    pub async fn kept_positions(&self) -> Result<Vec<u32>> {
+        let mut p: Vec<u32> = self.inspect().slot_table().await?.into_iter().filter(|&p| p != INVALID_SLOT).collect();
+        p.sort_unstable();
+        Ok(p)
+    }
+
+    /// The positions the last step rebuilt (ascending), read back.
+    pub async fn rebuilt_positions(&self) -> Result<Vec<u32>> {
+        let (rows, new) = self.last_rows;
+        Ok(self.model.ctx.read_u32(&self.state.positions, rows).await?.split_off(new))
+    }
+
+    /// Forgets the sequence (the buffers stay allocated).
+    pub fn reset(&mut self) {
+        self.n_past = 0;
+        self.counter = 0;
+        self.slots.clear();
+        self.state.clear(&self.model.ctx, self.capacity);
+    }
+
+    /// Marks `freed` slots free in the GPU table (before the next submit).
+    fn free_slots(&self, freed: &[u32]) {
+        for &slot in freed {
+            self.model.ctx.queue.write_buffer(&self.state.slot_pos, slot as u64 * 4, bytemuck::bytes_of(&INVALID_SLOT));
+        }
+    }
+
+    /// Keeps only the first `n` tokens of the sequence (for example the part of a chat that a
+    /// new turn shares with the previous one).
+    pub async fn truncate(&mut self, n: usize) -> Result<()> {
+        if n >= self.n_past {
+            return Ok(());
+        }
+        if n == 0 {
+            self.reset();
+            return Ok(());
+        }
+        if self.state.controller.is_some() {
+            return Err(Error::arg("the adore controller's state cannot be rewound: reset the session instead of truncating it"));
+        }
+        let freed = if self.options.policy.kind.on_gpu() {
+            let table = self.inspect().slot_table().await?;
+            (0..table.len() as u32).filter(|&j| table[j as usize] != INVALID_SLOT && table[j as usize] as usize >= n).collect()
+        } else {
+            self.slots.truncate(n)
+        };
+        self.free_slots(&freed);
+        self.n_past = n;
+        Ok(())
+    }
+
+    /// Sets how following steps choose tokens.
+    pub fn set_sampling(&mut self, sampling: Sampling) -> Result<()> {
+        sampling.validate()?;
+        self.sampling = sampling;
+        let params = sampling.params(self.model.config.vocab);
+        self.model.ctx.queue.write_buffer(&self.state.sample_params, 0, bytemuck::bytes_of(&params));
+        Ok(())
+    }
+
+    /// Uploads the per-step values and submits the plan for `n` new rows (tokens already in
+    /// place when `tokens` is None), with rebuild rows when the policy asks for them; copies
+    /// the sampled id to the readback buffer.
+    fn submit(&mut self, tokens: Option<&[u32]>, n: usize) -> Result<()> {
+        let policy = self.options.policy;
+        // Rebuild runs with single-token steps, once tokens have been released.
+        let rebuild = if n == 1 { policy.rebuild.min(self.n_past.saturating_sub(policy.budget)) } else { 0 };
+        let rows = n + rebuild;
+        let cap = rows.next_power_of_two().min(self.max_rows);
+        if !self.plans.contains_key(&(cap, rebuild)) {
+            let plan = plan::Planner::new(&self.model, &self.state, &self.options, self.capacity).build(cap, rebuild)?;
+            self.plans.insert((cap, rebuild), plan);
+        }
+        let positions: Vec<u32> = (self.n_past..self.n_past + n).map(|p| p as u32).collect();
+        let on_gpu = policy.kind.on_gpu();
+        let ctx = &self.model.ctx;
+        let s = &self.state;
+        // Slots: chosen here for the policies decided on the CPU, by slot_assign otherwise
+        // (attention then scans every slot).
+        let n_slots = if on_gpu {
+            self.capacity
+        } else {
+            let slots = self.slots.assign(&positions)?;
+            ctx.queue.write_buffer(&s.slots, 0, bytemuck::cast_slice(&slots));
+            self.slots.high_water()
+        };
+        if let Some(t) = tokens {
+            ctx.queue.write_buffer(&s.tokens, 0, bytemuck::cast_slice(t));
+        }
+        ctx.queue.write_buffer(&s.positions, 0, bytemuck::cast_slice(&positions));
+        let step = Step {
+            n_rows: rows as u32,
+            n_slots: n_slots as u32,
+            counter: self.counter,
+            n_seen: (self.n_past + n) as u32,
+            n_new: n as u32,
+            pad: [0; 3],
+        };
+        ctx.queue.write_buffer(&s.step, 0, bytemuck::bytes_of(&step));
+        let mut encoder = ctx.encoder();
+        ctx.record(&mut encoder, &self.plans[&(cap, rebuild)]);
+        if !self.options.all_logits {
+            encoder.copy_buffer_to_buffer(&s.tokens, 0, &s.readback, 0, 4);
+        }
+        ctx.queue.submit([encoder.finish()]);
+        ctx.take_error()?;
+        self.n_past += n;
+        self.last_rows = (rows, n);
+        self.counter = self.counter.wrapping_add(1);
+        // The cache update: the policy frees slots down to its budget.
+        let freed = self.slots.release(&self.options.policy, self.n_past);
+        self.free_slots(&freed);
+        Ok(())
+    }
+
+    fn check_tokens(&self, tokens: &[u32]) -> Result<()> {
+        if tokens.is_empty() {
+            return Err(Error::EmptyPrompt);
+        }
+        if self.n_past + tokens.len() > self.options.context {
+            return Err(Error::PromptTooLong { tokens: self.n_past + tokens.len(), context: self.options.context });
+        }
+        let vocab = self.model.config.vocab as u32;
+        if let Some(bad) = tokens.iter().find(|&&t| t >= vocab) {
+            return Err(Error::arg(format!("token id {bad} is outside the vocabulary of {vocab}")));
+        }
+        Ok(())
+    }
+
+    /// Processes `tokens` in chunks and returns the next token chosen after the last one.
+    pub async fn prefill(&mut self, tokens: &[u32]) -> Result<u32> {
+        if self.options.all_logits {
+            return Err(Error::arg("this session computes all logits (perplexity); use prefill_logits"));
+        }
+        self.check_tokens(tokens)?;
+        for chunk in tokens.chunks(self.options.chunk) {
+            self.submit(Some(chunk), chunk.len())?;
+        }
+        self.read_token().await
+    }
+
+    /// Feeds the previously chosen token (still on the GPU) and returns the next one.
+    pub async fn step(&mut self) -> Result<u32> {
+        if self.n_past == 0 {
+            return Err(Error::arg("step() needs a prefill first"));
+        }
+        if self.n_past >= self.options.context {
+            return Err(Error::PromptTooLong { tokens: self.n_past + 1, context: self.options.context });
+        }
+        self.submit(None, 1)?;
+        self.read_token().await
+    }
+
+    /// Feeds a token chosen on the CPU (for teacher forcing or chat turns) and returns the next.
+    pub async fn feed(&mut self, token: u32) -> Result<u32> {
+        self.prefill(&[token]).await
+    }
+
+    async fn read_token(&self) -> Result<u32> {
+        let bytes = self.model.ctx.map_read(&self.state.readback, 4).await?;
+        Ok(u32::from_le_bytes([bytes[0], bytes[1], bytes[2], bytes[3]]))
+    }
+
+    /// The logits that chose the last token (vocab values).
+    pub async fn last_logits(&self) -> Result<Vec<f32>> {
+        self.model.ctx.read_f32(&self.state.logits, self.model.config.vocab).await
+    }
+
+    /// Processes `tokens` and returns the logits of every row, (tokens.len(), vocab), row-major.
+    pub async fn prefill_logits(&mut self, tokens: &[u32]) -> Result<Vec<f32>> {
+        if !self.options.all_logits {
+            return Err(Error::arg("this session was created without all_logits"));
+        }
+        self.check_tokens(tokens)?;
+        let vocab = self.model.config.vocab;
+        let mut out = Vec::with_capacity(tokens.len() * vocab);
+        for chunk in tokens.chunks(self.options.chunk) {
+            self.submit(Some(chunk), chunk.len())?;
+            out.extend(self.model.ctx.read_f32(&self.state.logits, chunk.len() * vocab).await?);
+        }
+        Ok(out)
+    }
+}

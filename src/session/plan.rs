@@ -1,0 +1,242 @@
+//! The plan: the dispatches of one forward pass, recorded once per (row capacity, rebuild
+//! rows) and replayed every step. `forward` is the model, one list per layer; what a policy
+//! adds (the slot assignment, the controller, rebuild, the oracle's second pass, the cache
+//! update) is recorded around it, each by a function of its own.
+
+use crate::error::Result;
+use crate::gpu::{Context, Dispatch};
+use crate::model::{Config, Model, Weights};
+use crate::ops::{self, attention::Heads, attention::Mass};
+use crate::policy::{Policy, PolicyKind};
+
+use super::state::{ControllerState, RunState, SessionOptions};
+
+/// What a plan is recorded from.
+pub(crate) struct Planner<'a> {
+    pub ctx: &'a Context,
+    pub c: &'a Config,
+    pub w: &'a Weights,
+    pub s: &'a RunState,
+    pub options: &'a SessionOptions,
+    pub capacity: usize,
+}
+
+impl<'a> Planner<'a> {
+    pub fn new(model: &'a Model, s: &'a RunState, options: &'a SessionOptions, capacity: usize) -> Self {
+        Planner { ctx: &model.ctx, c: &model.config, w: &model.weights, s, options, capacity }
+    }
+
+    fn policy(&self) -> Policy {
+        self.options.policy
+    }
+
+    /// One step for up to `rows` rows, `rebuild` of them rebuild rows, in order.
+    pub fn build(&self, rows: usize, rebuild: usize) -> Result<Vec<Dispatch>> {
+        let (ctx, s) = (self.ctx, self.s);
+        let mut plan = Vec::with_capacity(12 + self.c.layers * 16);
+        let kind = self.policy().kind;
+        if kind.on_gpu() {
+            // The GPU decides releases, so it also places the new rows in free slots.
+            plan.push(ops::cache_update::build_assign(ctx, &s.slot_pos, &s.slots, &s.step, self.capacity, rows)?);
+        }
+        // Token embeddings into the residual stream.
+        plan.push(self.embed(rows)?);
+        let reads_embeddings = s.controller.as_ref().filter(|cl| cl.gpu.input_layer == 0);
+        if let Some(cl) = reads_embeddings {
+            // The controller reads the new rows' embeddings before the first layer changes them.
+            plan.push(self.controller_step(cl, rows)?);
+            self.rebuild_rows(&mut plan, cl, rows, rebuild)?;
+        }
+        if kind == PolicyKind::Oracle {
+            self.oracle(&mut plan, rows)?;
+        } else {
+            let table = &s.slot_pos;
+            match s.controller.as_ref().filter(|cl| cl.gpu.input_layer > 0) {
+                // A controller that reads the residual stream runs between the layers before
+                // and after its input layer.
+                Some(cl) => {
+                    let after = cl.gpu.input_layer;
+                    self.forward(&mut plan, rows, table, 0..after, kind.needs_mass())?;
+                    plan.push(self.controller_step(cl, rows)?);
+                    self.forward(&mut plan, rows, table, after..self.c.layers, kind.needs_mass())?;
+                }
+                None => self.forward(&mut plan, rows, table, 0..self.c.layers, kind.needs_mass())?,
+            }
+        }
+        if kind.on_gpu() {
+            self.cache_update(&mut plan, rows)?;
+        }
+        self.head(&mut plan, rows)?;
+        Ok(plan)
+    }
+
+    fn embed(&self, rows: usize) -> Result<Dispatch> {
+        let s = self.s;
+        ops::embed::build(self.ctx, &self.w.embed, &s.tokens, &s.x, &s.step, rows)
+    }
+
+    /// The forward pass of `layers` for up to `rows` rows; attention sees the slots valid in
+    /// `table` and, with `mass`, records per-slot probabilities summed over layers.
+    fn forward(
+        &self,
+        plan: &mut Vec<Dispatch>,
+        rows: usize,
+        table: &wgpu::Buffer,
+        layers: std::ops::Range<usize>,
+        mass: bool,
+    ) -> Result<()> {
+        let (ctx, c, s) = (self.ctx, self.c, self.s);
+        let step = &s.step;
+        let heads = Heads { n_heads: c.n_heads, n_kv_heads: c.n_kv_heads, head_dim: c.head_dim };
+        for l in layers {
+            let layer = &self.w.layers[l];
+            // Attention: norm, q/k/v projections, rotary positions, store k/v, attend, project, add.
+            plan.push(ops::rmsnorm::build(ctx, &s.x, &layer.attn_norm, &s.xn, step, c.hidden, c.rms_eps, rows, false)?);
+            plan.extend(ops::matmul::build(ctx, &layer.q, &s.xn, &s.q, step, rows, 0)?);
+            plan.extend(ops::matmul::build(ctx, &layer.k, &s.xn, &s.k, step, rows, 0)?);
+            plan.extend(ops::matmul::build(ctx, &layer.v, &s.xn, &s.v, step, rows, 0)?);
+            plan.push(ops::rope::build(ctx, &s.q, &s.positions, step, c.n_heads, c.head_dim, c.rope_theta, c.rope_interleaved, rows)?);
+            plan.push(ops::rope::build(ctx, &s.k, &s.positions, step, c.n_kv_heads, c.head_dim, c.rope_theta, c.rope_interleaved, rows)?);
+            let kv = ops::kv_write::KvWrite {
+                k: &s.k,
+                v: &s.v,
+                k_cache: &s.k_cache[l],
+                v_cache: &s.v_cache[l],
+                slots: &s.slots,
+                slot_pos: &s.slot_pos,
+                positions: &s.positions,
+            };
+            plan.push(ops::kv_write::build(ctx, &kv, step, c.kv_dim(), self.capacity, rows, l == 0)?);
+            let ab = ops::attention::Buffers {
+                q: &s.q,
+                k_cache: &s.k_cache[l],
+                v_cache: &s.v_cache[l],
+                slot_pos: table,
+                positions: &s.positions,
+                out: &s.att,
+                mass: s.mass.as_ref().unwrap_or(&s.unused),
+            };
+            let mass = match (mass, l) {
+                (false, _) => Mass::None,
+                (true, 0) => Mass::Write,
+                (true, _) => Mass::Add,
+            };
+            plan.push(ops::attention::build(ctx, &ab, step, heads, self.capacity, rows, mass)?);
+            plan.extend(ops::matmul::build(ctx, &layer.o, &s.att, &s.proj, step, rows, 0)?);
+            plan.push(ops::add::build(ctx, &s.x, &s.proj, step, c.hidden, rows)?);
+            // Feed-forward: norm, gate and up projections, SwiGLU, down projection, add.
+            plan.push(ops::rmsnorm::build(ctx, &s.x, &layer.ffn_norm, &s.xn, step, c.hidden, c.rms_eps, rows, false)?);
+            plan.extend(ops::matmul::build(ctx, &layer.gate, &s.xn, &s.gate, step, rows, 0)?);
+            plan.extend(ops::matmul::build(ctx, &layer.up, &s.xn, &s.up, step, rows, 0)?);
+            plan.push(ops::swiglu::build(ctx, &s.gate, &s.up, step, c.ffn, rows)?);
+            plan.extend(ops::matmul::build(ctx, &layer.down, &s.gate, &s.proj, step, rows, 0)?);
+            plan.push(ops::add::build(ctx, &s.x, &s.proj, step, c.hidden, rows)?);
+        }
+        Ok(())
+    }
+
+    /// Final norm and LM head: for every row (perplexity), or for the last new row followed by
+    /// the choice of the next token.
+    fn head(&self, plan: &mut Vec<Dispatch>, rows: usize) -> Result<()> {
+        let (ctx, c, w, s) = (self.ctx, self.c, self.w, self.s);
+        let step = &s.step;
+        if self.options.all_logits {
+            plan.push(ops::rmsnorm::build(ctx, &s.x, &w.output_norm, &s.xn, step, c.hidden, c.rms_eps, rows, false)?);
+            plan.extend(ops::matmul::build(ctx, w.lm_head(), &s.xn, &s.logits, step, rows, 0)?);
+        } else {
+            plan.push(ops::rmsnorm::build(ctx, &s.x, &w.output_norm, &s.last, step, c.hidden, c.rms_eps, rows, true)?);
+            plan.extend(ops::matmul::build(ctx, w.lm_head(), &s.last, &s.logits, step, 1, 1)?);
+            plan.push(ops::sample::build(ctx, &s.logits, &s.tokens, &s.sample_params, step, c.vocab)?);
+        }
+        Ok(())
+    }
+
+    /// The controller's GRU over the step's new rows, from the residual stream `x` as it is at
+    /// this point of the plan.
+    fn controller_step(&self, cl: &ControllerState, rows: usize) -> Result<Dispatch> {
+        let s = self.s;
+        ops::controller::build_step(self.ctx, &cl.gpu, &s.x, &s.positions, &cl.state, &cl.keys, &s.step, rows)
+    }
+
+    /// Rebuild (adore with R > 0): log the new rows' ids; with `rebuild` rows in this plan,
+    /// score every earlier token, mask the cached ones, take the top R into the rows and embed
+    /// them (the new row's embedding is rewritten unchanged).
+    fn rebuild_rows(&self, plan: &mut Vec<Dispatch>, cl: &ControllerState, rows: usize, rebuild: usize) -> Result<()> {
+        let (ctx, s) = (self.ctx, self.s);
+        let Some(rb) = &s.rebuild else { return Ok(()) };
+        let context = self.options.context;
+        if rebuild > 0 {
+            plan.push(ops::rebuild::build_rank(ctx, &cl.gpu, &cl.state, &cl.keys, &rb.pos_score, &s.step, context)?);
+            plan.push(ops::rebuild::build_mask(ctx, &s.slot_pos, &rb.pos_score, self.capacity)?);
+            plan.push(ops::topk::build(ctx, &rb.pos_score, &rb.selected, &rb.indices, context, rebuild, Some(&s.step))?);
+        }
+        let b = ops::rebuild::Rows { tokens: &s.tokens, positions: &s.positions, ids: &rb.ids, indices: &rb.indices };
+        plan.push(ops::rebuild::build_rows(ctx, &b, &s.step, rows)?);
+        if rebuild > 0 {
+            plan.push(self.embed(rows)?);
+        }
+        Ok(())
+    }
+
+    /// The oracle: a first pass with full attention ranks the slots by the last row's
+    /// attention; the second attends to the top `budget` of them (and to the step's own rows).
+    fn oracle(&self, plan: &mut Vec<Dispatch>, rows: usize) -> Result<()> {
+        let (ctx, s) = (self.ctx, self.s);
+        let (Some(attend), Some(mass), Some(score)) = (&s.attend, &s.mass, &s.slot_score) else {
+            unreachable!("an oracle session allocates its table, mass and scores")
+        };
+        let layers = 0..self.c.layers;
+        self.forward(plan, rows, &s.slot_pos, layers.clone(), true)?;
+        plan.push(ops::cache_update::build_score(ctx, mass, &s.slots, score, &s.step, self.score_params(false), rows)?);
+        plan.push(ops::rebuild::build_copy(ctx, &s.slot_pos, attend, self.capacity)?);
+        let base = ops::cache_update::Params::new(self.capacity, &self.policy());
+        let up = ops::cache_update::Params { sinks: 0, recent: 0, in_flight: 1, ..base };
+        plan.push(ops::cache_update::build(ctx, attend, score, &s.step, up)?);
+        plan.push(self.embed(rows)?);
+        self.forward(plan, rows, attend, layers, false)
+    }
+
+    /// Per-slot attention mass, averaged over heads and layers: accumulated (H2O) or the last
+    /// new row's (TOVA, oracle).
+    fn score_params(&self, accumulate: bool) -> ops::cache_update::ScoreParams {
+        ops::cache_update::ScoreParams {
+            capacity: self.capacity as u32,
+            n_heads: self.c.n_heads as u32,
+            accumulate: accumulate as u32,
+            scale: 1.0 / (self.c.n_heads * self.c.layers) as f32,
+        }
+    }
+
+    /// The cache update of the policies the GPU decides: per-slot scores, release down to the
+    /// budget, and with the staged update the survivors' move into freed slots.
+    fn cache_update(&self, plan: &mut Vec<Dispatch>, rows: usize) -> Result<()> {
+        let (ctx, c, s) = (self.ctx, self.c, self.s);
+        let policy = self.policy();
+        let Some(score) = &s.slot_score else { unreachable!("a GPU-decided policy allocates slot scores") };
+        match (&s.controller, &s.mass) {
+            (Some(cl), _) => plan.push(ops::controller::build_score(ctx, &cl.gpu, &cl.state, &cl.keys, &s.slot_pos, score, &s.step)?),
+            (None, Some(mass)) => {
+                let sp = self.score_params(policy.kind == PolicyKind::H2o);
+                plan.push(ops::cache_update::build_score(ctx, mass, &s.slots, score, &s.step, sp, rows)?)
+            }
+            (None, None) => unreachable!("h2o and tova record attention mass"),
+        }
+        let up = ops::cache_update::Params::new(self.capacity, &policy);
+        plan.push(ops::cache_update::build(ctx, &s.slot_pos, score, &s.step, up)?);
+        if let Some(st) = &s.staged {
+            // Surviving staged rows move into freed slots by a selection-matrix product.
+            let p = ops::staged_update::Params {
+                capacity: self.capacity as u32,
+                budget: policy.budget as u32,
+                kv_dim: c.kv_dim() as u32,
+                pad: 0,
+            };
+            plan.push(ops::staged_update::build_moves(ctx, &s.slot_pos, score, &st.moves, p)?);
+            plan.push(ops::staged_update::build_selection(ctx, &st.moves, &st.select, p)?);
+            for (k, v) in s.k_cache.iter().zip(&s.v_cache) {
+                plan.extend(ops::staged_update::build_move_rows(ctx, &st.select, k, v, &st.selected_kv, p)?);
+            }
+        }
+        Ok(())
+    }
+}

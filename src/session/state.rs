@@ -1,0 +1,262 @@
+//! The run state: every buffer a step touches, allocated once when a session is made. The
+//! buffers every policy needs are plain fields; those of one policy or variant are optional
+//! groups, present only when the session's options ask for them.
+
+use std::sync::Arc;
+
+use crate::controller::Controller;
+use crate::error::{Error, Result};
+use crate::gpu::Context;
+use crate::model::{Config, Model};
+use crate::ops::{self, attention::INVALID_SLOT, controller::GpuController, sample::Sampling, Step};
+use crate::policy::{CacheUpdate, Policy, PolicyKind};
+
+/// The context a session gets when none is asked for: the model's, at most this many tokens.
+pub const DEFAULT_CONTEXT: usize = 4096;
+
+/// Sizes fixed when a session is created.
+#[derive(Clone, Debug)]
+pub struct SessionOptions {
+    /// The longest sequence this session can hold (prompt + generated tokens).
+    pub context: usize,
+    /// Most prompt tokens processed per submit.
+    pub chunk: usize,
+    /// Compute logits for every row (perplexity) instead of only the last one.
+    pub all_logits: bool,
+    /// Which tokens the KV cache keeps.
+    pub policy: Policy,
+    /// The ADORE controller for the `adore` policy (the one shipped for the model when None).
+    pub controller: Option<Arc<Controller>>,
+    /// How kept rows reach their slots (the selection-matrix variant is an ablation).
+    pub cache_update: CacheUpdate,
+}
+
+impl Default for SessionOptions {
+    fn default() -> Self {
+        Self { context: 2048, chunk: 256, all_logits: false, policy: Policy::full(), controller: None, cache_update: CacheUpdate::Scatter }
+    }
+}
+
+impl SessionOptions {
+    /// The default context for a model: its own, capped at [`DEFAULT_CONTEXT`].
+    pub fn default_context(config: &Config) -> usize {
+        config.context.min(DEFAULT_CONTEXT)
+    }
+
+    /// Most rows one step processes: a prompt chunk, or a token with its rebuild rows.
+    pub fn max_rows(&self) -> usize {
+        self.chunk.max(self.policy.rebuild + 1).min(self.context)
+    }
+
+    /// KV slots needed: the whole context for `full` and `oracle`; otherwise the budget plus
+    /// the rows of one step in flight (the session caps the chunk at the budget).
+    pub fn capacity(&self) -> usize {
+        if self.policy.kind.keeps_everything() {
+            self.context
+        } else {
+            self.context.min(self.policy.budget + self.max_rows())
+        }
+    }
+
+    /// Checks the options against each other and settles what they leave open: a budgeted
+    /// cache takes chunks no larger than its budget (which keeps its capacity under twice the
+    /// budget), and the adore policy takes the controller shipped for the model when none is
+    /// given. Errors name options, not command-line flags.
+    pub(crate) fn settle(self, model: &Model) -> Result<Self> {
+        if self.context == 0 || self.chunk == 0 {
+            return Err(Error::arg("context and chunk sizes must be at least 1"));
+        }
+        self.policy.validate()?;
+        if self.cache_update == CacheUpdate::Matmul && !self.policy.kind.on_gpu() {
+            return Err(Error::arg(format!(
+                "cache update matmul applies to the policies whose releases the GPU decides (h2o, tova, adore), not {}",
+                self.policy.name()
+            )));
+        }
+        let chunk = match self.policy.kind {
+            PolicyKind::Full => self.chunk,
+            _ => self.chunk.min(self.policy.budget),
+        }
+        .min(self.context);
+        let controller = match self.policy.kind {
+            PolicyKind::Adore => Some(check_controller(model, self.controller.clone(), self.policy.rebuild)?),
+            _ => self.controller.clone(),
+        };
+        Ok(SessionOptions { chunk, controller, ..self })
+    }
+}
+
+/// The controller given, or the one shipped for the model, checked against the model.
+fn check_controller(model: &Model, given: Option<Arc<Controller>>, rebuild: usize) -> Result<Arc<Controller>> {
+    let c = &model.config;
+    let Some(cl) = given.or_else(|| Controller::builtin(&model.fingerprint).map(Arc::new)) else {
+        return Err(Error::arg(
+            "the adore policy needs a controller for this model and none is shipped for it: give a controller file trained for it (see docs/training.md; `adore controller init` makes a random one)",
+        ));
+    };
+    if cl.fingerprint != model.fingerprint || cl.hidden != c.hidden {
+        return Err(Error::Config(format!(
+            "the controller was made for another model (fingerprint {}, this model's is {})",
+            cl.fingerprint, model.fingerprint
+        )));
+    }
+    if cl.input_layer > c.layers {
+        return Err(Error::Config(format!(
+            "the controller reads the residual stream after layer {}, but the model has {} layers",
+            cl.input_layer, c.layers
+        )));
+    }
+    if cl.input_layer > 0 && rebuild > 0 {
+        // Rebuild ranks released tokens before the forward pass, which is where such a
+        // controller's input for the new token is made.
+        return Err(Error::arg(format!(
+            "rebuild needs a controller that reads token embeddings; this one reads the residual stream after layer {}: set rebuild to 0",
+            cl.input_layer
+        )));
+    }
+    Ok(cl)
+}
+
+/// Activations, KV cache and step buffers: everything a step touches, allocated once.
+pub(crate) struct RunState {
+    pub step: wgpu::Buffer,          // Step uniform
+    pub sample_params: wgpu::Buffer, // sample::Params uniform
+    pub tokens: wgpu::Buffer,        // (rows) u32 input ids; [0] <- sampled id
+    pub positions: wgpu::Buffer,     // (rows) u32 absolute positions
+    pub slots: wgpu::Buffer,         // (rows) u32 KV slot of each row
+    pub x: wgpu::Buffer,             // (rows, hidden) residual stream
+    pub xn: wgpu::Buffer,            // (rows, hidden) normalised
+    pub q: wgpu::Buffer,             // (rows, n_heads, head_dim)
+    pub k: wgpu::Buffer,             // (rows, n_kv_heads, head_dim)
+    pub v: wgpu::Buffer,             // (rows, n_kv_heads, head_dim)
+    pub att: wgpu::Buffer,           // (rows, n_heads, head_dim)
+    pub proj: wgpu::Buffer,          // (rows, hidden) attention / FFN output
+    pub gate: wgpu::Buffer,          // (rows, ffn)
+    pub up: wgpu::Buffer,            // (rows, ffn)
+    pub last: wgpu::Buffer,          // (1, hidden) normalised last row
+    pub logits: wgpu::Buffer,        // (1 or chunk, vocab)
+    pub k_cache: Vec<wgpu::Buffer>,  // per layer (capacity, n_kv_heads, head_dim)
+    pub v_cache: Vec<wgpu::Buffer>,  // per layer (capacity, n_kv_heads, head_dim)
+    pub slot_pos: wgpu::Buffer,      // (capacity) u32 position held by each slot, or INVALID_SLOT
+    pub readback: wgpu::Buffer,      // 4 bytes, MAP_READ
+    /// 4 bytes, bound where a kernel's binding is unused by this plan (attention's mass when
+    /// nothing records it).
+    pub unused: wgpu::Buffer,
+    /// (rows, n_heads, capacity) attention probabilities, summed over layers (h2o, tova, oracle).
+    pub mass: Option<wgpu::Buffer>,
+    /// (capacity) per-slot score the GPU policies release by, and the oracle ranks by.
+    pub slot_score: Option<wgpu::Buffer>,
+    /// (capacity) the oracle's selection: slot_pos less what this step skips.
+    pub attend: Option<wgpu::Buffer>,
+    pub controller: Option<ControllerState>,
+    pub rebuild: Option<RebuildState>,
+    pub staged: Option<StagedState>,
+}
+
+/// The ADORE controller: its packed weights, recurrent state and a key per token.
+pub(crate) struct ControllerState {
+    pub gpu: GpuController,
+    pub state: wgpu::Buffer, // (2, d_c) controller state h, then query q
+    pub keys: wgpu::Buffer,  // (context, d_c) controller key of every token by position
+}
+
+/// Rebuild: the id log and the ranking of released positions.
+pub(crate) struct RebuildState {
+    pub ids: wgpu::Buffer,       // (context) u32 token id by position
+    pub pos_score: wgpu::Buffer, // (context) controller score by position, cached ones masked
+    pub selected: wgpu::Buffer,  // (context) u32 top-k mask
+    pub indices: wgpu::Buffer,   // (R) u32 positions to rebuild, ascending
+}
+
+/// The staged (selection-matrix) cache update.
+pub(crate) struct StagedState {
+    pub moves: wgpu::Buffer,       // (capacity) u32 source slot of each cache slot
+    pub select: wgpu::Buffer,      // (budget, capacity) one-hot selection matrix
+    pub selected_kv: wgpu::Buffer, // (2, budget, kv_dim) one layer's selected K and V
+}
+
+/// Bytes of `n` 4-byte values.
+fn f(n: usize) -> u64 {
+    (n * 4) as u64
+}
+
+impl RunState {
+    /// Allocates everything a session with these (settled) options needs.
+    pub fn new(ctx: &Context, c: &Config, o: &SessionOptions) -> Result<Self> {
+        let capacity = o.capacity();
+        let rows = o.max_rows();
+        let kind = o.policy.kind;
+        let logit_rows = if o.all_logits { rows } else { 1 };
+        let cache = |name: &str| -> Result<Vec<wgpu::Buffer>> {
+            (0..c.layers).map(|l| ctx.storage(&format!("{name}_cache.{l}"), f(capacity * c.kv_dim()))).collect()
+        };
+        let controller = match (kind, &o.controller) {
+            (PolicyKind::Adore, Some(cl)) => {
+                let d_c = cl.d_c;
+                Some(ControllerState {
+                    gpu: GpuController::upload(ctx, cl, capacity)?,
+                    state: ctx.storage("controller.state", f(2 * d_c))?,
+                    keys: ctx.storage("controller.keys", f(o.context * d_c))?,
+                })
+            }
+            _ => None,
+        };
+        let rebuild = match o.policy.rebuild {
+            0 => None,
+            r => Some(RebuildState {
+                ids: ctx.storage("rebuild.ids", f(o.context))?,
+                pos_score: ctx.storage("rebuild.pos_score", f(o.context))?,
+                selected: ctx.storage("rebuild.selected", f(o.context))?,
+                indices: ctx.storage("rebuild.indices", f(r))?,
+            }),
+        };
+        let staged = match o.cache_update {
+            CacheUpdate::Scatter => None,
+            CacheUpdate::Matmul => Some(StagedState {
+                moves: ctx.storage("staged.moves", f(capacity))?,
+                select: ctx.storage("staged.select", f(o.policy.budget * capacity))?,
+                selected_kv: ctx.storage("staged.selected_kv", f(2 * o.policy.budget * c.kv_dim()))?,
+            }),
+        };
+        let oracle = kind == PolicyKind::Oracle;
+        let state = RunState {
+            step: ctx.uniform("step", &Step::default()),
+            sample_params: ops::sample::params_buffer(ctx, &Sampling::default(), c.vocab),
+            tokens: ctx.storage("tokens", f(rows))?,
+            positions: ctx.storage("positions", f(rows))?,
+            slots: ctx.storage("slots", f(rows))?,
+            x: ctx.storage("x", f(rows * c.hidden))?,
+            xn: ctx.storage("xn", f(rows * c.hidden))?,
+            q: ctx.storage("q", f(rows * c.q_dim()))?,
+            k: ctx.storage("k", f(rows * c.kv_dim()))?,
+            v: ctx.storage("v", f(rows * c.kv_dim()))?,
+            att: ctx.storage("att", f(rows * c.q_dim()))?,
+            proj: ctx.storage("proj", f(rows * c.hidden))?,
+            gate: ctx.storage("gate", f(rows * c.ffn))?,
+            up: ctx.storage("up", f(rows * c.ffn))?,
+            last: ctx.storage("last", f(c.hidden))?,
+            logits: ctx.storage("logits", f(logit_rows * c.vocab))?,
+            k_cache: cache("k")?,
+            v_cache: cache("v")?,
+            slot_pos: ctx.storage_init("slot_pos", bytemuck::cast_slice(&vec![INVALID_SLOT; capacity]))?,
+            readback: ctx.staging(4),
+            unused: ctx.storage("unused", 4)?,
+            mass: kind.needs_mass().then(|| ctx.storage("mass", f(rows * c.n_heads * capacity))).transpose()?,
+            slot_score: (kind.on_gpu() || oracle).then(|| ctx.storage("slot_score", f(capacity))).transpose()?,
+            attend: oracle.then(|| ctx.storage("attend", f(capacity))).transpose()?,
+            controller,
+            rebuild,
+            staged,
+        };
+        ctx.take_error()?;
+        Ok(state)
+    }
+
+    /// Clears what a new sequence must not inherit: the slot table and the controller's state.
+    pub fn clear(&self, ctx: &Context, capacity: usize) {
+        ctx.queue.write_buffer(&self.slot_pos, 0, bytemuck::cast_slice(&vec![INVALID_SLOT; capacity]));
+        if let Some(cl) = &self.controller {
+            ctx.queue.write_buffer(&cl.state, 0, &vec![0u8; cl.state.size() as usize]);
+        }
+    }
+}
