@@ -128,6 +128,67 @@ impl std::str::FromStr for CacheUpdate {
     }
 }
 
+/// What the oracle ranks past tokens by at each step, re-choosing its `budget` among all of
+/// them: diagnostics of how much of the oracle's lead a real policy could take.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum OracleRanking {
+    /// The last row's full attention summed over heads and layers (a first, dense pass).
+    #[default]
+    Attention,
+    /// The attention of layer ℓ alone: layers 0..=ℓ attend to every token, the later ones to
+    /// the chosen set (one pass).
+    Layer(usize),
+    /// The adore controller's score (one pass, every layer attending to the chosen set).
+    Controller,
+}
+
+/// The oracle's ranking, and whether it protects the policy's sinks and recent window as the
+/// releasing policies do (otherwise every token competes for the budget).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Oracle {
+    pub ranking: OracleRanking,
+    pub protect: bool,
+}
+
+impl Oracle {
+    /// `attention`, `controller` or `layer-L`, with `-protected` when it protects.
+    pub fn name(&self) -> String {
+        let base = match self.ranking {
+            OracleRanking::Attention => "attention".to_string(),
+            OracleRanking::Layer(l) => format!("layer-{l}"),
+            OracleRanking::Controller => "controller".to_string(),
+        };
+        if self.protect {
+            base + "-protected"
+        } else {
+            base
+        }
+    }
+}
+
+impl std::str::FromStr for Oracle {
+    type Err = Error;
+    fn from_str(s: &str) -> Result<Self> {
+        let (base, protect) = match s.strip_suffix("-protected") {
+            Some(b) => (b, true),
+            None => (s, false),
+        };
+        let ranking = match base {
+            "attention" => OracleRanking::Attention,
+            "controller" => OracleRanking::Controller,
+            _ => match base.strip_prefix("layer-").map(str::parse::<usize>) {
+                Some(Ok(l)) => OracleRanking::Layer(l),
+                _ => {
+                    return Err(Error::arg(format!(
+                    "unknown oracle ranking {s:?} (available: attention, controller, layer-L with L a layer index; each with -protected)"
+                )))
+                }
+            },
+        };
+        Ok(Oracle { ranking, protect })
+    }
+}
+
 /// A release policy with its budget.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Policy {

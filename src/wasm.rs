@@ -121,7 +121,15 @@ impl Inner {
         let kind: PolicyKind = o.policy.parse()?;
         let policy = Policy::shared(kind, PolicyParts { budget: o.budget, sinks: o.sinks, recent: o.recent, rebuild: o.rebuild })?;
         let context = o.context.unwrap_or(SessionOptions::default_context(&self.model.config));
-        Ok(SessionOptions { context, chunk: 128, all_logits: false, policy, controller: None, cache_update: CacheUpdate::Scatter })
+        Ok(SessionOptions {
+            context,
+            chunk: 128,
+            all_logits: false,
+            policy,
+            controller: None,
+            cache_update: CacheUpdate::Scatter,
+            ..Default::default()
+        })
     }
 
     async fn start(&mut self, ids: Vec<u32>, o: Options) -> Result<()> {

@@ -166,6 +166,7 @@ impl PolicyArgs {
             policy,
             controller: self.parts.controller(model)?,
             cache_update: CacheUpdate::Scatter,
+            ..Default::default()
         };
         Ok(Session::new(model.clone(), options)?)
     }

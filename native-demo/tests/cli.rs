@@ -264,3 +264,46 @@ fn eval_compares_every_policy_with_full_attention() {
     }
     fails_with(&["eval", "--model", m.to_str().unwrap(), "--text", text.to_str().unwrap(), "--budgets", "0"], "budgets");
 }
+
+#[test]
+fn eval_runs_the_diagnostic_oracles() {
+    let m = tiny_model();
+    let d = m.parent().unwrap().to_path_buf();
+    let text = d.join("eval-oracles.txt");
+    std::fs::write(&text, "the cat in the hat sat on the mat, and the hat sat on the cat. ".repeat(8)).unwrap();
+    let ctl = d.join("eval-oracles.controller.safetensors");
+    let out = adore(&["controller", "init", "--model", m.to_str().unwrap(), "--out", ctl.to_str().unwrap(), "--width", "16"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let json = d.join("eval-oracles.json");
+    let args = |oracles: &str| {
+        let base = ["eval", "--model", m.to_str().unwrap(), "--text", text.to_str().unwrap(), "--tokens", "60"];
+        let rest = ["--policies", "full", "--budgets", "8,64", "--recent", "2", "--controller", ctl.to_str().unwrap()];
+        let mut v: Vec<String> = base.iter().chain(&rest).map(|s| s.to_string()).collect();
+        v.extend(["--oracles".to_string(), oracles.to_string(), "--json".to_string(), json.to_str().unwrap().to_string()]);
+        v
+    };
+    let a = args("attention-protected,controller,controller-protected,layer-0");
+    let out = adore(&a.iter().map(String::as_str).collect::<Vec<_>>());
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let v: serde_json::Value = serde_json::from_slice(&std::fs::read(&json).unwrap()).unwrap();
+    let rows = v["rows"].as_array().unwrap();
+    let labels: Vec<&str> = rows.iter().map(|r| r["policy"].as_str().unwrap()).collect();
+    let want = ["attention-protected", "controller", "controller-protected", "layer-0"];
+    let want: Vec<String> =
+        std::iter::once("full".to_string()).chain(want.iter().flat_map(|o| [format!("oracle/{o}"), format!("oracle/{o}")])).collect();
+    assert_eq!(labels, want, "{v}");
+    for r in rows {
+        let hits = r["agreement_by_position"].as_str().unwrap();
+        assert_eq!(hits.len(), 59, "{r}");
+        let agree = hits.chars().filter(|&c| c == '1').count() as f64 / 59.0;
+        assert!((agree - r["top1_agreement"].as_f64().unwrap()).abs() < 1e-12, "{r}");
+        // A budget above the text's length attends to everything: full attention's predictions.
+        if r["policy"] == "full" || r["budget"] == 64 {
+            assert!(hits.chars().all(|c| c == '1') && r["mean_kl"].as_f64().unwrap() < 1e-6, "{r}");
+        }
+    }
+    let bad = args("layer-9");
+    fails_with(&bad.iter().map(String::as_str).collect::<Vec<_>>(), "layer-9");
+    let bad = args("heads");
+    fails_with(&bad.iter().map(String::as_str).collect::<Vec<_>>(), "unknown oracle ranking");
+}

@@ -14,7 +14,7 @@ use crate::error::{Error, Result};
 use crate::gpu::Dispatch;
 use crate::model::Model;
 use crate::ops::{attention::INVALID_SLOT, sample::Sampling, Step};
-use crate::policy::SlotMap;
+use crate::policy::{PolicyKind, SlotMap};
 
 pub use inspect::Inspect;
 use state::RunState;
@@ -162,6 +162,13 @@ impl Session {
         } else {
             let slots = self.slots.assign(&positions)?;
             ctx.queue.write_buffer(&s.slots, 0, bytemuck::cast_slice(&slots));
+            if policy.kind == PolicyKind::Oracle {
+                // The oracle chooses among the slot table's tokens, the new rows included, before
+                // layer 0 writes them (an oracle ranked by the controller chooses before any layer).
+                for (&slot, &pos) in slots.iter().zip(&positions) {
+                    ctx.queue.write_buffer(&s.slot_pos, slot as u64 * 4, bytemuck::bytes_of(&pos));
+                }
+            }
             self.slots.high_water()
         };
         if let Some(t) = tokens {

@@ -7,7 +7,7 @@ use crate::error::Result;
 use crate::gpu::{Context, Dispatch};
 use crate::model::{Config, Model, Weights};
 use crate::ops::{self, attention::Heads, attention::Mass};
-use crate::policy::{Policy, PolicyKind};
+use crate::policy::{OracleRanking, Policy, PolicyKind};
 
 use super::state::{ControllerState, RunState, SessionOptions};
 
@@ -50,17 +50,17 @@ impl<'a> Planner<'a> {
         if kind == PolicyKind::Oracle {
             self.oracle(&mut plan, rows)?;
         } else {
-            let table = &s.slot_pos;
+            let (table, mass) = (&s.slot_pos, kind.needs_mass().then_some(0));
             match s.controller.as_ref().filter(|cl| cl.gpu.input_layer > 0) {
                 // A controller that reads the residual stream runs between the layers before
                 // and after its input layer.
                 Some(cl) => {
                     let after = cl.gpu.input_layer;
-                    self.forward(&mut plan, rows, table, 0..after, kind.needs_mass())?;
+                    self.forward(&mut plan, rows, table, 0..after, mass)?;
                     plan.push(self.controller_step(cl, rows)?);
-                    self.forward(&mut plan, rows, table, after..self.c.layers, kind.needs_mass())?;
+                    self.forward(&mut plan, rows, table, after..self.c.layers, mass)?;
                 }
-                None => self.forward(&mut plan, rows, table, 0..self.c.layers, kind.needs_mass())?,
+                None => self.forward(&mut plan, rows, table, 0..self.c.layers, mass)?,
             }
         }
         if kind.on_gpu() {
@@ -76,14 +76,15 @@ impl<'a> Planner<'a> {
     }
 
     /// The forward pass of `layers` for up to `rows` rows; attention sees the slots valid in
-    /// `table` and, with `mass`, records per-slot probabilities summed over layers.
+    /// `table` and, with `mass` = Some(first), records per-slot probabilities summed over the
+    /// layers from `first` on.
     fn forward(
         &self,
         plan: &mut Vec<Dispatch>,
         rows: usize,
         table: &wgpu::Buffer,
         layers: std::ops::Range<usize>,
-        mass: bool,
+        mass: Option<usize>,
     ) -> Result<()> {
         let (ctx, c, s) = (self.ctx, self.c, self.s);
         let step = &s.step;
@@ -116,10 +117,10 @@ impl<'a> Planner<'a> {
                 out: &s.att,
                 mass: s.mass.as_ref().unwrap_or(&s.unused),
             };
-            let mass = match (mass, l) {
-                (false, _) => Mass::None,
-                (true, 0) => Mass::Write,
-                (true, _) => Mass::Add,
+            let mass = match mass {
+                Some(first) if l == first => Mass::Write,
+                Some(first) if l > first => Mass::Add,
+                _ => Mass::None,
             };
             plan.push(ops::attention::build(ctx, &ab, step, heads, self.capacity, rows, mass)?);
             plan.extend(ops::matmul::build(ctx, &layer.o, &s.att, &s.proj, step, rows, 0)?);
@@ -178,22 +179,58 @@ impl<'a> Planner<'a> {
         Ok(())
     }
 
-    /// The oracle: a first pass with full attention ranks the slots by the last row's
-    /// attention; the second attends to the top `budget` of them (and to the step's own rows).
+    /// The oracle: the step attends to the `budget` past tokens ranked highest (and to its own
+    /// rows), re-chosen among all of them every step. By default a first pass with full
+    /// attention ranks them by the last row's attention; the diagnostic rankings use one
+    /// layer's attention (the layers up to it attending densely) or the controller's score.
     fn oracle(&self, plan: &mut Vec<Dispatch>, rows: usize) -> Result<()> {
         let (ctx, s) = (self.ctx, self.s);
         let (Some(attend), Some(mass), Some(score)) = (&s.attend, &s.mass, &s.slot_score) else {
             unreachable!("an oracle session allocates its table, mass and scores")
         };
-        let layers = 0..self.c.layers;
-        self.forward(plan, rows, &s.slot_pos, layers.clone(), true)?;
-        plan.push(ops::cache_update::build_score(ctx, mass, &s.slots, score, &s.step, self.score_params(false), rows)?);
+        let layers = self.c.layers;
+        let from_mass = |plan: &mut Vec<Dispatch>| -> Result<()> {
+            plan.push(ops::cache_update::build_score(ctx, mass, &s.slots, score, &s.step, self.score_params(false), rows)?);
+            Ok(())
+        };
+        match self.options.oracle.ranking {
+            OracleRanking::Attention => {
+                self.forward(plan, rows, &s.slot_pos, 0..layers, Some(0))?;
+                from_mass(plan)?;
+                self.choose(plan, attend, score)?;
+                plan.push(self.embed(rows)?);
+                self.forward(plan, rows, attend, 0..layers, None)
+            }
+            OracleRanking::Layer(l) => {
+                self.forward(plan, rows, &s.slot_pos, 0..l + 1, Some(l))?;
+                from_mass(plan)?;
+                self.choose(plan, attend, score)?;
+                self.forward(plan, rows, attend, l + 1..layers, None)
+            }
+            OracleRanking::Controller => {
+                // The controller step ran after the embedding; the session wrote the new rows
+                // into the slot table before the submit.
+                let Some(cl) = &s.controller else { unreachable!("an oracle ranked by the controller runs it") };
+                plan.push(ops::controller::build_score(ctx, &cl.gpu, &cl.state, &cl.keys, &s.slot_pos, score, &s.step)?);
+                self.choose(plan, attend, score)?;
+                self.forward(plan, rows, attend, 0..layers, None)
+            }
+        }
+    }
+
+    /// The oracle's choice: `attend` = the slot table less all but the `budget` best-scored
+    /// past tokens (the step's rows stay; with `protect`, the policy's sinks and recent window
+    /// too).
+    fn choose(&self, plan: &mut Vec<Dispatch>, attend: &wgpu::Buffer, score: &wgpu::Buffer) -> Result<()> {
+        let (ctx, s) = (self.ctx, self.s);
         plan.push(ops::rebuild::build_copy(ctx, &s.slot_pos, attend, self.capacity)?);
         let base = ops::cache_update::Params::new(self.capacity, &self.policy());
-        let up = ops::cache_update::Params { sinks: 0, recent: 0, in_flight: 1, ..base };
+        let up = match self.options.oracle.protect {
+            true => ops::cache_update::Params { in_flight: 1, ..base },
+            false => ops::cache_update::Params { sinks: 0, recent: 0, in_flight: 1, ..base },
+        };
         plan.push(ops::cache_update::build(ctx, attend, score, &s.step, up)?);
-        plan.push(self.embed(rows)?);
-        self.forward(plan, rows, attend, layers, false)
+        Ok(())
     }
 
     /// Per-slot attention mass, averaged over heads and layers: accumulated (H2O) or the last

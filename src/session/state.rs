@@ -9,7 +9,7 @@ use crate::error::{Error, Result};
 use crate::gpu::Context;
 use crate::model::{Config, Model};
 use crate::ops::{self, attention::INVALID_SLOT, controller::GpuController, sample::Sampling, Step};
-use crate::policy::{CacheUpdate, Policy, PolicyKind};
+use crate::policy::{CacheUpdate, Oracle, OracleRanking, Policy, PolicyKind};
 
 /// The context a session gets when none is asked for: the model's, at most this many tokens.
 pub const DEFAULT_CONTEXT: usize = 4096;
@@ -29,11 +29,21 @@ pub struct SessionOptions {
     pub controller: Option<Arc<Controller>>,
     /// How kept rows reach their slots (the selection-matrix variant is an ablation).
     pub cache_update: CacheUpdate,
+    /// What the `oracle` policy ranks by (a diagnostic; ignored by the other policies).
+    pub oracle: Oracle,
 }
 
 impl Default for SessionOptions {
     fn default() -> Self {
-        Self { context: 2048, chunk: 256, all_logits: false, policy: Policy::full(), controller: None, cache_update: CacheUpdate::Scatter }
+        Self {
+            context: 2048,
+            chunk: 256,
+            all_logits: false,
+            policy: Policy::full(),
+            controller: None,
+            cache_update: CacheUpdate::Scatter,
+            oracle: Oracle::default(),
+        }
     }
 }
 
@@ -58,6 +68,15 @@ impl SessionOptions {
         }
     }
 
+    /// Whether the session runs the ADORE controller: the adore policy, or the oracle ranked by it.
+    pub fn runs_controller(&self) -> bool {
+        match self.policy.kind {
+            PolicyKind::Adore => true,
+            PolicyKind::Oracle => self.oracle.ranking == OracleRanking::Controller,
+            _ => false,
+        }
+    }
+
     /// Checks the options against each other and settles what they leave open: a budgeted
     /// cache takes chunks no larger than its budget (which keeps its capacity under twice the
     /// budget), and the adore policy takes the controller shipped for the model when none is
@@ -78,10 +97,20 @@ impl SessionOptions {
             _ => self.chunk.min(self.policy.budget),
         }
         .min(self.context);
-        let controller = match self.policy.kind {
-            PolicyKind::Adore => Some(check_controller(model, self.controller.clone(), self.policy.rebuild)?),
-            _ => self.controller.clone(),
+        if let (PolicyKind::Oracle, OracleRanking::Layer(l)) = (self.policy.kind, self.oracle.ranking) {
+            if l >= model.config.layers {
+                return Err(Error::arg(format!("oracle ranking layer-{l}: the model has layers 0 to {}", model.config.layers - 1)));
+            }
+        }
+        let controller = match self.runs_controller() {
+            true => Some(check_controller(model, self.controller.clone(), self.policy.rebuild)?),
+            false => self.controller.clone(),
         };
+        if let (PolicyKind::Oracle, Some(cl)) = (self.policy.kind, controller.as_ref().filter(|_| self.runs_controller())) {
+            if cl.input_layer > 0 {
+                return Err(Error::arg("the oracle ranked by the controller needs a controller that reads token embeddings"));
+            }
+        }
         Ok(SessionOptions { chunk, controller, ..self })
     }
 }
@@ -190,8 +219,8 @@ impl RunState {
         let cache = |name: &str| -> Result<Vec<wgpu::Buffer>> {
             (0..c.layers).map(|l| ctx.storage(&format!("{name}_cache.{l}"), f(capacity * c.kv_dim()))).collect()
         };
-        let controller = match (kind, &o.controller) {
-            (PolicyKind::Adore, Some(cl)) => {
+        let controller = match (o.runs_controller(), &o.controller) {
+            (true, Some(cl)) => {
                 let d_c = cl.d_c;
                 Some(ControllerState {
                     gpu: GpuController::upload(ctx, cl, capacity)?,

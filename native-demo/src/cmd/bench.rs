@@ -119,6 +119,7 @@ pub fn run(a: BenchArgs) -> Result<()> {
             policy: *policy,
             controller: a.parts.controller(&model)?,
             cache_update: *update,
+            ..Default::default()
         };
         let mut session = Session::new(model.clone(), options)?;
         // Warm-up: compile the pipelines of a chunk-sized prefill and of a decode step.

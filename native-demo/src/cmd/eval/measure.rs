@@ -6,7 +6,7 @@ use std::sync::Arc;
 
 use adore::controller::Controller;
 use adore::eval::{argmax, kl_from_logits, logsumexp};
-use adore::policy::{CacheUpdate, Policy, PolicyKind};
+use adore::policy::{CacheUpdate, Oracle, Policy, PolicyKind};
 use adore::{GenerateOptions, Model, Sampling, Session, SessionOptions};
 use anyhow::{bail, Result};
 
@@ -23,6 +23,9 @@ pub struct Row {
     pub top1_agreement: f64,
     pub mean_kl: f64,
     pub ppl: f64,
+    /// Per position, 1 where the policy's greedy next token equals full attention's, else 0
+    /// (for paired comparisons between policies).
+    pub agreement_by_position: String,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub rouge_l: Option<f64>,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -31,6 +34,7 @@ pub struct Row {
 
 #[derive(Default)]
 struct Acc {
+    hits: String,
     agree: usize,
     kl: f64,
     nll: f64,
@@ -41,15 +45,37 @@ fn log_softmax_at(logits: &[f32], id: usize) -> f64 {
     logits[id] as f64 - logsumexp(logits)
 }
 
+/// One policy run: the policy and, for the oracle, what it ranks by.
+#[derive(Clone, Copy, Debug)]
+pub struct Run {
+    pub policy: Policy,
+    pub oracle: Oracle,
+}
+
+impl Run {
+    pub fn new(policy: Policy) -> Self {
+        Run { policy, oracle: Oracle::default() }
+    }
+
+    /// The policy's name, with the oracle's ranking when it is not the default.
+    pub fn label(&self) -> String {
+        match self.policy.kind {
+            PolicyKind::Oracle if self.oracle != Oracle::default() => format!("oracle/{}", self.oracle.name()),
+            _ => self.policy.name().to_string(),
+        }
+    }
+}
+
 pub struct Eval<'a> {
     pub model: &'a Arc<Model>,
-    pub policies: &'a [Policy],
+    pub runs: &'a [Run],
     pub controller: Option<Arc<Controller>>,
     pub cache_update: CacheUpdate,
 }
 
 impl Eval<'_> {
-    fn session(&self, policy: Policy, context: usize) -> Result<Session> {
+    fn session(&self, run: Run, context: usize) -> Result<Session> {
+        let policy = run.policy;
         let options = SessionOptions {
             context,
             chunk: 8,
@@ -57,6 +83,7 @@ impl Eval<'_> {
             policy,
             controller: self.controller.clone(),
             cache_update: if policy.kind.on_gpu() { self.cache_update } else { CacheUpdate::Scatter },
+            oracle: run.oracle,
         };
         Ok(Session::new(self.model.clone(), options)?)
     }
@@ -73,7 +100,7 @@ impl Eval<'_> {
             self.model.clone(),
             SessionOptions { context: n, chunk: 256, all_logits: true, policy: Policy::full(), ..Default::default() },
         )?;
-        let others: Vec<Policy> = self.policies.iter().copied().filter(|p| p.kind != PolicyKind::Full).collect();
+        let others: Vec<Run> = self.runs.iter().copied().filter(|r| r.policy.kind != PolicyKind::Full).collect();
         let mut sessions = others.iter().map(|&p| Ok((p, self.session(p, n)?, Acc::default()))).collect::<Result<Vec<_>>>()?;
         let mut full_acc = Acc::default();
         let bar = progress::count(((n - 1) * others.len().max(1)) as u64, "eval", "token steps");
@@ -83,6 +110,7 @@ impl Eval<'_> {
             for (r, t) in (a..b).enumerate() {
                 let row = &reference[r * vocab..(r + 1) * vocab];
                 full_acc.agree += 1;
+                full_acc.hits.push('1');
                 full_acc.nll -= log_softmax_at(row, tokens[t + 1] as usize);
                 full_acc.n += 1;
             }
@@ -91,7 +119,9 @@ impl Eval<'_> {
                     let row = &reference[r * vocab..(r + 1) * vocab];
                     pollster::block_on(s.feed(tokens[t]))?;
                     let got = pollster::block_on(s.last_logits())?;
-                    acc.agree += (argmax(&got) == argmax(row)) as usize;
+                    let hit = argmax(&got) == argmax(row);
+                    acc.agree += hit as usize;
+                    acc.hits.push(if hit { '1' } else { '0' });
                     acc.kl += kl_from_logits(row, &got);
                     acc.nll -= log_softmax_at(&got, tokens[t + 1] as usize);
                     acc.n += 1;
@@ -100,18 +130,19 @@ impl Eval<'_> {
             }
         }
         bar.finish_and_clear();
-        let row = |p: &Policy, acc: &Acc| Row {
-            policy: p.name().to_string(),
-            budget: (!p.kind.keeps_everything() || p.kind == PolicyKind::Oracle).then_some(p.budget),
-            rebuild: p.rebuild,
+        let row = |run: &Run, acc: &Acc| Row {
+            policy: run.label(),
+            budget: (!run.policy.kind.keeps_everything() || run.policy.kind == PolicyKind::Oracle).then_some(run.policy.budget),
+            rebuild: run.policy.rebuild,
             positions: acc.n,
             top1_agreement: acc.agree as f64 / acc.n.max(1) as f64,
             mean_kl: acc.kl / acc.n.max(1) as f64,
             ppl: (acc.nll / acc.n.max(1) as f64).exp(),
+            agreement_by_position: acc.hits.clone(),
             rouge_l: None,
             bleu: None,
         };
-        let mut rows = vec![row(&Policy::full(), &full_acc)];
+        let mut rows = vec![row(&Run::new(Policy::full()), &full_acc)];
         rows.extend(sessions.iter().map(|(p, _, acc)| row(p, acc)));
         Ok(rows)
     }
@@ -121,15 +152,15 @@ impl Eval<'_> {
         let opts = GenerateOptions { max_tokens, sampling: Sampling::default(), stop_at_eos: true };
         let text = |ids: &[u32]| self.model.tokenizer.decode(ids);
         let longest = prompts.iter().map(Vec::len).max().unwrap_or(0) + max_tokens;
-        let mut full = self.session(Policy::full(), longest)?;
+        let mut full = self.session(Run::new(Policy::full()), longest)?;
         let mut refs = Vec::new();
         for p in prompts {
             full.reset();
             let (out, _) = pollster::block_on(adore::generate(&mut full, p, &opts, |_, _| true))?;
             refs.push(text(&out)?);
         }
-        for policy in self.policies {
-            let mut s = self.session(*policy, longest)?;
+        for run in self.runs {
+            let (policy, mut s) = (run.policy, self.session(*run, longest)?);
             let (mut r, mut b) = (0.0, 0.0);
             for (p, reference) in prompts.iter().zip(&refs) {
                 s.reset();
@@ -140,7 +171,7 @@ impl Eval<'_> {
             }
             let k = prompts.len().max(1) as f64;
             let budget = (policy.kind != PolicyKind::Full).then_some(policy.budget);
-            if let Some(row) = rows.iter_mut().find(|row| row.policy == policy.name() && row.budget == budget) {
+            if let Some(row) = rows.iter_mut().find(|row| row.policy == run.label() && row.budget == budget) {
                 row.rouge_l = Some(r / k);
                 row.bleu = Some(b / k);
             }

@@ -9,7 +9,7 @@ mod overlap;
 
 use std::path::PathBuf;
 
-use adore::policy::{CacheUpdate, PolicyKind, DEFAULT_BUDGET};
+use adore::policy::{CacheUpdate, Oracle, Policy, PolicyKind, DEFAULT_BUDGET};
 use anyhow::{bail, Context as _, Result};
 use clap::Args;
 
@@ -28,6 +28,12 @@ pub struct EvalArgs {
     policies: Vec<PolicyKind>,
     #[arg(long, value_delimiter = ',', default_value = "64,128,256,512")]
     budgets: Vec<usize>,
+    /// Diagnostic oracles, each run at every budget: ranked by `attention` (the oracle's own
+    /// ranking), `controller` (the adore controller's score) or `layer-L` (layer L's attention
+    /// alone, layers up to L attending densely); with `-protected`, adore's sinks and recent
+    /// window are protected (`--recent` or adore's default) and the rest re-chosen every step.
+    #[arg(long, value_delimiter = ',')]
+    oracles: Vec<Oracle>,
     #[command(flatten)]
     parts: PartsArgs,
     /// How kept rows reach their slots for h2o, tova and adore: scatter, or matmul (the
@@ -77,14 +83,22 @@ pub fn run(a: EvalArgs) -> Result<()> {
     let mut runs = Vec::new();
     for &kind in &a.policies {
         if kind == PolicyKind::Full {
-            runs.push(a.parts.compared(kind, DEFAULT_BUDGET)?);
+            runs.push(measure::Run::new(a.parts.compared(kind, DEFAULT_BUDGET)?));
             continue;
         }
         for &b in &a.budgets {
-            runs.push(a.parts.compared(kind, b)?);
+            runs.push(measure::Run::new(a.parts.compared(kind, b)?));
         }
     }
-    let e = measure::Eval { model: &m, policies: &runs, controller: a.parts.controller(&m)?, cache_update: a.cache_update };
+    for &oracle in &a.oracles {
+        for &b in &a.budgets {
+            // A protected oracle protects what adore does.
+            let recent = a.parts.recent.unwrap_or_else(|| Policy::default_recent(PolicyKind::Adore, b, a.parts.sinks));
+            let parts = adore::policy::PolicyParts { recent: Some(recent), ..a.parts.parts(b) };
+            runs.push(measure::Run { policy: Policy::shared(PolicyKind::Oracle, parts)?, oracle });
+        }
+    }
+    let e = measure::Eval { model: &m, runs: &runs, controller: a.parts.controller(&m)?, cache_update: a.cache_update };
     eprintln!("eval: {} tokens of {}, {} policy runs", ids.len(), a.text.display(), runs.len());
     let mut rows = e.teacher_forced(&ids)?;
     if let Some(path) = &a.prompts {
