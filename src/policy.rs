@@ -140,6 +140,9 @@ pub enum OracleRanking {
     Layer(usize),
     /// The adore controller's score (one pass, every layer attending to the chosen set).
     Controller,
+    /// Each layer chooses its own set by its own attention (summed over its heads): what one
+    /// choice for all layers costs.
+    PerLayer,
 }
 
 /// The oracle's ranking, and whether it protects the policy's sinks and recent window as the
@@ -157,6 +160,7 @@ impl Oracle {
             OracleRanking::Attention => "attention".to_string(),
             OracleRanking::Layer(l) => format!("layer-{l}"),
             OracleRanking::Controller => "controller".to_string(),
+            OracleRanking::PerLayer => "per-layer".to_string(),
         };
         if self.protect {
             base + "-protected"
@@ -176,11 +180,12 @@ impl std::str::FromStr for Oracle {
         let ranking = match base {
             "attention" => OracleRanking::Attention,
             "controller" => OracleRanking::Controller,
+            "per-layer" => OracleRanking::PerLayer,
             _ => match base.strip_prefix("layer-").map(str::parse::<usize>) {
                 Some(Ok(l)) => OracleRanking::Layer(l),
                 _ => {
                     return Err(Error::arg(format!(
-                    "unknown oracle ranking {s:?} (available: attention, controller, layer-L with L a layer index; each with -protected)"
+                    "unknown oracle ranking {s:?} (available: attention, controller, per-layer, layer-L with L a layer index; each with -protected)"
                 )))
                 }
             },

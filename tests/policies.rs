@@ -539,6 +539,39 @@ fn oracle_ranked_by_one_layer_records_that_layer_alone() {
 }
 
 #[test]
+fn per_layer_oracle_chooses_by_each_layer_s_own_attention() {
+    // After a step the scores are the last layer's (one layer of mass) and its choice follows
+    // the reference; with a budget that holds everything, full attention's logits exactly.
+    let m = tiny_model(35);
+    let tokens = ids(30);
+    let oracle = Oracle { ranking: OracleRanking::PerLayer, protect: false };
+    let policy = Policy { kind: PolicyKind::Oracle, budget: 6, sinks: 4, recent: 16, rebuild: 0 };
+    let mut s = oracle_session(&m, policy, oracle);
+    let mut full = session(&m, Policy::full(), 128, 4, false);
+    let mut apart = 0f32;
+    for (t, &tok) in tokens.iter().enumerate() {
+        run(s.feed(tok)).unwrap();
+        run(full.feed(tok)).unwrap();
+        let (got, want) = (run(s.last_logits()).unwrap(), run(full.last_logits()).unwrap());
+        apart = apart.max(got.iter().zip(&want).map(|(a, b)| (a - b).abs()).fold(0.0, f32::max));
+        let table = run(s.inspect().slot_table()).unwrap();
+        let scores = run(s.inspect().slot_scores()).unwrap();
+        let total: f32 = scores[..=t].iter().sum();
+        assert!((total - 1.0 / LAYERS as f32).abs() < 1e-4, "the last layer's scores sum to {total} at step {t}");
+        let att = run(s.inspect().attended_table()).unwrap();
+        let p = cache_update::Params { sinks: 0, recent: 0, in_flight: 1, ..cache_update::Params::new(table.len(), &policy) };
+        assert_eq!(att, cache_update::reference(&table, &scores, p, t as u32 + 1, 1), "selection at step {t}");
+    }
+    assert!(apart > 1e-3, "a budget of 6 over 30 tokens changed no logit (largest difference {apart})");
+    let roomy = Policy { budget: 64, ..policy };
+    let (mut all, mut full) = (oracle_session(&m, roomy, oracle), session(&m, Policy::full(), 128, 4, false));
+    for (t, &tok) in tokens.iter().enumerate() {
+        assert_eq!(run(all.feed(tok)).unwrap(), run(full.feed(tok)).unwrap(), "token after position {t}");
+        assert_eq!(run(all.last_logits()).unwrap(), run(full.last_logits()).unwrap(), "logits at position {t}");
+    }
+}
+
+#[test]
 fn matmul_and_scatter_cache_updates_keep_the_same_cache() {
     // The selection-matrix update stages rows and moves survivors into freed slots; the
     // default writes rows straight into free slots. Slots differ, contents must not: the same

@@ -11,6 +11,17 @@ use crate::policy::{OracleRanking, Policy, PolicyKind};
 
 use super::state::{ControllerState, RunState, SessionOptions};
 
+/// How a forward pass attends.
+#[derive(Clone, Copy)]
+enum Attend<'b> {
+    /// To the slots valid in the table; with Some(first), recording per-slot probabilities
+    /// summed over the layers from `first` on.
+    Table(&'b wgpu::Buffer, Option<usize>),
+    /// Each layer to the `budget` slots its own dense attention ranks highest (the per-layer
+    /// oracle).
+    ChosenPerLayer,
+}
+
 /// What a plan is recorded from.
 pub(crate) struct Planner<'a> {
     pub ctx: &'a Context,
@@ -56,11 +67,11 @@ impl<'a> Planner<'a> {
                 // and after its input layer.
                 Some(cl) => {
                     let after = cl.gpu.input_layer;
-                    self.forward(&mut plan, rows, table, 0..after, mass)?;
+                    self.forward(&mut plan, rows, 0..after, Attend::Table(table, mass))?;
                     plan.push(self.controller_step(cl, rows)?);
-                    self.forward(&mut plan, rows, table, after..self.c.layers, mass)?;
+                    self.forward(&mut plan, rows, after..self.c.layers, Attend::Table(table, mass))?;
                 }
-                None => self.forward(&mut plan, rows, table, 0..self.c.layers, mass)?,
+                None => self.forward(&mut plan, rows, 0..self.c.layers, Attend::Table(table, mass))?,
             }
         }
         if kind.on_gpu() {
@@ -75,20 +86,10 @@ impl<'a> Planner<'a> {
         ops::embed::build(self.ctx, &self.w.embed, &s.tokens, &s.x, &s.step, rows)
     }
 
-    /// The forward pass of `layers` for up to `rows` rows; attention sees the slots valid in
-    /// `table` and, with `mass` = Some(first), records per-slot probabilities summed over the
-    /// layers from `first` on.
-    fn forward(
-        &self,
-        plan: &mut Vec<Dispatch>,
-        rows: usize,
-        table: &wgpu::Buffer,
-        layers: std::ops::Range<usize>,
-        mass: Option<usize>,
-    ) -> Result<()> {
+    /// The forward pass of `layers` for up to `rows` rows, attention as `attend` says.
+    fn forward(&self, plan: &mut Vec<Dispatch>, rows: usize, layers: std::ops::Range<usize>, attend: Attend) -> Result<()> {
         let (ctx, c, s) = (self.ctx, self.c, self.s);
         let step = &s.step;
-        let heads = Heads { n_heads: c.n_heads, n_kv_heads: c.n_kv_heads, head_dim: c.head_dim };
         for l in layers {
             let layer = &self.w.layers[l];
             // Attention: norm, q/k/v projections, rotary positions, store k/v, attend, project, add.
@@ -108,21 +109,24 @@ impl<'a> Planner<'a> {
                 positions: &s.positions,
             };
             plan.push(ops::kv_write::build(ctx, &kv, step, c.kv_dim(), self.capacity, rows, l == 0)?);
-            let ab = ops::attention::Buffers {
-                q: &s.q,
-                k_cache: &s.k_cache[l],
-                v_cache: &s.v_cache[l],
-                slot_pos: table,
-                positions: &s.positions,
-                out: &s.att,
-                mass: s.mass.as_ref().unwrap_or(&s.unused),
-            };
-            let mass = match mass {
-                Some(first) if l == first => Mass::Write,
-                Some(first) if l > first => Mass::Add,
-                _ => Mass::None,
-            };
-            plan.push(ops::attention::build(ctx, &ab, step, heads, self.capacity, rows, mass)?);
+            match attend {
+                Attend::Table(table, mass) => {
+                    let mass = match mass {
+                        Some(first) if l == first => Mass::Write,
+                        Some(first) if l > first => Mass::Add,
+                        _ => Mass::None,
+                    };
+                    plan.push(self.attention(l, rows, table, mass)?);
+                }
+                // The per-layer oracle: this layer's dense attention ranks, then it attends to its choice.
+                Attend::ChosenPerLayer => {
+                    let (Some(attend), Some(score)) = (&s.attend, &s.slot_score) else { unreachable!("an oracle session") };
+                    plan.push(self.attention(l, rows, &s.slot_pos, Mass::Write)?);
+                    self.score_from_mass(plan, rows, score)?;
+                    self.choose(plan, attend, score)?;
+                    plan.push(self.attention(l, rows, attend, Mass::None)?);
+                }
+            }
             plan.extend(ops::matmul::build(ctx, &layer.o, &s.att, &s.proj, step, rows, 0)?);
             plan.push(ops::add::build(ctx, &s.x, &s.proj, step, c.hidden, rows)?);
             // Feed-forward: norm, gate and up projections, SwiGLU, down projection, add.
@@ -134,6 +138,22 @@ impl<'a> Planner<'a> {
             plan.push(ops::add::build(ctx, &s.x, &s.proj, step, c.hidden, rows)?);
         }
         Ok(())
+    }
+
+    /// Layer `l`'s attention of the rows over the slots valid in `table`, into `att`.
+    fn attention(&self, l: usize, rows: usize, table: &wgpu::Buffer, mass: Mass) -> Result<Dispatch> {
+        let (c, s) = (self.c, self.s);
+        let heads = Heads { n_heads: c.n_heads, n_kv_heads: c.n_kv_heads, head_dim: c.head_dim };
+        let ab = ops::attention::Buffers {
+            q: &s.q,
+            k_cache: &s.k_cache[l],
+            v_cache: &s.v_cache[l],
+            slot_pos: table,
+            positions: &s.positions,
+            out: &s.att,
+            mass: s.mass.as_ref().unwrap_or(&s.unused),
+        };
+        ops::attention::build(self.ctx, &ab, &s.step, heads, self.capacity, rows, mass)
     }
 
     /// Final norm and LM head: for every row (perplexity), or for the last new row followed by
@@ -185,37 +205,42 @@ impl<'a> Planner<'a> {
     /// layer's attention (the layers up to it attending densely) or the controller's score.
     fn oracle(&self, plan: &mut Vec<Dispatch>, rows: usize) -> Result<()> {
         let (ctx, s) = (self.ctx, self.s);
-        let (Some(attend), Some(mass), Some(score)) = (&s.attend, &s.mass, &s.slot_score) else {
-            unreachable!("an oracle session allocates its table, mass and scores")
+        let (Some(attend), Some(score)) = (&s.attend, &s.slot_score) else {
+            unreachable!("an oracle session allocates its table and scores")
         };
         let layers = self.c.layers;
-        let from_mass = |plan: &mut Vec<Dispatch>| -> Result<()> {
-            plan.push(ops::cache_update::build_score(ctx, mass, &s.slots, score, &s.step, self.score_params(false), rows)?);
-            Ok(())
-        };
         match self.options.oracle.ranking {
             OracleRanking::Attention => {
-                self.forward(plan, rows, &s.slot_pos, 0..layers, Some(0))?;
-                from_mass(plan)?;
+                self.forward(plan, rows, 0..layers, Attend::Table(&s.slot_pos, Some(0)))?;
+                self.score_from_mass(plan, rows, score)?;
                 self.choose(plan, attend, score)?;
                 plan.push(self.embed(rows)?);
-                self.forward(plan, rows, attend, 0..layers, None)
+                self.forward(plan, rows, 0..layers, Attend::Table(attend, None))
             }
             OracleRanking::Layer(l) => {
-                self.forward(plan, rows, &s.slot_pos, 0..l + 1, Some(l))?;
-                from_mass(plan)?;
+                self.forward(plan, rows, 0..l + 1, Attend::Table(&s.slot_pos, Some(l)))?;
+                self.score_from_mass(plan, rows, score)?;
                 self.choose(plan, attend, score)?;
-                self.forward(plan, rows, attend, l + 1..layers, None)
+                self.forward(plan, rows, l + 1..layers, Attend::Table(attend, None))
             }
+            OracleRanking::PerLayer => self.forward(plan, rows, 0..layers, Attend::ChosenPerLayer),
             OracleRanking::Controller => {
                 // The controller step ran after the embedding; the session wrote the new rows
                 // into the slot table before the submit.
                 let Some(cl) = &s.controller else { unreachable!("an oracle ranked by the controller runs it") };
                 plan.push(ops::controller::build_score(ctx, &cl.gpu, &cl.state, &cl.keys, &s.slot_pos, score, &s.step)?);
                 self.choose(plan, attend, score)?;
-                self.forward(plan, rows, attend, 0..layers, None)
+                self.forward(plan, rows, 0..layers, Attend::Table(attend, None))
             }
         }
+    }
+
+    /// The last new row's attention mass, as scores.
+    fn score_from_mass(&self, plan: &mut Vec<Dispatch>, rows: usize, score: &wgpu::Buffer) -> Result<()> {
+        let s = self.s;
+        let Some(mass) = &s.mass else { unreachable!("an oracle ranked by attention records it") };
+        plan.push(ops::cache_update::build_score(self.ctx, mass, &s.slots, score, &s.step, self.score_params(false), rows)?);
+        Ok(())
     }
 
     /// The oracle's choice: `attend` = the slot table less all but the `budget` best-scored

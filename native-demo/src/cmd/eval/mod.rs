@@ -29,9 +29,10 @@ pub struct EvalArgs {
     #[arg(long, value_delimiter = ',', default_value = "64,128,256,512")]
     budgets: Vec<usize>,
     /// Diagnostic oracles, each run at every budget: ranked by `attention` (the oracle's own
-    /// ranking), `controller` (the adore controller's score) or `layer-L` (layer L's attention
-    /// alone, layers up to L attending densely); with `-protected`, adore's sinks and recent
-    /// window are protected (`--recent` or adore's default) and the rest re-chosen every step.
+    /// ranking), `controller` (the adore controller's score), `layer-L` (layer L's attention
+    /// alone, layers up to L attending densely) or `per-layer` (each layer its own choice);
+    /// with `-protected`, adore's sinks and recent window are protected (`--recent` or adore's
+    /// default) and the rest re-chosen every step.
     #[arg(long, value_delimiter = ',')]
     oracles: Vec<Oracle>,
     #[command(flatten)]
