@@ -7,6 +7,7 @@ use std::sync::{Arc, OnceLock};
 use adore::gpu::{Context, ContextOptions};
 
 pub mod malformed;
+pub mod sessions;
 pub mod tiny;
 
 /// The shared GPU context. Without an adapter the test fails, saying how to get one.
