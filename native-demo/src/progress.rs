@@ -3,13 +3,13 @@
 
 use std::io::IsTerminal;
 
-use indicatif::{HumanDuration, ProgressBar, ProgressStyle};
+use indicatif::{HumanDuration, ProgressBar, ProgressDrawTarget, ProgressStyle};
 
 /// A bar over `len` steps drawn with `template` (indicatif's syntax), hidden when stderr is
-/// not a terminal.
+/// not a terminal (it still counts, for [`advance`]'s log lines).
 pub fn bar(len: u64, template: &str) -> ProgressBar {
     if !std::io::stderr().is_terminal() {
-        return ProgressBar::hidden();
+        return ProgressBar::with_draw_target(Some(len), ProgressDrawTarget::hidden());
     }
     let bar = ProgressBar::new(len);
     bar.set_style(ProgressStyle::with_template(template).unwrap_or_else(|_| ProgressStyle::default_bar()));

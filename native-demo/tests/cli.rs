@@ -285,6 +285,9 @@ fn eval_runs_the_diagnostic_oracles() {
     let a = args("attention-protected,controller,controller-protected,layer-0");
     let out = adore(&a.iter().map(String::as_str).collect::<Vec<_>>());
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    // Without a terminal, progress comes as log lines.
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("eval: 472/472 token steps"), "{stderr}");
     let v: serde_json::Value = serde_json::from_slice(&std::fs::read(&json).unwrap()).unwrap();
     let rows = v["rows"].as_array().unwrap();
     let labels: Vec<&str> = rows.iter().map(|r| r["policy"].as_str().unwrap()).collect();
