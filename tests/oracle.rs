@@ -65,6 +65,27 @@ fn oracle_session(m: &Arc<Model>, policy: Policy, oracle: Oracle) -> Session {
     Session::new(m.clone(), SessionOptions { context: 128, chunk: 4, policy, controller, oracle, ..Default::default() }).unwrap()
 }
 
+/// The scores and the attended table after step `t`, the choice checked against the reference
+/// fed the same scores.
+fn checked_choice(s: &Session, policy: &Policy, protect: bool, t: usize) -> (Vec<f32>, Vec<u32>) {
+    let table = run(s.inspect().slot_table()).unwrap();
+    let scores = run(s.inspect().slot_scores()).unwrap();
+    let att = run(s.inspect().attended_table()).unwrap();
+    let base = cache_update::Params { in_flight: 1, ..cache_update::Params::new(table.len(), policy) };
+    let p = if protect { base } else { cache_update::Params { sinks: 0, recent: 0, ..base } };
+    assert_eq!(att, cache_update::reference(&table, &scores, p, t as u32 + 1, 1), "selection at step {t} (protect {protect})");
+    (scores, att)
+}
+
+/// `s` gives full attention's tokens and logits, bit for bit, over `tokens`.
+fn assert_equals_full(m: &Arc<Model>, s: &mut Session, tokens: &[u32]) {
+    let mut full = session(m, Policy::full(), 128, 4, false);
+    for (t, &tok) in tokens.iter().enumerate() {
+        assert_eq!(run(s.feed(tok)).unwrap(), run(full.feed(tok)).unwrap(), "token after position {t}");
+        assert_eq!(run(s.last_logits()).unwrap(), run(full.last_logits()).unwrap(), "logits at position {t}");
+    }
+}
+
 #[test]
 fn oracle_ranked_by_the_controller_re_chooses_by_its_scores_every_step() {
     // Every past token is scored by the controller (as adore scores its cache), the top
@@ -89,14 +110,9 @@ fn oracle_ranked_by_the_controller_re_chooses_by_its_scores_every_step() {
             c.gru_step(&embd[tok as usize * hidden..(tok as usize + 1) * hidden], &mut h);
             keys.push(c.project(&c.w_k, &h));
             let q = c.project(&c.w_q, &h);
-            let table = run(s.inspect().slot_table()).unwrap();
-            let scores = run(s.inspect().slot_scores()).unwrap();
+            let (scores, att) = checked_choice(&s, &policy, protect, t);
             let want: Vec<f32> = (0..=t).map(|pos| c.score(&q, &keys[pos], t as u32, pos as u32)).collect();
             assert_close(&format!("controller scores at step {t} (protect {protect})"), &scores[..=t], &want, 1e-4, 1e-4);
-            let att = run(s.inspect().attended_table()).unwrap();
-            let base = cache_update::Params { in_flight: 1, ..cache_update::Params::new(table.len(), &policy) };
-            let p = if protect { base } else { cache_update::Params { sinks: 0, recent: 0, ..base } };
-            assert_eq!(att, cache_update::reference(&table, &scores, p, t as u32 + 1, 1), "selection at step {t} (protect {protect})");
             let kept: Vec<u32> = att.into_iter().filter(|&x| x != INVALID_SLOT).collect();
             assert_eq!(kept.len(), t.min(policy.budget) + 1);
             attended.push(kept);
@@ -119,20 +135,12 @@ fn oracle_ranked_by_one_layer_records_that_layer_alone() {
     let mut s = oracle_session(&m, policy, Oracle { ranking: OracleRanking::Layer(0), protect: false });
     for (t, &tok) in tokens.iter().enumerate() {
         run(s.feed(tok)).unwrap();
-        let table = run(s.inspect().slot_table()).unwrap();
-        let scores = run(s.inspect().slot_scores()).unwrap();
+        let (scores, _) = checked_choice(&s, &policy, false, t);
         let total: f32 = scores[..=t].iter().sum();
         assert!((total - 1.0 / LAYERS as f32).abs() < 1e-4, "layer-0 scores sum to {total} at step {t}");
-        let att = run(s.inspect().attended_table()).unwrap();
-        let p = cache_update::Params { sinks: 0, recent: 0, in_flight: 1, ..cache_update::Params::new(table.len(), &policy) };
-        assert_eq!(att, cache_update::reference(&table, &scores, p, t as u32 + 1, 1), "selection at step {t}");
     }
     let mut last = oracle_session(&m, policy, Oracle { ranking: OracleRanking::Layer(LAYERS - 1), protect: true });
-    let mut full = session(&m, Policy::full(), 128, 4, false);
-    for (t, &tok) in tokens.iter().enumerate() {
-        assert_eq!(run(last.feed(tok)).unwrap(), run(full.feed(tok)).unwrap(), "token after position {t}");
-        assert_eq!(run(last.last_logits()).unwrap(), run(full.last_logits()).unwrap(), "logits at position {t}");
-    }
+    assert_equals_full(&m, &mut last, &tokens);
     let too_deep = Oracle { ranking: OracleRanking::Layer(LAYERS), protect: false };
     let options = SessionOptions { context: 64, chunk: 4, policy, oracle: too_deep, ..Default::default() };
     let e = Session::new(m.clone(), options).err().unwrap();
@@ -155,19 +163,11 @@ fn per_layer_oracle_chooses_by_each_layer_s_own_attention() {
         run(full.feed(tok)).unwrap();
         let (got, want) = (run(s.last_logits()).unwrap(), run(full.last_logits()).unwrap());
         apart = apart.max(got.iter().zip(&want).map(|(a, b)| (a - b).abs()).fold(0.0, f32::max));
-        let table = run(s.inspect().slot_table()).unwrap();
-        let scores = run(s.inspect().slot_scores()).unwrap();
+        let (scores, _) = checked_choice(&s, &policy, false, t);
         let total: f32 = scores[..=t].iter().sum();
         assert!((total - 1.0 / LAYERS as f32).abs() < 1e-4, "the last layer's scores sum to {total} at step {t}");
-        let att = run(s.inspect().attended_table()).unwrap();
-        let p = cache_update::Params { sinks: 0, recent: 0, in_flight: 1, ..cache_update::Params::new(table.len(), &policy) };
-        assert_eq!(att, cache_update::reference(&table, &scores, p, t as u32 + 1, 1), "selection at step {t}");
     }
     assert!(apart > 1e-3, "a budget of 6 over 30 tokens changed no logit (largest difference {apart})");
-    let roomy = Policy { budget: 64, ..policy };
-    let (mut all, mut full) = (oracle_session(&m, roomy, oracle), session(&m, Policy::full(), 128, 4, false));
-    for (t, &tok) in tokens.iter().enumerate() {
-        assert_eq!(run(all.feed(tok)).unwrap(), run(full.feed(tok)).unwrap(), "token after position {t}");
-        assert_eq!(run(all.last_logits()).unwrap(), run(full.last_logits()).unwrap(), "logits at position {t}");
-    }
+    let mut all = oracle_session(&m, Policy { budget: 64, ..policy }, oracle);
+    assert_equals_full(&m, &mut all, &tokens);
 }
