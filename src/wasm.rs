@@ -18,7 +18,7 @@ use crate::generate::{apply_chat_template, reuse_prefix, GenerateOptions, Genera
 use crate::gpu::{Context, ContextOptions};
 use crate::model::{Model, ModelSpec, Source};
 use crate::ops::sample::Sampling;
-use crate::policy::{CacheUpdate, Policy, PolicyKind, PolicyParts};
+use crate::policy::{Policy, PolicyKind, PolicyParts};
 use crate::session::{Session, SessionOptions};
 
 #[wasm_bindgen(start)]
@@ -121,15 +121,7 @@ impl Inner {
         let kind: PolicyKind = o.policy.parse()?;
         let policy = Policy::shared(kind, PolicyParts { budget: o.budget, sinks: o.sinks, recent: o.recent, rebuild: o.rebuild })?;
         let context = o.context.unwrap_or(SessionOptions::default_context(&self.model.config));
-        Ok(SessionOptions {
-            context,
-            chunk: 128,
-            all_logits: false,
-            policy,
-            controller: None,
-            cache_update: CacheUpdate::Scatter,
-            ..Default::default()
-        })
+        Ok(SessionOptions { context, chunk: 128, policy, ..Default::default() })
     }
 
     async fn start(&mut self, ids: Vec<u32>, o: Options) -> Result<()> {

@@ -6,7 +6,7 @@ use std::sync::Arc;
 use adore::controller::Controller;
 use adore::policy::{CacheUpdate, Policy, PolicyKind, PolicyParts, DEFAULT_BUDGET, DEFAULT_SINKS};
 use adore::{Context, ContextOptions, Model, Sampling, Session, SessionOptions};
-use anyhow::{Context as _, Result};
+use anyhow::{bail, Context as _, Result};
 use clap::Args;
 
 use crate::progress;
@@ -136,40 +136,54 @@ pub struct PolicyArgs {
 }
 
 impl PolicyArgs {
-    /// The policy asked for, or the command's default. adore needs a controller for the
-    /// model: without one (none given and none shipped) the default falls back to sink.
-    pub fn policy(&self, model: &Model, default: DefaultPolicy) -> Result<Policy> {
+    /// The policy asked for, or the command's default, with its controller (the file given, or
+    /// the one shipped for the model when the default is adore). adore needs a controller for
+    /// the model: without one (none given and none shipped) the default falls back to sink.
+    fn policy(&self, model: &Model, default: DefaultPolicy) -> Result<(Policy, Option<Arc<Controller>>)> {
+        let mut controller = self.parts.controller(model)?;
         let kind = match (self.policy, default) {
             (Some(kind), _) => kind,
             (None, DefaultPolicy::FullUnlessBudget) if self.budget.is_none() => PolicyKind::Full,
-            (None, _) if self.parts.controller.is_some() || Controller::builtin(&model.fingerprint).is_some() => PolicyKind::Adore,
-            (None, _) => {
-                eprintln!(
-                    "policy: no ADORE controller is shipped for this model, so sink (StreamingLLM); --controller FILE gives adore one"
-                );
-                PolicyKind::Sink
-            }
+            (None, _) if controller.is_some() => PolicyKind::Adore,
+            (None, _) => match Controller::builtin(&model.fingerprint) {
+                Some(shipped) => {
+                    controller = Some(Arc::new(shipped));
+                    PolicyKind::Adore
+                }
+                None => {
+                    eprintln!(
+                        "policy: no ADORE controller is shipped for this model, so sink (StreamingLLM); --controller FILE gives adore one"
+                    );
+                    PolicyKind::Sink
+                }
+            },
         };
-        Ok(Policy::new(kind, self.parts.parts(self.budget.unwrap_or(DEFAULT_BUDGET)))?)
+        Ok((Policy::new(kind, self.parts.parts(self.budget.unwrap_or(DEFAULT_BUDGET)))?, controller))
     }
 
     /// A session of `context` tokens for this policy (the command's default when not given).
     pub fn session(&self, model: &Arc<Model>, m: &ModelArgs, default: DefaultPolicy, context: usize, all_logits: bool) -> Result<Session> {
-        let policy = self.policy(model, default)?;
+        let (policy, controller) = self.policy(model, default)?;
         if policy.kind != PolicyKind::Full || self.policy.is_some() {
             eprintln!("policy: {}", describe(&policy));
         }
-        let options = SessionOptions {
-            context,
-            chunk: m.chunk,
-            all_logits,
-            policy,
-            controller: self.parts.controller(model)?,
-            cache_update: CacheUpdate::Scatter,
-            ..Default::default()
-        };
+        let options = SessionOptions { context, chunk: m.chunk, all_logits, policy, controller, ..Default::default() };
         Ok(Session::new(model.clone(), options)?)
     }
+}
+
+/// Refuses a cache update other than scatter when none of `kinds` is decided on the GPU (it
+/// would apply to no run).
+pub fn check_cache_updates(updates: &[CacheUpdate], kinds: &[PolicyKind]) -> Result<()> {
+    if let Some(u) = updates.iter().find(|&&u| u != CacheUpdate::Scatter) {
+        if !kinds.iter().any(|k| k.on_gpu()) {
+            bail!(
+                "cache update {} applies to the policies whose releases the GPU decides (h2o, tova, adore), and none is listed",
+                u.name()
+            );
+        }
+    }
+    Ok(())
 }
 
 /// A policy in words, for the log.

@@ -102,21 +102,24 @@ impl SessionOptions {
                 return Err(Error::arg(format!("oracle ranking layer-{l}: the model has layers 0 to {}", model.config.layers - 1)));
             }
         }
+        // What ranks with the controller before the layers run, where a controller that reads
+        // the residual stream has no input for the new rows yet.
+        let before_layers = match self.policy.kind {
+            PolicyKind::Oracle => Some("the oracle ranked by the controller"),
+            _ if self.policy.rebuild > 0 => Some("rebuild"),
+            _ => None,
+        };
         let controller = match self.runs_controller() {
-            true => Some(check_controller(model, self.controller.clone(), self.policy.rebuild)?),
+            true => Some(check_controller(model, self.controller.clone(), before_layers)?),
             false => self.controller.clone(),
         };
-        if let (PolicyKind::Oracle, Some(cl)) = (self.policy.kind, controller.as_ref().filter(|_| self.runs_controller())) {
-            if cl.input_layer > 0 {
-                return Err(Error::arg("the oracle ranked by the controller needs a controller that reads token embeddings"));
-            }
-        }
         Ok(SessionOptions { chunk, controller, ..self })
     }
 }
 
-/// The controller given, or the one shipped for the model, checked against the model.
-fn check_controller(model: &Model, given: Option<Arc<Controller>>, rebuild: usize) -> Result<Arc<Controller>> {
+/// The controller given, or the one shipped for the model, checked against the model (and,
+/// when `before_layers` names a use before the layers run, that it reads token embeddings).
+fn check_controller(model: &Model, given: Option<Arc<Controller>>, before_layers: Option<&str>) -> Result<Arc<Controller>> {
     let c = &model.config;
     let Some(cl) = given.or_else(|| Controller::builtin(&model.fingerprint).map(Arc::new)) else {
         return Err(Error::arg(
@@ -135,11 +138,9 @@ fn check_controller(model: &Model, given: Option<Arc<Controller>>, rebuild: usiz
             cl.input_layer, c.layers
         )));
     }
-    if cl.input_layer > 0 && rebuild > 0 {
-        // Rebuild ranks released tokens before the forward pass, which is where such a
-        // controller's input for the new token is made.
+    if let Some(what) = before_layers.filter(|_| cl.input_layer > 0) {
         return Err(Error::arg(format!(
-            "rebuild needs a controller that reads token embeddings; this one reads the residual stream after layer {}: set rebuild to 0",
+            "{what} needs a controller that reads token embeddings; this one reads the residual stream after layer {}",
             cl.input_layer
         )));
     }

@@ -9,7 +9,7 @@ use adore::{Session, SessionOptions};
 use anyhow::{bail, Context as _, Result};
 use clap::Args;
 
-use crate::options::{ModelArgs, PartsArgs};
+use crate::options::{check_cache_updates, ModelArgs, PartsArgs};
 
 #[derive(Args)]
 pub struct BenchArgs {
@@ -65,24 +65,21 @@ fn median(mut v: Vec<f64>) -> f64 {
     }
 }
 
-/// Each policy with each cache update that applies to it; an update that applies to none of
-/// them is refused rather than left out.
-fn runs(policies: &[Policy], updates: &[CacheUpdate]) -> Result<Vec<(Policy, CacheUpdate)>> {
-    if let Some(u) = updates.iter().find(|&&u| u != CacheUpdate::Scatter && !policies.iter().any(|p| p.kind.on_gpu())) {
-        bail!("cache update {} applies to the policies whose releases the GPU decides (h2o, tova, adore), and none is listed", u.name());
-    }
-    Ok(policies
+/// Each policy with each cache update that applies to it.
+fn runs(policies: &[Policy], updates: &[CacheUpdate]) -> Vec<(Policy, CacheUpdate)> {
+    policies
         .iter()
         .flat_map(|p| {
             let ups: Vec<CacheUpdate> = if p.kind.on_gpu() { updates.to_vec() } else { vec![CacheUpdate::Scatter] };
             ups.into_iter().map(move |u| (*p, u))
         })
-        .collect())
+        .collect()
 }
 
 pub fn run(a: BenchArgs) -> Result<()> {
     let policies: Vec<Policy> = a.policies.iter().map(|&k| a.parts.compared(k, a.budget)).collect::<Result<_>>()?;
-    let runs = runs(&policies, &a.cache_updates)?;
+    check_cache_updates(&a.cache_updates, &a.policies)?;
+    let runs = runs(&policies, &a.cache_updates);
     if a.contexts.is_empty() || a.contexts.contains(&0) || a.repeats == 0 || a.decode_tokens == 0 {
         bail!("--contexts must list positive lengths; --repeats and --decode-tokens must be at least 1");
     }
@@ -110,6 +107,7 @@ pub fn run(a: BenchArgs) -> Result<()> {
     // A deterministic prompt: the vocabulary walked with a stride, skipping control tokens.
     let prompt: Vec<u32> = (0..max_ctx).map(|i| (100 + (i * 7919) % (model.config.vocab - 100)) as u32).collect();
     let chunk = a.model.chunk;
+    let controller = a.parts.controller(&model)?;
     let mut rows = Vec::new();
     for (policy, update) in &runs {
         let options = SessionOptions {
@@ -117,7 +115,7 @@ pub fn run(a: BenchArgs) -> Result<()> {
             chunk,
             all_logits: false,
             policy: *policy,
-            controller: a.parts.controller(&model)?,
+            controller: controller.clone(),
             cache_update: *update,
             ..Default::default()
         };

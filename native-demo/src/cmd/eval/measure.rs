@@ -32,13 +32,22 @@ pub struct Row {
     pub bleu: Option<f64>,
 }
 
+/// Per position, '1' where the greedy token equals full attention's; KL and NLL summed.
 #[derive(Default)]
 struct Acc {
     hits: String,
-    agree: usize,
     kl: f64,
     nll: f64,
-    n: usize,
+}
+
+impl Acc {
+    fn positions(&self) -> usize {
+        self.hits.len()
+    }
+
+    fn agreement(&self) -> f64 {
+        self.hits.bytes().filter(|&b| b == b'1').count() as f64 / self.positions().max(1) as f64
+    }
 }
 
 fn log_softmax_at(logits: &[f32], id: usize) -> f64 {
@@ -109,22 +118,17 @@ impl Eval<'_> {
             let reference = pollster::block_on(full.prefill_logits(&tokens[a..b]))?;
             for (r, t) in (a..b).enumerate() {
                 let row = &reference[r * vocab..(r + 1) * vocab];
-                full_acc.agree += 1;
                 full_acc.hits.push('1');
                 full_acc.nll -= log_softmax_at(row, tokens[t + 1] as usize);
-                full_acc.n += 1;
             }
             for (_, s, acc) in &mut sessions {
                 for (r, t) in (a..b).enumerate() {
                     let row = &reference[r * vocab..(r + 1) * vocab];
                     pollster::block_on(s.feed(tokens[t]))?;
                     let got = pollster::block_on(s.last_logits())?;
-                    let hit = argmax(&got) == argmax(row);
-                    acc.agree += hit as usize;
-                    acc.hits.push(if hit { '1' } else { '0' });
+                    acc.hits.push(if argmax(&got) == argmax(row) { '1' } else { '0' });
                     acc.kl += kl_from_logits(row, &got);
                     acc.nll -= log_softmax_at(&got, tokens[t + 1] as usize);
-                    acc.n += 1;
                     progress::advance(&bar, 1, "eval", "token steps");
                 }
             }
@@ -134,10 +138,10 @@ impl Eval<'_> {
             policy: run.label(),
             budget: (!run.policy.kind.keeps_everything() || run.policy.kind == PolicyKind::Oracle).then_some(run.policy.budget),
             rebuild: run.policy.rebuild,
-            positions: acc.n,
-            top1_agreement: acc.agree as f64 / acc.n.max(1) as f64,
-            mean_kl: acc.kl / acc.n.max(1) as f64,
-            ppl: (acc.nll / acc.n.max(1) as f64).exp(),
+            positions: acc.positions(),
+            top1_agreement: acc.agreement(),
+            mean_kl: acc.kl / acc.positions().max(1) as f64,
+            ppl: (acc.nll / acc.positions().max(1) as f64).exp(),
             agreement_by_position: acc.hits.clone(),
             rouge_l: None,
             bleu: None,

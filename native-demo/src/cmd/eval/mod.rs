@@ -13,7 +13,7 @@ use adore::policy::{CacheUpdate, Oracle, Policy, PolicyKind, DEFAULT_BUDGET};
 use anyhow::{bail, Context as _, Result};
 use clap::Args;
 
-use crate::options::{ModelArgs, PartsArgs};
+use crate::options::{check_cache_updates, ModelArgs, PartsArgs};
 
 #[derive(Args)]
 pub struct EvalArgs {
@@ -68,12 +68,7 @@ pub fn run(a: EvalArgs) -> Result<()> {
     if a.speed_plot.is_some() != a.bench.is_some() {
         bail!("--speed-plot and --bench go together");
     }
-    if a.cache_update != CacheUpdate::Scatter && !a.policies.iter().any(|k| k.on_gpu()) {
-        bail!(
-            "cache update {} applies to the policies whose releases the GPU decides (h2o, tova, adore), and none is listed",
-            a.cache_update.name()
-        );
-    }
+    check_cache_updates(&[a.cache_update], &a.policies)?;
     let m = a.model.load()?;
     let body = std::fs::read_to_string(&a.text).with_context(|| format!("reading {}", a.text.display()))?;
     let mut ids = m.tokenizer.encode(&body)?;
