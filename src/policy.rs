@@ -33,9 +33,11 @@ pub enum PolicyKind {
     /// Sinks and recent window protected, the rest by the current query's attention.
     /// Decided on the GPU.
     Tova,
-    /// Sinks and recent window protected, the rest by the learned controller's score; each
-    /// single-token step also recomputes the `rebuild` best-scored released tokens, which may
-    /// re-enter the cache (ADORE). Decided on the GPU.
+    /// ADORE: sinks and recent window protected, the rest by the learned controller's score.
+    /// By default every token's K/V stays in a store and each step attends to the `budget` the
+    /// controller ranks highest among all past tokens, so a release is undone exactly; with
+    /// `RebuildFrom::Recompute` released tokens are dropped and each single-token step
+    /// recomputes the `rebuild` best-scored of them. Decided on the GPU.
     Adore,
     /// Evaluation only: keeps the whole sequence, and each step attends to the `budget` tokens
     /// that its last row's full attention (summed over heads and layers) ranks highest: the
@@ -90,6 +92,41 @@ impl std::str::FromStr for PolicyKind {
             "adore" => Ok(PolicyKind::Adore),
             "oracle" => Ok(PolicyKind::Oracle),
             _ => Err(Error::arg(format!("unknown policy {s:?} (available: full, window, sink, h2o, tova, adore, oracle)"))),
+        }
+    }
+}
+
+/// Where adore gets the K/V of a released token back when the controller chooses it again.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[cfg_attr(feature = "clap", derive(clap::ValueEnum))]
+pub enum RebuildFrom {
+    /// Every token's K/V stays on the GPU; each step re-chooses the attended `budget` among all
+    /// past tokens and reads them where they are, exactly. Memory grows with the sequence; the
+    /// K/V a step reads does not.
+    #[default]
+    Store,
+    /// Released K/V are dropped (memory stays at the budget); each single-token step
+    /// recomputes up to `rebuild` released tokens, from their embeddings, against the cache as
+    /// it is (ADORE's original rebuild).
+    Recompute,
+}
+
+impl RebuildFrom {
+    pub fn name(self) -> &'static str {
+        match self {
+            RebuildFrom::Store => "store",
+            RebuildFrom::Recompute => "recompute",
+        }
+    }
+}
+
+impl std::str::FromStr for RebuildFrom {
+    type Err = Error;
+    fn from_str(s: &str) -> Result<Self> {
+        match s {
+            "store" => Ok(RebuildFrom::Store),
+            "recompute" => Ok(RebuildFrom::Recompute),
+            _ => Err(Error::arg(format!("unknown rebuild source {s:?} (available: store, recompute)"))),
         }
     }
 }
@@ -204,13 +241,16 @@ pub struct Policy {
     pub sinks: usize,
     /// Protected most recent tokens (`h2o`, `tova`, `adore`).
     pub recent: usize,
-    /// Released tokens recomputed with each single-token step (`adore`; 0 disables rebuild).
+    /// Released tokens recomputed with each single-token step (`adore` recomputing; 0
+    /// disables rebuild).
     pub rebuild: usize,
+    /// Where `adore` gets released tokens back from (ignored by the other policies).
+    pub rebuild_from: RebuildFrom,
 }
 
 impl Default for Policy {
     fn default() -> Self {
-        Policy { kind: PolicyKind::Full, budget: 0, sinks: DEFAULT_SINKS, recent: 16, rebuild: 0 }
+        Policy { kind: PolicyKind::Full, budget: 0, sinks: DEFAULT_SINKS, recent: 16, rebuild: 0, rebuild_from: RebuildFrom::Store }
     }
 }
 
@@ -222,11 +262,12 @@ pub struct PolicyParts {
     pub sinks: usize,
     pub recent: Option<usize>,
     pub rebuild: usize,
+    pub rebuild_from: RebuildFrom,
 }
 
 impl Default for PolicyParts {
     fn default() -> Self {
-        PolicyParts { budget: DEFAULT_BUDGET, sinks: DEFAULT_SINKS, recent: None, rebuild: 0 }
+        PolicyParts { budget: DEFAULT_BUDGET, sinks: DEFAULT_SINKS, recent: None, rebuild: 0, rebuild_from: RebuildFrom::Store }
     }
 }
 
@@ -238,16 +279,32 @@ impl Policy {
     /// A policy from its parts, with the default recent window where none is given, checked.
     pub fn new(kind: PolicyKind, parts: PolicyParts) -> Result<Self> {
         let recent = parts.recent.unwrap_or_else(|| Self::default_recent(kind, parts.budget, parts.sinks));
-        let p = Policy { kind, budget: parts.budget, sinks: parts.sinks, recent, rebuild: parts.rebuild };
+        let p = Policy { kind, budget: parts.budget, sinks: parts.sinks, recent, rebuild: parts.rebuild, rebuild_from: parts.rebuild_from };
         p.validate()?;
         Ok(p)
     }
 
     /// A policy from parts shared with other policies (several compared side by side, or a
     /// page whose rebuild setting stays when another policy is picked): rebuild rows go to the
-    /// policies that rebuild, and the others run without.
+    /// policies that rebuild, and the others run without (adore from its store refuses them).
     pub fn shared(kind: PolicyKind, parts: PolicyParts) -> Result<Self> {
         Self::new(kind, PolicyParts { rebuild: if kind.rebuilds() { parts.rebuild } else { 0 }, ..parts })
+    }
+
+    /// Whether released tokens stay in a store and every step re-chooses among all of them
+    /// (adore from its store): the cache then holds the whole sequence.
+    pub fn stores(&self) -> bool {
+        self.kind == PolicyKind::Adore && self.rebuild_from == RebuildFrom::Store
+    }
+
+    /// Whether the KV buffers hold the whole sequence: full, the oracle, adore with its store.
+    pub fn keeps_everything(&self) -> bool {
+        self.kind.keeps_everything() || self.stores()
+    }
+
+    /// Whether the GPU releases tokens for good by score (h2o, tova, adore recomputing).
+    pub fn releases_on_gpu(&self) -> bool {
+        self.kind.on_gpu() && !self.stores()
     }
 
     /// The protected recent window a policy gets when none is asked for: half the budget for
@@ -264,8 +321,12 @@ impl Policy {
         want.min(budget.saturating_sub(sinks))
     }
 
+    /// The kind's name; adore recomputing released tokens is `adore-recompute`.
     pub fn name(&self) -> &'static str {
-        self.kind.name()
+        match (self.kind, self.rebuild_from) {
+            (PolicyKind::Adore, RebuildFrom::Recompute) => "adore-recompute",
+            (kind, _) => kind.name(),
+        }
     }
 
     pub fn validate(&self) -> Result<()> {
@@ -280,6 +341,11 @@ impl Policy {
         }
         if self.rebuild > 0 && !self.kind.rebuilds() {
             return Err(Error::arg(format!("rebuild applies to the adore policy only, not {}", self.name())));
+        }
+        if self.rebuild > 0 && self.stores() {
+            return Err(Error::arg(
+                "rebuild rows apply to adore recomputing released tokens (rebuild from recompute); from its store adore gets back every token it chooses",
+            ));
         }
         if self.rebuild > self.budget {
             return Err(Error::arg(format!("rebuild rows ({}) cannot exceed the budget ({})", self.rebuild, self.budget)));
@@ -362,7 +428,7 @@ impl SlotMap {
     /// Frees the slots of positions the policy does not keep once `n` tokens have been seen;
     /// returns the freed slots.
     pub fn release(&mut self, policy: &Policy, n: usize) -> Vec<u32> {
-        if policy.kind.keeps_everything() || policy.kind.on_gpu() || self.len() <= policy.budget {
+        if policy.keeps_everything() || policy.releases_on_gpu() || self.len() <= policy.budget {
             return Vec::new();
         }
         let recent_from = n.saturating_sub(policy.budget - if policy.kind == PolicyKind::Sink { policy.sinks } else { 0 }) as u32;
@@ -409,7 +475,7 @@ mod tests {
         assert_eq!(Policy::default_recent(PolicyKind::H2o, 3, 4), 0);
         for kind in [PolicyKind::H2o, PolicyKind::Tova, PolicyKind::Adore] {
             for budget in 1..300 {
-                let p = Policy { kind, budget, sinks: 4, recent: Policy::default_recent(kind, budget, 4), rebuild: 0 };
+                let p = Policy { kind, budget, sinks: 4, recent: Policy::default_recent(kind, budget, 4), rebuild: 0, ..Policy::default() };
                 assert!(budget < 4 || p.validate().is_ok(), "{p:?}");
             }
         }
@@ -418,8 +484,8 @@ mod tests {
     #[test]
     fn slot_map_follows_the_reference_for_window_and_sink() {
         for policy in [
-            Policy { kind: PolicyKind::Window, budget: 5, sinks: 0, recent: 0, rebuild: 0 },
-            Policy { kind: PolicyKind::Sink, budget: 7, sinks: 3, recent: 0, rebuild: 0 },
+            Policy { kind: PolicyKind::Window, budget: 5, sinks: 0, recent: 0, rebuild: 0, ..Policy::default() },
+            Policy { kind: PolicyKind::Sink, budget: 7, sinks: 3, recent: 0, rebuild: 0, ..Policy::default() },
             Policy::full(),
         ] {
             let mut map = SlotMap::new(64);
@@ -441,11 +507,23 @@ mod tests {
     fn policy_arguments() {
         assert_eq!("oracle".parse::<PolicyKind>().unwrap(), PolicyKind::Oracle);
         assert!("nonsense".parse::<PolicyKind>().is_err());
-        assert!(Policy { kind: PolicyKind::Tova, budget: 16, sinks: 0, recent: 0, rebuild: 2 }.validate().is_err());
-        assert!(Policy { kind: PolicyKind::Adore, budget: 4, sinks: 0, recent: 0, rebuild: 5 }.validate().is_err());
-        assert!(Policy { kind: PolicyKind::Adore, budget: 16, sinks: 4, recent: 4, rebuild: 4 }.validate().is_ok());
-        assert!(Policy { kind: PolicyKind::Sink, budget: 4, sinks: 4, recent: 0, rebuild: 0 }.validate().is_err());
-        assert!(Policy { kind: PolicyKind::Window, budget: 0, sinks: 0, recent: 0, rebuild: 0 }.validate().is_err());
-        assert!(Policy { kind: PolicyKind::H2o, budget: 16, sinks: 4, recent: 13, rebuild: 0 }.validate().is_err());
+        assert!(Policy { kind: PolicyKind::Tova, budget: 16, sinks: 0, recent: 0, rebuild: 2, ..Policy::default() }.validate().is_err());
+        assert!(Policy { kind: PolicyKind::Adore, budget: 4, sinks: 0, recent: 0, rebuild: 5, rebuild_from: RebuildFrom::Recompute }
+            .validate()
+            .is_err());
+        assert!(Policy { kind: PolicyKind::Adore, budget: 16, sinks: 4, recent: 4, rebuild: 4, rebuild_from: RebuildFrom::Recompute }
+            .validate()
+            .is_ok());
+        let store = Policy { kind: PolicyKind::Adore, budget: 16, sinks: 4, recent: 4, rebuild: 4, rebuild_from: RebuildFrom::Store };
+        assert!(store.validate().unwrap_err().to_string().contains("recompute"));
+        assert!(store.keeps_everything() && !store.releases_on_gpu());
+        assert_eq!(
+            Policy::shared(PolicyKind::Adore, PolicyParts { rebuild: 4, ..Default::default() }).unwrap_err().to_string(),
+            store.validate().unwrap_err().to_string()
+        );
+        assert_eq!("recompute".parse::<RebuildFrom>().unwrap(), RebuildFrom::Recompute);
+        assert!(Policy { kind: PolicyKind::Sink, budget: 4, sinks: 4, recent: 0, rebuild: 0, ..Policy::default() }.validate().is_err());
+        assert!(Policy { kind: PolicyKind::Window, budget: 0, sinks: 0, recent: 0, rebuild: 0, ..Policy::default() }.validate().is_err());
+        assert!(Policy { kind: PolicyKind::H2o, budget: 16, sinks: 4, recent: 13, rebuild: 0, ..Policy::default() }.validate().is_err());
     }
 }

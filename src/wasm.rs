@@ -59,6 +59,7 @@ struct Options {
     /// None: the policy's default for the budget.
     recent: Option<usize>,
     rebuild: usize,
+    rebuild_from: String,
     context: Option<usize>,
     /// Report the cache's kept and rebuilt positions with every token (costs a readback).
     trace: bool,
@@ -119,7 +120,9 @@ struct Inner {
 impl Inner {
     fn session_options(&self, o: &Options) -> Result<SessionOptions> {
         let kind: PolicyKind = o.policy.parse()?;
-        let policy = Policy::shared(kind, PolicyParts { budget: o.budget, sinks: o.sinks, recent: o.recent, rebuild: o.rebuild })?;
+        let parts =
+            PolicyParts { budget: o.budget, sinks: o.sinks, recent: o.recent, rebuild: o.rebuild, rebuild_from: o.rebuild_from.parse()? };
+        let policy = Policy::shared(kind, parts)?;
         let context = o.context.unwrap_or(SessionOptions::default_context(&self.model.config));
         Ok(SessionOptions { context, chunk: 128, policy, ..Default::default() })
     }
@@ -179,7 +182,7 @@ impl Inner {
         held.push(id);
         let position = held.len() - 1;
         let traced = *trace && !options.policy.kind.keeps_everything();
-        let kept = if traced { Some(session.kept_positions().await?) } else { None };
+        let kept = if traced { Some(session.attended_positions().await?) } else { None };
         let rebuilt = if traced && options.policy.rebuild > 0 { Some(session.rebuilt_positions().await?) } else { None };
         to_json(&serde_json::json!({ "done": false, "token": Token { id, text, position, kept, rebuilt } }))
     }

@@ -119,7 +119,14 @@ fn the_default_model_ships_with_a_trained_controller() {
     let c = adore::controller::Controller::builtin(&m.fingerprint).expect("no shipped controller matches the default model");
     assert!(c.training.contains("trained by adore train-controller"), "{}", c.training);
     // The adore policy picks it up without being given one.
-    let policy = adore::policy::Policy { kind: adore::policy::PolicyKind::Adore, budget: 64, sinks: 4, recent: 16, rebuild: 2 };
+    let policy = adore::policy::Policy {
+        kind: adore::policy::PolicyKind::Adore,
+        budget: 64,
+        sinks: 4,
+        recent: 16,
+        rebuild: 2,
+        rebuild_from: adore::policy::RebuildFrom::Recompute,
+    };
     let mut s = Session::new(m.clone(), SessionOptions { context: 160, chunk: 32, policy, ..Default::default() }).unwrap();
     let ids = m.tokenizer.encode("The quick brown fox jumps over the lazy dog. ").unwrap().repeat(12);
     pollster::block_on(s.prefill(&ids[..100])).unwrap();

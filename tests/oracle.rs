@@ -23,7 +23,7 @@ fn oracle_attends_to_the_top_of_its_full_attention() {
     // reference, and the logits against a forward pass masked to the selections.
     let tiny = Tiny::new(31);
     let m = load(&tiny);
-    let policy = Policy { kind: PolicyKind::Oracle, budget: 8, sinks: 4, recent: 16, rebuild: 0 };
+    let policy = Policy { kind: PolicyKind::Oracle, budget: 8, sinks: 4, recent: 16, rebuild: 0, ..Policy::default() };
     let mut s = session(&m, policy, 128, 4, false);
     let tokens = ids(40);
     let kvd = KV_HEADS * HEAD_DIM;
@@ -99,7 +99,7 @@ fn oracle_ranked_by_the_controller_re_chooses_by_its_scores_every_step() {
     let (hidden, vocab) = (common::tiny::HIDDEN, common::tiny::VOCAB);
     let tokens = ids(36);
     for protect in [false, true] {
-        let policy = Policy { kind: PolicyKind::Oracle, budget: 9, sinks: 2, recent: 3, rebuild: 0 };
+        let policy = Policy { kind: PolicyKind::Oracle, budget: 9, sinks: 2, recent: 3, rebuild: 0, ..Policy::default() };
         let mut s = oracle_session(&m, policy, Oracle { ranking: OracleRanking::Controller, protect });
         let mut h = vec![0f32; c.d_c];
         let mut keys = Vec::new();
@@ -131,7 +131,7 @@ fn oracle_ranked_by_one_layer_records_that_layer_alone() {
     // last layer, every layer attends densely: exactly full attention's logits.
     let m = tiny_model(34);
     let tokens = ids(30);
-    let policy = Policy { kind: PolicyKind::Oracle, budget: 7, sinks: 4, recent: 16, rebuild: 0 };
+    let policy = Policy { kind: PolicyKind::Oracle, budget: 7, sinks: 4, recent: 16, rebuild: 0, ..Policy::default() };
     let mut s = oracle_session(&m, policy, Oracle { ranking: OracleRanking::Layer(0), protect: false });
     for (t, &tok) in tokens.iter().enumerate() {
         run(s.feed(tok)).unwrap();
@@ -154,7 +154,7 @@ fn per_layer_oracle_chooses_by_each_layer_s_own_attention() {
     let m = tiny_model(35);
     let tokens = ids(30);
     let oracle = Oracle { ranking: OracleRanking::PerLayer, protect: false };
-    let policy = Policy { kind: PolicyKind::Oracle, budget: 6, sinks: 4, recent: 16, rebuild: 0 };
+    let policy = Policy { kind: PolicyKind::Oracle, budget: 6, sinks: 4, recent: 16, rebuild: 0, ..Policy::default() };
     let mut s = oracle_session(&m, policy, oracle);
     let mut full = session(&m, Policy::full(), 128, 4, false);
     let mut apart = 0f32;

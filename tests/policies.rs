@@ -9,7 +9,7 @@ use std::sync::Arc;
 use adore::controller::Controller;
 use adore::ops::attention::INVALID_SLOT;
 use adore::ops::{cache_update, rebuild::MASKED, topk};
-use adore::policy::{CacheUpdate, Policy, PolicyKind};
+use adore::policy::{CacheUpdate, Policy, PolicyKind, RebuildFrom};
 use adore::{Model, Session, SessionOptions};
 use common::assert_close;
 use common::sessions::{controller, ids, load, session, tiny_model};
@@ -18,9 +18,9 @@ use pollster::block_on as run;
 
 fn budgeted() -> Vec<Policy> {
     vec![
-        Policy { kind: PolicyKind::Window, budget: 16, sinks: 0, recent: 0, rebuild: 0 },
-        Policy { kind: PolicyKind::Sink, budget: 16, sinks: 4, recent: 0, rebuild: 0 },
-        Policy { kind: PolicyKind::Sink, budget: 9, sinks: 1, recent: 0, rebuild: 0 },
+        Policy { kind: PolicyKind::Window, budget: 16, sinks: 0, recent: 0, rebuild: 0, ..Policy::default() },
+        Policy { kind: PolicyKind::Sink, budget: 16, sinks: 4, recent: 0, rebuild: 0, ..Policy::default() },
+        Policy { kind: PolicyKind::Sink, budget: 9, sinks: 1, recent: 0, rebuild: 0, ..Policy::default() },
     ]
 }
 
@@ -30,16 +30,17 @@ fn every_policy_equals_full_when_the_budget_holds_everything() {
     let tokens = ids(70);
     let mut full = session(&m, Policy::full(), 128, 16, true);
     let want = pollster::block_on(full.prefill_logits(&tokens)).unwrap();
-    for (kind, rebuild) in [
-        (PolicyKind::Window, 0),
-        (PolicyKind::Sink, 0),
-        (PolicyKind::H2o, 0),
-        (PolicyKind::Tova, 0),
-        (PolicyKind::Adore, 0),
-        (PolicyKind::Adore, 4),
-        (PolicyKind::Oracle, 0),
+    for (kind, rebuild, rebuild_from) in [
+        (PolicyKind::Window, 0, RebuildFrom::Store),
+        (PolicyKind::Sink, 0, RebuildFrom::Store),
+        (PolicyKind::H2o, 0, RebuildFrom::Store),
+        (PolicyKind::Tova, 0, RebuildFrom::Store),
+        (PolicyKind::Adore, 0, RebuildFrom::Store),
+        (PolicyKind::Adore, 0, RebuildFrom::Recompute),
+        (PolicyKind::Adore, 4, RebuildFrom::Recompute),
+        (PolicyKind::Oracle, 0, RebuildFrom::Store),
     ] {
-        let policy = Policy { kind, budget: 70, sinks: 4, recent: 16, rebuild };
+        let policy = Policy { kind, budget: 70, sinks: 4, recent: 16, rebuild, rebuild_from };
         let mut s = session(&m, policy, 128, 16, true);
         let got = pollster::block_on(s.prefill_logits(&tokens)).unwrap();
         assert_close(&format!("{kind:?} with budget >= n vs full"), &got, &want, 0.0, 0.0);
@@ -87,8 +88,8 @@ fn token_by_token_logits_equal_a_masked_reference() {
 fn long_generation_at_a_fixed_kv_size() {
     let m = tiny_model(24);
     let per_slot = (common::tiny::KV_HEADS * common::tiny::HEAD_DIM * 4 * 2 * common::tiny::LAYERS) as u64;
-    let adore = Policy { kind: PolicyKind::Adore, budget: 256, sinks: 4, recent: 16, rebuild: 4 };
-    let policy = Policy { kind: PolicyKind::Sink, budget: 256, sinks: 4, recent: 0, rebuild: 0 };
+    let adore = Policy { kind: PolicyKind::Adore, budget: 256, sinks: 4, recent: 16, rebuild: 4, rebuild_from: RebuildFrom::Recompute };
+    let policy = Policy { kind: PolicyKind::Sink, budget: 256, sinks: 4, recent: 0, rebuild: 0, ..Policy::default() };
     for p in [policy, adore] {
         let controller = Some(Arc::new(Controller::random(&m.fingerprint, m.config.hidden, 64, 32, 5).unwrap()));
         let options = SessionOptions { context: 8192, chunk: 64, policy: p, controller, ..Default::default() };
@@ -120,12 +121,12 @@ fn long_generation_at_a_fixed_kv_size() {
 fn gpu_policies_release_as_the_reference_does_with_the_same_scores() {
     let m = tiny_model(25);
     for policy in [
-        Policy { kind: PolicyKind::H2o, budget: 16, sinks: 4, recent: 4, rebuild: 0 },
-        Policy { kind: PolicyKind::H2o, budget: 12, sinks: 0, recent: 0, rebuild: 0 },
-        Policy { kind: PolicyKind::Tova, budget: 16, sinks: 4, recent: 4, rebuild: 0 },
-        Policy { kind: PolicyKind::Tova, budget: 9, sinks: 1, recent: 2, rebuild: 0 },
-        Policy { kind: PolicyKind::Adore, budget: 16, sinks: 4, recent: 4, rebuild: 0 },
-        Policy { kind: PolicyKind::Adore, budget: 10, sinks: 0, recent: 1, rebuild: 0 },
+        Policy { kind: PolicyKind::H2o, budget: 16, sinks: 4, recent: 4, rebuild: 0, ..Policy::default() },
+        Policy { kind: PolicyKind::H2o, budget: 12, sinks: 0, recent: 0, rebuild: 0, ..Policy::default() },
+        Policy { kind: PolicyKind::Tova, budget: 16, sinks: 4, recent: 4, rebuild: 0, ..Policy::default() },
+        Policy { kind: PolicyKind::Tova, budget: 9, sinks: 1, recent: 2, rebuild: 0, ..Policy::default() },
+        Policy { kind: PolicyKind::Adore, budget: 16, sinks: 4, recent: 4, rebuild: 0, rebuild_from: RebuildFrom::Recompute },
+        Policy { kind: PolicyKind::Adore, budget: 10, sinks: 0, recent: 1, rebuild: 0, rebuild_from: RebuildFrom::Recompute },
     ] {
         let mut s = session(&m, policy, 1024, 8, false);
         pollster::block_on(s.prefill(&ids(40))).unwrap();
@@ -149,8 +150,15 @@ fn gpu_policies_release_as_the_reference_does_with_the_same_scores() {
         }
         // Unlike sinks + window, these policies keep older tokens by their attention.
         let kept = pollster::block_on(s.kept_positions()).unwrap();
-        let streaming = Policy { kind: PolicyKind::Sink, budget: policy.budget, sinks: policy.sinks.max(1), recent: 0, rebuild: 0 }
-            .reference_keep(s.len());
+        let streaming = Policy {
+            kind: PolicyKind::Sink,
+            budget: policy.budget,
+            sinks: policy.sinks.max(1),
+            recent: 0,
+            rebuild: 0,
+            ..Policy::default()
+        }
+        .reference_keep(s.len());
         assert_ne!(kept, streaming, "{policy:?} kept exactly sinks + the most recent tokens");
     }
 }
@@ -162,7 +170,7 @@ fn adore_controller_scores_equal_a_cpu_recurrence() {
     let spec = adore::ModelSpec::read(adore::Source::Gguf { name: "tiny.gguf".into(), bytes: &bytes }).unwrap();
     let m = Arc::new(Model::load(common::ctx(), spec, &mut |_, _| {}).unwrap());
     let c = controller(&m);
-    let policy = Policy { kind: PolicyKind::Adore, budget: 12, sinks: 2, recent: 2, rebuild: 0 };
+    let policy = Policy { kind: PolicyKind::Adore, budget: 12, sinks: 2, recent: 2, rebuild: 0, rebuild_from: RebuildFrom::Recompute };
     let mut s = session(&m, policy, 256, 8, false);
     let mut tokens = ids(30);
     let mut next = pollster::block_on(s.prefill(&tokens)).unwrap();
@@ -204,7 +212,7 @@ fn residual_stream_controller_scores_equal_a_cpu_recurrence_under_releases() {
     let m = load(&tiny);
     let mut c = controller(&m);
     c.input_layer = 1;
-    let policy = Policy { kind: PolicyKind::Adore, budget: 12, sinks: 2, recent: 2, rebuild: 0 };
+    let policy = Policy { kind: PolicyKind::Adore, budget: 12, sinks: 2, recent: 2, rebuild: 0, rebuild_from: RebuildFrom::Recompute };
     let options = SessionOptions { context: 128, chunk: 1, policy, controller: Some(Arc::new(c.clone())), ..Default::default() };
     let mut s = Session::new(m.clone(), options).unwrap();
     let tokens = ids(40);
@@ -266,7 +274,7 @@ fn controller_files_are_checked() {
     let e = Session::new(
         other.clone(),
         SessionOptions {
-            policy: Policy { kind: PolicyKind::Adore, budget: 16, sinks: 4, recent: 4, rebuild: 0 },
+            policy: Policy { kind: PolicyKind::Adore, budget: 16, sinks: 4, recent: 4, rebuild: 0, rebuild_from: RebuildFrom::Recompute },
             controller: Some(Arc::new(c)),
             ..Default::default()
         },
@@ -279,7 +287,10 @@ fn controller_files_are_checked() {
     assert!(Controller::from_bytes("c.safetensors", b"", &m.fingerprint).is_err());
     let e = Session::new(
         m,
-        SessionOptions { policy: Policy { kind: PolicyKind::Adore, budget: 16, sinks: 4, recent: 4, rebuild: 0 }, ..Default::default() },
+        SessionOptions {
+            policy: Policy { kind: PolicyKind::Adore, budget: 16, sinks: 4, recent: 4, rebuild: 0, rebuild_from: RebuildFrom::Recompute },
+            ..Default::default()
+        },
     )
     .err()
     .unwrap();
@@ -293,7 +304,7 @@ fn adore_rebuild_follows_the_reference_for_300_steps() {
     let tiny = Tiny::new(29);
     let m = load(&tiny);
     let c = controller(&m);
-    let policy = Policy { kind: PolicyKind::Adore, budget: 12, sinks: 2, recent: 2, rebuild: 3 };
+    let policy = Policy { kind: PolicyKind::Adore, budget: 12, sinks: 2, recent: 2, rebuild: 3, rebuild_from: RebuildFrom::Recompute };
     let mut s = session(&m, policy, 512, 8, false);
     let tokens = ids(345);
     let embd = &tiny.w["token_embd.weight"].1;
@@ -352,7 +363,7 @@ fn rebuilt_rows_equal_a_cpu_recomputation_against_the_same_cache() {
     // with the cache read back, and must give the K/V the GPU wrote into the rows' slots.
     let tiny = Tiny::new(30);
     let m = load(&tiny);
-    let policy = Policy { kind: PolicyKind::Adore, budget: 10, sinks: 1, recent: 1, rebuild: 3 };
+    let policy = Policy { kind: PolicyKind::Adore, budget: 10, sinks: 1, recent: 1, rebuild: 3, rebuild_from: RebuildFrom::Recompute };
     let mut s = session(&m, policy, 256, 4, false);
     let tokens = ids(40);
     run(s.prefill(&tokens[..24])).unwrap();
@@ -401,8 +412,8 @@ fn matmul_and_scatter_cache_updates_keep_the_same_cache() {
     let m = tiny_model(32);
     let kvd = KV_HEADS * HEAD_DIM;
     for policy in [
-        Policy { kind: PolicyKind::Adore, budget: 12, sinks: 2, recent: 2, rebuild: 0 },
-        Policy { kind: PolicyKind::Adore, budget: 9, sinks: 1, recent: 1, rebuild: 2 },
+        Policy { kind: PolicyKind::Adore, budget: 12, sinks: 2, recent: 2, rebuild: 0, rebuild_from: RebuildFrom::Recompute },
+        Policy { kind: PolicyKind::Adore, budget: 9, sinks: 1, recent: 1, rebuild: 2, rebuild_from: RebuildFrom::Recompute },
     ] {
         let make = |cache_update| {
             let controller = Some(Arc::new(controller(&m)));
@@ -441,7 +452,7 @@ fn matmul_and_scatter_cache_updates_keep_the_same_cache() {
         }
     }
     // Only the policies decided on the GPU stage their rows.
-    let window = Policy { kind: PolicyKind::Window, budget: 16, sinks: 0, recent: 0, rebuild: 0 };
+    let window = Policy { kind: PolicyKind::Window, budget: 16, sinks: 0, recent: 0, rebuild: 0, ..Policy::default() };
     let e =
         Session::new(m.clone(), SessionOptions { policy: window, cache_update: CacheUpdate::Matmul, ..Default::default() }).err().unwrap();
     assert!(e.to_string().contains("matmul"), "{e}");
@@ -453,7 +464,10 @@ fn matmul_and_scatter_cache_updates_keep_the_same_cache() {
 fn sampling_with_a_seed_is_repeatable_in_one_process() {
     let model = tiny_model(21);
     let controller = Arc::new(Controller::random(&model.fingerprint, model.config.hidden, 8, 16, 5).unwrap());
-    for policy in [Policy::full(), Policy { kind: PolicyKind::Adore, budget: 10, sinks: 2, recent: 3, rebuild: 2 }] {
+    for policy in [
+        Policy::full(),
+        Policy { kind: PolicyKind::Adore, budget: 10, sinks: 2, recent: 3, rebuild: 2, rebuild_from: RebuildFrom::Recompute },
+    ] {
         let options = SessionOptions { context: 64, chunk: 8, policy, controller: Some(controller.clone()), ..Default::default() };
         let gen = adore::GenerateOptions {
             max_tokens: 40,

@@ -3,7 +3,7 @@
 // chart of the slots in use against the tokens seen.
 //
 // URL parameters run one generation on load, for tests and shareable links:
-//   ?model=URL&prompt=TEXT&max_tokens=N&temperature=T&policy=P&budget=M&rebuild=R&autorun=1
+//   ?model=URL&prompt=TEXT&max_tokens=N&temperature=T&policy=P&budget=M&rebuild_from=store|recompute&rebuild=R&autorun=1
 // The output text goes into #output (data-tokens: the token ids), which gets data-done="1".
 
 import { clearModelCache, createWorkerEngine } from './pkg/index.js';
@@ -88,7 +88,8 @@ function options(extra = {}) {
     temperature: Number($('temperature').value),
     policy,
     budget: Number($('budget').value),
-    rebuild: policy === 'adore' ? Number($('rebuild').value) : 0,
+    rebuildFrom: $('rebuild-from').value,
+    rebuild: policy === 'adore' && $('rebuild-from').value === 'recompute' ? Number($('rebuild').value) : 0,
     trace: true,
     ...extra,
   };
@@ -253,7 +254,7 @@ $('new-chat').addEventListener('click', async () => {
   await engine?.reset().catch(showError);
 });
 
-for (const [param, id] of [['policy', 'policy'], ['budget', 'budget'], ['rebuild', 'rebuild'], ['max_tokens', 'max-tokens'], ['temperature', 'temperature']]) {
+for (const [param, id] of [['policy', 'policy'], ['budget', 'budget'], ['rebuild_from', 'rebuild-from'], ['rebuild', 'rebuild'], ['max_tokens', 'max-tokens'], ['temperature', 'temperature']]) {
   if (params.has(param)) $(id).value = params.get(param);
 }
 if (params.has('model')) $('model-url').value = params.get('model');

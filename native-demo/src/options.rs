@@ -4,7 +4,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use adore::controller::Controller;
-use adore::policy::{CacheUpdate, Policy, PolicyKind, PolicyParts, DEFAULT_BUDGET, DEFAULT_SINKS};
+use adore::policy::{CacheUpdate, Policy, PolicyKind, PolicyParts, RebuildFrom, DEFAULT_BUDGET, DEFAULT_SINKS};
 use adore::{Context, ContextOptions, Model, Sampling, Session, SessionOptions};
 use anyhow::{bail, Context as _, Result};
 use clap::Args;
@@ -81,7 +81,14 @@ pub struct PartsArgs {
     /// quarters for adore, 16 for tova].
     #[arg(long)]
     pub recent: Option<usize>,
-    /// Released tokens rebuilt with each generated token (adore; 0 = release only).
+    /// Where adore gets released tokens back from: `store` keeps every token's K/V on the GPU
+    /// and re-chooses the attended budget among all of them at every step (memory grows with
+    /// the sequence, the K/V read per token does not); `recompute` drops released K/V (memory
+    /// stays at the budget) and recomputes up to --rebuild of them per generated token.
+    #[arg(long, value_enum, default_value = "store")]
+    pub rebuild_from: RebuildFrom,
+    /// Released tokens recomputed with each generated token (adore with --rebuild-from
+    /// recompute; 0 = release only).
     #[arg(long, default_value_t = 0)]
     pub rebuild: usize,
     /// ADORE controller file (safetensors) for the adore policy [default: the one shipped for
@@ -92,7 +99,7 @@ pub struct PartsArgs {
 
 impl PartsArgs {
     pub fn parts(&self, budget: usize) -> PolicyParts {
-        PolicyParts { budget, sinks: self.sinks, recent: self.recent, rebuild: self.rebuild }
+        PolicyParts { budget, sinks: self.sinks, recent: self.recent, rebuild: self.rebuild, rebuild_from: self.rebuild_from }
     }
 
     /// `kind` with these parts at `budget`, as one of several policies compared.
@@ -192,6 +199,9 @@ pub fn describe(p: &Policy) -> String {
         PolicyKind::Full => "full".to_string(),
         PolicyKind::Window => format!("window, budget {}", p.budget),
         PolicyKind::Sink => format!("sink, budget {} ({} sinks)", p.budget, p.sinks),
+        PolicyKind::Adore if p.stores() => {
+            format!("adore, budget {} ({} sinks, {} recent, the rest re-chosen from the store every step)", p.budget, p.sinks, p.recent)
+        }
         _ => format!("{}, budget {} ({} sinks, {} recent, rebuild {})", p.name(), p.budget, p.sinks, p.recent, p.rebuild),
     }
 }

@@ -124,6 +124,8 @@ fn generates_text_on_stdout_and_stats_on_stderr() {
         "8",
         "--rebuild",
         "2",
+        "--adore-modes",
+        "store,recompute",
         "--cache-updates",
         "scatter,matmul",
         "--controller",
@@ -139,9 +141,19 @@ fn generates_text_on_stdout_and_stats_on_stderr() {
         .iter()
         .map(|r| (r["policy"].as_str().unwrap().into(), r["cache_update"].as_str().unwrap().into(), r["rebuild"].as_u64().unwrap()))
         .collect();
-    let want = [("full", "scatter", 0), ("adore", "scatter", 2), ("adore", "matmul", 2), ("oracle", "scatter", 0)];
+    let want = [
+        ("full", "scatter", 0),
+        ("adore", "scatter", 0),
+        ("adore-recompute", "scatter", 2),
+        ("adore-recompute", "matmul", 2),
+        ("oracle", "scatter", 0),
+    ];
     assert_eq!(rows, want.map(|(a, b, c)| (a.to_string(), b.to_string(), c)), "{v}");
-    assert!(String::from_utf8_lossy(&out.stdout).contains("| decode vs full |"));
+    assert!(String::from_utf8_lossy(&out.stdout).contains("| decode vs full | KV bytes held | KV bytes read per step |"));
+    // The store holds the whole context, and reads what recompute reads.
+    let bytes = |i: usize, key: &str| v["rows"][i][key].as_u64().unwrap();
+    assert!(bytes(1, "kv_bytes") > bytes(2, "kv_bytes"), "{v}");
+    assert_eq!(bytes(1, "attended_kv_bytes"), bytes(2, "attended_kv_bytes"), "{v}");
     for policy in ["h2o", "tova", "oracle"] {
         let out = adore(&[
             "generate",
@@ -192,6 +204,8 @@ fn bad_arguments_and_files() {
     // The tiny model's context is 256 tokens: 250 plus 1 + 3 x 16 decoded ones does not fit.
     fails_with(&["bench", "--model", m, "--contexts", "250"], "longest context that fits is 207");
     fails_with(&["generate", "--model", m, "--prompt", "x", "--policy", "sink", "--rebuild", "2"], "adore policy only");
+    fails_with(&["generate", "--model", m, "--prompt", "x", "--policy", "adore", "--rebuild", "2"], "rebuild from recompute");
+    fails_with(&["generate", "--model", m, "--prompt", "x", "--rebuild-from", "disk"], "invalid value 'disk'");
     // The cache-update ablation is a bench and eval option only.
     fails_with(&["bench", "--model", m, "--policies", "window", "--cache-updates", "matmul"], "matmul applies");
     fails_with(&["bench", "--model", m, "--cache-updates", "gather"], "invalid value 'gather'");

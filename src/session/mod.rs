@@ -77,9 +77,32 @@ impl Session {
         self.state.k_cache.iter().chain(&self.state.v_cache).map(|b| b.size()).sum()
     }
 
+    /// Bytes of K/V a decode step reads now: every layer's rows of the slots it attends to (the
+    /// sequence for full attention, at most the budget and the new row otherwise).
+    pub fn attended_kv_bytes(&self) -> u64 {
+        let c = &self.model.config;
+        let slots = match self.options.policy.kind {
+            PolicyKind::Full => self.n_past,
+            _ => self.n_past.min(self.options.policy.budget + 1),
+        };
+        (slots * c.kv_dim() * 4 * 2 * c.layers) as u64
+    }
+
     /// Positions the KV cache holds now, ascending (read back from the GPU).
     pub async fn kept_positions(&self) -> Result<Vec<u32>> {
         let mut p: Vec<u32> = self.inspect().slot_table().await?.into_iter().filter(|&p| p != INVALID_SLOT).collect();
+        p.sort_unstable();
+        Ok(p)
+    }
+
+    /// The positions the last step attended to, ascending: for the policies that re-choose
+    /// among all past tokens (the oracle, adore with its store) its choice, otherwise what the
+    /// cache holds.
+    pub async fn attended_positions(&self) -> Result<Vec<u32>> {
+        let Some(attend) = self.state.attend.as_ref().filter(|_| self.options.rechoice().is_some()) else {
+            return self.kept_positions().await;
+        };
+        let mut p: Vec<u32> = self.model.ctx.read_u32(attend, self.capacity).await?.into_iter().filter(|&p| p != INVALID_SLOT).collect();
         p.sort_unstable();
         Ok(p)
     }
@@ -118,7 +141,7 @@ impl Session {
         if self.state.controller.is_some() {
             return Err(Error::arg("the adore controller's state cannot be rewound: reset the session instead of truncating it"));
         }
-        let freed = if self.options.policy.kind.on_gpu() {
+        let freed = if self.options.policy.releases_on_gpu() {
             let table = self.inspect().slot_table().await?;
             (0..table.len() as u32).filter(|&j| table[j as usize] != INVALID_SLOT && table[j as usize] as usize >= n).collect()
         } else {
@@ -152,7 +175,7 @@ impl Session {
             self.plans.insert((cap, rebuild), plan);
         }
         let positions: Vec<u32> = (self.n_past..self.n_past + n).map(|p| p as u32).collect();
-        let on_gpu = policy.kind.on_gpu();
+        let on_gpu = policy.releases_on_gpu();
         let ctx = &self.model.ctx;
         let s = &self.state;
         // Slots: chosen here for the policies decided on the CPU, by slot_assign otherwise
@@ -162,9 +185,9 @@ impl Session {
         } else {
             let slots = self.slots.assign(&positions)?;
             ctx.queue.write_buffer(&s.slots, 0, bytemuck::cast_slice(&slots));
-            if policy.kind == PolicyKind::Oracle {
-                // The oracle chooses among the slot table's tokens, the new rows included, before
-                // layer 0 writes them (an oracle ranked by the controller chooses before any layer).
+            if self.options.rechoice().is_some() {
+                // The oracle and adore's store choose among the slot table's tokens, the new rows
+                // included, before layer 0 writes them (ranked by the controller, before any layer).
                 for (&slot, &pos) in slots.iter().zip(&positions) {
                     ctx.queue.write_buffer(&s.slot_pos, slot as u64 * 4, bytemuck::bytes_of(&pos));
                 }

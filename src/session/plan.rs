@@ -7,7 +7,7 @@ use crate::error::Result;
 use crate::gpu::{Context, Dispatch};
 use crate::model::{Config, Model, Weights};
 use crate::ops::{self, attention::Heads, attention::Mass};
-use crate::policy::{OracleRanking, Policy, PolicyKind};
+use crate::policy::{Oracle, OracleRanking, Policy, PolicyKind};
 
 use super::state::{ControllerState, RunState, SessionOptions};
 
@@ -18,8 +18,8 @@ enum Attend<'b> {
     /// summed over the layers from `first` on.
     Table(&'b wgpu::Buffer, Option<usize>),
     /// Each layer to the `budget` slots its own dense attention ranks highest (the per-layer
-    /// oracle).
-    ChosenPerLayer,
+    /// oracle; with true, the policy's sinks and recent window protected).
+    ChosenPerLayer(bool),
 }
 
 /// What a plan is recorded from.
@@ -46,7 +46,8 @@ impl<'a> Planner<'a> {
         let (ctx, s) = (self.ctx, self.s);
         let mut plan = Vec::with_capacity(12 + self.c.layers * 16);
         let kind = self.policy().kind;
-        if kind.on_gpu() {
+        let releases_on_gpu = self.policy().releases_on_gpu();
+        if releases_on_gpu {
             // The GPU decides releases, so it also places the new rows in free slots.
             plan.push(ops::cache_update::build_assign(ctx, &s.slot_pos, &s.slots, &s.step, self.capacity, rows)?);
         }
@@ -58,8 +59,8 @@ impl<'a> Planner<'a> {
             plan.push(self.controller_step(cl, rows)?);
             self.rebuild_rows(&mut plan, cl, rows, rebuild)?;
         }
-        if kind == PolicyKind::Oracle {
-            self.oracle(&mut plan, rows)?;
+        if let Some(rechoice) = self.options.rechoice() {
+            self.rechoose(&mut plan, rows, rechoice)?;
         } else {
             let (table, mass) = (&s.slot_pos, kind.needs_mass().then_some(0));
             match s.controller.as_ref().filter(|cl| cl.gpu.input_layer > 0) {
@@ -74,7 +75,7 @@ impl<'a> Planner<'a> {
                 None => self.forward(&mut plan, rows, 0..self.c.layers, Attend::Table(table, mass))?,
             }
         }
-        if kind.on_gpu() {
+        if releases_on_gpu {
             self.cache_update(&mut plan, rows)?;
         }
         self.head(&mut plan, rows)?;
@@ -119,11 +120,11 @@ impl<'a> Planner<'a> {
                     plan.push(self.attention(l, rows, table, mass)?);
                 }
                 // The per-layer oracle: this layer's dense attention ranks, then it attends to its choice.
-                Attend::ChosenPerLayer => {
+                Attend::ChosenPerLayer(protect) => {
                     let (Some(attend), Some(score)) = (&s.attend, &s.slot_score) else { unreachable!("an oracle session") };
                     plan.push(self.attention(l, rows, &s.slot_pos, Mass::Write)?);
                     self.score_from_mass(plan, rows, score)?;
-                    self.choose(plan, attend, score)?;
+                    self.choose(plan, attend, score, protect)?;
                     plan.push(self.attention(l, rows, attend, Mass::None)?);
                 }
             }
@@ -199,37 +200,39 @@ impl<'a> Planner<'a> {
         Ok(())
     }
 
-    /// The oracle: the step attends to the `budget` past tokens ranked highest (and to its own
-    /// rows), re-chosen among all of them every step. By default a first pass with full
-    /// attention ranks them by the last row's attention; the diagnostic rankings use one
-    /// layer's attention (the layers up to it attending densely) or the controller's score.
-    fn oracle(&self, plan: &mut Vec<Dispatch>, rows: usize) -> Result<()> {
+    /// The oracle and adore with its store: the step attends to the `budget` past tokens
+    /// ranked highest (and to its own rows), re-chosen among all of them every step. The
+    /// oracle's first pass with full attention ranks them by the last row's attention; its
+    /// diagnostic rankings use one layer's attention (the layers up to it attending densely) or
+    /// the controller's score, which is adore's ranking.
+    fn rechoose(&self, plan: &mut Vec<Dispatch>, rows: usize, rechoice: Oracle) -> Result<()> {
         let (ctx, s) = (self.ctx, self.s);
         let (Some(attend), Some(score)) = (&s.attend, &s.slot_score) else {
-            unreachable!("an oracle session allocates its table and scores")
+            unreachable!("a re-choosing session allocates its table and scores")
         };
         let layers = self.c.layers;
-        match self.options.oracle.ranking {
+        let protect = rechoice.protect;
+        match rechoice.ranking {
             OracleRanking::Attention => {
                 self.forward(plan, rows, 0..layers, Attend::Table(&s.slot_pos, Some(0)))?;
                 self.score_from_mass(plan, rows, score)?;
-                self.choose(plan, attend, score)?;
+                self.choose(plan, attend, score, protect)?;
                 plan.push(self.embed(rows)?);
                 self.forward(plan, rows, 0..layers, Attend::Table(attend, None))
             }
             OracleRanking::Layer(l) => {
                 self.forward(plan, rows, 0..l + 1, Attend::Table(&s.slot_pos, Some(l)))?;
                 self.score_from_mass(plan, rows, score)?;
-                self.choose(plan, attend, score)?;
+                self.choose(plan, attend, score, protect)?;
                 self.forward(plan, rows, l + 1..layers, Attend::Table(attend, None))
             }
-            OracleRanking::PerLayer => self.forward(plan, rows, 0..layers, Attend::ChosenPerLayer),
+            OracleRanking::PerLayer => self.forward(plan, rows, 0..layers, Attend::ChosenPerLayer(protect)),
             OracleRanking::Controller => {
                 // The controller step ran after the embedding; the session wrote the new rows
                 // into the slot table before the submit.
-                let Some(cl) = &s.controller else { unreachable!("an oracle ranked by the controller runs it") };
+                let Some(cl) = &s.controller else { unreachable!("a session ranked by the controller runs it") };
                 plan.push(ops::controller::build_score(ctx, &cl.gpu, &cl.state, &cl.keys, &s.slot_pos, score, &s.step)?);
-                self.choose(plan, attend, score)?;
+                self.choose(plan, attend, score, protect)?;
                 self.forward(plan, rows, 0..layers, Attend::Table(attend, None))
             }
         }
@@ -243,14 +246,13 @@ impl<'a> Planner<'a> {
         Ok(())
     }
 
-    /// The oracle's choice: `attend` = the slot table less all but the `budget` best-scored
-    /// past tokens (the step's rows stay; with `protect`, the policy's sinks and recent window
-    /// too).
-    fn choose(&self, plan: &mut Vec<Dispatch>, attend: &wgpu::Buffer, score: &wgpu::Buffer) -> Result<()> {
+    /// The re-choice: `attend` = the slot table less all but the `budget` best-scored past
+    /// tokens (the step's rows stay; with `protect`, the policy's sinks and recent window too).
+    fn choose(&self, plan: &mut Vec<Dispatch>, attend: &wgpu::Buffer, score: &wgpu::Buffer, protect: bool) -> Result<()> {
         let (ctx, s) = (self.ctx, self.s);
         plan.push(ops::rebuild::build_copy(ctx, &s.slot_pos, attend, self.capacity)?);
         let base = ops::cache_update::Params::new(self.capacity, &self.policy());
-        let up = match self.options.oracle.protect {
+        let up = match protect {
             true => ops::cache_update::Params { in_flight: 1, ..base },
             false => ops::cache_update::Params { sinks: 0, recent: 0, in_flight: 1, ..base },
         };

@@ -58,13 +58,25 @@ impl SessionOptions {
         self.chunk.max(self.policy.rebuild + 1).min(self.context)
     }
 
-    /// KV slots needed: the whole context for `full` and `oracle`; otherwise the budget plus
-    /// the rows of one step in flight (the session caps the chunk at the budget).
+    /// KV slots needed: the whole context for `full`, `oracle` and adore with its store;
+    /// otherwise the budget plus the rows of one step in flight (the session caps the chunk at
+    /// the budget).
     pub fn capacity(&self) -> usize {
-        if self.policy.kind.keeps_everything() {
+        if self.policy.keeps_everything() {
             self.context
         } else {
             self.context.min(self.policy.budget + self.max_rows())
+        }
+    }
+
+    /// How a policy that re-chooses what it attends to among all past tokens at every step
+    /// ranks them: the oracle's ranking, or for adore with its store the controller's score
+    /// with the sinks and recent window protected. None for the policies that release.
+    pub fn rechoice(&self) -> Option<Oracle> {
+        match self.policy.kind {
+            PolicyKind::Oracle => Some(self.oracle),
+            PolicyKind::Adore if self.policy.stores() => Some(Oracle { ranking: OracleRanking::Controller, protect: true }),
+            _ => None,
         }
     }
 
@@ -86,9 +98,9 @@ impl SessionOptions {
             return Err(Error::arg("context and chunk sizes must be at least 1"));
         }
         self.policy.validate()?;
-        if self.cache_update == CacheUpdate::Matmul && !self.policy.kind.on_gpu() {
+        if self.cache_update == CacheUpdate::Matmul && !self.policy.releases_on_gpu() {
             return Err(Error::arg(format!(
-                "cache update matmul applies to the policies whose releases the GPU decides (h2o, tova, adore), not {}",
+                "cache update matmul applies to the policies whose releases the GPU decides (h2o, tova, adore-recompute), not {}",
                 self.policy.name()
             )));
         }
@@ -106,6 +118,7 @@ impl SessionOptions {
         // the residual stream has no input for the new rows yet.
         let before_layers = match self.policy.kind {
             PolicyKind::Oracle => Some("the oracle ranked by the controller"),
+            PolicyKind::Adore if self.policy.stores() => Some("adore choosing from its store"),
             _ if self.policy.rebuild > 0 => Some("rebuild"),
             _ => None,
         };
@@ -176,7 +189,7 @@ pub(crate) struct RunState {
     pub mass: Option<wgpu::Buffer>,
     /// (capacity) per-slot score the GPU policies release by, and the oracle ranks by.
     pub slot_score: Option<wgpu::Buffer>,
-    /// (capacity) the oracle's selection: slot_pos less what this step skips.
+    /// (capacity) the re-chosen selection (oracle, adore's store): slot_pos less what this step skips.
     pub attend: Option<wgpu::Buffer>,
     pub controller: Option<ControllerState>,
     pub rebuild: Option<RebuildState>,
@@ -248,7 +261,7 @@ impl RunState {
                 selected_kv: ctx.storage("staged.selected_kv", f(2 * o.policy.budget * c.kv_dim()))?,
             }),
         };
-        let oracle = kind == PolicyKind::Oracle;
+        let rechooses = o.rechoice().is_some();
         let state = RunState {
             step: ctx.uniform("step", &Step::default()),
             sample_params: ops::sample::params_buffer(ctx, &Sampling::default(), c.vocab),
@@ -272,8 +285,8 @@ impl RunState {
             readback: ctx.staging(4),
             unused: ctx.storage("unused", 4)?,
             mass: kind.needs_mass().then(|| ctx.storage("mass", f(rows * c.n_heads * capacity))).transpose()?,
-            slot_score: (kind.on_gpu() || oracle).then(|| ctx.storage("slot_score", f(capacity))).transpose()?,
-            attend: oracle.then(|| ctx.storage("attend", f(capacity))).transpose()?,
+            slot_score: (o.policy.releases_on_gpu() || rechooses).then(|| ctx.storage("slot_score", f(capacity))).transpose()?,
+            attend: rechooses.then(|| ctx.storage("attend", f(capacity))).transpose()?,
             controller,
             rebuild,
             staged,

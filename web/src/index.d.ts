@@ -51,7 +51,9 @@ export interface GenerateOptions {
   sinks?: number;
   /** Protected most recent tokens (h2o, tova, adore; default: half the budget for h2o, three quarters for adore, 16 for tova). */
   recent?: number | null;
-  /** Released tokens the adore policy may rebuild per step (default 0). */
+  /** Where adore gets released tokens back from: `store` (default; every token's K/V stays on the GPU and each step re-chooses the attended budget among all of them) or `recompute` (released K/V dropped, memory flat; `rebuild` of them recomputed per step). */
+  rebuildFrom?: 'store' | 'recompute';
+  /** Released tokens adore recomputes per step with `rebuildFrom: 'recompute'` (default 0). */
   rebuild?: number;
   /** Longest sequence (prompt + output); default min(model context, 4096). */
   context?: number | null;
@@ -67,7 +69,7 @@ export interface TokenInfo {
   text: string;
   /** Position in the sequence. */
   position: number;
-  /** Positions held in the KV cache after this step (trace, budgeted policies). */
+  /** Positions held in the KV cache after this step, or for adore with its store those the step attended to (trace, budgeted policies). */
   kept?: number[];
   /** Positions this step rebuilt (trace, adore with rebuild). */
   rebuilt?: number[];

@@ -16,6 +16,7 @@ export const GENERATE_DEFAULTS = Object.freeze({
   sinks: 4,
   recent: null,
   rebuild: 0,
+  rebuildFrom: 'store',
   context: null,
   trace: false,
 });
@@ -73,6 +74,12 @@ export function checkGenerateOptions(options) {
   integer('rebuild', o.rebuild, 0, 1 << 20);
   if (o.rebuild > 0 && o.policy !== 'adore') {
     throw new ArgumentError(`rebuild applies to the adore policy only, not ${o.policy}`);
+  }
+  if (!['store', 'recompute'].includes(o.rebuildFrom)) {
+    throw new ArgumentError(`rebuildFrom must be store or recompute, got ${describe(o.rebuildFrom)}`);
+  }
+  if (o.rebuild > 0 && o.rebuildFrom !== 'recompute') {
+    throw new ArgumentError(`rebuild applies to adore recomputing released tokens (rebuildFrom: 'recompute'); from its store adore gets back every token it chooses`);
   }
   if (o.rebuild > o.budget) {
     throw new ArgumentError(`rebuild (${o.rebuild}) cannot exceed the budget (${o.budget})`);

@@ -4,7 +4,7 @@
 
 use std::path::PathBuf;
 
-use adore::policy::{CacheUpdate, Policy, PolicyKind, DEFAULT_BUDGET};
+use adore::policy::{CacheUpdate, Policy, PolicyKind, RebuildFrom, DEFAULT_BUDGET};
 use adore::{Session, SessionOptions};
 use anyhow::{bail, Context as _, Result};
 use clap::Args;
@@ -23,6 +23,10 @@ pub struct BenchArgs {
     budget: usize,
     #[command(flatten)]
     parts: PartsArgs,
+    /// Where adore gets released tokens back from, one adore run each (store, recompute; the
+    /// --rebuild rows go to recompute) [default: --rebuild-from].
+    #[arg(long, value_enum, value_delimiter = ',')]
+    adore_modes: Vec<RebuildFrom>,
     /// Cache updates to compare for h2o, tova and adore: scatter (rows written into free
     /// slots) and matmul (staged, then moved by a selection-matrix product: the paper's
     /// technique, as an ablation).
@@ -52,7 +56,10 @@ struct Row {
     /// Prompt tokens/s of the prefill that grew the sequence to this context.
     prefill_tokens_per_s: Option<f64>,
     decode_tokens_per_s: f64,
+    /// K/V bytes the session holds (its KV buffers).
     kv_bytes: u64,
+    /// K/V bytes one decode step reads (the slots it attends to, every layer).
+    attended_kv_bytes: u64,
 }
 
 fn median(mut v: Vec<f64>) -> f64 {
@@ -70,14 +77,28 @@ fn runs(policies: &[Policy], updates: &[CacheUpdate]) -> Vec<(Policy, CacheUpdat
     policies
         .iter()
         .flat_map(|p| {
-            let ups: Vec<CacheUpdate> = if p.kind.on_gpu() { updates.to_vec() } else { vec![CacheUpdate::Scatter] };
+            let ups: Vec<CacheUpdate> = if p.releases_on_gpu() { updates.to_vec() } else { vec![CacheUpdate::Scatter] };
             ups.into_iter().map(move |u| (*p, u))
         })
         .collect()
 }
 
 pub fn run(a: BenchArgs) -> Result<()> {
-    let policies: Vec<Policy> = a.policies.iter().map(|&k| a.parts.compared(k, a.budget)).collect::<Result<_>>()?;
+    let modes = if a.adore_modes.is_empty() { vec![a.parts.rebuild_from] } else { a.adore_modes.clone() };
+    let mut policies = Vec::new();
+    for &kind in &a.policies {
+        let base = a.parts.parts(a.budget);
+        match kind {
+            PolicyKind::Adore => {
+                // Rebuild rows go to the run that recomputes.
+                for &rebuild_from in &modes {
+                    let rebuild = if rebuild_from == RebuildFrom::Recompute { base.rebuild } else { 0 };
+                    policies.push(Policy::shared(kind, adore::policy::PolicyParts { rebuild_from, rebuild, ..base })?);
+                }
+            }
+            _ => policies.push(Policy::shared(kind, base)?),
+        }
+    }
     check_cache_updates(&a.cache_updates, &a.policies)?;
     let runs = runs(&policies, &a.cache_updates);
     if a.contexts.is_empty() || a.contexts.contains(&0) || a.repeats == 0 || a.decode_tokens == 0 {
@@ -144,13 +165,14 @@ pub fn run(a: BenchArgs) -> Result<()> {
             }
             let row = Row {
                 policy: policy.name(),
-                budget: (!policy.kind.keeps_everything()).then_some(policy.budget),
+                budget: (policy.kind != PolicyKind::Full).then_some(policy.budget),
                 rebuild: policy.rebuild,
                 cache_update: update.name(),
                 context: ctx_len,
                 prefill_tokens_per_s: prefill,
                 decode_tokens_per_s: median(dec),
                 kv_bytes: session.kv_bytes(),
+                attended_kv_bytes: session.attended_kv_bytes(),
             };
             eprintln!(
                 "{:>6} ({}) context {:>6}: prefill {:>9} tokens/s, decode {:>8.2} tokens/s",
@@ -175,17 +197,17 @@ pub fn run(a: BenchArgs) -> Result<()> {
 /// The rows as a markdown table, each with its ratio to full attention at the same context.
 fn table(rows: &[Row]) -> String {
     let mut s = String::from(
-        "| policy | budget | rebuild | cache update | context | prefill tokens/s | decode tokens/s | decode vs full | KV bytes |\n",
+        "| policy | budget | rebuild | cache update | context | prefill tokens/s | decode tokens/s | decode vs full | KV bytes held | KV bytes read per step |\n",
     );
-    s += "|---|---:|---:|---|---:|---:|---:|---:|---:|\n";
+    s += "|---|---:|---:|---|---:|---:|---:|---:|---:|---:|\n";
     for r in rows {
         let budget = r.budget.map_or("-".to_string(), |b| b.to_string());
         let full = rows.iter().find(|f| f.policy == "full" && f.context == r.context);
         let ratio = full.map_or("-".to_string(), |f| format!("{:.2}", r.decode_tokens_per_s / f.decode_tokens_per_s));
         let prefill = r.prefill_tokens_per_s.map_or("-".to_string(), |p| format!("{p:.1}"));
         s += &format!(
-            "| {} | {budget} | {} | {} | {} | {prefill} | {:.2} | {ratio} | {} |\n",
-            r.policy, r.rebuild, r.cache_update, r.context, r.decode_tokens_per_s, r.kv_bytes
+            "| {} | {budget} | {} | {} | {} | {prefill} | {:.2} | {ratio} | {} | {} |\n",
+            r.policy, r.rebuild, r.cache_update, r.context, r.decode_tokens_per_s, r.kv_bytes, r.attended_kv_bytes
         );
     }
     s

@@ -91,7 +91,7 @@ impl Eval<'_> {
             all_logits: false,
             policy,
             controller: self.controller.clone(),
-            cache_update: if policy.kind.on_gpu() { self.cache_update } else { CacheUpdate::Scatter },
+            cache_update: if policy.releases_on_gpu() { self.cache_update } else { CacheUpdate::Scatter },
             oracle: run.oracle,
         };
         Ok(Session::new(self.model.clone(), options)?)
@@ -136,7 +136,7 @@ impl Eval<'_> {
         bar.finish_and_clear();
         let row = |run: &Run, acc: &Acc| Row {
             policy: run.label(),
-            budget: (!run.policy.kind.keeps_everything() || run.policy.kind == PolicyKind::Oracle).then_some(run.policy.budget),
+            budget: (run.policy.kind != PolicyKind::Full).then_some(run.policy.budget),
             rebuild: run.policy.rebuild,
             positions: acc.positions(),
             top1_agreement: acc.agreement(),
