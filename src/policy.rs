@@ -39,6 +39,10 @@ pub enum PolicyKind {
     /// `RebuildFrom::Recompute` released tokens are dropped and each single-token step
     /// recomputes the `rebuild` best-scored of them. Decided on the GPU.
     Adore,
+    /// Quest (Tang et al., 2024), a baseline that keeps the whole sequence: every layer
+    /// attends to the `budget` tokens of the pages (16 tokens) whose min/max keys bound its
+    /// current query's logits highest, re-chosen every step.
+    Quest,
     /// Evaluation only: keeps the whole sequence, and each step attends to the `budget` tokens
     /// that its last row's full attention (summed over heads and layers) ranks highest: the
     /// upper bound the other policies approximate. Costs two forward passes per step.
@@ -58,7 +62,7 @@ impl PolicyKind {
 
     /// Whether the KV cache holds the whole sequence (no memory saving).
     pub fn keeps_everything(self) -> bool {
-        matches!(self, PolicyKind::Full | PolicyKind::Oracle)
+        matches!(self, PolicyKind::Full | PolicyKind::Oracle | PolicyKind::Quest)
     }
 
     /// Whether the policy can rebuild released tokens (only adore: rebuild ranks them with
@@ -75,6 +79,7 @@ impl PolicyKind {
             PolicyKind::H2o => "h2o",
             PolicyKind::Tova => "tova",
             PolicyKind::Adore => "adore",
+            PolicyKind::Quest => "quest",
             PolicyKind::Oracle => "oracle",
         }
     }
@@ -90,8 +95,9 @@ impl std::str::FromStr for PolicyKind {
             "h2o" => Ok(PolicyKind::H2o),
             "tova" => Ok(PolicyKind::Tova),
             "adore" => Ok(PolicyKind::Adore),
+            "quest" => Ok(PolicyKind::Quest),
             "oracle" => Ok(PolicyKind::Oracle),
-            _ => Err(Error::arg(format!("unknown policy {s:?} (available: full, window, sink, h2o, tova, adore, oracle)"))),
+            _ => Err(Error::arg(format!("unknown policy {s:?} (available: full, window, sink, h2o, tova, adore, quest, oracle)"))),
         }
     }
 }
@@ -180,6 +186,9 @@ pub enum OracleRanking {
     /// Each layer chooses its own set by its own attention (summed over its heads): what one
     /// choice for all layers costs.
     PerLayer,
+    /// Each layer chooses by Quest's page bounds on its current query's logits (the `quest`
+    /// policy).
+    Quest,
 }
 
 /// The oracle's ranking, and whether it protects the policy's sinks and recent window as the
@@ -198,6 +207,7 @@ impl Oracle {
             OracleRanking::Layer(l) => format!("layer-{l}"),
             OracleRanking::Controller => "controller".to_string(),
             OracleRanking::PerLayer => "per-layer".to_string(),
+            OracleRanking::Quest => "quest".to_string(),
         };
         if self.protect {
             base + "-protected"
@@ -218,11 +228,12 @@ impl std::str::FromStr for Oracle {
             "attention" => OracleRanking::Attention,
             "controller" => OracleRanking::Controller,
             "per-layer" => OracleRanking::PerLayer,
+            "quest" => OracleRanking::Quest,
             _ => match base.strip_prefix("layer-").map(str::parse::<usize>) {
                 Some(Ok(l)) => OracleRanking::Layer(l),
                 _ => {
                     return Err(Error::arg(format!(
-                    "unknown oracle ranking {s:?} (available: attention, controller, per-layer, layer-L with L a layer index; each with -protected)"
+                    "unknown oracle ranking {s:?} (available: attention, controller, per-layer, quest, layer-L with L a layer index; each with -protected)"
                 )))
                 }
             },
@@ -364,7 +375,9 @@ impl Policy {
     pub fn reference_keep(&self, n: usize) -> Vec<u32> {
         let all = 0..n as u32;
         match self.kind {
-            PolicyKind::Full | PolicyKind::H2o | PolicyKind::Tova | PolicyKind::Adore | PolicyKind::Oracle => all.collect(),
+            PolicyKind::Full | PolicyKind::H2o | PolicyKind::Tova | PolicyKind::Adore | PolicyKind::Quest | PolicyKind::Oracle => {
+                all.collect()
+            }
             _ if n <= self.budget => all.collect(),
             PolicyKind::Window => ((n - self.budget) as u32..n as u32).collect(),
             PolicyKind::Sink => (0..self.sinks as u32).chain((n - (self.budget - self.sinks)) as u32..n as u32).collect(),

@@ -71,6 +71,8 @@ shader!(STAGED_MOVES, "staged_moves", false);
 shader!(SELECT_MATRIX, "select_matrix", false);
 shader!(SELECT_MATMUL, "select_matmul", false);
 shader!(SELECT_STORE, "select_store", false);
+shader!(QUEST_BOUNDS, "quest_bounds", false);
+shader!(QUEST_SCORE, "quest_score", false);
 
 /// Every kernel, for validation tests.
 pub const ALL: &[&Shader] = &[
@@ -98,4 +100,6 @@ pub const ALL: &[&Shader] = &[
     &SELECT_MATRIX,
     &SELECT_MATMUL,
     &SELECT_STORE,
+    &QUEST_BOUNDS,
+    &QUEST_SCORE,
 ];

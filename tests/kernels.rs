@@ -436,3 +436,57 @@ fn staged_cache_update_by_selection_matrix_equals_a_scatter() {
     }
     assert!(moved > 100, "too few staged rows moved ({moved})");
 }
+
+#[test]
+fn quest_page_bounds_and_scores_match_references() {
+    use ops::quest::{self, Params, PAGE};
+    let ctx = ctx();
+    let mut rng = Rng::new(12);
+    for &(n_heads, n_kv_heads, head_dim) in &[(4usize, 2usize, 8usize), (3, 1, 5), (2, 2, 16)] {
+        for &cap in &[1usize, 15, 16, 17, 63, 1000] {
+            let p = Params { n_heads: n_heads as u32, n_kv_heads: n_kv_heads as u32, head_dim: head_dim as u32, capacity: cap as u32 };
+            let kv_dim = n_kv_heads * head_dim;
+            for _ in 0..4 {
+                // A step's rows in consecutive slots from `start`; earlier slots hold tokens, some
+                // freed; later ones are free.
+                let rows = (1 + rng.below(20) as usize).min(cap);
+                let start = rng.below((cap - rows) as u64 + 1) as usize;
+                let slot_pos: Vec<u32> =
+                    (0..cap).map(|j| if j >= start + rows || (j < start && rng.below(5) == 0) { INVALID_SLOT } else { j as u32 }).collect();
+                let k_cache = rng.vec(cap * kv_dim, 1.0);
+                let old = rng.vec(p.pages() * 2 * kv_dim, 1.0);
+                let slots: Vec<u32> = (start..start + rows).map(|j| j as u32).collect();
+                let bounds = buf(&ctx, &old);
+                let (kb, tb, sb) = (buf(&ctx, &k_cache), buf_u32(&ctx, &slot_pos), buf_u32(&ctx, &slots));
+                let stp = step(&ctx, rows, start + rows, 0);
+                run(&ctx, quest::build_bounds(&ctx, &kb, &tb, &sb, &bounds, &stp, p, rows).unwrap());
+                let got = read(&ctx, &bounds, old.len());
+                for page in 0..p.pages() {
+                    let have = &got[page * 2 * kv_dim..(page + 1) * 2 * kv_dim];
+                    let touched = page >= start / PAGE && page <= (start + rows - 1) / PAGE;
+                    let want = if touched {
+                        quest::reference_bounds(&k_cache, &slot_pos, p, page)
+                    } else {
+                        old[page * 2 * kv_dim..(page + 1) * 2 * kv_dim].to_vec()
+                    };
+                    assert_eq!(have, &want[..], "quest bounds {p:?} rows {start}..{} page {page}", start + rows);
+                }
+                let q = rng.vec(rows * n_heads * head_dim, 1.0);
+                let old_score = rng.vec(cap, 1.0);
+                let score = buf(&ctx, &old_score);
+                run(&ctx, quest::build_score(&ctx, &buf(&ctx, &q), &bounds, &score, &stp, p, rows).unwrap());
+                let got_score = read(&ctx, &score, cap);
+                let last = &q[(rows - 1) * n_heads * head_dim..];
+                for j in 0..cap {
+                    let page = j / PAGE;
+                    let want = if page * PAGE < start + rows {
+                        quest::reference_score(last, &got[page * 2 * kv_dim..(page + 1) * 2 * kv_dim], p) as f32
+                    } else {
+                        old_score[j]
+                    };
+                    assert_close(&format!("quest score {p:?} slot {j}"), &got_score[j..j + 1], &[want], 1e-4, 1e-4);
+                }
+            }
+        }
+    }
+}

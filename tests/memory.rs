@@ -45,6 +45,7 @@ fn decoding_keeps_host_memory_flat_for_every_policy() {
         policy(PolicyKind::Adore, 0),
         Policy { rebuild_from: RebuildFrom::Recompute, ..policy(PolicyKind::Adore, 0) },
         policy(PolicyKind::Adore, 2),
+        policy(PolicyKind::Quest, 0),
         policy(PolicyKind::Oracle, 0),
     ] {
         let options = SessionOptions {

@@ -171,3 +171,30 @@ fn per_layer_oracle_chooses_by_each_layer_s_own_attention() {
     let mut all = oracle_session(&m, Policy { budget: 64, ..policy }, oracle);
     assert_equals_full(&m, &mut all, &tokens);
 }
+
+#[test]
+fn quest_chooses_whole_pages_by_their_key_bounds_at_every_layer() {
+    // After a step the scores are the last layer's page bounds (equal within each page of 16)
+    // and its choice follows the reference fed them (no protection: Quest chooses pages alone);
+    // a budget that holds everything gives full attention's logits exactly.
+    let m = tiny_model(36);
+    let tokens = ids(70);
+    let policy = Policy { kind: PolicyKind::Quest, budget: 20, sinks: 4, recent: 16, rebuild: 0, ..Policy::default() };
+    let mut s = session(&m, policy, 128, 4, false);
+    let mut full = session(&m, Policy::full(), 128, 4, false);
+    let mut apart = 0f32;
+    for (t, &tok) in tokens.iter().enumerate() {
+        run(s.feed(tok)).unwrap();
+        run(full.feed(tok)).unwrap();
+        let (got, want) = (run(s.last_logits()).unwrap(), run(full.last_logits()).unwrap());
+        apart = apart.max(got.iter().zip(&want).map(|(a, b)| (a - b).abs()).fold(0.0, f32::max));
+        let (scores, att) = checked_choice(&s, &policy, false, t);
+        for j in 0..=t {
+            assert_eq!(scores[j], scores[j / 16 * 16], "page scores at step {t}, slot {j}");
+        }
+        assert_eq!(att.iter().filter(|&&x| x != INVALID_SLOT).count(), t.min(policy.budget) + 1);
+    }
+    assert!(apart > 1e-3, "a budget of 20 over 70 tokens changed no logit (largest difference {apart})");
+    let mut all = session(&m, Policy { budget: 128, ..policy }, 128, 4, false);
+    assert_equals_full(&m, &mut all, &tokens);
+}

@@ -38,6 +38,7 @@ fn every_policy_equals_full_when_the_budget_holds_everything() {
         (PolicyKind::Adore, 0, RebuildFrom::Store),
         (PolicyKind::Adore, 0, RebuildFrom::Recompute),
         (PolicyKind::Adore, 4, RebuildFrom::Recompute),
+        (PolicyKind::Quest, 0, RebuildFrom::Store),
         (PolicyKind::Oracle, 0, RebuildFrom::Store),
     ] {
         let policy = Policy { kind, budget: 70, sinks: 4, recent: 16, rebuild, rebuild_from };

@@ -8,6 +8,7 @@ pub mod controller;
 pub mod embed;
 pub mod kv_write;
 pub mod matmul;
+pub mod quest;
 pub mod rebuild;
 pub mod rmsnorm;
 pub mod rope;

@@ -20,6 +20,9 @@ enum Attend<'b> {
     /// Each layer to the `budget` slots its own dense attention ranks highest (the per-layer
     /// oracle; with true, the policy's sinks and recent window protected).
     ChosenPerLayer(bool),
+    /// Each layer to the `budget` slots of the pages whose key bounds score its query highest
+    /// (with true, the policy's sinks and recent window protected).
+    Quest(bool),
 }
 
 /// What a plan is recorded from.
@@ -127,6 +130,20 @@ impl<'a> Planner<'a> {
                     self.choose(plan, attend, score, protect)?;
                     plan.push(self.attention(l, rows, attend, Mass::None)?);
                 }
+                Attend::Quest(protect) => {
+                    let (Some(attend), Some(score)) = (&s.attend, &s.slot_score) else { unreachable!("a quest session") };
+                    let qp = ops::quest::Params {
+                        n_heads: c.n_heads as u32,
+                        n_kv_heads: c.n_kv_heads as u32,
+                        head_dim: c.head_dim as u32,
+                        capacity: self.capacity as u32,
+                    };
+                    let bounds = &s.quest_bounds[l];
+                    plan.push(ops::quest::build_bounds(ctx, &s.k_cache[l], &s.slot_pos, &s.slots, bounds, step, qp, rows)?);
+                    plan.push(ops::quest::build_score(ctx, &s.q, bounds, score, step, qp, rows)?);
+                    self.choose(plan, attend, score, protect)?;
+                    plan.push(self.attention(l, rows, attend, Mass::None)?);
+                }
             }
             plan.extend(ops::matmul::build(ctx, &layer.o, &s.att, &s.proj, step, rows, 0)?);
             plan.push(ops::add::build(ctx, &s.x, &s.proj, step, c.hidden, rows)?);
@@ -227,6 +244,7 @@ impl<'a> Planner<'a> {
                 self.forward(plan, rows, l + 1..layers, Attend::Table(attend, None))
             }
             OracleRanking::PerLayer => self.forward(plan, rows, 0..layers, Attend::ChosenPerLayer(protect)),
+            OracleRanking::Quest => self.forward(plan, rows, 0..layers, Attend::Quest(protect)),
             OracleRanking::Controller => {
                 // The controller step ran after the embedding; the session wrote the new rows
                 // into the slot table before the submit.

@@ -75,6 +75,7 @@ impl SessionOptions {
     pub fn rechoice(&self) -> Option<Oracle> {
         match self.policy.kind {
             PolicyKind::Oracle => Some(self.oracle),
+            PolicyKind::Quest => Some(Oracle { ranking: OracleRanking::Quest, protect: false }),
             PolicyKind::Adore if self.policy.stores() => Some(Oracle { ranking: OracleRanking::Controller, protect: true }),
             _ => None,
         }
@@ -194,6 +195,8 @@ pub(crate) struct RunState {
     pub controller: Option<ControllerState>,
     pub rebuild: Option<RebuildState>,
     pub staged: Option<StagedState>,
+    /// Per layer (pages, 2, kv_dim): each page's elementwise min and max key (Quest).
+    pub quest_bounds: Vec<wgpu::Buffer>,
 }
 
 /// The ADORE controller: its packed weights, recurrent state and a key per token.
@@ -262,6 +265,13 @@ impl RunState {
             }),
         };
         let rechooses = o.rechoice().is_some();
+        let quest_bounds = match o.rechoice() {
+            Some(Oracle { ranking: OracleRanking::Quest, .. }) => {
+                let pages = capacity.div_ceil(ops::quest::PAGE);
+                (0..c.layers).map(|l| ctx.storage(&format!("quest.bounds.{l}"), f(pages * 2 * c.kv_dim()))).collect::<Result<_>>()?
+            }
+            _ => Vec::new(),
+        };
         let state = RunState {
             step: ctx.uniform("step", &Step::default()),
             sample_params: ops::sample::params_buffer(ctx, &Sampling::default(), c.vocab),
@@ -290,6 +300,7 @@ impl RunState {
             controller,
             rebuild,
             staged,
+            quest_bounds,
         };
         ctx.take_error()?;
         Ok(state)

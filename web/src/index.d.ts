@@ -30,7 +30,7 @@ export interface WorkerLoadOptions extends LoadOptions {
   workerUrl?: string | URL;
 }
 
-export type Policy = 'full' | 'window' | 'sink' | 'h2o' | 'tova' | 'adore' | 'oracle';
+export type Policy = 'full' | 'window' | 'sink' | 'h2o' | 'tova' | 'adore' | 'quest' | 'oracle';
 
 export interface GenerateOptions {
   /** Most tokens to generate (default 128). */

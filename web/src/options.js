@@ -3,7 +3,7 @@
 
 import { ArgumentError } from './errors.js';
 
-export const POLICIES = ['full', 'window', 'sink', 'h2o', 'tova', 'adore', 'oracle'];
+export const POLICIES = ['full', 'window', 'sink', 'h2o', 'tova', 'adore', 'quest', 'oracle'];
 
 export const GENERATE_DEFAULTS = Object.freeze({
   maxTokens: 128,

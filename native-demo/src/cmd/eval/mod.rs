@@ -24,7 +24,7 @@ pub struct EvalArgs {
     text: PathBuf,
     #[arg(long, default_value_t = 2048)]
     tokens: usize,
-    #[arg(long, value_enum, value_delimiter = ',', default_value = "full,window,sink,h2o,tova,adore,oracle")]
+    #[arg(long, value_enum, value_delimiter = ',', default_value = "full,window,sink,h2o,tova,adore,quest,oracle")]
     policies: Vec<PolicyKind>,
     #[arg(long, value_delimiter = ',', default_value = "64,128,256,512")]
     budgets: Vec<usize>,
