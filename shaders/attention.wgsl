@@ -8,6 +8,8 @@
 // sum and weighted V) for each of its HPW heads, so a K or V row is read once for all the
 // heads that share it and the scan needs no barrier; the 64 partial softmaxes are merged at
 // the end through workgroup memory.
+// With listed, the slots visited are list[1 ..= list[0]] (attend_list.wgsl: the valid slots of a
+// long table with few of them) instead of 0 .. step.n_slots.
 // With write_mass, a last pass stores each slot's attention probability for this row and head in
 // mass[r, h, slot] (1: overwrite, 2: add, to sum over layers), for the release policies.
 
@@ -18,7 +20,7 @@ struct Params {
     scale: f32,        // usually 1 / sqrt(head_dim)
     capacity: u32,     // slots in the cache (row stride of mass)
     write_mass: u32,   // 0: no mass, 1: mass = p, 2: mass += p
-    pad0: u32,
+    listed: u32,       // 1: visit the slots in list
     pad1: u32,
 }
 
@@ -31,6 +33,7 @@ struct Params {
 @group(0) @binding(6) var<uniform> p: Params;
 @group(0) @binding(7) var<uniform> step: Step;
 @group(0) @binding(8) var<storage, read_write> mass: array<f32>;       // (rows, n_heads, capacity) or unused
+@group(0) @binding(9) var<storage, read> list: array<u32>;             // (1 + capacity) count, slots; or unused
 
 const HD4: u32 = 16u;  // head_dim / 4
 const HPW: u32 = 1u;   // query heads per workgroup
@@ -70,7 +73,15 @@ fn main(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wid: v
         acc[i] = vec4<f32>(0.0);
     }
 
-    for (var j = lid; j < step.n_slots; j += WG) {
+    var n = step.n_slots;
+    if p.listed != 0u {
+        n = list[0];
+    }
+    for (var t = lid; t < n; t += WG) {
+        var j = t;
+        if p.listed != 0u {
+            j = list[1u + t];
+        }
         let sp = slot_pos[j];
         if sp == INVALID || sp > pos {
             continue;

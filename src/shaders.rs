@@ -73,6 +73,7 @@ shader!(SELECT_MATMUL, "select_matmul", false);
 shader!(SELECT_STORE, "select_store", false);
 shader!(QUEST_BOUNDS, "quest_bounds", false);
 shader!(QUEST_SCORE, "quest_score", false);
+shader!(ATTEND_LIST, "attend_list", false);
 
 /// Every kernel, for validation tests.
 pub const ALL: &[&Shader] = &[
@@ -102,4 +103,5 @@ pub const ALL: &[&Shader] = &[
     &SELECT_STORE,
     &QUEST_BOUNDS,
     &QUEST_SCORE,
+    &ATTEND_LIST,
 ];

@@ -221,8 +221,16 @@ fn attention_over_slots_with_gaps_and_causal_positions() {
                 let (qb, kb, vb, sb, pb) =
                     (buf(&ctx, &q), buf(&ctx, &k), buf(&ctx, &v), buf_u32(&ctx, &slot_pos), buf_u32(&ctx, &positions));
                 let mass = buf(&ctx, &vec![0.5; want_mass.len()]);
-                let b =
-                    ops::attention::Buffers { q: &qb, k_cache: &kb, v_cache: &vb, slot_pos: &sb, positions: &pb, out: &out, mass: &mass };
+                let b = ops::attention::Buffers {
+                    q: &qb,
+                    k_cache: &kb,
+                    v_cache: &vb,
+                    slot_pos: &sb,
+                    positions: &pb,
+                    out: &out,
+                    mass: &mass,
+                    list: None,
+                };
                 let what = format!("attention heads {n_heads}/{n_kv} hd {hd} slots {n_slots} rows {rows}");
                 // Odd slot counts also record the probabilities, added to what the buffer held.
                 let mode = if n_slots % 2 == 0 { ops::attention::Mass::None } else { ops::attention::Mass::Add };
@@ -232,6 +240,17 @@ fn attention_over_slots_with_gaps_and_causal_positions() {
                     let plus: Vec<f32> = want_mass.iter().map(|m| m + 0.5).collect();
                     assert_close(&format!("{what}, mass"), &read(&ctx, &mass, plus.len()), &plus, 1e-5, 1e-4);
                 }
+                // Through the compact list of the valid slots (made by attend_list): the same.
+                let list = ctx.storage("list", ((n_slots + 1) * 4) as u64).unwrap();
+                let stp = step(&ctx, rows, n_slots, 0);
+                run(&ctx, ops::attention::build_list(&ctx, &sb, &list, &stp, n_slots).unwrap());
+                let got_list = pollster::block_on(ctx.read_u32(&list, n_slots + 1)).unwrap();
+                let want_list = ops::attention::reference_list(&slot_pos, n_slots);
+                assert_eq!(got_list[..want_list.len()], want_list[..], "attend_list slots {n_slots}");
+                let listed = ctx.storage("out", (rows * n_heads * hd * 4) as u64).unwrap();
+                let b = ops::attention::Buffers { out: &listed, list: Some(&list), ..b };
+                run(&ctx, ops::attention::build(&ctx, &b, &stp, heads, n_slots, rows, ops::attention::Mass::None).unwrap());
+                assert_close(&format!("{what}, listed"), &read(&ctx, &listed, want.len()), &want, 1e-4, 1e-4);
             }
         }
     }

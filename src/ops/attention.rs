@@ -17,7 +17,8 @@ pub struct Params {
     pub scale: f32,
     pub capacity: u32,
     pub write_mass: u32,
-    pub pad0: u32,
+    /// 1: visit the slots of `Buffers::list` only.
+    pub listed: u32,
     pub pad1: u32,
 }
 
@@ -71,6 +72,9 @@ pub struct Buffers<'a> {
     pub out: &'a wgpu::Buffer,
     /// (rows, n_heads, capacity) f32 when mass is recorded; any small buffer otherwise.
     pub mass: &'a wgpu::Buffer,
+    /// The valid slots of `slot_pos` as a compact list ([`build_list`]), when few of many are
+    /// valid; None scans every slot below `Step::n_slots`.
+    pub list: Option<&'a wgpu::Buffer>,
 }
 
 pub fn build(
@@ -108,7 +112,7 @@ pub fn build(
             scale: 1.0 / (heads.head_dim as f32).sqrt(),
             capacity: capacity as u32,
             write_mass,
-            pad0: 0,
+            listed: b.list.is_some() as u32,
             pad1: 0,
         },
     );
@@ -116,12 +120,34 @@ pub fn build(
     let pipeline = ctx.pipeline_with(&shaders::ATTENTION, "main", &[], &[("HD4", (heads.head_dim / 4) as u32), ("HPW", hpw as u32)])?;
     Ok(ctx.dispatch(
         pipeline,
-        &[b.q, b.k_cache, b.v_cache, b.slot_pos, b.positions, b.out, &params, step, b.mass],
+        &[b.q, b.k_cache, b.v_cache, b.slot_pos, b.positions, b.out, &params, step, b.mass, b.list.unwrap_or(b.slot_pos)],
         [groups("attention", heads.n_heads / hpw, 1)?, groups("attention", max_rows, 1)?, 1],
     ))
 }
 
 /// Reference in f64: q (rows, n_heads·hd), caches (n_slots, n_kv·hd), slot_pos (n_slots).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, bytemuck::Pod, bytemuck::Zeroable)]
+pub struct ListParams {
+    pub capacity: u32,
+    pub pad: [u32; 3],
+}
+
+/// Dispatch writing the valid slots of `table` below `Step::n_slots` into `list` (count first).
+pub fn build_list(ctx: &Context, table: &wgpu::Buffer, list: &wgpu::Buffer, step: &wgpu::Buffer, capacity: usize) -> Result<Dispatch> {
+    check_len("attend_list", "table", table, capacity)?;
+    check_len("attend_list", "list", list, capacity + 1)?;
+    let params = ctx.uniform("attend_list.params", &ListParams { capacity: capacity as u32, pad: [0; 3] });
+    let pipeline = ctx.pipeline(&shaders::ATTEND_LIST, "main", &[])?;
+    Ok(ctx.dispatch(pipeline, &[table, list, &params, step], [1, 1, 1]))
+}
+
+/// Reference of [`build_list`] over the first `n_slots` slots.
+pub fn reference_list(table: &[u32], n_slots: usize) -> Vec<u32> {
+    let valid: Vec<u32> = (0..n_slots.min(table.len()) as u32).filter(|&j| table[j as usize] != INVALID_SLOT).collect();
+    std::iter::once(valid.len() as u32).chain(valid).collect()
+}
+
 pub fn reference(q: &[f32], k: &[f32], v: &[f32], slot_pos: &[u32], positions: &[u32], heads: Heads) -> Vec<f32> {
     reference_with_mass(q, k, v, slot_pos, positions, heads).0
 }

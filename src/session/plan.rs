@@ -17,6 +17,9 @@ enum Attend<'b> {
     /// To the slots valid in the table; with Some(first), recording per-slot probabilities
     /// summed over the layers from `first` on.
     Table(&'b wgpu::Buffer, Option<usize>),
+    /// To the re-chosen slots (`attend`, through its compact list: the K/V a step reads, and
+    /// the slots it visits, stay at the budget however long the sequence).
+    Chosen,
     /// Each layer to the `budget` slots its own dense attention ranks highest (the per-layer
     /// oracle; with true, the policy's sinks and recent window protected).
     ChosenPerLayer(bool),
@@ -120,15 +123,19 @@ impl<'a> Planner<'a> {
                         Some(first) if l > first => Mass::Add,
                         _ => Mass::None,
                     };
-                    plan.push(self.attention(l, rows, table, mass)?);
+                    plan.push(self.attention(l, rows, table, mass, false)?);
+                }
+                Attend::Chosen => {
+                    let Some(attend) = &s.attend else { unreachable!("a re-choosing session") };
+                    plan.push(self.attention(l, rows, attend, Mass::None, true)?);
                 }
                 // The per-layer oracle: this layer's dense attention ranks, then it attends to its choice.
                 Attend::ChosenPerLayer(protect) => {
                     let (Some(attend), Some(score)) = (&s.attend, &s.slot_score) else { unreachable!("an oracle session") };
-                    plan.push(self.attention(l, rows, &s.slot_pos, Mass::Write)?);
+                    plan.push(self.attention(l, rows, &s.slot_pos, Mass::Write, false)?);
                     self.score_from_mass(plan, rows, score)?;
                     self.choose(plan, attend, score, protect)?;
-                    plan.push(self.attention(l, rows, attend, Mass::None)?);
+                    plan.push(self.attention(l, rows, attend, Mass::None, true)?);
                 }
                 Attend::Quest(protect) => {
                     let (Some(attend), Some(score)) = (&s.attend, &s.slot_score) else { unreachable!("a quest session") };
@@ -142,7 +149,7 @@ impl<'a> Planner<'a> {
                     plan.push(ops::quest::build_bounds(ctx, &s.k_cache[l], &s.slot_pos, &s.slots, bounds, step, qp, rows)?);
                     plan.push(ops::quest::build_score(ctx, &s.q, bounds, score, step, qp, rows)?);
                     self.choose(plan, attend, score, protect)?;
-                    plan.push(self.attention(l, rows, attend, Mass::None)?);
+                    plan.push(self.attention(l, rows, attend, Mass::None, true)?);
                 }
             }
             plan.extend(ops::matmul::build(ctx, &layer.o, &s.att, &s.proj, step, rows, 0)?);
@@ -158,8 +165,9 @@ impl<'a> Planner<'a> {
         Ok(())
     }
 
-    /// Layer `l`'s attention of the rows over the slots valid in `table`, into `att`.
-    fn attention(&self, l: usize, rows: usize, table: &wgpu::Buffer, mass: Mass) -> Result<Dispatch> {
+    /// Layer `l`'s attention of the rows over the slots valid in `table`, into `att`; with
+    /// `listed`, through the compact list of the re-chosen table.
+    fn attention(&self, l: usize, rows: usize, table: &wgpu::Buffer, mass: Mass, listed: bool) -> Result<Dispatch> {
         let (c, s) = (self.c, self.s);
         let heads = Heads { n_heads: c.n_heads, n_kv_heads: c.n_kv_heads, head_dim: c.head_dim };
         let ab = ops::attention::Buffers {
@@ -170,6 +178,7 @@ impl<'a> Planner<'a> {
             positions: &s.positions,
             out: &s.att,
             mass: s.mass.as_ref().unwrap_or(&s.unused),
+            list: if listed { s.attend_list.as_ref() } else { None },
         };
         ops::attention::build(self.ctx, &ab, &s.step, heads, self.capacity, rows, mass)
     }
@@ -235,13 +244,13 @@ impl<'a> Planner<'a> {
                 self.score_from_mass(plan, rows, score)?;
                 self.choose(plan, attend, score, protect)?;
                 plan.push(self.embed(rows)?);
-                self.forward(plan, rows, 0..layers, Attend::Table(attend, None))
+                self.forward(plan, rows, 0..layers, Attend::Chosen)
             }
             OracleRanking::Layer(l) => {
                 self.forward(plan, rows, 0..l + 1, Attend::Table(&s.slot_pos, Some(l)))?;
                 self.score_from_mass(plan, rows, score)?;
                 self.choose(plan, attend, score, protect)?;
-                self.forward(plan, rows, l + 1..layers, Attend::Table(attend, None))
+                self.forward(plan, rows, l + 1..layers, Attend::Chosen)
             }
             OracleRanking::PerLayer => self.forward(plan, rows, 0..layers, Attend::ChosenPerLayer(protect)),
             OracleRanking::Quest => self.forward(plan, rows, 0..layers, Attend::Quest(protect)),
@@ -251,7 +260,7 @@ impl<'a> Planner<'a> {
                 let Some(cl) = &s.controller else { unreachable!("a session ranked by the controller runs it") };
                 plan.push(ops::controller::build_score(ctx, &cl.gpu, &cl.state, &cl.keys, &s.slot_pos, score, &s.step)?);
                 self.choose(plan, attend, score, protect)?;
-                self.forward(plan, rows, 0..layers, Attend::Table(attend, None))
+                self.forward(plan, rows, 0..layers, Attend::Chosen)
             }
         }
     }
@@ -275,6 +284,8 @@ impl<'a> Planner<'a> {
             false => ops::cache_update::Params { sinks: 0, recent: 0, in_flight: 1, ..base },
         };
         plan.push(ops::cache_update::build(ctx, attend, score, &s.step, up)?);
+        let Some(list) = &s.attend_list else { unreachable!("a re-choosing session lists its choice") };
+        plan.push(ops::attention::build_list(ctx, attend, list, &s.step, self.capacity)?);
         Ok(())
     }
 

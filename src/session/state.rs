@@ -192,6 +192,8 @@ pub(crate) struct RunState {
     pub slot_score: Option<wgpu::Buffer>,
     /// (capacity) the re-chosen selection (oracle, adore's store): slot_pos less what this step skips.
     pub attend: Option<wgpu::Buffer>,
+    /// (1 + capacity) the valid slots of `attend` as a compact list, count first.
+    pub attend_list: Option<wgpu::Buffer>,
     pub controller: Option<ControllerState>,
     pub rebuild: Option<RebuildState>,
     pub staged: Option<StagedState>,
@@ -297,6 +299,7 @@ impl RunState {
             mass: kind.needs_mass().then(|| ctx.storage("mass", f(rows * c.n_heads * capacity))).transpose()?,
             slot_score: (o.policy.releases_on_gpu() || rechooses).then(|| ctx.storage("slot_score", f(capacity))).transpose()?,
             attend: rechooses.then(|| ctx.storage("attend", f(capacity))).transpose()?,
+            attend_list: rechooses.then(|| ctx.storage("attend_list", f(capacity + 1))).transpose()?,
             controller,
             rebuild,
             staged,
