@@ -86,6 +86,14 @@ fn assert_equals_full(m: &Arc<Model>, s: &mut Session, tokens: &[u32]) {
     }
 }
 
+/// Feeds `tok` to `s` and to `full`; returns the largest difference of their logits.
+fn feed_beside_full(s: &mut Session, full: &mut Session, tok: u32) -> f32 {
+    run(s.feed(tok)).unwrap();
+    run(full.feed(tok)).unwrap();
+    let (got, want) = (run(s.last_logits()).unwrap(), run(full.last_logits()).unwrap());
+    got.iter().zip(&want).map(|(a, b)| (a - b).abs()).fold(0.0, f32::max)
+}
+
 #[test]
 fn oracle_ranked_by_the_controller_re_chooses_by_its_scores_every_step() {
     // Every past token is scored by the controller (as adore scores its cache), the top
@@ -159,10 +167,7 @@ fn per_layer_oracle_chooses_by_each_layer_s_own_attention() {
     let mut full = session(&m, Policy::full(), 128, 4, false);
     let mut apart = 0f32;
     for (t, &tok) in tokens.iter().enumerate() {
-        run(s.feed(tok)).unwrap();
-        run(full.feed(tok)).unwrap();
-        let (got, want) = (run(s.last_logits()).unwrap(), run(full.last_logits()).unwrap());
-        apart = apart.max(got.iter().zip(&want).map(|(a, b)| (a - b).abs()).fold(0.0, f32::max));
+        apart = apart.max(feed_beside_full(&mut s, &mut full, tok));
         let (scores, _) = checked_choice(&s, &policy, false, t);
         let total: f32 = scores[..=t].iter().sum();
         assert!((total - 1.0 / LAYERS as f32).abs() < 1e-4, "the last layer's scores sum to {total} at step {t}");
@@ -184,10 +189,7 @@ fn quest_chooses_whole_pages_by_their_key_bounds_at_every_layer() {
     let mut full = session(&m, Policy::full(), 128, 4, false);
     let mut apart = 0f32;
     for (t, &tok) in tokens.iter().enumerate() {
-        run(s.feed(tok)).unwrap();
-        run(full.feed(tok)).unwrap();
-        let (got, want) = (run(s.last_logits()).unwrap(), run(full.last_logits()).unwrap());
-        apart = apart.max(got.iter().zip(&want).map(|(a, b)| (a - b).abs()).fold(0.0, f32::max));
+        apart = apart.max(feed_beside_full(&mut s, &mut full, tok));
         let (scores, att) = checked_choice(&s, &policy, false, t);
         for j in 0..=t {
             assert_eq!(scores[j], scores[j / 16 * 16], "page scores at step {t}, slot {j}");

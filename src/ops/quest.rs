@@ -51,7 +51,7 @@ pub fn build_bounds(
     let params = ctx.uniform("quest_bounds.params", &p);
     let pipeline = ctx.pipeline(&shaders::QUEST_BOUNDS, "main", &[])?;
     // Rows in consecutive slots touch at most this many pages.
-    let touched = (max_rows + PAGE - 1) / PAGE + 1;
+    let touched = max_rows.div_ceil(PAGE) + 1;
     Ok(ctx.dispatch(
         pipeline,
         &[k_cache, slot_pos, slots, bounds, &params, step],
