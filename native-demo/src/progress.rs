@@ -37,6 +37,7 @@ pub fn advance(bar: &ProgressBar, step: u64, what: &str, unit: &str) {
 }
 
 /// A line on stderr, above the bar when it is drawn.
+#[cfg(feature = "train")]
 pub fn line(bar: &ProgressBar, text: &str) {
     if bar.is_hidden() {
         eprintln!("{text}");
