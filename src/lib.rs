@@ -11,6 +11,7 @@ pub mod eval;
 pub mod fetch;
 pub mod generate;
 pub mod gpu;
+pub mod index;
 pub mod model;
 pub mod ops;
 pub mod policy;

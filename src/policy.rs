@@ -189,6 +189,9 @@ pub enum OracleRanking {
     /// Each layer chooses by Quest's page bounds on its current query's logits (the `quest`
     /// policy).
     Quest,
+    /// Each layer chooses by its own attention over the key index's short keys
+    /// (`crate::index`), the index's dense layers attending to every token.
+    Keys,
 }
 
 /// The oracle's ranking, and whether it protects the policy's sinks and recent window as the
@@ -208,6 +211,7 @@ impl Oracle {
             OracleRanking::Controller => "controller".to_string(),
             OracleRanking::PerLayer => "per-layer".to_string(),
             OracleRanking::Quest => "quest".to_string(),
+            OracleRanking::Keys => "keys".to_string(),
         };
         if self.protect {
             base + "-protected"
@@ -229,11 +233,12 @@ impl std::str::FromStr for Oracle {
             "controller" => OracleRanking::Controller,
             "per-layer" => OracleRanking::PerLayer,
             "quest" => OracleRanking::Quest,
+            "keys" => OracleRanking::Keys,
             _ => match base.strip_prefix("layer-").map(str::parse::<usize>) {
                 Some(Ok(l)) => OracleRanking::Layer(l),
                 _ => {
                     return Err(Error::arg(format!(
-                    "unknown oracle ranking {s:?} (available: attention, controller, per-layer, quest, layer-L with L a layer index; each with -protected)"
+                    "unknown oracle ranking {s:?} (available: attention, controller, per-layer, quest, keys, layer-L with L a layer index; each with -protected)"
                 )))
                 }
             },

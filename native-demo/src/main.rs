@@ -58,6 +58,11 @@ enum Command {
         #[command(subcommand)]
         action: cmd::controller::Action,
     },
+    /// Key indexes: adore's ranking from the model's own queries and keys.
+    Index {
+        #[command(subcommand)]
+        action: cmd::index::Action,
+    },
 }
 
 fn main() {
@@ -89,6 +94,7 @@ fn run(cli: Cli) -> Result<()> {
             anyhow::bail!("this build has no training support: build with `cargo build --release -p adore-cli --features train`")
         }
         Command::Controller { action } => cmd::controller::run(action),
+        Command::Index { action } => cmd::index::run(action),
     }
 }
 

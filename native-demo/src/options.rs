@@ -4,6 +4,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use adore::controller::Controller;
+use adore::index::KeyIndex;
 use adore::policy::{CacheUpdate, Policy, PolicyKind, PolicyParts, RebuildFrom, DEFAULT_BUDGET, DEFAULT_SINKS};
 use adore::{Context, ContextOptions, Model, Sampling, Session, SessionOptions};
 use anyhow::{bail, Context as _, Result};
@@ -95,6 +96,10 @@ pub struct PartsArgs {
     /// the model].
     #[arg(long)]
     pub controller: Option<PathBuf>,
+    /// Key index file (safetensors, `adore index fit`) for rankings by the model's keys
+    /// [default: the one shipped for the model].
+    #[arg(long)]
+    pub index: Option<PathBuf>,
 }
 
 impl PartsArgs {
@@ -112,6 +117,15 @@ impl PartsArgs {
         let Some(path) = &self.controller else { return Ok(None) };
         let bytes = std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
         Ok(Some(Arc::new(Controller::from_bytes(&path.display().to_string(), &bytes, &model.fingerprint)?)))
+    }
+
+    /// The key index named by --index, checked against the model.
+    pub fn index(&self, model: &Model) -> Result<Option<Arc<KeyIndex>>> {
+        let Some(path) = &self.index else { return Ok(None) };
+        let bytes = std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
+        let index = KeyIndex::from_bytes(&path.display().to_string(), &bytes, &model.fingerprint)?;
+        index.check(&model.config)?;
+        Ok(Some(Arc::new(index)))
     }
 }
 

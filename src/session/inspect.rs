@@ -54,6 +54,15 @@ impl Inspect<'_> {
         Ok((s.model.ctx.read_f32(k, n).await?, s.model.ctx.read_f32(v, n).await?))
     }
 
+    /// One layer's rotated queries by slot, (capacity, q_dim), in a session that records them.
+    pub async fn queries(&self, layer: usize) -> Result<Vec<f32>> {
+        let s = self.session;
+        let Some(q) = s.state.q_record.get(layer).filter(|_| layer < s.model.config.layers) else {
+            return Err(Error::arg(format!("queries of layer {layer} are not recorded (record_queries, and a layer of the model)")));
+        };
+        s.model.ctx.read_f32(q, s.capacity * s.model.config.q_dim()).await
+    }
+
     /// The slots the oracle's last step attended to (its slot table less what it skipped).
     pub async fn attended_table(&self) -> Result<Vec<u32>> {
         let s = self.session;

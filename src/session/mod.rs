@@ -72,9 +72,10 @@ impl Session {
         self.n_past == 0
     }
 
-    /// Bytes of KV cache this session holds.
+    /// Bytes of KV cache this session holds (with the key index's short keys, when it ranks by them).
     pub fn kv_bytes(&self) -> u64 {
-        self.state.k_cache.iter().chain(&self.state.v_cache).map(|b| b.size()).sum()
+        let index = self.state.index.as_ref().map_or(0, |ix| ix.bytes());
+        self.state.k_cache.iter().chain(&self.state.v_cache).map(|b| b.size()).sum::<u64>() + index
     }
 
     /// Bytes of K/V a decode step reads now: every layer's rows of the slots it attends to (the

@@ -26,6 +26,10 @@ enum Attend<'b> {
     /// Each layer to the `budget` slots of the pages whose key bounds score its query highest
     /// (with true, the policy's sinks and recent window protected).
     Quest(bool),
+    /// Each layer from the key index's first to the `budget` slots its attention over the
+    /// short keys ranks highest (with true, the policy's sinks and recent window protected);
+    /// the layers before it to every slot.
+    Keys(bool),
 }
 
 /// What a plan is recorded from.
@@ -116,6 +120,12 @@ impl<'a> Planner<'a> {
                 positions: &s.positions,
             };
             plan.push(ops::kv_write::build(ctx, &kv, step, c.kv_dim(), self.capacity, rows, l == 0)?);
+            if let Some(record) = s.q_record.get(l) {
+                // Queries by slot, for fitting a key index: the KV write with q as both rows.
+                let spare = &s.q_record[c.layers];
+                let b = ops::kv_write::KvWrite { k: &s.q, v: &s.q, k_cache: record, v_cache: spare, ..kv };
+                plan.push(ops::kv_write::build(ctx, &b, step, c.q_dim(), self.capacity, rows, false)?);
+            }
             match attend {
                 Attend::Table(table, mass) => {
                     let mass = match mass {
@@ -133,6 +143,36 @@ impl<'a> Planner<'a> {
                 Attend::ChosenPerLayer(protect) => {
                     let (Some(attend), Some(score)) = (&s.attend, &s.slot_score) else { unreachable!("an oracle session") };
                     plan.push(self.attention(l, rows, &s.slot_pos, Mass::Write, false)?);
+                    self.score_from_mass(plan, rows, score)?;
+                    self.choose(plan, attend, score, protect)?;
+                    plan.push(self.attention(l, rows, attend, Mass::None, true)?);
+                }
+                // The key index's dense layers attend to every slot.
+                Attend::Keys(_) if s.index.as_ref().is_some_and(|ix| l < ix.first) => {
+                    plan.push(self.attention(l, rows, &s.slot_pos, Mass::None, false)?);
+                }
+                Attend::Keys(protect) => {
+                    let (Some(ix), Some(attend), Some(score)) = (&s.index, &s.attend, &s.slot_score) else {
+                        unreachable!("a session ranked by keys")
+                    };
+                    let i = l - ix.first;
+                    plan.extend(ops::matmul::build(ctx, &ix.q_map[i], &s.q, &ix.q, step, rows, 0)?);
+                    plan.extend(ops::matmul::build(ctx, &ix.k_map[i], &s.k, &ix.k, step, rows, 0)?);
+                    let short = ops::kv_write::KvWrite { k: &ix.k, v: &ix.zero_rows, k_cache: &ix.keys[i], v_cache: &ix.zero_values, ..kv };
+                    let short_dim = c.n_kv_heads * ix.rank;
+                    plan.push(ops::kv_write::build(ctx, &short, step, short_dim, self.capacity, rows, false)?);
+                    let heads = Heads { n_heads: c.n_heads, n_kv_heads: c.n_kv_heads, head_dim: ix.rank };
+                    let ab = ops::attention::Buffers {
+                        q: &ix.q,
+                        k_cache: &ix.keys[i],
+                        v_cache: &ix.zero_values,
+                        slot_pos: &s.slot_pos,
+                        positions: &s.positions,
+                        out: &ix.out,
+                        mass: s.mass.as_ref().unwrap_or(&s.unused),
+                        list: None,
+                    };
+                    plan.push(ops::attention::build(ctx, &ab, step, heads, self.capacity, rows, Mass::Write)?);
                     self.score_from_mass(plan, rows, score)?;
                     self.choose(plan, attend, score, protect)?;
                     plan.push(self.attention(l, rows, attend, Mass::None, true)?);
@@ -254,6 +294,7 @@ impl<'a> Planner<'a> {
             }
             OracleRanking::PerLayer => self.forward(plan, rows, 0..layers, Attend::ChosenPerLayer(protect)),
             OracleRanking::Quest => self.forward(plan, rows, 0..layers, Attend::Quest(protect)),
+            OracleRanking::Keys => self.forward(plan, rows, 0..layers, Attend::Keys(protect)),
             OracleRanking::Controller => {
                 // The controller step ran after the embedding; the session wrote the new rows
                 // into the slot table before the submit.

@@ -7,9 +7,11 @@ use std::sync::Arc;
 use crate::controller::Controller;
 use crate::error::{Error, Result};
 use crate::gpu::Context;
+use crate::index::KeyIndex;
 use crate::model::{Config, Model};
 use crate::ops::{self, attention::INVALID_SLOT, controller::GpuController, sample::Sampling, Step};
 use crate::policy::{CacheUpdate, Oracle, OracleRanking, Policy, PolicyKind};
+use crate::tensor::{DType, GpuWeight, HostTensor};
 
 /// The context a session gets when none is asked for: the model's, at most this many tokens.
 pub const DEFAULT_CONTEXT: usize = 4096;
@@ -31,6 +33,10 @@ pub struct SessionOptions {
     pub cache_update: CacheUpdate,
     /// What the `oracle` policy ranks by (a diagnostic; ignored by the other policies).
     pub oracle: Oracle,
+    /// The key index a ranking by keys uses (the one shipped for the model when None).
+    pub index: Option<Arc<KeyIndex>>,
+    /// Keep every layer's rotated queries by slot, for fitting a key index (`Inspect::queries`).
+    pub record_queries: bool,
 }
 
 impl Default for SessionOptions {
@@ -43,6 +49,8 @@ impl Default for SessionOptions {
             controller: None,
             cache_update: CacheUpdate::Scatter,
             oracle: Oracle::default(),
+            index: None,
+            record_queries: false,
         }
     }
 }
@@ -79,6 +87,11 @@ impl SessionOptions {
             PolicyKind::Adore if self.policy.stores() => Some(Oracle { ranking: OracleRanking::Controller, protect: true }),
             _ => None,
         }
+    }
+
+    /// Whether the session ranks by the key index.
+    pub fn ranks_by_keys(&self) -> bool {
+        self.rechoice().is_some_and(|o| o.ranking == OracleRanking::Keys)
     }
 
     /// Whether the session runs the ADORE controller: the adore policy, or the oracle ranked by it.
@@ -127,7 +140,25 @@ impl SessionOptions {
             true => Some(check_controller(model, self.controller.clone(), before_layers)?),
             false => self.controller.clone(),
         };
-        Ok(SessionOptions { chunk, controller, ..self })
+        let index = match self.ranks_by_keys() {
+            true => {
+                let Some(index) = self.index.clone().or_else(|| KeyIndex::builtin(&model.fingerprint).map(Arc::new)) else {
+                    return Err(Error::arg(
+                        "ranking by keys needs a key index for this model and none is shipped for it: fit one (`adore index fit`) and give it",
+                    ));
+                };
+                if index.fingerprint != model.fingerprint {
+                    return Err(Error::Config(format!(
+                        "the key index was fitted for another model (fingerprint {}, this model's is {})",
+                        index.fingerprint, model.fingerprint
+                    )));
+                }
+                index.check(&model.config)?;
+                Some(index)
+            }
+            false => self.index.clone(),
+        };
+        Ok(SessionOptions { chunk, controller, index, ..self })
     }
 }
 
@@ -199,6 +230,61 @@ pub(crate) struct RunState {
     pub staged: Option<StagedState>,
     /// Per layer (pages, 2, kv_dim): each page's elementwise min and max key (Quest).
     pub quest_bounds: Vec<wgpu::Buffer>,
+    pub index: Option<IndexState>,
+    /// Per layer (capacity, q_dim): rotated queries by slot, when recorded; then a spare of the
+    /// same size (the KV write's second destination).
+    pub q_record: Vec<wgpu::Buffer>,
+}
+
+/// The key index on the GPU: per indexed layer its two block-diagonal maps and its short keys
+/// by slot; short rows and a zero value cache shared by the layers.
+pub(crate) struct IndexState {
+    /// The first layer indexed (those before it attend densely).
+    pub first: usize,
+    /// Floats per KV head.
+    pub rank: usize,
+    pub q_map: Vec<GpuWeight>,     // per layer (n_heads·rank, q_dim)
+    pub k_map: Vec<GpuWeight>,     // per layer (n_kv·rank, kv_dim)
+    pub keys: Vec<wgpu::Buffer>,   // per layer (capacity, n_kv·rank)
+    pub q: wgpu::Buffer,           // (rows, n_heads·rank)
+    pub k: wgpu::Buffer,           // (rows, n_kv·rank)
+    pub zero_rows: wgpu::Buffer,   // (rows, n_kv·rank) zeros
+    pub zero_values: wgpu::Buffer, // (capacity, n_kv·rank) zeros
+    pub out: wgpu::Buffer,         // (rows, n_heads·rank), unused output
+}
+
+impl IndexState {
+    fn new(ctx: &Context, c: &Config, index: &KeyIndex, capacity: usize, rows: usize) -> Result<Self> {
+        let r = index.rank;
+        let upload = |name: String, rows: usize, cols: usize, w: Vec<f32>| {
+            let t = HostTensor { name, dtype: DType::F32, shape: vec![rows, cols], data: bytemuck::cast_slice(&w).to_vec().into() };
+            GpuWeight::upload(ctx, &t)
+        };
+        let layers = index.dense_layers..c.layers;
+        Ok(IndexState {
+            first: index.dense_layers,
+            rank: r,
+            q_map: layers
+                .clone()
+                .map(|l| upload(format!("index.q_map.{l}"), c.n_heads * r, c.q_dim(), index.query_matrix(l)))
+                .collect::<Result<_>>()?,
+            k_map: layers
+                .clone()
+                .map(|l| upload(format!("index.k_map.{l}"), c.n_kv_heads * r, c.kv_dim(), index.key_matrix(l)))
+                .collect::<Result<_>>()?,
+            keys: layers.map(|l| ctx.storage(&format!("index.keys.{l}"), f(capacity * c.n_kv_heads * r))).collect::<Result<_>>()?,
+            q: ctx.storage("index.q", f(rows * c.n_heads * r))?,
+            k: ctx.storage("index.k", f(rows * c.n_kv_heads * r))?,
+            zero_rows: ctx.storage("index.zero_rows", f(rows * c.n_kv_heads * r))?,
+            zero_values: ctx.storage("index.zero_values", f(capacity * c.n_kv_heads * r))?,
+            out: ctx.storage("index.out", f(rows * c.n_heads * r))?,
+        })
+    }
+
+    /// Bytes of short keys held.
+    pub fn bytes(&self) -> u64 {
+        self.keys.iter().map(|b| b.size()).sum()
+    }
 }
 
 /// The ADORE controller: its packed weights, recurrent state and a key per token.
@@ -296,7 +382,7 @@ impl RunState {
             slot_pos: ctx.storage_init("slot_pos", bytemuck::cast_slice(&vec![INVALID_SLOT; capacity]))?,
             readback: ctx.staging(4),
             unused: ctx.storage("unused", 4)?,
-            mass: kind.needs_mass().then(|| ctx.storage("mass", f(rows * c.n_heads * capacity))).transpose()?,
+            mass: (kind.needs_mass() || o.ranks_by_keys()).then(|| ctx.storage("mass", f(rows * c.n_heads * capacity))).transpose()?,
             slot_score: (o.policy.releases_on_gpu() || rechooses).then(|| ctx.storage("slot_score", f(capacity))).transpose()?,
             attend: rechooses.then(|| ctx.storage("attend", f(capacity))).transpose()?,
             attend_list: rechooses.then(|| ctx.storage("attend_list", f(capacity + 1))).transpose()?,
@@ -304,6 +390,14 @@ impl RunState {
             rebuild,
             staged,
             quest_bounds,
+            index: match (&o.index, o.ranks_by_keys()) {
+                (Some(index), true) => Some(IndexState::new(ctx, c, index, capacity, rows)?),
+                _ => None,
+            },
+            q_record: match o.record_queries {
+                true => (0..=c.layers).map(|l| ctx.storage(&format!("q_record.{l}"), f(capacity * c.q_dim()))).collect::<Result<_>>()?,
+                false => Vec::new(),
+            },
         };
         ctx.take_error()?;
         Ok(state)

@@ -8,6 +8,7 @@ pub mod controller;
 pub mod eval;
 pub mod fetch;
 pub mod generate;
+pub mod index;
 pub mod perplexity;
 pub mod serve;
 pub mod soak;

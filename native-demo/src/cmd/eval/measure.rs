@@ -6,6 +6,7 @@ use std::sync::Arc;
 
 use adore::controller::Controller;
 use adore::eval::{argmax, kl_from_logits, logsumexp};
+use adore::index::KeyIndex;
 use adore::policy::{CacheUpdate, Oracle, Policy, PolicyKind};
 use adore::{GenerateOptions, Model, Sampling, Session, SessionOptions};
 use anyhow::{bail, Result};
@@ -79,6 +80,7 @@ pub struct Eval<'a> {
     pub model: &'a Arc<Model>,
     pub runs: &'a [Run],
     pub controller: Option<Arc<Controller>>,
+    pub index: Option<Arc<KeyIndex>>,
     pub cache_update: CacheUpdate,
 }
 
@@ -93,6 +95,8 @@ impl Eval<'_> {
             controller: self.controller.clone(),
             cache_update: if policy.releases_on_gpu() { self.cache_update } else { CacheUpdate::Scatter },
             oracle: run.oracle,
+            index: self.index.clone(),
+            ..Default::default()
         };
         Ok(Session::new(self.model.clone(), options)?)
     }

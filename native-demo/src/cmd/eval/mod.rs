@@ -94,7 +94,13 @@ pub fn run(a: EvalArgs) -> Result<()> {
             runs.push(measure::Run { policy: Policy::shared(PolicyKind::Oracle, parts)?, oracle });
         }
     }
-    let e = measure::Eval { model: &m, runs: &runs, controller: a.parts.controller(&m)?, cache_update: a.cache_update };
+    let e = measure::Eval {
+        model: &m,
+        runs: &runs,
+        controller: a.parts.controller(&m)?,
+        index: a.parts.index(&m)?,
+        cache_update: a.cache_update,
+    };
     eprintln!("eval: {} tokens of {}, {} policy runs", ids.len(), a.text.display(), runs.len());
     let mut rows = e.teacher_forced(&ids)?;
     if let Some(path) = &a.prompts {
