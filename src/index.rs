@@ -19,7 +19,8 @@ use crate::error::{Error, Result};
 const FORMAT: &str = "adore-key-index-v1";
 
 /// Key indexes shipped with the library: (file name, contents).
-const BUILTIN: &[(&str, &[u8])] = &[];
+const BUILTIN: &[(&str, &[u8])] =
+    &[("controllers/smollm2-135m-instruct.index.safetensors", include_bytes!("../controllers/smollm2-135m-instruct.index.safetensors"))];
 
 /// A fitted key index.
 #[derive(Clone, Debug)]

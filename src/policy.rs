@@ -137,6 +137,40 @@ impl std::str::FromStr for RebuildFrom {
     }
 }
 
+/// What adore ranks past tokens by when it re-chooses its attended budget from its store.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[cfg_attr(feature = "clap", derive(clap::ValueEnum))]
+pub enum Ranking {
+    /// Each layer by its own attention over short keys fitted to the model's rotated queries
+    /// and keys (the key index, `crate::index`): a choice per layer, from the model's own view
+    /// of which tokens matter.
+    #[default]
+    Keys,
+    /// The learned controller's score over token embeddings: one choice for every layer.
+    /// adore recomputing released tokens always ranks by the controller.
+    Controller,
+}
+
+impl Ranking {
+    pub fn name(self) -> &'static str {
+        match self {
+            Ranking::Keys => "keys",
+            Ranking::Controller => "controller",
+        }
+    }
+}
+
+impl std::str::FromStr for Ranking {
+    type Err = Error;
+    fn from_str(s: &str) -> Result<Self> {
+        match s {
+            "keys" => Ok(Ranking::Keys),
+            "controller" => Ok(Ranking::Controller),
+            _ => Err(Error::arg(format!("unknown ranking {s:?} (available: keys, controller)"))),
+        }
+    }
+}
+
 /// How kept rows reach their cache slots.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 #[cfg_attr(feature = "clap", derive(clap::ValueEnum))]
@@ -262,11 +296,21 @@ pub struct Policy {
     pub rebuild: usize,
     /// Where `adore` gets released tokens back from (ignored by the other policies).
     pub rebuild_from: RebuildFrom,
+    /// What `adore` from its store ranks by (ignored by the other policies).
+    pub ranking: Ranking,
 }
 
 impl Default for Policy {
     fn default() -> Self {
-        Policy { kind: PolicyKind::Full, budget: 0, sinks: DEFAULT_SINKS, recent: 16, rebuild: 0, rebuild_from: RebuildFrom::Store }
+        Policy {
+            kind: PolicyKind::Full,
+            budget: 0,
+            sinks: DEFAULT_SINKS,
+            recent: 16,
+            rebuild: 0,
+            rebuild_from: RebuildFrom::Store,
+            ranking: Ranking::Keys,
+        }
     }
 }
 
@@ -279,11 +323,19 @@ pub struct PolicyParts {
     pub recent: Option<usize>,
     pub rebuild: usize,
     pub rebuild_from: RebuildFrom,
+    pub ranking: Ranking,
 }
 
 impl Default for PolicyParts {
     fn default() -> Self {
-        PolicyParts { budget: DEFAULT_BUDGET, sinks: DEFAULT_SINKS, recent: None, rebuild: 0, rebuild_from: RebuildFrom::Store }
+        PolicyParts {
+            budget: DEFAULT_BUDGET,
+            sinks: DEFAULT_SINKS,
+            recent: None,
+            rebuild: 0,
+            rebuild_from: RebuildFrom::Store,
+            ranking: Ranking::Keys,
+        }
     }
 }
 
@@ -294,8 +346,22 @@ impl Policy {
 
     /// A policy from its parts, with the default recent window where none is given, checked.
     pub fn new(kind: PolicyKind, parts: PolicyParts) -> Result<Self> {
-        let recent = parts.recent.unwrap_or_else(|| Self::default_recent(kind, parts.budget, parts.sinks));
-        let p = Policy { kind, budget: parts.budget, sinks: parts.sinks, recent, rebuild: parts.rebuild, rebuild_from: parts.rebuild_from };
+        let by_keys = kind == PolicyKind::Adore && parts.rebuild_from == RebuildFrom::Store && parts.ranking == Ranking::Keys;
+        let recent = parts.recent.unwrap_or_else(|| match by_keys {
+            // Ranked by keys, each layer finds recent tokens it needs itself: a window of 16 (chosen
+            // over 96 and over none on the validation play at m = 128).
+            true => 16.min(parts.budget.saturating_sub(parts.sinks)),
+            false => Self::default_recent(kind, parts.budget, parts.sinks),
+        });
+        let p = Policy {
+            kind,
+            budget: parts.budget,
+            sinks: parts.sinks,
+            recent,
+            rebuild: parts.rebuild,
+            rebuild_from: parts.rebuild_from,
+            ranking: parts.ranking,
+        };
         p.validate()?;
         Ok(p)
     }
@@ -326,7 +392,8 @@ impl Policy {
     /// The protected recent window a policy gets when none is asked for: half the budget for
     /// `h2o` (H2O's even split between heavy hitters and recent tokens), three quarters of it for
     /// `adore` (chosen over a half and over 16 on 2048 tokens of a validation play at budgets
-    /// 128 and 256), 16 for `tova`; never more than the budget leaves after the sinks. Policies
+    /// 128 and 256; adore ranked by keys takes 16, see `Policy::new`), 16 for `tova`; never more
+    /// than the budget leaves after the sinks. Policies
     /// without a recent window ignore it.
     pub fn default_recent(kind: PolicyKind, budget: usize, sinks: usize) -> usize {
         let want = match kind {
@@ -337,11 +404,18 @@ impl Policy {
         want.min(budget.saturating_sub(sinks))
     }
 
-    /// The kind's name; adore recomputing released tokens is `adore-recompute`.
+    /// Whether the policy ranks by the key index (adore from its store, by default).
+    pub fn ranks_by_keys(&self) -> bool {
+        self.stores() && self.ranking == Ranking::Keys
+    }
+
+    /// The kind's name; adore recomputing released tokens is `adore-recompute`, adore from its
+    /// store ranked by the controller `adore-controller`.
     pub fn name(&self) -> &'static str {
-        match (self.kind, self.rebuild_from) {
-            (PolicyKind::Adore, RebuildFrom::Recompute) => "adore-recompute",
-            (kind, _) => kind.name(),
+        match (self.kind, self.rebuild_from, self.ranking) {
+            (PolicyKind::Adore, RebuildFrom::Recompute, _) => "adore-recompute",
+            (PolicyKind::Adore, RebuildFrom::Store, Ranking::Controller) => "adore-controller",
+            (kind, _, _) => kind.name(),
         }
     }
 
@@ -526,13 +600,37 @@ mod tests {
         assert_eq!("oracle".parse::<PolicyKind>().unwrap(), PolicyKind::Oracle);
         assert!("nonsense".parse::<PolicyKind>().is_err());
         assert!(Policy { kind: PolicyKind::Tova, budget: 16, sinks: 0, recent: 0, rebuild: 2, ..Policy::default() }.validate().is_err());
-        assert!(Policy { kind: PolicyKind::Adore, budget: 4, sinks: 0, recent: 0, rebuild: 5, rebuild_from: RebuildFrom::Recompute }
-            .validate()
-            .is_err());
-        assert!(Policy { kind: PolicyKind::Adore, budget: 16, sinks: 4, recent: 4, rebuild: 4, rebuild_from: RebuildFrom::Recompute }
-            .validate()
-            .is_ok());
-        let store = Policy { kind: PolicyKind::Adore, budget: 16, sinks: 4, recent: 4, rebuild: 4, rebuild_from: RebuildFrom::Store };
+        assert!(Policy {
+            kind: PolicyKind::Adore,
+            budget: 4,
+            sinks: 0,
+            recent: 0,
+            rebuild: 5,
+            rebuild_from: RebuildFrom::Recompute,
+            ..Policy::default()
+        }
+        .validate()
+        .is_err());
+        assert!(Policy {
+            kind: PolicyKind::Adore,
+            budget: 16,
+            sinks: 4,
+            recent: 4,
+            rebuild: 4,
+            rebuild_from: RebuildFrom::Recompute,
+            ..Policy::default()
+        }
+        .validate()
+        .is_ok());
+        let store = Policy {
+            kind: PolicyKind::Adore,
+            budget: 16,
+            sinks: 4,
+            recent: 4,
+            rebuild: 4,
+            rebuild_from: RebuildFrom::Store,
+            ..Policy::default()
+        };
         assert!(store.validate().unwrap_err().to_string().contains("recompute"));
         assert!(store.keeps_everything() && !store.releases_on_gpu());
         assert_eq!(

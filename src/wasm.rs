@@ -60,6 +60,8 @@ struct Options {
     recent: Option<usize>,
     rebuild: usize,
     rebuild_from: String,
+    /// What adore from its store ranks by: "keys" or "controller".
+    ranking: String,
     context: Option<usize>,
     /// Report the cache's kept and rebuilt positions with every token (costs a readback).
     trace: bool,
@@ -120,8 +122,14 @@ struct Inner {
 impl Inner {
     fn session_options(&self, o: &Options) -> Result<SessionOptions> {
         let kind: PolicyKind = o.policy.parse()?;
-        let parts =
-            PolicyParts { budget: o.budget, sinks: o.sinks, recent: o.recent, rebuild: o.rebuild, rebuild_from: o.rebuild_from.parse()? };
+        let parts = PolicyParts {
+            budget: o.budget,
+            sinks: o.sinks,
+            recent: o.recent,
+            rebuild: o.rebuild,
+            rebuild_from: o.rebuild_from.parse()?,
+            ranking: o.ranking.parse()?,
+        };
         let policy = Policy::shared(kind, parts)?;
         let context = o.context.unwrap_or(SessionOptions::default_context(&self.model.config));
         Ok(SessionOptions { context, chunk: 128, policy, ..Default::default() })

@@ -13,7 +13,7 @@ mod common;
 use std::sync::Arc;
 
 use adore::controller::Controller;
-use adore::policy::{Policy, PolicyKind, RebuildFrom};
+use adore::policy::{Policy, PolicyKind, Ranking, RebuildFrom};
 use adore::{Model, Session, SessionOptions};
 use common::tiny::Tiny;
 use pollster::block_on as run;
@@ -30,9 +30,10 @@ fn decoding_keeps_host_memory_flat_for_every_policy() {
     let spec = adore::ModelSpec::read(adore::Source::Gguf { name: "tiny.gguf".into(), bytes: &bytes }).unwrap();
     let model = Arc::new(Model::load(common::ctx(), spec, &mut |_, _| {}).unwrap());
     let controller = Arc::new(Controller::random(&model.fingerprint, model.config.hidden, 16, 8, 5).unwrap());
+    let index = Arc::new(common::sessions::index(&model));
     let policy = |kind, rebuild| {
         let rebuild_from = if rebuild > 0 { RebuildFrom::Recompute } else { RebuildFrom::Store };
-        Policy { kind, budget: 32, sinks: 2, recent: 4, rebuild, rebuild_from }
+        Policy { kind, budget: 32, sinks: 2, recent: 4, rebuild, rebuild_from, ..Policy::default() }
     };
     let (warm, measured) = (64, 400);
     let mut report = Vec::new();
@@ -43,6 +44,7 @@ fn decoding_keeps_host_memory_flat_for_every_policy() {
         policy(PolicyKind::H2o, 0),
         policy(PolicyKind::Tova, 0),
         policy(PolicyKind::Adore, 0),
+        Policy { ranking: Ranking::Controller, ..policy(PolicyKind::Adore, 0) },
         Policy { rebuild_from: RebuildFrom::Recompute, ..policy(PolicyKind::Adore, 0) },
         policy(PolicyKind::Adore, 2),
         policy(PolicyKind::Quest, 0),
@@ -53,6 +55,7 @@ fn decoding_keeps_host_memory_flat_for_every_policy() {
             chunk: 8,
             policy: p,
             controller: Some(controller.clone()),
+            index: Some(index.clone()),
             ..Default::default()
         };
         let mut s = Session::new(model.clone(), options).unwrap();

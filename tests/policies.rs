@@ -41,7 +41,7 @@ fn every_policy_equals_full_when_the_budget_holds_everything() {
         (PolicyKind::Quest, 0, RebuildFrom::Store),
         (PolicyKind::Oracle, 0, RebuildFrom::Store),
     ] {
-        let policy = Policy { kind, budget: 70, sinks: 4, recent: 16, rebuild, rebuild_from };
+        let policy = Policy { kind, budget: 70, sinks: 4, recent: 16, rebuild, rebuild_from, ..Policy::default() };
         let mut s = session(&m, policy, 128, 16, true);
         let got = pollster::block_on(s.prefill_logits(&tokens)).unwrap();
         assert_close(&format!("{kind:?} with budget >= n vs full"), &got, &want, 0.0, 0.0);
@@ -89,7 +89,15 @@ fn token_by_token_logits_equal_a_masked_reference() {
 fn long_generation_at_a_fixed_kv_size() {
     let m = tiny_model(24);
     let per_slot = (common::tiny::KV_HEADS * common::tiny::HEAD_DIM * 4 * 2 * common::tiny::LAYERS) as u64;
-    let adore = Policy { kind: PolicyKind::Adore, budget: 256, sinks: 4, recent: 16, rebuild: 4, rebuild_from: RebuildFrom::Recompute };
+    let adore = Policy {
+        kind: PolicyKind::Adore,
+        budget: 256,
+        sinks: 4,
+        recent: 16,
+        rebuild: 4,
+        rebuild_from: RebuildFrom::Recompute,
+        ..Policy::default()
+    };
     let policy = Policy { kind: PolicyKind::Sink, budget: 256, sinks: 4, recent: 0, rebuild: 0, ..Policy::default() };
     for p in [policy, adore] {
         let controller = Some(Arc::new(Controller::random(&m.fingerprint, m.config.hidden, 64, 32, 5).unwrap()));
@@ -126,8 +134,24 @@ fn gpu_policies_release_as_the_reference_does_with_the_same_scores() {
         Policy { kind: PolicyKind::H2o, budget: 12, sinks: 0, recent: 0, rebuild: 0, ..Policy::default() },
         Policy { kind: PolicyKind::Tova, budget: 16, sinks: 4, recent: 4, rebuild: 0, ..Policy::default() },
         Policy { kind: PolicyKind::Tova, budget: 9, sinks: 1, recent: 2, rebuild: 0, ..Policy::default() },
-        Policy { kind: PolicyKind::Adore, budget: 16, sinks: 4, recent: 4, rebuild: 0, rebuild_from: RebuildFrom::Recompute },
-        Policy { kind: PolicyKind::Adore, budget: 10, sinks: 0, recent: 1, rebuild: 0, rebuild_from: RebuildFrom::Recompute },
+        Policy {
+            kind: PolicyKind::Adore,
+            budget: 16,
+            sinks: 4,
+            recent: 4,
+            rebuild: 0,
+            rebuild_from: RebuildFrom::Recompute,
+            ..Policy::default()
+        },
+        Policy {
+            kind: PolicyKind::Adore,
+            budget: 10,
+            sinks: 0,
+            recent: 1,
+            rebuild: 0,
+            rebuild_from: RebuildFrom::Recompute,
+            ..Policy::default()
+        },
     ] {
         let mut s = session(&m, policy, 1024, 8, false);
         pollster::block_on(s.prefill(&ids(40))).unwrap();
@@ -171,7 +195,15 @@ fn adore_controller_scores_equal_a_cpu_recurrence() {
     let spec = adore::ModelSpec::read(adore::Source::Gguf { name: "tiny.gguf".into(), bytes: &bytes }).unwrap();
     let m = Arc::new(Model::load(common::ctx(), spec, &mut |_, _| {}).unwrap());
     let c = controller(&m);
-    let policy = Policy { kind: PolicyKind::Adore, budget: 12, sinks: 2, recent: 2, rebuild: 0, rebuild_from: RebuildFrom::Recompute };
+    let policy = Policy {
+        kind: PolicyKind::Adore,
+        budget: 12,
+        sinks: 2,
+        recent: 2,
+        rebuild: 0,
+        rebuild_from: RebuildFrom::Recompute,
+        ..Policy::default()
+    };
     let mut s = session(&m, policy, 256, 8, false);
     let mut tokens = ids(30);
     let mut next = pollster::block_on(s.prefill(&tokens)).unwrap();
@@ -213,7 +245,15 @@ fn residual_stream_controller_scores_equal_a_cpu_recurrence_under_releases() {
     let m = load(&tiny);
     let mut c = controller(&m);
     c.input_layer = 1;
-    let policy = Policy { kind: PolicyKind::Adore, budget: 12, sinks: 2, recent: 2, rebuild: 0, rebuild_from: RebuildFrom::Recompute };
+    let policy = Policy {
+        kind: PolicyKind::Adore,
+        budget: 12,
+        sinks: 2,
+        recent: 2,
+        rebuild: 0,
+        rebuild_from: RebuildFrom::Recompute,
+        ..Policy::default()
+    };
     let options = SessionOptions { context: 128, chunk: 1, policy, controller: Some(Arc::new(c.clone())), ..Default::default() };
     let mut s = Session::new(m.clone(), options).unwrap();
     let tokens = ids(40);
@@ -275,7 +315,15 @@ fn controller_files_are_checked() {
     let e = Session::new(
         other.clone(),
         SessionOptions {
-            policy: Policy { kind: PolicyKind::Adore, budget: 16, sinks: 4, recent: 4, rebuild: 0, rebuild_from: RebuildFrom::Recompute },
+            policy: Policy {
+                kind: PolicyKind::Adore,
+                budget: 16,
+                sinks: 4,
+                recent: 4,
+                rebuild: 0,
+                rebuild_from: RebuildFrom::Recompute,
+                ..Policy::default()
+            },
             controller: Some(Arc::new(c)),
             ..Default::default()
         },
@@ -289,7 +337,15 @@ fn controller_files_are_checked() {
     let e = Session::new(
         m,
         SessionOptions {
-            policy: Policy { kind: PolicyKind::Adore, budget: 16, sinks: 4, recent: 4, rebuild: 0, rebuild_from: RebuildFrom::Recompute },
+            policy: Policy {
+                kind: PolicyKind::Adore,
+                budget: 16,
+                sinks: 4,
+                recent: 4,
+                rebuild: 0,
+                rebuild_from: RebuildFrom::Recompute,
+                ..Policy::default()
+            },
             ..Default::default()
         },
     )
@@ -305,7 +361,15 @@ fn adore_rebuild_follows_the_reference_for_300_steps() {
     let tiny = Tiny::new(29);
     let m = load(&tiny);
     let c = controller(&m);
-    let policy = Policy { kind: PolicyKind::Adore, budget: 12, sinks: 2, recent: 2, rebuild: 3, rebuild_from: RebuildFrom::Recompute };
+    let policy = Policy {
+        kind: PolicyKind::Adore,
+        budget: 12,
+        sinks: 2,
+        recent: 2,
+        rebuild: 3,
+        rebuild_from: RebuildFrom::Recompute,
+        ..Policy::default()
+    };
     let mut s = session(&m, policy, 512, 8, false);
     let tokens = ids(345);
     let embd = &tiny.w["token_embd.weight"].1;
@@ -364,7 +428,15 @@ fn rebuilt_rows_equal_a_cpu_recomputation_against_the_same_cache() {
     // with the cache read back, and must give the K/V the GPU wrote into the rows' slots.
     let tiny = Tiny::new(30);
     let m = load(&tiny);
-    let policy = Policy { kind: PolicyKind::Adore, budget: 10, sinks: 1, recent: 1, rebuild: 3, rebuild_from: RebuildFrom::Recompute };
+    let policy = Policy {
+        kind: PolicyKind::Adore,
+        budget: 10,
+        sinks: 1,
+        recent: 1,
+        rebuild: 3,
+        rebuild_from: RebuildFrom::Recompute,
+        ..Policy::default()
+    };
     let mut s = session(&m, policy, 256, 4, false);
     let tokens = ids(40);
     run(s.prefill(&tokens[..24])).unwrap();
@@ -413,8 +485,24 @@ fn matmul_and_scatter_cache_updates_keep_the_same_cache() {
     let m = tiny_model(32);
     let kvd = KV_HEADS * HEAD_DIM;
     for policy in [
-        Policy { kind: PolicyKind::Adore, budget: 12, sinks: 2, recent: 2, rebuild: 0, rebuild_from: RebuildFrom::Recompute },
-        Policy { kind: PolicyKind::Adore, budget: 9, sinks: 1, recent: 1, rebuild: 2, rebuild_from: RebuildFrom::Recompute },
+        Policy {
+            kind: PolicyKind::Adore,
+            budget: 12,
+            sinks: 2,
+            recent: 2,
+            rebuild: 0,
+            rebuild_from: RebuildFrom::Recompute,
+            ..Policy::default()
+        },
+        Policy {
+            kind: PolicyKind::Adore,
+            budget: 9,
+            sinks: 1,
+            recent: 1,
+            rebuild: 2,
+            rebuild_from: RebuildFrom::Recompute,
+            ..Policy::default()
+        },
     ] {
         let make = |cache_update| {
             let controller = Some(Arc::new(controller(&m)));
@@ -467,7 +555,15 @@ fn sampling_with_a_seed_is_repeatable_in_one_process() {
     let controller = Arc::new(Controller::random(&model.fingerprint, model.config.hidden, 8, 16, 5).unwrap());
     for policy in [
         Policy::full(),
-        Policy { kind: PolicyKind::Adore, budget: 10, sinks: 2, recent: 3, rebuild: 2, rebuild_from: RebuildFrom::Recompute },
+        Policy {
+            kind: PolicyKind::Adore,
+            budget: 10,
+            sinks: 2,
+            recent: 3,
+            rebuild: 2,
+            rebuild_from: RebuildFrom::Recompute,
+            ..Policy::default()
+        },
     ] {
         let options = SessionOptions { context: 64, chunk: 8, policy, controller: Some(controller.clone()), ..Default::default() };
         let gen = adore::GenerateOptions {

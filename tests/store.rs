@@ -1,6 +1,6 @@
-//! adore with its store (the default): every token's K/V stays, and each step attends to the
-//! sinks, the recent window and the rest of the budget re-chosen by the controller among all
-//! past tokens. Checked against CPU references of the scores, of the choice fed the same
+//! adore with its store ranked by the controller: every token's K/V stays, and each step attends
+//! to the sinks, the recent window and the rest of the budget re-chosen by the controller among
+//! all past tokens (ranked by keys, the default, in tests/keys.rs). Checked against CPU references of the scores, of the choice fed the same
 //! scores, and of a forward pass masked to the choices.
 
 mod common;
@@ -9,7 +9,7 @@ use std::sync::Arc;
 
 use adore::ops::attention::INVALID_SLOT;
 use adore::ops::cache_update;
-use adore::policy::{Oracle, OracleRanking, Policy, PolicyKind, RebuildFrom};
+use adore::policy::{Oracle, OracleRanking, Policy, PolicyKind, Ranking, RebuildFrom};
 use adore::{Model, Session, SessionOptions};
 use common::assert_close;
 use common::sessions::{controller, ids, load, session, tiny_model};
@@ -17,7 +17,8 @@ use common::tiny::{Tiny, HIDDEN, VOCAB};
 use pollster::block_on as run;
 
 fn store(budget: usize, sinks: usize, recent: usize) -> Policy {
-    Policy { kind: PolicyKind::Adore, budget, sinks, recent, rebuild: 0, rebuild_from: RebuildFrom::Store }
+    let ranking = Ranking::Controller;
+    Policy { kind: PolicyKind::Adore, budget, sinks, recent, rebuild: 0, rebuild_from: RebuildFrom::Store, ranking }
 }
 
 #[test]
@@ -125,7 +126,12 @@ fn store_and_recompute_are_told_apart() {
     let r = session(&m, Policy { rebuild_from: RebuildFrom::Recompute, ..store(16, 2, 4) }, 256, 8, false);
     assert_eq!(s.kv_bytes() / r.kv_bytes(), 256 / (16 + 8));
     assert_eq!(r.options.policy.name(), "adore-recompute");
-    assert_eq!(s.options.policy.name(), "adore");
+    assert_eq!(s.options.policy.name(), "adore-controller");
+    // Ranked by keys (the default), the store also holds every token's short keys.
+    let k = session(&m, Policy { ranking: Ranking::Keys, ..store(16, 2, 4) }, 256, 8, false);
+    assert_eq!(k.options.policy.name(), "adore");
+    let short = (m.config.layers * m.config.n_kv_heads * 4 * 4 * 256) as u64;
+    assert_eq!(k.kv_bytes(), s.kv_bytes() + short);
     let e =
         Session::new(m.clone(), SessionOptions { policy: Policy { rebuild: 2, ..store(16, 2, 4) }, ..Default::default() }).err().unwrap();
     assert!(e.to_string().contains("recompute"), "{e}");

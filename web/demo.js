@@ -3,7 +3,7 @@
 // chart of the slots in use against the tokens seen.
 //
 // URL parameters run one generation on load, for tests and shareable links:
-//   ?model=URL&prompt=TEXT&max_tokens=N&temperature=T&policy=P&budget=M&rebuild_from=store|recompute&rebuild=R&autorun=1
+//   ?model=URL&prompt=TEXT&max_tokens=N&temperature=T&policy=P&budget=M&rebuild_from=store|recompute&ranking=keys|controller&rebuild=R&autorun=1
 // The output text goes into #output (data-tokens: the token ids), which gets data-done="1".
 
 import { clearModelCache, createWorkerEngine } from './pkg/index.js';
@@ -89,6 +89,7 @@ function options(extra = {}) {
     policy,
     budget: Number($('budget').value),
     rebuildFrom: $('rebuild-from').value,
+    ranking: $('ranking').value,
     rebuild: policy === 'adore' && $('rebuild-from').value === 'recompute' ? Number($('rebuild').value) : 0,
     trace: true,
     ...extra,
@@ -254,7 +255,7 @@ $('new-chat').addEventListener('click', async () => {
   await engine?.reset().catch(showError);
 });
 
-for (const [param, id] of [['policy', 'policy'], ['budget', 'budget'], ['rebuild_from', 'rebuild-from'], ['rebuild', 'rebuild'], ['max_tokens', 'max-tokens'], ['temperature', 'temperature']]) {
+for (const [param, id] of [['policy', 'policy'], ['budget', 'budget'], ['rebuild_from', 'rebuild-from'], ['ranking', 'ranking'], ['rebuild', 'rebuild'], ['max_tokens', 'max-tokens'], ['temperature', 'temperature']]) {
   if (params.has(param)) $(id).value = params.get(param);
 }
 if (params.has('model')) $('model-url').value = params.get('model');

@@ -5,7 +5,7 @@ use std::sync::Arc;
 
 use adore::controller::Controller;
 use adore::index::KeyIndex;
-use adore::policy::{CacheUpdate, Policy, PolicyKind, PolicyParts, RebuildFrom, DEFAULT_BUDGET, DEFAULT_SINKS};
+use adore::policy::{CacheUpdate, Policy, PolicyKind, PolicyParts, Ranking, RebuildFrom, DEFAULT_BUDGET, DEFAULT_SINKS};
 use adore::{Context, ContextOptions, Model, Sampling, Session, SessionOptions};
 use anyhow::{bail, Context as _, Result};
 use clap::Args;
@@ -88,6 +88,12 @@ pub struct PartsArgs {
     /// stays at the budget) and recomputes up to --rebuild of them per generated token.
     #[arg(long, value_enum, default_value = "store")]
     pub rebuild_from: RebuildFrom,
+    /// What adore from its store ranks past tokens by: `keys`, each layer its own choice by
+    /// its attention over short keys fitted to the model's queries and keys (the key index
+    /// shipped for the model, or --index); `controller`, the learned controller's score, one
+    /// choice for every layer.
+    #[arg(long, value_enum, default_value = "keys")]
+    pub ranking: Ranking,
     /// Released tokens recomputed with each generated token (adore with --rebuild-from
     /// recompute; 0 = release only).
     #[arg(long, default_value_t = 0)]
@@ -104,7 +110,14 @@ pub struct PartsArgs {
 
 impl PartsArgs {
     pub fn parts(&self, budget: usize) -> PolicyParts {
-        PolicyParts { budget, sinks: self.sinks, recent: self.recent, rebuild: self.rebuild, rebuild_from: self.rebuild_from }
+        PolicyParts {
+            budget,
+            sinks: self.sinks,
+            recent: self.recent,
+            rebuild: self.rebuild,
+            rebuild_from: self.rebuild_from,
+            ranking: self.ranking,
+        }
     }
 
     /// `kind` with these parts at `budget`, as one of several policies compared.
@@ -157,38 +170,43 @@ pub struct PolicyArgs {
 }
 
 impl PolicyArgs {
-    /// The policy asked for, or the command's default, with its controller (the file given, or
-    /// the one shipped for the model when the default is adore). adore needs a controller for
-    /// the model: without one (none given and none shipped) the default falls back to sink.
-    fn policy(&self, model: &Model, default: DefaultPolicy) -> Result<(Policy, Option<Arc<Controller>>)> {
-        let mut controller = self.parts.controller(model)?;
+    /// The policy asked for, or the command's default. adore needs what it ranks by for the
+    /// model (a key index, or a controller ranking by the controller or recomputing): given,
+    /// or shipped for the model; without it the default falls back to sink.
+    fn policy(&self, model: &Model, default: DefaultPolicy) -> Result<Policy> {
+        let parts = self.parts.parts(self.budget.unwrap_or(DEFAULT_BUDGET));
         let kind = match (self.policy, default) {
             (Some(kind), _) => kind,
             (None, DefaultPolicy::FullUnlessBudget) if self.budget.is_none() => PolicyKind::Full,
-            (None, _) if controller.is_some() => PolicyKind::Adore,
-            (None, _) => match Controller::builtin(&model.fingerprint) {
-                Some(shipped) => {
-                    controller = Some(Arc::new(shipped));
+            (None, _) => {
+                let adore = Policy::new(PolicyKind::Adore, parts)?;
+                let (has, what, flag) = match adore.ranks_by_keys() {
+                    true => (self.parts.index.is_some() || KeyIndex::builtin(&model.fingerprint).is_some(), "key index", "--index"),
+                    false => (
+                        self.parts.controller.is_some() || Controller::builtin(&model.fingerprint).is_some(),
+                        "ADORE controller",
+                        "--controller",
+                    ),
+                };
+                if has {
                     PolicyKind::Adore
-                }
-                None => {
-                    eprintln!(
-                        "policy: no ADORE controller is shipped for this model, so sink (StreamingLLM); --controller FILE gives adore one"
-                    );
+                } else {
+                    eprintln!("policy: no {what} is shipped for this model, so sink (StreamingLLM); {flag} FILE gives adore one");
                     PolicyKind::Sink
                 }
-            },
+            }
         };
-        Ok((Policy::new(kind, self.parts.parts(self.budget.unwrap_or(DEFAULT_BUDGET)))?, controller))
+        Ok(Policy::new(kind, parts)?)
     }
 
     /// A session of `context` tokens for this policy (the command's default when not given).
     pub fn session(&self, model: &Arc<Model>, m: &ModelArgs, default: DefaultPolicy, context: usize, all_logits: bool) -> Result<Session> {
-        let (policy, controller) = self.policy(model, default)?;
+        let policy = self.policy(model, default)?;
         if policy.kind != PolicyKind::Full || self.policy.is_some() {
             eprintln!("policy: {}", describe(&policy));
         }
-        let options = SessionOptions { context, chunk: m.chunk, all_logits, policy, controller, ..Default::default() };
+        let (controller, index) = (self.parts.controller(model)?, self.parts.index(model)?);
+        let options = SessionOptions { context, chunk: m.chunk, all_logits, policy, controller, index, ..Default::default() };
         Ok(Session::new(model.clone(), options)?)
     }
 }
@@ -214,7 +232,17 @@ pub fn describe(p: &Policy) -> String {
         PolicyKind::Window => format!("window, budget {}", p.budget),
         PolicyKind::Sink => format!("sink, budget {} ({} sinks)", p.budget, p.sinks),
         PolicyKind::Adore if p.stores() => {
-            format!("adore, budget {} ({} sinks, {} recent, the rest re-chosen from the store every step)", p.budget, p.sinks, p.recent)
+            let by = match p.ranking {
+                Ranking::Keys => "by each layer over its short keys",
+                Ranking::Controller => "by the controller",
+            };
+            format!(
+                "{}, budget {} ({} sinks, {} recent, the rest re-chosen from the store every step {by})",
+                p.name(),
+                p.budget,
+                p.sinks,
+                p.recent
+            )
         }
         _ => format!("{}, budget {} ({} sinks, {} recent, rebuild {})", p.name(), p.budget, p.sinks, p.recent, p.rebuild),
     }

@@ -23,6 +23,25 @@ fn tiny_model() -> PathBuf {
         .clone()
 }
 
+/// A key index fitted to the tiny model by `adore index fit`.
+fn tiny_index() -> PathBuf {
+    static INDEX: OnceLock<PathBuf> = OnceLock::new();
+    INDEX
+        .get_or_init(|| {
+            let m = tiny_model();
+            let (text, out) = (m.with_extension("index.txt"), m.with_extension("index.safetensors"));
+            std::fs::write(&text, "the cat in the hat sat on the mat, and the hat sat on the cat. ".repeat(8)).unwrap();
+            let args = ["index", "fit", "--model", m.to_str().unwrap(), "--text", text.to_str().unwrap(), "--tokens", "80", "--rank", "4"];
+            let run = adore(&[&args[..], &["--out", out.to_str().unwrap()]].concat());
+            assert!(run.status.success(), "{}", String::from_utf8_lossy(&run.stderr));
+            // The recall table covers every layer.
+            let table = String::from_utf8_lossy(&run.stdout);
+            assert!(table.contains("| 1 |") && table.contains("| mean |"), "{table}");
+            out
+        })
+        .clone()
+}
+
 fn adore(args: &[&str]) -> Output {
     Command::new(env!("CARGO_BIN_EXE_adore")).args(args).env("XDG_RUNTIME_DIR", std::env::temp_dir()).output().unwrap()
 }
@@ -98,10 +117,18 @@ fn generates_text_on_stdout_and_stats_on_stderr() {
         "4",
         "--chunk",
         "4",
+        "--ranking",
+        "controller",
         "--controller",
         ctl.to_str().unwrap(),
     ]);
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    // Ranked by keys (the default), with an index fitted to this model.
+    let index = tiny_index();
+    let args = ["generate", "--model", m.to_str().unwrap(), "--prompt", "the cat", "--max-tokens", "30", "--budget", "12"];
+    let out = adore(&[&args[..], &["--recent", "4", "--chunk", "4", "--index", index.to_str().unwrap()]].concat());
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("short keys"), "{}", String::from_utf8_lossy(&out.stderr));
     // The benchmark compares policies and cache updates in one run.
     let json = m.with_extension("bench.json");
     let out = adore(&[
@@ -130,6 +157,8 @@ fn generates_text_on_stdout_and_stats_on_stderr() {
         "scatter,matmul",
         "--controller",
         ctl.to_str().unwrap(),
+        "--index",
+        index.to_str().unwrap(),
         "--json",
         json.to_str().unwrap(),
     ]);
@@ -150,10 +179,11 @@ fn generates_text_on_stdout_and_stats_on_stderr() {
     ];
     assert_eq!(rows, want.map(|(a, b, c)| (a.to_string(), b.to_string(), c)), "{v}");
     assert!(String::from_utf8_lossy(&out.stdout).contains("| decode vs full | KV bytes held | KV bytes read per step |"));
-    // The store holds the whole context, and reads what recompute reads.
+    // The store holds the whole context, and reads the rows recompute reads and every token's
+    // short keys.
     let bytes = |i: usize, key: &str| v["rows"][i][key].as_u64().unwrap();
     assert!(bytes(1, "kv_bytes") > bytes(2, "kv_bytes"), "{v}");
-    assert_eq!(bytes(1, "attended_kv_bytes"), bytes(2, "attended_kv_bytes"), "{v}");
+    assert!(bytes(1, "attended_kv_bytes") > bytes(2, "attended_kv_bytes"), "{v}");
     for policy in ["h2o", "tova", "oracle"] {
         let out = adore(&[
             "generate",
@@ -212,7 +242,9 @@ fn bad_arguments_and_files() {
     fails_with(&["generate", "--model", m, "--prompt", "x", "--cache-update", "matmul"], "unexpected argument '--cache-update'");
     fails_with(&["generate", "--model", m, "--prompt", "x", "--policy", "sink", "--budget", "4", "--sinks", "4"], "sink");
     fails_with(&["generate", "--model", m, "--prompt", "x", "--policy", "lru"], "invalid value 'lru'");
-    fails_with(&["generate", "--model", m, "--prompt", "x", "--policy", "adore"], "controller");
+    fails_with(&["generate", "--model", m, "--prompt", "x", "--policy", "adore"], "key index");
+    fails_with(&["generate", "--model", m, "--prompt", "x", "--policy", "adore", "--ranking", "controller"], "controller");
+    fails_with(&["generate", "--model", m, "--prompt", "x", "--ranking", "guess"], "invalid value 'guess'");
 }
 
 #[test]
@@ -289,23 +321,35 @@ fn eval_runs_the_diagnostic_oracles() {
     let out = adore(&["controller", "init", "--model", m.to_str().unwrap(), "--out", ctl.to_str().unwrap(), "--width", "16"]);
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     let json = d.join("eval-oracles.json");
+    let index = tiny_index();
     let args = |oracles: &str| {
         let base = ["eval", "--model", m.to_str().unwrap(), "--text", text.to_str().unwrap(), "--tokens", "60"];
-        let rest = ["--policies", "full", "--budgets", "8,64", "--recent", "2", "--controller", ctl.to_str().unwrap()];
+        let rest = [
+            "--policies",
+            "full",
+            "--budgets",
+            "8,64",
+            "--recent",
+            "2",
+            "--controller",
+            ctl.to_str().unwrap(),
+            "--index",
+            index.to_str().unwrap(),
+        ];
         let mut v: Vec<String> = base.iter().chain(&rest).map(|s| s.to_string()).collect();
         v.extend(["--oracles".to_string(), oracles.to_string(), "--json".to_string(), json.to_str().unwrap().to_string()]);
         v
     };
-    let a = args("attention-protected,controller,controller-protected,layer-0");
+    let a = args("attention-protected,controller,controller-protected,layer-0,keys");
     let out = adore(&a.iter().map(String::as_str).collect::<Vec<_>>());
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     // Without a terminal, progress comes as log lines.
     let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(stderr.contains("eval: 472/472 token steps"), "{stderr}");
+    assert!(stderr.contains("eval: 590/590 token steps"), "{stderr}");
     let v: serde_json::Value = serde_json::from_slice(&std::fs::read(&json).unwrap()).unwrap();
     let rows = v["rows"].as_array().unwrap();
     let labels: Vec<&str> = rows.iter().map(|r| r["policy"].as_str().unwrap()).collect();
-    let want = ["attention-protected", "controller", "controller-protected", "layer-0"];
+    let want = ["attention-protected", "controller", "controller-protected", "layer-0", "keys"];
     let want: Vec<String> =
         std::iter::once("full".to_string()).chain(want.iter().flat_map(|o| [format!("oracle/{o}"), format!("oracle/{o}")])).collect();
     assert_eq!(labels, want, "{v}");

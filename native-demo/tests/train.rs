@@ -167,7 +167,16 @@ fn collect_matches(kind: &str) {
         assert!(!gen.stdout.is_empty(), "{}", String::from_utf8_lossy(&gen.stderr));
         let refused = Command::new(env!("CARGO_BIN_EXE_adore"))
             .args(["generate", "--model", model.to_str().unwrap(), "--prompt", prompt, "--policy", "adore"])
-            .args(["--budget", "8", "--recent", "2", "--controller", d.join("ctl.safetensors").to_str().unwrap()])
+            .args([
+                "--budget",
+                "8",
+                "--recent",
+                "2",
+                "--ranking",
+                "controller",
+                "--controller",
+                d.join("ctl.safetensors").to_str().unwrap(),
+            ])
             .env("XDG_RUNTIME_DIR", std::env::temp_dir())
             .output()
             .unwrap();
@@ -317,6 +326,8 @@ fn generate_with(model: &Path, prompt: &str, controller: &Path, from: &str) -> O
         "8",
         "--recent",
         "2",
+        "--ranking",
+        "controller",
         "--controller",
         c,
     ])

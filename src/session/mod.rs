@@ -86,7 +86,18 @@ impl Session {
             PolicyKind::Full => self.n_past,
             _ => self.n_past.min(self.options.policy.budget + 1),
         };
-        (slots * c.kv_dim() * 4 * 2 * c.layers) as u64
+        let row = c.kv_dim() * 4 * 2;
+        match &self.state.index {
+            // Ranked by keys: the dense layers read everything; each indexed layer its chosen
+            // rows, and the short keys of every token (with as many zero values, which the
+            // attention kernel reads beside them).
+            Some(ix) => {
+                let indexed = c.layers - ix.first;
+                let short = self.n_past * c.n_kv_heads * ix.rank * 4 * 2;
+                (ix.first * self.n_past * row + indexed * (slots * row + short)) as u64
+            }
+            None => (slots * row * c.layers) as u64,
+        }
     }
 
     /// Positions the KV cache holds now, ascending (read back from the GPU).

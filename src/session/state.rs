@@ -84,6 +84,7 @@ impl SessionOptions {
         match self.policy.kind {
             PolicyKind::Oracle => Some(self.oracle),
             PolicyKind::Quest => Some(Oracle { ranking: OracleRanking::Quest, protect: false }),
+            PolicyKind::Adore if self.policy.ranks_by_keys() => Some(Oracle { ranking: OracleRanking::Keys, protect: true }),
             PolicyKind::Adore if self.policy.stores() => Some(Oracle { ranking: OracleRanking::Controller, protect: true }),
             _ => None,
         }
@@ -94,10 +95,11 @@ impl SessionOptions {
         self.rechoice().is_some_and(|o| o.ranking == OracleRanking::Keys)
     }
 
-    /// Whether the session runs the ADORE controller: the adore policy, or the oracle ranked by it.
+    /// Whether the session runs the ADORE controller: the adore policy (unless it ranks by
+    /// keys), or the oracle ranked by it.
     pub fn runs_controller(&self) -> bool {
         match self.policy.kind {
-            PolicyKind::Adore => true,
+            PolicyKind::Adore => !self.policy.ranks_by_keys(),
             PolicyKind::Oracle => self.oracle.ranking == OracleRanking::Controller,
             _ => false,
         }

@@ -53,6 +53,8 @@ export interface GenerateOptions {
   recent?: number | null;
   /** Where adore gets released tokens back from: `store` (default; every token's K/V stays on the GPU and each step re-chooses the attended budget among all of them) or `recompute` (released K/V dropped, memory flat; `rebuild` of them recomputed per step). */
   rebuildFrom?: 'store' | 'recompute';
+  /** What adore from its store ranks past tokens by: `keys` (default; each layer its own choice, by its attention over short keys fitted to the model's queries and keys) or `controller` (the learned controller's score, one choice for every layer). */
+  ranking?: 'keys' | 'controller';
   /** Released tokens adore recomputes per step with `rebuildFrom: 'recompute'` (default 0). */
   rebuild?: number;
   /** Longest sequence (prompt + output); default min(model context, 4096). */

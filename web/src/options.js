@@ -17,6 +17,7 @@ export const GENERATE_DEFAULTS = Object.freeze({
   recent: null,
   rebuild: 0,
   rebuildFrom: 'store',
+  ranking: 'keys',
   context: null,
   trace: false,
 });
@@ -77,6 +78,9 @@ export function checkGenerateOptions(options) {
   }
   if (!['store', 'recompute'].includes(o.rebuildFrom)) {
     throw new ArgumentError(`rebuildFrom must be store or recompute, got ${describe(o.rebuildFrom)}`);
+  }
+  if (!['keys', 'controller'].includes(o.ranking)) {
+    throw new ArgumentError(`ranking must be keys or controller, got ${describe(o.ranking)}`);
   }
   if (o.rebuild > 0 && o.rebuildFrom !== 'recompute') {
     throw new ArgumentError(`rebuild applies to adore recomputing released tokens (rebuildFrom: 'recompute'); from its store adore gets back every token it chooses`);

@@ -129,6 +129,7 @@ pub fn run(a: BenchArgs) -> Result<()> {
     let prompt: Vec<u32> = (0..max_ctx).map(|i| (100 + (i * 7919) % (model.config.vocab - 100)) as u32).collect();
     let chunk = a.model.chunk;
     let controller = a.parts.controller(&model)?;
+    let index = a.parts.index(&model)?;
     let mut rows = Vec::new();
     for (policy, update) in &runs {
         let options = SessionOptions {
@@ -137,6 +138,7 @@ pub fn run(a: BenchArgs) -> Result<()> {
             all_logits: false,
             policy: *policy,
             controller: controller.clone(),
+            index: index.clone(),
             cache_update: *update,
             ..Default::default()
         };
