@@ -126,7 +126,22 @@ fn the_default_model_ships_with_a_trained_controller() {
         recent: 16,
         rebuild: 2,
         rebuild_from: adore::policy::RebuildFrom::Recompute,
+        ranking: adore::policy::Ranking::Controller,
     };
+    // The shipped key index matches too, and the default adore (ranked by keys) uses it.
+    let ix = adore::index::KeyIndex::builtin(&m.fingerprint).expect("no shipped key index matches the default model");
+    assert_eq!((ix.rank, ix.dense_layers), (16, 0), "{}", ix.fitting);
+    let keys =
+        adore::policy::Policy::new(adore::policy::PolicyKind::Adore, adore::policy::PolicyParts { budget: 64, ..Default::default() })
+            .unwrap();
+    assert!(keys.ranks_by_keys() && keys.recent == 16);
+    let mut k = Session::new(m.clone(), SessionOptions { context: 160, chunk: 32, policy: keys, ..Default::default() }).unwrap();
+    let text = m.tokenizer.encode("The quick brown fox jumps over the lazy dog. ").unwrap().repeat(12);
+    pollster::block_on(k.prefill(&text[..100])).unwrap();
+    for _ in 0..4 {
+        pollster::block_on(k.step()).unwrap();
+    }
+    assert!(pollster::block_on(k.last_logits()).unwrap().iter().all(|x| x.is_finite()));
     let mut s = Session::new(m.clone(), SessionOptions { context: 160, chunk: 32, policy, ..Default::default() }).unwrap();
     let ids = m.tokenizer.encode("The quick brown fox jumps over the lazy dog. ").unwrap().repeat(12);
     pollster::block_on(s.prefill(&ids[..100])).unwrap();
