@@ -2,11 +2,16 @@
 //! key, and the current token a query; score(t, i) = q_t · k_i / sqrt(d_c) + b(bucket(t - i)).
 //! Weights live in a safetensors file whose metadata names the model they were made for.
 
-use std::collections::HashMap;
-
 use crate::error::{Error, Result};
+use crate::model_file;
 
-const FORMAT: &str = "adore-controller-v1";
+const KIND: model_file::Kind = model_file::Kind {
+    name: "controller",
+    plural: "controllers",
+    format: "adore-controller-v1",
+    made: "made",
+    remedy: "train or init a controller for this model",
+};
 
 /// Added to the mean square of a residual-stream row before it is normalised as input.
 pub const INPUT_EPS: f32 = 1e-6;
@@ -113,50 +118,22 @@ impl Controller {
 
     /// The controller as a safetensors file.
     pub fn to_bytes(&self) -> Result<Vec<u8>> {
-        let bytes: Vec<(String, Vec<usize>, Vec<u8>)> =
-            self.tensors().into_iter().map(|(n, s, v)| (n.to_string(), s, bytemuck::cast_slice(v).to_vec())).collect();
-        let views = bytes
-            .iter()
-            .map(|(n, s, b)| {
-                Ok((
-                    n.clone(),
-                    safetensors::tensor::TensorView::new(safetensors::Dtype::F32, s.clone(), b).map_err(|e| Error::arg(e.to_string()))?,
-                ))
-            })
-            .collect::<Result<Vec<_>>>()?;
-        let meta: HashMap<String, String> = [
-            ("format", FORMAT.to_string()),
-            ("model_fingerprint", self.fingerprint.clone()),
+        let meta = [
             ("d_c", self.d_c.to_string()),
             ("hidden", self.hidden.to_string()),
             ("buckets", self.buckets.to_string()),
             ("max_distance", self.max_distance.to_string()),
             ("training", self.training.clone()),
             ("input_layer", self.input_layer.to_string()),
-        ]
-        .into_iter()
-        .map(|(k, v)| (k.to_string(), v))
-        .collect();
-        safetensors::serialize(views, Some(meta)).map_err(|e| Error::arg(e.to_string()))
+        ];
+        model_file::write(&KIND, &self.fingerprint, &self.tensors(), &meta)
     }
 
     /// Reads a controller file, checking that it was made for the model with `fingerprint`.
     pub fn from_bytes(file: &str, bytes: &[u8], fingerprint: &str) -> Result<Self> {
-        let bad = |what: String| Error::malformed(file, what);
-        let (_, header) = safetensors::SafeTensors::read_metadata(bytes).map_err(|e| bad(format!("not a controller file: {e}")))?;
-        let meta = header.metadata().clone().unwrap_or_default();
-        let get = |k: &str| meta.get(k).cloned().ok_or_else(|| bad(format!("metadata {k} is missing")));
-        if get("format")? != FORMAT {
-            return Err(bad(format!("format is {:?}, not {FORMAT}", meta.get("format"))));
-        }
-        let found = get("model_fingerprint")?;
-        if found != fingerprint {
-            return Err(Error::Config(format!(
-                "{file} was made for another model (fingerprint {found}, this model's is {fingerprint}); train or init a controller for this model"
-            )));
-        }
-        let num = |k: &str| -> Result<usize> { get(k)?.parse().map_err(|_| bad(format!("metadata {k} is not a number"))) };
-        let st = safetensors::SafeTensors::deserialize(bytes).map_err(|e| bad(format!("not a controller file: {e}")))?;
+        let f = model_file::Opened::open(file, bytes, &KIND, fingerprint)?;
+        let meta = &f.meta;
+        let (bad, num) = (|what: String| meta.bad(what), |k: &str| meta.num(k));
         let (d_c, hidden, buckets) = (num("d_c")?, num("hidden")?, num("buckets")?);
         // The projection alone holds hidden x d_c floats: sizes the file cannot hold are lies,
         // refused before anything is allocated for them.
@@ -165,26 +142,18 @@ impl Controller {
         }
         let mut c = Controller::random(fingerprint, hidden, d_c, buckets, 0)?;
         c.max_distance = num("max_distance")?.max(1);
-        c.training = meta.get("training").cloned().unwrap_or_default();
+        c.training = meta.values.get("training").cloned().unwrap_or_default();
         // Files from before the choice read the embedding.
-        c.input_layer = match meta.get("input_layer") {
+        c.input_layer = match meta.values.get("input_layer") {
             Some(_) => num("input_layer")?,
             None => 0,
         };
         let shapes: Vec<(&'static str, Vec<usize>)> = c.tensors().into_iter().map(|(n, s, _)| (n, s)).collect();
         for (name, shape) in shapes {
-            let t = st.tensor(name).map_err(|_| Error::MissingTensor { tensor: format!("{file}: {name}") })?;
-            if t.dtype() != safetensors::Dtype::F32 {
-                return Err(Error::UnknownDtype {
-                    file: file.into(),
-                    tensor: name.into(),
-                    dtype: format!("{:?} (controllers are F32)", t.dtype()),
-                });
+            let (found, v) = f.tensor(name)?;
+            if found != shape {
+                return Err(Error::ShapeMismatch { tensor: format!("{file}: {name}"), expected: shape, found });
             }
-            if t.shape() != shape.as_slice() {
-                return Err(Error::ShapeMismatch { tensor: format!("{file}: {name}"), expected: shape, found: t.shape().to_vec() });
-            }
-            let v: Vec<f32> = bytemuck::pod_collect_to_vec(t.data());
             *match name {
                 "proj" => &mut c.proj,
                 "gru.w_ih" => &mut c.w_ih,

@@ -12,11 +12,16 @@
 //! decomposition U Σ Vᵀ of S_q^{1/2} S_k^{1/2} (queries and keys taken as independent). The
 //! file (safetensors, like the controller's) names the model it was fitted for.
 
-use std::collections::HashMap;
-
 use crate::error::{Error, Result};
+use crate::model_file;
 
-const FORMAT: &str = "adore-key-index-v1";
+const KIND: model_file::Kind = model_file::Kind {
+    name: "key index",
+    plural: "key indexes",
+    format: "adore-key-index-v1",
+    made: "fitted",
+    remedy: "fit one for this model (`adore index fit`)",
+};
 
 /// Key indexes shipped with the library: (file name, contents).
 const BUILTIN: &[(&str, &[u8])] =
@@ -336,56 +341,22 @@ impl KeyIndex {
 
     pub fn to_bytes(&self) -> Result<Vec<u8>> {
         let shape = vec![self.layers, self.n_kv_heads, self.head_dim, self.rank];
-        let (a, b): (&[u8], &[u8]) = (bytemuck::cast_slice(&self.a), bytemuck::cast_slice(&self.b));
-        let mut views = Vec::new();
-        for (name, d) in [("query_map", a), ("key_map", b)] {
-            let v =
-                safetensors::tensor::TensorView::new(safetensors::Dtype::F32, shape.clone(), d).map_err(|e| Error::arg(e.to_string()))?;
-            views.push((name.to_string(), v));
-        }
-        let meta: HashMap<String, String> = [
-            ("format", FORMAT.to_string()),
-            ("model_fingerprint", self.fingerprint.clone()),
-            ("n_heads", self.n_heads.to_string()),
-            ("dense_layers", self.dense_layers.to_string()),
-            ("fitting", self.fitting.clone()),
-        ]
-        .into_iter()
-        .map(|(k, v)| (k.to_string(), v))
-        .collect();
-        safetensors::serialize(views, Some(meta)).map_err(|e| Error::arg(e.to_string()))
+        let tensors = [("query_map", shape.clone(), &self.a[..]), ("key_map", shape, &self.b[..])];
+        let meta =
+            [("n_heads", self.n_heads.to_string()), ("dense_layers", self.dense_layers.to_string()), ("fitting", self.fitting.clone())];
+        model_file::write(&KIND, &self.fingerprint, &tensors, &meta)
     }
 
     /// Reads an index file, checking that it was fitted for the model with `fingerprint`.
     pub fn from_bytes(file: &str, bytes: &[u8], fingerprint: &str) -> Result<Self> {
-        let bad = |what: String| Error::malformed(file, what);
-        let (_, header) = safetensors::SafeTensors::read_metadata(bytes).map_err(|e| bad(format!("not a key index file: {e}")))?;
-        let meta = header.metadata().clone().unwrap_or_default();
-        let get = |k: &str| meta.get(k).cloned().ok_or_else(|| bad(format!("metadata {k} is missing")));
-        if get("format")? != FORMAT {
-            return Err(bad(format!("format is {:?}, not {FORMAT}", meta.get("format"))));
-        }
-        let found = get("model_fingerprint")?;
-        if found != fingerprint {
-            return Err(Error::Config(format!(
-                "{file} was fitted for another model (fingerprint {found}, this model's is {fingerprint}); fit one for this model (`adore index fit`)"
-            )));
-        }
-        let num = |k: &str| -> Result<usize> { get(k)?.parse().map_err(|_| bad(format!("metadata {k} is not a number"))) };
-        let st = safetensors::SafeTensors::deserialize(bytes).map_err(|e| bad(format!("not a key index file: {e}")))?;
+        let f = model_file::Opened::open(file, bytes, &KIND, fingerprint)?;
+        let (bad, num) = (|what: String| f.meta.bad(what), |k: &str| f.meta.num(k));
         let read = |name: &str| -> Result<(Vec<usize>, Vec<f32>)> {
-            let t = st.tensor(name).map_err(|_| Error::MissingTensor { tensor: format!("{file}: {name}") })?;
-            if t.dtype() != safetensors::Dtype::F32 {
-                return Err(Error::UnknownDtype {
-                    file: file.into(),
-                    tensor: name.into(),
-                    dtype: format!("{:?} (key indexes are F32)", t.dtype()),
-                });
+            let (shape, v) = f.tensor(name)?;
+            if shape.len() != 4 {
+                return Err(bad(format!("{name} has shape {shape:?}, not (layers, kv heads, head_dim, rank)")));
             }
-            if t.shape().len() != 4 {
-                return Err(bad(format!("{name} has shape {:?}, not (layers, kv heads, head_dim, rank)", t.shape())));
-            }
-            Ok((t.shape().to_vec(), bytemuck::pod_collect_to_vec(t.data())))
+            Ok((shape, v))
         };
         let (shape, a) = read("query_map")?;
         let (shape_b, b) = read("key_map")?;
@@ -399,8 +370,8 @@ impl KeyIndex {
                 "{n_heads} query heads over {n_kv_heads} KV heads, rank {rank}, {dense_layers} dense of {layers} layers is not an index"
             )));
         }
-        let fitting = meta.get("fitting").cloned().unwrap_or_default();
-        Ok(KeyIndex { fingerprint: found, layers, n_heads, n_kv_heads, head_dim, rank, dense_layers, fitting, a, b })
+        let fitting = f.meta.values.get("fitting").cloned().unwrap_or_default();
+        Ok(KeyIndex { fingerprint: fingerprint.to_string(), layers, n_heads, n_kv_heads, head_dim, rank, dense_layers, fitting, a, b })
     }
 
     /// The index shipped for the model with `fingerprint`, if there is one.

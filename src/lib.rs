@@ -13,6 +13,7 @@ pub mod generate;
 pub mod gpu;
 pub mod index;
 pub mod model;
+mod model_file;
 pub mod ops;
 pub mod policy;
 pub mod session;

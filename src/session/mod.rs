@@ -89,8 +89,8 @@ impl Session {
         let row = c.kv_dim() * 4 * 2;
         match &self.state.index {
             // Ranked by keys: the dense layers read everything; each indexed layer its chosen
-            // rows, and the short keys of every token (with as many zero values, which the
-            // attention kernel reads beside them).
+            // rows, and the short keys of every token (with as many values, which the attention
+            // kernel reads beside them).
             Some(ix) => {
                 let indexed = c.layers - ix.first;
                 let short = self.n_past * c.n_kv_heads * ix.rank * 4 * 2;

@@ -158,14 +158,14 @@ impl<'a> Planner<'a> {
                     let i = l - ix.first;
                     plan.extend(ops::matmul::build(ctx, &ix.q_map[i], &s.q, &ix.q, step, rows, 0)?);
                     plan.extend(ops::matmul::build(ctx, &ix.k_map[i], &s.k, &ix.k, step, rows, 0)?);
-                    let short = ops::kv_write::KvWrite { k: &ix.k, v: &ix.zero_rows, k_cache: &ix.keys[i], v_cache: &ix.zero_values, ..kv };
+                    let short = ops::kv_write::KvWrite { k: &ix.k, v: &ix.k, k_cache: &ix.keys[i], v_cache: &ix.values, ..kv };
                     let short_dim = c.n_kv_heads * ix.rank;
                     plan.push(ops::kv_write::build(ctx, &short, step, short_dim, self.capacity, rows, false)?);
                     let heads = Heads { n_heads: c.n_heads, n_kv_heads: c.n_kv_heads, head_dim: ix.rank };
                     let ab = ops::attention::Buffers {
                         q: &ix.q,
                         k_cache: &ix.keys[i],
-                        v_cache: &ix.zero_values,
+                        v_cache: &ix.values,
                         slot_pos: &s.slot_pos,
                         positions: &s.positions,
                         out: &ix.out,

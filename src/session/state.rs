@@ -239,20 +239,20 @@ pub(crate) struct RunState {
 }
 
 /// The key index on the GPU: per indexed layer its two block-diagonal maps and its short keys
-/// by slot; short rows and a zero value cache shared by the layers.
+/// by slot; the step's short rows, and a value cache shared by the layers (attention over the
+/// short keys needs values; its output is unused, so they are the short keys again).
 pub(crate) struct IndexState {
     /// The first layer indexed (those before it attend densely).
     pub first: usize,
     /// Floats per KV head.
     pub rank: usize,
-    pub q_map: Vec<GpuWeight>,     // per layer (n_heads·rank, q_dim)
-    pub k_map: Vec<GpuWeight>,     // per layer (n_kv·rank, kv_dim)
-    pub keys: Vec<wgpu::Buffer>,   // per layer (capacity, n_kv·rank)
-    pub q: wgpu::Buffer,           // (rows, n_heads·rank)
-    pub k: wgpu::Buffer,           // (rows, n_kv·rank)
-    pub zero_rows: wgpu::Buffer,   // (rows, n_kv·rank) zeros
-    pub zero_values: wgpu::Buffer, // (capacity, n_kv·rank) zeros
-    pub out: wgpu::Buffer,         // (rows, n_heads·rank), unused output
+    pub q_map: Vec<GpuWeight>,   // per layer (n_heads·rank, q_dim)
+    pub k_map: Vec<GpuWeight>,   // per layer (n_kv·rank, kv_dim)
+    pub keys: Vec<wgpu::Buffer>, // per layer (capacity, n_kv·rank)
+    pub q: wgpu::Buffer,         // (rows, n_heads·rank)
+    pub k: wgpu::Buffer,         // (rows, n_kv·rank)
+    pub values: wgpu::Buffer,    // (capacity, n_kv·rank)
+    pub out: wgpu::Buffer,       // (rows, n_heads·rank), unused output
 }
 
 impl IndexState {
@@ -277,8 +277,7 @@ impl IndexState {
             keys: layers.map(|l| ctx.storage(&format!("index.keys.{l}"), f(capacity * c.n_kv_heads * r))).collect::<Result<_>>()?,
             q: ctx.storage("index.q", f(rows * c.n_heads * r))?,
             k: ctx.storage("index.k", f(rows * c.n_kv_heads * r))?,
-            zero_rows: ctx.storage("index.zero_rows", f(rows * c.n_kv_heads * r))?,
-            zero_values: ctx.storage("index.zero_values", f(capacity * c.n_kv_heads * r))?,
+            values: ctx.storage("index.values", f(capacity * c.n_kv_heads * r))?,
             out: ctx.storage("index.out", f(rows * c.n_heads * r))?,
         })
     }
