@@ -2,7 +2,8 @@
 # A long model check: a five-digit pass key hidden in about 1,200 tokens of filler and asked for
 # at the end, five prompts (keys and depths fixed here), greedy, on the default model. Prints,
 # per policy at budget M (default 128), how many of the five answers contain the key.
-# Usage: scripts/passkey.sh [POLICY ...]   (default: full sink adore; BUDGET=M to change M)
+# Usage: scripts/passkey.sh [POLICY ...]   (default: full sink adore; BUDGET=M to change M;
+# ARGS="--candidates 256" adds options to every run but full's)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 source scripts/setup.sh
@@ -26,7 +27,8 @@ for policy in "${policies[@]}"; do
   found=0
   for i in 0 1 2 3 4; do
     args=(generate --prompt "$(prompt "${keys[$i]}" "${depths[$i]}")" --max-tokens 8 --policy "$policy")
-    [ "$policy" != full ] && args+=(--budget "$budget")
+    # shellcheck disable=SC2206 # ARGS is split into options on purpose
+    [ "$policy" != full ] && args+=(--budget "$budget" ${ARGS:-})
     out=$(./target/release/adore "${args[@]}" 2>/dev/null)
     hit=no
     case "$out" in *"${keys[$i]}"*) hit=yes; found=$((found + 1)) ;; esac

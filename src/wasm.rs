@@ -129,6 +129,7 @@ impl Inner {
             rebuild: o.rebuild,
             rebuild_from: o.rebuild_from.parse()?,
             ranking: o.ranking.parse()?,
+            candidates: 0,
         };
         let policy = Policy::shared(kind, parts)?;
         let context = o.context.unwrap_or(SessionOptions::default_context(&self.model.config));

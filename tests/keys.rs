@@ -1,6 +1,7 @@
 //! Ranking by the key index: each indexed layer scores every past token by its attention over
 //! short keys (the layer's rotated keys through the index's key map, its query through the
-//! query map) and attends to its best `budget`; the index's dense layers attend to everything.
+//! query map) and attends to its best `budget` (or, with candidates, to the best of the
+//! nominees by its exact attention); the index's dense layers attend to everything.
 //! Checked against CPU references of the scores and of the choice, and against full attention.
 
 mod common;
@@ -70,7 +71,6 @@ fn each_indexed_layer_chooses_by_its_short_key_attention() {
     let tokens = ids(300);
     let index = fitted(&m, 40, 4, 0);
     let l = LAYERS - 1;
-    let group = HEADS / KV_HEADS;
     for protect in [false, true] {
         let policy = Policy { kind: PolicyKind::Oracle, budget: 6, sinks: 2, recent: 2, rebuild: 0, ..Policy::default() };
         let mut s = keys_session(&m, policy, protect, &index);
@@ -81,20 +81,7 @@ fn each_indexed_layer_chooses_by_its_short_key_attention() {
             run(full.feed(tok)).unwrap();
             let (got, want) = (run(s.last_logits()).unwrap(), run(full.last_logits()).unwrap());
             apart = apart.max(got.iter().zip(&want).map(|(a, b)| (a - b).abs()).fold(0.0, f32::max));
-            let (q, k) = (run(s.inspect().queries(l)).unwrap(), run(s.inspect().kv_cache(l)).unwrap().0);
-            let mut want = vec![0f32; t + 1];
-            for h in 0..HEADS {
-                let qh = &q[t * HEADS * HEAD_DIM + h * HEAD_DIM..][..HEAD_DIM];
-                let logits: Vec<f64> = (0..=t)
-                    .map(|j| index.logit(l, h, qh, &k[j * KV_HEADS * HEAD_DIM + (h / group) * HEAD_DIM..][..HEAD_DIM]) as f64)
-                    .map(|x| x / (HEAD_DIM as f64).sqrt())
-                    .collect();
-                let mx = logits.iter().cloned().fold(f64::MIN, f64::max);
-                let z: f64 = logits.iter().map(|x| (x - mx).exp()).sum();
-                for (w, x) in want.iter_mut().zip(&logits) {
-                    *w += ((x - mx).exp() / z / (HEADS * LAYERS) as f64) as f32;
-                }
-            }
+            let want = layer_scores(&s, l, t, &|h, q, k| index.logit(l, h, q, k), &|_| true);
             let table = run(s.inspect().slot_table()).unwrap();
             let scores = run(s.inspect().slot_scores()).unwrap();
             assert_close(&format!("short-key scores at step {t} (protect {protect})"), &scores[..=t], &want, 1e-5, 1e-3);
@@ -112,6 +99,81 @@ fn each_indexed_layer_chooses_by_its_short_key_attention() {
             assert_eq!(run(all.last_logits()).unwrap(), run(full.last_logits()).unwrap(), "logits at position {t}");
         }
     }
+}
+
+/// Step `t`'s scores by layer `l` on the CPU: the last row's softmax over the past slots that
+/// `keep` admits of `logit(head, q, k)` (scaled by 1 / √head_dim), summed over heads, over
+/// heads × layers; 0 where `keep` refuses.
+fn layer_scores(s: &Session, l: usize, t: usize, logit: &dyn Fn(usize, &[f32], &[f32]) -> f32, keep: &dyn Fn(usize) -> bool) -> Vec<f32> {
+    let (q, k) = (run(s.inspect().queries(l)).unwrap(), run(s.inspect().kv_cache(l)).unwrap().0);
+    let group = HEADS / KV_HEADS;
+    let mut want = vec![0f32; t + 1];
+    for h in 0..HEADS {
+        let qh = &q[t * HEADS * HEAD_DIM + h * HEAD_DIM..][..HEAD_DIM];
+        let logits: Vec<Option<f64>> = (0..=t)
+            .map(|j| keep(j).then(|| logit(h, qh, &k[j * KV_HEADS * HEAD_DIM + (h / group) * HEAD_DIM..][..HEAD_DIM]) as f64))
+            .map(|x| x.map(|x| x / (HEAD_DIM as f64).sqrt()))
+            .collect();
+        let mx = logits.iter().flatten().cloned().fold(f64::MIN, f64::max);
+        let z: f64 = logits.iter().flatten().map(|x| (x - mx).exp()).sum();
+        for (w, x) in want.iter_mut().zip(&logits) {
+            *w += x.map_or(0.0, |x| ((x - mx).exp() / z / (HEADS * LAYERS) as f64) as f32);
+        }
+    }
+    want
+}
+
+#[test]
+fn candidates_are_nominated_by_short_keys_and_chosen_by_exact_attention() {
+    // adore with candidates: after each of 200 steps the last layer's scores are its exact
+    // attention over the nominees (zero elsewhere), the nominees are the short keys' best
+    // (every other unprotected past token scores no higher on the CPU), the choice follows the
+    // reference fed the exact scores; the logits differ from the short keys' own choice; a
+    // prompt runs one token per step; candidates at or under the budget are refused.
+    let m = tiny_model(45);
+    let tokens = ids(200);
+    let index = fitted(&m, 40, 4, 0);
+    let l = LAYERS - 1;
+    let policy = Policy { kind: PolicyKind::Adore, budget: 6, sinks: 2, recent: 2, candidates: 14, ..Policy::default() };
+    assert!(policy.ranks_by_keys());
+    let mut s = keys_session(&m, policy, true, &index);
+    let mut plain = keys_session(&m, Policy { candidates: 0, ..policy }, true, &index);
+    let mut apart = 0f32;
+    let p = cache_update::Params { in_flight: 1, ..cache_update::Params::new(320, &policy) };
+    let protected = |t: usize, j: usize| j < policy.sinks || j + policy.recent >= t + 1;
+    for (t, &tok) in tokens.iter().enumerate() {
+        run(s.feed(tok)).unwrap();
+        run(plain.feed(tok)).unwrap();
+        let (got, other) = (run(s.last_logits()).unwrap(), run(plain.last_logits()).unwrap());
+        apart = apart.max(got.iter().zip(&other).map(|(a, b)| (a - b).abs()).fold(0.0, f32::max));
+        let scores = run(s.inspect().slot_scores()).unwrap();
+        let nominee = |j: usize| scores[j] > 0.0;
+        assert_eq!((0..=t).filter(|&j| nominee(j)).count(), t.min(policy.candidates) + 1, "nominees at step {t}");
+        let exact = layer_scores(&s, l, t, &|_, q, k| q.iter().zip(k).map(|(a, b)| a * b).sum(), &nominee);
+        assert_close(&format!("exact scores at step {t}"), &scores[..=t], &exact, 1e-5, 1e-3);
+        let short = layer_scores(&s, l, t, &|h, q, k| index.logit(l, h, q, k), &|_| true);
+        let free = |j: usize| j < t && !protected(t, j);
+        let lowest = (0..=t).filter(|&j| free(j) && nominee(j)).map(|j| short[j]).fold(f32::MAX, f32::min);
+        for j in (0..=t).filter(|&j| free(j) && !nominee(j)) {
+            assert!(short[j] <= lowest * (1.0 + 1e-3) + 1e-7, "step {t}: slot {j} ({}) passed over for one at {lowest}", short[j]);
+        }
+        let table = run(s.inspect().slot_table()).unwrap();
+        let nominated: Vec<u32> = table.iter().enumerate().map(|(j, &x)| if j <= t && nominee(j) { x } else { INVALID_SLOT }).collect();
+        let att = run(s.inspect().attended_table()).unwrap();
+        assert_eq!(att, cache_update::reference(&nominated, &scores, p, t as u32 + 1, 1), "choice at step {t}");
+    }
+    assert!(apart > 1e-3, "exact choice among 14 nominees changed no logit from the short keys' (largest difference {apart})");
+    let mut prompted = keys_session(&m, policy, true, &index);
+    run(prompted.prefill(&tokens[..40])).unwrap();
+    let mut fed = keys_session(&m, policy, true, &index);
+    for &tok in &tokens[..40] {
+        run(fed.feed(tok)).unwrap();
+    }
+    assert_eq!(run(prompted.last_logits()).unwrap(), run(fed.last_logits()).unwrap(), "a prompt runs one token per step");
+    let e = Policy::new(PolicyKind::Adore, adore::policy::PolicyParts { budget: 6, candidates: 6, ..Default::default() }).unwrap_err();
+    assert!(e.to_string().contains("candidates (6) must exceed the budget (6)"), "{e}");
+    let e = Policy { kind: PolicyKind::Sink, budget: 6, candidates: 14, ..Policy::default() }.validate().unwrap_err();
+    assert!(e.to_string().contains("not sink"), "{e}");
 }
 
 #[test]

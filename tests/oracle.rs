@@ -200,3 +200,37 @@ fn quest_chooses_whole_pages_by_their_key_bounds_at_every_layer() {
     let mut all = session(&m, Policy { budget: 128, ..policy }, 128, 4, false);
     assert_equals_full(&m, &mut all, &tokens);
 }
+
+#[test]
+fn quest_with_dense_first_layers_chooses_by_pages_only_after_them() {
+    // With its first layer dense, the last layer still chooses whole pages (its choice against
+    // the reference), and the logits differ from both every-layer Quest's and full attention's;
+    // with every layer dense they are full attention's exactly, and more layers are refused.
+    let m = tiny_model(37);
+    let tokens = ids(70);
+    let policy = Policy { kind: PolicyKind::Oracle, budget: 20, sinks: 4, recent: 16, rebuild: 0, ..Policy::default() };
+    let dense = |n, protect| Oracle { ranking: OracleRanking::Quest(n), protect };
+    assert_eq!("quest-dense-1-protected".parse::<Oracle>().unwrap(), dense(1, true));
+    assert_eq!(dense(1, false).name(), "quest-dense-1");
+    let mut s = oracle_session(&m, policy, dense(1, false));
+    let mut every = oracle_session(&m, policy, dense(0, false));
+    let mut full = session(&m, Policy::full(), 128, 4, false);
+    let (mut from_full, mut from_every) = (0f32, 0f32);
+    for (t, &tok) in tokens.iter().enumerate() {
+        from_full = from_full.max(feed_beside_full(&mut s, &mut full, tok));
+        run(every.feed(tok)).unwrap();
+        let (got, want) = (run(s.last_logits()).unwrap(), run(every.last_logits()).unwrap());
+        from_every = got.iter().zip(&want).map(|(a, b)| (a - b).abs()).fold(from_every, f32::max);
+        let (scores, _) = checked_choice(&s, &policy, false, t);
+        for j in 0..=t {
+            assert_eq!(scores[j], scores[j / 16 * 16], "page scores at step {t}, slot {j}");
+        }
+    }
+    assert!(from_full > 1e-3, "a dense first layer and a budget of 20 over 70 tokens gave full's logits (largest difference {from_full})");
+    assert!(from_every > 1e-3, "the dense first layer changed no logit from every-layer Quest's (largest difference {from_every})");
+    let mut all = oracle_session(&m, policy, dense(LAYERS, true));
+    assert_equals_full(&m, &mut all, &tokens);
+    let options = SessionOptions { context: 64, chunk: 4, policy, oracle: dense(LAYERS + 1, false), ..Default::default() };
+    let e = Session::new(m.clone(), options).err().unwrap();
+    assert!(e.to_string().contains("quest-dense-3"), "{e}");
+}

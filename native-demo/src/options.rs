@@ -94,6 +94,12 @@ pub struct PartsArgs {
     /// choice for every layer.
     #[arg(long, value_enum, default_value = "keys")]
     pub ranking: Ranking,
+    /// adore ranked by keys (ignored by the other policies): each layer's short keys nominate
+    /// this many past tokens and its exact attention over them chooses the budget; the prompt
+    /// then runs one token per step, each choosing its own set (0 = the short keys choose, the
+    /// prompt runs in chunks).
+    #[arg(long, default_value_t = 0)]
+    pub candidates: usize,
     /// Released tokens recomputed with each generated token (adore with --rebuild-from
     /// recompute; 0 = release only).
     #[arg(long, default_value_t = 0)]
@@ -117,6 +123,7 @@ impl PartsArgs {
             rebuild: self.rebuild,
             rebuild_from: self.rebuild_from,
             ranking: self.ranking,
+            candidates: self.candidates,
         }
     }
 
@@ -232,6 +239,9 @@ pub fn describe(p: &Policy) -> String {
         PolicyKind::Sink => format!("sink, budget {} ({} sinks)", p.budget, p.sinks),
         PolicyKind::Adore if p.stores() => {
             let by = match p.ranking {
+                Ranking::Keys if p.candidates > 0 => {
+                    &format!("by each layer's exact attention over the {} its short keys nominate", p.candidates)
+                }
                 Ranking::Keys => "by each layer over its short keys",
                 Ranking::Controller => "by the controller",
             };

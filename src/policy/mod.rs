@@ -221,8 +221,9 @@ pub enum OracleRanking {
     /// choice for all layers costs.
     PerLayer,
     /// Each layer chooses by Quest's page bounds on its current query's logits (the `quest`
-    /// policy).
-    Quest,
+    /// policy, with 0): the first N layers attend to every token, as the Quest paper runs it
+    /// with N = 2 (`quest-dense-N`).
+    Quest(usize),
     /// Each layer chooses by its own attention over the key index's short keys
     /// (`crate::index`), the index's dense layers attending to every token.
     Keys,
@@ -244,7 +245,8 @@ impl Oracle {
             OracleRanking::Layer(l) => format!("layer-{l}"),
             OracleRanking::Controller => "controller".to_string(),
             OracleRanking::PerLayer => "per-layer".to_string(),
-            OracleRanking::Quest => "quest".to_string(),
+            OracleRanking::Quest(0) => "quest".to_string(),
+            OracleRanking::Quest(n) => format!("quest-dense-{n}"),
             OracleRanking::Keys => "keys".to_string(),
         };
         if self.protect {
@@ -266,13 +268,14 @@ impl std::str::FromStr for Oracle {
             "attention" => OracleRanking::Attention,
             "controller" => OracleRanking::Controller,
             "per-layer" => OracleRanking::PerLayer,
-            "quest" => OracleRanking::Quest,
+            "quest" => OracleRanking::Quest(0),
             "keys" => OracleRanking::Keys,
-            _ => match base.strip_prefix("layer-").map(str::parse::<usize>) {
-                Some(Ok(l)) => OracleRanking::Layer(l),
+            _ => match (base.strip_prefix("layer-").map(str::parse::<usize>), base.strip_prefix("quest-dense-").map(str::parse::<usize>)) {
+                (Some(Ok(l)), _) => OracleRanking::Layer(l),
+                (_, Some(Ok(n))) => OracleRanking::Quest(n),
                 _ => {
                     return Err(Error::arg(format!(
-                    "unknown oracle ranking {s:?} (available: attention, controller, per-layer, quest, keys, layer-L with L a layer index; each with -protected)"
+                    "unknown oracle ranking {s:?} (available: attention, controller, per-layer, quest, quest-dense-N, keys, layer-L with L a layer index; each with -protected)"
                 )))
                 }
             },
@@ -298,6 +301,9 @@ pub struct Policy {
     pub rebuild_from: RebuildFrom,
     /// What `adore` from its store ranks by (ignored by the other policies).
     pub ranking: Ranking,
+    /// adore ranked by keys: with C > 0, each layer's short keys nominate C past tokens and
+    /// its exact attention over them chooses the budget (0: the short keys choose).
+    pub candidates: usize,
 }
 
 impl Default for Policy {
@@ -310,6 +316,7 @@ impl Default for Policy {
             rebuild: 0,
             rebuild_from: RebuildFrom::Store,
             ranking: Ranking::Keys,
+            candidates: 0,
         }
     }
 }
@@ -324,6 +331,7 @@ pub struct PolicyParts {
     pub rebuild: usize,
     pub rebuild_from: RebuildFrom,
     pub ranking: Ranking,
+    pub candidates: usize,
 }
 
 impl Default for PolicyParts {
@@ -335,6 +343,7 @@ impl Default for PolicyParts {
             rebuild: 0,
             rebuild_from: RebuildFrom::Store,
             ranking: Ranking::Keys,
+            candidates: 0,
         }
     }
 }
@@ -361,6 +370,7 @@ impl Policy {
             rebuild: parts.rebuild,
             rebuild_from: parts.rebuild_from,
             ranking: parts.ranking,
+            candidates: if by_keys { parts.candidates } else { 0 },
         };
         p.validate()?;
         Ok(p)
@@ -436,6 +446,15 @@ impl Policy {
             return Err(Error::arg(
                 "rebuild rows apply to adore recomputing released tokens (rebuild from recompute); from its store adore gets back every token it chooses",
             ));
+        }
+        if self.candidates > 0 && !self.ranks_by_keys() {
+            return Err(Error::arg(format!("candidates apply to adore ranked by keys, not {}", self.name())));
+        }
+        if self.candidates > 0 && self.candidates <= self.budget {
+            return Err(Error::arg(format!(
+                "candidates ({}) must exceed the budget ({}) to leave the exact attention a choice",
+                self.candidates, self.budget
+            )));
         }
         if self.rebuild > self.budget {
             return Err(Error::arg(format!("rebuild rows ({}) cannot exceed the budget ({})", self.rebuild, self.budget)));

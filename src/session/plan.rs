@@ -24,8 +24,9 @@ enum Attend<'b> {
     /// oracle; with true, the policy's sinks and recent window protected).
     ChosenPerLayer(bool),
     /// Each layer to the `budget` slots of the pages whose key bounds score its query highest
-    /// (with true, the policy's sinks and recent window protected).
-    Quest(bool),
+    /// (with true, the policy's sinks and recent window protected); the first N layers to
+    /// every slot.
+    Quest(bool, usize),
     /// Each layer from the key index's first to the `budget` slots its attention over the
     /// short keys ranks highest (with true, the policy's sinks and recent window protected);
     /// the layers before it to every slot.
@@ -174,10 +175,24 @@ impl<'a> Planner<'a> {
                     };
                     plan.push(ops::attention::build(ctx, &ab, step, heads, self.capacity, rows, Mass::Write)?);
                     self.score_from_mass(plan, rows, score)?;
-                    self.choose(plan, attend, score, protect)?;
+                    let candidates = self.policy().candidates;
+                    match candidates > 0 {
+                        // The short keys nominate; the layer's exact attention over the
+                        // nominees chooses the budget among them.
+                        true => {
+                            self.choose_n(plan, attend, score, protect, candidates)?;
+                            plan.push(self.attention(l, rows, attend, Mass::Write, true)?);
+                            self.score_from_mass(plan, rows, score)?;
+                            self.select(plan, attend, score, protect, self.policy().budget)?;
+                        }
+                        false => self.choose(plan, attend, score, protect)?,
+                    }
                     plan.push(self.attention(l, rows, attend, Mass::None, true)?);
                 }
-                Attend::Quest(protect) => {
+                Attend::Quest(_, dense) if l < dense => {
+                    plan.push(self.attention(l, rows, &s.slot_pos, Mass::None, false)?);
+                }
+                Attend::Quest(protect, _) => {
                     let (Some(attend), Some(score)) = (&s.attend, &s.slot_score) else { unreachable!("a quest session") };
                     let qp = ops::quest::Params {
                         n_heads: c.n_heads as u32,
@@ -293,7 +308,7 @@ impl<'a> Planner<'a> {
                 self.forward(plan, rows, l + 1..layers, Attend::Chosen)
             }
             OracleRanking::PerLayer => self.forward(plan, rows, 0..layers, Attend::ChosenPerLayer(protect)),
-            OracleRanking::Quest => self.forward(plan, rows, 0..layers, Attend::Quest(protect)),
+            OracleRanking::Quest(dense) => self.forward(plan, rows, 0..layers, Attend::Quest(protect, dense)),
             OracleRanking::Keys => self.forward(plan, rows, 0..layers, Attend::Keys(protect)),
             OracleRanking::Controller => {
                 // The controller step ran after the embedding; the session wrote the new rows
@@ -317,9 +332,20 @@ impl<'a> Planner<'a> {
     /// The re-choice: `attend` = the slot table less all but the `budget` best-scored past
     /// tokens (the step's rows stay; with `protect`, the policy's sinks and recent window too).
     fn choose(&self, plan: &mut Vec<Dispatch>, attend: &wgpu::Buffer, score: &wgpu::Buffer, protect: bool) -> Result<()> {
+        self.choose_n(plan, attend, score, protect, self.policy().budget)
+    }
+
+    /// The re-choice with `n` past tokens kept instead of the budget.
+    fn choose_n(&self, plan: &mut Vec<Dispatch>, attend: &wgpu::Buffer, score: &wgpu::Buffer, protect: bool, n: usize) -> Result<()> {
+        plan.push(ops::rebuild::build_copy(self.ctx, &self.s.slot_pos, attend, self.capacity)?);
+        self.select(plan, attend, score, protect, n)
+    }
+
+    /// `table` less all but its `n` best-scored past tokens (the step's rows stay; with
+    /// `protect`, the policy's sinks and recent window too), and its compact list.
+    fn select(&self, plan: &mut Vec<Dispatch>, attend: &wgpu::Buffer, score: &wgpu::Buffer, protect: bool, n: usize) -> Result<()> {
         let (ctx, s) = (self.ctx, self.s);
-        plan.push(ops::rebuild::build_copy(ctx, &s.slot_pos, attend, self.capacity)?);
-        let base = ops::cache_update::Params::new(self.capacity, &self.policy());
+        let base = ops::cache_update::Params { budget: n as u32, ..ops::cache_update::Params::new(self.capacity, &self.policy()) };
         let up = match protect {
             true => ops::cache_update::Params { in_flight: 1, ..base },
             false => ops::cache_update::Params { sinks: 0, recent: 0, in_flight: 1, ..base },

@@ -83,7 +83,7 @@ impl SessionOptions {
     pub fn rechoice(&self) -> Option<Oracle> {
         match self.policy.kind {
             PolicyKind::Oracle => Some(self.oracle),
-            PolicyKind::Quest => Some(Oracle { ranking: OracleRanking::Quest, protect: false }),
+            PolicyKind::Quest => Some(Oracle { ranking: OracleRanking::Quest(0), protect: false }),
             PolicyKind::Adore if self.policy.ranks_by_keys() => Some(Oracle { ranking: OracleRanking::Keys, protect: true }),
             PolicyKind::Adore if self.policy.stores() => Some(Oracle { ranking: OracleRanking::Controller, protect: true }),
             _ => None,
@@ -122,12 +122,20 @@ impl SessionOptions {
         }
         let chunk = match self.policy.kind {
             PolicyKind::Full => self.chunk,
+            // Exact choice from candidates is per row: a chunk's rows would share the last
+            // row's choice, so each prompt token is its own step.
+            _ if self.policy.candidates > 0 => 1,
             _ => self.chunk.min(self.policy.budget),
         }
         .min(self.context);
         if let (PolicyKind::Oracle, OracleRanking::Layer(l)) = (self.policy.kind, self.oracle.ranking) {
             if l >= model.config.layers {
                 return Err(Error::arg(format!("oracle ranking layer-{l}: the model has layers 0 to {}", model.config.layers - 1)));
+            }
+        }
+        if let (PolicyKind::Oracle, OracleRanking::Quest(n)) = (self.policy.kind, self.oracle.ranking) {
+            if n > model.config.layers {
+                return Err(Error::arg(format!("oracle ranking quest-dense-{n}: the model has {} layers", model.config.layers)));
             }
         }
         // What ranks with the controller before the layers run, where a controller that reads
@@ -355,7 +363,7 @@ impl RunState {
         };
         let rechooses = o.rechoice().is_some();
         let quest_bounds = match o.rechoice() {
-            Some(Oracle { ranking: OracleRanking::Quest, .. }) => {
+            Some(Oracle { ranking: OracleRanking::Quest(_), .. }) => {
                 let pages = capacity.div_ceil(ops::quest::PAGE);
                 (0..c.layers).map(|l| ctx.storage(&format!("quest.bounds.{l}"), f(pages * 2 * c.kv_dim()))).collect::<Result<_>>()?
             }

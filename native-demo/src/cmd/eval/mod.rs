@@ -30,8 +30,9 @@ pub struct EvalArgs {
     budgets: Vec<usize>,
     /// Diagnostic oracles, each run at every budget: ranked by `attention` (the oracle's own
     /// ranking), `controller` (the adore controller's score), `layer-L` (layer L's attention
-    /// alone, layers up to L attending densely) or `per-layer` (each layer its own choice);
-    /// with `-protected`, adore's sinks and recent window are protected (`--recent` or adore's
+    /// alone, layers up to L attending densely), `per-layer` (each layer its own choice),
+    /// `keys` (adore's short keys), `quest` or `quest-dense-N` (Quest with its first N layers
+    /// attending densely, as the Quest paper runs it with N = 2); with `-protected`, adore's sinks and recent window are protected (`--recent` or adore's
     /// default) and the rest re-chosen every step.
     #[arg(long, value_delimiter = ',')]
     oracles: Vec<Oracle>,
