@@ -46,6 +46,8 @@ pub struct Dispatch {
     pub pipeline: Arc<wgpu::ComputePipeline>,
     pub bind_group: wgpu::BindGroup,
     pub workgroups: [u32; 3],
+    /// `shader::entry` of the pipeline, for profiles.
+    pub kernel: Arc<str>,
 }
 
 /// Usage of the buffers kernels read and write: storage, copies, and uniform, so that a kernel
@@ -62,6 +64,8 @@ pub struct Context {
     pub features: wgpu::Features,
     binding_limit: u64,
     pipelines: Mutex<HashMap<PipelineKey, Arc<wgpu::ComputePipeline>>>,
+    /// `shader::entry` by pipeline address (cached pipelines live as long as the context).
+    kernels: Mutex<HashMap<usize, Arc<str>>>,
     last_error: Arc<Mutex<Option<String>>>,
     /// Why the device was lost, once it has been.
     lost: Arc<Mutex<Option<String>>>,
@@ -91,7 +95,7 @@ impl Context {
                 .map_err(|e| Error::NoAdapter(e.to_string()))?,
         };
         let info = adapter.get_info();
-        let wanted = wgpu::Features::SHADER_F16 | wgpu::Features::SUBGROUP;
+        let wanted = wgpu::Features::SHADER_F16 | wgpu::Features::SUBGROUP | wgpu::Features::TIMESTAMP_QUERY;
         let features = adapter.features() & wanted;
         let limits = adapter.limits();
         let (device, queue) = adapter
@@ -119,7 +123,18 @@ impl Context {
         });
         let device_limit = (limits.max_storage_buffer_binding_size as u64).min(limits.max_buffer_size);
         let binding_limit = options.max_binding_size.map_or(device_limit, |m| m.min(device_limit));
-        Ok(Self { device, queue, info, limits, features, binding_limit, pipelines: Mutex::default(), last_error, lost })
+        Ok(Self {
+            device,
+            queue,
+            info,
+            limits,
+            features,
+            binding_limit,
+            pipelines: Mutex::default(),
+            kernels: Mutex::default(),
+            last_error,
+            lost,
+        })
     }
 
     /// Blocking form of [`Context::new`] for native programs.
@@ -202,6 +217,9 @@ impl Context {
             });
         }
         let pipeline = Arc::new(pipeline);
+        if let Ok(mut names) = self.kernels.lock() {
+            names.insert(Arc::as_ptr(&pipeline) as usize, format!("{}::{}", key.shader, key.entry).into());
+        }
         cache.insert(key, pipeline.clone());
         Ok(pipeline)
     }
@@ -307,7 +325,8 @@ impl Context {
             })
             .collect();
         let bind_group = self.device.create_bind_group(&wgpu::BindGroupDescriptor { label: None, layout: &layout, entries: &entries });
-        Dispatch { pipeline, bind_group, workgroups }
+        let kernel = self.kernels.lock().ok().and_then(|n| n.get(&(Arc::as_ptr(&pipeline) as usize)).cloned());
+        Dispatch { pipeline, bind_group, workgroups, kernel: kernel.unwrap_or_else(|| "unnamed".into()) }
     }
 
     /// Records `dispatches` into one compute pass of `encoder`, in order.

@@ -16,6 +16,7 @@ pub mod model;
 mod model_file;
 pub mod ops;
 pub mod policy;
+pub mod profile;
 pub mod session;
 pub mod shaders;
 pub mod tensor;

@@ -253,6 +253,17 @@ impl Weights {
     pub fn lm_head(&self) -> &GpuWeight {
         self.lm_head.as_ref().unwrap_or(&self.embed)
     }
+
+    /// Bytes of the matrices one decode step reads whole: every layer's projections and the
+    /// LM head (the embedding gives one row).
+    pub fn matrix_bytes(&self) -> u64 {
+        let layers: u64 = self
+            .layers
+            .iter()
+            .map(|l| [&l.q, &l.k, &l.v, &l.o, &l.gate, &l.up, &l.down].iter().map(|w| w.buffer.size()).sum::<u64>())
+            .sum();
+        layers + self.lm_head().buffer.size()
+    }
 }
 
 /// A model on the GPU, ready for sessions.

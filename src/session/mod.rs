@@ -15,6 +15,7 @@ use crate::gpu::Dispatch;
 use crate::model::Model;
 use crate::ops::{attention::INVALID_SLOT, sample::Sampling, Step};
 use crate::policy::{PolicyKind, SlotMap};
+use crate::profile::{self, StepProfile, Timed, Timing};
 
 pub use inspect::Inspect;
 use state::RunState;
@@ -177,6 +178,16 @@ impl Session {
     /// place when `tokens` is None), with rebuild rows when the policy asks for them; copies
     /// the sampled id to the readback buffer.
     fn submit(&mut self, tokens: Option<&[u32]>, n: usize) -> Result<()> {
+        let (key, rows) = self.prepare(tokens, n)?;
+        let ctx = &self.model.ctx;
+        let mut encoder = ctx.encoder();
+        ctx.record(&mut encoder, &self.plans[&key]);
+        self.finish(encoder, rows, n)
+    }
+
+    /// Everything before recording a step: its plan built if new, slots and per-step values
+    /// written. Returns the plan's key and the step's rows.
+    fn prepare(&mut self, tokens: Option<&[u32]>, n: usize) -> Result<((usize, usize), usize)> {
         let policy = self.options.policy;
         // Rebuild runs with single-token steps, once tokens have been released.
         let rebuild = if n == 1 { policy.rebuild.min(self.n_past.saturating_sub(policy.budget)) } else { 0 };
@@ -219,8 +230,12 @@ impl Session {
             pad: [0; 3],
         };
         ctx.queue.write_buffer(&s.step, 0, bytemuck::bytes_of(&step));
-        let mut encoder = ctx.encoder();
-        ctx.record(&mut encoder, &self.plans[&(cap, rebuild)]);
+        Ok(((cap, rebuild), rows))
+    }
+
+    /// Submits a recorded step with the copy of its token id, and moves the sequence on.
+    fn finish(&mut self, mut encoder: wgpu::CommandEncoder, rows: usize, n: usize) -> Result<()> {
+        let (ctx, s) = (&self.model.ctx, &self.state);
         if !self.options.all_logits {
             encoder.copy_buffer_to_buffer(&s.tokens, 0, &s.readback, 0, 4);
         }
@@ -263,14 +278,48 @@ impl Session {
 
     /// Feeds the previously chosen token (still on the GPU) and returns the next one.
     pub async fn step(&mut self) -> Result<u32> {
+        self.check_step()?;
+        self.submit(None, 1)?;
+        self.read_token().await
+    }
+
+    fn check_step(&self) -> Result<()> {
         if self.n_past == 0 {
             return Err(Error::arg("step() needs a prefill first"));
         }
         if self.n_past >= self.options.context {
             return Err(Error::PromptTooLong { tokens: self.n_past + 1, context: self.options.context });
         }
-        self.submit(None, 1)?;
-        self.read_token().await
+        Ok(())
+    }
+
+    /// [`Session::step`], timing each dispatch of the step as `timing` says (see [`profile`]).
+    pub async fn profile_step(&mut self, timing: Timing) -> Result<(u32, StepProfile)> {
+        self.check_step()?;
+        let (key, rows) = self.prepare(None, 1)?;
+        let ctx = self.model.ctx.clone();
+        let plan = &self.plans[&key];
+        let stamped: Vec<(Arc<str>, [u32; 3])> = plan.iter().map(|d| (d.kernel.clone(), d.workgroups)).collect();
+        let mut encoder = ctx.encoder();
+        let seconds = match timing {
+            Timing::Timestamps => {
+                let stamps = profile::record_timed(&ctx, &mut encoder, plan);
+                self.finish(encoder, rows, 1)?;
+                profile::read_stamps(&ctx, &stamps).await?
+            }
+            #[cfg(not(target_arch = "wasm32"))]
+            Timing::SingleSubmits => {
+                let seconds = profile::run_singly(&ctx, plan)?;
+                self.finish(encoder, rows, 1)?;
+                seconds
+            }
+            #[cfg(target_arch = "wasm32")]
+            Timing::SingleSubmits => return Err(Error::arg("in the browser a profile needs the timestamp-query feature")),
+        };
+        let token = self.read_token().await?;
+        let dispatches =
+            stamped.into_iter().zip(seconds).map(|((kernel, workgroups), seconds)| Timed { kernel, workgroups, seconds }).collect();
+        Ok((token, StepProfile { timing, dispatches }))
     }
 
     /// Feeds a token chosen on the CPU (for teacher forcing or chat turns) and returns the next.

@@ -5,6 +5,7 @@
 use std::path::PathBuf;
 
 use adore::policy::{CacheUpdate, Policy, PolicyKind, RebuildFrom, DEFAULT_BUDGET};
+use adore::profile::{StepProfile, Timing};
 use adore::{Session, SessionOptions};
 use anyhow::{bail, Context as _, Result};
 use clap::Args;
@@ -44,6 +45,11 @@ pub struct BenchArgs {
     /// Write the rows as JSON to this file.
     #[arg(long)]
     json: Option<PathBuf>,
+    /// After the measured repeats at each context, time one more decode step kernel by kernel
+    /// (GPU timestamps where the adapter has them, else each dispatch submitted alone and timed
+    /// on the CPU) and print where its time goes.
+    #[arg(long)]
+    profile: bool,
 }
 
 #[derive(serde::Serialize)]
@@ -60,6 +66,28 @@ struct Row {
     kv_bytes: u64,
     /// K/V bytes one decode step reads (the slots it attends to, every layer).
     attended_kv_bytes: u64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    profile: Option<ProfileJson>,
+}
+
+#[derive(serde::Serialize)]
+struct ProfileJson {
+    timing: &'static str,
+    dispatches_per_step: usize,
+    seconds_per_step: f64,
+    /// Weight bytes of the matrices the step reads whole.
+    weight_bytes_per_step: u64,
+    kv_bytes_per_step: u64,
+    kernels: Vec<KernelJson>,
+}
+
+#[derive(serde::Serialize)]
+struct KernelJson {
+    kernel: String,
+    dispatches: usize,
+    workgroups_min: u64,
+    workgroups_max: u64,
+    seconds: f64,
 }
 
 fn median(mut v: Vec<f64>) -> f64 {
@@ -110,8 +138,9 @@ pub fn run(a: BenchArgs) -> Result<()> {
     contexts.sort_unstable();
     contexts.dedup();
     let longest = contexts.last().copied().unwrap_or(0);
-    // Decoding at each context adds tokens: the warm-up token and the measured ones.
-    let per_context = 1 + repeats * decode_tokens;
+    // Decoding at each context adds tokens: the warm-up token, the measured ones and the
+    // profiled one.
+    let per_context = 1 + repeats * decode_tokens + usize::from(a.profile);
     let max_ctx = longest + per_context;
     if max_ctx > model.config.context {
         bail!(
@@ -165,6 +194,12 @@ pub fn run(a: BenchArgs) -> Result<()> {
                 }
                 dec.push(decode_tokens as f64 / t.elapsed().as_secs_f64());
             }
+            let profile = if a.profile {
+                let (_, p) = pollster::block_on(session.profile_step(Timing::best(&model.ctx)))?;
+                Some(profile_json(&p, model.weights.matrix_bytes(), session.attended_kv_bytes()))
+            } else {
+                None
+            };
             let row = Row {
                 policy: policy.name(),
                 budget: (policy.kind != PolicyKind::Full).then_some(policy.budget),
@@ -175,6 +210,7 @@ pub fn run(a: BenchArgs) -> Result<()> {
                 decode_tokens_per_s: median(dec),
                 kv_bytes: session.kv_bytes(),
                 attended_kv_bytes: session.attended_kv_bytes(),
+                profile,
             };
             eprintln!(
                 "{:>6} ({}) context {:>6}: prefill {:>9} tokens/s, decode {:>8.2} tokens/s",
@@ -188,6 +224,11 @@ pub fn run(a: BenchArgs) -> Result<()> {
         }
     }
     print!("{}", table(&rows));
+    for r in &rows {
+        if let Some(p) = &r.profile {
+            print!("\n{}", profile_table(r, p));
+        }
+    }
     if let Some(path) = &a.json {
         let doc = serde_json::json!({"adapter": model.ctx.describe(), "decode_tokens": decode_tokens, "repeats": repeats, "rows": rows});
         std::fs::write(path, serde_json::to_string_pretty(&doc)?).with_context(|| format!("writing {}", path.display()))?;
@@ -211,6 +252,52 @@ fn table(rows: &[Row]) -> String {
             "| {} | {budget} | {} | {} | {} | {prefill} | {:.2} | {ratio} | {} | {} |\n",
             r.policy, r.rebuild, r.cache_update, r.context, r.decode_tokens_per_s, r.kv_bytes, r.attended_kv_bytes
         );
+    }
+    s
+}
+
+fn profile_json(p: &StepProfile, weight_bytes: u64, kv_bytes: u64) -> ProfileJson {
+    ProfileJson {
+        timing: p.timing.name(),
+        dispatches_per_step: p.dispatches.len(),
+        seconds_per_step: p.seconds(),
+        weight_bytes_per_step: weight_bytes,
+        kv_bytes_per_step: kv_bytes,
+        kernels: p
+            .by_kernel()
+            .into_iter()
+            .map(|k| KernelJson {
+                kernel: k.kernel,
+                dispatches: k.dispatches,
+                workgroups_min: k.workgroups_min,
+                workgroups_max: k.workgroups_max,
+                seconds: k.seconds,
+            })
+            .collect(),
+    }
+}
+
+/// One decode step of one row, kernel by kernel.
+fn profile_table(r: &Row, p: &ProfileJson) -> String {
+    let mut s = format!(
+        "Profile: {} at context {}, one decode step, {}: {} dispatches, {:.2} ms in kernels; reads {:.1} MB of weights and {:.1} MB of K/V\n\n",
+        r.policy,
+        r.context,
+        p.timing,
+        p.dispatches_per_step,
+        p.seconds_per_step * 1e3,
+        p.weight_bytes_per_step as f64 / 1e6,
+        p.kv_bytes_per_step as f64 / 1e6
+    );
+    s += "| kernel | dispatches per step | workgroups per dispatch | ms per step | share |\n|---|---:|---:|---:|---:|\n";
+    for k in &p.kernels {
+        let groups = if k.workgroups_min == k.workgroups_max {
+            k.workgroups_min.to_string()
+        } else {
+            format!("{}-{}", k.workgroups_min, k.workgroups_max)
+        };
+        let share = if p.seconds_per_step > 0.0 { 100.0 * k.seconds / p.seconds_per_step } else { 0.0 };
+        s += &format!("| {} | {} | {groups} | {:.3} | {share:.1}% |\n", k.kernel, k.dispatches, k.seconds * 1e3);
     }
     s
 }
