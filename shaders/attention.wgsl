@@ -11,7 +11,8 @@
 // With listed, the slots visited are list[1 ..= list[0]] (attend_list.wgsl: the valid slots of a
 // long table with few of them) instead of 0 .. step.n_slots.
 // With write_mass, a last pass stores each slot's attention probability for this row and head in
-// mass[r, h, slot] (1: overwrite, 2: add, to sum over layers), for the release policies.
+// mass[r, h, slot] (1: overwrite, 2: add, to sum over layers), for the release policies, for the
+// slots below step.n_slots (those above are free and keep what they held).
 
 struct Params {
     n_heads: u32,
@@ -159,9 +160,10 @@ fn main(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wid: v
             let big = head_m[g];
             let total_l = head_l[g];
             let base = (r * p.n_heads + h0 + g) * p.capacity;
-            for (var j = lid; j < p.capacity; j += WG) {
+            // Slots from step.n_slots up are free: their probabilities are left as they were.
+            for (var j = lid; j < min(p.capacity, step.n_slots); j += WG) {
                 var prob = 0.0;
-                if j < step.n_slots && total_l > 0.0 {
+                if total_l > 0.0 {
                     let sp = slot_pos[j];
                     if sp != INVALID && sp <= pos {
                         let kb = j * kv4 + kvh * HD4;

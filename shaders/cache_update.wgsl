@@ -4,8 +4,10 @@
 // the rest are freed (slot_pos = INVALID). Nothing happens while the cache is within budget.
 // With in_flight, the step's new rows (positions >= n_seen - n_new) stay and do not count
 // against the budget (the oracle selects what those rows attend to).
-// The k-th score and the tie cut are found exactly, bit by bit (32 + 32 counting passes).
-// One workgroup of 256, each invocation owning a contiguous range of slots. Dispatch (1, 1, 1).
+// The k-th score is found exactly by a radix select, a byte per pass (4 histogram passes); the
+// tie cut by position bit by bit (32 counting passes), only when some tied candidates stay and
+// some go. One workgroup of 256, each invocation owning a contiguous range of slots. Dispatch
+// (1, 1, 1).
 
 struct Params {
     capacity: u32,
@@ -24,6 +26,10 @@ struct Params {
 @group(0) @binding(3) var<uniform> step: Step;
 
 const WG: u32 = 256u;
+// Counts per byte value of the score keys that match the bytes chosen so far.
+var<workgroup> hist: array<atomic<u32>, 256>;
+// The current pass's byte, how many candidates of that byte stay, and how many it has.
+var<workgroup> chosen: array<u32, 3>;
 const INVALID: u32 = 0xffffffffu;
 fn protected_pos(pos: u32) -> bool {
     return pos < p.sinks || pos + p.recent >= step.n_seen;
@@ -38,11 +44,30 @@ fn kind(j: u32) -> u32 {
     return select(2u, 1u, protected_pos(pos));
 }
 
+// The largest position cut c with count(tied, pos < c) <= need, tied meaning a candidate with
+// score key thr (called by every invocation).
+fn tie_cut(lid: u32, c0: u32, c1: u32, thr: u32, need: u32) -> u32 {
+    var cut = 0u;
+    for (var bit = 31i; bit >= 0i; bit--) {
+        let cand = cut | (1u << u32(bit));
+        var cnt = 0u;
+        for (var j = c0; j < c1; j++) {
+            cnt += select(0u, 1u, kind(j) == 2u && order_key(score[j]) == thr && slot_pos[j] < cand);
+        }
+        if wg_total_u32(lid, cnt) <= need {
+            cut = cand;
+        }
+    }
+    return cut;
+}
+
 @compute @workgroup_size(256)
 fn main(@builtin(local_invocation_index) lid: u32) {
-    let chunk = (p.capacity + WG - 1u) / WG;
-    let c0 = min(lid * chunk, p.capacity);
-    let c1 = min(c0 + chunk, p.capacity);
+    // Slots at or above step.n_slots are free: only those below are scanned.
+    let n = min(p.capacity, step.n_slots);
+    let chunk = (n + WG - 1u) / WG;
+    let c0 = min(lid * chunk, n);
+    let c1 = min(c0 + chunk, n);
     var n_valid = 0u;
     var n_prot = 0u;
     for (var j = c0; j < c1; j++) {
@@ -57,35 +82,51 @@ fn main(@builtin(local_invocation_index) lid: u32) {
     }
     let keep = p.budget - min(prot, p.budget);  // candidates that stay
 
-    // The largest score key t with count(candidate, key >= t) >= keep.
+    // thr: the keep-th largest candidate key, a byte at a time from the top. need: how many
+    // candidates with key == thr stay (the others above it all stay); ties: how many there are.
     var thr = 0u;
-    for (var bit = 31i; bit >= 0i; bit--) {
-        let cand = thr | (1u << u32(bit));
-        var cnt = 0u;
+    var need = keep;
+    var ties = 0u;
+    for (var round = 0u; round < 4u; round++) {
+        let shift = 24u - 8u * round;
+        atomicStore(&hist[lid], 0u);
+        workgroupBarrier();
         for (var j = c0; j < c1; j++) {
-            cnt += select(0u, 1u, kind(j) == 2u && order_key(score[j]) >= cand);
+            if kind(j) == 2u {
+                let key = order_key(score[j]);
+                // The bytes above this one must equal those chosen (none in the first round).
+                if round == 0u || (key >> (shift + 8u)) == thr {
+                    atomicAdd(&hist[(key >> shift) & 255u], 1u);
+                }
+            }
         }
-        if wg_total_u32(lid, cnt) >= keep {
-            thr = cand;
+        workgroupBarrier();
+        if lid == 0u {
+            // From the largest byte down, to the bucket holding the need-th largest key.
+            var d = 255u;
+            var above = 0u;
+            loop {
+                let c = atomicLoad(&hist[d]);
+                if above + c >= need || d == 0u {
+                    break;
+                }
+                above += c;
+                d -= 1u;
+            }
+            chosen[0] = d;
+            chosen[1] = need - above;
+            chosen[2] = atomicLoad(&hist[d]);
         }
+        // Uniform loads (each also a barrier), so that the branch below may hold barriers.
+        let d = workgroupUniformLoad(&chosen[0]);
+        need = workgroupUniformLoad(&chosen[1]);
+        ties = workgroupUniformLoad(&chosen[2]);
+        thr = (thr << 8u) | d;
     }
-    var above = 0u;
-    for (var j = c0; j < c1; j++) {
-        above += select(0u, 1u, kind(j) == 2u && order_key(score[j]) > thr);
-    }
-    let n_above = wg_total_u32(lid, above);
-    let need = keep - min(n_above, keep);  // tied candidates that stay, lowest positions first
-    // The largest position cut c with count(tied, pos < c) <= need.
-    var cut = 0u;
-    for (var bit = 31i; bit >= 0i; bit--) {
-        let cand = cut | (1u << u32(bit));
-        var cnt = 0u;
-        for (var j = c0; j < c1; j++) {
-            cnt += select(0u, 1u, kind(j) == 2u && order_key(score[j]) == thr && slot_pos[j] < cand);
-        }
-        if wg_total_u32(lid, cnt) <= need {
-            cut = cand;
-        }
+    // Every tied candidate stays, or some go: then the lowest positions stay.
+    var cut = 0xffffffffu;
+    if keep > 0u && ties != need {
+        cut = tie_cut(lid, c0, c1, thr, need);
     }
     for (var j = c0; j < c1; j++) {
         if kind(j) == 2u {

@@ -232,6 +232,24 @@ fn attention_over_slots_with_gaps_and_causal_positions() {
                     list: None,
                 };
                 let what = format!("attention heads {n_heads}/{n_kv} hd {hd} slots {n_slots} rows {rows}");
+                // A cache with slots beyond step.n_slots (valid-looking ones too): they are not
+                // attended to, and their probabilities are left as they were.
+                if rows == 3 {
+                    let cap = n_slots + 7;
+                    let mut wide_pos = slot_pos.clone();
+                    wide_pos.extend((0..7).map(|_| rng.below(400) as u32));
+                    let (wk, wv) = ([k.clone(), rng.vec(7 * kvd, 2.0)].concat(), [v.clone(), rng.vec(7 * kvd, 1.0)].concat());
+                    let (wkb, wvb, wsb) = (buf(&ctx, &wk), buf(&ctx, &wv), buf_u32(&ctx, &wide_pos));
+                    let wide_mass = buf(&ctx, &vec![0.5; rows * n_heads * cap]);
+                    let wide = ops::attention::Buffers { k_cache: &wkb, v_cache: &wvb, slot_pos: &wsb, mass: &wide_mass, ..b };
+                    let mode = ops::attention::Mass::Add;
+                    run(&ctx, ops::attention::build(&ctx, &wide, &step(&ctx, rows, n_slots, 0), heads, cap, rows, mode).unwrap());
+                    assert_close(&format!("{what}, capacity {cap}"), &read(&ctx, &out, want.len()), &want, 1e-4, 1e-4);
+                    let plus: Vec<f32> = (0..rows * n_heads * cap)
+                        .map(|i| if i % cap < n_slots { want_mass[i / cap * n_slots + i % cap] + 0.5 } else { 0.5 })
+                        .collect();
+                    assert_close(&format!("{what}, capacity {cap}, mass"), &read(&ctx, &wide_mass, plus.len()), &plus, 1e-5, 1e-4);
+                }
                 // Odd slot counts also record the probabilities, added to what the buffer held.
                 let mode = if n_slots % 2 == 0 { ops::attention::Mass::None } else { ops::attention::Mass::Add };
                 run(&ctx, ops::attention::build(&ctx, &b, &step(&ctx, rows, n_slots, 0), heads, n_slots, rows, mode).unwrap());
@@ -347,16 +365,27 @@ fn cache_update_score_and_assign_match_references() {
     use ops::cache_update::{self as cu, Params, ScoreParams};
     let ctx = ctx();
     let mut rng = Rng::new(10);
-    for &cap in &[1usize, 3, 17, 255, 257, 1000] {
-        for round in 0..6 {
-            let n_seen = 3000u32;
+    for &cap in &[1usize, 3, 17, 255, 257, 1000, 8192] {
+        for round in 0..12 {
+            let n_seen = 9000u32;
             // Distinct positions, some slots free; scores with ties.
             let mut positions: Vec<u32> = (0..n_seen).collect();
             for i in (1..positions.len()).rev() {
                 positions.swap(i, rng.below(i as u64 + 1) as usize);
             }
-            let slot_pos: Vec<u32> = (0..cap).map(|j| if rng.below(4) == 0 { INVALID_SLOT } else { positions[j] }).collect();
-            let score: Vec<f32> = (0..cap).map(|_| rng.below(7) as f32 * 0.125).collect();
+            // Slots from the high-water mark up are free (the step's n_slots, which may exceed
+            // the capacity: the kernel scans below both).
+            let high = match round % 4 {
+                0 => cap + 5,
+                _ => rng.below(cap as u64 + 1) as usize,
+            };
+            let slot_pos: Vec<u32> = (0..cap).map(|j| if j >= high || rng.below(4) == 0 { INVALID_SLOT } else { positions[j] }).collect();
+            // Rounds 0 to 5: few distinct values (ties everywhere); 6 to 11: distinct values of
+            // both signs and many magnitudes (every byte of the radix select matters).
+            let score: Vec<f32> = match round < 6 {
+                true => (0..cap).map(|_| rng.below(7) as f32 * 0.125).collect(),
+                false => (0..cap).map(|_| rng.f32() * 10f32.powi(rng.below(9) as i32 - 4)).collect(),
+            };
             let budget = rng.below(cap as u64 + 1) as u32;
             // Odd rounds keep the step's new rows (the last n_new positions) outside the budget.
             let p = Params {
@@ -369,7 +398,8 @@ fn cache_update_score_and_assign_match_references() {
             };
             let n_new = [1, 700, 2000][round % 3];
             let (tb, sb) = (buf_u32(&ctx, &slot_pos), buf(&ctx, &score));
-            run(&ctx, cu::build(&ctx, &tb, &sb, &step_seen(&ctx, n_new as usize, n_seen), p).unwrap());
+            let st = ctx.uniform("step", &Step::new(n_new, high as u32, 0, n_seen));
+            run(&ctx, cu::build(&ctx, &tb, &sb, &st, p).unwrap());
             let got = pollster::block_on(ctx.read_u32(&tb, cap)).unwrap();
             assert_eq!(got, cu::reference(&slot_pos, &score, p, n_seen, n_new), "cache_update cap {cap} {p:?} n_new {n_new}");
 
