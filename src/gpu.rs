@@ -64,8 +64,6 @@ pub struct Context {
     pub features: wgpu::Features,
     binding_limit: u64,
     pipelines: Mutex<HashMap<PipelineKey, Arc<wgpu::ComputePipeline>>>,
-    /// `shader::entry` by pipeline address (cached pipelines live as long as the context).
-    kernels: Mutex<HashMap<usize, Arc<str>>>,
     last_error: Arc<Mutex<Option<String>>>,
     /// Why the device was lost, once it has been.
     lost: Arc<Mutex<Option<String>>>,
@@ -123,18 +121,7 @@ impl Context {
         });
         let device_limit = (limits.max_storage_buffer_binding_size as u64).min(limits.max_buffer_size);
         let binding_limit = options.max_binding_size.map_or(device_limit, |m| m.min(device_limit));
-        Ok(Self {
-            device,
-            queue,
-            info,
-            limits,
-            features,
-            binding_limit,
-            pipelines: Mutex::default(),
-            kernels: Mutex::default(),
-            last_error,
-            lost,
-        })
+        Ok(Self { device, queue, info, limits, features, binding_limit, pipelines: Mutex::default(), last_error, lost })
     }
 
     /// Blocking form of [`Context::new`] for native programs.
@@ -217,9 +204,6 @@ impl Context {
             });
         }
         let pipeline = Arc::new(pipeline);
-        if let Ok(mut names) = self.kernels.lock() {
-            names.insert(Arc::as_ptr(&pipeline) as usize, format!("{}::{}", key.shader, key.entry).into());
-        }
         cache.insert(key, pipeline.clone());
         Ok(pipeline)
     }
@@ -325,7 +309,10 @@ impl Context {
             })
             .collect();
         let bind_group = self.device.create_bind_group(&wgpu::BindGroupDescriptor { label: None, layout: &layout, entries: &entries });
-        let kernel = self.kernels.lock().ok().and_then(|n| n.get(&(Arc::as_ptr(&pipeline) as usize)).cloned());
+        // The kernel's name from the pipeline cache's key (plans are built once, so the scan is rare).
+        let kernel = self.pipelines.lock().ok().and_then(|c| {
+            c.iter().find(|(_, p)| Arc::ptr_eq(p, &pipeline)).map(|(k, _)| Arc::<str>::from(format!("{}::{}", k.shader, k.entry)))
+        });
         Dispatch { pipeline, bind_group, workgroups, kernel: kernel.unwrap_or_else(|| "unnamed".into()) }
     }
 

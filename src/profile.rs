@@ -46,7 +46,7 @@ pub struct Timed {
 }
 
 /// Per-kernel totals of one step.
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, serde::Serialize)]
 pub struct KernelRow {
     pub kernel: String,
     pub dispatches: usize,

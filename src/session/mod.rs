@@ -296,6 +296,10 @@ impl Session {
     /// [`Session::step`], timing each dispatch of the step as `timing` says (see [`profile`]).
     pub async fn profile_step(&mut self, timing: Timing) -> Result<(u32, StepProfile)> {
         self.check_step()?;
+        // Refused before the step is prepared: preparing assigns its slots.
+        if cfg!(target_arch = "wasm32") && timing == Timing::SingleSubmits {
+            return Err(Error::arg("in the browser a profile needs the timestamp-query feature"));
+        }
         let (key, rows) = self.prepare(None, 1)?;
         let ctx = self.model.ctx.clone();
         let plan = &self.plans[&key];
@@ -314,7 +318,7 @@ impl Session {
                 seconds
             }
             #[cfg(target_arch = "wasm32")]
-            Timing::SingleSubmits => return Err(Error::arg("in the browser a profile needs the timestamp-query feature")),
+            Timing::SingleSubmits => unreachable!("refused above"),
         };
         let token = self.read_token().await?;
         let dispatches =

@@ -5,7 +5,7 @@
 use std::path::PathBuf;
 
 use adore::policy::{CacheUpdate, Policy, PolicyKind, RebuildFrom, DEFAULT_BUDGET};
-use adore::profile::{StepProfile, Timing};
+use adore::profile::{KernelRow, StepProfile, Timing};
 use adore::{Session, SessionOptions};
 use anyhow::{bail, Context as _, Result};
 use clap::Args;
@@ -78,16 +78,7 @@ struct ProfileJson {
     /// Weight bytes of the matrices the step reads whole.
     weight_bytes_per_step: u64,
     kv_bytes_per_step: u64,
-    kernels: Vec<KernelJson>,
-}
-
-#[derive(serde::Serialize)]
-struct KernelJson {
-    kernel: String,
-    dispatches: usize,
-    workgroups_min: u64,
-    workgroups_max: u64,
-    seconds: f64,
+    kernels: Vec<KernelRow>,
 }
 
 fn median(mut v: Vec<f64>) -> f64 {
@@ -263,17 +254,7 @@ fn profile_json(p: &StepProfile, weight_bytes: u64, kv_bytes: u64) -> ProfileJso
         seconds_per_step: p.seconds(),
         weight_bytes_per_step: weight_bytes,
         kv_bytes_per_step: kv_bytes,
-        kernels: p
-            .by_kernel()
-            .into_iter()
-            .map(|k| KernelJson {
-                kernel: k.kernel,
-                dispatches: k.dispatches,
-                workgroups_min: k.workgroups_min,
-                workgroups_max: k.workgroups_max,
-                seconds: k.seconds,
-            })
-            .collect(),
+        kernels: p.by_kernel(),
     }
 }
 
