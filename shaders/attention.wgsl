@@ -8,8 +8,8 @@
 // sum and weighted V) for each of its HPW heads, so a K or V row is read once for all the
 // heads that share it and the scan needs no barrier; the 64 partial softmaxes are merged at
 // the end through workgroup memory.
-// With listed, the slots visited are list[1 ..= list[0]] (attend_list.wgsl: the valid slots of a
-// long table with few of them) instead of 0 .. step.n_slots.
+// With listed, the slots visited are list[1 ..= list[0]] (written by cache_update.wgsl's choose
+// and narrow: the valid slots of a long table with few of them) instead of 0 .. step.n_slots.
 // With write_mass, a last pass stores each slot's attention probability for this row and head in
 // mass[r, h, slot] (1: overwrite, 2: add, to sum over layers), for the release policies, for the
 // slots below step.n_slots (those above are free and keep what they held).

@@ -8,6 +8,10 @@
 // tie cut by position bit by bit (32 counting passes), only when some tied candidates stay and
 // some go. One workgroup of 256, each invocation owning a contiguous range of slots. Dispatch
 // (1, 1, 1).
+// Entry points: main frees slots of slot_pos in place; choose first copies the table from src
+// (all capacity slots), and it and narrow (in place) then write the valid slots below
+// step.n_slots as a compact ascending list (list[0] = count, list[1 + k] = the k-th slot), so
+// that attention visits only the chosen slots.
 
 struct Params {
     capacity: u32,
@@ -24,12 +28,16 @@ struct Params {
 @group(0) @binding(1) var<storage, read> score: array<f32>;           // (capacity)
 @group(0) @binding(2) var<uniform> p: Params;
 @group(0) @binding(3) var<uniform> step: Step;
+@group(0) @binding(4) var<storage, read_write> list: array<u32>;     // (1 + capacity), choose and narrow
+@group(0) @binding(5) var<storage, read> src: array<u32>;            // (capacity), choose
 
 const WG: u32 = 256u;
 // Counts per byte value of the score keys that match the bytes chosen so far.
 var<workgroup> hist: array<atomic<u32>, 256>;
 // The current pass's byte, how many candidates of that byte stay, and how many it has.
 var<workgroup> chosen: array<u32, 3>;
+// Valid slots per invocation, for the list's offsets.
+var<workgroup> counts: array<u32, 256>;
 const INVALID: u32 = 0xffffffffu;
 fn protected_pos(pos: u32) -> bool {
     return pos < p.sinks || pos + p.recent >= step.n_seen;
@@ -61,13 +69,24 @@ fn tie_cut(lid: u32, c0: u32, c1: u32, thr: u32, need: u32) -> u32 {
     return cut;
 }
 
-@compute @workgroup_size(256)
-fn main(@builtin(local_invocation_index) lid: u32) {
-    // Slots at or above step.n_slots are free: only those below are scanned.
-    let n = min(p.capacity, step.n_slots);
-    let chunk = (n + WG - 1u) / WG;
-    let c0 = min(lid * chunk, n);
-    let c1 = min(c0 + chunk, n);
+// Slots at or above step.n_slots are free: only those below are scanned, invocation lid
+// owning c0 .. c1 of them.
+fn slots_below() -> u32 {
+    return min(p.capacity, step.n_slots);
+}
+
+fn range_start(lid: u32) -> u32 {
+    let n = slots_below();
+    return min(lid * ((n + WG - 1u) / WG), n);
+}
+
+fn range_end(lid: u32) -> u32 {
+    let n = slots_below();
+    return min(range_start(lid) + (n + WG - 1u) / WG, n);
+}
+
+// The decision over the invocation's slots c0 .. c1 (called by every invocation).
+fn release(lid: u32, c0: u32, c1: u32) {
     var n_valid = 0u;
     var n_prot = 0u;
     for (var j = c0; j < c1; j++) {
@@ -137,4 +156,56 @@ fn main(@builtin(local_invocation_index) lid: u32) {
             }
         }
     }
+}
+
+// The list of the valid slots below step.n_slots (called by every invocation).
+fn write_list(lid: u32, c0: u32, c1: u32) {
+    var c = 0u;
+    for (var j = c0; j < c1; j++) {
+        c += select(0u, 1u, slot_pos[j] != INVALID);
+    }
+    counts[lid] = c;
+    workgroupBarrier();
+    var off = 0u;
+    for (var t = 0u; t < lid; t++) {
+        off += counts[t];
+    }
+    for (var j = c0; j < c1; j++) {
+        if slot_pos[j] != INVALID {
+            list[1u + off] = j;
+            off++;
+        }
+    }
+    if lid == WG - 1u {
+        list[0] = off;
+    }
+}
+
+@compute @workgroup_size(256)
+fn main(@builtin(local_invocation_index) lid: u32) {
+    release(lid, range_start(lid), range_end(lid));
+}
+
+@compute @workgroup_size(256)
+fn narrow(@builtin(local_invocation_index) lid: u32) {
+    let c0 = range_start(lid);
+    let c1 = range_end(lid);
+    release(lid, c0, c1);
+    write_list(lid, c0, c1);
+}
+
+@compute @workgroup_size(256)
+fn choose(@builtin(local_invocation_index) lid: u32) {
+    let c0 = range_start(lid);
+    let c1 = range_end(lid);
+    // Each invocation copies the slots it owns (and a share of the free ones above), so no
+    // barrier is needed before its own decision reads them.
+    for (var j = c0; j < c1; j++) {
+        slot_pos[j] = src[j];
+    }
+    for (var j = slots_below() + lid; j < p.capacity; j += WG) {
+        slot_pos[j] = src[j];
+    }
+    release(lid, c0, c1);
+    write_list(lid, c0, c1);
 }

@@ -66,14 +66,12 @@ shader!(CONTROLLER_SCORE, "controller_score", false);
 shader!(REBUILD_RANK, "rebuild_rank", false);
 shader!(REBUILD_MASK, "rebuild_mask", false);
 shader!(REBUILD_ROWS, "rebuild_rows", false);
-shader!(TABLE_COPY, "table_copy", false);
 shader!(STAGED_MOVES, "staged_moves", false);
 shader!(SELECT_MATRIX, "select_matrix", false);
 shader!(SELECT_MATMUL, "select_matmul", false);
 shader!(SELECT_STORE, "select_store", false);
 shader!(QUEST_BOUNDS, "quest_bounds", false);
 shader!(QUEST_SCORE, "quest_score", false);
-shader!(ATTEND_LIST, "attend_list", false);
 
 /// Every kernel, for validation tests.
 pub const ALL: &[&Shader] = &[
@@ -96,12 +94,10 @@ pub const ALL: &[&Shader] = &[
     &REBUILD_RANK,
     &REBUILD_MASK,
     &REBUILD_ROWS,
-    &TABLE_COPY,
     &STAGED_MOVES,
     &SELECT_MATRIX,
     &SELECT_MATMUL,
     &SELECT_STORE,
     &QUEST_BOUNDS,
     &QUEST_SCORE,
-    &ATTEND_LIST,
 ];

@@ -258,13 +258,23 @@ fn attention_over_slots_with_gaps_and_causal_positions() {
                     let plus: Vec<f32> = want_mass.iter().map(|m| m + 0.5).collect();
                     assert_close(&format!("{what}, mass"), &read(&ctx, &mass, plus.len()), &plus, 1e-5, 1e-4);
                 }
-                // Through the compact list of the valid slots (made by attend_list): the same.
+                // Through the compact list of the valid slots (made by the selection with a
+                // budget that keeps them all): the same.
                 let list = ctx.storage("list", ((n_slots + 1) * 4) as u64).unwrap();
                 let stp = step(&ctx, rows, n_slots, 0);
-                run(&ctx, ops::attention::build_list(&ctx, &sb, &list, &stp, n_slots).unwrap());
+                let keep_all = ops::cache_update::Params {
+                    capacity: n_slots as u32,
+                    budget: n_slots as u32,
+                    sinks: 0,
+                    recent: 0,
+                    in_flight: 0,
+                    pad: [0; 3],
+                };
+                let score = buf(&ctx, &vec![0.0; n_slots]);
+                run(&ctx, ops::cache_update::build_chosen(&ctx, None, &sb, &score, &list, &stp, keep_all).unwrap());
                 let got_list = pollster::block_on(ctx.read_u32(&list, n_slots + 1)).unwrap();
                 let want_list = ops::attention::reference_list(&slot_pos, n_slots);
-                assert_eq!(got_list[..want_list.len()], want_list[..], "attend_list slots {n_slots}");
+                assert_eq!(got_list[..want_list.len()], want_list[..], "listed slots {n_slots}");
                 let listed = ctx.storage("out", (rows * n_heads * hd * 4) as u64).unwrap();
                 let b = ops::attention::Buffers { out: &listed, list: Some(&list), ..b };
                 run(&ctx, ops::attention::build(&ctx, &b, &stp, heads, n_slots, rows, ops::attention::Mass::None).unwrap());
@@ -401,7 +411,24 @@ fn cache_update_score_and_assign_match_references() {
             let st = ctx.uniform("step", &Step::new(n_new, high as u32, 0, n_seen));
             run(&ctx, cu::build(&ctx, &tb, &sb, &st, p).unwrap());
             let got = pollster::block_on(ctx.read_u32(&tb, cap)).unwrap();
-            assert_eq!(got, cu::reference(&slot_pos, &score, p, n_seen, n_new), "cache_update cap {cap} {p:?} n_new {n_new}");
+            let want = cu::reference(&slot_pos, &score, p, n_seen, n_new);
+            assert_eq!(got, want, "cache_update cap {cap} {p:?} n_new {n_new}");
+            // The attended choice: copied from the table into one holding garbage, or in place;
+            // then its valid slots listed.
+            let want_list = ops::attention::reference_list(&want, high);
+            for from_src in [true, false] {
+                let garbage: Vec<u32> = (0..cap).map(|_| rng.below(1 << 32) as u32).collect();
+                let (table, src) = match from_src {
+                    true => (buf_u32(&ctx, &garbage), Some(buf_u32(&ctx, &slot_pos))),
+                    false => (buf_u32(&ctx, &slot_pos), None),
+                };
+                let list = ctx.storage("list", ((cap + 1) * 4) as u64).unwrap();
+                run(&ctx, cu::build_chosen(&ctx, src.as_ref(), &table, &sb, &list, &st, p).unwrap());
+                let what = format!("chosen (copied: {from_src}) cap {cap} {p:?} n_new {n_new}");
+                assert_eq!(pollster::block_on(ctx.read_u32(&table, cap)).unwrap(), want, "{what}");
+                let got_list = pollster::block_on(ctx.read_u32(&list, want_list.len())).unwrap();
+                assert_eq!(got_list, want_list, "{what}: list");
+            }
 
             let rows = 1 + rng.below(4) as usize;
             let want_slots = cu::reference_assign(&slot_pos, rows);

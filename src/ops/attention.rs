@@ -72,7 +72,7 @@ pub struct Buffers<'a> {
     pub out: &'a wgpu::Buffer,
     /// (rows, n_heads, capacity) f32 when mass is recorded; any small buffer otherwise.
     pub mass: &'a wgpu::Buffer,
-    /// The valid slots of `slot_pos` as a compact list ([`build_list`]), when few of many are
+    /// The valid slots of `slot_pos` as a compact list (`cache_update::build_chosen`), when few of many are
     /// valid; None scans every slot below `Step::n_slots`.
     pub list: Option<&'a wgpu::Buffer>,
 }
@@ -126,23 +126,8 @@ pub fn build(
 }
 
 /// Reference in f64: q (rows, n_heads·hd), caches (n_slots, n_kv·hd), slot_pos (n_slots).
-#[repr(C)]
-#[derive(Clone, Copy, Debug, bytemuck::Pod, bytemuck::Zeroable)]
-pub struct ListParams {
-    pub capacity: u32,
-    pub pad: [u32; 3],
-}
-
-/// Dispatch writing the valid slots of `table` below `Step::n_slots` into `list` (count first).
-pub fn build_list(ctx: &Context, table: &wgpu::Buffer, list: &wgpu::Buffer, step: &wgpu::Buffer, capacity: usize) -> Result<Dispatch> {
-    check_len("attend_list", "table", table, capacity)?;
-    check_len("attend_list", "list", list, capacity + 1)?;
-    let params = ctx.uniform("attend_list.params", &ListParams { capacity: capacity as u32, pad: [0; 3] });
-    let pipeline = ctx.pipeline(&shaders::ATTEND_LIST, "main", &[])?;
-    Ok(ctx.dispatch(pipeline, &[table, list, &params, step], [1, 1, 1]))
-}
-
-/// Reference of [`build_list`] over the first `n_slots` slots.
+/// Reference of the compact list of a table's valid slots below `n_slots`
+/// ([`crate::ops::cache_update::build_chosen`] writes it).
 pub fn reference_list(table: &[u32], n_slots: usize) -> Vec<u32> {
     let valid: Vec<u32> = (0..n_slots.min(table.len()) as u32).filter(|&j| table[j as usize] != INVALID_SLOT).collect();
     std::iter::once(valid.len() as u32).chain(valid).collect()

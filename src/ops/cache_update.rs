@@ -42,6 +42,36 @@ pub fn build(ctx: &Context, slot_pos: &wgpu::Buffer, score: &wgpu::Buffer, step:
     Ok(ctx.dispatch(pipeline, &[slot_pos, score, &params, step], [1, 1, 1]))
 }
 
+/// Dispatch choosing the attended slots: the decision of [`build`] on `table`, after copying it
+/// from `src` when given (in place otherwise), and the valid slots below `Step::n_slots` listed
+/// into `list` (count first; [`crate::ops::attention::reference_list`]).
+pub fn build_chosen(
+    ctx: &Context,
+    src: Option<&wgpu::Buffer>,
+    table: &wgpu::Buffer,
+    score: &wgpu::Buffer,
+    list: &wgpu::Buffer,
+    step: &wgpu::Buffer,
+    p: Params,
+) -> Result<Dispatch> {
+    let cap = p.capacity as usize;
+    check_len("cache_update", "table", table, cap)?;
+    check_len("cache_update", "score", score, cap)?;
+    check_len("cache_update", "list", list, cap + 1)?;
+    let params = ctx.uniform("cache_update.params", &p);
+    Ok(match src {
+        Some(src) => {
+            check_len("cache_update", "src", src, cap)?;
+            let pipeline = ctx.pipeline(&shaders::CACHE_UPDATE, "choose", &[])?;
+            ctx.dispatch(pipeline, &[table, score, &params, step, list, src], [1, 1, 1])
+        }
+        None => {
+            let pipeline = ctx.pipeline(&shaders::CACHE_UPDATE, "narrow", &[])?;
+            ctx.dispatch(pipeline, &[table, score, &params, step, list], [1, 1, 1])
+        }
+    })
+}
+
 /// Reference: the slot table after the decision, for `n_seen` tokens of which the last
 /// `n_new` came in this step.
 pub fn reference(slot_pos: &[u32], score: &[f32], p: Params, n_seen: u32, n_new: u32) -> Vec<u32> {

@@ -1,7 +1,6 @@
 //! ADORE's rebuild on the GPU: the controller's score of every earlier token
 //! (shaders/rebuild_rank.wgsl), the cached ones masked out (shaders/rebuild_mask.wgsl), and the
-//! rebuild rows filled from the top-R selection (shaders/rebuild_rows.wgsl). Also the table copy
-//! the oracle starts its selection from (shaders/table_copy.wgsl).
+//! rebuild rows filled from the top-R selection (shaders/rebuild_rows.wgsl).
 
 use super::{check_len, controller::GpuController, groups};
 use crate::error::Result;
@@ -63,12 +62,4 @@ pub fn build_rows(ctx: &Context, b: &Rows, step: &wgpu::Buffer, max_rows: usize)
     check_len("rebuild_rows", "positions", b.positions, max_rows)?;
     let pipeline = ctx.pipeline(&shaders::REBUILD_ROWS, "main", &[])?;
     Ok(ctx.dispatch(pipeline, &[b.tokens, b.positions, b.ids, b.indices, step], [1, 1, 1]))
-}
-
-/// Dispatch copying a u32 table of `n` entries.
-pub fn build_copy(ctx: &Context, src: &wgpu::Buffer, dst: &wgpu::Buffer, n: usize) -> Result<Dispatch> {
-    check_len("table_copy", "src", src, n)?;
-    check_len("table_copy", "dst", dst, n)?;
-    let pipeline = ctx.pipeline(&shaders::TABLE_COPY, "main", &[])?;
-    Ok(ctx.dispatch(pipeline, &[src, dst], [groups("table_copy", n, 64)?, 1, 1]))
 }

@@ -337,22 +337,34 @@ impl<'a> Planner<'a> {
 
     /// The re-choice with `n` past tokens kept instead of the budget.
     fn choose_n(&self, plan: &mut Vec<Dispatch>, attend: &wgpu::Buffer, score: &wgpu::Buffer, protect: bool, n: usize) -> Result<()> {
-        plan.push(ops::rebuild::build_copy(self.ctx, &self.s.slot_pos, attend, self.capacity)?);
-        self.select(plan, attend, score, protect, n)
+        self.chosen(plan, Some(&self.s.slot_pos), attend, score, protect, n)
     }
 
     /// `table` less all but its `n` best-scored past tokens (the step's rows stay; with
     /// `protect`, the policy's sinks and recent window too), and its compact list.
     fn select(&self, plan: &mut Vec<Dispatch>, attend: &wgpu::Buffer, score: &wgpu::Buffer, protect: bool, n: usize) -> Result<()> {
-        let (ctx, s) = (self.ctx, self.s);
+        self.chosen(plan, None, attend, score, protect, n)
+    }
+
+    /// The choice of `n` into `attend` (copied from `src` when given, in place otherwise) and
+    /// its list, in one dispatch.
+    fn chosen(
+        &self,
+        plan: &mut Vec<Dispatch>,
+        src: Option<&wgpu::Buffer>,
+        attend: &wgpu::Buffer,
+        score: &wgpu::Buffer,
+        protect: bool,
+        n: usize,
+    ) -> Result<()> {
+        let s = self.s;
         let base = ops::cache_update::Params { budget: n as u32, ..ops::cache_update::Params::new(self.capacity, &self.policy()) };
         let up = match protect {
             true => ops::cache_update::Params { in_flight: 1, ..base },
             false => ops::cache_update::Params { sinks: 0, recent: 0, in_flight: 1, ..base },
         };
-        plan.push(ops::cache_update::build(ctx, attend, score, &s.step, up)?);
         let Some(list) = &s.attend_list else { unreachable!("a re-choosing session lists its choice") };
-        plan.push(ops::attention::build_list(ctx, attend, list, &s.step, self.capacity)?);
+        plan.push(ops::cache_update::build_chosen(self.ctx, src, attend, score, list, &s.step, up)?);
         Ok(())
     }
 
