@@ -125,7 +125,6 @@ pub fn build(
     ))
 }
 
-/// Reference in f64: q (rows, n_heads·hd), caches (n_slots, n_kv·hd), slot_pos (n_slots).
 /// Reference of the compact list of a table's valid slots below `n_slots`
 /// ([`crate::ops::cache_update::build_chosen`] writes it).
 pub fn reference_list(table: &[u32], n_slots: usize) -> Vec<u32> {
@@ -133,6 +132,7 @@ pub fn reference_list(table: &[u32], n_slots: usize) -> Vec<u32> {
     std::iter::once(valid.len() as u32).chain(valid).collect()
 }
 
+/// Reference in f64: q (rows, n_heads·hd), caches (n_slots, n_kv·hd), slot_pos (n_slots).
 pub fn reference(q: &[f32], k: &[f32], v: &[f32], slot_pos: &[u32], positions: &[u32], heads: Heads) -> Vec<f32> {
     reference_with_mass(q, k, v, slot_pos, positions, heads).0
 }
