@@ -4,7 +4,7 @@
 use std::sync::Arc;
 
 use adore::gpu::{Context, ContextOptions, Dispatch};
-use adore::ops::{self, attention::Heads, matmul::Variant, Step};
+use adore::ops::{self, attention::Heads, matmul::Output, matmul::Variant, Step};
 use adore::tensor::{quantize, DType, GpuWeight, HostTensor};
 
 fn time(ctx: &Context, name: &str, d: Dispatch, flops: f64) {
@@ -58,7 +58,7 @@ fn main() -> adore::Result<()> {
         let t = HostTensor { name: format!("{dtype:?} {n}x{k}"), dtype, shape: vec![n, k], data: quantize(dtype, &rnd[..n * k]).into() };
         let w = GpuWeight::upload(&ctx, &t)?;
         for v in [Variant::Cooperative, Variant::Independent, Variant::UniformInput] {
-            let d = ops::matmul::build_variant(&ctx, v, &w, &x, &y, &step, rows, 0)?;
+            let d = ops::matmul::build_variant(&ctx, v, &w, &x, &y, Output::default(), &step, rows, 0)?;
             time_all(
                 &ctx,
                 &format!("matmul {:?} {} {v:?}", dtype, t.shape.iter().map(|s| s.to_string()).collect::<Vec<_>>().join("x")),
@@ -84,9 +84,12 @@ fn main() -> adore::Result<()> {
     );
     let g = ctx.storage("g", (ffn * 4) as u64)?;
     time(&ctx, "rmsnorm 576", ops::rmsnorm::build(&ctx, &x, &g, &y, &step, hidden, 1e-5, rows, false)?, (rows * hidden * 3) as f64);
-    time(&ctx, "rope 9x64", ops::rope::build(&ctx, &q, &pos, &step, 9, 64, 1e5, true, rows)?, (rows * 576 * 3) as f64);
-    time(&ctx, "swiglu 1536", ops::swiglu::build(&ctx, &x, &y, &step, ffn, rows)?, (rows * ffn * 4) as f64);
-    time(&ctx, "add 576", ops::add::build(&ctx, &x, &y, &step, hidden, rows)?, (rows * hidden) as f64);
+    let kv_rows = ctx.storage("k", (rows * 192 * 4) as u64)?;
+    let slots = ctx.storage_init("slots", bytemuck::cast_slice(&(0..rows as u32).collect::<Vec<_>>()))?;
+    let qkv = ops::rope::Qkv { qkv: &y, q: &q, k: &kv_rows, k_cache: &kc, v_cache: &vc, slots: &slots, slot_pos: &sp, positions: &pos };
+    let r = ops::rope::Rope { n_heads: 9, n_kv_heads: 3, head_dim: 64, theta: 1e5, interleaved: true };
+    time(&ctx, "rope 9x64 + kv store", ops::rope::build(&ctx, &qkv, &step, r, 512, rows, true)?, (rows * 960 * 3) as f64);
+    time(&ctx, "swiglu 1536", ops::swiglu::build(&ctx, &y, &x, &step, ffn, rows)?, (rows * ffn * 4) as f64);
 
     // The KV policy kernels at the default model's sizes: budget 256, 512 slots, 8192 positions.
     let (cap, budget, context, kvd) = (512usize, 256usize, 8192usize, 192usize);

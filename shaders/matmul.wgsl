@@ -13,20 +13,37 @@
 //     workgroup of 64 covers 64 outputs × 16 rows; dispatch (ceil(n / 64), ceil(rows / 16), 1).
 
 struct Params {
-    k: u32,     // input features
-    n: u32,     // output features
-    rows: u32,  // rows of x; 0 = step.n_rows
-    pad: u32,
+    k: u32,         // input features
+    n: u32,         // output features
+    rows: u32,      // rows of x; 0 = step.n_rows
+    first: u32,     // unused here (matvec_cpu.wgsl's window)
+    y_stride: u32,  // elements between rows of y
+    y_offset: u32,  // y's column of output 0
+    pad0: u32,
+    pad1: u32,
 }
+
+// 1: y += x · Wᵀ (a residual add in the epilogue); 0: y = x · Wᵀ.
+override ADD: u32 = 0u;
 
 @group(0) @binding(0) var<storage, read> weights: array<u32>;  // W: (n, k) in format WTYPE
 @group(0) @binding(1) var<storage, read> x: array<f32>;        // (rows, k)
-@group(0) @binding(2) var<storage, read_write> y: array<f32>;  // (rows, n)
+@group(0) @binding(2) var<storage, read_write> y: array<f32>;  // (rows, y_stride)
 @group(0) @binding(3) var<uniform> p: Params;
 @group(0) @binding(4) var<uniform> step: Step;
 
 fn n_rows() -> u32 {
     return select(step.n_rows, p.rows, p.rows != 0u);
+}
+
+// Output `o` of row `r`, placed and written as the epilogue says.
+fn store(r: u32, o: u32, v: f32) {
+    let i = r * p.y_stride + p.y_offset + o;
+    if ADD != 0u {
+        y[i] = y[i] + v;
+    } else {
+        y[i] = v;
+    }
 }
 
 // x[i .. i + 8], zero past `valid` values.
@@ -72,7 +89,7 @@ fn matvec(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wid:
             for (var j = 0u; j < 8u; j++) {
                 s += partial[t * 64u + lid + j];
             }
-            y[t * p.n + out] = s;
+            store(t, out, s);
         }
     }
 }
@@ -133,7 +150,7 @@ fn tiled(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wid: 
         for (var j = 0u; j < 4u; j++) {
             let n = n0 + tx + 16u * j;
             if r < rows && n < p.n {
-                y[r * p.n + n] = acc[i * 4u + j];
+                store(r, n, acc[i * 4u + j]);
             }
         }
     }
@@ -152,7 +169,7 @@ fn matvec_row(@builtin(global_invocation_id) gid: vec3<u32>) {
         for (var g = 0u; g < groups; g++) {
             acc += dot8(dequant8(out, g, p.k), x8(t * p.k + g * 8u, p.k - g * 8u));
         }
-        y[t * p.n + out] = acc;
+        store(t, out, acc);
     }
 }
 
@@ -192,7 +209,7 @@ fn blocked(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wid
     for (var t = 0u; t < 4u; t++) {
         for (var j = 0u; j < 4u; j++) {
             if r0 + t < rows && n0 + j < p.n {
-                y[(r0 + t) * p.n + n0 + j] = acc[t][j];
+                store(r0 + t, n0 + j, acc[t][j]);
             }
         }
     }

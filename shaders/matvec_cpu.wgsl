@@ -18,10 +18,27 @@
 const XLEN: u32 = 4096u;
 
 struct Params {
-    k: u32,     // input features
-    n: u32,     // output features
-    rows: u32,  // rows of x; 0 = step.n_rows
-    first: u32, // window_cpu: the row of x at the start of the bound window
+    k: u32,         // input features
+    n: u32,         // output features
+    rows: u32,      // rows of x; 0 = step.n_rows
+    first: u32,     // window_cpu: the row of x at the start of the bound window
+    y_stride: u32,  // elements between rows of y
+    y_offset: u32,  // y's column of output 0
+    pad0: u32,
+    pad1: u32,
+}
+
+// 1: y += x · Wᵀ (a residual add in the epilogue); 0: y = x · Wᵀ.
+override ADD: u32 = 0u;
+
+// Output `o` of row `r`, placed and written as the epilogue says.
+fn store(r: u32, o: u32, v: f32) {
+    let i = r * p.y_stride + p.y_offset + o;
+    if ADD != 0u {
+        y[i] = y[i] + v;
+    } else {
+        y[i] = v;
+    }
 }
 
 // p is a storage buffer: lavapipe (Mesa 22.3) inlines uniform values that steer loops and
@@ -29,7 +46,7 @@ struct Params {
 // grew by 6 MB per token with p uniform here).
 @group(0) @binding(0) var<storage, read> weights: array<u32>;  // W: (n, k) in format WTYPE
 @group(0) @binding(1) var<uniform> x: array<vec4<f32>, XLEN>;  // (rows, k), or the window's rows
-@group(0) @binding(2) var<storage, read_write> y: array<f32>;  // (rows, n)
+@group(0) @binding(2) var<storage, read_write> y: array<f32>;  // (rows, y_stride)
 @group(0) @binding(3) var<storage, read> p: Params;
 @group(0) @binding(4) var<uniform> step: Step;
 
@@ -119,7 +136,7 @@ fn matvec_cpu(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(workgroup_
         acc += block_dot(block(out, b), x0 + b * 8u);
     }
     if gid.x < p.n {
-        y[t * p.n + gid.x] = acc;
+        store(t, gid.x, acc);
     }
 }
 
@@ -147,7 +164,7 @@ fn window_cpu(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(workgroup_
     if gid.x < p.n {
         for (var i = 0u; i < 4u; i++) {
             if r0 + i <= last {
-                y[(p.first + r0 + i) * p.n + gid.x] = acc[i];
+                store(p.first + r0 + i, gid.x, acc[i]);
             }
         }
     }

@@ -1,4 +1,5 @@
-// swiglu.wgsl: gate[r, i] <- silu(gate[r, i]) · up[r, i], in place.
+// swiglu.wgsl: out[r, i] = silu(gate[r, i]) · up[r, i], from the stacked product of gate and up,
+// gate_up (rows, 2 dim): gate in columns 0 .. dim, up in dim .. 2 dim.
 // Invocation = one element; dispatch (ceil(dim / 64), rows, 1).
 
 struct Params {
@@ -8,8 +9,8 @@ struct Params {
     pad2: u32,
 }
 
-@group(0) @binding(0) var<storage, read_write> gate: array<f32>;  // (rows, dim)
-@group(0) @binding(1) var<storage, read> up: array<f32>;          // (rows, dim)
+@group(0) @binding(0) var<storage, read> gate_up: array<f32>;    // (rows, 2 dim)
+@group(0) @binding(1) var<storage, read_write> out: array<f32>;  // (rows, dim)
 @group(0) @binding(2) var<uniform> p: Params;
 @group(0) @binding(3) var<uniform> step: Step;
 
@@ -18,6 +19,6 @@ fn main(@builtin(global_invocation_id) gid: vec3<u32>) {
     if gid.y >= step.n_rows || gid.x >= p.dim {
         return;
     }
-    let i = gid.y * p.dim + gid.x;
-    gate[i] = silu(gate[i]) * up[i];
+    let g = gid.y * 2u * p.dim + gid.x;
+    out[gid.y * p.dim + gid.x] = silu(gate_up[g]) * gate_up[g + p.dim];
 }

@@ -53,7 +53,6 @@ shader!(EMBED, "embed", true);
 shader!(RMSNORM, "rmsnorm", false);
 shader!(ROPE, "rope", false);
 shader!(SWIGLU, "swiglu", false);
-shader!(ADD, "add", false);
 shader!(KV_WRITE, "kv_write", false);
 shader!(ATTENTION, "attention", false);
 shader!(SAMPLE, "sample", false);
@@ -81,7 +80,6 @@ pub const ALL: &[&Shader] = &[
     &RMSNORM,
     &ROPE,
     &SWIGLU,
-    &ADD,
     &KV_WRITE,
     &ATTENTION,
     &SAMPLE,

@@ -261,4 +261,19 @@ impl GpuWeight {
         let buffer = ctx.storage_init(&t.name, &bytes)?;
         Ok(Self { name: t.name.clone(), wtype, rows, cols, buffer })
     }
+
+    /// Matrices that multiply the same input, uploaded as one matrix with their rows stacked in
+    /// order (one product gives all their outputs) when they share a type and a row length;
+    /// otherwise each alone, in order.
+    pub fn upload_stacked(ctx: &Context, name: &str, parts: &[&HostTensor]) -> Result<Vec<Self>> {
+        let Some(first) = parts.first() else { return Ok(Vec::new()) };
+        let (_, cols) = first.rows_cols();
+        if parts.len() == 1 || parts.iter().any(|t| t.dtype != first.dtype || t.rows_cols().1 != cols) {
+            return parts.iter().map(|t| Self::upload(ctx, t)).collect();
+        }
+        let rows: usize = parts.iter().map(|t| t.rows_cols().0).sum();
+        let data: Vec<u8> = parts.iter().flat_map(|t| t.data.iter().copied()).collect();
+        let stacked = HostTensor { name: name.to_string(), dtype: first.dtype, shape: vec![rows, cols], data: data.into() };
+        Ok(vec![Self::upload(ctx, &stacked)?])
+    }
 }

@@ -3,7 +3,7 @@
 mod common;
 
 use adore::gpu::{Context, Dispatch};
-use adore::ops::{self, attention::Heads, attention::INVALID_SLOT, matmul::Variant, sample::Sampling, Step};
+use adore::ops::{self, attention::Heads, attention::INVALID_SLOT, matmul::Output, matmul::Variant, sample::Sampling, Step};
 use adore::tensor::{dequantize, quantize, DType, GpuWeight, HostTensor};
 use common::{assert_close, ctx, Rng, AWKWARD};
 
@@ -53,16 +53,30 @@ fn matmul_all_types_variants_and_sizes() {
                     for variant in [Variant::Cooperative, Variant::Independent, Variant::UniformInput] {
                         let xb = buf(&ctx, &x);
                         let y = ctx.storage("y", (rows * n * 4) as u64).unwrap();
-                        let d = ops::matmul::build_variant(&ctx, variant, &w, &xb, &y, &step(&ctx, rows, 0, 0), rows, 0).unwrap();
+                        let out = Output::default();
+                        let d = ops::matmul::build_variant(&ctx, variant, &w, &xb, &y, out, &step(&ctx, rows, 0, 0), rows, 0).unwrap();
                         ctx.run(&d).unwrap();
                         let tol = 1e-4 * (k as f32).sqrt();
-                        assert_close(
-                            &format!("matmul {dtype:?} {variant:?} rows {rows} n {n} k {k}"),
-                            &read(&ctx, &y, rows * n),
-                            &want,
-                            tol,
-                            1e-4,
-                        );
+                        let what = format!("matmul {dtype:?} {variant:?} rows {rows} n {n} k {k}");
+                        assert_close(&what, &read(&ctx, &y, rows * n), &want, tol, 1e-4);
+                        // Placed in columns 3 .. 3 + n of wider rows and added to what they held.
+                        if n * k <= 100_000 {
+                            let stride = n + 5;
+                            let held = rng.vec(rows * stride, 1.0);
+                            let yb = buf(&ctx, &held);
+                            let out = Output { stride, offset: 3, add: true };
+                            ctx.run(
+                                &ops::matmul::build_variant(&ctx, variant, &w, &xb, &yb, out, &step(&ctx, rows, 0, 0), rows, 0).unwrap(),
+                            )
+                            .unwrap();
+                            let mut placed = held.clone();
+                            for r in 0..rows {
+                                for o in 0..n {
+                                    placed[r * stride + 3 + o] += want[r * n + o];
+                                }
+                            }
+                            assert_close(&format!("{what}, placed and added"), &read(&ctx, &yb, rows * stride), &placed, tol, 1e-4);
+                        }
                     }
                 }
             }
@@ -120,47 +134,67 @@ fn rmsnorm_sizes_and_last_row() {
 }
 
 #[test]
-fn rope_both_layouts() {
+fn rope_on_stacked_qkv_with_the_kv_store() {
     let ctx = ctx();
     let mut rng = Rng::new(4);
+    let cap = 300;
     for interleaved in [true, false] {
-        for &(heads, hd) in &[(1usize, 2usize), (3, 64), (9, 64), (17, 16), (2, 128)] {
+        for &(nh, nkv, hd) in &[(1usize, 1usize, 2usize), (3, 1, 64), (9, 3, 64), (17, 17, 16), (4, 2, 128)] {
             for &rows in &[1usize, 3, 17, 255] {
-                let x = rng.vec(rows * heads * hd, 1.0);
+                let (q_dim, kv_dim) = (nh * hd, nkv * hd);
+                let width = q_dim + 2 * kv_dim;
+                let qkv = rng.vec(rows * width, 1.0);
                 let pos: Vec<u32> = (0..rows).map(|_| rng.below(8192) as u32).collect();
-                let want = ops::rope::reference(&x, &pos, heads, hd, 100000.0, interleaved);
-                let xb = buf(&ctx, &x);
-                run(
-                    &ctx,
-                    ops::rope::build(&ctx, &xb, &buf_u32(&ctx, &pos), &step(&ctx, rows, 0, 0), heads, hd, 100000.0, interleaved, rows)
-                        .unwrap(),
-                );
+                // Distinct slots; some rows (as a recompute step's) go to no slot.
+                let mut order: Vec<u32> = (0..cap as u32).collect();
+                for i in (1..order.len()).rev() {
+                    order.swap(i, rng.below(i as u64 + 1) as usize);
+                }
+                let slots: Vec<u32> = (0..rows).map(|r| if r % 5 == 4 { INVALID_SLOT } else { order[r] }).collect();
+                let part = |from: usize, len: usize| -> Vec<f32> {
+                    (0..rows).flat_map(|r| qkv[r * width + from..r * width + from + len].to_vec()).collect()
+                };
+                let want_q = ops::rope::reference(&part(0, q_dim), &pos, nh, hd, 100000.0, interleaved);
+                let want_k = ops::rope::reference(&part(q_dim, kv_dim), &pos, nkv, hd, 100000.0, interleaved);
+                let init = rng.vec(cap * kv_dim, 1.0);
+                let (qb, kb) =
+                    (ctx.storage("q", (rows * q_dim * 4) as u64).unwrap(), ctx.storage("k", (rows * kv_dim * 4) as u64).unwrap());
+                let (kc, vc, sp) = (buf(&ctx, &init), buf(&ctx, &init), buf_u32(&ctx, &vec![INVALID_SLOT; cap]));
+                let (qkvb, sb, pb) = (buf(&ctx, &qkv), buf_u32(&ctx, &slots), buf_u32(&ctx, &pos));
+                let b =
+                    ops::rope::Qkv { qkv: &qkvb, q: &qb, k: &kb, k_cache: &kc, v_cache: &vc, slots: &sb, slot_pos: &sp, positions: &pb };
+                let r = ops::rope::Rope { n_heads: nh, n_kv_heads: nkv, head_dim: hd, theta: 100000.0, interleaved };
+                run(&ctx, ops::rope::build(&ctx, &b, &step(&ctx, rows, 0, 0), r, cap, rows, true).unwrap());
                 // f32 angles at positions up to 8192 carry ~1e-3 rad of rounding.
-                assert_close(
-                    &format!("rope interleaved={interleaved} heads {heads} hd {hd} rows {rows}"),
-                    &read(&ctx, &xb, x.len()),
-                    &want,
-                    3e-3,
-                    1e-3,
-                );
+                let what = format!("rope interleaved={interleaved} heads {nh}/{nkv} hd {hd} rows {rows}");
+                assert_close(&format!("{what}: q"), &read(&ctx, &qb, rows * q_dim), &want_q, 3e-3, 1e-3);
+                assert_close(&format!("{what}: k"), &read(&ctx, &kb, rows * kv_dim), &want_k, 3e-3, 1e-3);
+                let (mut wk, mut wv) = (init.clone(), init.clone());
+                ops::kv_write::reference(&mut wk, &want_k, &slots, kv_dim);
+                ops::kv_write::reference(&mut wv, &part(q_dim + kv_dim, kv_dim), &slots, kv_dim);
+                assert_close(&format!("{what}: k cache"), &read(&ctx, &kc, cap * kv_dim), &wk, 3e-3, 1e-3);
+                assert_close(&format!("{what}: v cache"), &read(&ctx, &vc, cap * kv_dim), &wv, 0.0, 0.0);
+                let mut table = vec![INVALID_SLOT; cap];
+                for (r, &s) in slots.iter().enumerate().filter(|(_, s)| (**s as usize) < cap) {
+                    table[s as usize] = pos[r];
+                }
+                assert_eq!(pollster::block_on(ctx.read_u32(&sp, cap)).unwrap(), table, "{what}: slot table");
             }
         }
     }
 }
 
 #[test]
-fn elementwise_swiglu_and_add() {
+fn swiglu_on_stacked_gate_and_up() {
     let ctx = ctx();
     let mut rng = Rng::new(5);
     for &dim in AWKWARD {
         for &rows in &[1usize, 3, 17] {
             let (g, u) = (rng.vec(rows * dim, 6.0), rng.vec(rows * dim, 2.0));
-            let gb = buf(&ctx, &g);
-            run(&ctx, ops::swiglu::build(&ctx, &gb, &buf(&ctx, &u), &step(&ctx, rows, 0, 0), dim, rows).unwrap());
-            assert_close(&format!("swiglu dim {dim} rows {rows}"), &read(&ctx, &gb, g.len()), &ops::swiglu::reference(&g, &u), 1e-5, 1e-5);
-            let xb = buf(&ctx, &g);
-            run(&ctx, ops::add::build(&ctx, &xb, &buf(&ctx, &u), &step(&ctx, rows, 0, 0), dim, rows).unwrap());
-            assert_close(&format!("add dim {dim} rows {rows}"), &read(&ctx, &xb, g.len()), &ops::add::reference(&g, &u), 0.0, 0.0);
+            let stacked: Vec<f32> = (0..rows).flat_map(|r| [&g[r * dim..(r + 1) * dim], &u[r * dim..(r + 1) * dim]].concat()).collect();
+            let out = ctx.storage("out", (rows * dim * 4) as u64).unwrap();
+            run(&ctx, ops::swiglu::build(&ctx, &buf(&ctx, &stacked), &out, &step(&ctx, rows, 0, 0), dim, rows).unwrap());
+            assert_close(&format!("swiglu dim {dim} rows {rows}"), &read(&ctx, &out, g.len()), &ops::swiglu::reference(&g, &u), 1e-5, 1e-5);
         }
     }
 }

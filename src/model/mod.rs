@@ -230,14 +230,21 @@ impl<'a> ModelSpec<'a> {
 /// One transformer block's weights on the GPU.
 pub struct Layer {
     pub attn_norm: wgpu::Buffer,
-    pub q: GpuWeight,
-    pub k: GpuWeight,
-    pub v: GpuWeight,
+    /// The q, k and v projections, rows stacked in one matrix when their types match (one
+    /// product), otherwise apart in that order.
+    pub qkv: Vec<GpuWeight>,
     pub o: GpuWeight,
     pub ffn_norm: wgpu::Buffer,
-    pub gate: GpuWeight,
-    pub up: GpuWeight,
+    /// The gate and up projections, stacked likewise.
+    pub gate_up: Vec<GpuWeight>,
     pub down: GpuWeight,
+}
+
+impl Layer {
+    /// The matrices of the layer.
+    pub fn matrices(&self) -> impl Iterator<Item = &GpuWeight> {
+        self.qkv.iter().chain([&self.o]).chain(&self.gate_up).chain([&self.down])
+    }
 }
 
 /// All weights on the GPU.
@@ -257,11 +264,7 @@ impl Weights {
     /// Bytes of the matrices one decode step reads whole: every layer's projections and the
     /// LM head (the embedding gives one row).
     pub fn matrix_bytes(&self) -> u64 {
-        let layers: u64 = self
-            .layers
-            .iter()
-            .map(|l| [&l.q, &l.k, &l.v, &l.o, &l.gate, &l.up, &l.down].iter().map(|w| w.buffer.size()).sum::<u64>())
-            .sum();
+        let layers: u64 = self.layers.iter().map(|l| l.matrices().map(|w| w.buffer.size()).sum::<u64>()).sum();
         layers + self.lm_head().buffer.size()
     }
 }
@@ -288,32 +291,29 @@ impl Model {
             done += t.data.len() as u64;
             progress(done, total);
         };
-        let mut weight = |name: &str| -> Result<GpuWeight> {
-            let t = spec.get(name)?;
-            let w = GpuWeight::upload(&ctx, t)?;
-            step(t);
+        let mut stacked = |name: &str, parts: &[String]| -> Result<Vec<GpuWeight>> {
+            let tensors = parts.iter().map(|p| spec.get(p)).collect::<Result<Vec<_>>>()?;
+            let w = GpuWeight::upload_stacked(&ctx, name, &tensors)?;
+            tensors.iter().for_each(|t| step(t));
             Ok(w)
         };
         let norm = |name: &str| -> Result<wgpu::Buffer> {
             let t = spec.get(name)?;
             ctx.storage_init(name, bytemuck::cast_slice(&t.to_f32()))
         };
-        let embed = weight("token_embd.weight")?;
-        let lm_head = if spec.tensors.contains_key("output.weight") { Some(weight("output.weight")?) } else { None };
+        let embed = stacked("token_embd.weight", &["token_embd.weight".into()])?.remove(0);
+        let lm_head = match spec.tensors.contains_key("output.weight") {
+            true => Some(stacked("output.weight", &["output.weight".into()])?.remove(0)),
+            false => None,
+        };
         let mut layers = Vec::with_capacity(spec.config.layers);
         for l in 0..spec.config.layers {
             let n = |s: &str| format!("blk.{l}.{s}.weight");
-            layers.push(Layer {
-                attn_norm: norm(&n("attn_norm"))?,
-                q: weight(&n("attn_q"))?,
-                k: weight(&n("attn_k"))?,
-                v: weight(&n("attn_v"))?,
-                o: weight(&n("attn_output"))?,
-                ffn_norm: norm(&n("ffn_norm"))?,
-                gate: weight(&n("ffn_gate"))?,
-                up: weight(&n("ffn_up"))?,
-                down: weight(&n("ffn_down"))?,
-            });
+            let qkv = stacked(&format!("blk.{l}.attn_qkv"), &[n("attn_q"), n("attn_k"), n("attn_v")])?;
+            let o = stacked(&n("attn_output"), &[n("attn_output")])?.remove(0);
+            let gate_up = stacked(&format!("blk.{l}.ffn_gate_up"), &[n("ffn_gate"), n("ffn_up")])?;
+            let down = stacked(&n("ffn_down"), &[n("ffn_down")])?.remove(0);
+            layers.push(Layer { attn_norm: norm(&n("attn_norm"))?, qkv, o, ffn_norm: norm(&n("ffn_norm"))?, gate_up, down });
         }
         let output_norm = norm("output_norm.weight")?;
         ctx.take_error()?;

@@ -20,6 +20,33 @@ pub struct Params {
     pub rows: u32,
     /// The windowed CPU kernel: the row of x at the start of the bound window; 0 otherwise.
     pub first: u32,
+    /// Elements between rows of y.
+    pub y_stride: u32,
+    /// y's column of the first output.
+    pub y_offset: u32,
+    pub pad: [u32; 2],
+}
+
+/// Where a product's outputs go: a block of columns of a wider y (its row stride and first
+/// column), written or added to what y holds (a residual stream).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Output {
+    /// Elements between rows of y; 0 = the product's output count (y is the product alone).
+    pub stride: usize,
+    /// y's column of the first output.
+    pub offset: usize,
+    /// y += x · Wᵀ instead of y = x · Wᵀ.
+    pub add: bool,
+}
+
+impl Output {
+    /// y += x · Wᵀ (a residual add in the product's epilogue).
+    pub const ADD: Output = Output { stride: 0, offset: 0, add: true };
+
+    /// Columns `offset ..` of a y with rows of `stride` elements.
+    pub fn columns(stride: usize, offset: usize) -> Self {
+        Output { stride, offset, add: false }
+    }
 }
 
 /// Kernel shapes: cooperative workgroups (GPUs) or independent invocations (CPU-backed devices).
@@ -71,7 +98,21 @@ pub fn build(
     max_rows: usize,
     fixed_rows: u32,
 ) -> Result<Vec<Dispatch>> {
-    build_variant(ctx, Variant::for_device(ctx), w, x, y, step, max_rows, fixed_rows)
+    build_variant(ctx, Variant::for_device(ctx), w, x, y, Output::default(), step, max_rows, fixed_rows)
+}
+
+/// [`build`] with the outputs placed (or added) as `out` says.
+pub fn build_into(
+    ctx: &Context,
+    w: &GpuWeight,
+    x: &wgpu::Buffer,
+    y: &wgpu::Buffer,
+    out: Output,
+    step: &wgpu::Buffer,
+    max_rows: usize,
+    fixed_rows: u32,
+) -> Result<Vec<Dispatch>> {
+    build_variant(ctx, Variant::for_device(ctx), w, x, y, out, step, max_rows, fixed_rows)
 }
 
 /// [`build`] with the kernel shape chosen by the caller.
@@ -82,17 +123,34 @@ pub fn build_variant(
     w: &GpuWeight,
     x: &wgpu::Buffer,
     y: &wgpu::Buffer,
+    out: Output,
     step: &wgpu::Buffer,
     max_rows: usize,
     fixed_rows: u32,
 ) -> Result<Vec<Dispatch>> {
     let (n, k) = (w.rows, w.cols);
+    let stride = if out.stride == 0 { n } else { out.stride };
+    if out.offset + n > stride {
+        return Err(Error::Shape {
+            op: "matmul",
+            what: format!("{}: {n} outputs from column {} overrun rows of {stride}", w.name, out.offset),
+        });
+    }
     if max_rows == 0 || n == 0 || k == 0 {
         return Err(Error::Shape { op: "matmul", what: format!("{}: empty shape ({max_rows} rows, {n} x {k})", w.name) });
     }
     check_len("matmul", "x", x, max_rows * k)?;
-    check_len("matmul", "y", y, max_rows * n)?;
-    let constants = [("WTYPE", w.wtype as u32 as f64)];
+    check_len("matmul", "y", y, max_rows * stride)?;
+    let constants = [("WTYPE", w.wtype as u32 as f64), ("ADD", out.add as u32 as f64)];
+    let params = |first: usize| Params {
+        k: k as u32,
+        n: n as u32,
+        rows: fixed_rows,
+        first: first as u32,
+        y_stride: stride as u32,
+        y_offset: out.offset as u32,
+        pad: [0; 2],
+    };
     if variant == Variant::UniformInput {
         if let Some(window) = window_rows(ctx, k) {
             // Decode: x whole, one dispatch. Prefill: one dispatch per window of rows.
@@ -102,8 +160,7 @@ pub fn build_variant(
             for first in (0..max_rows).step_by(window) {
                 let count = window.min(max_rows - first);
                 let pipeline = ctx.pipeline_with(&shaders::MATVEC_CPU, entry, &constants, &[("XLEN", (count * k / 4) as u32)])?;
-                let at = Params { k: k as u32, n: n as u32, rows: fixed_rows, first: first as u32 };
-                let params = ctx.storage_init("matmul.params", bytemuck::bytes_of(&at))?;
+                let params = ctx.storage_init("matmul.params", bytemuck::bytes_of(&params(first)))?;
                 let range = Some((first as u64 * row_bytes, count as u64 * row_bytes));
                 let bound = [(&w.buffer, None), (x, range), (y, None), (&params, None), (step, None)];
                 let wg_y = if entry == "matvec_cpu" { count as u32 } else { groups("matmul", count, 4)? };
@@ -112,7 +169,7 @@ pub fn build_variant(
             return Ok(plan);
         }
     }
-    let params = ctx.uniform("matmul.params", &Params { k: k as u32, n: n as u32, rows: fixed_rows, first: 0 });
+    let params = ctx.uniform("matmul.params", &params(0));
     let (entry, wg) = match (max_rows <= MATVEC_MAX_ROWS, variant) {
         (true, Variant::Cooperative) => ("matvec", [groups("matmul", n, 8)?, 1, 1]),
         (true, Variant::Independent | Variant::UniformInput) => ("matvec_row", [groups("matmul", n, 64)?, 1, 1]),

@@ -1,7 +1,6 @@
 //! One Rust wrapper per WGSL kernel: its params struct (field for field the WGSL struct), shape
 //! checks, dispatch construction and a plain-Rust reference that the tests compare against.
 
-pub mod add;
 pub mod attention;
 pub mod cache_update;
 pub mod controller;

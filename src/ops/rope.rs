@@ -1,4 +1,5 @@
-//! Rotary position embedding, interleaved-pair or rotate-half layout (shaders/rope.wgsl).
+//! Rotary position embedding (interleaved-pair or rotate-half layout) on a step's stacked q, k
+//! and v, with the store of k and v in their KV slots (shaders/rope.wgsl).
 
 use super::{check_len, groups};
 use crate::error::{Error, Result};
@@ -9,40 +10,86 @@ use crate::shaders;
 #[derive(Clone, Copy, Debug, bytemuck::Pod, bytemuck::Zeroable)]
 pub struct Params {
     pub n_heads: u32,
+    pub n_kv_heads: u32,
     pub head_dim: u32,
     pub theta: f32,
     pub interleaved: u32,
+    pub write_table: u32,
+    pub capacity: u32,
+    pub pad: u32,
 }
 
-/// Dispatch rotating x (rows, n_heads, head_dim) in place at positions[r].
-#[allow(clippy::too_many_arguments)]
+/// The buffers the dispatch touches: it reads `qkv` (rows, q_dim + 2 kv_dim) and writes the
+/// rest.
+pub struct Qkv<'a> {
+    pub qkv: &'a wgpu::Buffer,
+    pub q: &'a wgpu::Buffer,
+    pub k: &'a wgpu::Buffer,
+    pub k_cache: &'a wgpu::Buffer,
+    pub v_cache: &'a wgpu::Buffer,
+    pub slots: &'a wgpu::Buffer,
+    pub slot_pos: &'a wgpu::Buffer,
+    pub positions: &'a wgpu::Buffer,
+}
+
+/// The heads' shape and rotation.
+#[derive(Clone, Copy, Debug)]
+pub struct Rope {
+    pub n_heads: usize,
+    pub n_kv_heads: usize,
+    pub head_dim: usize,
+    pub theta: f32,
+    pub interleaved: bool,
+}
+
+/// Dispatch rotating q and k of rows (from `qkv`) at positions[r] into `q` and `k`, and storing
+/// k and v at `slots[r]` of caches of `capacity` slots (with `write_table`, positions[r] too).
 pub fn build(
     ctx: &Context,
-    x: &wgpu::Buffer,
-    positions: &wgpu::Buffer,
+    b: &Qkv,
     step: &wgpu::Buffer,
-    n_heads: usize,
-    head_dim: usize,
-    theta: f32,
-    interleaved: bool,
+    r: Rope,
+    capacity: usize,
     max_rows: usize,
+    write_table: bool,
 ) -> Result<Dispatch> {
-    if head_dim == 0 || !head_dim.is_multiple_of(2) || n_heads == 0 || !(theta > 0.0) {
-        return Err(Error::Shape { op: "rope", what: format!("n_heads {n_heads}, head_dim {head_dim} (must be even), theta {theta}") });
+    let (nh, nkv, hd) = (r.n_heads, r.n_kv_heads, r.head_dim);
+    if hd == 0 || !hd.is_multiple_of(2) || nh == 0 || nkv == 0 || !(r.theta > 0.0) {
+        return Err(Error::Shape {
+            op: "rope",
+            what: format!("n_heads {nh}, n_kv_heads {nkv}, head_dim {hd} (must be even), theta {}", r.theta),
+        });
     }
-    check_len("rope", "x", x, max_rows * n_heads * head_dim)?;
-    check_len("rope", "positions", positions, max_rows)?;
-    let params =
-        ctx.uniform("rope.params", &Params { n_heads: n_heads as u32, head_dim: head_dim as u32, theta, interleaved: interleaved as u32 });
+    let (q_dim, kv_dim) = (nh * hd, nkv * hd);
+    check_len("rope", "qkv", b.qkv, max_rows * (q_dim + 2 * kv_dim))?;
+    check_len("rope", "q", b.q, max_rows * q_dim)?;
+    check_len("rope", "k", b.k, max_rows * kv_dim)?;
+    check_len("rope", "k_cache", b.k_cache, capacity * kv_dim)?;
+    check_len("rope", "v_cache", b.v_cache, capacity * kv_dim)?;
+    check_len("rope", "slots", b.slots, max_rows)?;
+    check_len("rope", "slot_pos", b.slot_pos, capacity)?;
+    check_len("rope", "positions", b.positions, max_rows)?;
+    let p = Params {
+        n_heads: nh as u32,
+        n_kv_heads: nkv as u32,
+        head_dim: hd as u32,
+        theta: r.theta,
+        interleaved: r.interleaved as u32,
+        write_table: write_table as u32,
+        capacity: capacity as u32,
+        pad: 0,
+    };
+    let params = ctx.uniform("rope.params", &p);
     let pipeline = ctx.pipeline(&shaders::ROPE, "main", &[])?;
+    let items = (nh + nkv) * hd / 2 + kv_dim;
     Ok(ctx.dispatch(
         pipeline,
-        &[x, positions, &params, step],
-        [groups("rope", n_heads * head_dim / 2, 64)?, groups("rope", max_rows, 1)?, 1],
+        &[b.qkv, b.q, b.k, b.k_cache, b.v_cache, b.slots, b.slot_pos, b.positions, &params, step],
+        [groups("rope", items, 64)?, groups("rope", max_rows, 1)?, 1],
     ))
 }
 
-/// Reference, in f64.
+/// Reference rotation of x (rows, n_heads, head_dim), in f64.
 pub fn reference(x: &[f32], positions: &[u32], n_heads: usize, head_dim: usize, theta: f32, interleaved: bool) -> Vec<f32> {
     let mut y = x.to_vec();
     let half = head_dim / 2;

@@ -1,4 +1,4 @@
-//! SwiGLU gate: gate <- silu(gate) · up (shaders/swiglu.wgsl).
+//! SwiGLU: out = silu(gate) · up, from the stacked product of gate and up (shaders/swiglu.wgsl).
 
 use super::{check_len, groups};
 use crate::error::Result;
@@ -14,14 +14,23 @@ pub struct Params {
     pub pad2: u32,
 }
 
-pub fn build(ctx: &Context, gate: &wgpu::Buffer, up: &wgpu::Buffer, step: &wgpu::Buffer, dim: usize, max_rows: usize) -> Result<Dispatch> {
-    check_len("swiglu", "gate", gate, max_rows * dim)?;
-    check_len("swiglu", "up", up, max_rows * dim)?;
+/// out (rows, dim) from gate_up (rows, 2 dim): gate in its first `dim` columns, up in the rest.
+pub fn build(
+    ctx: &Context,
+    gate_up: &wgpu::Buffer,
+    out: &wgpu::Buffer,
+    step: &wgpu::Buffer,
+    dim: usize,
+    max_rows: usize,
+) -> Result<Dispatch> {
+    check_len("swiglu", "gate_up", gate_up, max_rows * 2 * dim)?;
+    check_len("swiglu", "out", out, max_rows * dim)?;
     let params = ctx.uniform("swiglu.params", &Params { dim: dim as u32, pad0: 0, pad1: 0, pad2: 0 });
     let pipeline = ctx.pipeline(&shaders::SWIGLU, "main", &[])?;
-    Ok(ctx.dispatch(pipeline, &[gate, up, &params, step], [groups("swiglu", dim, 64)?, groups("swiglu", max_rows, 1)?, 1]))
+    Ok(ctx.dispatch(pipeline, &[gate_up, out, &params, step], [groups("swiglu", dim, 64)?, groups("swiglu", max_rows, 1)?, 1]))
 }
 
+/// Reference, in f64, on gate and up apart.
 pub fn reference(gate: &[f32], up: &[f32]) -> Vec<f32> {
     gate.iter().zip(up).map(|(g, u)| ((*g as f64 / (1.0 + (-*g as f64).exp())) * *u as f64) as f32).collect()
 }

@@ -6,8 +6,9 @@
 use crate::error::Result;
 use crate::gpu::{Context, Dispatch};
 use crate::model::{Config, Model, Weights};
-use crate::ops::{self, attention::Heads, attention::Mass};
+use crate::ops::{self, attention::Heads, attention::Mass, matmul::Output};
 use crate::policy::{Oracle, OracleRanking, Policy, PolicyKind};
+use crate::tensor::GpuWeight;
 
 use super::state::{ControllerState, RunState, SessionOptions};
 
@@ -106,21 +107,35 @@ impl<'a> Planner<'a> {
             let layer = &self.w.layers[l];
             // Attention: norm, q/k/v projections, rotary positions, store k/v, attend, project, add.
             plan.push(ops::rmsnorm::build(ctx, &s.x, &layer.attn_norm, &s.xn, step, c.hidden, c.rms_eps, rows, false)?);
-            plan.extend(ops::matmul::build(ctx, &layer.q, &s.xn, &s.q, step, rows, 0)?);
-            plan.extend(ops::matmul::build(ctx, &layer.k, &s.xn, &s.k, step, rows, 0)?);
-            plan.extend(ops::matmul::build(ctx, &layer.v, &s.xn, &s.v, step, rows, 0)?);
-            plan.push(ops::rope::build(ctx, &s.q, &s.positions, step, c.n_heads, c.head_dim, c.rope_theta, c.rope_interleaved, rows)?);
-            plan.push(ops::rope::build(ctx, &s.k, &s.positions, step, c.n_kv_heads, c.head_dim, c.rope_theta, c.rope_interleaved, rows)?);
-            let kv = ops::kv_write::KvWrite {
+            self.stacked(plan, &layer.qkv, &s.xn, &s.qkv, rows)?;
+            let qkv = ops::rope::Qkv {
+                qkv: &s.qkv,
+                q: &s.q,
                 k: &s.k,
-                v: &s.v,
                 k_cache: &s.k_cache[l],
                 v_cache: &s.v_cache[l],
                 slots: &s.slots,
                 slot_pos: &s.slot_pos,
                 positions: &s.positions,
             };
-            plan.push(ops::kv_write::build(ctx, &kv, step, c.kv_dim(), self.capacity, rows, l == 0)?);
+            let rope = ops::rope::Rope {
+                n_heads: c.n_heads,
+                n_kv_heads: c.n_kv_heads,
+                head_dim: c.head_dim,
+                theta: c.rope_theta,
+                interleaved: c.rope_interleaved,
+            };
+            plan.push(ops::rope::build(ctx, &qkv, step, rope, self.capacity, rows, l == 0)?);
+            // The other writes into slots (queries recorded, short keys) take this one's buffers.
+            let kv = ops::kv_write::KvWrite {
+                k: &s.k,
+                v: &s.k,
+                k_cache: &s.k_cache[l],
+                v_cache: &s.v_cache[l],
+                slots: &s.slots,
+                slot_pos: &s.slot_pos,
+                positions: &s.positions,
+            };
             if let Some(record) = s.q_record.get(l) {
                 // Queries by slot, for fitting a key index: the KV write with q as both rows.
                 let spare = &s.q_record[c.layers];
@@ -207,15 +222,25 @@ impl<'a> Planner<'a> {
                     plan.push(self.attention(l, rows, attend, Mass::None, true)?);
                 }
             }
-            plan.extend(ops::matmul::build(ctx, &layer.o, &s.att, &s.proj, step, rows, 0)?);
-            plan.push(ops::add::build(ctx, &s.x, &s.proj, step, c.hidden, rows)?);
-            // Feed-forward: norm, gate and up projections, SwiGLU, down projection, add.
+            // The output projection adds into the residual stream.
+            plan.extend(ops::matmul::build_into(ctx, &layer.o, &s.att, &s.x, Output::ADD, step, rows, 0)?);
+            // Feed-forward: norm, gate and up projections, SwiGLU, down projection added in.
             plan.push(ops::rmsnorm::build(ctx, &s.x, &layer.ffn_norm, &s.xn, step, c.hidden, c.rms_eps, rows, false)?);
-            plan.extend(ops::matmul::build(ctx, &layer.gate, &s.xn, &s.gate, step, rows, 0)?);
-            plan.extend(ops::matmul::build(ctx, &layer.up, &s.xn, &s.up, step, rows, 0)?);
-            plan.push(ops::swiglu::build(ctx, &s.gate, &s.up, step, c.ffn, rows)?);
-            plan.extend(ops::matmul::build(ctx, &layer.down, &s.gate, &s.proj, step, rows, 0)?);
-            plan.push(ops::add::build(ctx, &s.x, &s.proj, step, c.hidden, rows)?);
+            self.stacked(plan, &layer.gate_up, &s.xn, &s.gate_up, rows)?;
+            plan.push(ops::swiglu::build(ctx, &s.gate_up, &s.gate, step, c.ffn, rows)?);
+            plan.extend(ops::matmul::build_into(ctx, &layer.down, &s.gate, &s.x, Output::ADD, step, rows, 0)?);
+        }
+        Ok(())
+    }
+
+    /// The products of matrices that share an input, into the columns of `y` in order: one
+    /// product where the matrices are stacked, one each otherwise.
+    fn stacked(&self, plan: &mut Vec<Dispatch>, parts: &[GpuWeight], x: &wgpu::Buffer, y: &wgpu::Buffer, rows: usize) -> Result<()> {
+        let stride = parts.iter().map(|w| w.rows).sum();
+        let mut offset = 0;
+        for w in parts {
+            plan.extend(ops::matmul::build_into(self.ctx, w, x, y, Output::columns(stride, offset), &self.s.step, rows, 0)?);
+            offset += w.rows;
         }
         Ok(())
     }

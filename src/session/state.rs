@@ -213,11 +213,10 @@ pub(crate) struct RunState {
     pub xn: wgpu::Buffer,            // (rows, hidden) normalised
     pub q: wgpu::Buffer,             // (rows, n_heads, head_dim)
     pub k: wgpu::Buffer,             // (rows, n_kv_heads, head_dim)
-    pub v: wgpu::Buffer,             // (rows, n_kv_heads, head_dim)
+    pub qkv: wgpu::Buffer,           // (rows, q_dim + 2 kv_dim) the q, k and v products, stacked
     pub att: wgpu::Buffer,           // (rows, n_heads, head_dim)
-    pub proj: wgpu::Buffer,          // (rows, hidden) attention / FFN output
     pub gate: wgpu::Buffer,          // (rows, ffn)
-    pub up: wgpu::Buffer,            // (rows, ffn)
+    pub gate_up: wgpu::Buffer,       // (rows, 2 ffn) the gate and up products, stacked
     pub last: wgpu::Buffer,          // (1, hidden) normalised last row
     pub logits: wgpu::Buffer,        // (1 or chunk, vocab)
     pub k_cache: Vec<wgpu::Buffer>,  // per layer (capacity, n_kv_heads, head_dim)
@@ -379,11 +378,10 @@ impl RunState {
             xn: ctx.storage("xn", f(rows * c.hidden))?,
             q: ctx.storage("q", f(rows * c.q_dim()))?,
             k: ctx.storage("k", f(rows * c.kv_dim()))?,
-            v: ctx.storage("v", f(rows * c.kv_dim()))?,
+            qkv: ctx.storage("qkv", f(rows * (c.q_dim() + 2 * c.kv_dim())))?,
             att: ctx.storage("att", f(rows * c.q_dim()))?,
-            proj: ctx.storage("proj", f(rows * c.hidden))?,
             gate: ctx.storage("gate", f(rows * c.ffn))?,
-            up: ctx.storage("up", f(rows * c.ffn))?,
+            gate_up: ctx.storage("gate_up", f(rows * 2 * c.ffn))?,
             last: ctx.storage("last", f(c.hidden))?,
             logits: ctx.storage("logits", f(logit_rows * c.vocab))?,
             k_cache: cache("k")?,
