@@ -42,6 +42,9 @@ fn gguf_forward_matches_reference() {
     std::fs::write(&path, tiny.gguf_bytes()).unwrap();
     let model = load(&path);
     assert!(model.config.rope_interleaved);
+    // q, k, v (Q4_0, Q4_1, Q8_0) and gate, up (Q8_0, Q4_0) differ in type: each its own product.
+    let layer = &model.weights.layers[0];
+    assert_eq!((layer.qkv.len(), layer.gate_up.len()), (3, 2), "matrices of different types are not stacked");
     check_all_logits(model.clone(), &tiny, "gguf");
 
     // Decode path: prefill part of the sequence in chunks, then one token per step.
@@ -73,6 +76,9 @@ fn safetensors_dir_forward_matches_reference() {
     tiny.write_hf_dir(&dir, &tok.to_json().unwrap());
     let model = load(&dir);
     assert!(!model.config.rope_interleaved);
+    // One type throughout: q, k, v stacked in one product, gate and up in another.
+    let layer = &model.weights.layers[0];
+    assert_eq!((layer.qkv.len(), layer.gate_up.len()), (1, 1), "matrices of one type are stacked");
     check_all_logits(model.clone(), &tiny, "safetensors");
     // Both tokenizers agree on text with merges and special tokens.
     let text = "<|im_start|>the cat in the hat<|im_end|>";
