@@ -58,7 +58,7 @@ fn main() -> adore::Result<()> {
         let t = HostTensor { name: format!("{dtype:?} {n}x{k}"), dtype, shape: vec![n, k], data: quantize(dtype, &rnd[..n * k]).into() };
         let w = GpuWeight::upload(&ctx, &t)?;
         for v in [Variant::Cooperative, Variant::Independent, Variant::UniformInput] {
-            let d = ops::matmul::build_variant(&ctx, v, &w, &x, &y, Output::default(), &step, rows, 0)?;
+            let d = ops::matmul::build_variant(&ctx, v, &w, &x, None, &y, Output::default(), &step, rows, 0)?;
             time_all(
                 &ctx,
                 &format!("matmul {:?} {} {v:?}", dtype, t.shape.iter().map(|s| s.to_string()).collect::<Vec<_>>().join("x")),

@@ -1,12 +1,20 @@
 // matmul.wgsl: y = x · Wᵀ, i.e. y[r, n] = Σ_k x[r, k] · W[n, k], with W dequantized in the kernel.
 //
+// The matrix-vector entries (`matvec`, `matvec_row`) can fuse the steps around a product, in
+// this order:
+//   1. with NORM, RMSNorm of x as it is read: x[r, k] / sqrt(mean_k(x[r, :]²) + eps) · g[k];
+//   2. the product;
+//   3. with GLU, SwiGLU of stacked gate and up rows: y[r, o] = silu(gate_o) · up_o, where W's
+//      rows 0 .. n/2 are gate and n/2 .. n are up (n/2 outputs);
+//   4. the store: written, or with ADD added to y (a residual add), into y's columns.
+//
 // Two shapes per case: one with workgroup cooperation (shared memory, barriers), for GPUs,
 // and one where each invocation works alone, for CPU-backed devices (lavapipe, SwiftShader),
 // where barriers cost far more than arithmetic.
-// `matvec` (decode, up to 8 rows): workgroup of 64 = 8 outputs × 8 lanes splitting k;
-//     dispatch (ceil(n / 8), 1, 1).
+// `matvec` (decode, up to 8 rows): workgroup of 64 = 8 weight rows × 8 lanes splitting k;
+//     dispatch (ceil(outputs / 8), 1, 1), or (ceil(outputs / 4), 1, 1) with GLU.
 // `matvec_row` (decode, up to 8 rows): one output per invocation, rows one after another;
-//     dispatch (ceil(n / 64), 1, 1).
+//     dispatch (ceil(outputs / 64), 1, 1).
 // `tiled` (prefill): workgroup of 256 computes a 64 × 64 tile of y, 4 × 4 per invocation,
 //     stepping k by 32; dispatch (ceil(n / 64), ceil(rows / 64), 1).
 // `blocked` (prefill): each invocation computes 4 outputs × 4 rows from global memory;
@@ -19,18 +27,24 @@ struct Params {
     first: u32,     // unused here (matvec_cpu.wgsl's window)
     y_stride: u32,  // elements between rows of y
     y_offset: u32,  // y's column of output 0
-    pad0: u32,
+    eps: f32,       // NORM: RMSNorm's epsilon
     pad1: u32,
 }
 
 // 1: y += x · Wᵀ (a residual add in the epilogue); 0: y = x · Wᵀ.
 override ADD: u32 = 0u;
+// 1: x normalised by RMSNorm with weight g as it is read (matrix-vector entries only).
+override NORM: u32 = 0u;
+// 1: SwiGLU of W's stacked gate and up rows, n / 2 outputs (matrix-vector entries only).
+override GLU: u32 = 0u;
 
 @group(0) @binding(0) var<storage, read> weights: array<u32>;  // W: (n, k) in format WTYPE
 @group(0) @binding(1) var<storage, read> x: array<f32>;        // (rows, k)
 @group(0) @binding(2) var<storage, read_write> y: array<f32>;  // (rows, y_stride)
 @group(0) @binding(3) var<uniform> p: Params;
 @group(0) @binding(4) var<uniform> step: Step;
+// Bound for the matrix-vector entries only; without NORM any buffer of k values, unread.
+@group(0) @binding(5) var<storage, read> g: array<f32>;        // (k) the norm's weight
 
 fn n_rows() -> u32 {
     return select(step.n_rows, p.rows, p.rows != 0u);
@@ -60,22 +74,90 @@ fn x8(i: u32, valid: u32) -> W8 {
     return W8(vec4<f32>(v[0], v[1], v[2], v[3]), vec4<f32>(v[4], v[5], v[6], v[7]));
 }
 
+// Outputs written: n, or n / 2 with GLU.
+fn n_out() -> u32 {
+    return select(p.n, p.n / 2u, GLU != 0u);
+}
+
+// x[r, k0 .. k0 + 8] as the product reads it: times the norm's weight with NORM (the row's
+// 1 / rms is applied to the sum), zero past k.
+fn xin8(r: u32, k0: u32) -> W8 {
+    let v = x8(r * p.k + k0, p.k - k0);
+    if NORM == 0u {
+        return v;
+    }
+    var gv: array<f32, 8>;
+    for (var j = 0u; j < 8u; j++) {
+        if k0 + j < p.k {
+            gv[j] = g[k0 + j];
+        }
+    }
+    return W8(v.lo * vec4<f32>(gv[0], gv[1], gv[2], gv[3]), v.hi * vec4<f32>(gv[4], gv[5], gv[6], gv[7]));
+}
+
+// RMSNorm's 1 / rms of row r from the values a lane summed (Σ x²), or 1 without NORM.
+fn rms_scale(sum_sq: f32) -> f32 {
+    if NORM == 0u {
+        return 1.0;
+    }
+    return inverseSqrt(sum_sq / f32(p.k) + p.eps);
+}
+
+// The epilogue of output o of row r from its gate and up sums (up unused without GLU).
+fn finish(r: u32, o: u32, gate: f32, up: f32) {
+    if GLU != 0u {
+        store(r, o, silu(gate) * up);
+    } else {
+        store(r, o, gate);
+    }
+}
+
 const MV_ROWS: u32 = 8u;
 var<workgroup> partial: array<f32, 512>;  // (MV_ROWS, 64)
+var<workgroup> scales: array<f32, 8>;     // (MV_ROWS) each row's 1 / rms
 
 @compute @workgroup_size(64)
 fn matvec(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wid: vec3<u32>) {
-    let out = wid.x * 8u + lid / 8u;
+    // Weight row of this lane's group: 8 outputs; with GLU the gate rows of 4 outputs, then
+    // their up rows.
+    let slot = lid / 8u;
     let lane = lid % 8u;
+    var out = wid.x * 8u + slot;
+    if GLU != 0u {
+        out = wid.x * 4u + slot % 4u + (slot / 4u) * (p.n / 2u);
+    }
+    let valid = select(out < p.n, wid.x * 4u + slot % 4u < p.n / 2u, GLU != 0u);
     let rows = min(n_rows(), MV_ROWS);
     let groups = (p.k + 7u) / 8u;
+    if NORM != 0u {
+        // The norm's prologue: every row's Σ x², 64 lanes, then one lane per row.
+        for (var t = 0u; t < MV_ROWS; t++) {
+            var s = 0.0;
+            if t < rows {
+                for (var i = lid; i < p.k; i += 64u) {
+                    let v = x[t * p.k + i];
+                    s += v * v;
+                }
+            }
+            partial[t * 64u + lid] = s;
+        }
+        workgroupBarrier();
+        if lid < MV_ROWS {
+            var s = 0.0;
+            for (var j = 0u; j < 64u; j++) {
+                s += partial[lid * 64u + j];
+            }
+            scales[lid] = rms_scale(s);
+        }
+        workgroupBarrier();
+    }
     var acc: array<f32, 8>;
-    if out < p.n {
-        for (var g = lane; g < groups; g += 8u) {
-            let w = dequant8(out, g, p.k);
-            let k0 = g * 8u;
+    if valid {
+        for (var gi = lane; gi < groups; gi += 8u) {
+            let w = dequant8(out, gi, p.k);
+            let k0 = gi * 8u;
             for (var t = 0u; t < rows; t++) {
-                acc[t] += dot8(w, x8(t * p.k + k0, p.k - k0));
+                acc[t] += dot8(w, xin8(t, k0));
             }
         }
     }
@@ -83,13 +165,20 @@ fn matvec(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wid:
         partial[t * 64u + lid] = acc[t];
     }
     workgroupBarrier();
-    if lane == 0u && out < p.n {
+    let last_slot = select(8u, 4u, GLU != 0u);
+    if lane == 0u && slot < last_slot && valid {
+        let o = select(out, wid.x * 4u + slot, GLU != 0u);
         for (var t = 0u; t < rows; t++) {
             var s = 0.0;
+            var u = 0.0;
             for (var j = 0u; j < 8u; j++) {
                 s += partial[t * 64u + lid + j];
+                if GLU != 0u {
+                    u += partial[t * 64u + lid + 32u + j];
+                }
             }
-            store(t, out, s);
+            let scale = select(1.0, scales[t], NORM != 0u);
+            finish(t, o, s * scale, u * scale);
         }
     }
 }
@@ -156,20 +245,36 @@ fn tiled(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wid: 
     }
 }
 
+// Σ_k W[row, k] · x[t, k] (x as xin8 reads it).
+fn row_dot(row: u32, t: u32) -> f32 {
+    var acc = 0.0;
+    for (var gi = 0u; gi < (p.k + 7u) / 8u; gi++) {
+        acc += dot8(dequant8(row, gi, p.k), xin8(t, gi * 8u));
+    }
+    return acc;
+}
+
 @compute @workgroup_size(64)
 fn matvec_row(@builtin(global_invocation_id) gid: vec3<u32>) {
     let out = gid.x;
-    if out >= p.n {
+    if out >= n_out() {
         return;
     }
     let rows = min(n_rows(), MV_ROWS);
-    let groups = (p.k + 7u) / 8u;
     for (var t = 0u; t < rows; t++) {
-        var acc = 0.0;
-        for (var g = 0u; g < groups; g++) {
-            acc += dot8(dequant8(out, g, p.k), x8(t * p.k + g * 8u, p.k - g * 8u));
+        var sum_sq = 0.0;
+        if NORM != 0u {
+            for (var i = 0u; i < p.k; i++) {
+                let v = x[t * p.k + i];
+                sum_sq += v * v;
+            }
         }
-        store(t, out, acc);
+        let scale = rms_scale(sum_sq);
+        var up = 0.0;
+        if GLU != 0u {
+            up = row_dot(out + p.n / 2u, t) * scale;
+        }
+        finish(t, out, row_dot(out, t) * scale, up);
     }
 }
 

@@ -12,10 +12,16 @@
 //     dispatch per window); each invocation computes one output for 4 rows, reading each weight
 //     once for the 4; dispatch (ceil(n / 64), ceil(window rows / 4), 1).
 // Both need k % 32 == 0.
+// `matvec_cpu` can fuse the steps around its product, in this order: with NORM, RMSNorm of x as
+// it is read (x[r, k] / sqrt(mean_k(x[r, :]²) + eps) · g[k]); the product; with GLU, SwiGLU of
+// stacked gate and up rows (y[r, o] = silu(gate_o) · up_o, W's rows 0 .. n/2 gate and n/2 .. n
+// up, n/2 outputs); the store, written or with ADD added.
 
 // Length of x in vec4: set to the bound size when the pipeline is made (a uniform array's length
 // must be known when the shader is compiled, and the binding must hold all of it).
 const XLEN: u32 = 4096u;
+// Length of g in vec4: k / 4 with NORM, else 1 (set likewise).
+const GLEN: u32 = 1u;
 
 struct Params {
     k: u32,         // input features
@@ -24,12 +30,16 @@ struct Params {
     first: u32,     // window_cpu: the row of x at the start of the bound window
     y_stride: u32,  // elements between rows of y
     y_offset: u32,  // y's column of output 0
-    pad0: u32,
+    eps: f32,       // NORM: RMSNorm's epsilon
     pad1: u32,
 }
 
 // 1: y += x · Wᵀ (a residual add in the epilogue); 0: y = x · Wᵀ.
 override ADD: u32 = 0u;
+// 1: x normalised by RMSNorm with weight g as it is read (`matvec_cpu` only).
+override NORM: u32 = 0u;
+// 1: SwiGLU of W's stacked gate and up rows, n / 2 outputs (`matvec_cpu` only).
+override GLU: u32 = 0u;
 
 // Output `o` of row `r`, placed and written as the epilogue says.
 fn store(r: u32, o: u32, v: f32) {
@@ -49,6 +59,8 @@ fn store(r: u32, o: u32, v: f32) {
 @group(0) @binding(2) var<storage, read_write> y: array<f32>;  // (rows, y_stride)
 @group(0) @binding(3) var<storage, read> p: Params;
 @group(0) @binding(4) var<uniform> step: Step;
+// Bound for `matvec_cpu` only; without NORM any 16 bytes, unread.
+@group(0) @binding(5) var<uniform> g: array<vec4<f32>, GLEN>;  // (k) the norm's weight
 
 fn float4(e: u32) -> vec4<f32> {
     if WTYPE == 0u {
@@ -104,16 +116,25 @@ fn block(row: u32, b: u32) -> Block {
     );
 }
 
-// Σ over the block of w · x[4 xb .. 4 xb + 32]: scale · Σ a x + offset · Σ x.
-fn block_dot(w: Block, xb: u32) -> f32 {
-    let x0 = x[xb];
-    let x1 = x[xb + 1u];
-    let x2 = x[xb + 2u];
-    let x3 = x[xb + 3u];
-    let x4 = x[xb + 4u];
-    let x5 = x[xb + 5u];
-    let x6 = x[xb + 6u];
-    let x7 = x[xb + 7u];
+// x[i] (a vec4), times the norm's weight g[gi] with NORM.
+fn xin(i: u32, gi: u32) -> vec4<f32> {
+    if NORM != 0u {
+        return x[i] * g[gi];
+    }
+    return x[i];
+}
+
+// Σ over the block of w · x[4 xb .. 4 xb + 32] (x as xin reads it from g's vec4 gb on):
+// scale · Σ a x + offset · Σ x.
+fn block_dot(w: Block, xb: u32, gb: u32) -> f32 {
+    let x0 = xin(xb, gb);
+    let x1 = xin(xb + 1u, gb + 1u);
+    let x2 = xin(xb + 2u, gb + 2u);
+    let x3 = xin(xb + 3u, gb + 3u);
+    let x4 = xin(xb + 4u, gb + 4u);
+    let x5 = xin(xb + 5u, gb + 5u);
+    let x6 = xin(xb + 6u, gb + 6u);
+    let x7 = xin(xb + 7u, gb + 7u);
     let s = dot(w.a0, x0) + dot(w.a1, x1) + dot(w.a2, x2) + dot(w.a3, x3)
         + dot(w.a4, x4) + dot(w.a5, x5) + dot(w.a6, x6) + dot(w.a7, x7);
     if WTYPE == 3u {
@@ -122,21 +143,41 @@ fn block_dot(w: Block, xb: u32) -> f32 {
     return w.scale * s;
 }
 
+// Σ_k W[row, k] · x[k] for the row of x starting at vec4 x0 (x as xin reads it).
+fn row_dot(row: u32, x0: u32) -> f32 {
+    var acc = 0.0;
+    for (var b = 0u; b < p.k / 32u; b++) {
+        acc += block_dot(block(row, b), x0 + b * 8u, b * 8u);
+    }
+    return acc;
+}
+
 @compute @workgroup_size(64)
 fn matvec_cpu(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(workgroup_id) wid: vec3<u32>) {
     let t = wid.y;
     if t >= min(select(step.n_rows, p.rows, p.rows != 0u), 8u) {
         return;
     }
+    let n_out = select(p.n, p.n / 2u, GLU != 0u);
     // Lanes past the last output compute the last one again and do not write it.
-    let out = min(gid.x, p.n - 1u);
+    let out = min(gid.x, n_out - 1u);
     let x0 = t * p.k / 4u;
-    var acc = 0.0;
-    for (var b = 0u; b < p.k / 32u; b++) {
-        acc += block_dot(block(out, b), x0 + b * 8u);
+    // The norm's prologue: the row's 1 / rms (x is read whole by every lane, at one address).
+    var scale = 1.0;
+    if NORM != 0u {
+        var s = vec4<f32>(0.0);
+        for (var i = 0u; i < p.k / 4u; i++) {
+            let v = x[x0 + i];
+            s += v * v;
+        }
+        scale = inverseSqrt(dot(s, vec4<f32>(1.0)) / f32(p.k) + p.eps);
     }
-    if gid.x < p.n {
-        store(t, gid.x, acc);
+    var v = row_dot(out, x0) * scale;
+    if GLU != 0u {
+        v = silu(v) * row_dot(out + p.n / 2u, x0) * scale;
+    }
+    if gid.x < n_out {
+        store(t, gid.x, v);
     }
 }
 
@@ -159,7 +200,7 @@ fn window_cpu(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(workgroup_
     for (var b = 0u; b < p.k / 32u; b++) {
         let w = block(out, b);
         let o = b * 8u;
-        acc += vec4<f32>(block_dot(w, x0 + o), block_dot(w, x1 + o), block_dot(w, x2 + o), block_dot(w, x3 + o));
+        acc += vec4<f32>(block_dot(w, x0 + o, 0u), block_dot(w, x1 + o, 0u), block_dot(w, x2 + o, 0u), block_dot(w, x3 + o, 0u));
     }
     if gid.x < p.n {
         for (var i = 0u; i < 4u; i++) {

@@ -151,3 +151,31 @@ fn the_default_model_ships_with_a_trained_controller() {
     }
     assert_eq!(pollster::block_on(s.kept_positions()).unwrap().len(), 64);
 }
+
+/// A decode step's dispatches for the default model's shape: at most 6 per layer and 4 around
+/// them for full attention (fusion must not regress silently), and what each policy adds.
+#[test]
+fn decode_dispatches_per_policy() {
+    use adore::policy::{Policy, PolicyKind, PolicyParts};
+    let m = model();
+    let layers = m.config.layers;
+    let full_max = 6 * layers + 4;
+    let text = m.tokenizer.encode("The quick brown fox jumps over the lazy dog. ").unwrap().repeat(12);
+    let count = |policy: Policy| {
+        let mut s = Session::new(m.clone(), SessionOptions { context: 160, chunk: 32, policy, ..Default::default() }).unwrap();
+        pollster::block_on(s.prefill(&text[..100])).unwrap();
+        let (_, profile) = pollster::block_on(s.profile_step(adore::profile::Timing::best(&m.ctx))).unwrap();
+        profile.dispatches.len()
+    };
+    let parts = PolicyParts { budget: 64, ..Default::default() };
+    let full = count(Policy::full());
+    let sink = count(Policy::new(PolicyKind::Sink, parts).unwrap());
+    let adore = count(Policy::new(PolicyKind::Adore, parts).unwrap());
+    eprintln!("decode dispatches: full {full}, sink {sink}, adore {adore} ({layers} layers)");
+    assert!(full <= full_max, "full attention: {full} dispatches per decode step, more than {full_max}");
+    assert!(sink <= full_max, "sink: {sink} dispatches per decode step, more than {full_max}");
+    // adore ranks by keys in every layer: at most 6 more per layer (short q and k, their
+    // store, their attention, its scores, the choice).
+    let adore_max = full_max + 6 * layers;
+    assert!(adore <= adore_max, "adore: {adore} dispatches per decode step, more than {adore_max}");
+}

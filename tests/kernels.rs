@@ -54,7 +54,8 @@ fn matmul_all_types_variants_and_sizes() {
                         let xb = buf(&ctx, &x);
                         let y = ctx.storage("y", (rows * n * 4) as u64).unwrap();
                         let out = Output::default();
-                        let d = ops::matmul::build_variant(&ctx, variant, &w, &xb, &y, out, &step(&ctx, rows, 0, 0), rows, 0).unwrap();
+                        let d =
+                            ops::matmul::build_variant(&ctx, variant, &w, &xb, None, &y, out, &step(&ctx, rows, 0, 0), rows, 0).unwrap();
                         ctx.run(&d).unwrap();
                         let tol = 1e-4 * (k as f32).sqrt();
                         let what = format!("matmul {dtype:?} {variant:?} rows {rows} n {n} k {k}");
@@ -64,9 +65,10 @@ fn matmul_all_types_variants_and_sizes() {
                             let stride = n + 5;
                             let held = rng.vec(rows * stride, 1.0);
                             let yb = buf(&ctx, &held);
-                            let out = Output { stride, offset: 3, add: true };
+                            let out = Output { stride, offset: 3, add: true, glu: false };
                             ctx.run(
-                                &ops::matmul::build_variant(&ctx, variant, &w, &xb, &yb, out, &step(&ctx, rows, 0, 0), rows, 0).unwrap(),
+                                &ops::matmul::build_variant(&ctx, variant, &w, &xb, None, &yb, out, &step(&ctx, rows, 0, 0), rows, 0)
+                                    .unwrap(),
                             )
                             .unwrap();
                             let mut placed = held.clone();
@@ -82,6 +84,59 @@ fn matmul_all_types_variants_and_sizes() {
             }
         }
     }
+}
+
+/// The matrix-vector products with the steps fused around them: RMSNorm as they read x, SwiGLU of
+/// stacked gate and up rows, the residual add; every shape, against the unfused references.
+#[test]
+fn matmul_fused_norm_and_swiglu() {
+    let ctx = ctx();
+    let mut rng = Rng::new(11);
+    for dtype in [DType::F32, DType::F16, DType::Q4_0, DType::Q4_1, DType::Q8_0] {
+        let ks: &[usize] = if dtype.is_quantized() { &[32, 96, 576] } else { &[3, 17, 64, 257] };
+        for &k in ks {
+            for n_out in [1, 3, 17, 65, 255] {
+                for rows in [1, 3, 8] {
+                    for (norm, glu) in [(true, false), (false, true), (true, true)] {
+                        let n = if glu { 2 * n_out } else { n_out };
+                        let (w, exact) = weight(&ctx, &mut rng, dtype, n, k);
+                        // Rows of different scales, so that a wrong row's norm shows.
+                        let x: Vec<f32> = (0..rows).flat_map(|r| rng.vec(k, 0.5 + r as f32)).collect();
+                        let g = rng.vec(k, 1.0);
+                        let eps = 1e-5;
+                        let want = ops::matmul::reference_fused(&exact, &x, rows, k, n, norm.then_some((&g[..], eps)), glu);
+                        let (xb, gb) = (buf(&ctx, &x), buf(&ctx, &g));
+                        let nm = norm.then_some(ops::matmul::Norm { weight: &gb, eps });
+                        for variant in [Variant::Cooperative, Variant::Independent, Variant::UniformInput] {
+                            let what = format!("fused matmul {dtype:?} {variant:?} norm {norm} glu {glu} rows {rows} outputs {n_out} k {k}");
+                            let tol = 1e-4 * (k as f32).sqrt();
+                            // Placed in columns 2 .. 2 + n_out of wider rows and added to what they held.
+                            let stride = n_out + 3;
+                            let held = rng.vec(rows * stride, 1.0);
+                            let yb = buf(&ctx, &held);
+                            let out = Output { stride, offset: 2, add: true, glu };
+                            let st = step(&ctx, rows, 0, 0);
+                            ctx.run(&ops::matmul::build_variant(&ctx, variant, &w, &xb, nm, &yb, out, &st, rows, 0).unwrap()).unwrap();
+                            let mut placed = held.clone();
+                            for r in 0..rows {
+                                for o in 0..n_out {
+                                    placed[r * stride + 2 + o] += want[r * n_out + o];
+                                }
+                            }
+                            assert_close(&what, &read(&ctx, &yb, rows * stride), &placed, tol, 1e-3);
+                        }
+                    }
+                }
+            }
+        }
+    }
+    // Prefill's products fuse nothing: asking is an error that says so.
+    let (w, _) = weight(&ctx, &mut rng, DType::F32, 4, 8);
+    let (x, y) = (buf(&ctx, &rng.vec(9 * 8, 1.0)), ctx.storage("y", 9 * 2 * 4).unwrap());
+    let Err(err) = ops::matmul::build_into(&ctx, &w, &x, None, &y, Output::GLU, &step(&ctx, 9, 0, 0), 9, 0) else {
+        panic!("a fused SwiGLU over 9 rows was accepted")
+    };
+    assert!(err.to_string().contains("matrix-vector"), "{err}");
 }
 
 #[test]

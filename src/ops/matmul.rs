@@ -24,11 +24,14 @@ pub struct Params {
     pub y_stride: u32,
     /// y's column of the first output.
     pub y_offset: u32,
-    pub pad: [u32; 2],
+    /// RMSNorm's epsilon where the norm is fused in.
+    pub eps: f32,
+    pub pad: u32,
 }
 
 /// Where a product's outputs go: a block of columns of a wider y (its row stride and first
-/// column), written or added to what y holds (a residual stream).
+/// column), written or added to what y holds (a residual stream); with `glu`, SwiGLU of the
+/// product's stacked gate and up halves.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Output {
     /// Elements between rows of y; 0 = the product's output count (y is the product alone).
@@ -37,16 +40,34 @@ pub struct Output {
     pub offset: usize,
     /// y += x · Wᵀ instead of y = x · Wᵀ.
     pub add: bool,
+    /// W's rows are gate (the first half) then up: y = silu(x · gateᵀ) ⊙ (x · upᵀ), half as
+    /// many outputs (matrix-vector products only).
+    pub glu: bool,
 }
 
 impl Output {
     /// y += x · Wᵀ (a residual add in the product's epilogue).
-    pub const ADD: Output = Output { stride: 0, offset: 0, add: true };
+    pub const ADD: Output = Output { stride: 0, offset: 0, add: true, glu: false };
+    /// SwiGLU of W's stacked gate and up rows in the product's epilogue.
+    pub const GLU: Output = Output { stride: 0, offset: 0, add: false, glu: true };
 
     /// Columns `offset ..` of a y with rows of `stride` elements.
     pub fn columns(stride: usize, offset: usize) -> Self {
-        Output { stride, offset, add: false }
+        Output { stride, offset, ..Output::default() }
     }
+}
+
+/// RMSNorm of x with this weight, fused into a matrix-vector product as its prologue.
+#[derive(Clone, Copy, Debug)]
+pub struct Norm<'b> {
+    /// (k) the norm's weight.
+    pub weight: &'b wgpu::Buffer,
+    pub eps: f32,
+}
+
+/// Whether a product of up to `max_rows` rows can take a fused norm or SwiGLU.
+pub fn fuses(max_rows: usize) -> bool {
+    max_rows <= MATVEC_MAX_ROWS
 }
 
 /// Kernel shapes: cooperative workgroups (GPUs) or independent invocations (CPU-backed devices).
@@ -98,21 +119,23 @@ pub fn build(
     max_rows: usize,
     fixed_rows: u32,
 ) -> Result<Vec<Dispatch>> {
-    build_variant(ctx, Variant::for_device(ctx), w, x, y, Output::default(), step, max_rows, fixed_rows)
+    build_variant(ctx, Variant::for_device(ctx), w, x, None, y, Output::default(), step, max_rows, fixed_rows)
 }
 
-/// [`build`] with the outputs placed (or added) as `out` says.
+/// [`build`] with x normalised first (`norm`) and the outputs placed (or added) as `out` says.
+#[allow(clippy::too_many_arguments)]
 pub fn build_into(
     ctx: &Context,
     w: &GpuWeight,
     x: &wgpu::Buffer,
+    norm: Option<Norm>,
     y: &wgpu::Buffer,
     out: Output,
     step: &wgpu::Buffer,
     max_rows: usize,
     fixed_rows: u32,
 ) -> Result<Vec<Dispatch>> {
-    build_variant(ctx, Variant::for_device(ctx), w, x, y, out, step, max_rows, fixed_rows)
+    build_variant(ctx, Variant::for_device(ctx), w, x, norm, y, out, step, max_rows, fixed_rows)
 }
 
 /// [`build`] with the kernel shape chosen by the caller.
@@ -122,15 +145,32 @@ pub fn build_variant(
     variant: Variant,
     w: &GpuWeight,
     x: &wgpu::Buffer,
+    norm: Option<Norm>,
     y: &wgpu::Buffer,
     out: Output,
     step: &wgpu::Buffer,
     max_rows: usize,
     fixed_rows: u32,
 ) -> Result<Vec<Dispatch>> {
-    let (n, k) = (w.rows, w.cols);
-    let stride = if out.stride == 0 { n } else { out.stride };
-    if out.offset + n > stride {
+    let (k, n_out) = (w.cols, if out.glu { w.rows / 2 } else { w.rows });
+    let n = w.rows;
+    if (norm.is_some() || out.glu) && !fuses(max_rows) {
+        return Err(Error::Shape {
+            op: "matmul",
+            what: format!(
+                "{}: a fused norm or SwiGLU needs a matrix-vector product (at most {MATVEC_MAX_ROWS} rows, not {max_rows})",
+                w.name
+            ),
+        });
+    }
+    if out.glu && !n.is_multiple_of(2) {
+        return Err(Error::Shape { op: "matmul", what: format!("{}: SwiGLU needs gate and up rows stacked, not {n} rows", w.name) });
+    }
+    if let Some(norm) = norm {
+        check_len("matmul", "norm weight", norm.weight, k)?;
+    }
+    let stride = if out.stride == 0 { n_out } else { out.stride };
+    if out.offset + n_out > stride {
         return Err(Error::Shape {
             op: "matmul",
             what: format!("{}: {n} outputs from column {} overrun rows of {stride}", w.name, out.offset),
@@ -141,7 +181,12 @@ pub fn build_variant(
     }
     check_len("matmul", "x", x, max_rows * k)?;
     check_len("matmul", "y", y, max_rows * stride)?;
-    let constants = [("WTYPE", w.wtype as u32 as f64), ("ADD", out.add as u32 as f64)];
+    let constants = [
+        ("WTYPE", w.wtype as u32 as f64),
+        ("ADD", out.add as u32 as f64),
+        ("NORM", norm.is_some() as u32 as f64),
+        ("GLU", out.glu as u32 as f64),
+    ];
     let params = |first: usize| Params {
         k: k as u32,
         n: n as u32,
@@ -149,37 +194,68 @@ pub fn build_variant(
         first: first as u32,
         y_stride: stride as u32,
         y_offset: out.offset as u32,
-        pad: [0; 2],
+        eps: norm.map_or(0.0, |nm| nm.eps),
+        pad: 0,
     };
-    if variant == Variant::UniformInput {
-        if let Some(window) = window_rows(ctx, k) {
-            // Decode: x whole, one dispatch. Prefill: one dispatch per window of rows.
-            let (entry, window) = if max_rows <= MATVEC_MAX_ROWS.min(window) { ("matvec_cpu", max_rows) } else { ("window_cpu", window) };
-            let row_bytes = k as u64 * 4;
-            let mut plan = Vec::new();
-            for first in (0..max_rows).step_by(window) {
-                let count = window.min(max_rows - first);
-                let pipeline = ctx.pipeline_with(&shaders::MATVEC_CPU, entry, &constants, &[("XLEN", (count * k / 4) as u32)])?;
-                let params = ctx.storage_init("matmul.params", bytemuck::bytes_of(&params(first)))?;
-                let range = Some((first as u64 * row_bytes, count as u64 * row_bytes));
-                let bound = [(&w.buffer, None), (x, range), (y, None), (&params, None), (step, None)];
-                let wg_y = if entry == "matvec_cpu" { count as u32 } else { groups("matmul", count, 4)? };
-                plan.push(ctx.dispatch_sized(pipeline, &bound, [groups("matmul", n, 64)?, wg_y, 1]));
-            }
-            return Ok(plan);
+    // The uniform-input kernels, where k suits them; the windowed one fuses nothing, so a fused
+    // product that would need it takes `matvec_row`.
+    let fused = norm.is_some() || out.glu;
+    let window = window_rows(ctx, k).filter(|&window| !fused || max_rows <= MATVEC_MAX_ROWS.min(window));
+    if let (Variant::UniformInput, Some(window)) = (variant, window) {
+        // Decode: x whole, one dispatch. Prefill: one dispatch per window of rows.
+        let (entry, window) = if max_rows <= MATVEC_MAX_ROWS.min(window) { ("matvec_cpu", max_rows) } else { ("window_cpu", window) };
+        let row_bytes = k as u64 * 4;
+        // g: the norm's weight, or 16 bytes of x where there is no norm (unread).
+        let (g, g_range, glen) = match norm {
+            Some(nm) => (nm.weight, Some((0, row_bytes)), k / 4),
+            None => (x, Some((0, 16)), 1),
+        };
+        let mut plan = Vec::new();
+        for first in (0..max_rows).step_by(window) {
+            let count = window.min(max_rows - first);
+            let defines = [("XLEN", (count * k / 4) as u32), ("GLEN", glen as u32)];
+            let pipeline = ctx.pipeline_with(&shaders::MATVEC_CPU, entry, &constants, &defines)?;
+            let params = ctx.storage_init("matmul.params", bytemuck::bytes_of(&params(first)))?;
+            let range = Some((first as u64 * row_bytes, count as u64 * row_bytes));
+            let bound = [(&w.buffer, None), (x, range), (y, None), (&params, None), (step, None), (g, g_range)];
+            let wg_y = if entry == "matvec_cpu" { count as u32 } else { groups("matmul", count, 4)? };
+            plan.push(ctx.dispatch_sized(pipeline, &bound, [groups("matmul", n_out, 64)?, wg_y, 1]));
         }
+        return Ok(plan);
     }
     let params = ctx.uniform("matmul.params", &params(0));
+    let per_group = if out.glu { 4 } else { 8 };
     let (entry, wg) = match (max_rows <= MATVEC_MAX_ROWS, variant) {
-        (true, Variant::Cooperative) => ("matvec", [groups("matmul", n, 8)?, 1, 1]),
-        (true, Variant::Independent | Variant::UniformInput) => ("matvec_row", [groups("matmul", n, 64)?, 1, 1]),
+        (true, Variant::Cooperative) => ("matvec", [groups("matmul", n_out, per_group)?, 1, 1]),
+        (true, Variant::Independent | Variant::UniformInput) => ("matvec_row", [groups("matmul", n_out, 64)?, 1, 1]),
         (false, Variant::Cooperative) => ("tiled", [groups("matmul", n, 64)?, groups("matmul", max_rows, 64)?, 1]),
         (false, Variant::Independent | Variant::UniformInput) => {
             ("blocked", [groups("matmul", n, 64)?, groups("matmul", max_rows, 16)?, 1])
         }
     };
     let pipeline: Arc<wgpu::ComputePipeline> = ctx.pipeline(&shaders::MATMUL, entry, &constants)?;
+    if max_rows <= MATVEC_MAX_ROWS {
+        // The matrix-vector entries also bind the norm's weight (x itself where there is none, unread).
+        let g = norm.map_or(x, |nm| nm.weight);
+        return Ok(vec![ctx.dispatch(pipeline, &[&w.buffer, x, y, &params, step, g], wg)]);
+    }
     Ok(vec![ctx.dispatch(pipeline, &[&w.buffer, x, y, &params, step], wg)])
+}
+
+/// Reference for a fused product: RMSNorm of x with `norm` = (weight, eps) where given, the
+/// product, then SwiGLU of the stacked gate and up halves with `glu`; accumulated in f64.
+pub fn reference_fused(w: &[f32], x: &[f32], rows: usize, k: usize, n: usize, norm: Option<(&[f32], f32)>, glu: bool) -> Vec<f32> {
+    let xn = match norm {
+        Some((g, eps)) => super::rmsnorm::reference(x, g, k, eps),
+        None => x.to_vec(),
+    };
+    let y = reference(w, &xn, rows, k, n);
+    if !glu {
+        return y;
+    }
+    let half = n / 2;
+    let (gate, up): (Vec<f32>, Vec<f32>) = y.chunks_exact(n).flat_map(|r| (0..half).map(move |o| (r[o], r[half + o]))).unzip();
+    super::swiglu::reference(&gate, &up)
 }
 
 /// Reference: y[r, n] = Σ_k x[r, k] w[n, k], accumulated in f64.

@@ -105,9 +105,8 @@ impl<'a> Planner<'a> {
         let step = &s.step;
         for l in layers {
             let layer = &self.w.layers[l];
-            // Attention: norm, q/k/v projections, rotary positions, store k/v, attend, project, add.
-            plan.push(ops::rmsnorm::build(ctx, &s.x, &layer.attn_norm, &s.xn, step, c.hidden, c.rms_eps, rows, false)?);
-            self.stacked(plan, &layer.qkv, &s.xn, &s.qkv, rows)?;
+            // Attention: norm and q/k/v projections, rotary positions, store k/v, attend, project, add.
+            self.normed(plan, &layer.attn_norm, &layer.qkv, &s.qkv, false, rows)?;
             let qkv = ops::rope::Qkv {
                 qkv: &s.qkv,
                 q: &s.q,
@@ -223,12 +222,40 @@ impl<'a> Planner<'a> {
                 }
             }
             // The output projection adds into the residual stream.
-            plan.extend(ops::matmul::build_into(ctx, &layer.o, &s.att, &s.x, Output::ADD, step, rows, 0)?);
-            // Feed-forward: norm, gate and up projections, SwiGLU, down projection added in.
-            plan.push(ops::rmsnorm::build(ctx, &s.x, &layer.ffn_norm, &s.xn, step, c.hidden, c.rms_eps, rows, false)?);
-            self.stacked(plan, &layer.gate_up, &s.xn, &s.gate_up, rows)?;
-            plan.push(ops::swiglu::build(ctx, &s.gate_up, &s.gate, step, c.ffn, rows)?);
-            plan.extend(ops::matmul::build_into(ctx, &layer.down, &s.gate, &s.x, Output::ADD, step, rows, 0)?);
+            plan.extend(ops::matmul::build_into(ctx, &layer.o, &s.att, None, &s.x, Output::ADD, step, rows, 0)?);
+            // Feed-forward: norm, gate and up projections and SwiGLU, down projection added in.
+            self.normed(plan, &layer.ffn_norm, &layer.gate_up, &s.gate, true, rows)?;
+            plan.extend(ops::matmul::build_into(ctx, &layer.down, &s.gate, None, &s.x, Output::ADD, step, rows, 0)?);
+        }
+        Ok(())
+    }
+
+    /// RMSNorm of the residual stream with weight `g`, then the products of `parts` (which share
+    /// that input) into the columns of `y`; with `glu`, SwiGLU of their gate and up halves
+    /// into `y` instead. A matrix-vector product of one stacked matrix does all of it in one
+    /// dispatch (the norm its prologue, SwiGLU its epilogue); otherwise each step is its own.
+    fn normed(
+        &self,
+        plan: &mut Vec<Dispatch>,
+        g: &wgpu::Buffer,
+        parts: &[GpuWeight],
+        y: &wgpu::Buffer,
+        glu: bool,
+        rows: usize,
+    ) -> Result<()> {
+        let (ctx, c, s) = (self.ctx, self.c, self.s);
+        if let ([w], true) = (parts, ops::matmul::fuses(rows)) {
+            let norm = ops::matmul::Norm { weight: g, eps: c.rms_eps };
+            let out = if glu { Output::GLU } else { Output::default() };
+            plan.extend(ops::matmul::build_into(ctx, w, &s.x, Some(norm), y, out, &s.step, rows, 0)?);
+            return Ok(());
+        }
+        plan.push(ops::rmsnorm::build(ctx, &s.x, g, &s.xn, &s.step, c.hidden, c.rms_eps, rows, false)?);
+        if glu {
+            self.stacked(plan, parts, &s.xn, &s.gate_up, rows)?;
+            plan.push(ops::swiglu::build(ctx, &s.gate_up, y, &s.step, c.ffn, rows)?);
+        } else {
+            self.stacked(plan, parts, &s.xn, y, rows)?;
         }
         Ok(())
     }
@@ -239,7 +266,7 @@ impl<'a> Planner<'a> {
         let stride = parts.iter().map(|w| w.rows).sum();
         let mut offset = 0;
         for w in parts {
-            plan.extend(ops::matmul::build_into(self.ctx, w, x, y, Output::columns(stride, offset), &self.s.step, rows, 0)?);
+            plan.extend(ops::matmul::build_into(self.ctx, w, x, None, y, Output::columns(stride, offset), &self.s.step, rows, 0)?);
             offset += w.rows;
         }
         Ok(())
