@@ -67,6 +67,39 @@ fn main() -> adore::Result<()> {
             );
         }
     }
+    // Fused against unfused: RMSNorm then q/k/v (stacked), and gate/up (stacked) then SwiGLU.
+    let g = ctx.storage_init("g", bytemuck::cast_slice(&vec![1.0f32; hidden]))?;
+    let xn = ctx.storage("xn", (rows * hidden * 4) as u64)?;
+    let gu = ctx.storage("gu", (rows * 2 * ffn * 4) as u64)?;
+    for (name, n, glu) in [("q/k/v", 960usize, false), ("gate/up", 2 * ffn, true)] {
+        if rows > ops::matmul::MATVEC_MAX_ROWS {
+            break;
+        }
+        let t = HostTensor {
+            name: name.into(),
+            dtype: DType::Q4_1,
+            shape: vec![n, hidden],
+            data: quantize(DType::Q4_1, &rnd[..n * hidden]).into(),
+        };
+        let w = GpuWeight::upload(&ctx, &t)?;
+        let flops = (2 * n * hidden * rows) as f64;
+        for v in [Variant::Cooperative, Variant::Independent, Variant::UniformInput] {
+            let mut apart = vec![ops::rmsnorm::build(&ctx, &x, &g, &xn, &step, hidden, 1e-5, rows, false)?];
+            apart.extend(ops::matmul::build_variant(&ctx, v, &w, &xn, None, &gu, Output::default(), &step, rows, 0)?);
+            if glu {
+                apart.push(ops::swiglu::build(&ctx, &gu, &y, &step, ffn, rows)?);
+            }
+            time_all(&ctx, &format!("{name} {v:?} apart"), apart, flops);
+            let norm = Some(ops::matmul::Norm { weight: &g, eps: 1e-5 });
+            let out = if glu { Output::GLU } else { Output::default() };
+            time_all(
+                &ctx,
+                &format!("{name} {v:?} fused"),
+                ops::matmul::build_variant(&ctx, v, &w, &x, norm, &y, out, &step, rows, 0)?,
+                flops,
+            );
+        }
+    }
     let heads = Heads { n_heads: 9, n_kv_heads: 3, head_dim: 64 };
     let q = ctx.storage("q", (rows * 576 * 4) as u64)?;
     let kc = ctx.storage("kc", (512 * 192 * 4) as u64)?;

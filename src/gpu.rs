@@ -13,6 +13,19 @@ pub struct ContextOptions {
     /// Pretend the device allows at most this many bytes per storage binding (for testing the
     /// large-tensor path on small models); `None` uses the adapter's own limit.
     pub max_binding_size: Option<u64>,
+    /// The kernel shapes to use; `None` chooses by the adapter's device type.
+    pub kernel_shape: Option<KernelShape>,
+}
+
+/// Which kernel shapes suit a device. GPUs run cooperative workgroups and pay for every
+/// dispatch, so steps are fused into the products around them. CPU-backed adapters (lavapipe,
+/// SwiftShader) run a workgroup as SIMD lanes: barriers and work repeated per lane cost more
+/// there than a dispatch does, so each invocation works alone and a step that would be
+/// recomputed in every lane stays a dispatch of its own.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum KernelShape {
+    Gpu,
+    Cpu,
 }
 
 /// Identity of a compiled pipeline: shader, entry point and the override constants that
@@ -62,6 +75,8 @@ pub struct Context {
     pub info: wgpu::AdapterInfo,
     pub limits: wgpu::Limits,
     pub features: wgpu::Features,
+    /// The kernel shapes this context uses.
+    pub kernel_shape: KernelShape,
     binding_limit: u64,
     pipelines: Mutex<HashMap<PipelineKey, Arc<wgpu::ComputePipeline>>>,
     last_error: Arc<Mutex<Option<String>>>,
@@ -121,7 +136,9 @@ impl Context {
         });
         let device_limit = (limits.max_storage_buffer_binding_size as u64).min(limits.max_buffer_size);
         let binding_limit = options.max_binding_size.map_or(device_limit, |m| m.min(device_limit));
-        Ok(Self { device, queue, info, limits, features, binding_limit, pipelines: Mutex::default(), last_error, lost })
+        let by_type = if info.device_type == wgpu::DeviceType::Cpu { KernelShape::Cpu } else { KernelShape::Gpu };
+        let kernel_shape = options.kernel_shape.unwrap_or(by_type);
+        Ok(Self { device, queue, info, limits, features, kernel_shape, binding_limit, pipelines: Mutex::default(), last_error, lost })
     }
 
     /// Blocking form of [`Context::new`] for native programs.

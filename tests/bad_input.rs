@@ -142,7 +142,7 @@ fn bad_utf8_in_metadata() {
 
 #[test]
 fn tensor_over_the_binding_limit() {
-    let ctx = Arc::new(adore::Context::new_blocking(adore::ContextOptions { max_binding_size: Some(4096) }).unwrap());
+    let ctx = Arc::new(adore::Context::new_blocking(adore::ContextOptions { max_binding_size: Some(4096), ..Default::default() }).unwrap());
     let bytes = Tiny::new(1).gguf_bytes();
     let spec = read(&bytes).unwrap();
     let e = Model::load(ctx, spec, &mut |_, _| {}).err().unwrap();

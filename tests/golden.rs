@@ -152,30 +152,45 @@ fn the_default_model_ships_with_a_trained_controller() {
     assert_eq!(pollster::block_on(s.kept_positions()).unwrap().len(), 64);
 }
 
-/// A decode step's dispatches for the default model's shape: at most 6 per layer and 4 around
-/// them for full attention (fusion must not regress silently), and what each policy adds.
+/// A decode step's dispatches for the default model's shape, in both kernel shapes: on GPUs at
+/// most 6 per layer and 4 around them for full attention (fusion must not regress silently),
+/// 8 per layer on CPU-backed adapters (the norm apart); what adore adds; and the fused GPU
+/// path computes what the CPU path does.
 #[test]
-fn decode_dispatches_per_policy() {
+fn decode_dispatches_per_policy_and_kernel_shape() {
+    use adore::gpu::KernelShape;
     use adore::policy::{Policy, PolicyKind, PolicyParts};
-    let m = model();
-    let layers = m.config.layers;
-    let full_max = 6 * layers + 4;
-    let text = m.tokenizer.encode("The quick brown fox jumps over the lazy dog. ").unwrap().repeat(12);
-    let count = |policy: Policy| {
-        let mut s = Session::new(m.clone(), SessionOptions { context: 160, chunk: 32, policy, ..Default::default() }).unwrap();
-        pollster::block_on(s.prefill(&text[..100])).unwrap();
-        let (_, profile) = pollster::block_on(s.profile_step(adore::profile::Timing::best(&m.ctx))).unwrap();
-        profile.dispatches.len()
-    };
-    let parts = PolicyParts { budget: 64, ..Default::default() };
-    let full = count(Policy::full());
-    let sink = count(Policy::new(PolicyKind::Sink, parts).unwrap());
-    let adore = count(Policy::new(PolicyKind::Adore, parts).unwrap());
-    eprintln!("decode dispatches: full {full}, sink {sink}, adore {adore} ({layers} layers)");
-    assert!(full <= full_max, "full attention: {full} dispatches per decode step, more than {full_max}");
-    assert!(sink <= full_max, "sink: {sink} dispatches per decode step, more than {full_max}");
-    // adore ranks by keys in every layer: at most 6 more per layer (short q and k, their
-    // store, their attention, its scores, the choice).
-    let adore_max = full_max + 6 * layers;
-    assert!(adore <= adore_max, "adore: {adore} dispatches per decode step, more than {adore_max}");
+    let cpu_model = model();
+    let options = adore::ContextOptions { kernel_shape: Some(KernelShape::Gpu), ..Default::default() };
+    let gpu_ctx = Arc::new(adore::Context::new_blocking(options).unwrap());
+    let path = adore::fetch::default_model(&mut |m| eprintln!("{m}")).unwrap();
+    let gpu_model = Arc::new(adore::model::files::load(gpu_ctx, &path, &mut |_, _| {}).unwrap());
+    let layers = cpu_model.config.layers;
+    let text = cpu_model.tokenizer.encode("The quick brown fox jumps over the lazy dog. ").unwrap().repeat(4);
+    let parts = PolicyParts { budget: 16, ..Default::default() };
+    let mut logits = Vec::new();
+    for (m, per_layer) in [(&gpu_model, 6), (&cpu_model, 8)] {
+        let shape = m.ctx.kernel_shape;
+        let count = |policy: Policy| {
+            let mut s = Session::new(m.clone(), SessionOptions { context: 64, chunk: 32, policy, ..Default::default() }).unwrap();
+            pollster::block_on(s.prefill(&text[..24])).unwrap();
+            let (token, profile) = pollster::block_on(s.profile_step(adore::profile::Timing::best(&m.ctx))).unwrap();
+            (profile.dispatches.len(), token, pollster::block_on(s.last_logits()).unwrap())
+        };
+        let (full, token, full_logits) = count(Policy::full());
+        let (sink, ..) = count(Policy::new(PolicyKind::Sink, parts).unwrap());
+        let (adore, ..) = count(Policy::new(PolicyKind::Adore, parts).unwrap());
+        eprintln!("{shape:?} kernels, decode dispatches: full {full}, sink {sink}, adore {adore} ({layers} layers)");
+        let full_max = per_layer * layers + 4;
+        assert!(full <= full_max, "{shape:?} kernels, full attention: {full} dispatches per decode step, more than {full_max}");
+        assert!(sink <= full_max, "{shape:?} kernels, sink: {sink} dispatches per decode step, more than {full_max}");
+        // adore ranks by keys in every layer: at most 6 more per layer (short q and k, their
+        // store, their attention, its scores, the choice).
+        let adore_max = full_max + 6 * layers;
+        assert!(adore <= adore_max, "{shape:?} kernels, adore: {adore} dispatches per decode step, more than {adore_max}");
+        logits.push((token, full_logits));
+    }
+    let ((gpu_token, gpu), (cpu_token, cpu)) = (&logits[0], &logits[1]);
+    assert_eq!(gpu_token, cpu_token, "the GPU-shaped step chose another token");
+    common::assert_close("decode logits, GPU-shaped kernels against CPU-shaped", gpu, cpu, LOGIT_ATOL, 1e-3);
 }

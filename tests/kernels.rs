@@ -108,7 +108,8 @@ fn matmul_fused_norm_and_swiglu() {
                         let (xb, gb) = (buf(&ctx, &x), buf(&ctx, &g));
                         let nm = norm.then_some(ops::matmul::Norm { weight: &gb, eps });
                         for variant in [Variant::Cooperative, Variant::Independent, Variant::UniformInput] {
-                            let what = format!("fused matmul {dtype:?} {variant:?} norm {norm} glu {glu} rows {rows} outputs {n_out} k {k}");
+                            let what =
+                                format!("fused matmul {dtype:?} {variant:?} norm {norm} glu {glu} rows {rows} outputs {n_out} k {k}");
                             let tol = 1e-4 * (k as f32).sqrt();
                             // Placed in columns 2 .. 2 + n_out of wider rows and added to what they held.
                             let stride = n_out + 3;

@@ -5,7 +5,7 @@ use std::sync::Arc;
 
 use super::{check_len, groups};
 use crate::error::{Error, Result};
-use crate::gpu::{Context, Dispatch};
+use crate::gpu::{Context, Dispatch, KernelShape};
 use crate::shaders;
 use crate::tensor::GpuWeight;
 
@@ -70,6 +70,15 @@ pub fn fuses(max_rows: usize) -> bool {
     max_rows <= MATVEC_MAX_ROWS
 }
 
+/// Whether the plan should fuse RMSNorm into the products that read it on this device. SwiGLU
+/// costs nothing in the epilogue, but the norm's prologue is repeated by every workgroup, and
+/// on CPU-backed adapters by every invocation: there it costs more than its own dispatch
+/// (measured on lavapipe: a q/k/v product with the norm fused in took about twice as long as
+/// the norm and the product apart).
+pub fn fuses_norm(ctx: &Context, max_rows: usize) -> bool {
+    fuses(max_rows) && ctx.kernel_shape == KernelShape::Gpu
+}
+
 /// Kernel shapes: cooperative workgroups (GPUs) or independent invocations (CPU-backed devices).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Variant {
@@ -85,10 +94,9 @@ impl Variant {
     /// The shape that suits this device: CPU-backed adapters pay dearly for barriers and for
     /// storage loads.
     pub fn for_device(ctx: &Context) -> Self {
-        if ctx.info.device_type == wgpu::DeviceType::Cpu {
-            Variant::UniformInput
-        } else {
-            Variant::Cooperative
+        match ctx.kernel_shape {
+            KernelShape::Cpu => Variant::UniformInput,
+            KernelShape::Gpu => Variant::Cooperative,
         }
     }
 }

@@ -232,8 +232,9 @@ impl<'a> Planner<'a> {
 
     /// RMSNorm of the residual stream with weight `g`, then the products of `parts` (which share
     /// that input) into the columns of `y`; with `glu`, SwiGLU of their gate and up halves
-    /// into `y` instead. A matrix-vector product of one stacked matrix does all of it in one
-    /// dispatch (the norm its prologue, SwiGLU its epilogue); otherwise each step is its own.
+    /// into `y` instead. A matrix-vector product of one stacked matrix takes SwiGLU as its
+    /// epilogue, and on GPUs the norm as its prologue (one dispatch for all three steps);
+    /// otherwise each step is its own.
     fn normed(
         &self,
         plan: &mut Vec<Dispatch>,
@@ -244,18 +245,32 @@ impl<'a> Planner<'a> {
         rows: usize,
     ) -> Result<()> {
         let (ctx, c, s) = (self.ctx, self.c, self.s);
-        if let ([w], true) = (parts, ops::matmul::fuses(rows)) {
-            let norm = ops::matmul::Norm { weight: g, eps: c.rms_eps };
-            let out = if glu { Output::GLU } else { Output::default() };
-            plan.extend(ops::matmul::build_into(ctx, w, &s.x, Some(norm), y, out, &s.step, rows, 0)?);
-            return Ok(());
-        }
-        plan.push(ops::rmsnorm::build(ctx, &s.x, g, &s.xn, &s.step, c.hidden, c.rms_eps, rows, false)?);
-        if glu {
-            self.stacked(plan, parts, &s.xn, &s.gate_up, rows)?;
-            plan.push(ops::swiglu::build(ctx, &s.gate_up, y, &s.step, c.ffn, rows)?);
-        } else {
-            self.stacked(plan, parts, &s.xn, y, rows)?;
+        let norm = ops::matmul::Norm { weight: g, eps: c.rms_eps };
+        let apart = |plan: &mut Vec<Dispatch>| -> Result<()> {
+            plan.push(ops::rmsnorm::build(ctx, &s.x, g, &s.xn, &s.step, c.hidden, c.rms_eps, rows, false)?);
+            Ok(())
+        };
+        match parts {
+            [w] if ops::matmul::fuses(rows) => {
+                let out = if glu { Output::GLU } else { Output::default() };
+                let (x, norm) = match ops::matmul::fuses_norm(ctx, rows) {
+                    true => (&s.x, Some(norm)),
+                    false => {
+                        apart(plan)?;
+                        (&s.xn, None)
+                    }
+                };
+                plan.extend(ops::matmul::build_into(ctx, w, x, norm, y, out, &s.step, rows, 0)?);
+            }
+            _ => {
+                apart(plan)?;
+                if glu {
+                    self.stacked(plan, parts, &s.xn, &s.gate_up, rows)?;
+                    plan.push(ops::swiglu::build(ctx, &s.gate_up, y, &s.step, c.ffn, rows)?);
+                } else {
+                    self.stacked(plan, parts, &s.xn, y, rows)?;
+                }
+            }
         }
         Ok(())
     }
