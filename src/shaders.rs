@@ -55,6 +55,8 @@ shader!(ROPE, "rope", false);
 shader!(SWIGLU, "swiglu", false);
 shader!(KV_WRITE, "kv_write", false);
 shader!(ATTENTION, "attention", false);
+shader!(ATTENTION_SPLIT, "attention_split", false);
+shader!(ATTENTION_MERGE, "attention_merge", false);
 shader!(SAMPLE, "sample", false);
 shader!(TOPK, "topk", false);
 shader!(CACHE_UPDATE, "cache_update", false);
@@ -82,6 +84,8 @@ pub const ALL: &[&Shader] = &[
     &SWIGLU,
     &KV_WRITE,
     &ATTENTION,
+    &ATTENTION_SPLIT,
+    &ATTENTION_MERGE,
     &SAMPLE,
     &TOPK,
     &CACHE_UPDATE,

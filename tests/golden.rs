@@ -193,4 +193,21 @@ fn decode_dispatches_per_policy_and_kernel_shape() {
     let ((gpu_token, gpu), (cpu_token, cpu)) = (&logits[0], &logits[1]);
     assert_eq!(gpu_token, cpu_token, "the GPU-shaped step chose another token");
     common::assert_close("decode logits, GPU-shaped kernels against CPU-shaped", gpu, cpu, LOGIT_ATOL, 1e-3);
+    // At a long capacity GPUs split attention across workgroups (one dispatch more per layer);
+    // full attention and adore (through its compact list) still compute what the CPU plan does.
+    let context = 2 * adore::ops::attention::SPLIT_FROM;
+    for policy in [Policy::full(), Policy::new(PolicyKind::Adore, parts).unwrap()] {
+        let mut steps = Vec::new();
+        for m in [&gpu_model, &cpu_model] {
+            let mut s = Session::new(m.clone(), SessionOptions { context, chunk: 32, policy, ..Default::default() }).unwrap();
+            pollster::block_on(s.prefill(&text[..24])).unwrap();
+            let (token, profile) = pollster::block_on(s.profile_step(adore::profile::Timing::best(&m.ctx))).unwrap();
+            let split = profile.dispatches.iter().filter(|d| d.kernel.starts_with("attention_split::")).count();
+            steps.push((token, pollster::block_on(s.last_logits()).unwrap(), split));
+        }
+        let what = format!("{} at context {context}", policy.name());
+        assert_eq!((steps[0].2, steps[1].2), (layers, 0), "{what}: split attention in every layer on the GPU plan only");
+        assert_eq!(steps[0].0, steps[1].0, "{what}: the GPU-shaped step chose another token");
+        common::assert_close(&format!("{what}: GPU-shaped logits against CPU-shaped"), &steps[0].1, &steps[1].1, LOGIT_ATOL, 1e-3);
+    }
 }

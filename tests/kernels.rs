@@ -374,6 +374,66 @@ fn attention_over_slots_with_gaps_and_causal_positions() {
     }
 }
 
+/// Both attention shapes, the one-pass kernel and the split one (flash-decoding, with its merge
+/// pass), against the reference at slot counts around the split's chunk, with free slots, slots
+/// of future positions, free capacity above the slots in use, and through the compact list.
+#[test]
+fn split_and_one_pass_attention_at_chunk_edges() {
+    let ctx = ctx();
+    let mut rng = Rng::new(12);
+    let cases = [(9usize, 3usize, 64usize), (1, 1, 8), (8, 2, 128), (12, 2, 12), (2, 1, 256), (32, 4, 4)];
+    for (ci, &(n_heads, n_kv, hd)) in cases.iter().enumerate() {
+        for &n_slots in &[1usize, 3, 63, 64, 65, 1000, 8192] {
+            if n_slots == 8192 && ci > 1 {
+                continue;
+            }
+            for rows in [1usize, 3] {
+                let heads = Heads { n_heads, n_kv_heads: n_kv, head_dim: hd };
+                let kvd = n_kv * hd;
+                let cap = n_slots + 5;
+                // Slots hold scattered positions, some free, some later than a row's position;
+                // the 5 slots above n_slots hold valid-looking rows that must not be read.
+                let mut slot_pos: Vec<u32> =
+                    (0..n_slots).map(|_| if rng.below(5) == 0 { INVALID_SLOT } else { rng.below(12000) as u32 }).collect();
+                let positions: Vec<u32> = (0..rows).map(|_| 2000 + rng.below(9000) as u32).collect();
+                let q = rng.vec(rows * n_heads * hd, 2.0);
+                let (k, v) = (rng.vec(cap * kvd, 2.0), rng.vec(cap * kvd, 1.0));
+                let want = ops::attention::reference(&q, &k[..n_slots * kvd], &v[..n_slots * kvd], &slot_pos, &positions, heads);
+                slot_pos.extend((0..5).map(|_| rng.below(100) as u32));
+                let (qb, kb, vb, sb, pb) =
+                    (buf(&ctx, &q), buf(&ctx, &k), buf(&ctx, &v), buf_u32(&ctx, &slot_pos), buf_u32(&ctx, &positions));
+                let out = ctx.storage("out", (rows * n_heads * hd * 4) as u64).unwrap();
+                let unused = ctx.storage("unused", 4).unwrap();
+                let b = ops::attention::Buffers {
+                    q: &qb,
+                    k_cache: &kb,
+                    v_cache: &vb,
+                    slot_pos: &sb,
+                    positions: &pb,
+                    out: &out,
+                    mass: &unused,
+                    list: None,
+                };
+                let stp = step(&ctx, rows, n_slots, 0);
+                let part = ctx.storage("part", (ops::attention::split_scratch_len(heads, cap, rows) * 4) as u64).unwrap();
+                let what = format!("attention heads {n_heads}/{n_kv} hd {hd} slots {n_slots} rows {rows}");
+                run(&ctx, ops::attention::build(&ctx, &b, &stp, heads, cap, rows, ops::attention::Mass::None).unwrap());
+                assert_close(&format!("{what}, one pass"), &read(&ctx, &out, want.len()), &want, 1e-4, 1e-4);
+                let split = ctx.storage("out", (rows * n_heads * hd * 4) as u64).unwrap();
+                let bs = ops::attention::Buffers { out: &split, ..b };
+                ctx.run(&ops::attention::build_split(&ctx, &bs, &part, &stp, heads, cap, rows).unwrap()).unwrap();
+                assert_close(&format!("{what}, split"), &read(&ctx, &split, want.len()), &want, 1e-4, 1e-4);
+                // Through the compact list of the valid slots below n_slots.
+                let list = buf_u32(&ctx, &[ops::attention::reference_list(&slot_pos, n_slots), vec![0; cap]].concat());
+                let listed = ctx.storage("out", (rows * n_heads * hd * 4) as u64).unwrap();
+                let bl = ops::attention::Buffers { out: &listed, list: Some(&list), ..b };
+                ctx.run(&ops::attention::build_split(&ctx, &bl, &part, &stp, heads, cap, rows).unwrap()).unwrap();
+                assert_close(&format!("{what}, split, listed"), &read(&ctx, &listed, want.len()), &want, 1e-4, 1e-4);
+            }
+        }
+    }
+}
+
 #[test]
 fn sampling_greedy_topk_topp_match_reference() {
     let ctx = ctx();

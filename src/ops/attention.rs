@@ -1,8 +1,10 @@
-//! Grouped-query attention over the slot-based KV cache (shaders/attention.wgsl).
+//! Grouped-query attention over the slot-based KV cache (shaders/attention.wgsl); for decode
+//! rows on GPUs at long capacities, split across workgroups (shaders/attention_split.wgsl, then
+//! shaders/attention_merge.wgsl).
 
 use super::{check_len, groups};
 use crate::error::{Error, Result};
-use crate::gpu::{Context, Dispatch};
+use crate::gpu::{Context, Dispatch, KernelShape};
 use crate::shaders;
 
 /// Marks a free slot in the slot table.
@@ -20,6 +22,21 @@ pub struct Params {
     /// 1: visit the slots of `Buffers::list` only.
     pub listed: u32,
     pub pad1: u32,
+}
+
+/// attention_split.wgsl's and attention_merge.wgsl's parameters.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, bytemuck::Pod, bytemuck::Zeroable)]
+pub struct SplitParams {
+    pub n_heads: u32,
+    pub n_kv_heads: u32,
+    pub head_dim: u32,
+    pub scale: f32,
+    /// Workgroups along the slots.
+    pub splits: u32,
+    /// 1: visit the slots of `Buffers::list` only.
+    pub listed: u32,
+    pub pad: [u32; 2],
 }
 
 /// Whether attention also records per-slot probabilities.
@@ -123,6 +140,78 @@ pub fn build(
         &[b.q, b.k_cache, b.v_cache, b.slot_pos, b.positions, b.out, &params, step, b.mass, b.list.unwrap_or(b.slot_pos)],
         [groups("attention", heads.n_heads / hpw, 1)?, groups("attention", max_rows, 1)?, 1],
     ))
+}
+
+/// Slots per workgroup of split attention (attention_split.wgsl's CHUNK).
+pub const SPLIT_CHUNK: usize = 64;
+
+/// Capacity from which decode attention on GPUs is split across workgroups. Below it the
+/// one-pass kernel's lanes see at most 16 slots each, and the merge pass would cost a dispatch
+/// more than the split saves.
+pub const SPLIT_FROM: usize = 1024;
+
+/// Whether [`build_split`] serves `max_rows` rows over `capacity` slots on this device: GPUs
+/// (a CPU-backed adapter has few cores to fill, and pays for the barriers), decode rows.
+pub fn splits(ctx: &Context, capacity: usize, max_rows: usize) -> bool {
+    ctx.kernel_shape == KernelShape::Gpu && capacity >= SPLIT_FROM && max_rows <= super::matmul::MATVEC_MAX_ROWS
+}
+
+/// f32 values of split attention's scratch buffer (the partial softmaxes) for up to `max_rows` rows.
+pub fn split_scratch_len(heads: Heads, capacity: usize, max_rows: usize) -> usize {
+    max_rows * heads.n_heads * capacity.div_ceil(SPLIT_CHUNK) * (heads.head_dim / 4 + 1) * 4
+}
+
+/// The two dispatches of split attention (no probabilities recorded): each split's partial
+/// softmax into `part` ([`split_scratch_len`] values), then their merge into `b.out`.
+pub fn build_split(
+    ctx: &Context,
+    b: &Buffers,
+    part: &wgpu::Buffer,
+    step: &wgpu::Buffer,
+    heads: Heads,
+    capacity: usize,
+    max_rows: usize,
+) -> Result<Vec<Dispatch>> {
+    heads.check()?;
+    let qd = heads.n_heads * heads.head_dim;
+    let kvd = heads.n_kv_heads * heads.head_dim;
+    check_len("attention", "q", b.q, max_rows * qd)?;
+    check_len("attention", "out", b.out, max_rows * qd)?;
+    check_len("attention", "k_cache", b.k_cache, capacity * kvd)?;
+    check_len("attention", "v_cache", b.v_cache, capacity * kvd)?;
+    check_len("attention", "slot_pos", b.slot_pos, capacity)?;
+    check_len("attention", "positions", b.positions, max_rows)?;
+    check_len("attention", "part", part, split_scratch_len(heads, capacity, max_rows))?;
+    let splits = capacity.div_ceil(SPLIT_CHUNK);
+    let params = ctx.uniform(
+        "attention_split.params",
+        &SplitParams {
+            n_heads: heads.n_heads as u32,
+            n_kv_heads: heads.n_kv_heads as u32,
+            head_dim: heads.head_dim as u32,
+            scale: 1.0 / (heads.head_dim as f32).sqrt(),
+            splits: splits as u32,
+            listed: b.list.is_some() as u32,
+            pad: [0; 2],
+        },
+    );
+    let hd4 = heads.head_dim / 4;
+    // Heads per workgroup: the most sharing one KV head, up to 8 (workgroup memory holds 8).
+    let group = heads.n_heads / heads.n_kv_heads;
+    let hpw = (1..=group.min(8)).rev().find(|d| group % d == 0).unwrap_or(1);
+    let lanes = hd4.next_power_of_two();
+    let defines = [("HD4", hd4 as u32), ("HPW", hpw as u32), ("LD", lanes as u32), ("CHUNK", SPLIT_CHUNK as u32)];
+    let first = ctx.pipeline_with(&shaders::ATTENTION_SPLIT, "partial", &[], &defines)?;
+    let merge = ctx.pipeline_with(&shaders::ATTENTION_MERGE, "main", &[], &[("HD4", hd4 as u32)])?;
+    let rows = groups("attention", max_rows, 1)?;
+    Ok(vec![
+        ctx.dispatch(
+            first,
+            &[b.q, b.k_cache, b.v_cache, b.slot_pos, b.positions, part, &params, step, b.list.unwrap_or(b.slot_pos)],
+            [groups("attention", heads.n_heads / hpw, 1)?, rows, groups("attention", splits, 1)?],
+        ),
+        ctx.dispatch(merge, &[part, b.out, &params, step], [groups("attention", heads.n_heads, 1)?, rows, 1]),
+    ])
 }
 
 /// Reference of the compact list of a table's valid slots below `n_slots`

@@ -148,23 +148,23 @@ impl<'a> Planner<'a> {
                         Some(first) if l > first => Mass::Add,
                         _ => Mass::None,
                     };
-                    plan.push(self.attention(l, rows, table, mass, false)?);
+                    self.attention(plan, l, rows, table, mass, false)?;
                 }
                 Attend::Chosen => {
                     let Some(attend) = &s.attend else { unreachable!("a re-choosing session") };
-                    plan.push(self.attention(l, rows, attend, Mass::None, true)?);
+                    self.attention(plan, l, rows, attend, Mass::None, true)?;
                 }
                 // The per-layer oracle: this layer's dense attention ranks, then it attends to its choice.
                 Attend::ChosenPerLayer(protect) => {
                     let (Some(attend), Some(score)) = (&s.attend, &s.slot_score) else { unreachable!("an oracle session") };
-                    plan.push(self.attention(l, rows, &s.slot_pos, Mass::Write, false)?);
+                    self.attention(plan, l, rows, &s.slot_pos, Mass::Write, false)?;
                     self.score_from_mass(plan, rows, score)?;
                     self.choose(plan, attend, score, protect)?;
-                    plan.push(self.attention(l, rows, attend, Mass::None, true)?);
+                    self.attention(plan, l, rows, attend, Mass::None, true)?;
                 }
                 // The key index's dense layers attend to every slot.
                 Attend::Keys(_) if s.index.as_ref().is_some_and(|ix| l < ix.first) => {
-                    plan.push(self.attention(l, rows, &s.slot_pos, Mass::None, false)?);
+                    self.attention(plan, l, rows, &s.slot_pos, Mass::None, false)?;
                 }
                 Attend::Keys(protect) => {
                     let (Some(ix), Some(attend), Some(score)) = (&s.index, &s.attend, &s.slot_score) else {
@@ -195,16 +195,16 @@ impl<'a> Planner<'a> {
                         // nominees chooses the budget among them.
                         true => {
                             self.choose_n(plan, attend, score, protect, candidates)?;
-                            plan.push(self.attention(l, rows, attend, Mass::Write, true)?);
+                            self.attention(plan, l, rows, attend, Mass::Write, true)?;
                             self.score_from_mass(plan, rows, score)?;
                             self.select(plan, attend, score, protect, self.policy().budget)?;
                         }
                         false => self.choose(plan, attend, score, protect)?,
                     }
-                    plan.push(self.attention(l, rows, attend, Mass::None, true)?);
+                    self.attention(plan, l, rows, attend, Mass::None, true)?;
                 }
                 Attend::Quest(_, dense) if l < dense => {
-                    plan.push(self.attention(l, rows, &s.slot_pos, Mass::None, false)?);
+                    self.attention(plan, l, rows, &s.slot_pos, Mass::None, false)?;
                 }
                 Attend::Quest(protect, _) => {
                     let (Some(attend), Some(score)) = (&s.attend, &s.slot_score) else { unreachable!("a quest session") };
@@ -218,7 +218,7 @@ impl<'a> Planner<'a> {
                     plan.push(ops::quest::build_bounds(ctx, &s.k_cache[l], &s.slot_pos, &s.slots, bounds, step, qp, rows)?);
                     plan.push(ops::quest::build_score(ctx, &s.q, bounds, score, step, qp, rows)?);
                     self.choose(plan, attend, score, protect)?;
-                    plan.push(self.attention(l, rows, attend, Mass::None, true)?);
+                    self.attention(plan, l, rows, attend, Mass::None, true)?;
                 }
             }
             // The output projection adds into the residual stream.
@@ -289,7 +289,7 @@ impl<'a> Planner<'a> {
 
     /// Layer `l`'s attention of the rows over the slots valid in `table`, into `att`; with
     /// `listed`, through the compact list of the re-chosen table.
-    fn attention(&self, l: usize, rows: usize, table: &wgpu::Buffer, mass: Mass, listed: bool) -> Result<Dispatch> {
+    fn attention(&self, plan: &mut Vec<Dispatch>, l: usize, rows: usize, table: &wgpu::Buffer, mass: Mass, listed: bool) -> Result<()> {
         let (c, s) = (self.c, self.s);
         let heads = Heads { n_heads: c.n_heads, n_kv_heads: c.n_kv_heads, head_dim: c.head_dim };
         let ab = ops::attention::Buffers {
@@ -302,7 +302,14 @@ impl<'a> Planner<'a> {
             mass: s.mass.as_ref().unwrap_or(&s.unused),
             list: if listed { s.attend_list.as_ref() } else { None },
         };
-        ops::attention::build(self.ctx, &ab, &s.step, heads, self.capacity, rows, mass)
+        match &s.attn_part {
+            // Decode on a GPU at a long capacity: the slots split across workgroups, then merged.
+            Some(part) if mass == Mass::None && ops::attention::splits(self.ctx, self.capacity, rows) => {
+                plan.extend(ops::attention::build_split(self.ctx, &ab, part, &s.step, heads, self.capacity, rows)?);
+            }
+            _ => plan.push(ops::attention::build(self.ctx, &ab, &s.step, heads, self.capacity, rows, mass)?),
+        }
+        Ok(())
     }
 
     /// Final norm and LM head: for every row (perplexity), or for the last new row followed by

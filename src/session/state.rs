@@ -215,14 +215,16 @@ pub(crate) struct RunState {
     pub k: wgpu::Buffer,             // (rows, n_kv_heads, head_dim)
     pub qkv: wgpu::Buffer,           // (rows, q_dim + 2 kv_dim) the q, k and v products, stacked
     pub att: wgpu::Buffer,           // (rows, n_heads, head_dim)
-    pub gate: wgpu::Buffer,          // (rows, ffn)
-    pub gate_up: wgpu::Buffer,       // (rows, 2 ffn) the gate and up products, stacked
-    pub last: wgpu::Buffer,          // (1, hidden) normalised last row
-    pub logits: wgpu::Buffer,        // (1 or chunk, vocab)
-    pub k_cache: Vec<wgpu::Buffer>,  // per layer (capacity, n_kv_heads, head_dim)
-    pub v_cache: Vec<wgpu::Buffer>,  // per layer (capacity, n_kv_heads, head_dim)
-    pub slot_pos: wgpu::Buffer,      // (capacity) u32 position held by each slot, or INVALID_SLOT
-    pub readback: wgpu::Buffer,      // 4 bytes, MAP_READ
+    /// Split attention's partial softmaxes (decode rows on GPUs at long capacities).
+    pub attn_part: Option<wgpu::Buffer>,
+    pub gate: wgpu::Buffer,         // (rows, ffn)
+    pub gate_up: wgpu::Buffer,      // (rows, 2 ffn) the gate and up products, stacked
+    pub last: wgpu::Buffer,         // (1, hidden) normalised last row
+    pub logits: wgpu::Buffer,       // (1 or chunk, vocab)
+    pub k_cache: Vec<wgpu::Buffer>, // per layer (capacity, n_kv_heads, head_dim)
+    pub v_cache: Vec<wgpu::Buffer>, // per layer (capacity, n_kv_heads, head_dim)
+    pub slot_pos: wgpu::Buffer,     // (capacity) u32 position held by each slot, or INVALID_SLOT
+    pub readback: wgpu::Buffer,     // 4 bytes, MAP_READ
     /// 4 bytes, bound where a kernel's binding is unused by this plan (attention's mass when
     /// nothing records it).
     pub unused: wgpu::Buffer,
@@ -380,6 +382,12 @@ impl RunState {
             k: ctx.storage("k", f(rows * c.kv_dim()))?,
             qkv: ctx.storage("qkv", f(rows * (c.q_dim() + 2 * c.kv_dim())))?,
             att: ctx.storage("att", f(rows * c.q_dim()))?,
+            attn_part: {
+                let decode = rows.min(ops::matmul::MATVEC_MAX_ROWS);
+                let heads = ops::attention::Heads { n_heads: c.n_heads, n_kv_heads: c.n_kv_heads, head_dim: c.head_dim };
+                let len = ops::attention::split_scratch_len(heads, capacity, decode);
+                ops::attention::splits(ctx, capacity, decode).then(|| ctx.storage("attention.part", f(len))).transpose()?
+            },
             gate: ctx.storage("gate", f(rows * c.ffn))?,
             gate_up: ctx.storage("gate_up", f(rows * 2 * c.ffn))?,
             last: ctx.storage("last", f(c.hidden))?,
