@@ -18,25 +18,6 @@ const KV_HEADS: usize = 3;
 const HEAD_DIM: usize = HIDDEN / HEADS;
 const VOCAB: usize = 49152;
 
-/// GPT-2's byte -> printable character table, so that any text encodes (one token per byte).
-fn byte_chars() -> Vec<char> {
-    let mut bs: Vec<u32> = (b'!' as u32..=b'~' as u32).chain(0xA1..=0xAC).chain(0xAE..=0xFF).collect();
-    let mut cs = bs.clone();
-    let mut n = 0;
-    for b in 0..256u32 {
-        if !bs.contains(&b) {
-            bs.push(b);
-            cs.push(256 + n);
-            n += 1;
-        }
-    }
-    let mut table = vec![' '; 256];
-    for (b, c) in bs.into_iter().zip(cs) {
-        table[b as usize] = char::from_u32(c).unwrap_or(' ');
-    }
-    table
-}
-
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let mut args = std::env::args().skip(1);
     let out = args.next().ok_or("usage: shaped_model OUT.gguf [SEED]")?;
@@ -77,7 +58,9 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             add(t(name), DType::Q4_1, vec![rows, cols], random(rows * cols, matrix_scale));
         }
     }
-    let chars = byte_chars();
+    // The byte-level alphabet, so that any text encodes (a token per byte).
+    let mut chars: Vec<char> = tokenizers::pre_tokenizers::byte_level::ByteLevel::alphabet().into_iter().collect();
+    chars.sort_unstable();
     let mut tokens = vec!["<|endoftext|>".to_string(), "<|im_start|>".to_string(), "<|im_end|>".to_string()];
     tokens.extend(chars.iter().map(|c| c.to_string()));
     let bytes_end = tokens.len();

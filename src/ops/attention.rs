@@ -94,6 +94,19 @@ pub struct Buffers<'a> {
     pub list: Option<&'a wgpu::Buffer>,
 }
 
+/// The heads' geometry and the buffers' lengths for `max_rows` rows over `capacity` slots.
+fn check_buffers(b: &Buffers, heads: Heads, capacity: usize, max_rows: usize) -> Result<()> {
+    heads.check()?;
+    let qd = heads.n_heads * heads.head_dim;
+    let kvd = heads.n_kv_heads * heads.head_dim;
+    check_len("attention", "q", b.q, max_rows * qd)?;
+    check_len("attention", "out", b.out, max_rows * qd)?;
+    check_len("attention", "k_cache", b.k_cache, capacity * kvd)?;
+    check_len("attention", "v_cache", b.v_cache, capacity * kvd)?;
+    check_len("attention", "slot_pos", b.slot_pos, capacity)?;
+    check_len("attention", "positions", b.positions, max_rows)
+}
+
 pub fn build(
     ctx: &Context,
     b: &Buffers,
@@ -103,15 +116,7 @@ pub fn build(
     max_rows: usize,
     mass: Mass,
 ) -> Result<Dispatch> {
-    heads.check()?;
-    let qd = heads.n_heads * heads.head_dim;
-    let kvd = heads.n_kv_heads * heads.head_dim;
-    check_len("attention", "q", b.q, max_rows * qd)?;
-    check_len("attention", "out", b.out, max_rows * qd)?;
-    check_len("attention", "k_cache", b.k_cache, capacity * kvd)?;
-    check_len("attention", "v_cache", b.v_cache, capacity * kvd)?;
-    check_len("attention", "slot_pos", b.slot_pos, capacity)?;
-    check_len("attention", "positions", b.positions, max_rows)?;
+    check_buffers(b, heads, capacity, max_rows)?;
     if mass != Mass::None {
         check_len("attention", "mass", b.mass, max_rows * heads.n_heads * capacity)?;
     }
@@ -172,15 +177,7 @@ pub fn build_split(
     capacity: usize,
     max_rows: usize,
 ) -> Result<Vec<Dispatch>> {
-    heads.check()?;
-    let qd = heads.n_heads * heads.head_dim;
-    let kvd = heads.n_kv_heads * heads.head_dim;
-    check_len("attention", "q", b.q, max_rows * qd)?;
-    check_len("attention", "out", b.out, max_rows * qd)?;
-    check_len("attention", "k_cache", b.k_cache, capacity * kvd)?;
-    check_len("attention", "v_cache", b.v_cache, capacity * kvd)?;
-    check_len("attention", "slot_pos", b.slot_pos, capacity)?;
-    check_len("attention", "positions", b.positions, max_rows)?;
+    check_buffers(b, heads, capacity, max_rows)?;
     check_len("attention", "part", part, split_scratch_len(heads, capacity, max_rows))?;
     let splits = capacity.div_ceil(SPLIT_CHUNK);
     let params = ctx.uniform(
