@@ -87,6 +87,45 @@ fn safetensors_dir_forward_matches_reference() {
     let _ = std::fs::remove_dir_all(dir);
 }
 
+/// The GPU kernel shape on any adapter: chunks of at most 8 rows and decode steps run the fused
+/// products (RMSNorm in the prologue, SwiGLU in the epilogue) and still give the reference's
+/// logits, for stacked (safetensors) and unstacked (GGUF of mixed types) projections.
+#[test]
+fn gpu_shaped_fused_forward_matches_reference() {
+    let options = adore::ContextOptions { kernel_shape: Some(adore::gpu::KernelShape::Gpu), ..Default::default() };
+    let gpu = Arc::new(adore::Context::new_blocking(options).unwrap());
+    let tiny = Tiny::new(7);
+    let dir = temp_dir("gpu-shaped");
+    let gguf = tiny.gguf_bytes();
+    let g = adore::model::gguf::Gguf::parse("tiny.gguf", &gguf).unwrap();
+    let tok = adore::model::Tokenizer::from_gguf(&g).unwrap();
+    tiny.write_hf_dir(&dir.join("hf"), &tok.to_json().unwrap());
+    std::fs::write(dir.join("tiny.gguf"), &gguf).unwrap();
+    let ids = tokens();
+    let want = tiny.forward(&ids);
+    let vocab = common::tiny::VOCAB;
+    for (what, path) in [("safetensors", dir.join("hf")), ("gguf", dir.join("tiny.gguf"))] {
+        let model = Arc::new(adore::model::files::load(gpu.clone(), &path, &mut |_, _| {}).unwrap());
+        let mut s = Session::new(model.clone(), SessionOptions { context: 128, chunk: 4, all_logits: true, ..Default::default() }).unwrap();
+        let got = pollster::block_on(s.prefill_logits(&ids)).unwrap();
+        assert_close(&format!("{what}, GPU shape: all logits, chunk 4"), &got, &want, 2e-3, 2e-3);
+        let mut s = Session::new(model, SessionOptions { context: 128, chunk: 8, all_logits: false, ..Default::default() }).unwrap();
+        pollster::block_on(s.prefill(&ids[..60])).unwrap();
+        for t in 60..ids.len() {
+            let logits = pollster::block_on(s.last_logits()).unwrap();
+            assert_close(
+                &format!("{what}, GPU shape: decode logits at position {}", t - 1),
+                &logits,
+                &want[(t - 1) * vocab..t * vocab],
+                2e-3,
+                2e-3,
+            );
+            pollster::block_on(s.feed(ids[t])).unwrap();
+        }
+    }
+    let _ = std::fs::remove_dir_all(dir);
+}
+
 #[test]
 fn truncate_then_continue_equals_a_fresh_sequence() {
     let tiny = Tiny::new(9);
