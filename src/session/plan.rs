@@ -245,32 +245,23 @@ impl<'a> Planner<'a> {
         rows: usize,
     ) -> Result<()> {
         let (ctx, c, s) = (self.ctx, self.c, self.s);
-        let norm = ops::matmul::Norm { weight: g, eps: c.rms_eps };
-        let apart = |plan: &mut Vec<Dispatch>| -> Result<()> {
-            plan.push(ops::rmsnorm::build(ctx, &s.x, g, &s.xn, &s.step, c.hidden, c.rms_eps, rows, false)?);
-            Ok(())
+        let one_product = parts.len() == 1 && ops::matmul::fuses(rows);
+        let norm = (one_product && ops::matmul::fuses_norm(ctx, rows)).then_some(ops::matmul::Norm { weight: g, eps: c.rms_eps });
+        let x = match norm {
+            Some(_) => &s.x,
+            None => {
+                plan.push(ops::rmsnorm::build(ctx, &s.x, g, &s.xn, &s.step, c.hidden, c.rms_eps, rows, false)?);
+                &s.xn
+            }
         };
-        match parts {
-            [w] if ops::matmul::fuses(rows) => {
-                let out = if glu { Output::GLU } else { Output::default() };
-                let (x, norm) = match ops::matmul::fuses_norm(ctx, rows) {
-                    true => (&s.x, Some(norm)),
-                    false => {
-                        apart(plan)?;
-                        (&s.xn, None)
-                    }
-                };
-                plan.extend(ops::matmul::build_into(ctx, w, x, norm, y, out, &s.step, rows, 0)?);
-            }
-            _ => {
-                apart(plan)?;
-                if glu {
-                    self.stacked(plan, parts, &s.xn, &s.gate_up, rows)?;
-                    plan.push(ops::swiglu::build(ctx, &s.gate_up, y, &s.step, c.ffn, rows)?);
-                } else {
-                    self.stacked(plan, parts, &s.xn, y, rows)?;
-                }
-            }
+        if one_product {
+            let out = if glu { Output::GLU } else { Output::default() };
+            plan.extend(ops::matmul::build_into(ctx, &parts[0], x, norm, y, out, &s.step, rows, 0)?);
+        } else if glu {
+            self.stacked(plan, parts, x, &s.gate_up, rows)?;
+            plan.push(ops::swiglu::build(ctx, &s.gate_up, y, &s.step, c.ffn, rows)?);
+        } else {
+            self.stacked(plan, parts, x, y, rows)?;
         }
         Ok(())
     }
