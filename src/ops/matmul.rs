@@ -181,7 +181,7 @@ pub fn build_variant(
     if out.offset + n_out > stride {
         return Err(Error::Shape {
             op: "matmul",
-            what: format!("{}: {n} outputs from column {} overrun rows of {stride}", w.name, out.offset),
+            what: format!("{}: {n_out} outputs from column {} overrun rows of {stride}", w.name, out.offset),
         });
     }
     if max_rows == 0 || n == 0 || k == 0 {
