@@ -69,7 +69,8 @@ fn float4(e: u32) -> vec4<f32> {
     return vec4<f32>(halves(weights[e >> 1u]), halves(weights[(e >> 1u) + 1u]));
 }
 
-// Block `b` (32 weights) of row `row` of W: w = scale · (a0 .. a7) + offset, elementwise.
+// Block `b` (32 weights) of row `row` of W: w = scale · (a0 .. a7) + offset, elementwise (for
+// K-quants, sub-block b % 8 of super-block b / 8).
 struct Block {
     a0: vec4<f32>,
     a1: vec4<f32>,
@@ -84,19 +85,77 @@ struct Block {
 }
 
 fn block(row: u32, b: u32) -> Block {
+    if WTYPE >= 6u {
+        // K-quants: 32-weight block b is sub-block s = b % 8 of super-block b / 8.
+        let base = (row * (p.k / 256u) + b / 8u) * block_words();
+        let s = b % 8u;
+        if WTYPE == 8u {
+            // Q6K: half h, quarter t; the two 16-weight scales are folded into the weights.
+            let h = s / 4u;
+            let t = s % 4u;
+            let lo = base + h * 16u + (t % 2u) * 8u;
+            let hi = base + 32u + h * 8u;
+            let ls = (t / 2u) * 4u;
+            let hs = t * 2u;
+            let c0 = signed_byte_at(base, 192u + h * 8u + t * 2u);
+            let c1 = signed_byte_at(base, 193u + h * 8u + t * 2u);
+            let m = vec4<f32>(32.0);
+            return Block(
+                c0 * (bit_fields(weights[lo], ls, 15u) + 16.0 * bit_fields(weights[hi], hs, 3u) - m),
+                c0 * (bit_fields(weights[lo + 1u], ls, 15u) + 16.0 * bit_fields(weights[hi + 1u], hs, 3u) - m),
+                c0 * (bit_fields(weights[lo + 2u], ls, 15u) + 16.0 * bit_fields(weights[hi + 2u], hs, 3u) - m),
+                c0 * (bit_fields(weights[lo + 3u], ls, 15u) + 16.0 * bit_fields(weights[hi + 3u], hs, 3u) - m),
+                c1 * (bit_fields(weights[lo + 4u], ls, 15u) + 16.0 * bit_fields(weights[hi + 4u], hs, 3u) - m),
+                c1 * (bit_fields(weights[lo + 5u], ls, 15u) + 16.0 * bit_fields(weights[hi + 5u], hs, 3u) - m),
+                c1 * (bit_fields(weights[lo + 6u], ls, 15u) + 16.0 * bit_fields(weights[hi + 6u], hs, 3u) - m),
+                c1 * (bit_fields(weights[lo + 7u], ls, 15u) + 16.0 * bit_fields(weights[hi + 7u], hs, 3u) - m),
+                unpack2x16float(weights[base + 52u]).x, 0.0,
+            );
+        }
+        let d = unpack2x16float(weights[base]);
+        let sm = k_scale_min(base, s);
+        let qs = base + select(4u, 12u, WTYPE == 7u) + (s / 2u) * 8u;
+        let sh = (s % 2u) * 4u;
+        var w = Block(
+            nibbles(weights[qs], sh), nibbles(weights[qs + 1u], sh), nibbles(weights[qs + 2u], sh), nibbles(weights[qs + 3u], sh),
+            nibbles(weights[qs + 4u], sh), nibbles(weights[qs + 5u], sh), nibbles(weights[qs + 6u], sh), nibbles(weights[qs + 7u], sh),
+            d.x * sm.x, -d.y * sm.y,
+        );
+        if WTYPE == 7u {
+            let qh = base + 4u;
+            w.a0 += 16.0 * bit_fields(weights[qh], s, 1u);
+            w.a1 += 16.0 * bit_fields(weights[qh + 1u], s, 1u);
+            w.a2 += 16.0 * bit_fields(weights[qh + 2u], s, 1u);
+            w.a3 += 16.0 * bit_fields(weights[qh + 3u], s, 1u);
+            w.a4 += 16.0 * bit_fields(weights[qh + 4u], s, 1u);
+            w.a5 += 16.0 * bit_fields(weights[qh + 5u], s, 1u);
+            w.a6 += 16.0 * bit_fields(weights[qh + 6u], s, 1u);
+            w.a7 += 16.0 * bit_fields(weights[qh + 7u], s, 1u);
+        }
+        return w;
+    }
     let nb = p.k / 32u;
-    if WTYPE == 3u {
-        let base = (row * nb + b) * 5u;
+    if WTYPE == 3u || WTYPE == 5u {
+        let base = (row * nb + b) * select(5u, 6u, WTYPE == 5u);
         let dm = unpack2x16float(weights[base]);
-        let q0 = weights[base + 1u];
-        let q1 = weights[base + 2u];
-        let q2 = weights[base + 3u];
-        let q3 = weights[base + 4u];
-        return Block(
-            nibbles(q0, 0u), nibbles(q1, 0u), nibbles(q2, 0u), nibbles(q3, 0u),
-            nibbles(q0, 4u), nibbles(q1, 4u), nibbles(q2, 4u), nibbles(q3, 4u),
+        let q = base + select(1u, 2u, WTYPE == 5u);
+        var w = Block(
+            nibbles(weights[q], 0u), nibbles(weights[q + 1u], 0u), nibbles(weights[q + 2u], 0u), nibbles(weights[q + 3u], 0u),
+            nibbles(weights[q], 4u), nibbles(weights[q + 1u], 4u), nibbles(weights[q + 2u], 4u), nibbles(weights[q + 3u], 4u),
             dm.x, dm.y,
         );
+        if WTYPE == 5u {
+            let qh = weights[base + 1u];
+            w.a0 += fifth_bits(qh, 0u);
+            w.a1 += fifth_bits(qh, 4u);
+            w.a2 += fifth_bits(qh, 8u);
+            w.a3 += fifth_bits(qh, 12u);
+            w.a4 += fifth_bits(qh, 16u);
+            w.a5 += fifth_bits(qh, 20u);
+            w.a6 += fifth_bits(qh, 24u);
+            w.a7 += fifth_bits(qh, 28u);
+        }
+        return w;
     }
     if WTYPE == 4u {
         let base = (row * nb + b) * 9u;
@@ -137,7 +196,7 @@ fn block_dot(w: Block, xb: u32, gb: u32) -> f32 {
     let x7 = xin(xb + 7u, gb + 7u);
     let s = dot(w.a0, x0) + dot(w.a1, x1) + dot(w.a2, x2) + dot(w.a3, x3)
         + dot(w.a4, x4) + dot(w.a5, x5) + dot(w.a6, x6) + dot(w.a7, x7);
-    if WTYPE == 3u {
+    if has_offset() {
         return w.scale * s + w.offset * dot(x0 + x1 + x2 + x3 + x4 + x5 + x6 + x7, vec4<f32>(1.0));
     }
     return w.scale * s;

@@ -1,6 +1,10 @@
-//! Tensors as files store them (F32, F16, BF16, Q4_0, Q4_1, Q8_0), their CPU dequantization,
-//! quantizers (for tests and tools), and their GPU form: the file's quantization kept, blocks
-//! re-laid to 4-byte alignment (see shaders/quant.wgsl).
+//! Tensors as files store them (F32, F16, BF16, Q4_0, Q4_1, Q5_0, Q5_1, Q8_0 and the K-quants
+//! Q4_K, Q5_K, Q6_K), their CPU dequantization, quantizers (for tests and tools), and their GPU
+//! form: the file's quantization kept, blocks re-laid to 4-byte alignment (see shaders/quant.wgsl).
+//!
+//! Block layouts are GGML's: 32 weights per block for Q4_0 … Q8_0, super-blocks of 256 weights
+//! for the K-quants (8 sub-blocks of 32 with 6-bit scales and mins for Q4_K and Q5_K, 16 of 16
+//! with 8-bit signed scales for Q6_K).
 
 use std::borrow::Cow;
 
@@ -18,14 +22,23 @@ pub enum DType {
     BF16,
     Q4_0,
     Q4_1,
+    Q5_0,
+    Q5_1,
     Q8_0,
+    Q4_K,
+    Q5_K,
+    Q6_K,
 }
+
+/// Weights per K-quant super-block.
+pub const QK_K: usize = 256;
 
 impl DType {
     /// Weights per block (1 for float types).
     pub fn block_size(self) -> usize {
         match self {
             DType::F32 | DType::F16 | DType::BF16 => 1,
+            DType::Q4_K | DType::Q5_K | DType::Q6_K => QK_K,
             _ => 32,
         }
     }
@@ -37,7 +50,12 @@ impl DType {
             DType::F16 | DType::BF16 => 2,
             DType::Q4_0 => 18,
             DType::Q4_1 => 20,
+            DType::Q5_0 => 22,
+            DType::Q5_1 => 24,
             DType::Q8_0 => 34,
+            DType::Q4_K => 144,
+            DType::Q5_K => 176,
+            DType::Q6_K => 210,
         }
     }
 
@@ -57,7 +75,12 @@ impl DType {
             1 => DType::F16,
             2 => DType::Q4_0,
             3 => DType::Q4_1,
+            6 => DType::Q5_0,
+            7 => DType::Q5_1,
             8 => DType::Q8_0,
+            12 => DType::Q4_K,
+            13 => DType::Q5_K,
+            14 => DType::Q6_K,
             30 => DType::BF16,
             _ => return None,
         })
@@ -69,10 +92,30 @@ impl DType {
             DType::F16 => 1,
             DType::Q4_0 => 2,
             DType::Q4_1 => 3,
+            DType::Q5_0 => 6,
+            DType::Q5_1 => 7,
             DType::Q8_0 => 8,
+            DType::Q4_K => 12,
+            DType::Q5_K => 13,
+            DType::Q6_K => 14,
             DType::BF16 => 30,
         }
     }
+
+    /// Every type this engine reads.
+    pub const ALL: [DType; 11] = [
+        DType::F32,
+        DType::F16,
+        DType::BF16,
+        DType::Q4_0,
+        DType::Q4_1,
+        DType::Q5_0,
+        DType::Q5_1,
+        DType::Q8_0,
+        DType::Q4_K,
+        DType::Q5_K,
+        DType::Q6_K,
+    ];
 
     pub fn is_quantized(self) -> bool {
         self.block_size() > 1
@@ -142,17 +185,184 @@ pub fn dequantize(dtype: DType, data: &[u8], n: usize) -> Vec<f32> {
                 out.extend((0..16).map(|j| d * (blk[4 + j] >> 4) as f32 + m));
             }
         }
+        DType::Q5_0 | DType::Q5_1 => {
+            let bytes = dtype.block_bytes();
+            for blk in data[..n / 32 * bytes].chunks_exact(bytes) {
+                // Q5_0: d, then qh; Q5_1: d, m, then qh. Weight j: 4 low bits in byte j % 16
+                // (low nibble for j < 16), the fifth in bit j of qh.
+                let (d, m, h) =
+                    if dtype == DType::Q5_0 { (f16_at(blk, 0), -16.0 * f16_at(blk, 0), 2) } else { (f16_at(blk, 0), f16_at(blk, 2), 4) };
+                let qh = u32::from_le_bytes([blk[h], blk[h + 1], blk[h + 2], blk[h + 3]]);
+                let qs = &blk[h + 4..];
+                out.extend((0..32).map(|j| {
+                    let lo = if j < 16 { qs[j] & 15 } else { qs[j - 16] >> 4 };
+                    let q = lo as u32 | (((qh >> j) & 1) << 4);
+                    // Q5_0 is d · (q - 16), computed as llama.cpp does; Q5_1 is d · q + m.
+                    if dtype == DType::Q5_0 {
+                        d * (q as f32 - 16.0)
+                    } else {
+                        d * q as f32 + m
+                    }
+                }));
+            }
+        }
         DType::Q8_0 => {
             for blk in data[..n / 32 * 34].chunks_exact(34) {
                 let d = f16_at(blk, 0);
                 out.extend((0..32).map(|j| d * (blk[2 + j] as i8) as f32));
             }
         }
+        DType::Q4_K | DType::Q5_K => {
+            let bytes = dtype.block_bytes();
+            for blk in data[..n / QK_K * bytes].chunks_exact(bytes) {
+                let (d, dmin) = (f16_at(blk, 0), f16_at(blk, 2));
+                let scales = &blk[4..16];
+                let (qh, qs) = if dtype == DType::Q5_K { (&blk[16..48], &blk[48..]) } else { (&blk[..0], &blk[16..]) };
+                // Sub-block s (32 weights): scale and min of 6 bits each; its 4 low bits are the
+                // low (s even) or high (s odd) nibbles of bytes 32 (s / 2) .. + 32, Q5_K's fifth
+                // bit is bit s of qh[l].
+                for s in 0..8 {
+                    let (sc, mn) = k_scale_min(scales, s);
+                    let (dl, ml) = (d * sc as f32, dmin * mn as f32);
+                    out.extend((0..32).map(|l| {
+                        let byte = qs[32 * (s / 2) + l];
+                        let mut q = if s % 2 == 0 { byte & 15 } else { byte >> 4 };
+                        if dtype == DType::Q5_K {
+                            q |= ((qh[l] >> s) & 1) << 4;
+                        }
+                        dl * q as f32 - ml
+                    }));
+                }
+            }
+        }
+        DType::Q6_K => {
+            for blk in data[..n / QK_K * 210].chunks_exact(210) {
+                let (ql, qh, sc) = (&blk[..128], &blk[128..192], &blk[192..208]);
+                let d = f16_at(blk, 208);
+                // Weight i: half h = i / 128, quarter t = (i % 128) / 32, l = i % 32; 4 low bits
+                // in ql[64 h + 32 (t % 2) + l] (low nibble for t < 2), 2 high bits at bit 2 t of
+                // qh[32 h + l]; q - 32 times the signed scale of its 16 weights.
+                out.extend((0..QK_K).map(|i| {
+                    let (h, t, l) = (i / 128, (i % 128) / 32, i % 32);
+                    let byte = ql[64 * h + 32 * (t % 2) + l];
+                    let lo = if t < 2 { byte & 15 } else { byte >> 4 };
+                    let hi = (qh[32 * h + l] >> (2 * t)) & 3;
+                    let q = (lo | (hi << 4)) as i32 - 32;
+                    d * (sc[8 * h + (i % 128) / 16] as i8) as f32 * q as f32
+                }));
+            }
+        }
     }
     out
 }
 
-/// Quantizes `x` (length a multiple of 32 for block types) to `dtype`, as llama.cpp does.
+/// The first block of `data` (whole blocks of `dtype`) whose f16 scale or offset is not finite,
+/// as (block, field, value): such a block turns every weight it holds into NaN or infinity.
+pub fn bad_scale(dtype: DType, data: &[u8]) -> Option<(usize, &'static str, f32)> {
+    let fields: &[(usize, &'static str)] = match dtype {
+        DType::F32 | DType::F16 | DType::BF16 => return None,
+        DType::Q4_0 | DType::Q5_0 | DType::Q8_0 => &[(0, "d")],
+        DType::Q4_1 | DType::Q5_1 => &[(0, "d"), (2, "m")],
+        DType::Q4_K | DType::Q5_K => &[(0, "d"), (2, "dmin")],
+        DType::Q6_K => &[(208, "d")],
+    };
+    data.chunks_exact(dtype.block_bytes()).enumerate().find_map(|(b, blk)| {
+        fields.iter().find_map(|&(at, field)| {
+            let v = f16_at(blk, at);
+            (!v.is_finite()).then_some((b, field, v))
+        })
+    })
+}
+
+/// Scale and min (6 bits each) of sub-block `s` of a Q4_K / Q5_K super-block, from its 12
+/// bytes: sub-blocks 0..3 in the low 6 bits of bytes s and s + 4, sub-blocks 4..7 in the
+/// nibbles of bytes s + 4 with their top 2 bits in the top bits of bytes s - 4 and s.
+fn k_scale_min(q: &[u8], s: usize) -> (u8, u8) {
+    if s < 4 {
+        (q[s] & 63, q[s + 4] & 63)
+    } else {
+        ((q[s + 4] & 15) | ((q[s - 4] >> 6) << 4), (q[s + 4] >> 4) | ((q[s] >> 6) << 4))
+    }
+}
+
+/// Rounds `v` to an integer in `lo ..= hi`.
+fn level(v: f32, lo: i32, hi: i32) -> i32 {
+    (v.round() as i32).clamp(lo, hi)
+}
+
+/// One Q4_K or Q5_K super-block (`levels` = 15 or 31) by plain rounding: each sub-block's range
+/// [min(0, lowest), highest] in `levels` steps, scales and mins to 6 bits against the
+/// super-block's d and dmin. (llama.cpp searches for better scales; any block it writes is read
+/// the same way.)
+fn quantize_k_block(x: &[f32], levels: i32, out: &mut Vec<u8>) {
+    let mut scale = [0f32; 8];
+    let mut min = [0f32; 8];
+    for s in 0..8 {
+        let sub = &x[32 * s..32 * s + 32];
+        let lo = sub.iter().copied().fold(0.0f32, f32::min);
+        let hi = sub.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+        scale[s] = (hi - lo) / levels as f32;
+        min[s] = -lo;
+    }
+    let d = f16::from_f32(scale.iter().copied().fold(0.0, f32::max) / 63.0);
+    let dmin = f16::from_f32(min.iter().copied().fold(0.0, f32::max) / 63.0);
+    let step = |v: f32, unit: f16| if unit.to_f32() > 0.0 { level(v / unit.to_f32(), 0, 63) as u8 } else { 0 };
+    let sc: Vec<u8> = scale.iter().map(|&v| step(v, d)).collect();
+    let mn: Vec<u8> = min.iter().map(|&v| step(v, dmin)).collect();
+    let mut scales = [0u8; 12];
+    for j in 0..4 {
+        scales[j] = sc[j] | ((sc[j + 4] >> 4) << 6);
+        scales[j + 4] = mn[j] | ((mn[j + 4] >> 4) << 6);
+        scales[j + 8] = (sc[j + 4] & 15) | ((mn[j + 4] & 15) << 4);
+    }
+    let q: Vec<u8> = (0..QK_K)
+        .map(|i| {
+            let s = i / 32;
+            let unit = d.to_f32() * sc[s] as f32;
+            if unit > 0.0 {
+                level((x[i] + dmin.to_f32() * mn[s] as f32) / unit, 0, levels) as u8
+            } else {
+                0
+            }
+        })
+        .collect();
+    out.extend_from_slice(&d.to_le_bytes());
+    out.extend_from_slice(&dmin.to_le_bytes());
+    out.extend_from_slice(&scales);
+    if levels == 31 {
+        out.extend((0..32).map(|l| (0..8).fold(0u8, |h, s| h | ((q[32 * s + l] >> 4) << s))));
+    }
+    for c in 0..4 {
+        out.extend((0..32).map(|l| (q[64 * c + l] & 15) | ((q[64 * c + 32 + l] & 15) << 4)));
+    }
+}
+
+/// One Q6_K super-block by plain rounding: 16 signed scales of 8 bits against d, q in -32 ..= 31.
+fn quantize_q6_k_block(x: &[f32], out: &mut Vec<u8>) {
+    let scale: Vec<f32> = x.chunks_exact(16).map(|s| s.iter().fold(0.0f32, |m, v| m.max(v.abs())) / 31.0).collect();
+    let d = f16::from_f32(scale.iter().copied().fold(0.0, f32::max) / 127.0);
+    let sc: Vec<i8> = scale.iter().map(|&v| if d.to_f32() > 0.0 { level(v / d.to_f32(), -128, 127) as i8 } else { 0 }).collect();
+    let q: Vec<u8> = (0..QK_K)
+        .map(|i| {
+            let unit = d.to_f32() * sc[i / 16] as f32;
+            (if unit != 0.0 { level(x[i] / unit, -32, 31) } else { 0 } + 32) as u8
+        })
+        .collect();
+    for h in 0..2 {
+        let q = &q[128 * h..];
+        out.extend((0..32).map(|l| (q[l] & 15) | ((q[l + 64] & 15) << 4)));
+        out.extend((0..32).map(|l| (q[l + 32] & 15) | ((q[l + 96] & 15) << 4)));
+    }
+    for h in 0..2 {
+        let q = &q[128 * h..];
+        out.extend((0..32).map(|l| (q[l] >> 4) | ((q[l + 32] >> 4) << 2) | ((q[l + 64] >> 4) << 4) | ((q[l + 96] >> 4) << 6)));
+    }
+    out.extend(sc.iter().map(|&v| v as u8));
+    out.extend_from_slice(&d.to_le_bytes());
+}
+
+/// Quantizes `x` (length a multiple of the block size) to `dtype`: the 32-weight formats as
+/// llama.cpp's reference quantizers do, the K-quants by plain rounding (see `quantize_k_block`).
 pub fn quantize(dtype: DType, x: &[f32]) -> Vec<u8> {
     let mut out = Vec::new();
     match dtype {
@@ -196,6 +406,33 @@ pub fn quantize(dtype: DType, x: &[f32]) -> Vec<u8> {
                 out.extend(b.iter().map(|v| (v * id).round() as i8 as u8));
             }
         }
+        DType::Q5_0 => {
+            for b in x.chunks_exact(32) {
+                let amax = b.iter().copied().fold(0.0f32, |m, v| if v.abs() > m.abs() { v } else { m });
+                let d = amax / -16.0;
+                let id = if d != 0.0 { 1.0 / d } else { 0.0 };
+                let q: Vec<u32> = b.iter().map(|v| ((v * id + 16.5) as i32).clamp(0, 31) as u32).collect();
+                out.extend_from_slice(&f16::from_f32(d).to_le_bytes());
+                out.extend_from_slice(&q.iter().enumerate().fold(0u32, |h, (j, v)| h | ((v >> 4) << j)).to_le_bytes());
+                out.extend((0..16).map(|j| ((q[j] & 15) | ((q[j + 16] & 15) << 4)) as u8));
+            }
+        }
+        DType::Q5_1 => {
+            for b in x.chunks_exact(32) {
+                let min = b.iter().copied().fold(f32::INFINITY, f32::min);
+                let max = b.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+                let d = (max - min) / 31.0;
+                let id = if d != 0.0 { 1.0 / d } else { 0.0 };
+                let q: Vec<u32> = b.iter().map(|v| (((v - min) * id + 0.5) as i32).clamp(0, 31) as u32).collect();
+                out.extend_from_slice(&f16::from_f32(d).to_le_bytes());
+                out.extend_from_slice(&f16::from_f32(min).to_le_bytes());
+                out.extend_from_slice(&q.iter().enumerate().fold(0u32, |h, (j, v)| h | ((v >> 4) << j)).to_le_bytes());
+                out.extend((0..16).map(|j| ((q[j] & 15) | ((q[j + 16] & 15) << 4)) as u8));
+            }
+        }
+        DType::Q4_K => x.chunks_exact(QK_K).for_each(|b| quantize_k_block(b, 15, &mut out)),
+        DType::Q5_K => x.chunks_exact(QK_K).for_each(|b| quantize_k_block(b, 31, &mut out)),
+        DType::Q6_K => x.chunks_exact(QK_K).for_each(|b| quantize_q6_k_block(b, &mut out)),
     }
     out
 }
@@ -208,10 +445,15 @@ pub enum WType {
     BF16 = 2,
     Q4 = 3,
     Q8 = 4,
+    Q5 = 5,
+    Q4K = 6,
+    Q5K = 7,
+    Q6K = 8,
 }
 
 /// Re-lays a file's tensor bytes for the GPU, keeping its quantization: Q4_0 becomes the Q4
-/// layout with m = -8 d (exact), Q8_0 blocks get 2 bytes of padding, the rest is unchanged.
+/// layout with m = -8 d and Q5_0 the Q5 (Q5_1) layout with m = -16 d (both exact: a power of
+/// two times an f16), Q8_0 and Q6_K blocks get 2 bytes of padding, the rest is unchanged.
 pub fn pack_for_gpu(dtype: DType, data: &[u8]) -> (WType, Vec<u8>) {
     match dtype {
         DType::F32 => (WType::F32, data.to_vec()),
@@ -237,6 +479,27 @@ pub fn pack_for_gpu(dtype: DType, data: &[u8]) -> (WType, Vec<u8>) {
             }
             (WType::Q8, out)
         }
+        DType::Q5_1 => (WType::Q5, data.to_vec()),
+        DType::Q5_0 => {
+            let mut out = Vec::with_capacity(data.len() / 22 * 24);
+            for blk in data.chunks_exact(22) {
+                let d = f16::from_le_bytes([blk[0], blk[1]]);
+                out.extend_from_slice(&blk[..2]);
+                out.extend_from_slice(&(-(d * f16::from_f32(16.0))).to_le_bytes());
+                out.extend_from_slice(&blk[2..]);
+            }
+            (WType::Q5, out)
+        }
+        DType::Q4_K => (WType::Q4K, data.to_vec()),
+        DType::Q5_K => (WType::Q5K, data.to_vec()),
+        DType::Q6_K => {
+            let mut out = Vec::with_capacity(data.len() / 210 * 212);
+            for blk in data.chunks_exact(210) {
+                out.extend_from_slice(blk);
+                out.extend_from_slice(&[0, 0]);
+            }
+            (WType::Q6K, out)
+        }
     }
 }
 
@@ -253,8 +516,12 @@ impl GpuWeight {
     /// Uploads a tensor, checking that it fits in one binding of this device.
     pub fn upload(ctx: &Context, t: &HostTensor) -> Result<Self> {
         let (rows, cols) = t.rows_cols();
-        if t.dtype.is_quantized() && cols % 32 != 0 {
-            return Err(Error::Shape { op: "upload", what: format!("{}: rows of {cols} are not whole blocks of 32", t.name) });
+        let block = t.dtype.block_size();
+        if !cols.is_multiple_of(block) {
+            return Err(Error::Shape {
+                op: "upload",
+                what: format!("{}: rows of {cols} are not whole {:?} blocks of {block}", t.name, t.dtype),
+            });
         }
         let (wtype, bytes) = pack_for_gpu(t.dtype, &t.data);
         ctx.check_binding(&t.name, bytes.len() as u64)?;

@@ -39,8 +39,12 @@ fn weight(ctx: &Context, rng: &mut Rng, dtype: DType, n: usize, k: usize) -> (Gp
 fn matmul_all_types_variants_and_sizes() {
     let ctx = ctx();
     let mut rng = Rng::new(1);
-    for dtype in [DType::F32, DType::F16, DType::BF16, DType::Q4_0, DType::Q4_1, DType::Q8_0] {
-        let ks: &[usize] = if dtype.is_quantized() { &[32, 96, 576, 1536] } else { &[1, 3, 17, 64, 257] };
+    for dtype in DType::ALL {
+        let ks: &[usize] = match dtype.block_size() {
+            1 => &[1, 3, 17, 64, 257],
+            32 => &[32, 96, 576, 1536],
+            _ => &[256, 768, 1536],
+        };
         for &k in ks {
             for &n in AWKWARD {
                 for rows in [1, 3, 8, 17, 70] {
@@ -92,8 +96,12 @@ fn matmul_all_types_variants_and_sizes() {
 fn matmul_fused_norm_and_swiglu() {
     let ctx = ctx();
     let mut rng = Rng::new(11);
-    for dtype in [DType::F32, DType::F16, DType::Q4_0, DType::Q4_1, DType::Q8_0] {
-        let ks: &[usize] = if dtype.is_quantized() { &[32, 96, 576] } else { &[3, 17, 64, 257] };
+    for dtype in DType::ALL {
+        let ks: &[usize] = match dtype.block_size() {
+            1 => &[3, 17, 64, 257],
+            32 => &[32, 96, 576],
+            _ => &[256, 768],
+        };
         for &k in ks {
             for n_out in [1, 3, 17, 65, 255] {
                 for rows in [1, 3, 8] {
@@ -144,8 +152,9 @@ fn matmul_fused_norm_and_swiglu() {
 fn embed_quantized_tables() {
     let ctx = ctx();
     let mut rng = Rng::new(2);
-    for dtype in [DType::F32, DType::F16, DType::Q4_0, DType::Q4_1, DType::Q8_0] {
-        for &dim in &[32usize, 96, 576] {
+    for dtype in DType::ALL {
+        let dims: &[usize] = if dtype.block_size() > 32 { &[256, 768] } else { &[32, 96, 576] };
+        for &dim in dims {
             for &rows in AWKWARD {
                 let vocab = 300;
                 let (w, exact) = weight(&ctx, &mut rng, dtype, vocab, dim);
