@@ -26,9 +26,14 @@ pub enum Error {
     Malformed { file: String, what: String },
 
     #[error(
-        "{file}: tensor {tensor} has data type {dtype}, which this engine does not support (supported: F32, F16, BF16, Q4_0, Q4_1, Q8_0)"
+        "{file}: tensor {tensor} has data type {dtype}, which this engine does not support (supported: F32, F16, BF16, Q4_0, Q4_1, Q5_0, Q5_1, Q8_0, Q4_K, Q5_K, Q6_K)"
     )]
     UnknownDtype { file: String, tensor: String, dtype: String },
+
+    #[error(
+        "{file}: {what}, which this engine does not implement; refusing to run the model without it rather than compute something else"
+    )]
+    Unsupported { file: String, what: String },
 
     #[error("tensor {tensor} has shape {found:?} but the model configuration requires {expected:?}")]
     ShapeMismatch { tensor: String, expected: Vec<usize>, found: Vec<usize> },
@@ -90,6 +95,7 @@ impl Error {
             Error::Truncated { .. } => "truncated",
             Error::Malformed { .. } => "malformed",
             Error::UnknownDtype { .. } => "unknown_dtype",
+            Error::Unsupported { .. } => "unsupported",
             Error::ShapeMismatch { .. } => "shape_mismatch",
             Error::MissingTensor { .. } => "missing_tensor",
             Error::Config(_) => "config",
@@ -110,6 +116,9 @@ impl Error {
 
     pub(crate) fn malformed(file: &str, what: impl Into<String>) -> Self {
         Error::Malformed { file: file.to_string(), what: what.into() }
+    }
+    pub(crate) fn unsupported(file: &str, what: impl Into<String>) -> Self {
+        Error::Unsupported { file: file.to_string(), what: what.into() }
     }
     pub(crate) fn arg(what: impl Into<String>) -> Self {
         Error::InvalidArgument(what.into())

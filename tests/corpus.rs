@@ -11,8 +11,9 @@ use std::path::{Path, PathBuf};
 
 use adore::model::gguf::{Gguf, Value};
 use adore::model::{ModelSpec, Source, Tokenizer};
+use adore::tensor::{DType, HostTensor};
 use common::malformed::{header, tensor_entry, tiny_with};
-use common::tiny::Tiny;
+use common::tiny::{self, Tiny};
 use serde::{Deserialize, Serialize};
 
 #[derive(Serialize, Deserialize, PartialEq, Debug)]
@@ -21,12 +22,23 @@ struct Entry {
     /// Paths under tests/corpus.
     files: Vec<String>,
     kind: String,
+    /// What the error message must name, where that matters (a refused feature).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    says: Option<String>,
 }
 
 struct Case {
     name: &'static str,
     files: Vec<(String, Vec<u8>)>,
     kind: &'static str,
+    says: Option<&'static str>,
+}
+
+impl Case {
+    fn says(mut self, what: &'static str) -> Self {
+        self.says = Some(what);
+        self
+    }
 }
 
 fn dir() -> PathBuf {
@@ -34,7 +46,7 @@ fn dir() -> PathBuf {
 }
 
 fn gguf(name: &'static str, kind: &'static str, bytes: Vec<u8>) -> Case {
-    Case { name, files: vec![(format!("{name}.gguf"), bytes)], kind }
+    Case { name, files: vec![(format!("{name}.gguf"), bytes)], kind, says: None }
 }
 
 /// A Hugging Face directory of the tiny model with `edit` applied to its files.
@@ -54,11 +66,52 @@ fn hf(name: &'static str, kind: &'static str, edit: impl Fn(&mut Vec<(String, Ve
     std::fs::remove_dir_all(&tmp).unwrap();
     files.sort();
     edit(&mut files);
-    Case { name, files: files.into_iter().map(|(n, b)| (format!("{name}/{n}"), b)).collect(), kind }
+    Case { name, files: files.into_iter().map(|(n, b)| (format!("{name}/{n}"), b)).collect(), kind, says: None }
 }
 
 fn file<'a>(files: &'a mut [(String, Vec<u8>)], name: &str) -> &'a mut Vec<u8> {
     &mut files.iter_mut().find(|(n, _)| n == name || n.ends_with(name)).unwrap().1
+}
+
+/// config.json of a Hugging Face case with `key` set to `value`.
+fn hf_config(files: &mut [(String, Vec<u8>)], key: &str, value: serde_json::Value) {
+    let mut c: serde_json::Value = serde_json::from_slice(file(files, "config.json")).unwrap();
+    c[key] = value;
+    *file(files, "config.json") = c.to_string().into_bytes();
+}
+
+/// A GGUF file of one tensor (`entry`, offset 0) whose data is `data`.
+fn with_data(entry: Vec<u8>, data: Vec<u8>) -> Vec<u8> {
+    let mut v = header(3, 1, 0, &entry);
+    v.resize(v.len().next_multiple_of(32), 0);
+    v.extend(data);
+    v
+}
+
+/// `n` blocks of `size` bytes with small finite f16 scales everywhere (0x1400, about 0.001)
+/// and the f16 at byte `at` of block `bad` set to `bits`.
+fn k_blocks(size: usize, n: usize, bad: usize, at: usize, bits: u16) -> Vec<u8> {
+    let mut v: Vec<u8> = (0..n * size).map(|i| (i * 37 % 251) as u8).collect();
+    for b in 0..n {
+        for at in [0, 2, 208].into_iter().filter(|a| a + 2 <= size) {
+            v[b * size + at..b * size + at + 2].copy_from_slice(&0x1400u16.to_le_bytes());
+        }
+    }
+    v[bad * size + at..bad * size + at + 2].copy_from_slice(&bits.to_le_bytes());
+    v
+}
+
+/// The tiny model with one more F32 tensor.
+fn with_tensor(name: &'static str, shape: Vec<usize>) -> Vec<u8> {
+    tiny_with(move |_, ts| {
+        let n: usize = shape.iter().product();
+        ts.push(HostTensor { name: name.into(), dtype: DType::F32, shape: shape.clone(), data: vec![0u8; 4 * n].into() })
+    })
+}
+
+/// The tiny model with one more metadata key.
+fn with_meta(key: &'static str, value: Value) -> Vec<u8> {
+    tiny_with(move |m, _| m.push((key, value.clone())))
 }
 
 fn cases() -> Vec<Case> {
@@ -85,7 +138,17 @@ fn cases() -> Vec<Case> {
         gguf("tensor-offset-overflow", "truncated", header(3, 1, 0, &tensor_entry("x", &[32], 0, u64::MAX - 8))),
         gguf("tensor-dims-overflow", "malformed", header(3, 1, 0, &tensor_entry("x", &[1 << 40, 1 << 40], 0, 0))),
         gguf("tensor-1000-dims", "malformed", header(3, 1, 0, &tensor_entry("x", &[2; 1000], 0, 0))),
-        gguf("dtype-q6k", "unknown_dtype", header(3, 1, 0, &tensor_entry("blk.0.attn_q.weight", &[256, 4], 14, 0))),
+        gguf("dtype-iq2-xxs", "unknown_dtype", header(3, 1, 0, &tensor_entry("blk.0.attn_q.weight", &[256, 4], 16, 0))),
+        gguf("q4k-row-not-whole-super-blocks", "malformed", header(3, 1, 0, &tensor_entry("odd", &[320, 2], 12, 0))),
+        gguf("q6k-cut-in-super-block", "truncated", with_data(tensor_entry("t", &[256, 2], 14, 0), vec![0; 300])),
+        gguf("q4k-scale-nan", "malformed", with_data(tensor_entry("t", &[256, 2], 12, 0), k_blocks(144, 2, 1, 0, 0x7e00)))
+            .says("block 1 has d = NaN"),
+        gguf("q5k-dmin-inf", "malformed", with_data(tensor_entry("t", &[256, 1], 13, 0), k_blocks(176, 1, 0, 2, 0x7c00)))
+            .says("block 0 has dmin = inf"),
+        gguf("q6k-scale-inf", "malformed", with_data(tensor_entry("t", &[256, 3], 14, 0), k_blocks(210, 3, 2, 208, 0xfc00)))
+            .says("block 2 has d = -inf"),
+        gguf("q5-0-scale-nan", "malformed", with_data(tensor_entry("t", &[64, 1], 6, 0), k_blocks(22, 2, 1, 0, 0x7e01)))
+            .says("block 1 has d = NaN"),
         gguf("dtype-1000", "unknown_dtype", header(3, 1, 0, &tensor_entry("t", &[32], 1000, 0))),
         gguf("q8-row-not-whole-blocks", "malformed", header(3, 1, 0, &tensor_entry("odd", &[48, 2], 8, 0))),
         gguf("cut-in-header", "truncated", cut(20)),
@@ -102,6 +165,18 @@ fn cases() -> Vec<Case> {
         gguf("rope-theta-negative", "config", meta("llama.rope.freq_base", Value::F32(-1.0))),
         gguf("no-block-count", "config", tiny_with(|m, _| m.retain(|(k, _)| *k != "llama.block_count"))),
         gguf("bad-utf8-in-metadata", "malformed", bad_utf8),
+        gguf("llama-qkv-bias", "unsupported", with_tensor("blk.0.attn_q.bias", vec![tiny::HIDDEN]))
+            .says("tensor blk.0.attn_q.bias (a bias"),
+        gguf("llama3-rope-freqs", "unsupported", with_tensor("rope_freqs.weight", vec![tiny::HEAD_DIM / 2]))
+            .says("tensor rope_freqs.weight (RoPE frequency factors"),
+        gguf("rope-scaling-yarn", "unsupported", with_meta("llama.rope.scaling.type", Value::String("yarn".into())))
+            .says("RoPE scaling type \"yarn\""),
+        gguf("mixture-of-experts", "unsupported", with_meta("llama.expert_count", Value::U32(8))).says("mixture of 8 experts"),
+        gguf("sliding-window", "unsupported", with_meta("llama.attention.sliding_window", Value::U32(64)))
+            .says("sliding-window attention of 64 tokens"),
+        gguf("key-length-not-head-size", "unsupported", with_meta("llama.attention.key_length", Value::U32(32)))
+            .says("llama.attention.key_length = 32"),
+        gguf("architecture-gemma3", "config", meta("general.architecture", Value::String("gemma3".into()))).says("\"gemma3\""),
         hf("hf-config-not-json", "malformed", |f| *file(f, "config.json") = b"{ this is not json".to_vec()),
         hf("hf-config-not-utf8", "malformed", |f| *file(f, "config.json") = vec![0xff, 0xfe, b'{', b'}']),
         hf("hf-config-negative-hidden", "malformed", |f| {
@@ -125,13 +200,36 @@ fn cases() -> Vec<Case> {
             *file(f, "model-00001-of-00002.safetensors") = safetensors::serialize([("model.norm.weight".to_string(), view)], None).unwrap();
         }),
         hf("hf-tokenizer-garbage", "tokenizer", |f| *file(f, "tokenizer.json") = b"{\"model\": 42}".to_vec()),
+        hf("hf-rope-scaling-llama3", "unsupported", |f| {
+            hf_config(
+                f,
+                "rope_scaling",
+                serde_json::json!({"rope_type": "llama3", "factor": 8.0, "original_max_position_embeddings": 8192}),
+            )
+        })
+        .says("RoPE scaling \"llama3\""),
+        hf("hf-attention-bias", "unsupported", |f| hf_config(f, "attention_bias", serde_json::json!(true))).says("attention_bias: true"),
+        hf("hf-hidden-act-gelu", "unsupported", |f| hf_config(f, "hidden_act", serde_json::json!("gelu_pytorch_tanh")))
+            .says("\"gelu_pytorch_tanh\""),
+        hf("hf-q-proj-bias-tensor", "unsupported", |f| {
+            let bias = vec![0u8; 4 * tiny::HIDDEN];
+            let view = safetensors::tensor::TensorView::new(safetensors::Dtype::F32, vec![tiny::HIDDEN], &bias).unwrap();
+            let name = "model.layers.0.self_attn.q_proj.bias".to_string();
+            f.push(("model-extra.safetensors".into(), safetensors::serialize([(name, view)], None).unwrap()));
+        })
+        .says("model.layers.0.self_attn.q_proj.bias"),
     ]
 }
 
 fn manifest(cases: &[Case]) -> Vec<Entry> {
     cases
         .iter()
-        .map(|c| Entry { name: c.name.into(), files: c.files.iter().map(|(n, _)| n.clone()).collect(), kind: c.kind.into() })
+        .map(|c| Entry {
+            name: c.name.into(),
+            files: c.files.iter().map(|(n, _)| n.clone()).collect(),
+            kind: c.kind.into(),
+            says: c.says.map(str::to_string),
+        })
         .collect()
 }
 
@@ -188,6 +286,9 @@ fn every_corpus_case_gives_its_error_kind() {
             Ok(Ok(())) => failures.push(format!("{}: accepted", entry.name)),
             Ok(Err(got)) if got.split(':').next() != Some(entry.kind.as_str()) => {
                 failures.push(format!("{}: expected {}, got {got}", entry.name, entry.kind))
+            }
+            Ok(Err(got)) if entry.says.as_ref().is_some_and(|s| !got.contains(s.as_str())) => {
+                failures.push(format!("{}: the error does not name {:?}: {got}", entry.name, entry.says.as_ref().unwrap()))
             }
             Ok(Err(_)) => {}
         }

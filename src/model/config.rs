@@ -102,6 +102,40 @@ impl Config {
             rope_theta: float("rope.freq_base", 10000.0),
             rope_interleaved: true,
         };
+        // Metadata that changes the computation in ways this engine does not implement.
+        let key = |k: &str| format!("{arch}.{k}");
+        if let Some(t) = g.get(&key("rope.scaling.type")).and_then(|v| v.as_str()) {
+            if t != "none" {
+                return Err(Error::unsupported(&g.file, format!("RoPE scaling type {t:?} ({})", key("rope.scaling.type"))));
+            }
+        }
+        if let Ok(n) = int("expert_count") {
+            if n > 0 {
+                return Err(Error::unsupported(&g.file, format!("a mixture of {n} experts ({})", key("expert_count"))));
+            }
+        }
+        if let Ok(w) = int("attention.sliding_window") {
+            if w < cfg.context {
+                return Err(Error::unsupported(
+                    &g.file,
+                    format!(
+                        "sliding-window attention of {w} tokens ({}) in a model of context {}",
+                        key("attention.sliding_window"),
+                        cfg.context
+                    ),
+                ));
+            }
+        }
+        for k in ["attention.key_length", "attention.value_length"] {
+            if let Ok(n) = int(k) {
+                if n != head_dim {
+                    return Err(Error::unsupported(
+                        &g.file,
+                        format!("{} = {n}, a head size other than embedding / heads = {head_dim}", key(k)),
+                    ));
+                }
+            }
+        }
         if let Ok(rope_dims) = int("rope.dimension_count") {
             if rope_dims != head_dim {
                 return Err(Error::Config(format!(
@@ -131,11 +165,43 @@ impl Config {
             rms_norm_eps: Option<f64>,
             rope_theta: Option<f64>,
             model_type: Option<String>,
+            rope_scaling: Option<serde_json::Value>,
+            attention_bias: Option<bool>,
+            mlp_bias: Option<bool>,
+            hidden_act: Option<String>,
+            sliding_window: Option<u64>,
+            num_local_experts: Option<u64>,
         }
         let hf: Hf = serde_json::from_str(text).map_err(|e| Error::malformed(file, format!("not a usable config.json: {e}")))?;
         if let Some(t) = &hf.model_type {
             if !matches!(t.as_str(), "llama" | "mistral") {
                 return Err(Error::Config(format!("{file}: model_type {t:?} is not a Llama-family model")));
+            }
+        }
+        // Settings that change the computation in ways this engine does not implement.
+        if let Some(r) = hf.rope_scaling.as_ref().filter(|r| !r.is_null()) {
+            let kind = r.get("rope_type").or_else(|| r.get("type")).and_then(|t| t.as_str()).unwrap_or("unnamed");
+            if kind != "default" {
+                return Err(Error::unsupported(file, format!("RoPE scaling {kind:?} (rope_scaling)")));
+            }
+        }
+        for (name, on) in [("attention_bias", hf.attention_bias), ("mlp_bias", hf.mlp_bias)] {
+            if on == Some(true) {
+                return Err(Error::unsupported(file, format!("biases in the projections ({name}: true)")));
+            }
+        }
+        if let Some(act) = hf.hidden_act.as_deref().filter(|a| *a != "silu") {
+            return Err(Error::unsupported(file, format!("the activation {act:?} (hidden_act; SwiGLU's silu is implemented)")));
+        }
+        if let Some(n) = hf.num_local_experts.filter(|&n| n > 0) {
+            return Err(Error::unsupported(file, format!("a mixture of {n} experts (num_local_experts)")));
+        }
+        if let (Some(w), Some(ctx)) = (hf.sliding_window, hf.max_position_embeddings) {
+            if w < ctx {
+                return Err(Error::unsupported(
+                    file,
+                    format!("sliding-window attention of {w} tokens (sliding_window) in a model of context {ctx}"),
+                ));
             }
         }
         let size = |name: &str, v: u64| -> Result<usize> {

@@ -4,7 +4,7 @@
 use std::collections::BTreeMap;
 
 use crate::error::{Error, Result};
-use crate::tensor::{ggml_type_name, DType, HostTensor};
+use crate::tensor::{bad_scale, ggml_type_name, DType, HostTensor};
 
 const MAGIC: &[u8; 4] = b"GGUF";
 const DEFAULT_ALIGNMENT: u64 = 32;
@@ -270,13 +270,21 @@ impl<'a> Gguf<'a> {
             let start = data_start.checked_add(offset);
             let end = start.and_then(|s| s.checked_add(bytes));
             match (start, end) {
-                (Some(s), Some(e)) if e <= data.len() as u64 => tensors.push(TensorInfo {
-                    name,
-                    dtype,
-                    shape: dims.iter().rev().map(|&d| d as usize).collect(),
-                    offset: s,
-                    bytes: e - s,
-                }),
+                (Some(s), Some(e)) if e <= data.len() as u64 => {
+                    if let Some((block, field, v)) = bad_scale(dtype, &data[s as usize..e as usize]) {
+                        return Err(Error::malformed(
+                            file,
+                            format!("tensor {name}: {dtype:?} block {block} has {field} = {v}, which makes its weights NaN or infinite"),
+                        ));
+                    }
+                    tensors.push(TensorInfo {
+                        name,
+                        dtype,
+                        shape: dims.iter().rev().map(|&d| d as usize).collect(),
+                        offset: s,
+                        bytes: e - s,
+                    })
+                }
                 _ => {
                     return Err(Error::Truncated {
                         file: file.into(),

@@ -90,6 +90,17 @@ fn hf_to_gguf(name: &str) -> Option<String> {
     Some(format!("blk.{layer}.{short}.weight"))
 }
 
+/// What a tensor the forward pass does not use is, for the error that refuses it.
+fn unused_tensor(name: &str) -> &'static str {
+    if name.ends_with(".bias") {
+        "a bias, which the Llama forward pass does not add"
+    } else if name.starts_with("rope_freqs") {
+        "RoPE frequency factors: Llama 3 RoPE scaling"
+    } else {
+        "a tensor the Llama forward pass does not use"
+    }
+}
+
 impl<'a> ModelSpec<'a> {
     /// Parses and checks a model's files.
     pub fn read(source: Source<'a>) -> Result<Self> {
@@ -117,7 +128,13 @@ impl<'a> ModelSpec<'a> {
                     let st = safetensors::SafeTensors::deserialize(bytes)
                         .map_err(|e| Error::malformed(&file, format!("not a valid safetensors file: {e}")))?;
                     for (hf_name, view) in st.tensors() {
-                        let Some(name) = hf_to_gguf(&hf_name) else { continue };
+                        let Some(name) = hf_to_gguf(&hf_name) else {
+                            // Buffers of RoPE's inverse frequencies, which the engine computes from rope_theta.
+                            if hf_name.ends_with("rotary_emb.inv_freq") {
+                                continue;
+                            }
+                            return Err(Error::unsupported(&file, format!("tensor {hf_name} ({})", unused_tensor(&hf_name))));
+                        };
                         let dtype = match view.dtype() {
                             safetensors::Dtype::F32 => DType::F32,
                             safetensors::Dtype::F16 => DType::F16,
@@ -152,9 +169,16 @@ impl<'a> ModelSpec<'a> {
         Ok(spec)
     }
 
-    /// Every tensor the forward pass needs is present with the shape the configuration implies.
+    /// Every tensor the forward pass needs is present with the shape the configuration implies,
+    /// and the file holds no tensor it would leave unused.
     fn check(&self) -> Result<()> {
-        for (name, shape) in self.expected_shapes() {
+        let expected = self.expected_shapes();
+        let mut unused: Vec<&String> = self.tensors.keys().filter(|n| !expected.iter().any(|(e, _)| e == *n)).collect();
+        unused.sort();
+        if let Some(name) = unused.first() {
+            return Err(Error::unsupported(&self.name, format!("tensor {name} ({})", unused_tensor(name))));
+        }
+        for (name, shape) in expected {
             let Some(t) = self.tensors.get(&name) else {
                 if name == "output.weight" {
                     continue; // tied to token_embd

@@ -55,6 +55,7 @@ const BY_KIND = {
   truncated: ModelFormatError,
   malformed: ModelFormatError,
   unknown_dtype: ModelFormatError,
+  unsupported: ModelFormatError,
   shape_mismatch: ModelFormatError,
   missing_tensor: ModelFormatError,
   config: ModelFormatError,

@@ -135,7 +135,7 @@ export declare const POLICIES: readonly Policy[];
 export declare const GENERATE_DEFAULTS: Readonly<Required<Omit<GenerateOptions, 'signal' | 'onToken'>>>;
 
 export declare class AdoreError extends Error {
-  /** Stable identifier: truncated, bad_magic, unknown_dtype, prompt_too_long, no_adapter, ... */
+  /** Stable identifier: truncated, bad_magic, unknown_dtype, unsupported, prompt_too_long, no_adapter, ... */
   readonly kind: string;
 }
 export declare class ModelFormatError extends AdoreError {}

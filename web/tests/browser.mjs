@@ -5,7 +5,7 @@
 //  - load progress events arrive in order (phases in order, bytes never going back);
 //  - a corrupt model file shows a readable error in the page, and the page keeps working;
 //  - every case of the malformed-input corpus (tests/corpus) gives its error kind through the
-//    JS API, as natively (tests/corpus.rs);
+//    JS API, naming what it refuses where the case says, as natively (tests/corpus.rs);
 //  - no panic message appears in any console output;
 //  - a screenshot of the demo after a generation is written to web/test-output/demo.png.
 // Timings (wasm size, load time, tokens/s in the browser and natively) go to
@@ -215,6 +215,7 @@ try {
     const payload = entries.map((e) => ({
       name: e.name,
       kind: e.kind,
+      says: e.says,
       files: e.files.map((f) => ({ name: f, base64: readFileSync(join(corpusDir, f)).toString('base64') })),
     }));
     const page = await open(base);
@@ -229,13 +230,15 @@ try {
           engine.dispose();
           out.push({ name: c.name, expected: c.kind, got: 'accepted' });
         } catch (e) {
-          out.push({ name: c.name, expected: c.kind, got: e.kind, error: `${e.name}: ${e.message}` });
+          out.push({ name: c.name, expected: c.kind, says: c.says, got: e.kind, error: `${e.name}: ${e.message}` });
         }
       }
       return out;
     }, payload);
     const wrong = results.filter((r) => r.got !== r.expected);
     if (wrong.length) fail(`corpus cases with the wrong error in the browser:\n${wrong.map((r) => `${r.name}: expected ${r.expected}, got ${r.got} (${r.error})`).join('\n')}`);
+    const vague = results.filter((r) => r.says && !r.error.includes(r.says));
+    if (vague.length) fail(`corpus errors that do not name what they refuse:\n${vague.map((r) => `${r.name}: ${JSON.stringify(r.says)} not in ${r.error}`).join('\n')}`);
     const unnamed = results.filter((r) => !/^(ModelFormatError|DownloadError|ArgumentError): /.test(r.error));
     if (unnamed.length) fail(`corpus errors without a named class: ${unnamed.map((r) => r.error).join(' | ')}`);
     console.log(`browser test: ok ${results.length} corpus cases give their error kinds through the JS API`);
