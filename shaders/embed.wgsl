@@ -1,11 +1,13 @@
-// embed.wgsl: x[r, :] = E[tokens[r], :], the embedding row dequantized (quant.wgsl).
-// Invocation = 8 features of one row; dispatch (ceil(dim / 8 / 64), rows, 1).
+// embed.wgsl: x[r, :] = E[tokens[r], :], the embedding row dequantized (quant.wgsl). E may be
+// one part of a table split in row ranges (rows first .. first + vocab): a row whose token lies
+// outside it is left to another part's dispatch, and the last part writes zeros for tokens past
+// the whole table. Invocation = 8 features of one row; dispatch (ceil(dim / 8 / 64), rows, 1).
 
 struct Params {
     dim: u32,    // embedding width
-    vocab: u32,  // rows of E
-    pad0: u32,
-    pad1: u32,
+    vocab: u32,  // rows of this part of E
+    first: u32,  // the token id of its first row
+    last: u32,   // 1: the table's last part
 }
 
 @group(0) @binding(0) var<storage, read> weights: array<u32>;  // E: (vocab, dim) in format WTYPE
@@ -23,8 +25,10 @@ fn main(@builtin(global_invocation_id) gid: vec3<u32>) {
     }
     let token = tokens[r];
     var w = W8(vec4<f32>(0.0), vec4<f32>(0.0));
-    if token < p.vocab {
-        w = dequant8(token, g, p.dim);
+    if token >= p.first && token - p.first < p.vocab {
+        w = dequant8(token - p.first, g, p.dim);
+    } else if token < p.first || p.last == 0u {
+        return;
     }
     for (var i = 0u; i < 4u; i++) {
         let k = g * 8u + i;

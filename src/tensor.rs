@@ -503,6 +503,54 @@ pub fn pack_for_gpu(dtype: DType, data: &[u8]) -> (WType, Vec<u8>) {
     }
 }
 
+/// A matrix uploaded as row ranges of at most one binding each (an embedding table or LM head of
+/// a large vocabulary under a 128 MiB binding limit): the kernels run once per part.
+pub struct RowSplit {
+    /// (first row, the part as a matrix of its rows), in order.
+    pub parts: Vec<(usize, GpuWeight)>,
+    pub rows: usize,
+    pub cols: usize,
+}
+
+impl RowSplit {
+    /// Uploads `t` whole if it fits in one binding, otherwise in as few row ranges as do.
+    pub fn upload(ctx: &Context, t: &HostTensor) -> Result<Self> {
+        Self::upload_limited(ctx, t, ctx.binding_limit())
+    }
+
+    /// [`RowSplit::upload`] with parts of at most `limit` bytes (tests force splits with it).
+    pub fn upload_limited(ctx: &Context, t: &HostTensor, limit: u64) -> Result<Self> {
+        let (rows, cols) = t.rows_cols();
+        let block = t.dtype.block_size();
+        if rows == 0 || !cols.is_multiple_of(block) {
+            return Err(Error::Shape {
+                op: "upload",
+                what: format!("{}: rows of {cols} are not whole {:?} blocks of {block}", t.name, t.dtype),
+            });
+        }
+        let row_bytes = cols / block * t.dtype.block_bytes();
+        let gpu_row_bytes = pack_for_gpu(t.dtype, &t.data[..row_bytes]).1.len() as u64;
+        let per_part = (limit / gpu_row_bytes.max(1)) as usize;
+        if per_part == 0 {
+            return Err(Error::TensorTooLarge { tensor: format!("{} (one row)", t.name), bytes: gpu_row_bytes, limit });
+        }
+        let mut parts = Vec::new();
+        for first in (0..rows).step_by(per_part) {
+            let n = per_part.min(rows - first);
+            let name = if n == rows { t.name.clone() } else { format!("{} rows {first}..{}", t.name, first + n) };
+            let data = &t.data[first * row_bytes..(first + n) * row_bytes];
+            let part = HostTensor { name, dtype: t.dtype, shape: vec![n, cols], data: Cow::Borrowed(data) };
+            parts.push((first, GpuWeight::upload(ctx, &part)?));
+        }
+        Ok(Self { parts, rows, cols })
+    }
+
+    /// Bytes on the GPU.
+    pub fn size(&self) -> u64 {
+        self.parts.iter().map(|(_, w)| w.buffer.size()).sum()
+    }
+}
+
 /// A weight matrix on the GPU, (rows, cols) in its file's quantization.
 pub struct GpuWeight {
     pub name: String,

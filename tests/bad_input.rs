@@ -146,7 +146,8 @@ fn tensor_over_the_binding_limit() {
     let bytes = Tiny::new(1).gguf_bytes();
     let spec = read(&bytes).unwrap();
     let e = Model::load(ctx, spec, &mut |_, _| {}).err().unwrap();
-    assert!(matches!(&e, Error::TensorTooLarge { tensor, limit: 4096, .. } if tensor == "token_embd.weight"), "{e}");
+    // The embedding table (40 KiB) is split in row ranges; a layer's matrix is not.
+    assert!(matches!(&e, Error::TensorTooLarge { tensor, limit: 4096, .. } if tensor == "blk.0.ffn_gate.weight"), "{e}");
 }
 
 #[test]

@@ -4,7 +4,7 @@ mod common;
 
 use adore::gpu::{Context, Dispatch};
 use adore::ops::{self, attention::Heads, attention::INVALID_SLOT, matmul::Output, matmul::Variant, sample::Sampling, Step};
-use adore::tensor::{dequantize, quantize, DType, GpuWeight, HostTensor};
+use adore::tensor::{dequantize, quantize, DType, GpuWeight, HostTensor, RowSplit};
 use common::{assert_close, ctx, Rng, AWKWARD};
 
 fn step(ctx: &Context, n_rows: usize, n_slots: usize, counter: u32) -> wgpu::Buffer {
@@ -173,6 +173,49 @@ fn embed_quantized_tables() {
     }
 }
 
+/// A table uploaded in row ranges (as a large vocabulary's under a binding limit): the
+/// embedding dispatches together write every row once (zeros for ids past the table), and the
+/// products of the parts, placed at their first rows, give the whole product.
+#[test]
+fn embed_and_products_over_row_split_tables() {
+    let ctx = ctx();
+    let mut rng = Rng::new(12);
+    for (dtype, dim, vocab) in [(DType::Q8_0, 96, 1000), (DType::Q6_K, 256, 301), (DType::F16, 40, 77)] {
+        let raw = rng.vec(vocab * dim, 1.0);
+        let t = HostTensor { name: format!("table {dtype:?}"), dtype, shape: vec![vocab, dim], data: quantize(dtype, &raw).into() };
+        let exact = t.to_f32();
+        let row = adore::tensor::pack_for_gpu(dtype, &t.data[..dim / dtype.block_size() * dtype.block_bytes()]).1.len() as u64;
+        for rows_per_part in [1usize, 7, 64, vocab - 1, vocab] {
+            let split = RowSplit::upload_limited(&ctx, &t, row * rows_per_part as u64).unwrap();
+            assert_eq!(split.parts.len(), vocab.div_ceil(rows_per_part), "{dtype:?} parts of {rows_per_part} rows");
+            let what = format!("{dtype:?} {vocab} x {dim} in parts of {rows_per_part} rows");
+            // Every part's first and last row, an id past the table, and random ids.
+            let mut tokens: Vec<u32> = split.parts.iter().flat_map(|(f, p)| [*f as u32, (*f + p.rows - 1) as u32]).take(40).collect();
+            tokens.push(vocab as u32 + 3);
+            tokens.extend((0..9).map(|_| rng.below(vocab as u64) as u32));
+            let n = tokens.len();
+            let x = buf(&ctx, &vec![f32::NAN; n * dim]);
+            ctx.run(&ops::embed::build_split(&ctx, &split, &buf_u32(&ctx, &tokens), &x, &step(&ctx, n, 0, 0), n).unwrap()).unwrap();
+            let mut want = ops::embed::reference(&exact, dim, &tokens[..n - 10]);
+            want.extend(vec![0.0; dim]);
+            want.extend(ops::embed::reference(&exact, dim, &tokens[n - 9..]));
+            assert_close(&format!("embed, {what}"), &read(&ctx, &x, n * dim), &want, 0.0, 0.0);
+
+            let rows = 3;
+            let xin = rng.vec(rows * dim, 1.0);
+            let xb = buf(&ctx, &xin);
+            let y = buf(&ctx, &vec![f32::NAN; rows * vocab]);
+            let st = step(&ctx, rows, 0, 0);
+            for (first, part) in &split.parts {
+                let out = Output { stride: vocab, offset: *first, add: false, glu: false };
+                ctx.run(&ops::matmul::build_into(&ctx, part, &xb, None, &y, out, &st, rows, 0).unwrap()).unwrap();
+            }
+            let want = ops::matmul::reference(&exact, &xin, rows, dim, vocab);
+            assert_close(&format!("product, {what}"), &read(&ctx, &y, rows * vocab), &want, 1e-4 * (dim as f32).sqrt(), 1e-4);
+        }
+    }
+}
+
 #[test]
 fn rmsnorm_sizes_and_last_row() {
     let ctx = ctx();
@@ -203,12 +246,15 @@ fn rope_on_stacked_qkv_with_the_kv_store() {
     let ctx = ctx();
     let mut rng = Rng::new(4);
     let cap = 300;
-    for interleaved in [true, false] {
+    for (interleaved, with_bias) in [(true, false), (false, false), (false, true)] {
         for &(nh, nkv, hd) in &[(1usize, 1usize, 2usize), (3, 1, 64), (9, 3, 64), (17, 17, 16), (4, 2, 128)] {
             for &rows in &[1usize, 3, 17, 255] {
                 let (q_dim, kv_dim) = (nh * hd, nkv * hd);
                 let width = q_dim + 2 * kv_dim;
-                let qkv = rng.vec(rows * width, 1.0);
+                let raw = rng.vec(rows * width, 1.0);
+                // With biases (Qwen2), the kernel reads `raw` and adds them; the references see the sums.
+                let bias = if with_bias { rng.vec(width, 2.0) } else { vec![0.0; width] };
+                let qkv: Vec<f32> = raw.iter().enumerate().map(|(i, v)| v + bias[i % width]).collect();
                 let pos: Vec<u32> = (0..rows).map(|_| rng.below(8192) as u32).collect();
                 // Distinct slots; some rows (as a recompute step's) go to no slot.
                 let mut order: Vec<u32> = (0..cap as u32).collect();
@@ -225,13 +271,23 @@ fn rope_on_stacked_qkv_with_the_kv_store() {
                 let (qb, kb) =
                     (ctx.storage("q", (rows * q_dim * 4) as u64).unwrap(), ctx.storage("k", (rows * kv_dim * 4) as u64).unwrap());
                 let (kc, vc, sp) = (buf(&ctx, &init), buf(&ctx, &init), buf_u32(&ctx, &vec![INVALID_SLOT; cap]));
-                let (qkvb, sb, pb) = (buf(&ctx, &qkv), buf_u32(&ctx, &slots), buf_u32(&ctx, &pos));
-                let b =
-                    ops::rope::Qkv { qkv: &qkvb, q: &qb, k: &kb, k_cache: &kc, v_cache: &vc, slots: &sb, slot_pos: &sp, positions: &pb };
+                let (qkvb, sb, pb) = (buf(&ctx, if with_bias { &raw } else { &qkv }), buf_u32(&ctx, &slots), buf_u32(&ctx, &pos));
+                let bb = buf(&ctx, &bias);
+                let b = ops::rope::Qkv {
+                    qkv: &qkvb,
+                    q: &qb,
+                    k: &kb,
+                    k_cache: &kc,
+                    v_cache: &vc,
+                    slots: &sb,
+                    slot_pos: &sp,
+                    positions: &pb,
+                    bias: with_bias.then_some(&bb),
+                };
                 let r = ops::rope::Rope { n_heads: nh, n_kv_heads: nkv, head_dim: hd, theta: 100000.0, interleaved };
                 run(&ctx, ops::rope::build(&ctx, &b, &step(&ctx, rows, 0, 0), r, cap, rows, true).unwrap());
                 // f32 angles at positions up to 8192 carry ~1e-3 rad of rounding.
-                let what = format!("rope interleaved={interleaved} heads {nh}/{nkv} hd {hd} rows {rows}");
+                let what = format!("rope interleaved={interleaved} bias={with_bias} heads {nh}/{nkv} hd {hd} rows {rows}");
                 assert_close(&format!("{what}: q"), &read(&ctx, &qb, rows * q_dim), &want_q, 3e-3, 1e-3);
                 assert_close(&format!("{what}: k"), &read(&ctx, &kb, rows * kv_dim), &want_k, 3e-3, 1e-3);
                 let (mut wk, mut wv) = (init.clone(), init.clone());

@@ -1,18 +1,21 @@
-//! Embedding lookup from a (possibly quantized) table (shaders/embed.wgsl).
+//! Embedding lookup from a (possibly quantized) table, whole or in row ranges
+//! (shaders/embed.wgsl).
 
 use super::{check_len, groups};
 use crate::error::{Error, Result};
 use crate::gpu::{Context, Dispatch};
 use crate::shaders;
-use crate::tensor::GpuWeight;
+use crate::tensor::{GpuWeight, RowSplit};
 
 #[repr(C)]
 #[derive(Clone, Copy, Debug, bytemuck::Pod, bytemuck::Zeroable)]
 pub struct Params {
     pub dim: u32,
     pub vocab: u32,
-    pub pad0: u32,
-    pub pad1: u32,
+    /// The table part's first row (token id).
+    pub first: u32,
+    /// 1 for the last part, which writes zeros for ids past the table.
+    pub last: u32,
 }
 
 /// Dispatch writing x (rows, dim) = table[tokens[r]] for up to `max_rows` rows.
@@ -24,13 +27,42 @@ pub fn build(
     step: &wgpu::Buffer,
     max_rows: usize,
 ) -> Result<Dispatch> {
+    build_part(ctx, table, 0, true, tokens, x, step, max_rows)
+}
+
+/// Dispatches of [`build`] for a table uploaded in row ranges: each writes the rows whose token
+/// falls in its range.
+pub fn build_split(
+    ctx: &Context,
+    table: &RowSplit,
+    tokens: &wgpu::Buffer,
+    x: &wgpu::Buffer,
+    step: &wgpu::Buffer,
+    max_rows: usize,
+) -> Result<Vec<Dispatch>> {
+    let last = table.parts.len().saturating_sub(1);
+    table.parts.iter().enumerate().map(|(i, (first, part))| build_part(ctx, part, *first, i == last, tokens, x, step, max_rows)).collect()
+}
+
+#[allow(clippy::too_many_arguments)]
+fn build_part(
+    ctx: &Context,
+    table: &GpuWeight,
+    first: usize,
+    last: bool,
+    tokens: &wgpu::Buffer,
+    x: &wgpu::Buffer,
+    step: &wgpu::Buffer,
+    max_rows: usize,
+) -> Result<Dispatch> {
     let (vocab, dim) = (table.rows, table.cols);
     if dim == 0 || vocab == 0 {
         return Err(Error::Shape { op: "embed", what: format!("{}: empty table", table.name) });
     }
     check_len("embed", "tokens", tokens, max_rows)?;
     check_len("embed", "x", x, max_rows * dim)?;
-    let params = ctx.uniform("embed.params", &Params { dim: dim as u32, vocab: vocab as u32, pad0: 0, pad1: 0 });
+    let p = Params { dim: dim as u32, vocab: vocab as u32, first: first as u32, last: last as u32 };
+    let params = ctx.uniform("embed.params", &p);
     let pipeline = ctx.pipeline(&shaders::EMBED, "main", &[("WTYPE", table.wtype as u32 as f64)])?;
     Ok(ctx.dispatch(
         pipeline,

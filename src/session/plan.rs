@@ -64,7 +64,7 @@ impl<'a> Planner<'a> {
             plan.push(ops::cache_update::build_assign(ctx, &s.slot_pos, &s.slots, &s.step, self.capacity, rows)?);
         }
         // Token embeddings into the residual stream.
-        plan.push(self.embed(rows)?);
+        plan.extend(self.embed(rows)?);
         let reads_embeddings = s.controller.as_ref().filter(|cl| cl.gpu.input_layer == 0);
         if let Some(cl) = reads_embeddings {
             // The controller reads the new rows' embeddings before the first layer changes them.
@@ -94,9 +94,9 @@ impl<'a> Planner<'a> {
         Ok(plan)
     }
 
-    fn embed(&self, rows: usize) -> Result<Dispatch> {
+    fn embed(&self, rows: usize) -> Result<Vec<Dispatch>> {
         let s = self.s;
-        ops::embed::build(self.ctx, &self.w.embed, &s.tokens, &s.x, &s.step, rows)
+        ops::embed::build_split(self.ctx, &self.w.embed, &s.tokens, &s.x, &s.step, rows)
     }
 
     /// The forward pass of `layers` for up to `rows` rows, attention as `attend` says.
@@ -116,6 +116,7 @@ impl<'a> Planner<'a> {
                 slots: &s.slots,
                 slot_pos: &s.slot_pos,
                 positions: &s.positions,
+                bias: layer.qkv_bias.as_ref(),
             };
             let rope = ops::rope::Rope {
                 n_heads: c.n_heads,
@@ -310,11 +311,21 @@ impl<'a> Planner<'a> {
         let step = &s.step;
         if self.options.all_logits {
             plan.push(ops::rmsnorm::build(ctx, &s.x, &w.output_norm, &s.xn, step, c.hidden, c.rms_eps, rows, false)?);
-            plan.extend(ops::matmul::build(ctx, w.lm_head(), &s.xn, &s.logits, step, rows, 0)?);
+            self.lm_head(plan, &s.xn, rows, 0)?;
         } else {
             plan.push(ops::rmsnorm::build(ctx, &s.x, &w.output_norm, &s.last, step, c.hidden, c.rms_eps, rows, true)?);
-            plan.extend(ops::matmul::build(ctx, w.lm_head(), &s.last, &s.logits, step, 1, 1)?);
+            self.lm_head(plan, &s.last, 1, 1)?;
             plan.push(ops::sample::build(ctx, &s.logits, &s.tokens, &s.sample_params, step, c.vocab)?);
+        }
+        Ok(())
+    }
+
+    /// Logits (rows, vocab) = x · LM headᵀ, one product per row range of the head.
+    fn lm_head(&self, plan: &mut Vec<Dispatch>, x: &wgpu::Buffer, rows: usize, fixed_rows: u32) -> Result<()> {
+        let head = self.w.lm_head();
+        for (first, part) in &head.parts {
+            let out = ops::matmul::Output { stride: head.rows, offset: *first, add: false, glu: false };
+            plan.extend(ops::matmul::build_into(self.ctx, part, x, None, &self.s.logits, out, &self.s.step, rows, fixed_rows)?);
         }
         Ok(())
     }
@@ -341,7 +352,7 @@ impl<'a> Planner<'a> {
         let b = ops::rebuild::Rows { tokens: &s.tokens, positions: &s.positions, ids: &rb.ids, indices: &rb.indices };
         plan.push(ops::rebuild::build_rows(ctx, &b, &s.step, rows)?);
         if rebuild > 0 {
-            plan.push(self.embed(rows)?);
+            plan.extend(self.embed(rows)?);
         }
         Ok(())
     }
@@ -363,7 +374,7 @@ impl<'a> Planner<'a> {
                 self.forward(plan, rows, 0..layers, Attend::Table(&s.slot_pos, Some(0)))?;
                 self.score_from_mass(plan, rows, score)?;
                 self.choose(plan, attend, score, protect)?;
-                plan.push(self.embed(rows)?);
+                plan.extend(self.embed(rows)?);
                 self.forward(plan, rows, 0..layers, Attend::Chosen)
             }
             OracleRanking::Layer(l) => {
