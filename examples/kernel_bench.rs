@@ -119,7 +119,17 @@ fn main() -> adore::Result<()> {
     time(&ctx, "rmsnorm 576", ops::rmsnorm::build(&ctx, &x, &g, &y, &step, hidden, 1e-5, rows, false)?, (rows * hidden * 3) as f64);
     let kv_rows = ctx.storage("k", (rows * 192 * 4) as u64)?;
     let slots = ctx.storage_init("slots", bytemuck::cast_slice(&(0..rows as u32).collect::<Vec<_>>()))?;
-    let qkv = ops::rope::Qkv { qkv: &y, q: &q, k: &kv_rows, k_cache: &kc, v_cache: &vc, slots: &slots, slot_pos: &sp, positions: &pos };
+    let qkv = ops::rope::Qkv {
+        qkv: &y,
+        q: &q,
+        k: &kv_rows,
+        k_cache: &kc,
+        v_cache: &vc,
+        slots: &slots,
+        slot_pos: &sp,
+        positions: &pos,
+        bias: None,
+    };
     let r = ops::rope::Rope { n_heads: 9, n_kv_heads: 3, head_dim: 64, theta: 1e5, interleaved: true };
     time(&ctx, "rope 9x64 + kv store", ops::rope::build(&ctx, &qkv, &step, r, 512, rows, true)?, (rows * 960 * 3) as f64);
     time(&ctx, "swiglu 1536", ops::swiglu::build(&ctx, &y, &x, &step, ffn, rows)?, (rows * ffn * 4) as f64);

@@ -4,7 +4,7 @@
 // q and k written rotated to their own buffers, k and v stored in the row's KV slot, and with
 // write_table the slot table too (it is shared by every layer). Pairs are (2i, 2i+1) when
 // interleaved (llama.cpp's GGUF layout) and (i, i + head_dim/2) otherwise (Hugging Face's
-// rotate-half). Invocation = one pair of q, one pair of k or one element of v, in that order;
+// rotate-half). With BIAS, bias (q_dim + 2 kv_dim) is added to q, k and v first. Invocation = one pair of q, one pair of k or one element of v, in that order;
 // dispatch (ceil(((n_heads + n_kv_heads) · head_dim / 2 + kv_dim) / 64), rows, 1).
 
 struct Params {
@@ -28,6 +28,19 @@ struct Params {
 @group(0) @binding(7) var<storage, read> positions: array<u32>;      // (rows)
 @group(0) @binding(8) var<uniform> p: Params;
 @group(0) @binding(9) var<uniform> step: Step;
+// Without BIAS, bound to qkv and unread.
+@group(0) @binding(10) var<storage, read> bias: array<f32>;          // (q_dim + 2 kv_dim)
+
+// 1: bias added to q, k and v before the rotation.
+override BIAS: u32 = 0u;
+
+// Element e of row `row` of qkv, with its bias.
+fn qkv_at(row: u32, e: u32) -> f32 {
+    if BIAS != 0u {
+        return qkv[row + e] + bias[e];
+    }
+    return qkv[row + e];
+}
 
 @compute @workgroup_size(64)
 fn main(@builtin(global_invocation_id) gid: vec3<u32>) {
@@ -51,7 +64,7 @@ fn main(@builtin(global_invocation_id) gid: vec3<u32>) {
         // v: stored as it is.
         let i = j - q_pairs - k_pairs;
         if cached {
-            v_cache[slot * kv_dim + i] = qkv[row + q_dim + kv_dim + i];
+            v_cache[slot * kv_dim + i] = qkv_at(row, q_dim + kv_dim + i);
         }
         return;
     }
@@ -71,9 +84,9 @@ fn main(@builtin(global_invocation_id) gid: vec3<u32>) {
     let angle = f32(positions[r]) * inv_freq;
     let c = cos(angle);
     let s = sin(angle);
-    let src = row + select(0u, q_dim, is_k);
-    let a = qkv[src + ia];
-    let b = qkv[src + ib];
+    let src = select(0u, q_dim, is_k);
+    let a = qkv_at(row, src + ia);
+    let b = qkv_at(row, src + ib);
     let ra = a * c - b * s;
     let rb = a * s + b * c;
     if !is_k {

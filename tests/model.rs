@@ -87,6 +87,32 @@ fn safetensors_dir_forward_matches_reference() {
     let _ = std::fs::remove_dir_all(dir);
 }
 
+/// Qwen2 (q/k/v biases, rotate-half RoPE in GGUF rows, Q5_0 and Q5_1 matrices) from GGUF and from a
+/// Hugging Face directory, against the f64 reference with the biases; without its biases the
+/// reference must disagree (the biases matter in this model).
+#[test]
+fn qwen2_forward_matches_reference() {
+    let tiny = Tiny::qwen2(8);
+    let dir = temp_dir("qwen2");
+    let path = dir.join("tiny-qwen2.gguf");
+    let gguf = tiny.gguf_bytes();
+    std::fs::write(&path, &gguf).unwrap();
+    let model = load(&path);
+    assert!(!model.config.rope_interleaved && model.config.qkv_bias);
+    assert!(model.weights.layers.iter().all(|l| l.qkv_bias.is_some()));
+    check_all_logits(model.clone(), &tiny, "qwen2 gguf");
+    let g = adore::model::gguf::Gguf::parse("tiny-qwen2.gguf", &gguf).unwrap();
+    let tok = adore::model::Tokenizer::from_gguf(&g).unwrap();
+    let hf = dir.join("hf");
+    tiny.write_hf_dir(&hf, &tok.to_json().unwrap());
+    check_all_logits(load(&hf), &tiny, "qwen2 safetensors");
+    let mut unbiased = Tiny::qwen2(8);
+    unbiased.w.iter_mut().filter(|(n, _)| n.ends_with(".bias")).for_each(|(_, (_, v))| v.iter_mut().for_each(|x| *x = 0.0));
+    let (a, b) = (tiny.forward(&tokens()), unbiased.forward(&tokens()));
+    assert!(a.iter().zip(&b).any(|(x, y)| (x - y).abs() > 0.1), "the biases change nothing: the test could not fail");
+    let _ = std::fs::remove_dir_all(dir);
+}
+
 /// The GPU kernel shape on any adapter: chunks of at most 8 rows and decode steps run the fused
 /// products (RMSNorm in the prologue, SwiGLU in the epilogue) and still give the reference's
 /// logits, for stacked (safetensors) and unstacked (GGUF of mixed types) projections.

@@ -32,8 +32,8 @@ enum Command {
     /// One long generation checked every --every tokens (tokens/s, resident memory, KV size,
     /// finite logits): a budgeted cache should keep all of them flat.
     Soak(cmd::soak::SoakArgs),
-    /// Download (if needed) and verify the default model; print its path.
-    Fetch,
+    /// Download (if needed) and verify a known model (the default without a name); print its path.
+    Fetch(cmd::fetch::FetchArgs),
     /// Serve the browser demo and a model on 127.0.0.1; prints the URL to open.
     Serve(cmd::serve::ServeArgs),
     /// Each policy against full attention on a text, teacher-forced token by token: top-1
@@ -82,7 +82,7 @@ fn run(cli: Cli) -> Result<()> {
         Command::Perplexity(a) => cmd::perplexity::run(a),
         Command::Bench(a) => cmd::bench::run(a),
         Command::Soak(a) => cmd::soak::run(a),
-        Command::Fetch => cmd::fetch::run(),
+        Command::Fetch(a) => cmd::fetch::run(a),
         Command::Serve(a) => cmd::serve::run(a),
         Command::Eval(a) => cmd::eval::run(a),
         #[cfg(feature = "train")]

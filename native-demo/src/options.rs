@@ -14,17 +14,23 @@ use crate::progress;
 
 #[derive(Args)]
 pub struct ModelPath {
-    /// A .gguf file or a Hugging Face directory (config.json, *.safetensors, tokenizer.json).
-    /// Without it the default model is fetched once into the cache directory.
+    /// A .gguf file, a Hugging Face directory (config.json, *.safetensors, tokenizer.json), or
+    /// the name of a known model (`adore fetch --list`), fetched once into the cache directory.
+    /// Without it the default model is fetched.
     #[arg(long)]
     pub model: Option<PathBuf>,
 }
 
 impl ModelPath {
-    /// The model path given, or the default model (fetched once).
+    /// The model path given, a known model's (fetched once), or the default model's.
     pub fn path(&self) -> Result<PathBuf> {
         match &self.model {
-            Some(p) => Ok(p.clone()),
+            Some(p) if p.exists() => Ok(p.clone()),
+            Some(p) => match p.to_str().and_then(adore::fetch::known) {
+                Some(m) => crate::cmd::fetch::fetch(m),
+                // Neither a file nor a name: loading it gives the error that says so.
+                None => Ok(p.clone()),
+            },
             None => crate::cmd::fetch::default_model(),
         }
     }

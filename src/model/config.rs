@@ -21,7 +21,13 @@ pub struct Config {
     pub rope_theta: f32,
     /// RoPE pairs (2i, 2i+1) (llama.cpp's GGUF row layout) rather than (i, i + d/2).
     pub rope_interleaved: bool,
+    /// Biases added to the q, k and v projections (Qwen2).
+    pub qkv_bias: bool,
 }
+
+/// The architectures read: Llama (and Mistral, the same computation) and Qwen2, which differs
+/// in its q/k/v biases and in rotating halves (its GGUF rows are not permuted for RoPE pairs).
+const ARCHITECTURES: &[&str] = &["llama", "mistral", "qwen2"];
 
 impl Config {
     pub fn q_dim(&self) -> usize {
@@ -70,9 +76,14 @@ impl Config {
     /// From GGUF metadata (`<arch>.*` keys).
     pub fn from_gguf(g: &Gguf) -> Result<Self> {
         let arch = g.get("general.architecture").and_then(|v| v.as_str()).unwrap_or("llama").to_string();
-        if !matches!(arch.as_str(), "llama" | "mistral") {
-            return Err(Error::Config(format!("{}: architecture {arch:?} is not a Llama-family model", g.file)));
+        if !ARCHITECTURES.contains(&arch.as_str()) {
+            return Err(Error::Config(format!(
+                "{}: architecture {arch:?} is not one this engine runs ({})",
+                g.file,
+                ARCHITECTURES.join(", ")
+            )));
         }
+        let qwen2 = arch == "qwen2";
         let int = |key: &str| -> Result<usize> {
             let full = format!("{arch}.{key}");
             g.get(&full)
@@ -100,7 +111,8 @@ impl Config {
             context: int("context_length")?,
             rms_eps: float("attention.layer_norm_rms_epsilon", 1e-5),
             rope_theta: float("rope.freq_base", 10000.0),
-            rope_interleaved: true,
+            rope_interleaved: !qwen2,
+            qkv_bias: qwen2,
         };
         // Metadata that changes the computation in ways this engine does not implement.
         let key = |k: &str| format!("{arch}.{k}");
@@ -170,14 +182,16 @@ impl Config {
             mlp_bias: Option<bool>,
             hidden_act: Option<String>,
             sliding_window: Option<u64>,
+            use_sliding_window: Option<bool>,
             num_local_experts: Option<u64>,
         }
         let hf: Hf = serde_json::from_str(text).map_err(|e| Error::malformed(file, format!("not a usable config.json: {e}")))?;
         if let Some(t) = &hf.model_type {
-            if !matches!(t.as_str(), "llama" | "mistral") {
-                return Err(Error::Config(format!("{file}: model_type {t:?} is not a Llama-family model")));
+            if !ARCHITECTURES.contains(&t.as_str()) {
+                return Err(Error::Config(format!("{file}: model_type {t:?} is not one this engine runs ({})", ARCHITECTURES.join(", "))));
             }
         }
+        let qwen2 = hf.model_type.as_deref() == Some("qwen2");
         // Settings that change the computation in ways this engine does not implement.
         if let Some(r) = hf.rope_scaling.as_ref().filter(|r| !r.is_null()) {
             let kind = r.get("rope_type").or_else(|| r.get("type")).and_then(|t| t.as_str()).unwrap_or("unnamed");
@@ -196,7 +210,7 @@ impl Config {
         if let Some(n) = hf.num_local_experts.filter(|&n| n > 0) {
             return Err(Error::unsupported(file, format!("a mixture of {n} experts (num_local_experts)")));
         }
-        if let (Some(w), Some(ctx)) = (hf.sliding_window, hf.max_position_embeddings) {
+        if let (Some(w), Some(ctx), true) = (hf.sliding_window, hf.max_position_embeddings, hf.use_sliding_window != Some(false)) {
             if w < ctx {
                 return Err(Error::unsupported(
                     file,
@@ -225,6 +239,7 @@ impl Config {
             rms_eps: hf.rms_norm_eps.unwrap_or(1e-6) as f32,
             rope_theta: hf.rope_theta.unwrap_or(10000.0) as f32,
             rope_interleaved: false,
+            qkv_bias: qwen2,
         };
         cfg.validate()?;
         Ok(cfg)

@@ -14,7 +14,7 @@ pub use tokenizer::Tokenizer;
 
 use crate::error::{Error, Result};
 use crate::gpu::Context;
-use crate::tensor::{DType, GpuWeight, HostTensor};
+use crate::tensor::{DType, GpuWeight, HostTensor, RowSplit};
 
 /// The bytes of a model, however they arrived (files on disk, a download, a browser upload).
 pub enum Source<'a> {
@@ -75,19 +75,21 @@ fn hf_to_gguf(name: &str) -> Option<String> {
     let rest = name.strip_prefix("model.layers.")?;
     let (layer, part) = rest.split_once('.')?;
     let layer: usize = layer.parse().ok()?;
-    let short = match part {
-        "input_layernorm.weight" => "attn_norm",
-        "self_attn.q_proj.weight" => "attn_q",
-        "self_attn.k_proj.weight" => "attn_k",
-        "self_attn.v_proj.weight" => "attn_v",
-        "self_attn.o_proj.weight" => "attn_output",
-        "post_attention_layernorm.weight" => "ffn_norm",
-        "mlp.gate_proj.weight" => "ffn_gate",
-        "mlp.up_proj.weight" => "ffn_up",
-        "mlp.down_proj.weight" => "ffn_down",
+    let (module, kind) = part.rsplit_once('.')?;
+    let short = match module {
+        "input_layernorm" => "attn_norm",
+        "self_attn.q_proj" => "attn_q",
+        "self_attn.k_proj" => "attn_k",
+        "self_attn.v_proj" => "attn_v",
+        "self_attn.o_proj" => "attn_output",
+        "post_attention_layernorm" => "ffn_norm",
+        "mlp.gate_proj" => "ffn_gate",
+        "mlp.up_proj" => "ffn_up",
+        "mlp.down_proj" => "ffn_down",
         _ => return None,
     };
-    Some(format!("blk.{layer}.{short}.weight"))
+    // Biases keep their name; whether the model has them is the configuration's to say.
+    matches!(kind, "weight" | "bias").then(|| format!("blk.{layer}.{short}.{kind}"))
 }
 
 /// What a tensor the forward pass does not use is, for the error that refuses it.
@@ -225,6 +227,10 @@ impl<'a> ModelSpec<'a> {
                 (t("ffn_up"), vec![c.ffn, c.hidden]),
                 (t("ffn_down"), vec![c.hidden, c.ffn]),
             ]);
+            if c.qkv_bias {
+                let b = |s: &str| format!("blk.{l}.{s}.bias");
+                v.extend([(b("attn_q"), vec![c.q_dim()]), (b("attn_k"), vec![c.kv_dim()]), (b("attn_v"), vec![c.kv_dim()])]);
+            }
         }
         v
     }
@@ -240,7 +246,10 @@ impl<'a> ModelSpec<'a> {
         use sha2::{Digest, Sha256};
         let embd = self.get("token_embd.weight")?;
         let mut h = Sha256::new();
-        h.update(format!("{:?}", self.config).as_bytes());
+        // Fields added to Config after controllers were shipped are left out at their Llama
+        // value, so that files made for a model still match it.
+        let config = format!("{:?}", self.config).replace(", qkv_bias: false", "");
+        h.update(config.as_bytes());
         h.update(&embd.data);
         Ok(h.finalize().iter().map(|b| format!("{b:02x}")).collect())
     }
@@ -257,6 +266,8 @@ pub struct Layer {
     /// The q, k and v projections, rows stacked in one matrix when their types match (one
     /// product), otherwise apart in that order.
     pub qkv: Vec<GpuWeight>,
+    /// The q, k and v biases stacked (f32), where the model has them.
+    pub qkv_bias: Option<wgpu::Buffer>,
     pub o: GpuWeight,
     pub ffn_norm: wgpu::Buffer,
     /// The gate and up projections, stacked likewise.
@@ -273,15 +284,16 @@ impl Layer {
 
 /// All weights on the GPU.
 pub struct Weights {
-    pub embed: GpuWeight,
+    /// The embedding table, in row ranges where it exceeds one binding.
+    pub embed: RowSplit,
     /// None: tied to `embed`.
-    pub lm_head: Option<GpuWeight>,
+    pub lm_head: Option<RowSplit>,
     pub output_norm: wgpu::Buffer,
     pub layers: Vec<Layer>,
 }
 
 impl Weights {
-    pub fn lm_head(&self) -> &GpuWeight {
+    pub fn lm_head(&self) -> &RowSplit {
         self.lm_head.as_ref().unwrap_or(&self.embed)
     }
 
@@ -289,7 +301,7 @@ impl Weights {
     /// LM head (the embedding gives one row).
     pub fn matrix_bytes(&self) -> u64 {
         let layers: u64 = self.layers.iter().map(|l| l.matrices().map(|w| w.buffer.size()).sum::<u64>()).sum();
-        layers + self.lm_head().buffer.size()
+        layers + self.lm_head().size()
     }
 }
 
@@ -315,20 +327,26 @@ impl Model {
             done += t.data.len() as u64;
             progress(done, total);
         };
+        let norm = |name: &str| -> Result<wgpu::Buffer> {
+            let t = spec.get(name)?;
+            ctx.storage_init(name, bytemuck::cast_slice(&t.to_f32()))
+        };
+        let mut split = |name: &str| -> Result<RowSplit> {
+            let t = spec.get(name)?;
+            let w = RowSplit::upload(&ctx, t)?;
+            step(t);
+            Ok(w)
+        };
+        let embed = split("token_embd.weight")?;
+        let lm_head = match spec.tensors.contains_key("output.weight") {
+            true => Some(split("output.weight")?),
+            false => None,
+        };
         let mut stacked = |name: &str, parts: &[String]| -> Result<Vec<GpuWeight>> {
             let tensors = parts.iter().map(|p| spec.get(p)).collect::<Result<Vec<_>>>()?;
             let w = GpuWeight::upload_stacked(&ctx, name, &tensors)?;
             tensors.iter().for_each(|t| step(t));
             Ok(w)
-        };
-        let norm = |name: &str| -> Result<wgpu::Buffer> {
-            let t = spec.get(name)?;
-            ctx.storage_init(name, bytemuck::cast_slice(&t.to_f32()))
-        };
-        let embed = stacked("token_embd.weight", &["token_embd.weight".into()])?.remove(0);
-        let lm_head = match spec.tensors.contains_key("output.weight") {
-            true => Some(stacked("output.weight", &["output.weight".into()])?.remove(0)),
-            false => None,
         };
         let mut layers = Vec::with_capacity(spec.config.layers);
         for l in 0..spec.config.layers {
@@ -337,7 +355,18 @@ impl Model {
             let o = stacked(&n("attn_output"), &[n("attn_output")])?.remove(0);
             let gate_up = stacked(&format!("blk.{l}.ffn_gate_up"), &[n("ffn_gate"), n("ffn_up")])?;
             let down = stacked(&n("ffn_down"), &[n("ffn_down")])?.remove(0);
-            layers.push(Layer { attn_norm: norm(&n("attn_norm"))?, qkv, o, ffn_norm: norm(&n("ffn_norm"))?, gate_up, down });
+            let qkv_bias = match spec.config.qkv_bias {
+                true => {
+                    let b = ["attn_q", "attn_k", "attn_v"].map(|s| spec.get(&format!("blk.{l}.{s}.bias")));
+                    let mut all = Vec::new();
+                    for t in b {
+                        all.extend(t?.to_f32());
+                    }
+                    Some(ctx.storage_init(&format!("blk.{l}.attn_qkv.bias"), bytemuck::cast_slice(&all))?)
+                }
+                false => None,
+            };
+            layers.push(Layer { attn_norm: norm(&n("attn_norm"))?, qkv, qkv_bias, o, ffn_norm: norm(&n("ffn_norm"))?, gate_up, down });
         }
         let output_norm = norm("output_norm.weight")?;
         ctx.take_error()?;

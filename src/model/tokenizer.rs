@@ -17,6 +17,9 @@ pub struct Tokenizer {
 const LLAMA3_SPLIT: &str =
     r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+";
 
+// Qwen2's split: Llama 3's with single digits.
+const QWEN2_SPLIT: &str = r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+";
+
 impl Tokenizer {
     /// From the contents of a tokenizer.json.
     pub fn from_json(file: &str, bytes: &[u8]) -> Result<Self> {
@@ -69,10 +72,14 @@ impl Tokenizer {
                 {"type": "Digits", "individual_digits": true}, byte_level(true)]}),
             "llama-bpe" | "llama3" | "dbrx" | "smaug-bpe" => json!({"type": "Sequence", "pretokenizers": [
                 {"type": "Split", "pattern": {"Regex": LLAMA3_SPLIT}, "behavior": "Isolated", "invert": false}, byte_level(false)]}),
-            other => return Err(err(format!("pre-tokenizer {other:?} is not supported (gpt2, smollm, llama-bpe are)"))),
+            "qwen2" => json!({"type": "Sequence", "pretokenizers": [
+                {"type": "Split", "pattern": {"Regex": QWEN2_SPLIT}, "behavior": "Isolated", "invert": false}, byte_level(false)]}),
+            other => return Err(err(format!("pre-tokenizer {other:?} is not supported (gpt2, smollm, llama-bpe, qwen2 are)"))),
         };
+        // Qwen2 composes the text (NFC) before splitting it.
+        let normalizer = if pre == "qwen2" { json!({"type": "NFC"}) } else { serde_json::Value::Null };
         let spec = json!({
-            "version": "1.0", "truncation": null, "padding": null, "added_tokens": added, "normalizer": null,
+            "version": "1.0", "truncation": null, "padding": null, "added_tokens": added, "normalizer": normalizer,
             "pre_tokenizer": pre_tokenizer, "post_processor": null,
             "decoder": {"type": "ByteLevel", "add_prefix_space": true, "trim_offsets": true, "use_regex": true},
             "model": {"type": "BPE", "dropout": null, "unk_token": null, "continuing_subword_prefix": null,

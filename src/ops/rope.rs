@@ -1,5 +1,6 @@
 //! Rotary position embedding (interleaved-pair or rotate-half layout) on a step's stacked q, k
-//! and v, with the store of k and v in their KV slots (shaders/rope.wgsl).
+//! and v, after their biases where the model has them, with the store of k and v in their KV
+//! slots (shaders/rope.wgsl).
 
 use super::{check_len, groups};
 use crate::error::{Error, Result};
@@ -30,6 +31,8 @@ pub struct Qkv<'a> {
     pub slots: &'a wgpu::Buffer,
     pub slot_pos: &'a wgpu::Buffer,
     pub positions: &'a wgpu::Buffer,
+    /// Biases of q, k and v stacked (q_dim + 2 kv_dim), added before the rotation.
+    pub bias: Option<&'a wgpu::Buffer>,
 }
 
 /// The heads' shape and rotation.
@@ -69,6 +72,9 @@ pub fn build(
     check_len("rope", "slots", b.slots, max_rows)?;
     check_len("rope", "slot_pos", b.slot_pos, capacity)?;
     check_len("rope", "positions", b.positions, max_rows)?;
+    if let Some(bias) = b.bias {
+        check_len("rope", "bias", bias, q_dim + 2 * kv_dim)?;
+    }
     let p = Params {
         n_heads: nh as u32,
         n_kv_heads: nkv as u32,
@@ -80,11 +86,11 @@ pub fn build(
         pad: 0,
     };
     let params = ctx.uniform("rope.params", &p);
-    let pipeline = ctx.pipeline(&shaders::ROPE, "main", &[])?;
+    let pipeline = ctx.pipeline(&shaders::ROPE, "main", &[("BIAS", b.bias.is_some() as u32 as f64)])?;
     let items = (nh + nkv) * hd / 2 + kv_dim;
     Ok(ctx.dispatch(
         pipeline,
-        &[b.qkv, b.q, b.k, b.k_cache, b.v_cache, b.slots, b.slot_pos, b.positions, &params, step],
+        &[b.qkv, b.q, b.k, b.k_cache, b.v_cache, b.slots, b.slot_pos, b.positions, &params, step, b.bias.unwrap_or(b.qkv)],
         [groups("rope", items, 64)?, groups("rope", max_rows, 1)?, 1],
     ))
 }

@@ -56,6 +56,9 @@ pub fn vocab() -> (Vec<String>, Vec<String>) {
 pub struct Tiny {
     pub w: HashMap<String, (Vec<usize>, Vec<f32>)>,
     pub dtypes: HashMap<String, DType>,
+    /// Qwen2: q/k/v biases, rotate-half RoPE in GGUF too (no row permutation), architecture
+    /// `qwen2`, and Q5_0 / Q5_1 matrices where the Llama model has Q4_0 / Q4_1.
+    pub qwen2: bool,
 }
 
 fn round_bf16(v: f32) -> f32 {
@@ -64,7 +67,17 @@ fn round_bf16(v: f32) -> f32 {
 
 impl Tiny {
     pub fn new(seed: u64) -> Self {
+        Self::build(seed, false)
+    }
+
+    /// The Qwen2 variant (see [`Tiny::qwen2`]).
+    pub fn qwen2(seed: u64) -> Self {
+        Self::build(seed, true)
+    }
+
+    fn build(seed: u64, qwen2: bool) -> Self {
         let mut rng = Rng::new(seed);
+        let (q4_0, q4_1) = if qwen2 { (DType::Q5_0, DType::Q5_1) } else { (DType::Q4_0, DType::Q4_1) };
         let mut w = HashMap::new();
         let mut dtypes = HashMap::new();
         let mut add = |name: String, shape: Vec<usize>, dtype: DType, scale: f32, rng: &mut Rng| {
@@ -84,16 +97,23 @@ impl Tiny {
         for l in 0..LAYERS {
             let n = |s: &str| format!("blk.{l}.{s}.weight");
             add(n("attn_norm"), vec![HIDDEN], DType::F32, 0.2, &mut rng);
-            add(n("attn_q"), vec![qd, HIDDEN], DType::Q4_0, 0.3, &mut rng);
-            add(n("attn_k"), vec![kvd, HIDDEN], DType::Q4_1, 0.3, &mut rng);
+            add(n("attn_q"), vec![qd, HIDDEN], q4_0, 0.3, &mut rng);
+            add(n("attn_k"), vec![kvd, HIDDEN], q4_1, 0.3, &mut rng);
             add(n("attn_v"), vec![kvd, HIDDEN], DType::Q8_0, 0.3, &mut rng);
-            add(n("attn_output"), vec![HIDDEN, qd], DType::Q4_1, 0.2, &mut rng);
+            add(n("attn_output"), vec![HIDDEN, qd], q4_1, 0.2, &mut rng);
             add(n("ffn_norm"), vec![HIDDEN], DType::F32, 0.2, &mut rng);
             add(n("ffn_gate"), vec![FFN, HIDDEN], DType::Q8_0, 0.3, &mut rng);
-            add(n("ffn_up"), vec![FFN, HIDDEN], DType::Q4_0, 0.3, &mut rng);
+            add(n("ffn_up"), vec![FFN, HIDDEN], q4_0, 0.3, &mut rng);
             add(n("ffn_down"), vec![HIDDEN, FFN], DType::Q8_0, 0.2, &mut rng);
+            if qwen2 {
+                // Biases (F32, around 1 as `add` makes 1-D tensors): large enough to matter.
+                let b = |s: &str| format!("blk.{l}.{s}.bias");
+                add(b("attn_q"), vec![qd], DType::F32, 0.5, &mut rng);
+                add(b("attn_k"), vec![kvd], DType::F32, 0.5, &mut rng);
+                add(b("attn_v"), vec![kvd], DType::F32, 0.5, &mut rng);
+            }
         }
-        Tiny { w, dtypes }
+        Tiny { w, dtypes, qwen2 }
     }
 
     fn get(&self, name: &str) -> &[f32] {
@@ -123,17 +143,20 @@ impl Tiny {
         for t in types.iter_mut().take(3) {
             *t = Value::I32(3);
         }
+        let arch = if self.qwen2 { "qwen2" } else { "llama" };
+        // Keys live for the test binary (GGUF metadata keys are &'static str here).
+        let key = |k: &str| -> &'static str { Box::leak(format!("{arch}.{k}").into_boxed_str()) };
         let meta = vec![
-            ("general.architecture", Value::String("llama".into())),
-            ("llama.block_count", Value::U32(LAYERS as u32)),
-            ("llama.context_length", Value::U32(CONTEXT as u32)),
-            ("llama.embedding_length", Value::U32(HIDDEN as u32)),
-            ("llama.feed_forward_length", Value::U32(FFN as u32)),
-            ("llama.attention.head_count", Value::U32(HEADS as u32)),
-            ("llama.attention.head_count_kv", Value::U32(KV_HEADS as u32)),
-            ("llama.rope.freq_base", Value::F32(THETA)),
-            ("llama.attention.layer_norm_rms_epsilon", Value::F32(EPS)),
-            ("llama.vocab_size", Value::U32(VOCAB as u32)),
+            ("general.architecture", Value::String(arch.into())),
+            (key("block_count"), Value::U32(LAYERS as u32)),
+            (key("context_length"), Value::U32(CONTEXT as u32)),
+            (key("embedding_length"), Value::U32(HIDDEN as u32)),
+            (key("feed_forward_length"), Value::U32(FFN as u32)),
+            (key("attention.head_count"), Value::U32(HEADS as u32)),
+            (key("attention.head_count_kv"), Value::U32(KV_HEADS as u32)),
+            (key("rope.freq_base"), Value::F32(THETA)),
+            (key("attention.layer_norm_rms_epsilon"), Value::F32(EPS)),
+            (key("vocab_size"), Value::U32(VOCAB as u32)),
             ("tokenizer.ggml.model", Value::String("gpt2".into())),
             ("tokenizer.ggml.pre", Value::String("default".into())),
             ("tokenizer.ggml.tokens", Value::Array(tokens.into_iter().map(Value::String).collect())),
@@ -148,7 +171,9 @@ impl Tiny {
             .into_iter()
             .map(|name| {
                 let (shape, vals) = &self.w[name];
-                let vals = if name.ends_with("attn_q.weight") {
+                let vals = if self.qwen2 {
+                    vals.clone()
+                } else if name.ends_with("attn_q.weight") {
                     Self::permute_rows(vals, HEADS, HIDDEN)
                 } else if name.ends_with("attn_k.weight") {
                     Self::permute_rows(vals, KV_HEADS, HIDDEN)
@@ -166,7 +191,7 @@ impl Tiny {
     pub fn write_hf_dir(&self, dir: &Path, tokenizer_json: &str) {
         std::fs::create_dir_all(dir).unwrap();
         let config = serde_json::json!({
-            "model_type": "llama", "hidden_size": HIDDEN, "intermediate_size": FFN, "num_hidden_layers": LAYERS,
+            "model_type": if self.qwen2 { "qwen2" } else { "llama" }, "hidden_size": HIDDEN, "intermediate_size": FFN, "num_hidden_layers": LAYERS,
             "num_attention_heads": HEADS, "num_key_value_heads": KV_HEADS, "vocab_size": VOCAB,
             "max_position_embeddings": CONTEXT, "rms_norm_eps": EPS, "rope_theta": THETA, "tie_word_embeddings": true,
         });
@@ -184,6 +209,9 @@ impl Tiny {
                         "attn_q.weight" => "self_attn.q_proj.weight",
                         "attn_k.weight" => "self_attn.k_proj.weight",
                         "attn_v.weight" => "self_attn.v_proj.weight",
+                        "attn_q.bias" => "self_attn.q_proj.bias",
+                        "attn_k.bias" => "self_attn.k_proj.bias",
+                        "attn_v.bias" => "self_attn.v_proj.bias",
                         "attn_output.weight" => "self_attn.o_proj.weight",
                         "ffn_norm.weight" => "post_attention_layernorm.weight",
                         "ffn_gate.weight" => "mlp.gate_proj.weight",
@@ -279,7 +307,13 @@ impl Tiny {
             let xn = rmsnorm(&x, g("attn_norm"));
             let mut q = matmul(&xn, g("attn_q"), HIDDEN);
             let mut k = matmul(&xn, g("attn_k"), HIDDEN);
-            let v = matmul(&xn, g("attn_v"), HIDDEN);
+            let mut v = matmul(&xn, g("attn_v"), HIDDEN);
+            if self.qwen2 {
+                for (x, s) in [(&mut q, "attn_q"), (&mut k, "attn_k"), (&mut v, "attn_v")] {
+                    let b = self.get(&format!("blk.{l}.{s}.bias"));
+                    x.iter_mut().enumerate().for_each(|(i, v)| *v += b[i % b.len()] as f64);
+                }
+            }
             rope(&mut q, HEADS);
             rope(&mut k, KV_HEADS);
             let (ck, cv) = cache.get(l).map_or((&[][..], &[][..]), |(a, b)| (&a[..], &b[..]));
