@@ -8,8 +8,9 @@
 //     npm install --omit=optional node-llama-cpp@3.22.1 @node-llama-cpp/linux-x64@3.22.1
 //   NODE_PATH=/tmp/nlc/node_modules node scripts/llama-cpp-refs.mjs MODEL.gguf PROMPTS.json TEXT OUT.json
 //
-// PROMPTS.json: an array of strings, each tokenized with special tokens recognised (a chat
-// prompt is written out in the model's template).
+// PROMPTS.json: an array of strings, each tokenized with special tokens recognised, or of
+// { chat, text } for a user message and its rendering in the model's chat template (the test
+// checks that adore renders the message so).
 import { createRequire } from 'node:module';
 import { createHash } from 'node:crypto';
 import { readFileSync, writeFileSync } from 'node:fs';
@@ -42,7 +43,9 @@ function top2(out) {
 
 const sequence = context.getSequence();
 const prompts = [];
-for (const text of JSON.parse(readFileSync(promptsPath, 'utf8'))) {
+for (const entry of JSON.parse(readFileSync(promptsPath, 'utf8'))) {
+  const text = typeof entry === 'string' ? entry : entry.text;
+  const chat = typeof entry === 'string' ? undefined : entry.chat;
   await sequence.clearHistory();
   const promptTokens = model.tokenize(text, true);
   const tokens = [];
@@ -55,7 +58,7 @@ for (const text of JSON.parse(readFileSync(promptsPath, 'utf8'))) {
     tokens.push(best[0][0]);
     input = [[best[0][0], asked()]];
   }
-  prompts.push({ text, prompt_tokens: promptTokens, tokens, text_out: model.detokenize(tokens), top2: steps });
+  prompts.push({ text, chat, prompt_tokens: promptTokens, tokens, text_out: model.detokenize(tokens), top2: steps });
   console.error(`prompt ${prompts.length}: ${JSON.stringify(model.detokenize(tokens))}`);
 }
 

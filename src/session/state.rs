@@ -128,6 +128,11 @@ impl SessionOptions {
             _ => self.chunk.min(self.policy.budget),
         }
         .min(self.context);
+        // Every row's logits must fit one binding: a large vocabulary takes shorter chunks.
+        let chunk = match self.all_logits {
+            true => chunk.min((model.ctx.binding_limit() / (4 * model.config.vocab as u64)).max(1) as usize),
+            false => chunk,
+        };
         if let (PolicyKind::Oracle, OracleRanking::Layer(l)) = (self.policy.kind, self.oracle.ranking) {
             if l >= model.config.layers {
                 return Err(Error::arg(format!("oracle ranking layer-{l}: the model has layers 0 to {}", model.config.layers - 1)));

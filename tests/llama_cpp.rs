@@ -1,0 +1,94 @@
+//! Real models against llama.cpp on the same files: tests/llama-cpp/NAME.json holds llama.cpp's
+//! tokens, 16 greedy tokens with its top two logits at each step, and the perplexity over 512
+//! tokens of Hamlet (made by scripts/llama-cpp-refs.mjs). adore must tokenize the prompts as
+//! llama.cpp does, render chat prompts as the model's template says, continue greedily the same
+//! way except where llama.cpp's own top two logits are within 0.3 of each other at the first
+//! difference, and give a perplexity within 2 % of llama.cpp's.
+//!
+//! The Qwen2.5-Coder files (0.5 and 1.5 GB) are tested by `scripts/test-models.sh`, not by the
+//! default test command: `cargo test --release --test llama_cpp -- --ignored`.
+
+mod common;
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use adore::generate::{apply_chat_template, perplexity, Message};
+use adore::{Model, Session, SessionOptions};
+use serde_json::Value;
+
+/// The largest gap between llama.cpp's top two logits at which a different greedy token is
+/// taken for a tie rather than an error.
+const TIE: f64 = 0.3;
+/// Perplexity within this fraction of llama.cpp's.
+const PPL_TOLERANCE: f64 = 0.02;
+
+fn ids(v: &Value) -> Vec<u32> {
+    v.as_array().unwrap().iter().map(|x| x.as_u64().unwrap() as u32).collect()
+}
+
+fn check(name: &str) {
+    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/llama-cpp");
+    let refs: Value = serde_json::from_str(&std::fs::read_to_string(dir.join(format!("{name}.json"))).unwrap()).unwrap();
+    let known = adore::fetch::known(name).unwrap_or_else(|| panic!("{name} is not a known model"));
+    assert_eq!(refs["model_sha256"].as_str(), Some(known.sha256), "the references were made from another file");
+    let path = adore::fetch::fetch(known, &mut |m| eprintln!("{m}"), &mut |_, _| {}).expect("fetching the model");
+    let model: Arc<Model> = Arc::new(adore::model::files::load(common::ctx(), &path, &mut |_, _| {}).expect("loading the model"));
+
+    let mut report = Vec::new();
+    for (i, case) in refs["prompts"].as_array().unwrap().iter().enumerate() {
+        let text = case["text"].as_str().unwrap();
+        if let Some(chat) = case["chat"].as_str() {
+            let rendered =
+                apply_chat_template(model.chat_template.as_deref(), &[Message { role: "user".into(), content: chat.into() }]).unwrap();
+            assert_eq!(rendered, text, "{name}: the chat template renders {chat:?} otherwise than the reference prompt");
+        }
+        let prompt = ids(&case["prompt_tokens"]);
+        assert_eq!(model.tokenizer.encode(text).unwrap(), prompt, "{name}: token ids of prompt {i} ({text:?})");
+
+        let want = ids(&case["tokens"]);
+        let options = SessionOptions { context: 256, chunk: 64, ..Default::default() };
+        let mut s = Session::new(model.clone(), options).unwrap();
+        let mut next = pollster::block_on(s.prefill(&prompt)).unwrap();
+        let mut got = Vec::new();
+        for _ in 0..want.len() {
+            got.push(next);
+            next = pollster::block_on(s.feed(next)).unwrap();
+        }
+        let decoded = model.tokenizer.decode(&got).unwrap_or_default();
+        match got.iter().zip(&want).position(|(a, b)| a != b) {
+            None => report.push(format!("prompt {i}: all {} tokens equal ({decoded:?})", want.len())),
+            Some(at) => {
+                let top2 = &case["top2"][at];
+                let gap = top2[0]["logit"].as_f64().unwrap() - top2[1]["logit"].as_f64().unwrap();
+                let line = format!(
+                    "prompt {i}: first difference at token {at}: adore {} llama.cpp {} (llama.cpp's top-two gap {gap:.3}); adore {decoded:?}",
+                    got[at], want[at]
+                );
+                assert!(gap < TIE, "{name}: {line}");
+                report.push(line);
+            }
+        }
+    }
+
+    let tokens = ids(&refs["perplexity"]["tokens"]);
+    let want = refs["perplexity"]["value"].as_f64().unwrap();
+    let options = SessionOptions { context: tokens.len(), chunk: 256, all_logits: true, ..Default::default() };
+    let mut s = Session::new(model.clone(), options).unwrap();
+    let r = pollster::block_on(perplexity(&mut s, &tokens, tokens.len(), 1, |_, _| {})).unwrap();
+    let line = format!(
+        "perplexity over {} predictions: adore {:.4}, llama.cpp {want:.4} ({:+.2} %)",
+        r.tokens_scored,
+        r.ppl,
+        100.0 * (r.ppl / want - 1.0)
+    );
+    report.push(line.clone());
+    eprintln!("{name}:\n  {}", report.join("\n  "));
+    assert!((r.ppl / want - 1.0).abs() <= PPL_TOLERANCE, "{name}: {line}");
+}
+
+#[test]
+#[ignore = "downloads 491 MB: scripts/test-models.sh"]
+fn qwen2_5_coder_0_5b_matches_llama_cpp() {
+    check("qwen2.5-coder-0.5b");
+}
