@@ -100,7 +100,7 @@ fn main() -> adore::Result<()> {
             );
         }
     }
-    let heads = Heads { n_heads: 9, n_kv_heads: 3, head_dim: 64 };
+    let heads = Heads { n_heads: 9, n_kv_heads: 3, head_dim: 64, window: 0 };
     let q = ctx.storage("q", (rows * 576 * 4) as u64)?;
     let kc = ctx.storage("kc", (512 * 192 * 4) as u64)?;
     let vc = ctx.storage("vc", (512 * 192 * 4) as u64)?;

@@ -42,12 +42,14 @@ function top2(out) {
 }
 
 const sequence = context.getSequence();
+const bos = model.tokens.shouldPrependBosToken && model.tokens.bos !== null ? [model.tokens.bos] : [];
 const prompts = [];
 for (const entry of JSON.parse(readFileSync(promptsPath, 'utf8'))) {
   const text = typeof entry === 'string' ? entry : entry.text;
   const chat = typeof entry === 'string' ? undefined : entry.chat;
   await sequence.clearHistory();
-  const promptTokens = model.tokenize(text, true);
+  // BOS first where the model asks for it, as llama.cpp's own tools do.
+  const promptTokens = [...bos, ...model.tokenize(text, true)];
   const tokens = [];
   const steps = [];
   let input = promptTokens.map((t, i) => (i === promptTokens.length - 1 ? [t, asked()] : t));
@@ -63,7 +65,7 @@ for (const entry of JSON.parse(readFileSync(promptsPath, 'utf8'))) {
 }
 
 // Perplexity: every position predicts the next token of the text.
-const all = model.tokenize(readFileSync(textPath, 'utf8'), false).slice(0, PPL_TOKENS + 1);
+const all = [...bos, ...model.tokenize(readFileSync(textPath, 'utf8'), false)].slice(0, PPL_TOKENS + 1);
 await sequence.clearHistory();
 const input = all.slice(0, -1).map((t, i) => [t, asked(all[i + 1])]);
 const out = await sequence.controlledEvaluate(input);

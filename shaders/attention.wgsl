@@ -1,6 +1,7 @@
 // attention.wgsl: grouped-query attention of each row over the slot-based KV cache:
 // out[r, h] = Σ_j softmax_j(q[r, h] · k[j, h / group] · scale) v[j, h / group], over the slots j
-// with slot_pos[j] valid and slot_pos[j] <= positions[r] (causal by original position).
+// with slot_pos[j] valid and slot_pos[j] <= positions[r] (causal by original position), and
+// within p.window positions of it where the layer has a sliding window.
 //
 // One workgroup of 64 per (row, HPW query heads sharing one KV head); dispatch
 // (n_heads / HPW, rows, 1). HD4 = head_dim / 4 and HPW are set per pipeline, HPW * HD4 <= 64.
@@ -22,7 +23,7 @@ struct Params {
     capacity: u32,     // slots in the cache (row stride of mass)
     write_mass: u32,   // 0: no mass, 1: mass = p, 2: mass += p
     listed: u32,       // 1: visit the slots in list
-    pad1: u32,
+    window: u32,       // sliding window: keys at pos - window or before are not seen (0: none)
 }
 
 @group(0) @binding(0) var<storage, read> q: array<vec4<f32>>;          // (rows, n_heads, head_dim)
@@ -48,6 +49,11 @@ var<workgroup> lane_l: array<f32, 64>;
 var<workgroup> lane_acc: array<vec4<f32>, 512>;  // (ROUND, 64)
 var<workgroup> head_m: array<f32, HPW>;
 var<workgroup> head_l: array<f32, HPW>;
+
+// Whether the key at position sp (INVALID: a free slot) is seen by a query at pos.
+fn visible(sp: u32, pos: u32) -> bool {
+    return sp != INVALID && sp <= pos && (p.window == 0u || pos - sp < p.window);
+}
 
 @compute @workgroup_size(64)
 fn main(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wid: vec3<u32>) {
@@ -84,7 +90,7 @@ fn main(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wid: v
             j = list[1u + t];
         }
         let sp = slot_pos[j];
-        if sp == INVALID || sp > pos {
+        if !visible(sp, pos) {
             continue;
         }
         let kb = j * kv4 + kvh * HD4;
@@ -165,7 +171,7 @@ fn main(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wid: v
                 var prob = 0.0;
                 if total_l > 0.0 {
                     let sp = slot_pos[j];
-                    if sp != INVALID && sp <= pos {
+                    if visible(sp, pos) {
                         let kb = j * kv4 + kvh * HD4;
                         var s = 0.0;
                         for (var c = 0u; c < HD4; c++) {

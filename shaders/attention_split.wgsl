@@ -19,8 +19,8 @@ struct Params {
     scale: f32,   // usually 1 / sqrt(head_dim)
     splits: u32,  // workgroups along the slots
     listed: u32,  // 1: visit the slots in list
+    window: u32,  // sliding window (0: none), as attention.wgsl
     pad0: u32,
-    pad1: u32,
 }
 
 @group(0) @binding(0) var<storage, read> q: array<vec4<f32>>;           // (rows, n_heads, head_dim)
@@ -93,7 +93,7 @@ fn partial(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wid
         var live = j != INVALID;
         if live {
             let sp = slot_pos[j];
-            live = sp != INVALID && sp <= pos;
+            live = sp != INVALID && sp <= pos && (p.window == 0u || pos - sp < p.window);
         }
         let kb = j * kv4 + kvh * HD4 + c;
         var kc = vec4<f32>(0.0);

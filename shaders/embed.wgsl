@@ -8,6 +8,10 @@ struct Params {
     vocab: u32,  // rows of this part of E
     first: u32,  // the token id of its first row
     last: u32,   // 1: the table's last part
+    scale: f32,  // every value times this (Gemma 3: sqrt(dim))
+    pad0: u32,
+    pad1: u32,
+    pad2: u32,
 }
 
 @group(0) @binding(0) var<storage, read> weights: array<u32>;  // E: (vocab, dim) in format WTYPE
@@ -33,10 +37,10 @@ fn main(@builtin(global_invocation_id) gid: vec3<u32>) {
     for (var i = 0u; i < 4u; i++) {
         let k = g * 8u + i;
         if k < p.dim {
-            x[r * p.dim + k] = w.lo[i];
+            x[r * p.dim + k] = w.lo[i] * p.scale;
         }
         if k + 4u < p.dim {
-            x[r * p.dim + k + 4u] = w.hi[i];
+            x[r * p.dim + k + 4u] = w.hi[i] * p.scale;
         }
     }
 }

@@ -106,7 +106,7 @@ fn rms_scale(sum_sq: f32) -> f32 {
 // The epilogue of output o of row r from its gate and up sums (up unused without GLU).
 fn finish(r: u32, o: u32, gate: f32, up: f32) {
     if GLU != 0u {
-        store(r, o, silu(gate) * up);
+        store(r, o, gate_act(gate) * up);
     } else {
         store(r, o, gate);
     }

@@ -233,7 +233,7 @@ fn matvec_cpu(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(workgroup_
     }
     var v = row_dot(out, x0) * scale;
     if GLU != 0u {
-        v = silu(v) * row_dot(out + p.n / 2u, x0) * scale;
+        v = gate_act(v) * row_dot(out + p.n / 2u, x0) * scale;
     }
     if gid.x < n_out {
         store(t, gid.x, v);

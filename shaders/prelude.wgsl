@@ -39,6 +39,23 @@ fn silu(v: f32) -> f32 {
     return v / (1.0 + exp(-v));
 }
 
+// GELU, tanh approximation (Gemma's feed-forward gate); the argument is clamped where tanh is
+// ±1 in f32 anyway, so that no implementation of tanh overflows.
+fn gelu_tanh(v: f32) -> f32 {
+    let t = clamp(0.7978845608 * (v + 0.044715 * v * v * v), -15.0, 15.0);
+    return 0.5 * v * (1.0 + tanh(t));
+}
+
+// The gated feed-forward's activation of the gate: 0 SiLU (SwiGLU), 1 GELU-tanh (GeGLU).
+override ACT: u32 = 0u;
+
+fn gate_act(v: f32) -> f32 {
+    if ACT == 1u {
+        return gelu_tanh(v);
+    }
+    return silu(v);
+}
+
 // Maps an f32 to a u32 with the same ordering (larger float -> larger key).
 fn order_key(v: f32) -> u32 {
     let b = bitcast<u32>(v);

@@ -1,4 +1,4 @@
-// rmsnorm.wgsl: y[r, i] = x[r, i] / sqrt(mean_i(x[r, :]²) + eps) · g[i].
+// rmsnorm.wgsl: y[r, i] = x[r, i] / sqrt(mean_i(x[r, :]²) + eps) · g[i], or added to y.
 // One workgroup of 256 per row; dispatch (1, rows, 1). With last_only, the only workgroup
 // normalises the step's last new row into row 0 of y (for the LM head of a prompt).
 
@@ -6,7 +6,7 @@ struct Params {
     dim: u32,
     eps: f32,
     last_only: u32,  // 1: read row step.n_new - 1 (the last new token), write row 0
-    pad: u32,
+    add: u32,        // 1: y += the normalised row
 }
 
 @group(0) @binding(0) var<storage, read> x: array<f32>;        // (rows, dim)
@@ -39,6 +39,11 @@ fn main(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wid: v
     }
     let scale = inverseSqrt(red[0] / f32(p.dim) + p.eps);
     for (var i = lid; i < p.dim; i += 256u) {
-        y[r * p.dim + i] = x[src * p.dim + i] * scale * g[i];
+        let v = x[src * p.dim + i] * scale * g[i];
+        if p.add != 0u {
+            y[r * p.dim + i] += v;
+        } else {
+            y[r * p.dim + i] = v;
+        }
     }
 }

@@ -1,4 +1,5 @@
-// swiglu.wgsl: out[r, i] = silu(gate[r, i]) · up[r, i], from the stacked product of gate and up,
+// swiglu.wgsl: out[r, i] = act(gate[r, i]) · up[r, i] (act: SiLU, or GELU with ACT = 1), from the
+// stacked product of gate and up,
 // gate_up (rows, 2 dim): gate in columns 0 .. dim, up in dim .. 2 dim.
 // Invocation = one element; dispatch (ceil(dim / 64), rows, 1).
 
@@ -20,5 +21,5 @@ fn main(@builtin(global_invocation_id) gid: vec3<u32>) {
         return;
     }
     let g = gid.y * 2u * p.dim + gid.x;
-    out[gid.y * p.dim + gid.x] = silu(gate_up[g]) * gate_up[g + p.dim];
+    out[gid.y * p.dim + gid.x] = gate_act(gate_up[g]) * gate_up[g + p.dim];
 }

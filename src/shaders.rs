@@ -51,6 +51,7 @@ shader!(MATMUL, "matmul", true);
 shader!(MATVEC_CPU, "matvec_cpu", true);
 shader!(EMBED, "embed", true);
 shader!(RMSNORM, "rmsnorm", false);
+shader!(HEAD_NORM, "head_norm", false);
 shader!(ROPE, "rope", false);
 shader!(SWIGLU, "swiglu", false);
 shader!(KV_WRITE, "kv_write", false);

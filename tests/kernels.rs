@@ -69,7 +69,7 @@ fn matmul_all_types_variants_and_sizes() {
                             let stride = n + 5;
                             let held = rng.vec(rows * stride, 1.0);
                             let yb = buf(&ctx, &held);
-                            let out = Output { stride, offset: 3, add: true, glu: false };
+                            let out = Output { stride, offset: 3, add: true, glu: false, gelu: false };
                             ctx.run(
                                 &ops::matmul::build_variant(&ctx, variant, &w, &xb, None, &yb, out, &step(&ctx, rows, 0, 0), rows, 0)
                                     .unwrap(),
@@ -105,25 +105,27 @@ fn matmul_fused_norm_and_swiglu() {
         for &k in ks {
             for n_out in [1, 3, 17, 65, 255] {
                 for rows in [1, 3, 8] {
-                    for (norm, glu) in [(true, false), (false, true), (true, true)] {
+                    for (norm, glu, gelu) in [(true, false, false), (false, true, false), (true, true, false), (true, true, true)] {
                         let n = if glu { 2 * n_out } else { n_out };
                         let (w, exact) = weight(&ctx, &mut rng, dtype, n, k);
                         // Rows of different scales, so that a wrong row's norm shows.
                         let x: Vec<f32> = (0..rows).flat_map(|r| rng.vec(k, 0.5 + r as f32)).collect();
                         let g = rng.vec(k, 1.0);
                         let eps = 1e-5;
-                        let want = ops::matmul::reference_fused(&exact, &x, rows, k, n, norm.then_some((&g[..], eps)), glu);
+                        let gated = Output { glu, gelu, ..Output::default() };
+                        let want = ops::matmul::reference_fused(&exact, &x, rows, k, n, norm.then_some((&g[..], eps)), gated);
                         let (xb, gb) = (buf(&ctx, &x), buf(&ctx, &g));
                         let nm = norm.then_some(ops::matmul::Norm { weight: &gb, eps });
                         for variant in [Variant::Cooperative, Variant::Independent, Variant::UniformInput] {
-                            let what =
-                                format!("fused matmul {dtype:?} {variant:?} norm {norm} glu {glu} rows {rows} outputs {n_out} k {k}");
+                            let what = format!(
+                                "fused matmul {dtype:?} {variant:?} norm {norm} glu {glu} gelu {gelu} rows {rows} outputs {n_out} k {k}"
+                            );
                             let tol = 1e-4 * (k as f32).sqrt();
                             // Placed in columns 2 .. 2 + n_out of wider rows and added to what they held.
                             let stride = n_out + 3;
                             let held = rng.vec(rows * stride, 1.0);
                             let yb = buf(&ctx, &held);
-                            let out = Output { stride, offset: 2, add: true, glu };
+                            let out = Output { stride, offset: 2, add: true, glu, gelu };
                             let st = step(&ctx, rows, 0, 0);
                             ctx.run(&ops::matmul::build_variant(&ctx, variant, &w, &xb, nm, &yb, out, &st, rows, 0).unwrap()).unwrap();
                             let mut placed = held.clone();
@@ -180,7 +182,8 @@ fn embed_quantized_tables() {
 fn embed_and_products_over_row_split_tables() {
     let ctx = ctx();
     let mut rng = Rng::new(12);
-    for (dtype, dim, vocab) in [(DType::Q8_0, 96, 1000), (DType::Q6_K, 256, 301), (DType::F16, 40, 77)] {
+    // Scaled as Gemma 3 scales its embeddings (sqrt(640)) in one case.
+    for (dtype, dim, vocab, scale) in [(DType::Q8_0, 96, 1000, 1.0f32), (DType::Q6_K, 256, 301, 640f32.sqrt()), (DType::F16, 40, 77, 1.0)] {
         let raw = rng.vec(vocab * dim, 1.0);
         let t = HostTensor { name: format!("table {dtype:?}"), dtype, shape: vec![vocab, dim], data: quantize(dtype, &raw).into() };
         let exact = t.to_f32();
@@ -195,10 +198,11 @@ fn embed_and_products_over_row_split_tables() {
             tokens.extend((0..9).map(|_| rng.below(vocab as u64) as u32));
             let n = tokens.len();
             let x = buf(&ctx, &vec![f32::NAN; n * dim]);
-            ctx.run(&ops::embed::build_split(&ctx, &split, &buf_u32(&ctx, &tokens), &x, &step(&ctx, n, 0, 0), n).unwrap()).unwrap();
+            ctx.run(&ops::embed::build_split(&ctx, &split, scale, &buf_u32(&ctx, &tokens), &x, &step(&ctx, n, 0, 0), n).unwrap()).unwrap();
             let mut want = ops::embed::reference(&exact, dim, &tokens[..n - 10]);
             want.extend(vec![0.0; dim]);
             want.extend(ops::embed::reference(&exact, dim, &tokens[n - 9..]));
+            want.iter_mut().for_each(|v| *v *= scale);
             assert_close(&format!("embed, {what}"), &read(&ctx, &x, n * dim), &want, 0.0, 0.0);
 
             let rows = 3;
@@ -207,12 +211,43 @@ fn embed_and_products_over_row_split_tables() {
             let y = buf(&ctx, &vec![f32::NAN; rows * vocab]);
             let st = step(&ctx, rows, 0, 0);
             for (first, part) in &split.parts {
-                let out = Output { stride: vocab, offset: *first, add: false, glu: false };
+                let out = Output { stride: vocab, offset: *first, add: false, glu: false, gelu: false };
                 ctx.run(&ops::matmul::build_into(&ctx, part, &xb, None, &y, out, &st, rows, 0).unwrap()).unwrap();
             }
             let want = ops::matmul::reference(&exact, &xin, rows, dim, vocab);
             assert_close(&format!("product, {what}"), &read(&ctx, &y, rows * vocab), &want, 1e-4 * (dim as f32).sqrt(), 1e-4);
         }
+    }
+}
+
+/// Gemma 3's q and k norms: every q and k head of the stacked rows normalised in place with its
+/// weight, v untouched; and the post-norms' form of RMSNorm, added into y.
+#[test]
+fn head_norm_in_place_and_rmsnorm_added() {
+    let ctx = ctx();
+    let mut rng = Rng::new(13);
+    for &(nh, nkv, hd) in &[(4usize, 1usize, 256usize), (9, 3, 64), (1, 1, 4), (3, 3, 100)] {
+        for &rows in &[1usize, 3, 17] {
+            let width = (nh + 2 * nkv) * hd;
+            let qkv: Vec<f32> = (0..rows * width).map(|i| rng.f32() * (1.0 + (i / hd % 5) as f32)).collect();
+            let g = rng.vec(2 * hd, 1.0);
+            let b = buf(&ctx, &qkv);
+            run(&ctx, ops::head_norm::build(&ctx, &b, &buf(&ctx, &g), &step(&ctx, rows, 0, 0), (nh, nkv, hd), 1e-6, rows).unwrap());
+            let want = ops::head_norm::reference(&qkv, &g, (nh, nkv, hd), 1e-6);
+            assert_close(&format!("head norm {nh}/{nkv} x {hd}, rows {rows}"), &read(&ctx, &b, rows * width), &want, 1e-5, 1e-5);
+        }
+    }
+    for &dim in &[3usize, 640, 1000] {
+        let rows = 5;
+        let (x, g, held) = (rng.vec(rows * dim, 3.0), rng.vec(dim, 1.0), rng.vec(rows * dim, 1.0));
+        let y = buf(&ctx, &held);
+        run(
+            &ctx,
+            ops::rmsnorm::build_into(&ctx, &buf(&ctx, &x), &buf(&ctx, &g), &y, &step(&ctx, rows, 0, 0), dim, 1e-6, rows, false, true)
+                .unwrap(),
+        );
+        let want: Vec<f32> = ops::rmsnorm::reference(&x, &g, dim, 1e-6).iter().zip(&held).map(|(a, b)| a + b).collect();
+        assert_close(&format!("rmsnorm added, dim {dim}"), &read(&ctx, &y, rows * dim), &want, 1e-5, 1e-5);
     }
 }
 
@@ -306,7 +341,7 @@ fn rope_on_stacked_qkv_with_the_kv_store() {
 }
 
 #[test]
-fn swiglu_on_stacked_gate_and_up() {
+fn swiglu_and_geglu_on_stacked_gate_and_up() {
     let ctx = ctx();
     let mut rng = Rng::new(5);
     for &dim in AWKWARD {
@@ -316,6 +351,10 @@ fn swiglu_on_stacked_gate_and_up() {
             let out = ctx.storage("out", (rows * dim * 4) as u64).unwrap();
             run(&ctx, ops::swiglu::build(&ctx, &buf(&ctx, &stacked), &out, &step(&ctx, rows, 0, 0), dim, rows).unwrap());
             assert_close(&format!("swiglu dim {dim} rows {rows}"), &read(&ctx, &out, g.len()), &ops::swiglu::reference(&g, &u), 1e-5, 1e-5);
+            // GeGLU (Gemma 3's feed-forward).
+            run(&ctx, ops::swiglu::build_act(&ctx, &buf(&ctx, &stacked), &out, &step(&ctx, rows, 0, 0), dim, rows, true).unwrap());
+            let want = ops::swiglu::reference_gelu(&g, &u);
+            assert_close(&format!("geglu dim {dim} rows {rows}"), &read(&ctx, &out, g.len()), &want, 1e-5, 1e-5);
         }
     }
 }
@@ -363,7 +402,9 @@ fn attention_over_slots_with_gaps_and_causal_positions() {
     for &(n_heads, n_kv, hd) in &cases {
         for &n_slots in &[1usize, 3, 17, 255, 257, 1000] {
             for &rows in &[1usize, 3] {
-                let heads = Heads { n_heads, n_kv_heads: n_kv, head_dim: hd };
+                // Three rows: a local layer's sliding window of 700 positions (Gemma 3).
+                let window = if rows == 3 { 700 } else { 0 };
+                let heads = Heads { n_heads, n_kv_heads: n_kv, head_dim: hd, window };
                 let kvd = n_kv * hd;
                 // Slots hold scattered positions; some are free.
                 let slot_pos: Vec<u32> =
@@ -453,7 +494,9 @@ fn split_and_one_pass_attention_at_chunk_edges() {
                 continue;
             }
             for rows in [1usize, 3] {
-                let heads = Heads { n_heads, n_kv_heads: n_kv, head_dim: hd };
+                // Three rows: a sliding window of 3000 positions.
+                let window = if rows == 3 { 3000 } else { 0 };
+                let heads = Heads { n_heads, n_kv_heads: n_kv, head_dim: hd, window };
                 let kvd = n_kv * hd;
                 let cap = n_slots + 5;
                 // Slots hold scattered positions, some free, some later than a row's position;

@@ -92,3 +92,10 @@ fn check(name: &str) {
 fn qwen2_5_coder_0_5b_matches_llama_cpp() {
     check("qwen2.5-coder-0.5b");
 }
+
+/// Gemma 3 (q/k norms, post-norms, GeGLU, sliding-window layers, scaled embeddings, head_dim
+/// 256, SentencePiece), in the default test command: 253 MB, fetched once.
+#[test]
+fn gemma_3_270m_matches_llama_cpp() {
+    check("gemma-3-270m");
+}

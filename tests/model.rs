@@ -98,7 +98,7 @@ fn qwen2_forward_matches_reference() {
     let gguf = tiny.gguf_bytes();
     std::fs::write(&path, &gguf).unwrap();
     let model = load(&path);
-    assert!(!model.config.rope_interleaved && model.config.qkv_bias);
+    assert!(!model.config.rope_interleaved && model.config.family.qkv_bias);
     assert!(model.weights.layers.iter().all(|l| l.qkv_bias.is_some()));
     check_all_logits(model.clone(), &tiny, "qwen2 gguf");
     let g = adore::model::gguf::Gguf::parse("tiny-qwen2.gguf", &gguf).unwrap();

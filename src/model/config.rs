@@ -21,13 +21,55 @@ pub struct Config {
     pub rope_theta: f32,
     /// RoPE pairs (2i, 2i+1) (llama.cpp's GGUF row layout) rather than (i, i + d/2).
     pub rope_interleaved: bool,
-    /// Biases added to the q, k and v projections (Qwen2).
-    pub qkv_bias: bool,
+    /// How the family's forward pass differs from Llama's.
+    pub family: Family,
 }
 
-/// The architectures read: Llama (and Mistral, the same computation) and Qwen2, which differs
-/// in its q/k/v biases and in rotating halves (its GGUF rows are not permuted for RoPE pairs).
-const ARCHITECTURES: &[&str] = &["llama", "mistral", "qwen2"];
+/// The differences of a model family from Llama's forward pass, as data. The default is Llama.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Family {
+    /// Biases added to the q, k and v projections (Qwen2).
+    pub qkv_bias: bool,
+    /// The embedding rows scaled by this (Gemma 3: sqrt(hidden)).
+    pub embed_scale: f32,
+    /// RMSNorm of each head's q and k before RoPE, with weights of head_dim (Gemma 3).
+    pub qk_norm: bool,
+    /// RMSNorm of the attention and feed-forward outputs before they are added (Gemma 3).
+    pub post_norms: bool,
+    /// GELU (tanh approximation) gating the feed-forward instead of SiLU (Gemma 3).
+    pub gelu: bool,
+    /// Sliding window of the local layers (0: every layer attends to all earlier tokens).
+    pub sliding_window: usize,
+    /// With a sliding window, every `global_every`-th layer (the layers l with (l + 1) a multiple
+    /// of it) is global; 0: every layer is local.
+    pub global_every: usize,
+    /// RoPE base of the local layers.
+    pub rope_theta_local: f32,
+}
+
+impl Default for Family {
+    fn default() -> Self {
+        Self {
+            qkv_bias: false,
+            embed_scale: 1.0,
+            qk_norm: false,
+            post_norms: false,
+            gelu: false,
+            sliding_window: 0,
+            global_every: 0,
+            rope_theta_local: 0.0,
+        }
+    }
+}
+
+/// The architectures read: Llama (and Mistral, the same computation); Qwen2 (q/k/v biases,
+/// rotate-half RoPE: its GGUF rows are not permuted for RoPE pairs); Gemma 3 (see [`Family`]).
+const ARCHITECTURES: &[&str] = &["llama", "mistral", "qwen2", "gemma3"];
+
+/// Gemma 3's local layers: 5 of every 6, RoPE base 10000 (llama.cpp's values; GGUF files do
+/// not carry them).
+const GEMMA3_GLOBAL_EVERY: usize = 6;
+const GEMMA3_LOCAL_THETA: f32 = 10000.0;
 
 impl Config {
     pub fn q_dim(&self) -> usize {
@@ -35,6 +77,30 @@ impl Config {
     }
     pub fn kv_dim(&self) -> usize {
         self.n_kv_heads * self.head_dim
+    }
+
+    /// Whether layer `l` attends through a sliding window.
+    pub fn is_local(&self, l: usize) -> bool {
+        let f = &self.family;
+        f.sliding_window > 0 && (f.global_every == 0 || !(l + 1).is_multiple_of(f.global_every))
+    }
+
+    /// Layer `l`'s sliding window (0: none).
+    pub fn window(&self, l: usize) -> usize {
+        if self.is_local(l) {
+            self.family.sliding_window
+        } else {
+            0
+        }
+    }
+
+    /// Layer `l`'s RoPE base.
+    pub fn rope_theta(&self, l: usize) -> f32 {
+        if self.is_local(l) && self.family.rope_theta_local > 0.0 {
+            self.family.rope_theta_local
+        } else {
+            self.rope_theta
+        }
     }
 
     /// Rejects configurations the engine cannot run, naming the field.
@@ -83,7 +149,7 @@ impl Config {
                 ARCHITECTURES.join(", ")
             )));
         }
-        let qwen2 = arch == "qwen2";
+        let (qwen2, gemma3) = (arch == "qwen2", arch == "gemma3");
         let int = |key: &str| -> Result<usize> {
             let full = format!("{arch}.{key}");
             g.get(&full)
@@ -95,7 +161,12 @@ impl Config {
         let hidden = int("embedding_length")?;
         let n_heads = int("attention.head_count")?;
         let n_kv_heads = int("attention.head_count_kv").unwrap_or(n_heads);
-        let head_dim = if n_heads > 0 { hidden / n_heads } else { 0 };
+        // The head size, where the file gives it (Gemma 3's is not hidden / heads).
+        let head_dim = match int("attention.key_length") {
+            Ok(k) => k,
+            Err(_) if n_heads > 0 => hidden / n_heads,
+            Err(_) => 0,
+        };
         let vocab = match int("vocab_size") {
             Ok(v) => v,
             Err(_) => g.get("tokenizer.ggml.tokens").and_then(|v| v.as_array()).map_or(0, |a| a.len()),
@@ -111,8 +182,17 @@ impl Config {
             context: int("context_length")?,
             rms_eps: float("attention.layer_norm_rms_epsilon", 1e-5),
             rope_theta: float("rope.freq_base", 10000.0),
-            rope_interleaved: !qwen2,
-            qkv_bias: qwen2,
+            rope_interleaved: !(qwen2 || gemma3),
+            family: Family {
+                qkv_bias: qwen2,
+                embed_scale: if gemma3 { (hidden as f32).sqrt() } else { 1.0 },
+                qk_norm: gemma3,
+                post_norms: gemma3,
+                gelu: gemma3,
+                sliding_window: if gemma3 { int("attention.sliding_window").unwrap_or(0) } else { 0 },
+                global_every: if gemma3 { GEMMA3_GLOBAL_EVERY } else { 0 },
+                rope_theta_local: if gemma3 { GEMMA3_LOCAL_THETA } else { 0.0 },
+            },
         };
         // Metadata that changes the computation in ways this engine does not implement.
         let key = |k: &str| format!("{arch}.{k}");
@@ -126,7 +206,7 @@ impl Config {
                 return Err(Error::unsupported(&g.file, format!("a mixture of {n} experts ({})", key("expert_count"))));
             }
         }
-        if let Ok(w) = int("attention.sliding_window") {
+        if let (Ok(w), false) = (int("attention.sliding_window"), gemma3) {
             if w < cfg.context {
                 return Err(Error::unsupported(
                     &g.file,
@@ -138,14 +218,17 @@ impl Config {
                 ));
             }
         }
-        for k in ["attention.key_length", "attention.value_length"] {
-            if let Ok(n) = int(k) {
-                if n != head_dim {
-                    return Err(Error::unsupported(
-                        &g.file,
-                        format!("{} = {n}, a head size other than embedding / heads = {head_dim}", key(k)),
-                    ));
-                }
+        if let Ok(n) = int("attention.value_length") {
+            if n != head_dim {
+                return Err(Error::unsupported(
+                    &g.file,
+                    format!("{} = {n}, a value head size other than the key's {head_dim}", key("attention.value_length")),
+                ));
+            }
+        }
+        for k in ["final_logit_softcapping", "attn_logit_softcapping"] {
+            if g.get(&key(k)).and_then(|v| v.as_f64()).is_some_and(|c| c > 0.0) {
+                return Err(Error::unsupported(&g.file, format!("logit soft-capping ({})", key(k))));
             }
         }
         if let Ok(rope_dims) = int("rope.dimension_count") {
@@ -239,7 +322,7 @@ impl Config {
             rms_eps: hf.rms_norm_eps.unwrap_or(1e-6) as f32,
             rope_theta: hf.rope_theta.unwrap_or(10000.0) as f32,
             rope_interleaved: false,
-            qkv_bias: qwen2,
+            family: Family { qkv_bias: qwen2, ..Family::default() },
         };
         cfg.validate()?;
         Ok(cfg)

@@ -15,6 +15,7 @@ pub use tokenizer::Tokenizer;
 use crate::error::{Error, Result};
 use crate::gpu::Context;
 use crate::tensor::{DType, GpuWeight, HostTensor, RowSplit};
+use config::Family;
 
 /// The bytes of a model, however they arrived (files on disk, a download, a browser upload).
 pub enum Source<'a> {
@@ -92,6 +93,11 @@ fn hf_to_gguf(name: &str) -> Option<String> {
     matches!(kind, "weight" | "bias").then(|| format!("blk.{layer}.{short}.{kind}"))
 }
 
+/// Gemma's chat format (turns of user and model), used for Gemma 3 files without a template.
+const GEMMA_TEMPLATE: &str = "{{ bos_token }}{% for message in messages %}{% if message['role'] == 'assistant' %}{% set role = 'model' %}\
+{% else %}{% set role = message['role'] %}{% endif %}{{ '<start_of_turn>' + role + '\n' + message['content'] | trim + '<end_of_turn>\n' }}\
+{% endfor %}{% if add_generation_prompt %}{{ '<start_of_turn>model\n' }}{% endif %}";
+
 /// What a tensor the forward pass does not use is, for the error that refuses it.
 fn unused_tensor(name: &str) -> &'static str {
     if name.ends_with(".bias") {
@@ -113,6 +119,8 @@ impl<'a> ModelSpec<'a> {
                 let tokenizer = Tokenizer::from_gguf(&g)?;
                 let tensors = g.tensors.iter().map(|t| (t.name.clone(), g.tensor(t))).collect();
                 let chat_template = g.get("tokenizer.chat_template").and_then(|v| v.as_str()).map(str::to_string);
+                // Gemma's turns, for Gemma 3 files that carry no template.
+                let chat_template = chat_template.or_else(|| config.family.qk_norm.then(|| GEMMA_TEMPLATE.to_string()));
                 ModelSpec { name, config, tensors, tokenizer, chat_template }
             }
             Source::HfDir { config_json, safetensors, tokenizer_json } => {
@@ -227,9 +235,15 @@ impl<'a> ModelSpec<'a> {
                 (t("ffn_up"), vec![c.ffn, c.hidden]),
                 (t("ffn_down"), vec![c.hidden, c.ffn]),
             ]);
-            if c.qkv_bias {
+            if c.family.qkv_bias {
                 let b = |s: &str| format!("blk.{l}.{s}.bias");
                 v.extend([(b("attn_q"), vec![c.q_dim()]), (b("attn_k"), vec![c.kv_dim()]), (b("attn_v"), vec![c.kv_dim()])]);
+            }
+            if c.family.qk_norm {
+                v.extend([(t("attn_q_norm"), vec![c.head_dim]), (t("attn_k_norm"), vec![c.head_dim])]);
+            }
+            if c.family.post_norms {
+                v.extend([(t("post_attention_norm"), vec![c.hidden]), (t("post_ffw_norm"), vec![c.hidden])]);
             }
         }
         v
@@ -248,7 +262,7 @@ impl<'a> ModelSpec<'a> {
         let mut h = Sha256::new();
         // Fields added to Config after controllers were shipped are left out at their Llama
         // value, so that files made for a model still match it.
-        let config = format!("{:?}", self.config).replace(", qkv_bias: false", "");
+        let config = format!("{:?}", self.config).replace(&format!(", family: {:?}", Family::default()), "");
         h.update(config.as_bytes());
         h.update(&embd.data);
         Ok(h.finalize().iter().map(|b| format!("{b:02x}")).collect())
@@ -268,6 +282,10 @@ pub struct Layer {
     pub qkv: Vec<GpuWeight>,
     /// The q, k and v biases stacked (f32), where the model has them.
     pub qkv_bias: Option<wgpu::Buffer>,
+    /// The weights of the per-head RMSNorm of q, then of k (head_dim each), where the model has it.
+    pub qk_norm: Option<wgpu::Buffer>,
+    /// The norms of the attention and feed-forward outputs, where the model has them.
+    pub post_norms: Option<(wgpu::Buffer, wgpu::Buffer)>,
     pub o: GpuWeight,
     pub ffn_norm: wgpu::Buffer,
     /// The gate and up projections, stacked likewise.
@@ -355,7 +373,7 @@ impl Model {
             let o = stacked(&n("attn_output"), &[n("attn_output")])?.remove(0);
             let gate_up = stacked(&format!("blk.{l}.ffn_gate_up"), &[n("ffn_gate"), n("ffn_up")])?;
             let down = stacked(&n("ffn_down"), &[n("ffn_down")])?.remove(0);
-            let qkv_bias = match spec.config.qkv_bias {
+            let qkv_bias = match spec.config.family.qkv_bias {
                 true => {
                     let b = ["attn_q", "attn_k", "attn_v"].map(|s| spec.get(&format!("blk.{l}.{s}.bias")));
                     let mut all = Vec::new();
@@ -366,7 +384,30 @@ impl Model {
                 }
                 false => None,
             };
-            layers.push(Layer { attn_norm: norm(&n("attn_norm"))?, qkv, qkv_bias, o, ffn_norm: norm(&n("ffn_norm"))?, gate_up, down });
+            let f = &spec.config.family;
+            let qk_norm = match f.qk_norm {
+                true => {
+                    let mut w = spec.get(&n("attn_q_norm"))?.to_f32();
+                    w.extend(spec.get(&n("attn_k_norm"))?.to_f32());
+                    Some(ctx.storage_init(&format!("blk.{l}.attn_qk_norm"), bytemuck::cast_slice(&w))?)
+                }
+                false => None,
+            };
+            let post_norms = match f.post_norms {
+                true => Some((norm(&n("post_attention_norm"))?, norm(&n("post_ffw_norm"))?)),
+                false => None,
+            };
+            layers.push(Layer {
+                attn_norm: norm(&n("attn_norm"))?,
+                qkv,
+                qkv_bias,
+                qk_norm,
+                o,
+                post_norms,
+                ffn_norm: norm(&n("ffn_norm"))?,
+                gate_up,
+                down,
+            });
         }
         let output_norm = norm("output_norm.weight")?;
         ctx.take_error()?;

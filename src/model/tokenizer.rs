@@ -39,9 +39,9 @@ impl Tokenizer {
         let err = |m: String| Error::Tokenizer(format!("{}: {m}", g.file));
         let model =
             g.get("tokenizer.ggml.model").and_then(|v| v.as_str()).ok_or_else(|| err("no tokenizer.ggml.model in the metadata".into()))?;
-        if model != "gpt2" {
+        if model != "gpt2" && model != "llama" {
             return Err(err(format!(
-                "tokenizer model {model:?} is not supported (byte-level BPE \"gpt2\" is); convert the model with a tokenizer.json"
+                "tokenizer model {model:?} is not supported (byte-level BPE \"gpt2\" and SentencePiece \"llama\" are); convert the model with a tokenizer.json"
             )));
         }
         let strings = |key: &str| -> Result<Vec<&str>> {
@@ -49,7 +49,6 @@ impl Tokenizer {
             arr.iter().map(|v| v.as_str().ok_or_else(|| err(format!("{key} holds a non-string")))).collect()
         };
         let tokens = strings("tokenizer.ggml.tokens")?;
-        let merges = strings("tokenizer.ggml.merges")?;
         let types: Vec<u64> = match g.get("tokenizer.ggml.token_type").and_then(|v| v.as_array()) {
             Some(a) => a.iter().map(|v| v.as_u64().unwrap_or(1)).collect(),
             None => vec![1; tokens.len()],
@@ -64,30 +63,45 @@ impl Tokenizer {
                                   "normalized": false, "special": types.get(id) == Some(&3)}));
             }
         }
-        let pre = g.get("tokenizer.ggml.pre").and_then(|v| v.as_str()).unwrap_or("default");
-        let byte_level = |regex: bool| json!({"type": "ByteLevel", "add_prefix_space": false, "trim_offsets": true, "use_regex": regex});
-        let pre_tokenizer = match pre {
-            "default" | "gpt2" | "gpt-2" => byte_level(true),
-            "smollm" | "starcoder" | "refact" => json!({"type": "Sequence", "pretokenizers": [
-                {"type": "Digits", "individual_digits": true}, byte_level(true)]}),
-            "llama-bpe" | "llama3" | "dbrx" | "smaug-bpe" => json!({"type": "Sequence", "pretokenizers": [
-                {"type": "Split", "pattern": {"Regex": LLAMA3_SPLIT}, "behavior": "Isolated", "invert": false}, byte_level(false)]}),
-            "qwen2" => json!({"type": "Sequence", "pretokenizers": [
-                {"type": "Split", "pattern": {"Regex": QWEN2_SPLIT}, "behavior": "Isolated", "invert": false}, byte_level(false)]}),
-            other => return Err(err(format!("pre-tokenizer {other:?} is not supported (gpt2, smollm, llama-bpe, qwen2 are)"))),
+        let spec = if model == "llama" {
+            let scores = match g.get("tokenizer.ggml.scores").and_then(|v| v.as_array()) {
+                Some(a) if a.len() == tokens.len() => a
+                    .iter()
+                    .map(|v| v.as_f64().ok_or_else(|| err("tokenizer.ggml.scores holds a non-number".into())))
+                    .collect::<Result<Vec<f64>>>()?,
+                _ => return Err(err("a SentencePiece tokenizer needs tokenizer.ggml.scores, one per token".into())),
+            };
+            let prefix = g.get("tokenizer.ggml.add_space_prefix").and_then(|v| v.as_bool()).unwrap_or(true);
+            let unk = g.get("tokenizer.ggml.unknown_token_id").and_then(|v| v.as_u64()).and_then(|i| tokens.get(i as usize));
+            sentencepiece_spec(&tokens, &scores, vocab, added, prefix, unk.copied())
+        } else {
+            let merges = strings("tokenizer.ggml.merges")?;
+            let pre = g.get("tokenizer.ggml.pre").and_then(|v| v.as_str()).unwrap_or("default");
+            let byte_level =
+                |regex: bool| json!({"type": "ByteLevel", "add_prefix_space": false, "trim_offsets": true, "use_regex": regex});
+            let pre_tokenizer = match pre {
+                "default" | "gpt2" | "gpt-2" => byte_level(true),
+                "smollm" | "starcoder" | "refact" => json!({"type": "Sequence", "pretokenizers": [
+                    {"type": "Digits", "individual_digits": true}, byte_level(true)]}),
+                "llama-bpe" | "llama3" | "dbrx" | "smaug-bpe" => json!({"type": "Sequence", "pretokenizers": [
+                    {"type": "Split", "pattern": {"Regex": LLAMA3_SPLIT}, "behavior": "Isolated", "invert": false}, byte_level(false)]}),
+                "qwen2" => json!({"type": "Sequence", "pretokenizers": [
+                    {"type": "Split", "pattern": {"Regex": QWEN2_SPLIT}, "behavior": "Isolated", "invert": false}, byte_level(false)]}),
+                other => return Err(err(format!("pre-tokenizer {other:?} is not supported (gpt2, smollm, llama-bpe, qwen2 are)"))),
+            };
+            // Qwen2 composes the text (NFC) before splitting it.
+            let normalizer = if pre == "qwen2" { json!({"type": "NFC"}) } else { serde_json::Value::Null };
+            json!({
+                "version": "1.0", "truncation": null, "padding": null, "added_tokens": added, "normalizer": normalizer,
+                "pre_tokenizer": pre_tokenizer, "post_processor": null,
+                "decoder": {"type": "ByteLevel", "add_prefix_space": true, "trim_offsets": true, "use_regex": true},
+                "model": {"type": "BPE", "dropout": null, "unk_token": null, "continuing_subword_prefix": null,
+                          "end_of_word_suffix": null, "fuse_unk": false, "byte_fallback": false, "ignore_merges": false,
+                          "vocab": vocab, "merges": merges},
+            })
         };
-        // Qwen2 composes the text (NFC) before splitting it.
-        let normalizer = if pre == "qwen2" { json!({"type": "NFC"}) } else { serde_json::Value::Null };
-        let spec = json!({
-            "version": "1.0", "truncation": null, "padding": null, "added_tokens": added, "normalizer": normalizer,
-            "pre_tokenizer": pre_tokenizer, "post_processor": null,
-            "decoder": {"type": "ByteLevel", "add_prefix_space": true, "trim_offsets": true, "use_regex": true},
-            "model": {"type": "BPE", "dropout": null, "unk_token": null, "continuing_subword_prefix": null,
-                      "end_of_word_suffix": null, "fuse_unk": false, "byte_fallback": false, "ignore_merges": false,
-                      "vocab": vocab, "merges": merges},
-        });
         let text = serde_json::to_vec(&spec).map_err(|e| err(e.to_string()))?;
-        let inner = tokenizers::Tokenizer::from_bytes(&text).map_err(|e| err(format!("building the BPE tokenizer: {e}")))?;
+        let inner = tokenizers::Tokenizer::from_bytes(&text).map_err(|e| err(format!("building the {model} tokenizer: {e}")))?;
         let id = |key: &str| g.get(key).and_then(|v| v.as_u64()).map(|v| v as u32).filter(|&v| (v as usize) < tokens.len());
         Ok(Self {
             inner,
@@ -125,6 +139,57 @@ impl Tokenizer {
     pub fn id_to_token(&self, id: u32) -> Option<String> {
         self.inner.id_to_token(id)
     }
+}
+
+/// A SentencePiece BPE model (llama.cpp's "llama" tokenizer: Gemma, Llama 2) as the tokenizers
+/// crate's BPE: spaces written as ▁ (and one before the text with `prefix`), no pre-splitting, and
+/// merges derived from the scores as llama.cpp applies them: any two adjacent pieces whose
+/// concatenation is a token merge into it, the highest-scoring such token first; characters
+/// no piece covers fall back to byte tokens <0xXX>.
+fn sentencepiece_spec(
+    tokens: &[&str],
+    scores: &[f64],
+    vocab: serde_json::Map<String, serde_json::Value>,
+    added: Vec<serde_json::Value>,
+    prefix: bool,
+    unk: Option<&str>,
+) -> serde_json::Value {
+    let ids: std::collections::HashMap<&str, usize> = tokens.iter().enumerate().map(|(i, t)| (*t, i)).collect();
+    // (score of the merged token, its id, the split) for every way of splitting every token in two.
+    let mut merges: Vec<(f64, usize, &str, &str)> = Vec::new();
+    for (id, t) in tokens.iter().enumerate() {
+        for (at, _) in t.char_indices().skip(1) {
+            let (a, b) = t.split_at(at);
+            if ids.contains_key(a) && ids.contains_key(b) {
+                merges.push((scores[id], id, a, b));
+            }
+        }
+    }
+    // Highest score first; for one token, splits with the more frequent (lower-id) left piece first.
+    merges.sort_by(|x, y| y.0.total_cmp(&x.0).then(x.1.cmp(&y.1)).then(ids[x.2].cmp(&ids[y.2])));
+    let merges: Vec<serde_json::Value> = merges.into_iter().map(|(_, _, a, b)| json!([a, b])).collect();
+    let mut normalizers = Vec::new();
+    if prefix {
+        normalizers.push(json!({"type": "Prepend", "prepend": "\u{2581}"}));
+    }
+    normalizers.push(json!({"type": "Replace", "pattern": {"String": " "}, "content": "\u{2581}"}));
+    let mut decoders = vec![
+        json!({"type": "Replace", "pattern": {"String": "\u{2581}"}, "content": " "}),
+        json!({"type": "ByteFallback"}),
+        json!({"type": "Fuse"}),
+    ];
+    if prefix {
+        decoders.push(json!({"type": "Strip", "content": " ", "start": 1, "stop": 0}));
+    }
+    json!({
+        "version": "1.0", "truncation": null, "padding": null, "added_tokens": added,
+        "normalizer": {"type": "Sequence", "normalizers": normalizers},
+        "pre_tokenizer": null, "post_processor": null,
+        "decoder": {"type": "Sequence", "decoders": decoders},
+        "model": {"type": "BPE", "dropout": null, "unk_token": unk, "continuing_subword_prefix": null,
+                  "end_of_word_suffix": null, "fuse_unk": true, "byte_fallback": true, "ignore_merges": false,
+                  "vocab": vocab, "merges": merges},
+    })
 }
 
 /// Streams text from tokens as they arrive, holding back incomplete characters. Byte-level

@@ -21,7 +21,8 @@ pub struct Params {
     pub write_mass: u32,
     /// 1: visit the slots of `Buffers::list` only.
     pub listed: u32,
-    pub pad1: u32,
+    /// Sliding window: keys at positions window or more before the query's are not seen (0: none).
+    pub window: u32,
 }
 
 /// attention_split.wgsl's and attention_merge.wgsl's parameters.
@@ -36,7 +37,9 @@ pub struct SplitParams {
     pub splits: u32,
     /// 1: visit the slots of `Buffers::list` only.
     pub listed: u32,
-    pub pad: [u32; 2],
+    /// As [`Params::window`].
+    pub window: u32,
+    pub pad: u32,
 }
 
 /// Whether attention also records per-slot probabilities.
@@ -55,11 +58,14 @@ pub struct Heads {
     pub n_heads: usize,
     pub n_kv_heads: usize,
     pub head_dim: usize,
+    /// Sliding window of a local-attention layer: keys `window` or more positions before the
+    /// query are not attended (0: every earlier key).
+    pub window: usize,
 }
 
 impl Heads {
     pub fn check(&self) -> Result<()> {
-        let Heads { n_heads, n_kv_heads, head_dim } = *self;
+        let Heads { n_heads, n_kv_heads, head_dim, .. } = *self;
         if n_heads == 0 || n_kv_heads == 0 || n_heads % n_kv_heads != 0 || head_dim == 0 || head_dim > 256 || head_dim % 4 != 0 {
             return Err(Error::Shape {
                 op: "attention",
@@ -135,7 +141,7 @@ pub fn build(
             capacity: capacity as u32,
             write_mass,
             listed: b.list.is_some() as u32,
-            pad1: 0,
+            window: heads.window as u32,
         },
     );
     let hpw = heads.per_workgroup();
@@ -189,7 +195,8 @@ pub fn build_split(
             scale: 1.0 / (heads.head_dim as f32).sqrt(),
             splits: splits as u32,
             listed: b.list.is_some() as u32,
-            pad: [0; 2],
+            window: heads.window as u32,
+            pad: 0,
         },
     );
     let hd4 = heads.head_dim / 4;
@@ -225,7 +232,7 @@ pub fn reference(q: &[f32], k: &[f32], v: &[f32], slot_pos: &[u32], positions: &
 
 /// [`reference`], also returning the probabilities (rows, n_heads, n_slots).
 pub fn reference_with_mass(q: &[f32], k: &[f32], v: &[f32], slot_pos: &[u32], positions: &[u32], heads: Heads) -> (Vec<f32>, Vec<f32>) {
-    let Heads { n_heads, n_kv_heads, head_dim: hd } = heads;
+    let Heads { n_heads, n_kv_heads, head_dim: hd, window } = heads;
     let group = n_heads / n_kv_heads;
     let kvd = n_kv_heads * hd;
     let scale = 1.0 / (hd as f64).sqrt();
@@ -239,7 +246,7 @@ pub fn reference_with_mass(q: &[f32], k: &[f32], v: &[f32], slot_pos: &[u32], po
                 .iter()
                 .enumerate()
                 .map(|(j, &sp)| {
-                    (sp != INVALID_SLOT && sp <= pos).then(|| {
+                    (sp != INVALID_SLOT && sp <= pos && (window == 0 || ((pos - sp) as usize) < window)).then(|| {
                         let kr = &k[j * kvd + kvh * hd..j * kvd + (kvh + 1) * hd];
                         qv.iter().zip(kr).map(|(a, b)| *a as f64 * *b as f64).sum::<f64>() * scale
                     })

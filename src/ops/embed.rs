@@ -16,6 +16,9 @@ pub struct Params {
     pub first: u32,
     /// 1 for the last part, which writes zeros for ids past the table.
     pub last: u32,
+    /// Every value times this (Gemma 3: sqrt(dim)).
+    pub scale: f32,
+    pub pad: [u32; 3],
 }
 
 /// Dispatch writing x (rows, dim) = table[tokens[r]] for up to `max_rows` rows.
@@ -27,21 +30,28 @@ pub fn build(
     step: &wgpu::Buffer,
     max_rows: usize,
 ) -> Result<Dispatch> {
-    build_part(ctx, table, 0, true, tokens, x, step, max_rows)
+    build_part(ctx, table, 0, true, 1.0, tokens, x, step, max_rows)
 }
 
 /// Dispatches of [`build`] for a table uploaded in row ranges: each writes the rows whose token
-/// falls in its range.
+/// falls in its range, times `scale`.
+#[allow(clippy::too_many_arguments)]
 pub fn build_split(
     ctx: &Context,
     table: &RowSplit,
+    scale: f32,
     tokens: &wgpu::Buffer,
     x: &wgpu::Buffer,
     step: &wgpu::Buffer,
     max_rows: usize,
 ) -> Result<Vec<Dispatch>> {
     let last = table.parts.len().saturating_sub(1);
-    table.parts.iter().enumerate().map(|(i, (first, part))| build_part(ctx, part, *first, i == last, tokens, x, step, max_rows)).collect()
+    table
+        .parts
+        .iter()
+        .enumerate()
+        .map(|(i, (first, part))| build_part(ctx, part, *first, i == last, scale, tokens, x, step, max_rows))
+        .collect()
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -50,6 +60,7 @@ fn build_part(
     table: &GpuWeight,
     first: usize,
     last: bool,
+    scale: f32,
     tokens: &wgpu::Buffer,
     x: &wgpu::Buffer,
     step: &wgpu::Buffer,
@@ -61,7 +72,7 @@ fn build_part(
     }
     check_len("embed", "tokens", tokens, max_rows)?;
     check_len("embed", "x", x, max_rows * dim)?;
-    let p = Params { dim: dim as u32, vocab: vocab as u32, first: first as u32, last: last as u32 };
+    let p = Params { dim: dim as u32, vocab: vocab as u32, first: first as u32, last: last as u32, scale, pad: [0; 3] };
     let params = ctx.uniform("embed.params", &p);
     let pipeline = ctx.pipeline(&shaders::EMBED, "main", &[("WTYPE", table.wtype as u32 as f64)])?;
     Ok(ctx.dispatch(

@@ -43,13 +43,15 @@ pub struct Output {
     /// W's rows are gate (the first half) then up: y = silu(x · gateᵀ) ⊙ (x · upᵀ), half as
     /// many outputs (matrix-vector products only).
     pub glu: bool,
+    /// With `glu`, GELU (tanh) in place of SiLU (GeGLU).
+    pub gelu: bool,
 }
 
 impl Output {
     /// y += x · Wᵀ (a residual add in the product's epilogue).
-    pub const ADD: Output = Output { stride: 0, offset: 0, add: true, glu: false };
+    pub const ADD: Output = Output { stride: 0, offset: 0, add: true, glu: false, gelu: false };
     /// SwiGLU of W's stacked gate and up rows in the product's epilogue.
-    pub const GLU: Output = Output { stride: 0, offset: 0, add: false, glu: true };
+    pub const GLU: Output = Output { stride: 0, offset: 0, add: false, glu: true, gelu: false };
 
     /// Columns `offset ..` of a y with rows of `stride` elements.
     pub fn columns(stride: usize, offset: usize) -> Self {
@@ -194,6 +196,7 @@ pub fn build_variant(
         ("ADD", out.add as u32 as f64),
         ("NORM", norm.is_some() as u32 as f64),
         ("GLU", out.glu as u32 as f64),
+        ("ACT", (out.glu && out.gelu) as u32 as f64),
     ];
     let params = |first: usize| Params {
         k: k as u32,
@@ -251,19 +254,24 @@ pub fn build_variant(
 }
 
 /// Reference for a fused product: RMSNorm of x with `norm` = (weight, eps) where given, the
-/// product, then SwiGLU of the stacked gate and up halves with `glu`; accumulated in f64.
-pub fn reference_fused(w: &[f32], x: &[f32], rows: usize, k: usize, n: usize, norm: Option<(&[f32], f32)>, glu: bool) -> Vec<f32> {
+/// product, then SwiGLU (GeGLU with `out.gelu`) of the stacked gate and up halves with
+/// `out.glu`; accumulated in f64.
+pub fn reference_fused(w: &[f32], x: &[f32], rows: usize, k: usize, n: usize, norm: Option<(&[f32], f32)>, out: Output) -> Vec<f32> {
     let xn = match norm {
         Some((g, eps)) => super::rmsnorm::reference(x, g, k, eps),
         None => x.to_vec(),
     };
     let y = reference(w, &xn, rows, k, n);
-    if !glu {
+    if !out.glu {
         return y;
     }
     let half = n / 2;
     let (gate, up): (Vec<f32>, Vec<f32>) = y.chunks_exact(n).flat_map(|r| (0..half).map(move |o| (r[o], r[half + o]))).unzip();
-    super::swiglu::reference(&gate, &up)
+    if out.gelu {
+        super::swiglu::reference_gelu(&gate, &up)
+    } else {
+        super::swiglu::reference(&gate, &up)
+    }
 }
 
 /// Reference: y[r, n] = Σ_k x[r, k] w[n, k], accumulated in f64.

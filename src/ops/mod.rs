@@ -5,6 +5,7 @@ pub mod attention;
 pub mod cache_update;
 pub mod controller;
 pub mod embed;
+pub mod head_norm;
 pub mod kv_write;
 pub mod matmul;
 pub mod quest;

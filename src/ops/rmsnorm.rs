@@ -11,7 +11,8 @@ pub struct Params {
     pub dim: u32,
     pub eps: f32,
     pub last_only: u32,
-    pub pad: u32,
+    /// 1: y += the normalised rows (a norm of a block's output added to the residual stream).
+    pub add: u32,
 }
 
 /// Dispatch normalising x (rows, dim) into y; with `last_only`, only the step's last row, into row 0.
@@ -27,13 +28,30 @@ pub fn build(
     max_rows: usize,
     last_only: bool,
 ) -> Result<Dispatch> {
+    build_into(ctx, x, g, y, step, dim, eps, max_rows, last_only, false)
+}
+
+/// [`build`], adding into y where `add` (Gemma 3's post-attention and post-feed-forward norms).
+#[allow(clippy::too_many_arguments)]
+pub fn build_into(
+    ctx: &Context,
+    x: &wgpu::Buffer,
+    g: &wgpu::Buffer,
+    y: &wgpu::Buffer,
+    step: &wgpu::Buffer,
+    dim: usize,
+    eps: f32,
+    max_rows: usize,
+    last_only: bool,
+    add: bool,
+) -> Result<Dispatch> {
     if dim == 0 || !(eps >= 0.0) {
         return Err(Error::Shape { op: "rmsnorm", what: format!("dim {dim}, eps {eps}") });
     }
     check_len("rmsnorm", "x", x, max_rows * dim)?;
     check_len("rmsnorm", "g", g, dim)?;
     check_len("rmsnorm", "y", y, if last_only { dim } else { max_rows * dim })?;
-    let params = ctx.uniform("rmsnorm.params", &Params { dim: dim as u32, eps, last_only: last_only as u32, pad: 0 });
+    let params = ctx.uniform("rmsnorm.params", &Params { dim: dim as u32, eps, last_only: last_only as u32, add: add as u32 });
     let pipeline = ctx.pipeline(&shaders::RMSNORM, "main", &[])?;
     let rows = if last_only { 1 } else { max_rows };
     Ok(ctx.dispatch(pipeline, &[x, g, y, &params, step], [1, groups("rmsnorm", rows, 1)?, 1]))

@@ -96,7 +96,7 @@ impl<'a> Planner<'a> {
 
     fn embed(&self, rows: usize) -> Result<Vec<Dispatch>> {
         let s = self.s;
-        ops::embed::build_split(self.ctx, &self.w.embed, &s.tokens, &s.x, &s.step, rows)
+        ops::embed::build_split(self.ctx, &self.w.embed, self.c.family.embed_scale, &s.tokens, &s.x, &s.step, rows)
     }
 
     /// The forward pass of `layers` for up to `rows` rows, attention as `attend` says.
@@ -107,6 +107,9 @@ impl<'a> Planner<'a> {
             let layer = &self.w.layers[l];
             // Attention: norm and q/k/v projections, rotary positions, store k/v, attend, project, add.
             self.normed(plan, &layer.attn_norm, &layer.qkv, &s.qkv, false, rows)?;
+            if let Some(g) = &layer.qk_norm {
+                plan.push(ops::head_norm::build(ctx, &s.qkv, g, step, (c.n_heads, c.n_kv_heads, c.head_dim), c.rms_eps, rows)?);
+            }
             let qkv = ops::rope::Qkv {
                 qkv: &s.qkv,
                 q: &s.q,
@@ -122,7 +125,7 @@ impl<'a> Planner<'a> {
                 n_heads: c.n_heads,
                 n_kv_heads: c.n_kv_heads,
                 head_dim: c.head_dim,
-                theta: c.rope_theta,
+                theta: c.rope_theta(l),
                 interleaved: c.rope_interleaved,
             };
             plan.push(ops::rope::build(ctx, &qkv, step, rope, self.capacity, rows, l == 0)?);
@@ -177,7 +180,7 @@ impl<'a> Planner<'a> {
                     let short = ops::kv_write::KvWrite { k: &ix.k, v: &ix.k, k_cache: &ix.keys[i], v_cache: &ix.values, ..kv };
                     let short_dim = c.n_kv_heads * ix.rank;
                     plan.push(ops::kv_write::build(ctx, &short, step, short_dim, self.capacity, rows, false)?);
-                    let heads = Heads { n_heads: c.n_heads, n_kv_heads: c.n_kv_heads, head_dim: ix.rank };
+                    let heads = Heads { n_heads: c.n_heads, n_kv_heads: c.n_kv_heads, head_dim: ix.rank, window: c.window(l) };
                     let ab = ops::attention::Buffers {
                         q: &ix.q,
                         k_cache: &ix.keys[i],
@@ -222,11 +225,33 @@ impl<'a> Planner<'a> {
                     self.attention(plan, l, rows, attend, Mass::None, true)?;
                 }
             }
-            // The output projection adds into the residual stream.
-            plan.extend(ops::matmul::build_into(ctx, &layer.o, &s.att, None, &s.x, Output::ADD, step, rows, 0)?);
-            // Feed-forward: norm, gate and up projections and SwiGLU, down projection added in.
+            // The output projection adds into the residual stream (through its norm, where the
+            // model has one).
+            self.residual(plan, &layer.o, &s.att, layer.post_norms.as_ref().map(|n| &n.0), rows)?;
+            // Feed-forward: norm, gate and up projections and SwiGLU (GeGLU), down projection added in.
             self.normed(plan, &layer.ffn_norm, &layer.gate_up, &s.gate, true, rows)?;
-            plan.extend(ops::matmul::build_into(ctx, &layer.down, &s.gate, None, &s.x, Output::ADD, step, rows, 0)?);
+            self.residual(plan, &layer.down, &s.gate, layer.post_norms.as_ref().map(|n| &n.1), rows)?;
+        }
+        Ok(())
+    }
+
+    /// x += w · input, in the product's epilogue; with `post_norm`, x += RMSNorm(w · input) (the
+    /// product into xn, then the norm adding into x).
+    fn residual(
+        &self,
+        plan: &mut Vec<Dispatch>,
+        w: &GpuWeight,
+        input: &wgpu::Buffer,
+        post_norm: Option<&wgpu::Buffer>,
+        rows: usize,
+    ) -> Result<()> {
+        let (ctx, c, s) = (self.ctx, self.c, self.s);
+        match post_norm {
+            None => plan.extend(ops::matmul::build_into(ctx, w, input, None, &s.x, Output::ADD, &s.step, rows, 0)?),
+            Some(g) => {
+                plan.extend(ops::matmul::build_into(ctx, w, input, None, &s.xn, Output::default(), &s.step, rows, 0)?);
+                plan.push(ops::rmsnorm::build_into(ctx, &s.xn, g, &s.x, &s.step, c.hidden, c.rms_eps, rows, false, true)?);
+            }
         }
         Ok(())
     }
@@ -256,11 +281,11 @@ impl<'a> Planner<'a> {
             }
         };
         if one_product {
-            let out = if glu { Output::GLU } else { Output::default() };
+            let out = if glu { Output { gelu: c.family.gelu, ..Output::GLU } } else { Output::default() };
             plan.extend(ops::matmul::build_into(ctx, &parts[0], x, norm, y, out, &s.step, rows, 0)?);
         } else if glu {
             self.stacked(plan, parts, x, &s.gate_up, rows)?;
-            plan.push(ops::swiglu::build(ctx, &s.gate_up, y, &s.step, c.ffn, rows)?);
+            plan.push(ops::swiglu::build_act(ctx, &s.gate_up, y, &s.step, c.ffn, rows, c.family.gelu)?);
         } else {
             self.stacked(plan, parts, x, y, rows)?;
         }
@@ -283,7 +308,7 @@ impl<'a> Planner<'a> {
     /// `listed`, through the compact list of the re-chosen table.
     fn attention(&self, plan: &mut Vec<Dispatch>, l: usize, rows: usize, table: &wgpu::Buffer, mass: Mass, listed: bool) -> Result<()> {
         let (c, s) = (self.c, self.s);
-        let heads = Heads { n_heads: c.n_heads, n_kv_heads: c.n_kv_heads, head_dim: c.head_dim };
+        let heads = Heads { n_heads: c.n_heads, n_kv_heads: c.n_kv_heads, head_dim: c.head_dim, window: c.window(l) };
         let ab = ops::attention::Buffers {
             q: &s.q,
             k_cache: &s.k_cache[l],
@@ -324,7 +349,7 @@ impl<'a> Planner<'a> {
     fn lm_head(&self, plan: &mut Vec<Dispatch>, x: &wgpu::Buffer, rows: usize, fixed_rows: u32) -> Result<()> {
         let head = self.w.lm_head();
         for (first, part) in &head.parts {
-            let out = ops::matmul::Output { stride: head.rows, offset: *first, add: false, glu: false };
+            let out = ops::matmul::Output { stride: head.rows, offset: *first, add: false, glu: false, gelu: false };
             plan.extend(ops::matmul::build_into(self.ctx, part, x, None, &self.s.logits, out, &self.s.step, rows, fixed_rows)?);
         }
         Ok(())

@@ -389,7 +389,7 @@ impl RunState {
             att: ctx.storage("att", f(rows * c.q_dim()))?,
             attn_part: {
                 let decode = rows.min(ops::matmul::MATVEC_MAX_ROWS);
-                let heads = ops::attention::Heads { n_heads: c.n_heads, n_kv_heads: c.n_kv_heads, head_dim: c.head_dim };
+                let heads = ops::attention::Heads { n_heads: c.n_heads, n_kv_heads: c.n_kv_heads, head_dim: c.head_dim, window: 0 };
                 let len = ops::attention::split_scratch_len(heads, capacity, decode);
                 ops::attention::splits(ctx, capacity, decode).then(|| ctx.storage("attention.part", f(len))).transpose()?
             },

@@ -50,8 +50,8 @@ fn tensor(spec: &ModelSpec, name: &str, transpose: bool) -> Result<Tensor> {
 
 impl Teacher {
     pub fn new(spec: &ModelSpec) -> Result<Self> {
-        if spec.config.qkv_bias {
-            anyhow::bail!("the training teacher does not add q/k/v biases (Qwen2); it runs Llama-architecture models only");
+        if spec.config.family != adore::model::config::Family::default() {
+            anyhow::bail!("the training teacher runs Llama-architecture models only, not {:?}", spec.config.family);
         }
         let embed = tensor(spec, "token_embd.weight", false)?;
         let layers = (0..spec.config.layers)
