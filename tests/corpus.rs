@@ -174,9 +174,9 @@ fn cases() -> Vec<Case> {
         gguf("mixture-of-experts", "unsupported", with_meta("llama.expert_count", Value::U32(8))).says("mixture of 8 experts"),
         gguf("sliding-window", "unsupported", with_meta("llama.attention.sliding_window", Value::U32(64)))
             .says("sliding-window attention of 64 tokens"),
-        gguf("key-length-not-head-size", "unsupported", with_meta("llama.attention.key_length", Value::U32(32)))
-            .says("llama.attention.key_length = 32"),
-        gguf("architecture-gemma3", "config", meta("general.architecture", Value::String("gemma3".into()))).says("\"gemma3\""),
+        gguf("value-length-not-key-length", "unsupported", with_meta("llama.attention.value_length", Value::U32(32)))
+            .says("llama.attention.value_length = 32"),
+        gguf("architecture-phi3", "config", meta("general.architecture", Value::String("phi3".into()))).says("\"phi3\""),
         hf("hf-config-not-json", "malformed", |f| *file(f, "config.json") = b"{ this is not json".to_vec()),
         hf("hf-config-not-utf8", "malformed", |f| *file(f, "config.json") = vec![0xff, 0xfe, b'{', b'}']),
         hf("hf-config-negative-hidden", "malformed", |f| {
@@ -217,7 +217,7 @@ fn cases() -> Vec<Case> {
             let name = "model.layers.0.self_attn.q_proj.bias".to_string();
             f.push(("model-extra.safetensors".into(), safetensors::serialize([(name, view)], None).unwrap()));
         })
-        .says("model.layers.0.self_attn.q_proj.bias"),
+        .says("tensor blk.0.attn_q.bias (a bias"),
     ]
 }
 
