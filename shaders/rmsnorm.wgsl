@@ -6,8 +6,12 @@ struct Params {
     dim: u32,
     eps: f32,
     last_only: u32,  // 1: read row step.n_new - 1 (the last new token), write row 0
-    add: u32,        // 1: y += the normalised row
+    pad: u32,
 }
+
+// 1: y += the normalised row. An override, not a parameter: lavapipe recompiles a kernel whose
+// branches a uniform value steers at every dispatch, and keeps each copy.
+override ADD: u32 = 0u;
 
 @group(0) @binding(0) var<storage, read> x: array<f32>;        // (rows, dim)
 @group(0) @binding(1) var<storage, read> g: array<f32>;        // (dim)
@@ -40,7 +44,7 @@ fn main(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wid: v
     let scale = inverseSqrt(red[0] / f32(p.dim) + p.eps);
     for (var i = lid; i < p.dim; i += 256u) {
         let v = x[src * p.dim + i] * scale * g[i];
-        if p.add != 0u {
+        if ADD != 0u {
             y[r * p.dim + i] += v;
         } else {
             y[r * p.dim + i] = v;

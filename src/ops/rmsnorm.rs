@@ -11,8 +11,7 @@ pub struct Params {
     pub dim: u32,
     pub eps: f32,
     pub last_only: u32,
-    /// 1: y += the normalised rows (a norm of a block's output added to the residual stream).
-    pub add: u32,
+    pub pad: u32,
 }
 
 /// Dispatch normalising x (rows, dim) into y; with `last_only`, only the step's last row, into row 0.
@@ -51,8 +50,8 @@ pub fn build_into(
     check_len("rmsnorm", "x", x, max_rows * dim)?;
     check_len("rmsnorm", "g", g, dim)?;
     check_len("rmsnorm", "y", y, if last_only { dim } else { max_rows * dim })?;
-    let params = ctx.uniform("rmsnorm.params", &Params { dim: dim as u32, eps, last_only: last_only as u32, add: add as u32 });
-    let pipeline = ctx.pipeline(&shaders::RMSNORM, "main", &[])?;
+    let params = ctx.uniform("rmsnorm.params", &Params { dim: dim as u32, eps, last_only: last_only as u32, pad: 0 });
+    let pipeline = ctx.pipeline(&shaders::RMSNORM, "main", &[("ADD", add as u32 as f64)])?;
     let rows = if last_only { 1 } else { max_rows };
     Ok(ctx.dispatch(pipeline, &[x, g, y, &params, step], [1, groups("rmsnorm", rows, 1)?, 1]))
 }

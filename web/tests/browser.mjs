@@ -12,8 +12,11 @@
 // web/test-output/browser-report.json and the console.
 //
 // Usage: node web/tests/browser.mjs [--adore target/release/adore] [--model FILE.gguf]
-// (the model defaults to the one `adore fetch` keeps). Needs web/build.sh to have run, and
-// /usr/bin/chromium (apt-get install chromium).
+//        [--prompts PROMPTS.json]
+// (the model defaults to the one `adore fetch` keeps). With --prompts (a prompts file of
+// tests/llama-cpp), only the greedy outputs of those prompts are compared, under full
+// attention: another model's check. Needs web/build.sh to have run, and /usr/bin/chromium
+// (apt-get install chromium).
 
 import { execFileSync, spawn } from 'node:child_process';
 import { existsSync, mkdirSync, readFileSync, statSync, writeFileSync } from 'node:fs';
@@ -44,13 +47,20 @@ if (!existsSync(adore)) fail(`${adore} is missing: build it with cargo build --r
 if (!existsSync(join(repo, 'web/pkg/adore_bg.wasm'))) fail('web/pkg is missing: run web/build.sh');
 if (!existsSync('/usr/bin/chromium')) fail('/usr/bin/chromium is missing: apt-get install chromium');
 const model = resolve(arg('--model', execFileSync(adore, ['fetch'], { encoding: 'utf8' }).trim()));
-const golden = JSON.parse(readFileSync(join(repo, '../shared/golden/smollm2-135m-instruct.json'), 'utf8'));
+const promptsFile = arg('--prompts', null);
 mkdirSync(outDir, { recursive: true });
 
 // Cases: every golden prompt under full attention, and one under adore with a budget smaller
-// than the prompt (so that tokens are released in the browser too).
-const cases = golden.cases.map((c) => ({ prompt: c.prompt, policy: 'full', budget: 256 }));
-cases.push({ prompt: golden.cases.at(-1).prompt, policy: 'adore', budget: 24 });
+// than the prompt (so that tokens are released in the browser too); or the prompts given.
+let cases;
+if (promptsFile) {
+  const prompts = JSON.parse(readFileSync(promptsFile, 'utf8'));
+  cases = prompts.map((p) => ({ prompt: typeof p === 'string' ? p : p.text, policy: 'full', budget: 256 }));
+} else {
+  const golden = JSON.parse(readFileSync(join(repo, '../shared/golden/smollm2-135m-instruct.json'), 'utf8'));
+  cases = golden.cases.map((c) => ({ prompt: c.prompt, policy: 'full', budget: 256 }));
+  cases.push({ prompt: golden.cases.at(-1).prompt, policy: 'adore', budget: 24 });
+}
 
 function native(c) {
   const out = execFileSync(
@@ -127,7 +137,7 @@ async function open(url) {
 try {
   // 0. Every kernel compiles under the browser's WGSL compiler (Tint's uniformity analysis
   // is stricter than naga's), not only those the cases below reach.
-  {
+  if (!promptsFile) {
     const page = await open(base);
     const errors = await page.evaluate(async () => {
       const glue = await import('./pkg/adore.js');
@@ -183,6 +193,24 @@ try {
     await page.close();
   }
 
+  if (!promptsFile) await pageChecks();
+
+  // 4. No panic anywhere.
+  const panics = consoleLines.filter((l) => /panicked|internal error|RuntimeError|unreachable/i.test(l));
+  if (panics.length) fail(`panic messages in the console: ${panics.join(' | ')}`);
+  const reportFile = promptsFile ? `browser-report-${model.split('/').pop().replace(/\.gguf$/, '')}.json` : 'browser-report.json';
+  writeFileSync(join(outDir, reportFile), JSON.stringify(report, null, 2));
+  console.log(`browser test: all passed; wasm ${(report.wasmBytes / 1e6).toFixed(2)} MB; report web/test-output/${reportFile}`);
+} catch (e) {
+  process.exitCode = 1;
+  if (!String(e.message).startsWith('browser test')) console.error(e);
+} finally {
+  await browser.close();
+  server.kill();
+}
+
+// The default run's page checks: a corrupt file, the corpus through the JS API.
+async function pageChecks() {
   // 2. A corrupt model file: a readable error in the page, and the page keeps working.
   const corrupt = join(outDir, 'corrupt.gguf');
   writeFileSync(corrupt, readFileSync(model).subarray(0, 2 << 20));
@@ -244,16 +272,4 @@ try {
     console.log(`browser test: ok ${results.length} corpus cases give their error kinds through the JS API`);
     await page.close();
   }
-
-  // 4. No panic anywhere.
-  const panics = consoleLines.filter((l) => /panicked|internal error|RuntimeError|unreachable/i.test(l));
-  if (panics.length) fail(`panic messages in the console: ${panics.join(' | ')}`);
-  writeFileSync(join(outDir, 'browser-report.json'), JSON.stringify(report, null, 2));
-  console.log(`browser test: all passed; wasm ${(report.wasmBytes / 1e6).toFixed(2)} MB; report web/test-output/browser-report.json`);
-} catch (e) {
-  process.exitCode = 1;
-  if (!String(e.message).startsWith('browser test')) console.error(e);
-} finally {
-  await browser.close();
-  server.kill();
 }
