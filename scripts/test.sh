@@ -26,3 +26,5 @@ mkdir -p web/test-output
 (cd web/pkg && npm pack --silent --pack-destination ../test-output >/dev/null)
 echo "test: npm package web/test-output/adore-webgpu-*.tgz" >&2
 node web/tests/browser.mjs
+# A second family in the browser: gemma-3-270m (K-quants, SentencePiece, a split table) against native.
+node web/tests/browser.mjs --model "$(./target/release/adore fetch gemma-3-270m)" --prompts tests/llama-cpp/gemma-3-270m.prompts.json
