@@ -460,47 +460,38 @@ pub fn pack_for_gpu(dtype: DType, data: &[u8]) -> (WType, Vec<u8>) {
         DType::F16 => (WType::F16, data.to_vec()),
         DType::BF16 => (WType::BF16, data.to_vec()),
         DType::Q4_1 => (WType::Q4, data.to_vec()),
-        DType::Q4_0 => {
-            let mut out = Vec::with_capacity(data.len() / 18 * 20);
-            for blk in data.chunks_exact(18) {
-                let d = f16::from_le_bytes([blk[0], blk[1]]);
-                out.extend_from_slice(&blk[..2]);
-                out.extend_from_slice(&(-(d * f16::from_f32(8.0))).to_le_bytes());
-                out.extend_from_slice(&blk[2..]);
-            }
-            (WType::Q4, out)
-        }
-        DType::Q8_0 => {
-            let mut out = Vec::with_capacity(data.len() / 34 * 36);
-            for blk in data.chunks_exact(34) {
-                out.extend_from_slice(&blk[..2]);
-                out.extend_from_slice(&[0, 0]);
-                out.extend_from_slice(&blk[2..]);
-            }
-            (WType::Q8, out)
-        }
+        DType::Q4_0 => (WType::Q4, with_min(data, 18, -8.0)),
+        DType::Q8_0 => (WType::Q8, padded(data, 34, 2)),
         DType::Q5_1 => (WType::Q5, data.to_vec()),
-        DType::Q5_0 => {
-            let mut out = Vec::with_capacity(data.len() / 22 * 24);
-            for blk in data.chunks_exact(22) {
-                let d = f16::from_le_bytes([blk[0], blk[1]]);
-                out.extend_from_slice(&blk[..2]);
-                out.extend_from_slice(&(-(d * f16::from_f32(16.0))).to_le_bytes());
-                out.extend_from_slice(&blk[2..]);
-            }
-            (WType::Q5, out)
-        }
+        DType::Q5_0 => (WType::Q5, with_min(data, 22, -16.0)),
         DType::Q4_K => (WType::Q4K, data.to_vec()),
         DType::Q5_K => (WType::Q5K, data.to_vec()),
-        DType::Q6_K => {
-            let mut out = Vec::with_capacity(data.len() / 210 * 212);
-            for blk in data.chunks_exact(210) {
-                out.extend_from_slice(blk);
-                out.extend_from_slice(&[0, 0]);
-            }
-            (WType::Q6K, out)
-        }
+        DType::Q6_K => (WType::Q6K, padded(data, 210, 210)),
     }
+}
+
+/// Blocks of `size` bytes that start with an f16 d, each with the f16 m = `factor` d inserted
+/// after d (the form with an offset that the kernels read).
+fn with_min(data: &[u8], size: usize, factor: f32) -> Vec<u8> {
+    let mut out = Vec::with_capacity(data.len() / size * (size + 2));
+    for blk in data.chunks_exact(size) {
+        let d = f16::from_le_bytes([blk[0], blk[1]]);
+        out.extend_from_slice(&blk[..2]);
+        out.extend_from_slice(&(d * f16::from_f32(factor)).to_le_bytes());
+        out.extend_from_slice(&blk[2..]);
+    }
+    out
+}
+
+/// Blocks of `size` bytes with 2 zero bytes inserted at byte `at` of each (4-byte alignment).
+fn padded(data: &[u8], size: usize, at: usize) -> Vec<u8> {
+    let mut out = Vec::with_capacity(data.len() / size * (size + 2));
+    for blk in data.chunks_exact(size) {
+        out.extend_from_slice(&blk[..at]);
+        out.extend_from_slice(&[0, 0]);
+        out.extend_from_slice(&blk[at..]);
+    }
+    out
 }
 
 /// A matrix uploaded as row ranges of at most one binding each (an embedding table or LM head of
