@@ -24,8 +24,10 @@ const KIND: model_file::Kind = model_file::Kind {
 };
 
 /// Key indexes shipped with the library: (file name, contents).
-const BUILTIN: &[(&str, &[u8])] =
-    &[("controllers/smollm2-135m-instruct.index.safetensors", include_bytes!("../controllers/smollm2-135m-instruct.index.safetensors"))];
+const BUILTIN: &[(&str, &[u8])] = &[
+    ("controllers/smollm2-135m-instruct.index.safetensors", include_bytes!("../controllers/smollm2-135m-instruct.index.safetensors")),
+    ("controllers/gemma-3-270m.index.safetensors", include_bytes!("../controllers/gemma-3-270m.index.safetensors")),
+];
 
 /// A fitted key index.
 #[derive(Clone, Debug)]

@@ -27,7 +27,7 @@ fn ids(v: &Value) -> Vec<u32> {
     v.as_array().unwrap().iter().map(|x| x.as_u64().unwrap() as u32).collect()
 }
 
-fn check(name: &str) {
+fn check(name: &str) -> Arc<Model> {
     let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/llama-cpp");
     let refs: Value = serde_json::from_str(&std::fs::read_to_string(dir.join(format!("{name}.json"))).unwrap()).unwrap();
     let known = adore::fetch::known(name).unwrap_or_else(|| panic!("{name} is not a known model"));
@@ -85,6 +85,7 @@ fn check(name: &str) {
     report.push(line.clone());
     eprintln!("{name}:\n  {}", report.join("\n  "));
     assert!((r.ppl / want - 1.0).abs() <= PPL_TOLERANCE, "{name}: {line}");
+    model
 }
 
 #[test]
@@ -97,5 +98,8 @@ fn qwen2_5_coder_0_5b_matches_llama_cpp() {
 /// 256, SentencePiece), in the default test command: 253 MB, fetched once.
 #[test]
 fn gemma_3_270m_matches_llama_cpp() {
-    check("gemma-3-270m");
+    let model = check("gemma-3-270m");
+    // The adore policy finds the key index shipped for it.
+    let index = adore::index::KeyIndex::builtin(&model.fingerprint).expect("no shipped key index matches gemma-3-270m");
+    index.check(&model.config).unwrap();
 }
