@@ -58,7 +58,8 @@ impl Stats {
 /// programs use [`generate`]). The session must not be used for anything else meanwhile.
 pub struct Generation {
     options: GenerateOptions,
-    eos: Option<u32>,
+    /// Tokens that end the generation (end-of-sequence and end-of-turn), unless told not to stop.
+    stops: Vec<u32>,
     prompt_tokens: usize,
     out: Vec<u32>,
     text: TextStream,
@@ -81,7 +82,7 @@ impl Generation {
         let first = session.prefill(prompt).await?;
         Ok(Self {
             options: options.clone(),
-            eos: if options.stop_at_eos { session.model.tokenizer.eos } else { None },
+            stops: if options.stop_at_eos { session.model.tokenizer.stop_ids() } else { Vec::new() },
             prompt_tokens: prompt.len(),
             out: Vec::new(),
             text: TextStream::default(),
@@ -103,7 +104,7 @@ impl Generation {
             Some(t) => t,
             None => session.step().await?,
         };
-        if Some(token) == self.eos {
+        if self.stops.contains(&token) {
             self.finish(StopReason::EndOfSequence);
             return Ok(None);
         }

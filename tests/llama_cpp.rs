@@ -102,4 +102,7 @@ fn gemma_3_270m_matches_llama_cpp() {
     // The adore policy finds the key index shipped for it.
     let index = adore::index::KeyIndex::builtin(&model.fingerprint).expect("no shipped key index matches gemma-3-270m");
     index.check(&model.config).unwrap();
+    // A generation ends at the end of a turn too (the file names <eos> as end-of-sequence).
+    let stops: Vec<String> = model.tokenizer.stop_ids().iter().filter_map(|&i| model.tokenizer.id_to_token(i)).collect();
+    assert_eq!(stops, ["<eos>", "<end_of_turn>"]);
 }

@@ -111,6 +111,15 @@ impl Tokenizer {
         })
     }
 
+    /// The tokens that end a generation: end-of-sequence, and the chat formats' end of a turn
+    /// (Gemma's `<end_of_turn>`, whose files name `<eos>` as end-of-sequence).
+    pub fn stop_ids(&self) -> Vec<u32> {
+        let turns = ["<end_of_turn>", "<|im_end|>", "<|eot_id|>"].into_iter().filter_map(|t| self.inner.token_to_id(t));
+        let mut ids: Vec<u32> = self.eos.into_iter().chain(turns).collect();
+        ids.dedup();
+        ids
+    }
+
     pub fn vocab_size(&self) -> usize {
         self.inner.get_vocab_size(true)
     }
