@@ -208,6 +208,8 @@ fn cases() -> Vec<Case> {
             )
         })
         .says("RoPE scaling \"llama3\""),
+        hf("hf-model-type-gemma3", "unsupported", |f| hf_config(f, "model_type", serde_json::json!("gemma3")))
+            .says("model_type \"gemma3\""),
         hf("hf-attention-bias", "unsupported", |f| hf_config(f, "attention_bias", serde_json::json!(true))).says("attention_bias: true"),
         hf("hf-hidden-act-gelu", "unsupported", |f| hf_config(f, "hidden_act", serde_json::json!("gelu_pytorch_tanh")))
             .says("\"gelu_pytorch_tanh\""),

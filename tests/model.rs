@@ -113,6 +113,32 @@ fn qwen2_forward_matches_reference() {
     let _ = std::fs::remove_dir_all(dir);
 }
 
+/// Gemma 3 (scaled embeddings, q/k norms, post-norms, GeGLU, a sliding window shorter than the
+/// sequence) from GGUF, in both kernel shapes, against the f64 reference; the window must matter.
+#[test]
+fn gemma3_forward_matches_reference() {
+    let tiny = Tiny::gemma3(9);
+    let dir = temp_dir("gemma3");
+    let path = dir.join("tiny-gemma3.gguf");
+    std::fs::write(&path, tiny.gguf_bytes()).unwrap();
+    let model = load(&path);
+    let f = &model.config.family;
+    assert!(f.qk_norm && f.post_norms && f.gelu && !model.config.rope_interleaved);
+    assert_eq!((model.config.window(0), model.config.window(1)), (common::tiny::GEMMA_WINDOW, common::tiny::GEMMA_WINDOW));
+    check_all_logits(model.clone(), &tiny, "gemma3 gguf");
+    // The GPU kernel shape (fused GeGLU epilogue, split attention off at this capacity).
+    let options = adore::ContextOptions { kernel_shape: Some(adore::gpu::KernelShape::Gpu), ..Default::default() };
+    let gpu = Arc::new(adore::Context::new_blocking(options).unwrap());
+    let on_gpu = Arc::new(adore::model::files::load(gpu, &path, &mut |_, _| {}).unwrap());
+    check_all_logits(on_gpu, &tiny, "gemma3 gguf, GPU kernel shape");
+    // Without the window the reference disagrees: the window is seen by the test.
+    let mut unwindowed = Tiny::gemma3(9);
+    unwindowed.window = 0;
+    let (a, b) = (tiny.forward(&tokens()), unwindowed.forward(&tokens()));
+    assert!(a.iter().zip(&b).any(|(x, y)| (x - y).abs() > 0.1), "the window changes nothing: the test could not fail");
+    let _ = std::fs::remove_dir_all(dir);
+}
+
 /// The GPU kernel shape on any adapter: chunks of at most 8 rows and decode steps run the fused
 /// products (RMSNorm in the prologue, SwiGLU in the epilogue) and still give the reference's
 /// logits, for stacked (safetensors) and unstacked (GGUF of mixed types) projections.

@@ -270,6 +270,14 @@ impl Config {
         }
         let hf: Hf = serde_json::from_str(text).map_err(|e| Error::malformed(file, format!("not a usable config.json: {e}")))?;
         if let Some(t) = &hf.model_type {
+            // Gemma 3 is read from GGUF only: its Hugging Face layout (names, norms stored as
+            // weight - 1) is not mapped.
+            if t.starts_with("gemma") {
+                return Err(Error::unsupported(
+                    file,
+                    format!("model_type {t:?} from a Hugging Face directory (Gemma 3 is read from GGUF files)"),
+                ));
+            }
             if !ARCHITECTURES.contains(&t.as_str()) {
                 return Err(Error::Config(format!("{file}: model_type {t:?} is not one this engine runs ({})", ARCHITECTURES.join(", "))));
             }

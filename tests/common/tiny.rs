@@ -59,7 +59,15 @@ pub struct Tiny {
     /// Qwen2: q/k/v biases, rotate-half RoPE in GGUF too (no row permutation), architecture
     /// `qwen2`, and Q5_0 / Q5_1 matrices where the Llama model has Q4_0 / Q4_1.
     pub qwen2: bool,
+    /// Gemma 3: embeddings scaled by sqrt(HIDDEN), q/k norms, post-norms, GeGLU, both layers
+    /// local with a sliding window of [`GEMMA_WINDOW`] (GGUF only; rotate-half RoPE).
+    pub gemma3: bool,
+    /// Gemma 3's sliding window (0: none), [`GEMMA_WINDOW`] as built.
+    pub window: usize,
 }
+
+/// The tiny Gemma 3's sliding window: shorter than the test sequences.
+pub const GEMMA_WINDOW: usize = 24;
 
 fn round_bf16(v: f32) -> f32 {
     half::bf16::from_f32(v).to_f32()
@@ -67,15 +75,20 @@ fn round_bf16(v: f32) -> f32 {
 
 impl Tiny {
     pub fn new(seed: u64) -> Self {
-        Self::build(seed, false)
+        Self::build(seed, false, false)
     }
 
     /// The Qwen2 variant (see [`Tiny::qwen2`]).
     pub fn qwen2(seed: u64) -> Self {
-        Self::build(seed, true)
+        Self::build(seed, true, false)
     }
 
-    fn build(seed: u64, qwen2: bool) -> Self {
+    /// The Gemma 3 variant (see [`Tiny::gemma3`]).
+    pub fn gemma3(seed: u64) -> Self {
+        Self::build(seed, false, true)
+    }
+
+    fn build(seed: u64, qwen2: bool, gemma3: bool) -> Self {
         let mut rng = Rng::new(seed);
         let (q4_0, q4_1) = if qwen2 { (DType::Q5_0, DType::Q5_1) } else { (DType::Q4_0, DType::Q4_1) };
         let mut w = HashMap::new();
@@ -105,6 +118,12 @@ impl Tiny {
             add(n("ffn_gate"), vec![FFN, HIDDEN], DType::Q8_0, 0.3, &mut rng);
             add(n("ffn_up"), vec![FFN, HIDDEN], q4_0, 0.3, &mut rng);
             add(n("ffn_down"), vec![HIDDEN, FFN], DType::Q8_0, 0.2, &mut rng);
+            if gemma3 {
+                add(n("attn_q_norm"), vec![HEAD_DIM], DType::F32, 0.3, &mut rng);
+                add(n("attn_k_norm"), vec![HEAD_DIM], DType::F32, 0.3, &mut rng);
+                add(n("post_attention_norm"), vec![HIDDEN], DType::F32, 0.3, &mut rng);
+                add(n("post_ffw_norm"), vec![HIDDEN], DType::F32, 0.3, &mut rng);
+            }
             if qwen2 {
                 // Biases (F32, around 1 as `add` makes 1-D tensors): large enough to matter.
                 let b = |s: &str| format!("blk.{l}.{s}.bias");
@@ -113,7 +132,7 @@ impl Tiny {
                 add(b("attn_v"), vec![kvd], DType::F32, 0.5, &mut rng);
             }
         }
-        Tiny { w, dtypes, qwen2 }
+        Tiny { w, dtypes, qwen2, gemma3, window: if gemma3 { GEMMA_WINDOW } else { 0 } }
     }
 
     fn get(&self, name: &str) -> &[f32] {
@@ -143,7 +162,13 @@ impl Tiny {
         for t in types.iter_mut().take(3) {
             *t = Value::I32(3);
         }
-        let arch = if self.qwen2 { "qwen2" } else { "llama" };
+        let arch = if self.qwen2 {
+            "qwen2"
+        } else if self.gemma3 {
+            "gemma3"
+        } else {
+            "llama"
+        };
         // Keys live for the test binary (GGUF metadata keys are &'static str here).
         let key = |k: &str| -> &'static str { Box::leak(format!("{arch}.{k}").into_boxed_str()) };
         let meta = vec![
@@ -157,6 +182,7 @@ impl Tiny {
             (key("rope.freq_base"), Value::F32(THETA)),
             (key("attention.layer_norm_rms_epsilon"), Value::F32(EPS)),
             (key("vocab_size"), Value::U32(VOCAB as u32)),
+            (key("attention.key_length"), Value::U32(HEAD_DIM as u32)),
             ("tokenizer.ggml.model", Value::String("gpt2".into())),
             ("tokenizer.ggml.pre", Value::String("default".into())),
             ("tokenizer.ggml.tokens", Value::Array(tokens.into_iter().map(Value::String).collect())),
@@ -165,13 +191,17 @@ impl Tiny {
             ("tokenizer.ggml.bos_token_id", Value::U32(1)),
             ("tokenizer.ggml.eos_token_id", Value::U32(2)),
         ];
+        let mut meta = meta;
+        if self.gemma3 {
+            meta.push((key("attention.sliding_window"), Value::U32(self.window as u32)));
+        }
         let mut names: Vec<&String> = self.w.keys().collect();
         names.sort();
         let tensors: Vec<HostTensor> = names
             .into_iter()
             .map(|name| {
                 let (shape, vals) = &self.w[name];
-                let vals = if self.qwen2 {
+                let vals = if self.qwen2 || self.gemma3 {
                     vals.clone()
                 } else if name.ends_with("attn_q.weight") {
                     Self::permute_rows(vals, HEADS, HIDDEN)
@@ -295,8 +325,22 @@ impl Tiny {
             }
         };
         let embd = self.get("token_embd.weight");
-        let mut x: Vec<f64> =
-            tokens.iter().flat_map(|&t| embd[t as usize * HIDDEN..(t as usize + 1) * HIDDEN].iter().map(|v| *v as f64)).collect();
+        let scale = if self.gemma3 { (HIDDEN as f32).sqrt() as f64 } else { 1.0 };
+        let mut x: Vec<f64> = tokens
+            .iter()
+            .flat_map(|&t| embd[t as usize * HIDDEN..(t as usize + 1) * HIDDEN].iter().map(move |v| *v as f64 * scale))
+            .collect();
+        // Gemma 3: RMSNorm of each head (head_dim values) with weight g.
+        let head_norm = |x: &mut [f64], g: &[f32]| {
+            for head in x.chunks_mut(HEAD_DIM) {
+                let ms = head.iter().map(|v| v * v).sum::<f64>() / HEAD_DIM as f64;
+                let s = 1.0 / (ms + EPS as f64).sqrt();
+                head.iter_mut().zip(g).for_each(|(v, w)| *v *= s * *w as f64);
+            }
+        };
+        // Gemma 3's local layers see the keys less than the window before the query.
+        // (Keys from `cache` have no known position here; the Gemma tests use none.)
+        let window = |t: usize, j: usize| self.window == 0 || j < n_cache || positions[t] - positions[j - n_cache] < self.window as u32;
         let n_keys = n_cache + n;
         let mut attention = vec![vec![0f64; n_keys]; n];
         let mut contribution = vec![vec![0f64; n_keys]; n];
@@ -313,6 +357,10 @@ impl Tiny {
                     let b = self.get(&format!("blk.{l}.{s}.bias"));
                     x.iter_mut().enumerate().for_each(|(i, v)| *v += b[i % b.len()] as f64);
                 }
+            }
+            if self.gemma3 {
+                head_norm(&mut q, g("attn_q_norm"));
+                head_norm(&mut k, g("attn_k_norm"));
             }
             rope(&mut q, HEADS);
             rope(&mut k, KV_HEADS);
@@ -345,7 +393,7 @@ impl Tiny {
                     let kh = h / (HEADS / KV_HEADS);
                     let scores: Vec<f64> = (0..n_keys)
                         .map(|j| {
-                            if !visible(t, j) {
+                            if !visible(t, j) || !window(t, j) {
                                 return f64::NEG_INFINITY;
                             }
                             (0..HEAD_DIM).map(|d| q[t * qd + h * HEAD_DIM + d] * keys[j * kvd + kh * HEAD_DIM + d]).sum::<f64>()
@@ -365,13 +413,22 @@ impl Tiny {
                 }
             }
             kv.push((k, v));
-            let o = matmul(&att, g("attn_output"), qd);
+            let mut o = matmul(&att, g("attn_output"), qd);
+            if self.gemma3 {
+                o = rmsnorm(&o, g("post_attention_norm"));
+            }
             x.iter_mut().zip(&o).for_each(|(a, b)| *a += b);
             let xn = rmsnorm(&x, g("ffn_norm"));
             let gate = matmul(&xn, g("ffn_gate"), HIDDEN);
             let up = matmul(&xn, g("ffn_up"), HIDDEN);
-            let h: Vec<f64> = gate.iter().zip(&up).map(|(g, u)| g / (1.0 + (-g).exp()) * u).collect();
-            let down = matmul(&h, g("ffn_down"), FFN);
+            let h: Vec<f64> = match self.gemma3 {
+                true => gate.iter().zip(&up).map(|(g, u)| adore::ops::swiglu::gelu_tanh(*g) * u).collect(),
+                false => gate.iter().zip(&up).map(|(g, u)| g / (1.0 + (-g).exp()) * u).collect(),
+            };
+            let mut down = matmul(&h, g("ffn_down"), FFN);
+            if self.gemma3 {
+                down = rmsnorm(&down, g("post_ffw_norm"));
+            }
             x.iter_mut().zip(&down).for_each(|(a, b)| *a += b);
             residuals.push(x.clone());
         }
