@@ -27,6 +27,7 @@ const KIND: model_file::Kind = model_file::Kind {
 const BUILTIN: &[(&str, &[u8])] = &[
     ("controllers/smollm2-135m-instruct.index.safetensors", include_bytes!("../controllers/smollm2-135m-instruct.index.safetensors")),
     ("controllers/gemma-3-270m.index.safetensors", include_bytes!("../controllers/gemma-3-270m.index.safetensors")),
+    ("controllers/qwen2.5-coder-0.5b.index.safetensors", include_bytes!("../controllers/qwen2.5-coder-0.5b.index.safetensors")),
 ];
 
 /// A fitted key index.

@@ -91,7 +91,9 @@ fn check(name: &str) -> Arc<Model> {
 #[test]
 #[ignore = "downloads 491 MB: scripts/test-models.sh"]
 fn qwen2_5_coder_0_5b_matches_llama_cpp() {
-    check("qwen2.5-coder-0.5b");
+    let model = check("qwen2.5-coder-0.5b");
+    let index = adore::index::KeyIndex::builtin(&model.fingerprint).expect("no shipped key index matches qwen2.5-coder-0.5b");
+    index.check(&model.config).unwrap();
 }
 
 /// Gemma 3 (q/k norms, post-norms, GeGLU, sliding-window layers, scaled embeddings, head_dim
