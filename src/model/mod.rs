@@ -345,10 +345,15 @@ impl Model {
             done += t.data.len() as u64;
             progress(done, total);
         };
-        let norm = |name: &str| -> Result<wgpu::Buffer> {
-            let t = spec.get(name)?;
-            ctx.storage_init(name, bytemuck::cast_slice(&t.to_f32()))
+        // Small f32 vectors (norm weights, biases), several joined end to end into one buffer.
+        let joined = |label: &str, names: &[String]| -> Result<wgpu::Buffer> {
+            let mut all = Vec::new();
+            for name in names {
+                all.extend(spec.get(name)?.to_f32());
+            }
+            ctx.storage_init(label, bytemuck::cast_slice(&all))
         };
+        let norm = |name: &str| joined(name, &[name.to_string()]);
         let mut split = |name: &str| -> Result<RowSplit> {
             let t = spec.get(name)?;
             let w = RowSplit::upload(&ctx, t)?;
@@ -373,24 +378,14 @@ impl Model {
             let o = stacked(&n("attn_output"), &[n("attn_output")])?.remove(0);
             let gate_up = stacked(&format!("blk.{l}.ffn_gate_up"), &[n("ffn_gate"), n("ffn_up")])?;
             let down = stacked(&n("ffn_down"), &[n("ffn_down")])?.remove(0);
-            let qkv_bias = match spec.config.family.qkv_bias {
-                true => {
-                    let b = ["attn_q", "attn_k", "attn_v"].map(|s| spec.get(&format!("blk.{l}.{s}.bias")));
-                    let mut all = Vec::new();
-                    for t in b {
-                        all.extend(t?.to_f32());
-                    }
-                    Some(ctx.storage_init(&format!("blk.{l}.attn_qkv.bias"), bytemuck::cast_slice(&all))?)
-                }
+            let f = &spec.config.family;
+            let bias = |s: &str| format!("blk.{l}.{s}.bias");
+            let qkv_bias = match f.qkv_bias {
+                true => Some(joined(&bias("attn_qkv"), &[bias("attn_q"), bias("attn_k"), bias("attn_v")])?),
                 false => None,
             };
-            let f = &spec.config.family;
             let qk_norm = match f.qk_norm {
-                true => {
-                    let mut w = spec.get(&n("attn_q_norm"))?.to_f32();
-                    w.extend(spec.get(&n("attn_k_norm"))?.to_f32());
-                    Some(ctx.storage_init(&format!("blk.{l}.attn_qk_norm"), bytemuck::cast_slice(&w))?)
-                }
+                true => Some(joined(&format!("blk.{l}.attn_qk_norm"), &[n("attn_q_norm"), n("attn_k_norm")])?),
                 false => None,
             };
             let post_norms = match f.post_norms {
