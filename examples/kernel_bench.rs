@@ -107,8 +107,17 @@ fn main() -> adore::Result<()> {
     let sp = ctx.storage_init("sp", bytemuck::cast_slice(&(0..512u32).collect::<Vec<_>>()))?;
     let pos = ctx.storage_init("pos", bytemuck::cast_slice(&vec![511u32; rows]))?;
     let out = ctx.storage("out", (rows * 576 * 4) as u64)?;
-    let b =
-        ops::attention::Buffers { q: &q, k_cache: &kc, v_cache: &vc, slot_pos: &sp, positions: &pos, out: &out, mass: &out, list: None };
+    let b = ops::attention::Buffers {
+        q: &q,
+        k_cache: &kc,
+        v_cache: Some(&vc),
+        kv: ops::KvType::F32,
+        slot_pos: &sp,
+        positions: &pos,
+        out: &out,
+        mass: &out,
+        list: None,
+    };
     time(
         &ctx,
         "attention 512 slots",
@@ -125,6 +134,7 @@ fn main() -> adore::Result<()> {
         k: &kv_rows,
         k_cache: &kc,
         v_cache: &vc,
+        kv: ops::KvType::F32,
         slots: &slots,
         slot_pos: &sp,
         positions: &pos,

@@ -14,6 +14,8 @@
 // With write_mass, a last pass stores each slot's attention probability for this row and head in
 // mass[r, h, slot] (1: overwrite, 2: add, to sum over layers), for the release policies, for the
 // slots below step.n_slots (those above are free and keep what they held).
+// K and V are f32, or with KV_HALF f16 (pairs packed in a u32, as pack2x16float writes them).
+// With VALUES = 0 only the probabilities are wanted: V is not read and out is not written.
 
 struct Params {
     n_heads: u32,
@@ -27,8 +29,8 @@ struct Params {
 }
 
 @group(0) @binding(0) var<storage, read> q: array<vec4<f32>>;          // (rows, n_heads, head_dim)
-@group(0) @binding(1) var<storage, read> k_cache: array<vec4<f32>>;    // (capacity, n_kv_heads, head_dim)
-@group(0) @binding(2) var<storage, read> v_cache: array<vec4<f32>>;    // (capacity, n_kv_heads, head_dim)
+@group(0) @binding(1) var<storage, read> k_cache: array<vec2<u32>>;    // (capacity, n_kv_heads, head_dim), see key4
+@group(0) @binding(2) var<storage, read> v_cache: array<vec2<u32>>;    // (capacity, n_kv_heads, head_dim), or unused
 @group(0) @binding(3) var<storage, read> slot_pos: array<u32>;         // (capacity) position or 0xffffffff
 @group(0) @binding(4) var<storage, read> positions: array<u32>;        // (rows)
 @group(0) @binding(5) var<storage, read_write> out: array<vec4<f32>>;  // (rows, n_heads, head_dim)
@@ -39,6 +41,7 @@ struct Params {
 
 const HD4: u32 = 16u;  // head_dim / 4
 const HPW: u32 = 1u;   // query heads per workgroup
+const VALUES: u32 = 1u;   // 0: probabilities only
 const WG: u32 = 64u;
 const INVALID: u32 = 0xffffffffu;
 // Merging: 8 vec4 of every lane's accumulator per round.
@@ -99,7 +102,7 @@ fn main(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wid: v
             s[g] = 0.0;
         }
         for (var c = 0u; c < HD4; c++) {
-            let kc = k_cache[kb + c];
+            let kc = key4(kb + c);
             for (var g = 0u; g < HPW; g++) {
                 s[g] += dot(qv[g * HD4 + c], kc);
             }
@@ -113,10 +116,12 @@ fn main(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wid: v
             l[g] = l[g] * alpha[g] + w[g];
             m[g] = m_new;
         }
-        for (var c = 0u; c < HD4; c++) {
-            let vc = v_cache[kb + c];
-            for (var g = 0u; g < HPW; g++) {
-                acc[g * HD4 + c] = acc[g * HD4 + c] * alpha[g] + w[g] * vc;
+        if VALUES != 0u {
+            for (var c = 0u; c < HD4; c++) {
+                let vc = value4(kb + c);
+                for (var g = 0u; g < HPW; g++) {
+                    acc[g * HD4 + c] = acc[g * HD4 + c] * alpha[g] + w[g] * vc;
+                }
             }
         }
     }
@@ -142,7 +147,7 @@ fn main(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wid: v
             head_l[g] = total_l;
         }
         let o = (r * p.n_heads + h0 + g) * HD4;
-        for (var c0 = 0u; c0 < HD4; c0 += ROUND) {
+        for (var c0 = 0u; c0 < select(0u, HD4, VALUES != 0u); c0 += ROUND) {
             for (var cc = 0u; cc < ROUND; cc++) {
                 if c0 + cc < HD4 {
                     lane_acc[cc * WG + lid] = acc[g * HD4 + c0 + cc] * f;
@@ -175,7 +180,7 @@ fn main(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wid: v
                         let kb = j * kv4 + kvh * HD4;
                         var s = 0.0;
                         for (var c = 0u; c < HD4; c++) {
-                            s += dot(qv[g * HD4 + c], k_cache[kb + c]);
+                            s += dot(qv[g * HD4 + c], key4(kb + c));
                         }
                         prob = exp(s - big) / total_l;
                     }

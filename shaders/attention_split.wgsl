@@ -11,6 +11,7 @@
 //     at the end, and the split's (acc, max, sum) is written to part.
 // attention_merge.wgsl then merges the splits into out.
 // With listed, the slots visited are list[1 ..= list[0]] instead of 0 .. step.n_slots.
+// K and V are f32, or with KV_HALF f16 (as attention.wgsl).
 
 struct Params {
     n_heads: u32,
@@ -24,8 +25,8 @@ struct Params {
 }
 
 @group(0) @binding(0) var<storage, read> q: array<vec4<f32>>;           // (rows, n_heads, head_dim)
-@group(0) @binding(1) var<storage, read> k_cache: array<vec4<f32>>;     // (capacity, n_kv_heads, head_dim)
-@group(0) @binding(2) var<storage, read> v_cache: array<vec4<f32>>;     // (capacity, n_kv_heads, head_dim)
+@group(0) @binding(1) var<storage, read> k_cache: array<vec2<u32>>;     // (capacity, n_kv_heads, head_dim), see key4
+@group(0) @binding(2) var<storage, read> v_cache: array<vec2<u32>>;     // (capacity, n_kv_heads, head_dim)
 @group(0) @binding(3) var<storage, read> slot_pos: array<u32>;          // (capacity) position or 0xffffffff
 @group(0) @binding(4) var<storage, read> positions: array<u32>;         // (rows)
 @group(0) @binding(5) var<storage, read_write> part: array<vec4<f32>>;  // (rows, n_heads, splits, HD4 + 1): acc, then (max, sum, 0, 0)
@@ -98,7 +99,7 @@ fn partial(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wid
         let kb = j * kv4 + kvh * HD4 + c;
         var kc = vec4<f32>(0.0);
         if live && on_dim {
-            kc = k_cache[kb];
+            kc = key4(kb);
         }
         for (var g = 0u; g < HPW; g++) {
             dots[g * 64u + lid] = dot(qv[g], kc);
@@ -116,7 +117,7 @@ fn partial(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wid
         if live {
             var vc = vec4<f32>(0.0);
             if on_dim {
-                vc = v_cache[kb];
+                vc = value4(kb);
             }
             for (var g = 0u; g < HPW; g++) {
                 let m_new = max(m[g], s[g]);

@@ -13,7 +13,7 @@ struct Params {
     capacity: u32,
 }
 
-@group(0) @binding(0) var<storage, read> k_cache: array<f32>;        // (capacity, kv_dim), after RoPE
+@group(0) @binding(0) var<storage, read> k_cache: array<u32>;        // (capacity, kv_dim) f32 or f16 (HALF), after RoPE
 @group(0) @binding(1) var<storage, read> slot_pos: array<u32>;       // (capacity) position or INVALID
 @group(0) @binding(2) var<storage, read> slots: array<u32>;          // (rows) this step's slots
 @group(0) @binding(3) var<storage, read_write> bounds: array<f32>;   // (pages, 2, kv_dim)
@@ -22,6 +22,15 @@ struct Params {
 
 const PAGE: u32 = 16u;
 const INVALID: u32 = 0xffffffffu;
+const HALF: u32 = 0u;  // 1: the cache holds f16 pairs packed in a u32
+
+// Element e of the cache.
+fn key_at(e: u32) -> f32 {
+    if HALF != 0u {
+        return unpack2x16float(k_cache[e / 2u])[e % 2u];
+    }
+    return bitcast<f32>(k_cache[e]);
+}
 
 @compute @workgroup_size(64)
 fn main(@builtin(global_invocation_id) gid: vec3<u32>) {
@@ -38,7 +47,7 @@ fn main(@builtin(global_invocation_id) gid: vec3<u32>) {
     var hi = -3.0e38;
     for (var j = page * PAGE; j < min(page * PAGE + PAGE, p.capacity); j++) {
         if slot_pos[j] != INVALID {
-            let x = k_cache[j * kv_dim + i];
+            let x = key_at(j * kv_dim + i);
             lo = min(lo, x);
             hi = max(hi, x);
         }

@@ -1,16 +1,19 @@
-//! The WGSL sources, one file per kernel, each assembled as prelude (+ quant helpers) + body.
+//! The WGSL sources, one file per kernel, each assembled as prelude (+ shared helpers) + body.
 
 use crate::error::{Error, Result};
 
-/// One kernel's source. `quant` kernels bind `weights` and get the dequantization helpers.
+/// One kernel's source: the prelude, the helpers it shares with other kernels (those of quant.wgsl
+/// for kernels that bind `weights`, of kv_read.wgsl for those that bind `k_cache` and `v_cache`),
+/// its body.
 pub struct Shader {
     pub name: &'static str,
     body: &'static str,
-    quant: bool,
+    helpers: &'static str,
 }
 
 const PRELUDE: &str = include_str!("../shaders/prelude.wgsl");
 const QUANT: &str = include_str!("../shaders/quant.wgsl");
+const KV_READ: &str = include_str!("../shaders/kv_read.wgsl");
 
 impl Shader {
     /// The module text with the module-scope constants named in `defines` (`const NAME: u32 =
@@ -29,11 +32,11 @@ impl Shader {
 
     /// The complete WGSL module text.
     pub fn source(&self) -> String {
-        let mut s = String::with_capacity(PRELUDE.len() + QUANT.len() + self.body.len() + 2);
+        let mut s = String::with_capacity(PRELUDE.len() + self.helpers.len() + self.body.len() + 2);
         s.push_str(PRELUDE);
         s.push('\n');
-        if self.quant {
-            s.push_str(QUANT);
+        if !self.helpers.is_empty() {
+            s.push_str(self.helpers);
             s.push('\n');
         }
         s.push_str(self.body);
@@ -42,38 +45,38 @@ impl Shader {
 }
 
 macro_rules! shader {
-    ($id:ident, $file:literal, $quant:expr) => {
-        pub const $id: Shader = Shader { name: $file, body: include_str!(concat!("../shaders/", $file, ".wgsl")), quant: $quant };
+    ($id:ident, $file:literal, $helpers:expr) => {
+        pub const $id: Shader = Shader { name: $file, body: include_str!(concat!("../shaders/", $file, ".wgsl")), helpers: $helpers };
     };
 }
 
-shader!(MATMUL, "matmul", true);
-shader!(MATVEC_CPU, "matvec_cpu", true);
-shader!(EMBED, "embed", true);
-shader!(RMSNORM, "rmsnorm", false);
-shader!(HEAD_NORM, "head_norm", false);
-shader!(ROPE, "rope", false);
-shader!(SWIGLU, "swiglu", false);
-shader!(KV_WRITE, "kv_write", false);
-shader!(ATTENTION, "attention", false);
-shader!(ATTENTION_SPLIT, "attention_split", false);
-shader!(ATTENTION_MERGE, "attention_merge", false);
-shader!(SAMPLE, "sample", false);
-shader!(TOPK, "topk", false);
-shader!(CACHE_UPDATE, "cache_update", false);
-shader!(SLOT_SCORE, "slot_score", false);
-shader!(SLOT_ASSIGN, "slot_assign", false);
-shader!(CONTROLLER_STEP, "controller_step", false);
-shader!(CONTROLLER_SCORE, "controller_score", false);
-shader!(REBUILD_RANK, "rebuild_rank", false);
-shader!(REBUILD_MASK, "rebuild_mask", false);
-shader!(REBUILD_ROWS, "rebuild_rows", false);
-shader!(STAGED_MOVES, "staged_moves", false);
-shader!(SELECT_MATRIX, "select_matrix", false);
-shader!(SELECT_MATMUL, "select_matmul", false);
-shader!(SELECT_STORE, "select_store", false);
-shader!(QUEST_BOUNDS, "quest_bounds", false);
-shader!(QUEST_SCORE, "quest_score", false);
+shader!(MATMUL, "matmul", QUANT);
+shader!(MATVEC_CPU, "matvec_cpu", QUANT);
+shader!(EMBED, "embed", QUANT);
+shader!(RMSNORM, "rmsnorm", "");
+shader!(HEAD_NORM, "head_norm", "");
+shader!(ROPE, "rope", "");
+shader!(SWIGLU, "swiglu", "");
+shader!(KV_WRITE, "kv_write", "");
+shader!(ATTENTION, "attention", KV_READ);
+shader!(ATTENTION_SPLIT, "attention_split", KV_READ);
+shader!(ATTENTION_MERGE, "attention_merge", "");
+shader!(SAMPLE, "sample", "");
+shader!(TOPK, "topk", "");
+shader!(CACHE_UPDATE, "cache_update", "");
+shader!(SLOT_SCORE, "slot_score", "");
+shader!(SLOT_ASSIGN, "slot_assign", "");
+shader!(CONTROLLER_STEP, "controller_step", "");
+shader!(CONTROLLER_SCORE, "controller_score", "");
+shader!(REBUILD_RANK, "rebuild_rank", "");
+shader!(REBUILD_MASK, "rebuild_mask", "");
+shader!(REBUILD_ROWS, "rebuild_rows", "");
+shader!(STAGED_MOVES, "staged_moves", "");
+shader!(SELECT_MATRIX, "select_matrix", "");
+shader!(SELECT_MATMUL, "select_matmul", "");
+shader!(SELECT_STORE, "select_store", "");
+shader!(QUEST_BOUNDS, "quest_bounds", "");
+shader!(QUEST_SCORE, "quest_score", "");
 
 /// Every kernel, for validation tests.
 pub const ALL: &[&Shader] = &[

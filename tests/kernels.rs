@@ -281,60 +281,91 @@ fn rope_on_stacked_qkv_with_the_kv_store() {
     let ctx = ctx();
     let mut rng = Rng::new(4);
     let cap = 300;
-    for (interleaved, with_bias) in [(true, false), (false, false), (false, true)] {
-        for &(nh, nkv, hd) in &[(1usize, 1usize, 2usize), (3, 1, 64), (9, 3, 64), (17, 17, 16), (4, 2, 128)] {
-            for &rows in &[1usize, 3, 17, 255] {
-                let (q_dim, kv_dim) = (nh * hd, nkv * hd);
-                let width = q_dim + 2 * kv_dim;
-                let raw = rng.vec(rows * width, 1.0);
-                // With biases (Qwen2), the kernel reads `raw` and adds them; the references see the sums.
-                let bias = if with_bias { rng.vec(width, 2.0) } else { vec![0.0; width] };
-                let qkv: Vec<f32> = raw.iter().enumerate().map(|(i, v)| v + bias[i % width]).collect();
-                let pos: Vec<u32> = (0..rows).map(|_| rng.below(8192) as u32).collect();
-                // Distinct slots; some rows (as a recompute step's) go to no slot.
-                let mut order: Vec<u32> = (0..cap as u32).collect();
-                for i in (1..order.len()).rev() {
-                    order.swap(i, rng.below(i as u64 + 1) as usize);
+    for kv in [ops::KvType::F32, ops::KvType::F16] {
+        for (interleaved, with_bias) in [(true, false), (false, false), (false, true)] {
+            for &(nh, nkv, hd) in &[(1usize, 1usize, 2usize), (3, 1, 64), (9, 3, 64), (17, 17, 16), (4, 2, 128), (2, 1, 4)] {
+                for &rows in &[1usize, 3, 17, 255] {
+                    let (q_dim, kv_dim) = (nh * hd, nkv * hd);
+                    let width = q_dim + 2 * kv_dim;
+                    let raw = rng.vec(rows * width, 1.0);
+                    // With biases (Qwen2), the kernel reads `raw` and adds them; the references see the sums.
+                    let bias = if with_bias { rng.vec(width, 2.0) } else { vec![0.0; width] };
+                    let qkv: Vec<f32> = raw.iter().enumerate().map(|(i, v)| v + bias[i % width]).collect();
+                    let pos: Vec<u32> = (0..rows).map(|_| rng.below(8192) as u32).collect();
+                    // Distinct slots; some rows (as a recompute step's) go to no slot.
+                    let order = distinct_slots(&mut rng, cap, rows);
+                    let slots: Vec<u32> = (0..rows).map(|r| if r % 5 == 4 { INVALID_SLOT } else { order[r] }).collect();
+                    let part = |from: usize, len: usize| -> Vec<f32> {
+                        (0..rows).flat_map(|r| qkv[r * width + from..r * width + from + len].to_vec()).collect()
+                    };
+                    let want_q = ops::rope::reference(&part(0, q_dim), &pos, nh, hd, 100000.0, interleaved);
+                    let want_k = ops::rope::reference(&part(q_dim, kv_dim), &pos, nkv, hd, 100000.0, interleaved);
+                    // The caches start as arbitrary words; slots no row writes keep them.
+                    let words = kv.words(kv_dim);
+                    let init: Vec<u32> = (0..cap * words).map(|_| rng.below(1 << 32) as u32).collect();
+                    let (qb, kb) =
+                        (ctx.storage("q", (rows * q_dim * 4) as u64).unwrap(), ctx.storage("k", (rows * kv_dim * 4) as u64).unwrap());
+                    let (kc, vc, sp) = (buf_u32(&ctx, &init), buf_u32(&ctx, &init), buf_u32(&ctx, &vec![INVALID_SLOT; cap]));
+                    let (qkvb, sb, pb) = (buf(&ctx, if with_bias { &raw } else { &qkv }), buf_u32(&ctx, &slots), buf_u32(&ctx, &pos));
+                    let bb = buf(&ctx, &bias);
+                    let b = ops::rope::Qkv {
+                        qkv: &qkvb,
+                        q: &qb,
+                        k: &kb,
+                        k_cache: &kc,
+                        v_cache: &vc,
+                        kv,
+                        slots: &sb,
+                        slot_pos: &sp,
+                        positions: &pb,
+                        bias: with_bias.then_some(&bb),
+                    };
+                    let r = ops::rope::Rope { n_heads: nh, n_kv_heads: nkv, head_dim: hd, theta: 100000.0, interleaved };
+                    let what = format!("rope {kv:?} interleaved={interleaved} bias={with_bias} heads {nh}/{nkv} hd {hd} rows {rows}");
+                    let built = ops::rope::build(&ctx, &b, &step(&ctx, rows, 0, 0), r, cap, rows, true);
+                    if kv == ops::KvType::F16 && hd % 4 != 0 {
+                        let e = built.err().expect("f16 caches need head_dim a multiple of 4");
+                        assert!(e.to_string().contains("multiple of 4"), "{what}: {e}");
+                        continue;
+                    }
+                    run(&ctx, built.unwrap());
+                    // f32 angles at positions up to 8192 carry ~1e-3 rad of rounding, on values up
+                    // to 3 with biases; f16 adds half a step of 2^-10 relative.
+                    let atol = if with_bias { 5e-3 } else { 3e-3 };
+                    assert_close(&format!("{what}: q"), &read(&ctx, &qb, rows * q_dim), &want_q, atol, 1e-3);
+                    assert_close(&format!("{what}: k"), &read(&ctx, &kb, rows * kv_dim), &want_k, atol, 1e-3);
+                    let (got_k, got_v) = (
+                        pollster::block_on(ctx.read_u32(&kc, init.len())).unwrap(),
+                        pollster::block_on(ctx.read_u32(&vc, init.len())).unwrap(),
+                    );
+                    let want_v = part(q_dim + kv_dim, kv_dim);
+                    let (tol_k, tol_v, atol_v) = if kv == ops::KvType::F16 { (1.5e-3, 1e-3, 6e-8) } else { (1e-3, 0.0, 0.0) };
+                    for slot in 0..cap {
+                        let at = |c: &[u32]| c[slot * words..(slot + 1) * words].to_vec();
+                        match slots.iter().position(|&s| s as usize == slot) {
+                            None => {
+                                assert_eq!(at(&got_k), at(&init), "{what}: k cache slot {slot} not written");
+                                assert_eq!(at(&got_v), at(&init), "{what}: v cache slot {slot} not written");
+                            }
+                            Some(r) => {
+                                let row = r * kv_dim..(r + 1) * kv_dim;
+                                assert_close(
+                                    &format!("{what}: k cache slot {slot}"),
+                                    &kv.decode(&at(&got_k)),
+                                    &want_k[row.clone()],
+                                    atol,
+                                    tol_k,
+                                );
+                                assert_close(&format!("{what}: v cache slot {slot}"), &kv.decode(&at(&got_v)), &want_v[row], atol_v, tol_v);
+                            }
+                        }
+                    }
+                    let mut table = vec![INVALID_SLOT; cap];
+                    for (r, &s) in slots.iter().enumerate().filter(|(_, s)| (**s as usize) < cap) {
+                        table[s as usize] = pos[r];
+                    }
+                    assert_eq!(pollster::block_on(ctx.read_u32(&sp, cap)).unwrap(), table, "{what}: slot table");
                 }
-                let slots: Vec<u32> = (0..rows).map(|r| if r % 5 == 4 { INVALID_SLOT } else { order[r] }).collect();
-                let part = |from: usize, len: usize| -> Vec<f32> {
-                    (0..rows).flat_map(|r| qkv[r * width + from..r * width + from + len].to_vec()).collect()
-                };
-                let want_q = ops::rope::reference(&part(0, q_dim), &pos, nh, hd, 100000.0, interleaved);
-                let want_k = ops::rope::reference(&part(q_dim, kv_dim), &pos, nkv, hd, 100000.0, interleaved);
-                let init = rng.vec(cap * kv_dim, 1.0);
-                let (qb, kb) =
-                    (ctx.storage("q", (rows * q_dim * 4) as u64).unwrap(), ctx.storage("k", (rows * kv_dim * 4) as u64).unwrap());
-                let (kc, vc, sp) = (buf(&ctx, &init), buf(&ctx, &init), buf_u32(&ctx, &vec![INVALID_SLOT; cap]));
-                let (qkvb, sb, pb) = (buf(&ctx, if with_bias { &raw } else { &qkv }), buf_u32(&ctx, &slots), buf_u32(&ctx, &pos));
-                let bb = buf(&ctx, &bias);
-                let b = ops::rope::Qkv {
-                    qkv: &qkvb,
-                    q: &qb,
-                    k: &kb,
-                    k_cache: &kc,
-                    v_cache: &vc,
-                    slots: &sb,
-                    slot_pos: &sp,
-                    positions: &pb,
-                    bias: with_bias.then_some(&bb),
-                };
-                let r = ops::rope::Rope { n_heads: nh, n_kv_heads: nkv, head_dim: hd, theta: 100000.0, interleaved };
-                run(&ctx, ops::rope::build(&ctx, &b, &step(&ctx, rows, 0, 0), r, cap, rows, true).unwrap());
-                // f32 angles at positions up to 8192 carry ~1e-3 rad of rounding.
-                let what = format!("rope interleaved={interleaved} bias={with_bias} heads {nh}/{nkv} hd {hd} rows {rows}");
-                assert_close(&format!("{what}: q"), &read(&ctx, &qb, rows * q_dim), &want_q, 3e-3, 1e-3);
-                assert_close(&format!("{what}: k"), &read(&ctx, &kb, rows * kv_dim), &want_k, 3e-3, 1e-3);
-                let (mut wk, mut wv) = (init.clone(), init.clone());
-                ops::kv_write::reference(&mut wk, &want_k, &slots, kv_dim);
-                ops::kv_write::reference(&mut wv, &part(q_dim + kv_dim, kv_dim), &slots, kv_dim);
-                assert_close(&format!("{what}: k cache"), &read(&ctx, &kc, cap * kv_dim), &wk, 3e-3, 1e-3);
-                assert_close(&format!("{what}: v cache"), &read(&ctx, &vc, cap * kv_dim), &wv, 0.0, 0.0);
-                let mut table = vec![INVALID_SLOT; cap];
-                for (r, &s) in slots.iter().enumerate().filter(|(_, s)| (**s as usize) < cap) {
-                    table[s as usize] = pos[r];
-                }
-                assert_eq!(pollster::block_on(ctx.read_u32(&sp, cap)).unwrap(), table, "{what}: slot table");
             }
         }
     }
@@ -359,37 +390,173 @@ fn swiglu_and_geglu_on_stacked_gate_and_up() {
     }
 }
 
+/// `rows` distinct slots of `cap`, shuffled.
+fn distinct_slots(rng: &mut Rng, cap: usize, rows: usize) -> Vec<u32> {
+    let mut slots: Vec<u32> = (0..cap as u32).collect();
+    for i in (1..slots.len()).rev() {
+        slots.swap(i, rng.below(i as u64 + 1) as usize);
+    }
+    slots.truncate(rows);
+    slots
+}
+
+/// Rows scattered into f32 caches (exactly) and f16 caches (each element the f32 rounded to f16,
+/// within one f16 step, as WGSL leaves the rounding direction to the device); the other slots'
+/// words keep what they held, and the slot table gets the rows' positions.
 #[test]
 fn kv_write_scatters_rows_and_slot_table() {
     let ctx = ctx();
     let mut rng = Rng::new(6);
-    for &kv_dim in &[1usize, 17, 192, 257] {
-        for &rows in &[1usize, 3, 17] {
-            let cap = 300;
-            let mut slots: Vec<u32> = (0..cap as u32).collect();
-            for i in (1..slots.len()).rev() {
-                slots.swap(i, rng.below(i as u64 + 1) as usize);
+    for kv in [ops::KvType::F32, ops::KvType::F16] {
+        for &kv_dim in &[1usize, 2, 18, 192, 257, 258] {
+            if kv == ops::KvType::F16 && kv_dim % 2 == 1 {
+                continue;
             }
-            slots.truncate(rows);
-            let pos: Vec<u32> = (0..rows as u32).map(|r| 1000 + r).collect();
-            let (k, v) = (rng.vec(rows * kv_dim, 1.0), rng.vec(rows * kv_dim, 1.0));
-            let init = rng.vec(cap * kv_dim, 1.0);
-            let (kc, vc) = (buf(&ctx, &init), buf(&ctx, &init));
-            let sp = buf_u32(&ctx, &vec![INVALID_SLOT; cap]);
-            let (kb, vb, sb, pb) = (buf(&ctx, &k), buf(&ctx, &v), buf_u32(&ctx, &slots), buf_u32(&ctx, &pos));
-            let b = ops::kv_write::KvWrite { k: &kb, v: &vb, k_cache: &kc, v_cache: &vc, slots: &sb, slot_pos: &sp, positions: &pb };
-            run(&ctx, ops::kv_write::build(&ctx, &b, &step(&ctx, rows, 0, 0), kv_dim, cap, rows, true).unwrap());
-            let (mut wk, mut wv) = (init.clone(), init.clone());
-            ops::kv_write::reference(&mut wk, &k, &slots, kv_dim);
-            ops::kv_write::reference(&mut wv, &v, &slots, kv_dim);
-            assert_close(&format!("kv_write k, kv_dim {kv_dim} rows {rows}"), &read(&ctx, &kc, cap * kv_dim), &wk, 0.0, 0.0);
-            assert_close(&format!("kv_write v, kv_dim {kv_dim} rows {rows}"), &read(&ctx, &vc, cap * kv_dim), &wv, 0.0, 0.0);
-            let table = pollster::block_on(ctx.read_u32(&sp, cap)).unwrap();
-            let mut want = vec![INVALID_SLOT; cap];
-            for (r, s) in slots.iter().enumerate() {
-                want[*s as usize] = pos[r];
+            for &rows in &[1usize, 3, 17] {
+                let cap = 300;
+                let slots = distinct_slots(&mut rng, cap, rows);
+                let pos: Vec<u32> = (0..rows as u32).map(|r| 1000 + r).collect();
+                let (k, v) = (rng.vec(rows * kv_dim, 3.0), rng.vec(rows * kv_dim, 0.01));
+                let init: Vec<u32> = (0..kv.words(cap * kv_dim)).map(|_| rng.below(1 << 32) as u32).collect();
+                let (kc, vc) = (buf_u32(&ctx, &init), buf_u32(&ctx, &init));
+                let sp = buf_u32(&ctx, &vec![INVALID_SLOT; cap]);
+                let (kb, vb, sb, pb) = (buf(&ctx, &k), buf(&ctx, &v), buf_u32(&ctx, &slots), buf_u32(&ctx, &pos));
+                let b = ops::kv_write::KvWrite { k: &kb, v: &vb, k_cache: &kc, v_cache: &vc, slots: &sb, slot_pos: &sp, positions: &pb };
+                run(&ctx, ops::kv_write::build(&ctx, &b, &step(&ctx, rows, 0, 0), kv_dim, cap, rows, true, kv).unwrap());
+                let what = format!("kv_write {kv:?} kv_dim {kv_dim} rows {rows}");
+                for (name, cache, rows_in) in [("k", &kc, &k), ("v", &vc, &v)] {
+                    let got = pollster::block_on(ctx.read_u32(cache, init.len())).unwrap();
+                    let words = kv.words(kv_dim);
+                    for slot in 0..cap {
+                        let got_row = &got[slot * words..(slot + 1) * words];
+                        match slots.iter().position(|&s| s as usize == slot) {
+                            None => assert_eq!(got_row, &init[slot * words..(slot + 1) * words], "{what}: {name} slot {slot} not written"),
+                            Some(r) => {
+                                let want: Vec<f32> = rows_in[r * kv_dim..(r + 1) * kv_dim].iter().map(|&x| kv.round(x)).collect();
+                                // One f16 step: 2^-10 of the value's binade (2^-24 at the smallest).
+                                let step = |w: f32| match kv {
+                                    ops::KvType::F32 => 0.0,
+                                    ops::KvType::F16 => (w.abs().max(6.1e-5) * 2f32.powi(-10)).max(2f32.powi(-24)),
+                                };
+                                for (i, (g, w)) in kv.decode(got_row).iter().zip(&want).enumerate() {
+                                    assert!((g - w).abs() <= step(*w), "{what}: {name} slot {slot} element {i}: {g} vs {w}");
+                                }
+                            }
+                        }
+                    }
+                }
+                let table = pollster::block_on(ctx.read_u32(&sp, cap)).unwrap();
+                let mut want = vec![INVALID_SLOT; cap];
+                for (r, s) in slots.iter().enumerate() {
+                    want[*s as usize] = pos[r];
+                }
+                assert_eq!(table, want, "{what}: slot table");
             }
-            assert_eq!(table, want, "slot table after kv_write");
+        }
+    }
+    let b = ops::kv_write::KvWrite {
+        k: &buf(&ctx, &[0.0; 3]),
+        v: &buf(&ctx, &[0.0; 3]),
+        k_cache: &buf(&ctx, &[0.0; 8]),
+        v_cache: &buf(&ctx, &[0.0; 8]),
+        slots: &buf_u32(&ctx, &[0]),
+        slot_pos: &buf_u32(&ctx, &[0; 4]),
+        positions: &buf_u32(&ctx, &[0]),
+    };
+    let e = ops::kv_write::build(&ctx, &b, &step(&ctx, 1, 0, 0), 3, 4, 1, true, ops::KvType::F16)
+        .err()
+        .expect("an odd kv_dim in an f16 cache is refused");
+    assert!(e.to_string().contains("even kv_dim"), "{e}");
+}
+
+/// Attention over f16 caches (both shapes) against the reference fed the rounded K and V, and
+/// the probabilities-only form (no V: the mass is written, out keeps what it held), with free
+/// slots, future positions and unused capacity above the slots in use.
+#[test]
+fn attention_over_f16_caches_and_probabilities_only() {
+    let ctx = ctx();
+    let mut rng = Rng::new(71);
+    let cases = [(9usize, 3usize, 64usize), (1, 1, 8), (8, 2, 128), (12, 2, 12), (4, 4, 16), (32, 4, 4)];
+    for (ci, &(n_heads, n_kv, hd)) in cases.iter().enumerate() {
+        for &n_slots in &[1usize, 3, 63, 65, 1000, 8192] {
+            if n_slots == 8192 && ci > 1 {
+                continue;
+            }
+            let rows = if ci % 2 == 0 { 1 } else { 3 };
+            let window = if rows == 3 { 3000 } else { 0 };
+            let heads = Heads { n_heads, n_kv_heads: n_kv, head_dim: hd, window };
+            let kvd = n_kv * hd;
+            let cap = n_slots + 5;
+            let mut slot_pos: Vec<u32> =
+                (0..n_slots).map(|_| if rng.below(5) == 0 { INVALID_SLOT } else { rng.below(12000) as u32 }).collect();
+            let positions: Vec<u32> = (0..rows).map(|_| 2000 + rng.below(9000) as u32).collect();
+            let q = rng.vec(rows * n_heads * hd, 2.0);
+            let (k, v) = (rng.vec(cap * kvd, 2.0), rng.vec(cap * kvd, 1.0));
+            let kv = ops::KvType::F16;
+            let (kr, vr): (Vec<f32>, Vec<f32>) = (k.iter().map(|&x| kv.round(x)).collect(), v.iter().map(|&x| kv.round(x)).collect());
+            let want = ops::attention::reference(&q, &kr[..n_slots * kvd], &vr[..n_slots * kvd], &slot_pos, &positions, heads);
+            slot_pos.extend((0..5).map(|_| rng.below(100) as u32));
+            let (qb, kb, vb, sb, pb) = (
+                buf(&ctx, &q),
+                buf_u32(&ctx, &kv.encode(&k)),
+                buf_u32(&ctx, &kv.encode(&v)),
+                buf_u32(&ctx, &slot_pos),
+                buf_u32(&ctx, &positions),
+            );
+            let out = ctx.storage("out", (rows * n_heads * hd * 4) as u64).unwrap();
+            let mass = buf(&ctx, &vec![0.5; rows * n_heads * cap]);
+            let b = ops::attention::Buffers {
+                q: &qb,
+                k_cache: &kb,
+                v_cache: Some(&vb),
+                kv,
+                slot_pos: &sb,
+                positions: &pb,
+                out: &out,
+                mass: &mass,
+                list: None,
+            };
+            let what = format!("f16 attention heads {n_heads}/{n_kv} hd {hd} slots {n_slots} rows {rows}");
+            let stp = step(&ctx, rows, n_slots, 0);
+            run(&ctx, ops::attention::build(&ctx, &b, &stp, heads, cap, rows, ops::attention::Mass::None).unwrap());
+            assert_close(&format!("{what}, one pass"), &read(&ctx, &out, want.len()), &want, 1e-4, 1e-4);
+            if rows == 1 {
+                let part = ctx.storage("part", (ops::attention::split_scratch_len(heads, cap, rows) * 4) as u64).unwrap();
+                let split = ctx.storage("out", (rows * n_heads * hd * 4) as u64).unwrap();
+                let bs = ops::attention::Buffers { out: &split, ..b };
+                ctx.run(&ops::attention::build_split(&ctx, &bs, &part, &stp, heads, cap, rows).unwrap()).unwrap();
+                assert_close(&format!("{what}, split"), &read(&ctx, &split, want.len()), &want, 1e-4, 1e-4);
+            }
+            // Probabilities only, for both cache types: out is not written.
+            for kv in [ops::KvType::F32, ops::KvType::F16] {
+                let (kb, src) = match kv {
+                    ops::KvType::F32 => (buf(&ctx, &k), &k),
+                    ops::KvType::F16 => (buf_u32(&ctx, &kv.encode(&k)), &kr),
+                };
+                let (_, want_mass) = ops::attention::reference_with_mass(
+                    &q,
+                    &src[..n_slots * kvd],
+                    &vr[..n_slots * kvd],
+                    &slot_pos[..n_slots],
+                    &positions,
+                    heads,
+                );
+                let untouched = buf(&ctx, &vec![7.0; rows * n_heads * hd]);
+                let mass = buf(&ctx, &vec![0.5; rows * n_heads * cap]);
+                let bp = ops::attention::Buffers { k_cache: &kb, v_cache: None, kv, out: &untouched, mass: &mass, ..b };
+                run(&ctx, ops::attention::build(&ctx, &bp, &stp, heads, cap, rows, ops::attention::Mass::Write).unwrap());
+                let wide: Vec<f32> = (0..rows * n_heads * cap)
+                    .map(|i| if i % cap < n_slots { want_mass[i / cap * n_slots + i % cap] } else { 0.5 })
+                    .collect();
+                assert_close(&format!("{what}, {kv:?} probabilities only"), &read(&ctx, &mass, wide.len()), &wide, 1e-5, 1e-4);
+                assert_eq!(
+                    read(&ctx, &untouched, rows * n_heads * hd),
+                    vec![7.0; rows * n_heads * hd],
+                    "{what}: out written without values"
+                );
+                let none = ops::attention::build(&ctx, &bp, &stp, heads, cap, rows, ops::attention::Mass::None);
+                assert!(none.is_err(), "no values and no probabilities must be refused");
+            }
         }
     }
 }
@@ -420,7 +587,8 @@ fn attention_over_slots_with_gaps_and_causal_positions() {
                 let b = ops::attention::Buffers {
                     q: &qb,
                     k_cache: &kb,
-                    v_cache: &vb,
+                    v_cache: Some(&vb),
+                    kv: ops::KvType::F32,
                     slot_pos: &sb,
                     positions: &pb,
                     out: &out,
@@ -437,7 +605,7 @@ fn attention_over_slots_with_gaps_and_causal_positions() {
                     let (wk, wv) = ([k.clone(), rng.vec(7 * kvd, 2.0)].concat(), [v.clone(), rng.vec(7 * kvd, 1.0)].concat());
                     let (wkb, wvb, wsb) = (buf(&ctx, &wk), buf(&ctx, &wv), buf_u32(&ctx, &wide_pos));
                     let wide_mass = buf(&ctx, &vec![0.5; rows * n_heads * cap]);
-                    let wide = ops::attention::Buffers { k_cache: &wkb, v_cache: &wvb, slot_pos: &wsb, mass: &wide_mass, ..b };
+                    let wide = ops::attention::Buffers { k_cache: &wkb, v_cache: Some(&wvb), slot_pos: &wsb, mass: &wide_mass, ..b };
                     let mode = ops::attention::Mass::Add;
                     run(&ctx, ops::attention::build(&ctx, &wide, &step(&ctx, rows, n_slots, 0), heads, cap, rows, mode).unwrap());
                     assert_close(&format!("{what}, capacity {cap}"), &read(&ctx, &out, want.len()), &want, 1e-4, 1e-4);
@@ -515,7 +683,8 @@ fn split_and_one_pass_attention_at_chunk_edges() {
                 let b = ops::attention::Buffers {
                     q: &qb,
                     k_cache: &kb,
-                    v_cache: &vb,
+                    v_cache: Some(&vb),
+                    kv: ops::KvType::F32,
                     slot_pos: &sb,
                     positions: &pb,
                     out: &out,
@@ -780,20 +949,22 @@ fn quest_page_bounds_and_scores_match_references() {
         for &cap in &[1usize, 15, 16, 17, 63, 1000] {
             let p = Params { n_heads: n_heads as u32, n_kv_heads: n_kv_heads as u32, head_dim: head_dim as u32, capacity: cap as u32 };
             let kv_dim = n_kv_heads * head_dim;
-            for _ in 0..4 {
+            for round in 0..4 {
+                // Rounds 2 and 3 read an f16 cache.
+                let kv = if round < 2 { ops::KvType::F32 } else { ops::KvType::F16 };
                 // A step's rows in consecutive slots from `start`; earlier slots hold tokens, some
                 // freed; later ones are free.
                 let rows = (1 + rng.below(20) as usize).min(cap);
                 let start = rng.below((cap - rows) as u64 + 1) as usize;
                 let slot_pos: Vec<u32> =
                     (0..cap).map(|j| if j >= start + rows || (j < start && rng.below(5) == 0) { INVALID_SLOT } else { j as u32 }).collect();
-                let k_cache = rng.vec(cap * kv_dim, 1.0);
+                let k_cache: Vec<f32> = rng.vec(cap * kv_dim, 1.0).into_iter().map(|x| kv.round(x)).collect();
                 let old = rng.vec(p.pages() * 2 * kv_dim, 1.0);
                 let slots: Vec<u32> = (start..start + rows).map(|j| j as u32).collect();
                 let bounds = buf(&ctx, &old);
-                let (kb, tb, sb) = (buf(&ctx, &k_cache), buf_u32(&ctx, &slot_pos), buf_u32(&ctx, &slots));
+                let (kb, tb, sb) = (buf_u32(&ctx, &kv.encode(&k_cache)), buf_u32(&ctx, &slot_pos), buf_u32(&ctx, &slots));
                 let stp = step(&ctx, rows, start + rows, 0);
-                run(&ctx, quest::build_bounds(&ctx, &kb, &tb, &sb, &bounds, &stp, p, rows).unwrap());
+                run(&ctx, quest::build_bounds(&ctx, &kb, kv, &tb, &sb, &bounds, &stp, p, rows).unwrap());
                 let got = read(&ctx, &bounds, old.len());
                 for page in 0..p.pages() {
                     let have = &got[page * 2 * kv_dim..(page + 1) * 2 * kv_dim];
@@ -803,7 +974,7 @@ fn quest_page_bounds_and_scores_match_references() {
                     } else {
                         old[page * 2 * kv_dim..(page + 1) * 2 * kv_dim].to_vec()
                     };
-                    assert_eq!(have, &want[..], "quest bounds {p:?} rows {start}..{} page {page}", start + rows);
+                    assert_eq!(have, &want[..], "quest bounds {p:?} {kv:?} rows {start}..{} page {page}", start + rows);
                 }
                 let q = rng.vec(rows * n_heads * head_dim, 1.0);
                 let old_score = rng.vec(cap, 1.0);

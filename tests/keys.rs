@@ -81,7 +81,7 @@ fn each_indexed_layer_chooses_by_its_short_key_attention() {
             run(full.feed(tok)).unwrap();
             let (got, want) = (run(s.last_logits()).unwrap(), run(full.last_logits()).unwrap());
             apart = apart.max(got.iter().zip(&want).map(|(a, b)| (a - b).abs()).fold(0.0, f32::max));
-            let want = layer_scores(&s, l, t, &|h, q, k| index.logit(l, h, q, k), &|_| true);
+            let want = layer_scores(&s, l, t, &|h, q, k| index.logit_stored(l, h, q, k), &|_| true);
             let table = run(s.inspect().slot_table()).unwrap();
             let scores = run(s.inspect().slot_scores()).unwrap();
             assert_close(&format!("short-key scores at step {t} (protect {protect})"), &scores[..=t], &want, 1e-5, 1e-3);
@@ -151,7 +151,7 @@ fn candidates_are_nominated_by_short_keys_and_chosen_by_exact_attention() {
         assert_eq!((0..=t).filter(|&j| nominee(j)).count(), t.min(policy.candidates) + 1, "nominees at step {t}");
         let exact = layer_scores(&s, l, t, &|_, q, k| q.iter().zip(k).map(|(a, b)| a * b).sum(), &nominee);
         assert_close(&format!("exact scores at step {t}"), &scores[..=t], &exact, 1e-5, 1e-3);
-        let short = layer_scores(&s, l, t, &|h, q, k| index.logit(l, h, q, k), &|_| true);
+        let short = layer_scores(&s, l, t, &|h, q, k| index.logit_stored(l, h, q, k), &|_| true);
         let free = |j: usize| j < t && !protected(t, j);
         let lowest = (0..=t).filter(|&j| free(j) && nominee(j)).map(|j| short[j]).fold(f32::MAX, f32::min);
         for j in (0..=t).filter(|&j| free(j) && !nominee(j)) {
@@ -192,7 +192,7 @@ fn dense_layers_attend_to_everything_and_a_foreign_index_is_refused() {
     }
     let att = run(s.inspect().attended_table()).unwrap();
     assert_eq!(att.iter().filter(|&&x| x != INVALID_SLOT).count(), policy.budget + 1);
-    assert_eq!(index.bytes_per_token(), (LAYERS - 1) * KV_HEADS * 8 * 4);
+    assert_eq!(index.bytes_per_token(), (LAYERS - 1) * KV_HEADS * 8 * 2);
     let other = tiny_model(44);
     let oracle = Oracle { ranking: OracleRanking::Keys, protect: true };
     let foreign = SessionOptions { context: 64, chunk: 4, policy, oracle, index: Some(Arc::new(index)), ..Default::default() };

@@ -178,6 +178,47 @@ fn gpu_shaped_fused_forward_matches_reference() {
     let _ = std::fs::remove_dir_all(dir);
 }
 
+/// An f16 KV cache against the reference with keys and values rounded to f16: every row's logits
+/// (prefill in chunks) and decode, in both kernel shapes (the GPU shape's decode through split
+/// attention, from a capacity of 1024); and not the f32 cache's logits.
+#[test]
+fn f16_kv_cache_matches_reference_with_rounded_kv() {
+    let tiny = Tiny { kv_f16: true, ..Tiny::new(7) };
+    let dir = temp_dir("f16-kv");
+    let path = dir.join("tiny.gguf");
+    std::fs::write(&path, tiny.gguf_bytes()).unwrap();
+    let ids = tokens();
+    let want = tiny.forward(&ids);
+    let vocab = common::tiny::VOCAB;
+    let kv_cache = adore::ops::KvType::F16;
+    for shape in [adore::gpu::KernelShape::Cpu, adore::gpu::KernelShape::Gpu] {
+        let options = adore::ContextOptions { kernel_shape: Some(shape), ..Default::default() };
+        let ctx = Arc::new(adore::Context::new_blocking(options).unwrap());
+        let model = Arc::new(adore::model::files::load(ctx, &path, &mut |_, _| {}).unwrap());
+        let all = |kv_cache| SessionOptions { context: 128, chunk: 16, all_logits: true, kv_cache, ..Default::default() };
+        let got = pollster::block_on(Session::new(model.clone(), all(kv_cache)).unwrap().prefill_logits(&ids)).unwrap();
+        assert_close(&format!("{shape:?} shape, f16 KV: all logits"), &got, &want, 2e-3, 2e-3);
+        let f32_kv = pollster::block_on(Session::new(model.clone(), all(adore::ops::KvType::F32)).unwrap().prefill_logits(&ids)).unwrap();
+        let apart = got.iter().zip(&f32_kv).map(|(a, b)| (a - b).abs()).fold(0.0, f32::max);
+        assert!(apart > 1e-5, "{shape:?}: the f16 cache gave the f32 cache's logits (largest difference {apart})");
+        let options = SessionOptions { context: 1100, chunk: 8, kv_cache, ..Default::default() };
+        let mut s = Session::new(model, options).unwrap();
+        pollster::block_on(s.prefill(&ids[..60])).unwrap();
+        for t in 60..ids.len() {
+            let logits = pollster::block_on(s.last_logits()).unwrap();
+            let row = &want[(t - 1) * vocab..t * vocab];
+            assert_close(&format!("{shape:?} shape, f16 KV: decode logits at position {}", t - 1), &logits, row, 2e-3, 2e-3);
+            pollster::block_on(s.feed(ids[t])).unwrap();
+        }
+        let (k, _) = pollster::block_on(s.inspect().kv_cache(0)).unwrap();
+        assert!(
+            k[..ids.len() * common::tiny::KV_HEADS * common::tiny::HEAD_DIM].iter().all(|&x| x == kv_cache.round(x)),
+            "keys read back are f16 values"
+        );
+    }
+    let _ = std::fs::remove_dir_all(dir);
+}
+
 #[test]
 fn truncate_then_continue_equals_a_fresh_sequence() {
     let tiny = Tiny::new(9);

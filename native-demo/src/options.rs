@@ -5,6 +5,7 @@ use std::sync::Arc;
 
 use adore::controller::Controller;
 use adore::index::KeyIndex;
+use adore::ops::KvType;
 use adore::policy::{CacheUpdate, Policy, PolicyKind, PolicyParts, Ranking, RebuildFrom, DEFAULT_BUDGET, DEFAULT_SINKS};
 use adore::{Context, ContextOptions, Model, Sampling, Session, SessionOptions};
 use anyhow::{bail, Context as _, Result};
@@ -43,6 +44,26 @@ pub struct ModelArgs {
     /// Prompt tokens per GPU submit.
     #[arg(long, default_value_t = 256)]
     pub chunk: usize,
+    /// How the KV cache stores keys and values: f16 takes half the memory and half the bytes
+    /// read per step.
+    #[arg(long, value_enum, default_value_t = KvCache::F32)]
+    pub kv_cache: KvCache,
+}
+
+/// `--kv-cache`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum KvCache {
+    F16,
+    F32,
+}
+
+impl From<KvCache> for KvType {
+    fn from(k: KvCache) -> Self {
+        match k {
+            KvCache::F16 => KvType::F16,
+            KvCache::F32 => KvType::F32,
+        }
+    }
 }
 
 impl ModelArgs {
@@ -218,7 +239,8 @@ impl PolicyArgs {
             eprintln!("policy: {}", describe(&policy));
         }
         let (controller, index) = (self.parts.controller(model)?, self.parts.index(model)?);
-        let options = SessionOptions { context, chunk: m.chunk, all_logits, policy, controller, index, ..Default::default() };
+        let kv_cache = m.kv_cache.into();
+        let options = SessionOptions { context, chunk: m.chunk, all_logits, policy, controller, index, kv_cache, ..Default::default() };
         Ok(Session::new(model.clone(), options)?)
     }
 }

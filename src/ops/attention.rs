@@ -2,7 +2,7 @@
 //! rows on GPUs at long capacities, split across workgroups (shaders/attention_split.wgsl, then
 //! shaders/attention_merge.wgsl).
 
-use super::{check_len, groups};
+use super::{check_len, groups, KvType};
 use crate::error::{Error, Result};
 use crate::gpu::{Context, Dispatch, KernelShape};
 use crate::shaders;
@@ -89,7 +89,10 @@ impl Heads {
 pub struct Buffers<'a> {
     pub q: &'a wgpu::Buffer,
     pub k_cache: &'a wgpu::Buffer,
-    pub v_cache: &'a wgpu::Buffer,
+    /// None: only the probabilities are wanted (mass recorded, `out` left as it was).
+    pub v_cache: Option<&'a wgpu::Buffer>,
+    /// How the caches store K and V.
+    pub kv: KvType,
     pub slot_pos: &'a wgpu::Buffer,
     pub positions: &'a wgpu::Buffer,
     pub out: &'a wgpu::Buffer,
@@ -107,8 +110,13 @@ fn check_buffers(b: &Buffers, heads: Heads, capacity: usize, max_rows: usize) ->
     let kvd = heads.n_kv_heads * heads.head_dim;
     check_len("attention", "q", b.q, max_rows * qd)?;
     check_len("attention", "out", b.out, max_rows * qd)?;
-    check_len("attention", "k_cache", b.k_cache, capacity * kvd)?;
-    check_len("attention", "v_cache", b.v_cache, capacity * kvd)?;
+    if b.kv == KvType::F16 && heads.head_dim % 4 != 0 {
+        return Err(Error::Shape { op: "attention", what: format!("an f16 cache needs head_dim a multiple of 4, not {}", heads.head_dim) });
+    }
+    check_len("attention", "k_cache", b.k_cache, b.kv.words(capacity * kvd))?;
+    if let Some(v) = b.v_cache {
+        check_len("attention", "v_cache", v, b.kv.words(capacity * kvd))?;
+    }
     check_len("attention", "slot_pos", b.slot_pos, capacity)?;
     check_len("attention", "positions", b.positions, max_rows)
 }
@@ -125,6 +133,8 @@ pub fn build(
     check_buffers(b, heads, capacity, max_rows)?;
     if mass != Mass::None {
         check_len("attention", "mass", b.mass, max_rows * heads.n_heads * capacity)?;
+    } else if b.v_cache.is_none() {
+        return Err(Error::Shape { op: "attention", what: "no values and no probabilities: nothing to compute".into() });
     }
     let write_mass = match mass {
         Mass::None => 0,
@@ -145,10 +155,23 @@ pub fn build(
         },
     );
     let hpw = heads.per_workgroup();
-    let pipeline = ctx.pipeline_with(&shaders::ATTENTION, "main", &[], &[("HD4", (heads.head_dim / 4) as u32), ("HPW", hpw as u32)])?;
+    let defines =
+        [("HD4", (heads.head_dim / 4) as u32), ("HPW", hpw as u32), ("KV_HALF", b.kv.half()), ("VALUES", b.v_cache.is_some() as u32)];
+    let pipeline = ctx.pipeline_with(&shaders::ATTENTION, "main", &[], &defines)?;
     Ok(ctx.dispatch(
         pipeline,
-        &[b.q, b.k_cache, b.v_cache, b.slot_pos, b.positions, b.out, &params, step, b.mass, b.list.unwrap_or(b.slot_pos)],
+        &[
+            b.q,
+            b.k_cache,
+            b.v_cache.unwrap_or(b.k_cache),
+            b.slot_pos,
+            b.positions,
+            b.out,
+            &params,
+            step,
+            b.mass,
+            b.list.unwrap_or(b.slot_pos),
+        ],
         [groups("attention", heads.n_heads / hpw, 1)?, groups("attention", max_rows, 1)?, 1],
     ))
 }
@@ -185,6 +208,9 @@ pub fn build_split(
 ) -> Result<Vec<Dispatch>> {
     check_buffers(b, heads, capacity, max_rows)?;
     check_len("attention", "part", part, split_scratch_len(heads, capacity, max_rows))?;
+    let Some(v_cache) = b.v_cache else {
+        return Err(Error::Shape { op: "attention", what: "split attention computes values: it needs a V cache".into() });
+    };
     let splits = capacity.div_ceil(SPLIT_CHUNK);
     let params = ctx.uniform(
         "attention_split.params",
@@ -204,14 +230,14 @@ pub fn build_split(
     let group = heads.n_heads / heads.n_kv_heads;
     let hpw = (1..=group.min(8)).rev().find(|d| group % d == 0).unwrap_or(1);
     let lanes = hd4.next_power_of_two();
-    let defines = [("HD4", hd4 as u32), ("HPW", hpw as u32), ("LD", lanes as u32), ("CHUNK", SPLIT_CHUNK as u32)];
+    let defines = [("HD4", hd4 as u32), ("HPW", hpw as u32), ("LD", lanes as u32), ("CHUNK", SPLIT_CHUNK as u32), ("KV_HALF", b.kv.half())];
     let first = ctx.pipeline_with(&shaders::ATTENTION_SPLIT, "partial", &[], &defines)?;
     let merge = ctx.pipeline_with(&shaders::ATTENTION_MERGE, "main", &[], &[("HD4", hd4 as u32)])?;
     let rows = groups("attention", max_rows, 1)?;
     Ok(vec![
         ctx.dispatch(
             first,
-            &[b.q, b.k_cache, b.v_cache, b.slot_pos, b.positions, part, &params, step, b.list.unwrap_or(b.slot_pos)],
+            &[b.q, b.k_cache, v_cache, b.slot_pos, b.positions, part, &params, step, b.list.unwrap_or(b.slot_pos)],
             [groups("attention", heads.n_heads / hpw, 1)?, rows, groups("attention", splits, 1)?],
         ),
         ctx.dispatch(merge, &[part, b.out, &params, step], [groups("attention", heads.n_heads, 1)?, rows, 1]),

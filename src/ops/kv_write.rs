@@ -1,7 +1,7 @@
 //! Stores a step's keys and values in their cache slots (shaders/kv_write.wgsl).
 
-use super::{check_len, groups};
-use crate::error::Result;
+use super::{check_len, groups, KvType};
+use crate::error::{Error, Result};
 use crate::gpu::{Context, Dispatch};
 use crate::shaders;
 
@@ -25,6 +25,9 @@ pub struct KvWrite<'a> {
     pub positions: &'a wgpu::Buffer,
 }
 
+/// The write of `max_rows` rows of `kv_dim` into caches of `capacity` slots that store `kv`
+/// (kv_dim even for f16).
+#[allow(clippy::too_many_arguments)]
 pub fn build(
     ctx: &Context,
     b: &KvWrite,
@@ -33,30 +36,24 @@ pub fn build(
     capacity: usize,
     max_rows: usize,
     write_table: bool,
+    kv: KvType,
 ) -> Result<Dispatch> {
+    if kv == KvType::F16 && kv_dim % 2 != 0 {
+        return Err(Error::Shape { op: "kv_write", what: format!("an f16 cache needs an even kv_dim, not {kv_dim}") });
+    }
     check_len("kv_write", "k", b.k, max_rows * kv_dim)?;
     check_len("kv_write", "v", b.v, max_rows * kv_dim)?;
-    check_len("kv_write", "k_cache", b.k_cache, capacity * kv_dim)?;
-    check_len("kv_write", "v_cache", b.v_cache, capacity * kv_dim)?;
+    check_len("kv_write", "k_cache", b.k_cache, kv.words(capacity * kv_dim))?;
+    check_len("kv_write", "v_cache", b.v_cache, kv.words(capacity * kv_dim))?;
     check_len("kv_write", "slots", b.slots, max_rows)?;
     check_len("kv_write", "slot_pos", b.slot_pos, capacity)?;
     check_len("kv_write", "positions", b.positions, max_rows)?;
     let params = ctx
         .uniform("kv_write.params", &Params { kv_dim: kv_dim as u32, write_table: write_table as u32, capacity: capacity as u32, pad: 0 });
-    let pipeline = ctx.pipeline(&shaders::KV_WRITE, "main", &[])?;
+    let pipeline = ctx.pipeline_with(&shaders::KV_WRITE, "main", &[], &[("HALF", kv.half())])?;
     Ok(ctx.dispatch(
         pipeline,
         &[b.k, b.v, b.k_cache, b.v_cache, b.slots, b.slot_pos, b.positions, &params, step],
-        [groups("kv_write", kv_dim, 64)?, groups("kv_write", max_rows, 1)?, 1],
+        [groups("kv_write", kv.words(kv_dim), 64)?, groups("kv_write", max_rows, 1)?, 1],
     ))
-}
-
-/// Reference: rows scattered into `cache` (capacity, kv_dim) at `slots`.
-pub fn reference(cache: &mut [f32], rows: &[f32], slots: &[u32], kv_dim: usize) {
-    for (r, &s) in slots.iter().enumerate() {
-        let s = s as usize;
-        if (s + 1) * kv_dim <= cache.len() {
-            cache[s * kv_dim..(s + 1) * kv_dim].copy_from_slice(&rows[r * kv_dim..(r + 1) * kv_dim]);
-        }
-    }
 }

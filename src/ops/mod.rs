@@ -41,6 +41,63 @@ impl Step {
     }
 }
 
+/// How a KV cache stores its elements.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum KvType {
+    #[default]
+    F32,
+    /// f16, two to a 4-byte word (WGSL's `pack2x16float`): half the bytes.
+    F16,
+}
+
+impl KvType {
+    /// 4-byte words holding `elems` elements (an even count for f16).
+    pub fn words(self, elems: usize) -> usize {
+        match self {
+            KvType::F32 => elems,
+            KvType::F16 => elems.div_ceil(2),
+        }
+    }
+
+    /// The kernels' `HALF` / `KV_HALF` define.
+    pub(crate) fn half(self) -> u32 {
+        (self == KvType::F16) as u32
+    }
+
+    /// `x` as the cache holds it (rounded to f16 and back for f16): for CPU references.
+    pub fn round(self, x: f32) -> f32 {
+        match self {
+            KvType::F32 => x,
+            KvType::F16 => half::f16::from_f32(x).to_f32(),
+        }
+    }
+
+    /// Elements as the cache's 4-byte words (f16 rounded to nearest, ties to even).
+    pub fn encode(self, elems: &[f32]) -> Vec<u32> {
+        match self {
+            KvType::F32 => elems.iter().map(|x| x.to_bits()).collect(),
+            KvType::F16 => elems
+                .chunks(2)
+                .map(|p| {
+                    let h = |x: Option<&f32>| half::f16::from_f32(x.copied().unwrap_or(0.0)).to_bits() as u32;
+                    h(p.first()) | h(p.get(1)) << 16
+                })
+                .collect(),
+        }
+    }
+
+    /// The cache's 4-byte words read back as f32 elements.
+    pub fn decode(self, words: &[u32]) -> Vec<f32> {
+        match self {
+            KvType::F32 => words.iter().map(|&w| f32::from_bits(w)).collect(),
+            KvType::F16 => words
+                .iter()
+                .flat_map(|&w| [half::f16::from_bits(w as u16).to_f32(), half::f16::from_bits((w >> 16) as u16).to_f32()])
+                .collect(),
+        }
+    }
+}
+
 /// Workgroups needed to cover `n` items with groups of `size`, checked against the device's
 /// per-dimension limit.
 pub(crate) fn groups(op: &'static str, n: usize, size: usize) -> Result<u32> {

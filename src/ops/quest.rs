@@ -3,7 +3,7 @@
 //! and each page's upper bound on the current query's logits (shaders/quest_score.wgsl), from
 //! which `cache_update` chooses the attended slots.
 
-use super::{check_len, groups};
+use super::{check_len, groups, KvType};
 use crate::error::Result;
 use crate::gpu::{Context, Dispatch};
 use crate::ops::attention::INVALID_SLOT;
@@ -33,9 +33,11 @@ impl Params {
 
 /// Dispatch updating the bounds of the pages that this step's rows (at most `max_rows`, in
 /// consecutive slots) fall in.
+#[allow(clippy::too_many_arguments)]
 pub fn build_bounds(
     ctx: &Context,
     k_cache: &wgpu::Buffer,
+    kv: KvType,
     slot_pos: &wgpu::Buffer,
     slots: &wgpu::Buffer,
     bounds: &wgpu::Buffer,
@@ -44,12 +46,12 @@ pub fn build_bounds(
     max_rows: usize,
 ) -> Result<Dispatch> {
     let cap = p.capacity as usize;
-    check_len("quest_bounds", "k_cache", k_cache, cap * p.kv_dim())?;
+    check_len("quest_bounds", "k_cache", k_cache, kv.words(cap * p.kv_dim()))?;
     check_len("quest_bounds", "slot_pos", slot_pos, cap)?;
     check_len("quest_bounds", "slots", slots, max_rows)?;
     check_len("quest_bounds", "bounds", bounds, p.pages() * 2 * p.kv_dim())?;
     let params = ctx.uniform("quest_bounds.params", &p);
-    let pipeline = ctx.pipeline(&shaders::QUEST_BOUNDS, "main", &[])?;
+    let pipeline = ctx.pipeline_with(&shaders::QUEST_BOUNDS, "main", &[], &[("HALF", kv.half())])?;
     // Rows in consecutive slots touch at most this many pages.
     let touched = max_rows.div_ceil(PAGE) + 1;
     Ok(ctx.dispatch(

@@ -2,7 +2,7 @@
 //! and v, after their biases where the model has them, with the store of k and v in their KV
 //! slots (shaders/rope.wgsl).
 
-use super::{check_len, groups};
+use super::{check_len, groups, KvType};
 use crate::error::{Error, Result};
 use crate::gpu::{Context, Dispatch};
 use crate::shaders;
@@ -28,6 +28,8 @@ pub struct Qkv<'a> {
     pub k: &'a wgpu::Buffer,
     pub k_cache: &'a wgpu::Buffer,
     pub v_cache: &'a wgpu::Buffer,
+    /// How the caches store K and V.
+    pub kv: KvType,
     pub slots: &'a wgpu::Buffer,
     pub slot_pos: &'a wgpu::Buffer,
     pub positions: &'a wgpu::Buffer,
@@ -57,18 +59,23 @@ pub fn build(
     write_table: bool,
 ) -> Result<Dispatch> {
     let (nh, nkv, hd) = (r.n_heads, r.n_kv_heads, r.head_dim);
-    if hd == 0 || !hd.is_multiple_of(2) || nh == 0 || nkv == 0 || !(r.theta > 0.0) {
+    // f16 caches: each k invocation rotates two pairs, so head_dim / 2 must be even.
+    let multiple = if b.kv == KvType::F16 { 4 } else { 2 };
+    if hd == 0 || !hd.is_multiple_of(multiple) || nh == 0 || nkv == 0 || !(r.theta > 0.0) {
         return Err(Error::Shape {
             op: "rope",
-            what: format!("n_heads {nh}, n_kv_heads {nkv}, head_dim {hd} (must be even), theta {}", r.theta),
+            what: format!(
+                "n_heads {nh}, n_kv_heads {nkv}, head_dim {hd} (must be a multiple of {multiple} for {:?} caches), theta {}",
+                b.kv, r.theta
+            ),
         });
     }
     let (q_dim, kv_dim) = (nh * hd, nkv * hd);
     check_len("rope", "qkv", b.qkv, max_rows * (q_dim + 2 * kv_dim))?;
     check_len("rope", "q", b.q, max_rows * q_dim)?;
     check_len("rope", "k", b.k, max_rows * kv_dim)?;
-    check_len("rope", "k_cache", b.k_cache, capacity * kv_dim)?;
-    check_len("rope", "v_cache", b.v_cache, capacity * kv_dim)?;
+    check_len("rope", "k_cache", b.k_cache, b.kv.words(capacity * kv_dim))?;
+    check_len("rope", "v_cache", b.v_cache, b.kv.words(capacity * kv_dim))?;
     check_len("rope", "slots", b.slots, max_rows)?;
     check_len("rope", "slot_pos", b.slot_pos, capacity)?;
     check_len("rope", "positions", b.positions, max_rows)?;
@@ -86,8 +93,8 @@ pub fn build(
         pad: 0,
     };
     let params = ctx.uniform("rope.params", &p);
-    let pipeline = ctx.pipeline(&shaders::ROPE, "main", &[("BIAS", b.bias.is_some() as u32 as f64)])?;
-    let items = (nh + nkv) * hd / 2 + kv_dim;
+    let pipeline = ctx.pipeline_with(&shaders::ROPE, "main", &[("BIAS", b.bias.is_some() as u32 as f64)], &[("HALF", b.kv.half())])?;
+    let items = nh * hd / 2 + (nkv * hd / 2 + kv_dim) / (1 + b.kv.half() as usize);
     Ok(ctx.dispatch(
         pipeline,
         &[b.qkv, b.q, b.k, b.k_cache, b.v_cache, b.slots, b.slot_pos, b.positions, &params, step, b.bias.unwrap_or(b.qkv)],

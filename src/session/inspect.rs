@@ -43,15 +43,16 @@ impl Inspect<'_> {
         s.model.ctx.read_f32(&rb.pos_score, s.options.context).await
     }
 
-    /// One layer's K and V caches, (capacity, kv_dim) each.
+    /// One layer's K and V caches, (capacity, kv_dim) each (f16 caches read back as f32).
     pub async fn kv_cache(&self, layer: usize) -> Result<(Vec<f32>, Vec<f32>)> {
         let s = self.session;
         let (k, v) = match (s.state.k_cache.get(layer), s.state.v_cache.get(layer)) {
             (Some(k), Some(v)) => (k, v),
             _ => return Err(Error::arg(format!("layer {layer} does not exist"))),
         };
-        let n = s.capacity * s.model.config.kv_dim();
-        Ok((s.model.ctx.read_f32(k, n).await?, s.model.ctx.read_f32(v, n).await?))
+        let kv = s.options.kv_cache;
+        let n = kv.words(s.capacity * s.model.config.kv_dim());
+        Ok((kv.decode(&s.model.ctx.read_u32(k, n).await?), kv.decode(&s.model.ctx.read_u32(v, n).await?)))
     }
 
     /// One layer's rotated queries by slot, (capacity, q_dim), in a session that records them.

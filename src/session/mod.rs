@@ -87,14 +87,13 @@ impl Session {
             PolicyKind::Full => self.n_past,
             _ => self.n_past.min(self.options.policy.budget + 1),
         };
-        let row = c.kv_dim() * 4 * 2;
+        let row = self.options.kv_cache.words(c.kv_dim()) * 4 * 2;
         match &self.state.index {
             // Ranked by keys: the dense layers read everything; each indexed layer its chosen
-            // rows, and the short keys of every token (with as many values, which the attention
-            // kernel reads beside them).
+            // rows, and the short keys of every token.
             Some(ix) => {
                 let indexed = c.layers - ix.first;
-                let short = self.n_past * c.n_kv_heads * ix.rank * 4 * 2;
+                let short = self.n_past * crate::index::SHORT_KEYS.words(c.n_kv_heads * ix.rank) * 4;
                 (ix.first * self.n_past * row + indexed * (slots * row + short)) as u64
             }
             None => (slots * row * c.layers) as u64,

@@ -5,6 +5,7 @@
 
 use crate::error::Result;
 use crate::gpu::{Context, Dispatch};
+use crate::index::SHORT_KEYS;
 use crate::model::{Config, Model, Weights};
 use crate::ops::{self, attention::Heads, attention::Mass, matmul::Output};
 use crate::policy::{Oracle, OracleRanking, Policy, PolicyKind};
@@ -116,6 +117,7 @@ impl<'a> Planner<'a> {
                 k: &s.k,
                 k_cache: &s.k_cache[l],
                 v_cache: &s.v_cache[l],
+                kv: self.options.kv_cache,
                 slots: &s.slots,
                 slot_pos: &s.slot_pos,
                 positions: &s.positions,
@@ -143,7 +145,7 @@ impl<'a> Planner<'a> {
                 // Queries by slot, for fitting a key index: the KV write with q as both rows.
                 let spare = &s.q_record[c.layers];
                 let b = ops::kv_write::KvWrite { k: &s.q, v: &s.q, k_cache: record, v_cache: spare, ..kv };
-                plan.push(ops::kv_write::build(ctx, &b, step, c.q_dim(), self.capacity, rows, false)?);
+                plan.push(ops::kv_write::build(ctx, &b, step, c.q_dim(), self.capacity, rows, false, ops::KvType::F32)?);
             }
             match attend {
                 Attend::Table(table, mass) => {
@@ -179,12 +181,13 @@ impl<'a> Planner<'a> {
                     plan.extend(ops::matmul::build(ctx, &ix.k_map[i], &s.k, &ix.k, step, rows, 0)?);
                     let short = ops::kv_write::KvWrite { k: &ix.k, v: &ix.k, k_cache: &ix.keys[i], v_cache: &ix.values, ..kv };
                     let short_dim = c.n_kv_heads * ix.rank;
-                    plan.push(ops::kv_write::build(ctx, &short, step, short_dim, self.capacity, rows, false)?);
+                    plan.push(ops::kv_write::build(ctx, &short, step, short_dim, self.capacity, rows, false, SHORT_KEYS)?);
                     let heads = Heads { n_heads: c.n_heads, n_kv_heads: c.n_kv_heads, head_dim: ix.rank, window: c.window(l) };
                     let ab = ops::attention::Buffers {
                         q: &ix.q,
                         k_cache: &ix.keys[i],
-                        v_cache: &ix.values,
+                        v_cache: None,
+                        kv: SHORT_KEYS,
                         slot_pos: &s.slot_pos,
                         positions: &s.positions,
                         out: &ix.out,
@@ -219,7 +222,17 @@ impl<'a> Planner<'a> {
                         capacity: self.capacity as u32,
                     };
                     let bounds = &s.quest_bounds[l];
-                    plan.push(ops::quest::build_bounds(ctx, &s.k_cache[l], &s.slot_pos, &s.slots, bounds, step, qp, rows)?);
+                    plan.push(ops::quest::build_bounds(
+                        ctx,
+                        &s.k_cache[l],
+                        self.options.kv_cache,
+                        &s.slot_pos,
+                        &s.slots,
+                        bounds,
+                        step,
+                        qp,
+                        rows,
+                    )?);
                     plan.push(ops::quest::build_score(ctx, &s.q, bounds, score, step, qp, rows)?);
                     self.choose(plan, attend, score, protect)?;
                     self.attention(plan, l, rows, attend, Mass::None, true)?;
@@ -312,7 +325,8 @@ impl<'a> Planner<'a> {
         let ab = ops::attention::Buffers {
             q: &s.q,
             k_cache: &s.k_cache[l],
-            v_cache: &s.v_cache[l],
+            v_cache: Some(&s.v_cache[l]),
+            kv: self.options.kv_cache,
             slot_pos: table,
             positions: &s.positions,
             out: &s.att,

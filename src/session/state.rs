@@ -37,6 +37,8 @@ pub struct SessionOptions {
     pub index: Option<Arc<KeyIndex>>,
     /// Keep every layer's rotated queries by slot, for fitting a key index (`Inspect::queries`).
     pub record_queries: bool,
+    /// How the KV cache stores K and V: f16 holds twice the tokens in the same bytes.
+    pub kv_cache: ops::KvType,
 }
 
 impl Default for SessionOptions {
@@ -51,6 +53,7 @@ impl Default for SessionOptions {
             oracle: Oracle::default(),
             index: None,
             record_queries: false,
+            kv_cache: ops::KvType::F32,
         }
     }
 }
@@ -262,11 +265,11 @@ pub(crate) struct IndexState {
     pub rank: usize,
     pub q_map: Vec<GpuWeight>,   // per layer (n_heads·rank, q_dim)
     pub k_map: Vec<GpuWeight>,   // per layer (n_kv·rank, kv_dim)
-    pub keys: Vec<wgpu::Buffer>, // per layer (capacity, n_kv·rank)
+    pub keys: Vec<wgpu::Buffer>, // per layer (capacity, n_kv·rank), stored as SHORT_KEYS
     pub q: wgpu::Buffer,         // (rows, n_heads·rank)
     pub k: wgpu::Buffer,         // (rows, n_kv·rank)
-    pub values: wgpu::Buffer,    // (capacity, n_kv·rank)
-    pub out: wgpu::Buffer,       // (rows, n_heads·rank), unused output
+    pub values: wgpu::Buffer,    // (capacity, n_kv·rank): the KV write's second target, never read
+    pub out: wgpu::Buffer,       // (rows, n_heads·rank): bound, never written (no values)
 }
 
 impl IndexState {
@@ -288,10 +291,10 @@ impl IndexState {
                 .clone()
                 .map(|l| upload(format!("index.k_map.{l}"), c.n_kv_heads * r, c.kv_dim(), index.key_matrix(l)))
                 .collect::<Result<_>>()?,
-            keys: layers.map(|l| ctx.storage(&format!("index.keys.{l}"), f(capacity * c.n_kv_heads * r))).collect::<Result<_>>()?,
+            keys: layers.map(|l| ctx.storage(&format!("index.keys.{l}"), words(capacity * c.n_kv_heads * r))).collect::<Result<_>>()?,
             q: ctx.storage("index.q", f(rows * c.n_heads * r))?,
             k: ctx.storage("index.k", f(rows * c.n_kv_heads * r))?,
-            values: ctx.storage("index.values", f(capacity * c.n_kv_heads * r))?,
+            values: ctx.storage("index.values", words(capacity * c.n_kv_heads * r))?,
             out: ctx.storage("index.out", f(rows * c.n_heads * r))?,
         })
     }
@@ -329,6 +332,11 @@ fn f(n: usize) -> u64 {
     (n * 4) as u64
 }
 
+/// Bytes of `n` short-key elements as stored.
+fn words(n: usize) -> u64 {
+    f(crate::index::SHORT_KEYS.words(n))
+}
+
 impl RunState {
     /// Allocates everything a session with these (settled) options needs.
     pub fn new(ctx: &Context, c: &Config, o: &SessionOptions) -> Result<Self> {
@@ -337,7 +345,7 @@ impl RunState {
         let kind = o.policy.kind;
         let logit_rows = if o.all_logits { rows } else { 1 };
         let cache = |name: &str| -> Result<Vec<wgpu::Buffer>> {
-            (0..c.layers).map(|l| ctx.storage(&format!("{name}_cache.{l}"), f(capacity * c.kv_dim()))).collect()
+            (0..c.layers).map(|l| ctx.storage(&format!("{name}_cache.{l}"), f(o.kv_cache.words(capacity * c.kv_dim())))).collect()
         };
         let controller = match (o.runs_controller(), &o.controller) {
             (true, Some(cl)) => {
@@ -359,8 +367,14 @@ impl RunState {
                 indices: ctx.storage("rebuild.indices", f(r))?,
             }),
         };
+        if o.kv_cache == ops::KvType::F16 && c.head_dim % 4 != 0 {
+            return Err(Error::arg(format!("an f16 KV cache needs head_dim a multiple of 4 (this model's is {})", c.head_dim)));
+        }
         let staged = match o.cache_update {
             CacheUpdate::Scatter => None,
+            CacheUpdate::Matmul if o.kv_cache == ops::KvType::F16 => {
+                return Err(Error::arg("the selection-matrix cache update moves f32 rows: it needs an f32 KV cache"));
+            }
             CacheUpdate::Matmul => Some(StagedState {
                 moves: ctx.storage("staged.moves", f(capacity))?,
                 select: ctx.storage("staged.select", f(o.policy.budget * capacity))?,

@@ -64,6 +64,8 @@ pub struct Tiny {
     pub gemma3: bool,
     /// Gemma 3's sliding window (0: none), [`GEMMA_WINDOW`] as built.
     pub window: usize,
+    /// Keys (after RoPE) and values rounded to f16, as an f16 KV cache holds them.
+    pub kv_f16: bool,
 }
 
 /// The tiny Gemma 3's sliding window: shorter than the test sequences.
@@ -132,7 +134,7 @@ impl Tiny {
                 add(b("attn_v"), vec![kvd], DType::F32, 0.5, &mut rng);
             }
         }
-        Tiny { w, dtypes, qwen2, gemma3, window: if gemma3 { GEMMA_WINDOW } else { 0 } }
+        Tiny { w, dtypes, qwen2, gemma3, window: if gemma3 { GEMMA_WINDOW } else { 0 }, kv_f16: false }
     }
 
     fn get(&self, name: &str) -> &[f32] {
@@ -364,6 +366,11 @@ impl Tiny {
             }
             rope(&mut q, HEADS);
             rope(&mut k, KV_HEADS);
+            if self.kv_f16 {
+                for x in k.iter_mut().chain(v.iter_mut()) {
+                    *x = half::f16::from_f64(*x).to_f64();
+                }
+            }
             let (ck, cv) = cache.get(l).map_or((&[][..], &[][..]), |(a, b)| (&a[..], &b[..]));
             let keys: Vec<f64> = ck.iter().chain(&k).copied().collect();
             let values: Vec<f64> = cv.iter().chain(&v).copied().collect();

@@ -55,6 +55,8 @@ export interface GenerateOptions {
   rebuildFrom?: 'store' | 'recompute';
   /** What adore from its store ranks past tokens by: `keys` (default; each layer its own choice, by its attention over short keys fitted to the model's queries and keys) or `controller` (the learned controller's score, one choice for every layer). */
   ranking?: 'keys' | 'controller';
+  /** How the KV cache stores keys and values: `f32` (default) or `f16` (half the GPU memory; Hamlet perplexity within 0.5% of f32's). */
+  kvCache?: 'f16' | 'f32';
   /** Released tokens adore recomputes per step with `rebuildFrom: 'recompute'` (default 0). */
   rebuild?: number;
   /** Longest sequence (prompt + output); default min(model context, 4096). */

@@ -18,6 +18,7 @@ export const GENERATE_DEFAULTS = Object.freeze({
   rebuild: 0,
   rebuildFrom: 'store',
   ranking: 'keys',
+  kvCache: 'f32',
   context: null,
   trace: false,
 });
@@ -81,6 +82,9 @@ export function checkGenerateOptions(options) {
   }
   if (!['keys', 'controller'].includes(o.ranking)) {
     throw new ArgumentError(`ranking must be keys or controller, got ${describe(o.ranking)}`);
+  }
+  if (!['f16', 'f32'].includes(o.kvCache)) {
+    throw new ArgumentError(`kvCache must be f16 or f32, got ${describe(o.kvCache)}`);
   }
   if (o.rebuild > 0 && o.rebuildFrom !== 'recompute') {
     throw new ArgumentError(`rebuild applies to adore recomputing released tokens (rebuildFrom: 'recompute'); from its store adore gets back every token it chooses`);

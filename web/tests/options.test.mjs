@@ -38,6 +38,7 @@ test('nonsense options are ArgumentErrors that name the option', () => {
     [{ rebuild: 2, policy: 'adore' }, /rebuildFrom: 'recompute'/],
     [{ policy: 'adore', rebuildFrom: 'disk' }, /rebuildFrom must be store or recompute/],
     [{ policy: 'adore', ranking: 'guess' }, /ranking must be keys or controller/],
+    [{ kvCache: 'f8' }, /kvCache must be f16 or f32/],
     [{ context: 1 }, /context/],
     [{ trace: 'yes' }, /trace/],
     [{ signal: 'stop' }, /AbortSignal/],
@@ -49,7 +50,7 @@ test('nonsense options are ArgumentErrors that name the option', () => {
   for (const [options, message] of bad) {
     assert.throws(() => checkGenerateOptions(options), (e) => e instanceof ArgumentError && e.kind === 'invalid_argument' && message.test(e.message), JSON.stringify(options));
   }
-  assert.doesNotThrow(() => checkGenerateOptions({ policy: 'adore', budget: 64, rebuildFrom: 'recompute', ranking: 'controller', rebuild: 4, context: 512, temperature: 0.7, topK: 40, topP: 0.9, seed: 7 }));
+  assert.doesNotThrow(() => checkGenerateOptions({ policy: 'adore', budget: 64, rebuildFrom: 'recompute', ranking: 'controller', rebuild: 4, kvCache: 'f16', context: 512, temperature: 0.7, topK: 40, topP: 0.9, seed: 7 }));
   assert.equal(checkGenerateOptions({ policy: 'h2o', recent: 8 }).engine.recent, 8);
   assert.equal(checkGenerateOptions({ policy: 'h2o', recent: null }).engine.recent, null);
 });

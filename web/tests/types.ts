@@ -7,7 +7,7 @@ async function example(file: File): Promise<Stats> {
   const other = await createEngine(new URL('https://example.org/m.gguf'), { signal: new AbortController().signal });
   other.dispose();
   const seen: TokenInfo[] = [];
-  const run = engine.chat([{ role: 'user', content: 'hi' }], { maxTokens: 8, policy: 'adore', budget: 64, rebuildFrom: 'recompute', ranking: 'controller', rebuild: 2, trace: true, onToken: (t) => seen.push(t) });
+  const run = engine.chat([{ role: 'user', content: 'hi' }], { maxTokens: 8, policy: 'adore', budget: 64, rebuildFrom: 'recompute', ranking: 'controller', rebuild: 2, kvCache: 'f16', trace: true, onToken: (t) => seen.push(t) });
   let text = '';
   for await (const piece of run) text += piece;
   const stats = await run.stats;

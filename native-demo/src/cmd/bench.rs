@@ -10,7 +10,7 @@ use adore::{Session, SessionOptions};
 use anyhow::{bail, Context as _, Result};
 use clap::Args;
 
-use crate::options::{check_cache_updates, ModelArgs, PartsArgs};
+use crate::options::{check_cache_updates, KvCache, ModelArgs, PartsArgs};
 
 #[derive(Args)]
 pub struct BenchArgs {
@@ -58,6 +58,8 @@ struct Row {
     budget: Option<usize>,
     rebuild: usize,
     cache_update: &'static str,
+    /// How the KV cache stores K and V (`--kv-cache`).
+    kv_cache: &'static str,
     context: usize,
     /// Prompt tokens/s of the prefill that grew the sequence to this context.
     prefill_tokens_per_s: Option<f64>,
@@ -142,8 +144,9 @@ pub fn run(a: BenchArgs) -> Result<()> {
         );
     }
     eprintln!(
-        "bench: adapter {}; at each context 1 warm-up token, then {repeats} x {decode_tokens} decode tokens, median reported",
-        model.ctx.describe()
+        "bench: adapter {}; {:?} KV cache; at each context 1 warm-up token, then {repeats} x {decode_tokens} decode tokens, median reported",
+        model.ctx.describe(),
+        a.model.kv_cache
     );
     // A deterministic prompt: the vocabulary walked with a stride, skipping control tokens.
     let prompt: Vec<u32> = (0..max_ctx).map(|i| (100 + (i * 7919) % (model.config.vocab - 100)) as u32).collect();
@@ -160,6 +163,7 @@ pub fn run(a: BenchArgs) -> Result<()> {
             controller: controller.clone(),
             index: index.clone(),
             cache_update: *update,
+            kv_cache: a.model.kv_cache.into(),
             ..Default::default()
         };
         let mut session = Session::new(model.clone(), options)?;
@@ -196,6 +200,10 @@ pub fn run(a: BenchArgs) -> Result<()> {
                 budget: (policy.kind != PolicyKind::Full).then_some(policy.budget),
                 rebuild: policy.rebuild,
                 cache_update: update.name(),
+                kv_cache: match a.model.kv_cache {
+                    KvCache::F16 => "f16",
+                    KvCache::F32 => "f32",
+                },
                 context: ctx_len,
                 prefill_tokens_per_s: prefill,
                 decode_tokens_per_s: median(dec),

@@ -138,7 +138,7 @@ fn recall(index: &KeyIndex, c: &Config, l: usize, q: &[f32], k: &[f32], held: us
             let g = h / group;
             let key = |j: usize| &k[j * c.kv_dim() + g * hd..][..hd];
             let e: Vec<f64> = (0..=t).map(|j| qh.iter().zip(key(j)).map(|(a, b)| (a * b) as f64).sum()).collect();
-            let s: Vec<f64> = (0..=t).map(|j| index.logit(l, h, qh, key(j)) as f64).collect();
+            let s: Vec<f64> = (0..=t).map(|j| index.logit_stored(l, h, qh, key(j)) as f64).collect();
             for (acc, v) in [(&mut exact, e), (&mut short, s)] {
                 let scale = 1.0 / (hd as f64).sqrt();
                 let mx = v.iter().cloned().fold(f64::MIN, f64::max);

@@ -7,6 +7,7 @@ use std::sync::Arc;
 use adore::controller::Controller;
 use adore::eval::{argmax, kl_from_logits, logsumexp};
 use adore::index::KeyIndex;
+use adore::ops::KvType;
 use adore::policy::{CacheUpdate, Oracle, Policy, PolicyKind};
 use adore::{GenerateOptions, Model, Sampling, Session, SessionOptions};
 use anyhow::{bail, Result};
@@ -82,6 +83,8 @@ pub struct Eval<'a> {
     pub controller: Option<Arc<Controller>>,
     pub index: Option<Arc<KeyIndex>>,
     pub cache_update: CacheUpdate,
+    /// Every run's KV cache, full attention's included.
+    pub kv_cache: KvType,
 }
 
 impl Eval<'_> {
@@ -96,6 +99,7 @@ impl Eval<'_> {
             cache_update: if policy.releases_on_gpu() { self.cache_update } else { CacheUpdate::Scatter },
             oracle: run.oracle,
             index: self.index.clone(),
+            kv_cache: self.kv_cache,
             ..Default::default()
         };
         Ok(Session::new(self.model.clone(), options)?)
@@ -111,7 +115,14 @@ impl Eval<'_> {
         let vocab = self.model.config.vocab;
         let mut full = Session::new(
             self.model.clone(),
-            SessionOptions { context: n, chunk: 256, all_logits: true, policy: Policy::full(), ..Default::default() },
+            SessionOptions {
+                context: n,
+                chunk: 256,
+                all_logits: true,
+                policy: Policy::full(),
+                kv_cache: self.kv_cache,
+                ..Default::default()
+            },
         )?;
         let others: Vec<Run> = self.runs.iter().copied().filter(|r| r.policy.kind != PolicyKind::Full).collect();
         let mut sessions = others.iter().map(|&p| Ok((p, self.session(p, n)?, Acc::default()))).collect::<Result<Vec<_>>>()?;

@@ -101,6 +101,7 @@ pub fn run(a: EvalArgs) -> Result<()> {
         controller: a.parts.controller(&m)?,
         index: a.parts.index(&m)?,
         cache_update: a.cache_update,
+        kv_cache: a.model.kv_cache.into(),
     };
     eprintln!("eval: {} tokens of {}, {} policy runs", ids.len(), a.text.display(), runs.len());
     let mut rows = e.teacher_forced(&ids)?;
