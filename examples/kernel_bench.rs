@@ -100,32 +100,45 @@ fn main() -> adore::Result<()> {
             );
         }
     }
+    // Attention over 512 and 4096 slots with f32 and f16 caches (random K and V: the kernel's
+    // time does not depend on the values).
     let heads = Heads { n_heads: 9, n_kv_heads: 3, head_dim: 64, window: 0 };
-    let q = ctx.storage("q", (rows * 576 * 4) as u64)?;
-    let kc = ctx.storage("kc", (512 * 192 * 4) as u64)?;
-    let vc = ctx.storage("vc", (512 * 192 * 4) as u64)?;
-    let sp = ctx.storage_init("sp", bytemuck::cast_slice(&(0..512u32).collect::<Vec<_>>()))?;
-    let pos = ctx.storage_init("pos", bytemuck::cast_slice(&vec![511u32; rows]))?;
+    let q = ctx.storage_init("q", bytemuck::cast_slice(&rnd[..rows * 576]))?;
     let out = ctx.storage("out", (rows * 576 * 4) as u64)?;
-    let b = ops::attention::Buffers {
-        q: &q,
-        k_cache: &kc,
-        v_cache: Some(&vc),
-        kv: ops::KvType::F32,
-        slot_pos: &sp,
-        positions: &pos,
-        out: &out,
-        mass: &out,
-        list: None,
-    };
-    time(
-        &ctx,
-        "attention 512 slots",
-        ops::attention::build(&ctx, &b, &step, heads, 512, rows, ops::attention::Mass::None)?,
-        (rows * 9 * 512 * 64 * 4) as f64,
-    );
+    for slots in [512usize, 4096] {
+        let step = ctx.uniform("step", &Step::new(rows as u32, slots as u32, 0, 0));
+        let sp = ctx.storage_init("sp", bytemuck::cast_slice(&(0..slots as u32).collect::<Vec<_>>()))?;
+        let pos = ctx.storage_init("pos", bytemuck::cast_slice(&vec![slots as u32 - 1; rows]))?;
+        let kv_values = &rnd[..slots * 192];
+        for kv in [ops::KvType::F32, ops::KvType::F16] {
+            let (kc, vc) = (
+                ctx.storage_init("kc", bytemuck::cast_slice(&kv.encode(kv_values)))?,
+                ctx.storage_init("vc", bytemuck::cast_slice(&kv.encode(kv_values)))?,
+            );
+            let b = ops::attention::Buffers {
+                q: &q,
+                k_cache: &kc,
+                v_cache: Some(&vc),
+                kv,
+                slot_pos: &sp,
+                positions: &pos,
+                out: &out,
+                mass: &out,
+                list: None,
+            };
+            time(
+                &ctx,
+                &format!("attention {slots} slots, {kv:?} K/V"),
+                ops::attention::build(&ctx, &b, &step, heads, slots, rows, ops::attention::Mass::None)?,
+                (rows * 9 * slots * 64 * 4) as f64,
+            );
+        }
+    }
     let g = ctx.storage("g", (ffn * 4) as u64)?;
     time(&ctx, "rmsnorm 576", ops::rmsnorm::build(&ctx, &x, &g, &y, &step, hidden, 1e-5, rows, false)?, (rows * hidden * 3) as f64);
+    let (kc, vc) = (ctx.storage("kc", (512 * 192 * 4) as u64)?, ctx.storage("vc", (512 * 192 * 4) as u64)?);
+    let sp = ctx.storage_init("sp", bytemuck::cast_slice(&(0..512u32).collect::<Vec<_>>()))?;
+    let pos = ctx.storage_init("pos", bytemuck::cast_slice(&vec![511u32; rows]))?;
     let kv_rows = ctx.storage("k", (rows * 192 * 4) as u64)?;
     let slots = ctx.storage_init("slots", bytemuck::cast_slice(&(0..rows as u32).collect::<Vec<_>>()))?;
     let qkv = ops::rope::Qkv {

@@ -53,6 +53,9 @@ run)
     .gpu/adore index fit --model "$model" --text README.md --text ARCHITECTURE.md --tokens 1024 --rank 16 --out /tmp/adore-shaped-index.safetensors 2>&1 | tail -n 3
     .gpu/adore bench --model "$model" --index /tmp/adore-shaped-index.safetensors --policies full,sink,adore --budget 128 \
         --contexts "$contexts" --decode-tokens 16 --repeats 5 --profile --json "$out/bench.json" 2>&1 | tee "$out/bench.md"
+    # The same with an f16 KV cache: half the K/V bytes a step reads.
+    .gpu/adore bench --model "$model" --index /tmp/adore-shaped-index.safetensors --policies full,adore --budget 128 --kv-cache f16 \
+        --contexts "$contexts" --decode-tokens 16 --repeats 5 --profile --json "$out/bench-f16.json" 2>&1 | tee "$out/bench-f16.md"
     echo "gpu-bench: results in $out" >&2
     ;;
 *)
