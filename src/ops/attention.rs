@@ -110,9 +110,6 @@ fn check_buffers(b: &Buffers, heads: Heads, capacity: usize, max_rows: usize) ->
     let kvd = heads.n_kv_heads * heads.head_dim;
     check_len("attention", "q", b.q, max_rows * qd)?;
     check_len("attention", "out", b.out, max_rows * qd)?;
-    if b.kv == KvType::F16 && heads.head_dim % 4 != 0 {
-        return Err(Error::Shape { op: "attention", what: format!("an f16 cache needs head_dim a multiple of 4, not {}", heads.head_dim) });
-    }
     check_len("attention", "k_cache", b.k_cache, b.kv.words(capacity * kvd))?;
     if let Some(v) = b.v_cache {
         check_len("attention", "v_cache", v, b.kv.words(capacity * kvd))?;
