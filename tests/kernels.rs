@@ -469,6 +469,28 @@ fn kv_write_scatters_rows_and_slot_table() {
     assert!(e.to_string().contains("even kv_dim"), "{e}");
 }
 
+/// A decode-attention case over a capacity of `n_slots` + 5: the slots' positions (scattered,
+/// some free, some later than a row's position; the 5 above `n_slots` valid-looking, never to be
+/// read), the rows' positions, q, and K and V for the whole capacity.
+struct SlotCase {
+    slot_pos: Vec<u32>,
+    positions: Vec<u32>,
+    q: Vec<f32>,
+    k: Vec<f32>,
+    v: Vec<f32>,
+}
+
+fn slot_case(rng: &mut Rng, heads: Heads, n_slots: usize, rows: usize) -> SlotCase {
+    let kvd = heads.n_kv_heads * heads.head_dim;
+    let cap = n_slots + 5;
+    let mut slot_pos: Vec<u32> = (0..n_slots).map(|_| if rng.below(5) == 0 { INVALID_SLOT } else { rng.below(12000) as u32 }).collect();
+    let positions: Vec<u32> = (0..rows).map(|_| 2000 + rng.below(9000) as u32).collect();
+    let q = rng.vec(rows * heads.n_heads * heads.head_dim, 2.0);
+    let (k, v) = (rng.vec(cap * kvd, 2.0), rng.vec(cap * kvd, 1.0));
+    slot_pos.extend((0..5).map(|_| rng.below(100) as u32));
+    SlotCase { slot_pos, positions, q, k, v }
+}
+
 /// Attention over f16 caches (both shapes) against the reference fed the rounded K and V, and
 /// the probabilities-only form (no V: the mass is written, out keeps what it held), with free
 /// slots, future positions and unused capacity above the slots in use.
@@ -487,15 +509,10 @@ fn attention_over_f16_caches_and_probabilities_only() {
             let heads = Heads { n_heads, n_kv_heads: n_kv, head_dim: hd, window };
             let kvd = n_kv * hd;
             let cap = n_slots + 5;
-            let mut slot_pos: Vec<u32> =
-                (0..n_slots).map(|_| if rng.below(5) == 0 { INVALID_SLOT } else { rng.below(12000) as u32 }).collect();
-            let positions: Vec<u32> = (0..rows).map(|_| 2000 + rng.below(9000) as u32).collect();
-            let q = rng.vec(rows * n_heads * hd, 2.0);
-            let (k, v) = (rng.vec(cap * kvd, 2.0), rng.vec(cap * kvd, 1.0));
+            let SlotCase { slot_pos, positions, q, k, v } = slot_case(&mut rng, heads, n_slots, rows);
             let kv = ops::KvType::F16;
             let (kr, vr): (Vec<f32>, Vec<f32>) = (k.iter().map(|&x| kv.round(x)).collect(), v.iter().map(|&x| kv.round(x)).collect());
-            let want = ops::attention::reference(&q, &kr[..n_slots * kvd], &vr[..n_slots * kvd], &slot_pos, &positions, heads);
-            slot_pos.extend((0..5).map(|_| rng.below(100) as u32));
+            let want = ops::attention::reference(&q, &kr[..n_slots * kvd], &vr[..n_slots * kvd], &slot_pos[..n_slots], &positions, heads);
             let (qb, kb, vb, sb, pb) = (
                 buf(&ctx, &q),
                 buf_u32(&ctx, &kv.encode(&k)),
@@ -667,15 +684,8 @@ fn split_and_one_pass_attention_at_chunk_edges() {
                 let heads = Heads { n_heads, n_kv_heads: n_kv, head_dim: hd, window };
                 let kvd = n_kv * hd;
                 let cap = n_slots + 5;
-                // Slots hold scattered positions, some free, some later than a row's position;
-                // the 5 slots above n_slots hold valid-looking rows that must not be read.
-                let mut slot_pos: Vec<u32> =
-                    (0..n_slots).map(|_| if rng.below(5) == 0 { INVALID_SLOT } else { rng.below(12000) as u32 }).collect();
-                let positions: Vec<u32> = (0..rows).map(|_| 2000 + rng.below(9000) as u32).collect();
-                let q = rng.vec(rows * n_heads * hd, 2.0);
-                let (k, v) = (rng.vec(cap * kvd, 2.0), rng.vec(cap * kvd, 1.0));
-                let want = ops::attention::reference(&q, &k[..n_slots * kvd], &v[..n_slots * kvd], &slot_pos, &positions, heads);
-                slot_pos.extend((0..5).map(|_| rng.below(100) as u32));
+                let SlotCase { slot_pos, positions, q, k, v } = slot_case(&mut rng, heads, n_slots, rows);
+                let want = ops::attention::reference(&q, &k[..n_slots * kvd], &v[..n_slots * kvd], &slot_pos[..n_slots], &positions, heads);
                 let (qb, kb, vb, sb, pb) =
                     (buf(&ctx, &q), buf(&ctx, &k), buf(&ctx, &v), buf_u32(&ctx, &slot_pos), buf_u32(&ctx, &positions));
                 let out = ctx.storage("out", (rows * n_heads * hd * 4) as u64).unwrap();
