@@ -491,6 +491,98 @@ fn slot_case(rng: &mut Rng, heads: Heads, n_slots: usize, rows: usize) -> SlotCa
     SlotCase { slot_pos, positions, q, k, v }
 }
 
+/// The one-pass kernel with several rows per workgroup (prompt rows on CPU devices) against the
+/// reference: row counts that leave a workgroup's last rows empty, rows at consecutive positions
+/// over a causal prefix (as a prompt chunk sees it) and at scattered ones, free slots, the
+/// probabilities written and added, f32 and f16 caches.
+#[test]
+fn attention_with_several_rows_per_workgroup() {
+    let ctx = ctx();
+    let mut rng = Rng::new(29);
+    let cases = [(9usize, 3usize, 64usize), (1, 1, 8), (8, 2, 128), (12, 2, 12), (2, 1, 256), (32, 4, 4)];
+    for (ci, &(n_heads, n_kv, hd)) in cases.iter().enumerate() {
+        for &n_slots in &[1usize, 63, 65, 1000] {
+            for &(rows, per) in &[(1usize, 4usize), (3, 2), (5, 4), (9, 8), (7, 3), (16, 4)] {
+                let heads = Heads { n_heads, n_kv_heads: n_kv, head_dim: hd, window: if ci == 3 { 40 } else { 0 } };
+                let kvd = n_kv * hd;
+                let SlotCase { mut slot_pos, mut positions, q, k, v } = slot_case(&mut rng, heads, n_slots, rows);
+                if rows % 2 == 1 {
+                    // A prompt chunk: slot j holds position j (some freed), the rows are the last
+                    // positions, each seeing the ones before it.
+                    for (j, sp) in slot_pos.iter_mut().enumerate().take(n_slots) {
+                        *sp = if rng.below(7) == 0 { INVALID_SLOT } else { j as u32 };
+                    }
+                    positions = (0..rows).map(|r| (n_slots.saturating_sub(rows) + r) as u32).collect();
+                }
+                let cap = slot_pos.len();
+                for kv in [ops::KvType::F32, ops::KvType::F16] {
+                    let (kr, vr): (Vec<f32>, Vec<f32>) =
+                        (k.iter().map(|&x| kv.round(x)).collect(), v.iter().map(|&x| kv.round(x)).collect());
+                    let (want, want_mass) = ops::attention::reference_with_mass(
+                        &q,
+                        &kr[..n_slots * kvd],
+                        &vr[..n_slots * kvd],
+                        &slot_pos[..n_slots],
+                        &positions,
+                        heads,
+                    );
+                    let (qb, kb, vb, sb, pb) = (
+                        buf(&ctx, &q),
+                        buf_u32(&ctx, &kv.encode(&k)),
+                        buf_u32(&ctx, &kv.encode(&v)),
+                        buf_u32(&ctx, &slot_pos),
+                        buf_u32(&ctx, &positions),
+                    );
+                    let out = buf(&ctx, &vec![7.0; (rows + per) * n_heads * hd]);
+                    let mass = buf(&ctx, &vec![0.5; (rows + per) * n_heads * cap]);
+                    let b = ops::attention::Buffers {
+                        q: &qb,
+                        k_cache: &kb,
+                        v_cache: Some(&vb),
+                        kv,
+                        slot_pos: &sb,
+                        positions: &pb,
+                        out: &out,
+                        mass: &mass,
+                        list: None,
+                    };
+                    let what = format!("attention heads {n_heads}/{n_kv} hd {hd} slots {n_slots} rows {rows}, {per} per workgroup, {kv:?}");
+                    let mode = if n_slots % 2 == 0 { ops::attention::Mass::Write } else { ops::attention::Mass::Add };
+                    let stp = step(&ctx, rows, n_slots, 0);
+                    run(&ctx, ops::attention::build_rows(&ctx, &b, &stp, heads, cap, rows, mode, per).unwrap());
+                    assert_close(&what, &read(&ctx, &out, want.len()), &want, 1e-4, 1e-4);
+                    // Nothing past the step's rows is written.
+                    let past = read(&ctx, &out, (rows + per) * n_heads * hd).split_off(want.len());
+                    assert!(past.iter().all(|&x| x == 7.0), "{what}: wrote past its rows");
+                    let added = if mode == ops::attention::Mass::Add { 0.5 } else { 0.0 };
+                    let wide: Vec<f32> = (0..(rows + per) * n_heads * cap)
+                        .map(|i| match (i / cap < rows * n_heads, i % cap < n_slots) {
+                            (true, true) => want_mass[i / cap * n_slots + i % cap] + added,
+                            _ => 0.5,
+                        })
+                        .collect();
+                    assert_close(&format!("{what}, mass"), &read(&ctx, &mass, wide.len()), &wide, 1e-5, 1e-4);
+                }
+            }
+        }
+    }
+    let b = ctx.storage("b", 4096).unwrap();
+    let bufs = ops::attention::Buffers {
+        q: &b,
+        k_cache: &b,
+        v_cache: Some(&b),
+        kv: ops::KvType::F32,
+        slot_pos: &b,
+        positions: &b,
+        out: &b,
+        mass: &b,
+        list: None,
+    };
+    let heads = Heads { n_heads: 1, n_kv_heads: 1, head_dim: 8, window: 0 };
+    let nine = ops::attention::build_rows(&ctx, &bufs, &step(&ctx, 1, 1, 0), heads, 1, 1, ops::attention::Mass::None, 9);
+    assert!(nine.is_err(), "nine rows per workgroup must be refused");
+}
+
 /// Attention over f16 caches (both shapes) against the reference fed the rounded K and V, and
 /// the probabilities-only form (no V: the mass is written, out keeps what it held), with free
 /// slots, future positions and unused capacity above the slots in use.
