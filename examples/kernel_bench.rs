@@ -1,5 +1,5 @@
 //! Times each kernel of a decode / prefill step in isolation on the current adapter:
-//! `cargo run --release --example kernel_bench [rows] [name filter]`. Median of 5 submits of 20 dispatches.
+//! `cargo run --release --example kernel_bench [rows]`. Median of 5 submits of 20 dispatches.
 
 use std::sync::Arc;
 
@@ -13,9 +13,6 @@ fn time(ctx: &Context, name: &str, d: Dispatch, flops: f64) {
 
 /// One kernel made of several dispatches (a matmul in row windows).
 fn time_all(ctx: &Context, name: &str, d: Vec<Dispatch>, flops: f64) {
-    if std::env::args().nth(2).is_some_and(|f| !name.contains(&f)) {
-        return;
-    }
     let list: Vec<&Dispatch> = std::iter::repeat_n(d.iter(), 5).flatten().collect();
     let mut times = Vec::new();
     for _ in 0..4 {
@@ -129,15 +126,12 @@ fn main() -> adore::Result<()> {
                 mass: &out,
                 list: None,
             };
-            // Prompt rows: each workgroup's rows share its K/V loads.
-            for per in [1usize, 2, 4, 8].into_iter().filter(|&r| r == 1 || r <= rows) {
-                time(
-                    &ctx,
-                    &format!("attention {slots} slots, {kv:?} K/V, {per} rows/wg"),
-                    ops::attention::build_rows(&ctx, &b, &step, heads, slots, rows, ops::attention::Mass::None, per)?,
-                    (rows * 9 * slots * 64 * 4) as f64,
-                );
-            }
+            time(
+                &ctx,
+                &format!("attention {slots} slots, {kv:?} K/V"),
+                ops::attention::build(&ctx, &b, &step, heads, slots, rows, ops::attention::Mass::None)?,
+                (rows * 9 * slots * 64 * 4) as f64,
+            );
         }
     }
     let g = ctx.storage("g", (ffn * 4) as u64)?;

@@ -3,15 +3,12 @@
 // with slot_pos[j] valid and slot_pos[j] <= positions[r] (causal by original position), and
 // within p.window positions of it where the layer has a sliding window.
 //
-// One workgroup of 64 per (RPW consecutive rows, HPW query heads sharing one KV head); dispatch
-// (n_heads / HPW, ceil(rows / RPW), 1). HD4 = head_dim / 4, HPW and RPW are set per pipeline
-// (GPUs: RPW = 1 and HPW * HD4 <= 64, the lane's registers). Each lane takes the slots lid,
-// lid + 64, ... and keeps its own online softmax (running max, sum and weighted V) for each of
-// its RPW x HPW (row, head) pairs, so a K or V row is read once for all the heads that share it
-// and all the rows of the workgroup (prompt rows on CPU devices, where every lane's load costs
-// as much as its arithmetic), and the scan needs no barrier; the 64 partial softmaxes are
-// merged at the end through workgroup memory. The loops over a lane's pairs and vectors are
-// unrolled (src/shaders.rs, `unroll`), so that every index into its arrays is a constant.
+// One workgroup of 64 per (row, HPW query heads sharing one KV head); dispatch
+// (n_heads / HPW, rows, 1). HD4 = head_dim / 4 and HPW are set per pipeline, HPW * HD4 <= 64.
+// Each lane takes the slots lid, lid + 64, ... and keeps its own online softmax (running max,
+// sum and weighted V) for each of its HPW heads, so a K or V row is read once for all the
+// heads that share it and the scan needs no barrier; the 64 partial softmaxes are merged at
+// the end through workgroup memory.
 // With listed, the slots visited are list[1 ..= list[0]] (written by cache_update.wgsl's choose
 // and narrow: the valid slots of a long table with few of them) instead of 0 .. step.n_slots.
 // With write_mass, a last pass stores each slot's attention probability for this row and head in
@@ -44,8 +41,6 @@ struct Params {
 
 const HD4: u32 = 16u;  // head_dim / 4
 const HPW: u32 = 1u;   // query heads per workgroup
-const RPW: u32 = 1u;   // rows per workgroup
-const NQ: u32 = 1u;    // RPW * HPW (set with them): (row, head) pairs, pair g is row g / HPW, head g % HPW
 const VALUES: u32 = 1u;   // 0: probabilities only
 const WG: u32 = 64u;
 const INVALID: u32 = 0xffffffffu;
@@ -55,8 +50,8 @@ const ROUND: u32 = 8u;
 var<workgroup> lane_m: array<f32, 64>;
 var<workgroup> lane_l: array<f32, 64>;
 var<workgroup> lane_acc: array<vec4<f32>, 512>;  // (ROUND, 64)
-var<workgroup> pair_m: array<f32, NQ>;
-var<workgroup> pair_l: array<f32, NQ>;
+var<workgroup> head_m: array<f32, HPW>;
+var<workgroup> head_l: array<f32, HPW>;
 
 // Whether the key at position sp (INVALID: a free slot) is seen by a query at pos.
 fn visible(sp: u32, pos: u32) -> bool {
@@ -66,32 +61,27 @@ fn visible(sp: u32, pos: u32) -> bool {
 @compute @workgroup_size(64)
 fn main(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wid: vec3<u32>) {
     let h0 = wid.x * HPW;
-    let r0 = wid.y * RPW;
-    if r0 >= step.n_rows {
+    let r = wid.y;
+    if r >= step.n_rows {
         return;
     }
     let kvh = h0 / (p.n_heads / p.n_kv_heads);
     let kv4 = p.n_kv_heads * HD4;
-    // Rows past the step's last repeat it (same work, nothing written).
-    var pos: array<u32, RPW>;
-    // unroll ur RPW
-    pos[ur] = positions[min(r0 + ur, step.n_rows - 1u)];
-    // end unroll
-    var qv: array<vec4<f32>, NQ * HD4>;
-    var m: array<f32, NQ>;
-    var l: array<f32, NQ>;
-    var acc: array<vec4<f32>, NQ * HD4>;
-    // unroll ug NQ
-    {
-        let qb = (min(r0 + ug / HPW, step.n_rows - 1u) * p.n_heads + h0 + ug % HPW) * HD4;
-        // unroll uc HD4
-        qv[ug * HD4 + uc] = q[qb + uc] * p.scale;
-        acc[ug * HD4 + uc] = vec4<f32>(0.0);
-        // end unroll
-        m[ug] = MASKED;
-        l[ug] = 0.0;
+    let pos = positions[r];
+    var qv: array<vec4<f32>, HPW * HD4>;
+    for (var i = 0u; i < HPW * HD4; i++) {
+        qv[i] = q[(r * p.n_heads + h0) * HD4 + i] * p.scale;
     }
-    // end unroll
+    var m: array<f32, HPW>;
+    var l: array<f32, HPW>;
+    var acc: array<vec4<f32>, HPW * HD4>;
+    for (var g = 0u; g < HPW; g++) {
+        m[g] = MASKED;
+        l[g] = 0.0;
+    }
+    for (var i = 0u; i < HPW * HD4; i++) {
+        acc[i] = vec4<f32>(0.0);
+    }
 
     var n = step.n_slots;
     if p.listed != 0u {
@@ -103,59 +93,41 @@ fn main(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wid: v
             j = list[1u + t];
         }
         let sp = slot_pos[j];
-        var seen: array<bool, RPW>;
-        var any = false;
-        // unroll ur RPW
-        seen[ur] = visible(sp, pos[ur]);
-        any = any || seen[ur];
-        // end unroll
-        if !any {
+        if !visible(sp, pos) {
             continue;
         }
         let kb = j * kv4 + kvh * HD4;
-        var s: array<f32, NQ>;
-        // unroll ug NQ
-        s[ug] = 0.0;
-        // end unroll
-        // unroll uc HD4
-        {
-            let kc = key4(kb + uc);
-            // unroll ug NQ
-            s[ug] += dot(qv[ug * HD4 + uc], kc);
-            // end unroll
+        var s: array<f32, HPW>;
+        for (var g = 0u; g < HPW; g++) {
+            s[g] = 0.0;
         }
-        // end unroll
-        // One exponential per pair: the new score either raises the running max (the old sum
-        // scales by exp(m - s), the new weight is 1) or not (scale 1, weight exp(s - m)).
-        var alpha: array<f32, NQ>;
-        var w: array<f32, NQ>;
-        // unroll ug NQ
-        {
-            let d = s[ug] - m[ug];
-            let e = exp(-abs(d));
-            let up = d > 0.0;
-            let on = seen[ug / HPW];
-            alpha[ug] = select(1.0, select(1.0, e, up), on);
-            w[ug] = select(0.0, select(e, 1.0, up), on);
-            m[ug] = select(m[ug], s[ug], on && up);
-            l[ug] = l[ug] * alpha[ug] + w[ug];
-        }
-        // end unroll
-        if VALUES != 0u {
-            // unroll uc HD4
-            {
-                let vc = value4(kb + uc);
-                // unroll ug NQ
-                acc[ug * HD4 + uc] = acc[ug * HD4 + uc] * alpha[ug] + w[ug] * vc;
-                // end unroll
+        for (var c = 0u; c < HD4; c++) {
+            let kc = key4(kb + c);
+            for (var g = 0u; g < HPW; g++) {
+                s[g] += dot(qv[g * HD4 + c], kc);
             }
-            // end unroll
+        }
+        var alpha: array<f32, HPW>;
+        var w: array<f32, HPW>;
+        for (var g = 0u; g < HPW; g++) {
+            let m_new = max(m[g], s[g]);
+            alpha[g] = exp(m[g] - m_new);
+            w[g] = exp(s[g] - m_new);
+            l[g] = l[g] * alpha[g] + w[g];
+            m[g] = m_new;
+        }
+        if VALUES != 0u {
+            for (var c = 0u; c < HD4; c++) {
+                let vc = value4(kb + c);
+                for (var g = 0u; g < HPW; g++) {
+                    acc[g * HD4 + c] = acc[g * HD4 + c] * alpha[g] + w[g] * vc;
+                }
+            }
         }
     }
 
-    // Merge the lanes' softmaxes, pair by pair.
-    for (var g = 0u; g < NQ; g++) {
-        let r = r0 + g / HPW;
+    // Merge the lanes' softmaxes, head by head.
+    for (var g = 0u; g < HPW; g++) {
         lane_m[lid] = m[g];
         workgroupBarrier();
         var big = MASKED;
@@ -171,10 +143,10 @@ fn main(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wid: v
             total_l += lane_l[t];
         }
         if lid == 0u {
-            pair_m[g] = big;
-            pair_l[g] = total_l;
+            head_m[g] = big;
+            head_l[g] = total_l;
         }
-        let o = (r * p.n_heads + h0 + g % HPW) * HD4;
+        let o = (r * p.n_heads + h0 + g) * HD4;
         for (var c0 = 0u; c0 < select(0u, HD4, VALUES != 0u); c0 += ROUND) {
             for (var cc = 0u; cc < ROUND; cc++) {
                 if c0 + cc < HD4 {
@@ -182,7 +154,7 @@ fn main(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wid: v
                 }
             }
             workgroupBarrier();
-            if lid < ROUND && c0 + lid < HD4 && r < step.n_rows {
+            if lid < ROUND && c0 + lid < HD4 {
                 var sum = vec4<f32>(0.0);
                 for (var t = 0u; t < WG; t++) {
                     sum += lane_acc[lid * WG + t];
@@ -195,25 +167,21 @@ fn main(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wid: v
 
     if p.write_mass != 0u {
         workgroupBarrier();
-        for (var g = 0u; g < NQ; g++) {
-            let r = r0 + g / HPW;
-            if r >= step.n_rows {
-                break;
-            }
-            let big = pair_m[g];
-            let total_l = pair_l[g];
-            let base = (r * p.n_heads + h0 + g % HPW) * p.capacity;
+        for (var g = 0u; g < HPW; g++) {
+            let big = head_m[g];
+            let total_l = head_l[g];
+            let base = (r * p.n_heads + h0 + g) * p.capacity;
             // Slots from step.n_slots up are free: their probabilities are left as they were.
             for (var j = lid; j < min(p.capacity, step.n_slots); j += WG) {
                 var prob = 0.0;
                 if total_l > 0.0 {
                     let sp = slot_pos[j];
-                    if visible(sp, pos[g / HPW]) {
+                    if visible(sp, pos) {
                         let kb = j * kv4 + kvh * HD4;
                         var s = 0.0;
-                        // unroll uc HD4
-                        s += dot(qv[g * HD4 + uc], key4(kb + uc));
-                        // end unroll
+                        for (var c = 0u; c < HD4; c++) {
+                            s += dot(qv[g * HD4 + c], key4(kb + c));
+                        }
                         prob = exp(s - big) / total_l;
                     }
                 }

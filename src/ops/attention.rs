@@ -118,21 +118,6 @@ fn check_buffers(b: &Buffers, heads: Heads, capacity: usize, max_rows: usize) ->
     check_len("attention", "positions", b.positions, max_rows)
 }
 
-/// Rows one workgroup of the one-pass kernel takes on this device: on CPU-backed adapters, where
-/// a lane's storage load costs as much as its arithmetic, prompt rows share each K/V load four
-/// ways (measured with `examples/kernel_bench`); on GPUs one row, whose pairs fit a lane's registers.
-pub fn rows_per_workgroup(ctx: &Context, max_rows: usize) -> usize {
-    match ctx.kernel_shape {
-        KernelShape::Cpu if max_rows > super::matmul::MATVEC_MAX_ROWS => PROMPT_ROWS_PER_WORKGROUP,
-        _ => 1,
-    }
-}
-
-/// [`rows_per_workgroup`] for prompt rows on CPU-backed adapters.
-pub const PROMPT_ROWS_PER_WORKGROUP: usize = 4;
-
-/// The one-pass kernel, `max_rows` rows over `capacity` slots, with the device's rows per
-/// workgroup ([`rows_per_workgroup`]).
 pub fn build(
     ctx: &Context,
     b: &Buffers,
@@ -142,25 +127,7 @@ pub fn build(
     max_rows: usize,
     mass: Mass,
 ) -> Result<Dispatch> {
-    build_rows(ctx, b, step, heads, capacity, max_rows, mass, rows_per_workgroup(ctx, max_rows))
-}
-
-/// [`build`] with `rows` rows per workgroup (1 to 8).
-#[allow(clippy::too_many_arguments)]
-pub fn build_rows(
-    ctx: &Context,
-    b: &Buffers,
-    step: &wgpu::Buffer,
-    heads: Heads,
-    capacity: usize,
-    max_rows: usize,
-    mass: Mass,
-    rows: usize,
-) -> Result<Dispatch> {
     check_buffers(b, heads, capacity, max_rows)?;
-    if !(1..=8).contains(&rows) {
-        return Err(Error::Shape { op: "attention", what: format!("{rows} rows per workgroup (1 to 8)") });
-    }
     if mass != Mass::None {
         check_len("attention", "mass", b.mass, max_rows * heads.n_heads * capacity)?;
     } else if b.v_cache.is_none() {
@@ -185,14 +152,8 @@ pub fn build_rows(
         },
     );
     let hpw = heads.per_workgroup();
-    let defines = [
-        ("HD4", (heads.head_dim / 4) as u32),
-        ("HPW", hpw as u32),
-        ("RPW", rows as u32),
-        ("NQ", (rows * hpw) as u32),
-        ("KV_HALF", b.kv.half()),
-        ("VALUES", b.v_cache.is_some() as u32),
-    ];
+    let defines =
+        [("HD4", (heads.head_dim / 4) as u32), ("HPW", hpw as u32), ("KV_HALF", b.kv.half()), ("VALUES", b.v_cache.is_some() as u32)];
     let pipeline = ctx.pipeline_with(&shaders::ATTENTION, "main", &[], &defines)?;
     Ok(ctx.dispatch(
         pipeline,
@@ -208,7 +169,7 @@ pub fn build_rows(
             b.mass,
             b.list.unwrap_or(b.slot_pos),
         ],
-        [groups("attention", heads.n_heads / hpw, 1)?, groups("attention", max_rows.div_ceil(rows), 1)?, 1],
+        [groups("attention", heads.n_heads / hpw, 1)?, groups("attention", max_rows, 1)?, 1],
     ))
 }
 
