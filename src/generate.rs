@@ -16,11 +16,17 @@ pub struct GenerateOptions {
     pub sampling: Sampling,
     /// Stop at the model's end-of-sequence token.
     pub stop_at_eos: bool,
+    /// Keep the GPU busy between tokens: each token's step is queued before the token is
+    /// returned, and where the session can undo a step ([`Session::can_rewind_step`]) the one
+    /// after it is queued before the token is read, undone if the token ends the generation.
+    /// Off, each step runs after the previous token was returned, so the session can be
+    /// inspected token by token.
+    pub overlap: bool,
 }
 
 impl Default for GenerateOptions {
     fn default() -> Self {
-        Self { max_tokens: 128, sampling: Sampling::default(), stop_at_eos: true }
+        Self { max_tokens: 128, sampling: Sampling::default(), stop_at_eos: true, overlap: true }
     }
 }
 
@@ -65,6 +71,8 @@ pub struct Generation {
     text: TextStream,
     /// The token sampled by the last step, not yet returned.
     pending: Option<u32>,
+    /// A step that feeds the last returned token is queued, its token unread.
+    ahead: bool,
     prefill_seconds: f64,
     decode_start: Instant,
     decode_seconds: f64,
@@ -87,6 +95,7 @@ impl Generation {
             out: Vec::new(),
             text: TextStream::default(),
             pending: Some(first),
+            ahead: false,
             prefill_seconds: t0.elapsed().as_secs_f64(),
             decode_start: Instant::now(),
             decode_seconds: 0.0,
@@ -98,22 +107,48 @@ impl Generation {
     /// `None` once generation has stopped.
     pub async fn next(&mut self, session: &mut Session) -> Result<Option<(u32, String)>> {
         if self.stop.is_some() {
+            // Cancelled with a step queued: it fed the last returned token, which the session
+            // then holds; its own token is never read.
+            if std::mem::take(&mut self.ahead) {
+                session.read_step().await?;
+            }
             return Ok(None);
         }
         let token = match self.pending.take() {
             Some(t) => t,
-            None => session.step().await?,
+            None => {
+                if !std::mem::take(&mut self.ahead) {
+                    session.submit_step()?;
+                }
+                // The step after this one, queued before this one's token is known, where it
+                // can be undone should that token end the generation.
+                let more = self.out.len() + 1 < self.options.max_tokens && session.len() < session.options.context;
+                if self.options.overlap && more && session.can_rewind_step() {
+                    session.submit_step()?;
+                    self.ahead = true;
+                }
+                session.read_step().await?
+            }
         };
         if self.stops.contains(&token) {
+            if std::mem::take(&mut self.ahead) {
+                session.rewind_step(token)?;
+            }
             self.finish(StopReason::EndOfSequence);
             return Ok(None);
         }
         self.out.push(token);
         let piece = self.text.push(&session.model.tokenizer, token)?;
+        // Tokens the session holds, not counting a step queued ahead.
+        let held = session.len() - self.ahead as usize;
         if self.out.len() >= self.options.max_tokens {
             self.finish(StopReason::MaxTokens);
-        } else if session.len() >= session.options.context {
+        } else if held >= session.options.context {
             self.finish(StopReason::ContextFull);
+        } else if self.options.overlap && !self.ahead {
+            // The step that feeds this token runs while the caller handles it.
+            session.submit_step()?;
+            self.ahead = true;
         }
         Ok(Some((token, piece)))
     }

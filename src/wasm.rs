@@ -163,6 +163,8 @@ impl Inner {
             max_tokens: o.max_tokens,
             sampling: Sampling { temperature: o.temperature, top_k: o.top_k, top_p: o.top_p, seed: o.seed },
             stop_at_eos: true,
+            // A trace reads the session after each token: no step may be queued ahead of it.
+            overlap: !o.trace,
         };
         self.generation = None;
         let generation = Generation::start(session, &ids[common..], &gen_options).await;

@@ -12,6 +12,7 @@ use adore::ops::{cache_update, rebuild::MASKED, topk};
 use adore::policy::{CacheUpdate, Policy, PolicyKind, RebuildFrom};
 use adore::{Model, Session, SessionOptions};
 use common::assert_close;
+use common::malformed::tiny_with;
 use common::sessions::{controller, ids, load, session, tiny_model};
 use common::tiny::{gguf_k_dim, Tiny, HEAD_DIM, KV_HEADS, LAYERS};
 use pollster::block_on as run;
@@ -570,6 +571,7 @@ fn sampling_with_a_seed_is_repeatable_in_one_process() {
             max_tokens: 40,
             sampling: adore::Sampling { temperature: 1.0, top_k: 0, top_p: 0.95, seed: 1234 },
             stop_at_eos: false,
+            overlap: true,
         };
         let mut first = Session::new(model.clone(), options.clone()).unwrap();
         let (a, _) = run(adore::generate(&mut first, &[3, 4, 5], &gen, |_, _| true)).unwrap();
@@ -585,4 +587,97 @@ fn sampling_with_a_seed_is_repeatable_in_one_process() {
         let (d, _) = run(adore::generate(&mut second, &[3, 4, 5], &other, |_, _| true)).unwrap();
         assert_ne!(a, d, "{}: another seed gave the same 40 tokens", policy.name());
     }
+}
+
+/// Generation with overlap (each token's step queued before the token is returned and, where
+/// the session can undo a step, the next one queued before the token is read) against generation
+/// one step at a time: the same tokens and stop, and the same session afterwards (a token fed
+/// after the stop gets the same logits), when a sampled token ends the sequence and when the
+/// token limit does. The policies that keep every token undo a step; the others only queue ahead.
+#[test]
+fn generation_with_overlap_equals_one_step_at_a_time() {
+    use adore::model::gguf::Value;
+    let prompt = ids(11);
+    let sampling = |seed| adore::Sampling { temperature: 1.0, top_k: 0, top_p: 1.0, seed };
+    let opts = |seed, max_tokens, overlap| adore::GenerateOptions { max_tokens, sampling: sampling(seed), stop_at_eos: true, overlap };
+    let quest = Policy { kind: PolicyKind::Quest, budget: 16, sinks: 2, recent: 4, ..Policy::default() };
+    let adore_store = Policy::new(PolicyKind::Adore, adore::policy::PolicyParts { budget: 12, ..Default::default() }).unwrap();
+    let sink = Policy { kind: PolicyKind::Sink, budget: 16, sinks: 4, recent: 0, rebuild: 0, ..Policy::default() };
+    let plain = load_bytes(&tiny_with(|_, _| {}));
+    for policy in [Policy::full(), adore_store, quest, sink] {
+        let name = policy.name();
+        // The tiny model with its end-of-sequence token set to a token this policy's seeded run
+        // draws 7th or later (one not drawn before it), so that generation stops there.
+        let mut probe = session(&plain, policy, 96, 8, false);
+        let free = adore::GenerateOptions { stop_at_eos: false, ..opts(5, 24, false) };
+        let (drawn, _) = run(adore::generate(&mut probe, &prompt, &free, |_, _| true)).unwrap();
+        let at = (6..drawn.len()).find(|&i| !drawn[..i].contains(&drawn[i])).expect("a token not drawn before");
+        let eos = drawn[at];
+        let model = load_bytes(&tiny_with(|m, _| m.push(("tokenizer.ggml.eos_token_id", Value::U32(eos)))));
+        assert!(model.tokenizer.stop_ids().contains(&eos));
+        assert_eq!(session(&model, policy, 96, 8, false).can_rewind_step(), policy.keeps_everything(), "{name}: undoes a step");
+        for (seed, max_tokens) in [(5, 24), (5, at), (8, 20)] {
+            let mut got = Vec::new();
+            for overlap in [false, true] {
+                let mut s = session(&model, policy, 96, 8, false);
+                let (out, stats) = run(adore::generate(&mut s, &prompt, &opts(seed, max_tokens, overlap), |_, _| true)).unwrap();
+                let held = s.len();
+                let after = run(s.feed(7)).unwrap();
+                let logits = run(s.last_logits()).unwrap();
+                let kept = run(s.kept_positions()).unwrap();
+                got.push((out, stats.stop, held, after, logits, kept));
+            }
+            let what = format!("{name}, seed {seed}, up to {max_tokens} tokens");
+            let (a, b) = (&got[0], &got[1]);
+            if seed == 5 {
+                // Stopped by the end of the sequence, or by the limit just before it.
+                let (want, stop) = match max_tokens == at {
+                    true => (&drawn[..at], adore::StopReason::MaxTokens),
+                    false => (&drawn[..at], adore::StopReason::EndOfSequence),
+                };
+                assert_eq!((&a.0[..], a.1), (want, stop), "{what}: tokens and stop");
+            }
+            assert_eq!((&a.0, a.1, a.2), (&b.0, b.1, b.2), "{what}: tokens, stop and held tokens with overlap");
+            assert_eq!(a.3, b.3, "{what}: the token after the stop");
+            assert_eq!(a.4, b.4, "{what}: the logits after the stop");
+            assert_eq!(a.5, b.5, "{what}: the positions kept after the stop");
+        }
+    }
+}
+
+/// Undoing a step is refused where the session keeps state it cannot take back, and without a
+/// step to undo.
+#[test]
+fn a_step_is_undone_only_where_it_can_be_exactly() {
+    let model = tiny_model(21);
+    let sink = Policy { kind: PolicyKind::Sink, budget: 16, sinks: 4, recent: 0, rebuild: 0, ..Policy::default() };
+    let mut s = session(&model, sink, 96, 8, false);
+    let t = run(s.prefill(&ids(20))).unwrap();
+    s.submit_step().unwrap();
+    assert!(s.rewind_step(t).is_err(), "a sink cache released a token: the step cannot be undone");
+    let mut f = session(&model, Policy::full(), 96, 8, false);
+    assert!(f.rewind_step(0).is_err(), "nothing to undo before a prefill");
+    let t = run(f.prefill(&ids(20))).unwrap();
+    f.submit_step().unwrap();
+    f.submit_step().unwrap();
+    assert!(f.submit_step().is_err(), "a third unread step");
+    assert!(f.rewind_step(t).is_err(), "an older step's token is unread");
+    let first = run(f.read_step()).unwrap();
+    f.rewind_step(first).unwrap();
+    assert_eq!(f.len(), 21);
+    assert!(f.rewind_step(t).is_err(), "a step undone twice");
+    let mut p = session(&model, Policy::full(), 96, 8, false);
+    run(p.prefill(&ids(20))).unwrap();
+    assert!(p.rewind_step(0).is_err(), "a prompt chunk is not a decode step");
+    // The same as a session that never ran the undone step.
+    let mut g = session(&model, Policy::full(), 96, 8, false);
+    assert_eq!(run(g.prefill(&ids(20))).unwrap(), t);
+    assert_eq!(run(g.step()).unwrap(), first);
+    assert_eq!(run(f.step()).unwrap(), run(g.step()).unwrap(), "the step after the undone one");
+    assert_eq!(run(f.last_logits()).unwrap(), run(g.last_logits()).unwrap());
+}
+
+fn load_bytes(bytes: &[u8]) -> Arc<Model> {
+    let spec = adore::ModelSpec::read(adore::Source::Gguf { name: "tiny.gguf".into(), bytes }).unwrap();
+    Arc::new(Model::load(common::ctx(), spec, &mut |_, _| {}).unwrap())
 }

@@ -7,7 +7,7 @@ mod inspect;
 mod plan;
 mod state;
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
 
 use crate::error::{Error, Result};
@@ -37,6 +37,10 @@ pub struct Session {
     max_rows: usize,
     /// Rows and new rows of the last step.
     last_rows: (usize, usize),
+    /// Submitted steps whose token has not been read yet, oldest first: their readback buffers.
+    unread: VecDeque<usize>,
+    /// The readback buffer the next step's token is copied to.
+    next_readback: usize,
 }
 
 impl Session {
@@ -56,6 +60,8 @@ impl Session {
             capacity,
             max_rows,
             last_rows: (0, 0),
+            unread: VecDeque::new(),
+            next_readback: 0,
         })
     }
 
@@ -129,6 +135,7 @@ impl Session {
     pub fn reset(&mut self) {
         self.n_past = 0;
         self.counter = 0;
+        self.unread.clear();
         self.slots.clear();
         self.state.clear(&self.model.ctx, self.capacity);
     }
@@ -174,14 +181,14 @@ impl Session {
     }
 
     /// Uploads the per-step values and submits the plan for `n` new rows (tokens already in
-    /// place when `tokens` is None), with rebuild rows when the policy asks for them; copies
-    /// the sampled id to the readback buffer.
-    fn submit(&mut self, tokens: Option<&[u32]>, n: usize) -> Result<()> {
+    /// place when `tokens` is None), with rebuild rows when the policy asks for them; with
+    /// `read`, copies the sampled id to a readback buffer for [`Session::read_token`].
+    fn submit(&mut self, tokens: Option<&[u32]>, n: usize, read: bool) -> Result<()> {
         let (key, rows) = self.prepare(tokens, n)?;
         let ctx = &self.model.ctx;
         let mut encoder = ctx.encoder();
         ctx.record(&mut encoder, &self.plans[&key]);
-        self.finish(encoder, rows, n)
+        self.finish(encoder, rows, n, read)
     }
 
     /// Everything before recording a step: its plan built if new, slots and per-step values
@@ -232,14 +239,20 @@ impl Session {
         Ok(((cap, rebuild), rows))
     }
 
-    /// Submits a recorded step with the copy of its token id, and moves the sequence on.
-    fn finish(&mut self, mut encoder: wgpu::CommandEncoder, rows: usize, n: usize) -> Result<()> {
+    /// Submits a recorded step (with `read`, and the copy of its token id to the next readback
+    /// buffer), and moves the sequence on.
+    fn finish(&mut self, mut encoder: wgpu::CommandEncoder, rows: usize, n: usize, read: bool) -> Result<()> {
         let (ctx, s) = (&self.model.ctx, &self.state);
-        if !self.options.all_logits {
-            encoder.copy_buffer_to_buffer(&s.tokens, 0, &s.readback, 0, 4);
+        let read = read && !self.options.all_logits;
+        if read {
+            encoder.copy_buffer_to_buffer(&s.tokens, 0, &s.readback[self.next_readback], 0, 4);
         }
         ctx.queue.submit([encoder.finish()]);
         ctx.take_error()?;
+        if read {
+            self.unread.push_back(self.next_readback);
+            self.next_readback ^= 1;
+        }
         self.n_past += n;
         self.last_rows = (rows, n);
         self.counter = self.counter.wrapping_add(1);
@@ -269,17 +282,72 @@ impl Session {
             return Err(Error::arg("this session computes all logits (perplexity); use prefill_logits"));
         }
         self.check_tokens(tokens)?;
-        for chunk in tokens.chunks(self.options.chunk) {
-            self.submit(Some(chunk), chunk.len())?;
+        // A step whose token was never read (a generation dropped with a step queued) is
+        // forgotten: this prompt's token is the one read next.
+        self.unread.clear();
+        let chunks = tokens.len().div_ceil(self.options.chunk);
+        for (i, chunk) in tokens.chunks(self.options.chunk).enumerate() {
+            self.submit(Some(chunk), chunk.len(), i + 1 == chunks)?;
         }
         self.read_token().await
     }
 
     /// Feeds the previously chosen token (still on the GPU) and returns the next one.
     pub async fn step(&mut self) -> Result<u32> {
-        self.check_step()?;
-        self.submit(None, 1)?;
+        self.submit_step()?;
         self.read_token().await
+    }
+
+    /// [`Session::step`] without waiting: submits the step that feeds the previously chosen
+    /// token (still on the GPU) and returns; [`Session::read_step`] returns its token. So the
+    /// next step can be queued before this one's token is read, and the GPU does not wait for
+    /// the CPU between them. At most two steps may wait to be read.
+    pub fn submit_step(&mut self) -> Result<()> {
+        self.check_step()?;
+        if self.unread.len() >= 2 {
+            return Err(Error::arg("two steps already wait to be read: read one before submitting another"));
+        }
+        self.submit(None, 1, true)
+    }
+
+    /// The token of the oldest submitted step not read yet (see [`Session::submit_step`]).
+    pub async fn read_step(&mut self) -> Result<u32> {
+        self.read_token().await
+    }
+
+    /// Whether [`Session::rewind_step`] can undo a step exactly: the cache keeps every token
+    /// (full attention, the oracle, Quest, adore with its store) and nothing else carries state
+    /// from step to step (no ADORE controller, rebuild or staged update).
+    pub fn can_rewind_step(&self) -> bool {
+        let s = &self.state;
+        self.options.policy.keeps_everything()
+            && !self.options.all_logits
+            && s.controller.is_none()
+            && s.rebuild.is_none()
+            && s.staged.is_none()
+    }
+
+    /// Undoes the last step, a decode step (one token) that fed `fed`, the token the step before
+    /// it chose: the session is as before it ran (its slot freed, the sampler's counter back, `fed` in place to be fed
+    /// again), and its token, if not read yet, is dropped. For generation that queued a step
+    /// before learning that the token it feeds ends the sequence. Refused where
+    /// [`Session::can_rewind_step`] is false, and with an older step's token still unread.
+    pub fn rewind_step(&mut self, fed: u32) -> Result<()> {
+        if !self.can_rewind_step() {
+            return Err(Error::arg("this session's policy keeps state a step cannot be undone from"));
+        }
+        if self.last_rows.1 != 1 || self.unread.len() > 1 {
+            return Err(Error::arg("the last step was not a decode step, was undone already, or an older step's token is still unread"));
+        }
+        self.unread.pop_back();
+        self.last_rows = (0, 0);
+        let n = self.n_past - 1;
+        let freed = self.slots.truncate(n);
+        self.free_slots(&freed);
+        self.n_past = n;
+        self.counter = self.counter.wrapping_sub(1);
+        self.model.ctx.queue.write_buffer(&self.state.tokens, 0, bytemuck::bytes_of(&fed));
+        Ok(())
     }
 
     fn check_step(&self) -> Result<()> {
@@ -299,6 +367,9 @@ impl Session {
         if cfg!(target_arch = "wasm32") && timing == Timing::SingleSubmits {
             return Err(Error::arg("in the browser a profile needs the timestamp-query feature"));
         }
+        if !self.unread.is_empty() {
+            return Err(Error::arg("a profiled step needs the tokens of the steps before it read"));
+        }
         let (key, rows) = self.prepare(None, 1)?;
         let ctx = self.model.ctx.clone();
         let plan = &self.plans[&key];
@@ -307,13 +378,13 @@ impl Session {
         let seconds = match timing {
             Timing::Timestamps => {
                 let stamps = profile::record_timed(&ctx, &mut encoder, plan);
-                self.finish(encoder, rows, 1)?;
+                self.finish(encoder, rows, 1, true)?;
                 profile::read_stamps(&ctx, &stamps).await?
             }
             #[cfg(not(target_arch = "wasm32"))]
             Timing::SingleSubmits => {
                 let seconds = profile::run_singly(&ctx, plan)?;
-                self.finish(encoder, rows, 1)?;
+                self.finish(encoder, rows, 1, true)?;
                 seconds
             }
             #[cfg(target_arch = "wasm32")]
@@ -330,8 +401,11 @@ impl Session {
         self.prefill(&[token]).await
     }
 
-    async fn read_token(&self) -> Result<u32> {
-        let bytes = self.model.ctx.map_read(&self.state.readback, 4).await?;
+    async fn read_token(&mut self) -> Result<u32> {
+        let Some(rb) = self.unread.pop_front() else {
+            return Err(Error::arg("no submitted step has a token to read"));
+        };
+        let bytes = self.model.ctx.map_read(&self.state.readback[rb], 4).await?;
         Ok(u32::from_le_bytes([bytes[0], bytes[1], bytes[2], bytes[3]]))
     }
 
@@ -349,7 +423,7 @@ impl Session {
         let vocab = self.model.config.vocab;
         let mut out = Vec::with_capacity(tokens.len() * vocab);
         for chunk in tokens.chunks(self.options.chunk) {
-            self.submit(Some(chunk), chunk.len())?;
+            self.submit(Some(chunk), chunk.len(), false)?;
             out.extend(self.model.ctx.read_f32(&self.state.logits, chunk.len() * vocab).await?);
         }
         Ok(out)

@@ -225,14 +225,14 @@ pub(crate) struct RunState {
     pub att: wgpu::Buffer,           // (rows, n_heads, head_dim)
     /// Split attention's partial softmaxes (decode rows on GPUs at long capacities).
     pub attn_part: Option<wgpu::Buffer>,
-    pub gate: wgpu::Buffer,         // (rows, ffn)
-    pub gate_up: wgpu::Buffer,      // (rows, 2 ffn) the gate and up products, stacked
-    pub last: wgpu::Buffer,         // (1, hidden) normalised last row
-    pub logits: wgpu::Buffer,       // (1 or chunk, vocab)
-    pub k_cache: Vec<wgpu::Buffer>, // per layer (capacity, n_kv_heads, head_dim)
-    pub v_cache: Vec<wgpu::Buffer>, // per layer (capacity, n_kv_heads, head_dim)
-    pub slot_pos: wgpu::Buffer,     // (capacity) u32 position held by each slot, or INVALID_SLOT
-    pub readback: wgpu::Buffer,     // 4 bytes, MAP_READ
+    pub gate: wgpu::Buffer,          // (rows, ffn)
+    pub gate_up: wgpu::Buffer,       // (rows, 2 ffn) the gate and up products, stacked
+    pub last: wgpu::Buffer,          // (1, hidden) normalised last row
+    pub logits: wgpu::Buffer,        // (1 or chunk, vocab)
+    pub k_cache: Vec<wgpu::Buffer>,  // per layer (capacity, n_kv_heads, head_dim)
+    pub v_cache: Vec<wgpu::Buffer>,  // per layer (capacity, n_kv_heads, head_dim)
+    pub slot_pos: wgpu::Buffer,      // (capacity) u32 position held by each slot, or INVALID_SLOT
+    pub readback: [wgpu::Buffer; 2], // 4 bytes each, MAP_READ: a step's token while the next runs
     /// 4 bytes, bound where a kernel's binding is unused by this plan (attention's mass when
     /// nothing records it).
     pub unused: wgpu::Buffer,
@@ -414,7 +414,7 @@ impl RunState {
             k_cache: cache("k")?,
             v_cache: cache("v")?,
             slot_pos: ctx.storage_init("slot_pos", bytemuck::cast_slice(&vec![INVALID_SLOT; capacity]))?,
-            readback: ctx.staging(4),
+            readback: [ctx.staging(4), ctx.staging(4)],
             unused: ctx.storage("unused", 4)?,
             mass: (kind.needs_mass() || o.ranks_by_keys()).then(|| ctx.storage("mass", f(rows * c.n_heads * capacity))).transpose()?,
             slot_score: (o.policy.releases_on_gpu() || rechooses).then(|| ctx.storage("slot_score", f(capacity))).transpose()?,

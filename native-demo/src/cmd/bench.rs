@@ -50,6 +50,11 @@ pub struct BenchArgs {
     /// on the CPU) and print where its time goes.
     #[arg(long)]
     profile: bool,
+    /// Decode one step at a time, each submitted after the previous token was read. By default
+    /// the bench decodes as generation does: where the session can undo a step, the next step
+    /// is queued before the previous token is read.
+    #[arg(long)]
+    sequential: bool,
 }
 
 #[derive(serde::Serialize)]
@@ -64,6 +69,8 @@ struct Row {
     /// Prompt tokens/s of the prefill that grew the sequence to this context.
     prefill_tokens_per_s: Option<f64>,
     decode_tokens_per_s: f64,
+    /// Whether decode queued each step before the previous token was read.
+    overlap: bool,
     /// K/V bytes the session holds (its KV buffers).
     kv_bytes: u64,
     /// K/V bytes one decode step reads (the slots it attends to, every layer).
@@ -181,11 +188,20 @@ pub fn run(a: BenchArgs) -> Result<()> {
                 prefill = Some((ctx_len - have) as f64 / t.elapsed().as_secs_f64());
             }
             pollster::block_on(session.step())?;
+            let overlap = !a.sequential && session.can_rewind_step();
             let mut dec = Vec::new();
             for _ in 0..repeats {
                 let t = std::time::Instant::now();
-                for _ in 0..decode_tokens {
-                    pollster::block_on(session.step())?;
+                if overlap {
+                    session.submit_step()?;
+                }
+                for i in 0..decode_tokens {
+                    match overlap {
+                        true if i + 1 < decode_tokens => session.submit_step()?,
+                        true => {}
+                        false => session.submit_step()?,
+                    }
+                    pollster::block_on(session.read_step())?;
                 }
                 dec.push(decode_tokens as f64 / t.elapsed().as_secs_f64());
             }
@@ -207,6 +223,7 @@ pub fn run(a: BenchArgs) -> Result<()> {
                 context: ctx_len,
                 prefill_tokens_per_s: prefill,
                 decode_tokens_per_s: median(dec),
+                overlap,
                 kv_bytes: session.kv_bytes(),
                 attended_kv_bytes: session.attended_kv_bytes(),
                 profile,

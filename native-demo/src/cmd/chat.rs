@@ -59,7 +59,7 @@ pub fn run(a: ChatArgs) -> Result<()> {
             held.clear();
             continue;
         }
-        let opts = GenerateOptions { max_tokens: a.max_tokens, sampling, stop_at_eos: true };
+        let opts = GenerateOptions { max_tokens: a.max_tokens, sampling, stop_at_eos: true, overlap: true };
         let mut reply = String::new();
         let mut stdout = std::io::stdout();
         let (out, stats) = pollster::block_on(adore::generate(&mut session, &ids[common..], &opts, |_, text| {

@@ -65,7 +65,7 @@ fn soak(session: &mut Session, prompt: &[u32], tokens: usize, every: usize, samp
     if every == 0 || tokens < every {
         bail!("--every must be at least 1 and at most --tokens");
     }
-    let opts = GenerateOptions { max_tokens: tokens, sampling, stop_at_eos: false };
+    let opts = GenerateOptions { max_tokens: tokens, sampling, stop_at_eos: false, overlap: true };
     let mut g = pollster::block_on(Generation::start(session, prompt, &opts))?;
     let mut samples: Vec<Sample> = Vec::new();
     let (mut t, mut since) = (Instant::now(), 0usize);

@@ -168,7 +168,7 @@ impl Eval<'_> {
 
     /// Greedy generations from each prompt, per policy, scored against full attention's.
     pub fn generations(&self, prompts: &[Vec<u32>], max_tokens: usize, rows: &mut [Row]) -> Result<()> {
-        let opts = GenerateOptions { max_tokens, sampling: Sampling::default(), stop_at_eos: true };
+        let opts = GenerateOptions { max_tokens, sampling: Sampling::default(), stop_at_eos: true, overlap: true };
         let text = |ids: &[u32]| self.model.tokenizer.decode(ids);
         let longest = prompts.iter().map(Vec::len).max().unwrap_or(0) + max_tokens;
         let mut full = self.session(Run::new(Policy::full()), longest)?;
