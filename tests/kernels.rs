@@ -421,7 +421,8 @@ fn kv_write_scatters_rows_and_slot_table() {
                 let (kc, vc) = (buf_u32(&ctx, &init), buf_u32(&ctx, &init));
                 let sp = buf_u32(&ctx, &vec![INVALID_SLOT; cap]);
                 let (kb, vb, sb, pb) = (buf(&ctx, &k), buf(&ctx, &v), buf_u32(&ctx, &slots), buf_u32(&ctx, &pos));
-                let b = ops::kv_write::KvWrite { k: &kb, v: &vb, k_cache: &kc, v_cache: &vc, slots: &sb, slot_pos: &sp, positions: &pb };
+                let b =
+                    ops::kv_write::KvWrite { k: &kb, v: &vb, k_cache: &kc, v_cache: Some(&vc), slots: &sb, slot_pos: &sp, positions: &pb };
                 run(&ctx, ops::kv_write::build(&ctx, &b, &step(&ctx, rows, 0, 0), kv_dim, cap, rows, true, kv).unwrap());
                 let what = format!("kv_write {kv:?} kv_dim {kv_dim} rows {rows}");
                 for (name, cache, rows_in) in [("k", &kc, &k), ("v", &vc, &v)] {
@@ -458,7 +459,7 @@ fn kv_write_scatters_rows_and_slot_table() {
         k: &buf(&ctx, &[0.0; 3]),
         v: &buf(&ctx, &[0.0; 3]),
         k_cache: &buf(&ctx, &[0.0; 8]),
-        v_cache: &buf(&ctx, &[0.0; 8]),
+        v_cache: Some(&buf(&ctx, &[0.0; 8])),
         slots: &buf_u32(&ctx, &[0]),
         slot_pos: &buf_u32(&ctx, &[0; 4]),
         positions: &buf_u32(&ctx, &[0]),

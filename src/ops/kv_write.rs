@@ -19,7 +19,8 @@ pub struct KvWrite<'a> {
     pub k: &'a wgpu::Buffer,
     pub v: &'a wgpu::Buffer,
     pub k_cache: &'a wgpu::Buffer,
-    pub v_cache: &'a wgpu::Buffer,
+    /// None: keys only (`v` is not read).
+    pub v_cache: Option<&'a wgpu::Buffer>,
     pub slots: &'a wgpu::Buffer,
     pub slot_pos: &'a wgpu::Buffer,
     pub positions: &'a wgpu::Buffer,
@@ -42,18 +43,29 @@ pub fn build(
         return Err(Error::Shape { op: "kv_write", what: format!("an f16 cache needs an even kv_dim, not {kv_dim}") });
     }
     check_len("kv_write", "k", b.k, max_rows * kv_dim)?;
-    check_len("kv_write", "v", b.v, max_rows * kv_dim)?;
     check_len("kv_write", "k_cache", b.k_cache, kv.words(capacity * kv_dim))?;
-    check_len("kv_write", "v_cache", b.v_cache, kv.words(capacity * kv_dim))?;
+    if let Some(v_cache) = b.v_cache {
+        check_len("kv_write", "v", b.v, max_rows * kv_dim)?;
+        check_len("kv_write", "v_cache", v_cache, kv.words(capacity * kv_dim))?;
+    }
     check_len("kv_write", "slots", b.slots, max_rows)?;
     check_len("kv_write", "slot_pos", b.slot_pos, capacity)?;
     check_len("kv_write", "positions", b.positions, max_rows)?;
     let params = ctx
         .uniform("kv_write.params", &Params { kv_dim: kv_dim as u32, write_table: write_table as u32, capacity: capacity as u32, pad: 0 });
-    let pipeline = ctx.pipeline_with(&shaders::KV_WRITE, "main", &[], &[("HALF", kv.half())])?;
+    let pipeline = ctx.pipeline_with(&shaders::KV_WRITE, "main", &[], &[("HALF", kv.half()), ("VALUES", b.v_cache.is_some() as u32)])?;
+    // Keys only: a word of scratch stands for the value cache (a writable binding may not alias k_cache).
+    let unused;
+    let (v, v_cache) = match b.v_cache {
+        Some(v_cache) => (b.v, v_cache),
+        None => {
+            unused = ctx.storage("kv_write.unused", 4)?;
+            (b.k, &unused)
+        }
+    };
     Ok(ctx.dispatch(
         pipeline,
-        &[b.k, b.v, b.k_cache, b.v_cache, b.slots, b.slot_pos, b.positions, &params, step],
+        &[b.k, v, b.k_cache, v_cache, b.slots, b.slot_pos, b.positions, &params, step],
         [groups("kv_write", kv.words(kv_dim), 64)?, groups("kv_write", max_rows, 1)?, 1],
     ))
 }

@@ -58,7 +58,7 @@ impl Inspect<'_> {
     /// One layer's rotated queries by slot, (capacity, q_dim), in a session that records them.
     pub async fn queries(&self, layer: usize) -> Result<Vec<f32>> {
         let s = self.session;
-        let Some(q) = s.state.q_record.get(layer).filter(|_| layer < s.model.config.layers) else {
+        let Some(q) = s.state.q_record.get(layer) else {
             return Err(Error::arg(format!("queries of layer {layer} are not recorded (record_queries, and a layer of the model)")));
         };
         s.model.ctx.read_f32(q, s.capacity * s.model.config.q_dim()).await

@@ -328,10 +328,11 @@ impl Session {
     }
 
     /// Undoes the last step, a decode step (one token) that fed `fed`, the token the step before
-    /// it chose: the session is as before it ran (its slot freed, the sampler's counter back, `fed` in place to be fed
-    /// again), and its token, if not read yet, is dropped. For generation that queued a step
-    /// before learning that the token it feeds ends the sequence. Refused where
-    /// [`Session::can_rewind_step`] is false, and with an older step's token still unread.
+    /// it chose: the session is as before it ran (its slot freed, the sampler's counter back,
+    /// `fed` in place to be fed again), and its token, if not read yet, is dropped. For
+    /// generation that queued a step before learning that the token it feeds ends the sequence.
+    /// Refused where [`Session::can_rewind_step`] is false, and with an older step's token still
+    /// unread.
     pub fn rewind_step(&mut self, fed: u32) -> Result<()> {
         if !self.can_rewind_step() {
             return Err(Error::arg("this session's policy keeps state a step cannot be undone from"));

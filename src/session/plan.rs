@@ -136,15 +136,14 @@ impl<'a> Planner<'a> {
                 k: &s.k,
                 v: &s.k,
                 k_cache: &s.k_cache[l],
-                v_cache: &s.v_cache[l],
+                v_cache: Some(&s.v_cache[l]),
                 slots: &s.slots,
                 slot_pos: &s.slot_pos,
                 positions: &s.positions,
             };
             if let Some(record) = s.q_record.get(l) {
-                // Queries by slot, for fitting a key index: the KV write with q as both rows.
-                let spare = &s.q_record[c.layers];
-                let b = ops::kv_write::KvWrite { k: &s.q, v: &s.q, k_cache: record, v_cache: spare, ..kv };
+                // Queries by slot, for fitting a key index: the KV write of q alone.
+                let b = ops::kv_write::KvWrite { k: &s.q, k_cache: record, v_cache: None, ..kv };
                 plan.push(ops::kv_write::build(ctx, &b, step, c.q_dim(), self.capacity, rows, false, ops::KvType::F32)?);
             }
             match attend {
@@ -179,7 +178,7 @@ impl<'a> Planner<'a> {
                     let i = l - ix.first;
                     plan.extend(ops::matmul::build(ctx, &ix.q_map[i], &s.q, &ix.q, step, rows, 0)?);
                     plan.extend(ops::matmul::build(ctx, &ix.k_map[i], &s.k, &ix.k, step, rows, 0)?);
-                    let short = ops::kv_write::KvWrite { k: &ix.k, v: &ix.k, k_cache: &ix.keys[i], v_cache: &ix.values, ..kv };
+                    let short = ops::kv_write::KvWrite { k: &ix.k, k_cache: &ix.keys[i], v_cache: None, ..kv };
                     let short_dim = c.n_kv_heads * ix.rank;
                     plan.push(ops::kv_write::build(ctx, &short, step, short_dim, self.capacity, rows, false, SHORT_KEYS)?);
                     let heads = Heads { n_heads: c.n_heads, n_kv_heads: c.n_kv_heads, head_dim: ix.rank, window: c.window(l) };

@@ -250,14 +250,12 @@ pub(crate) struct RunState {
     /// Per layer (pages, 2, kv_dim): each page's elementwise min and max key (Quest).
     pub quest_bounds: Vec<wgpu::Buffer>,
     pub index: Option<IndexState>,
-    /// Per layer (capacity, q_dim): rotated queries by slot, when recorded; then a spare of the
-    /// same size (the KV write's second destination).
+    /// Per layer (capacity, q_dim): rotated queries by slot, when recorded.
     pub q_record: Vec<wgpu::Buffer>,
 }
 
 /// The key index on the GPU: per indexed layer its two block-diagonal maps and its short keys
-/// by slot; the step's short rows, and a value cache shared by the layers (attention over the
-/// short keys needs values; its output is unused, so they are the short keys again).
+/// by slot; the step's short rows.
 pub(crate) struct IndexState {
     /// The first layer indexed (those before it attend densely).
     pub first: usize,
@@ -268,7 +266,6 @@ pub(crate) struct IndexState {
     pub keys: Vec<wgpu::Buffer>, // per layer (capacity, n_kv·rank), stored as SHORT_KEYS
     pub q: wgpu::Buffer,         // (rows, n_heads·rank)
     pub k: wgpu::Buffer,         // (rows, n_kv·rank)
-    pub values: wgpu::Buffer,    // (capacity, n_kv·rank): the KV write's second target, never read
     pub out: wgpu::Buffer,       // (rows, n_heads·rank): bound, never written (no values)
 }
 
@@ -294,7 +291,6 @@ impl IndexState {
             keys: layers.map(|l| ctx.storage(&format!("index.keys.{l}"), words(capacity * c.n_kv_heads * r))).collect::<Result<_>>()?,
             q: ctx.storage("index.q", f(rows * c.n_heads * r))?,
             k: ctx.storage("index.k", f(rows * c.n_kv_heads * r))?,
-            values: ctx.storage("index.values", words(capacity * c.n_kv_heads * r))?,
             out: ctx.storage("index.out", f(rows * c.n_heads * r))?,
         })
     }
@@ -429,7 +425,7 @@ impl RunState {
                 _ => None,
             },
             q_record: match o.record_queries {
-                true => (0..=c.layers).map(|l| ctx.storage(&format!("q_record.{l}"), f(capacity * c.q_dim()))).collect::<Result<_>>()?,
+                true => (0..c.layers).map(|l| ctx.storage(&format!("q_record.{l}"), f(capacity * c.q_dim()))).collect::<Result<_>>()?,
                 false => Vec::new(),
             },
         };
