@@ -1,11 +1,13 @@
 //! Times each kernel of a decode / prefill step in isolation on the current adapter:
-//! `cargo run --release --example kernel_bench [rows]`. Median of 5 submits of 20 dispatches.
+//! `cargo run --release --example kernel_bench [rows] [no-subgroups]`. Median of 3 submits
+//! (after one warm-up) of 5 repeats of the kernel's dispatches. The cooperative products are
+//! timed over weights in both layouts: blocks (as the file lays them) and rows (what GPUs get).
 
 use std::sync::Arc;
 
 use adore::gpu::{Context, ContextOptions, Dispatch};
 use adore::ops::{self, attention::Heads, matmul::Output, matmul::Variant, Step};
-use adore::tensor::{quantize, DType, GpuWeight, HostTensor};
+use adore::tensor::{quantize, DType, GpuWeight, HostTensor, Layout};
 
 fn time(ctx: &Context, name: &str, d: Dispatch, flops: f64) {
     time_all(ctx, name, vec![d], flops)
@@ -38,8 +40,17 @@ fn time_all(ctx: &Context, name: &str, d: Vec<Dispatch>, flops: f64) {
 
 fn main() -> adore::Result<()> {
     let rows: usize = std::env::args().nth(1).and_then(|a| a.parse().ok()).unwrap_or(1);
-    let ctx = Arc::new(Context::new_blocking(ContextOptions::default())?);
-    println!("adapter: {}, rows {rows}", ctx.describe());
+    let subgroups = std::env::args().nth(2).is_none_or(|a| a != "no-subgroups");
+    let ctx = Arc::new(Context::new_blocking(ContextOptions { subgroups: Some(subgroups), ..ContextOptions::default() })?);
+    println!("adapter: {}, rows {rows}, subgroups {}", ctx.describe(), if ctx.subgroups { "used" } else { "unused" });
+    let shapes = |t: &HostTensor| -> adore::Result<Vec<(&'static str, Variant, GpuWeight)>> {
+        Ok(vec![
+            ("Cooperative blocks", Variant::Cooperative, GpuWeight::upload_as(&ctx, t, Layout::Blocks)?),
+            ("Cooperative rows", Variant::Cooperative, GpuWeight::upload_as(&ctx, t, Layout::Rows)?),
+            ("Independent", Variant::Independent, GpuWeight::upload_as(&ctx, t, Layout::Blocks)?),
+            ("UniformInput", Variant::UniformInput, GpuWeight::upload_as(&ctx, t, Layout::Blocks)?),
+        ])
+    };
     let step = ctx.uniform("step", &Step::new(rows as u32, 512, 0, 0));
     let (hidden, ffn, vocab) = (576usize, 1536usize, 49152usize);
     let x = ctx.storage("x", (rows * ffn.max(hidden) * 4) as u64)?;
@@ -56,12 +67,11 @@ fn main() -> adore::Result<()> {
             continue;
         }
         let t = HostTensor { name: format!("{dtype:?} {n}x{k}"), dtype, shape: vec![n, k], data: quantize(dtype, &rnd[..n * k]).into() };
-        let w = GpuWeight::upload(&ctx, &t)?;
-        for v in [Variant::Cooperative, Variant::Independent, Variant::UniformInput] {
+        for (label, v, w) in shapes(&t)? {
             let d = ops::matmul::build_variant(&ctx, v, &w, &x, None, &y, Output::default(), &step, rows, 0)?;
             time_all(
                 &ctx,
-                &format!("matmul {:?} {} {v:?}", dtype, t.shape.iter().map(|s| s.to_string()).collect::<Vec<_>>().join("x")),
+                &format!("matmul {:?} {} {label}", dtype, t.shape.iter().map(|s| s.to_string()).collect::<Vec<_>>().join("x")),
                 d,
                 (2 * n * k * rows) as f64,
             );
@@ -81,20 +91,19 @@ fn main() -> adore::Result<()> {
             shape: vec![n, hidden],
             data: quantize(DType::Q4_1, &rnd[..n * hidden]).into(),
         };
-        let w = GpuWeight::upload(&ctx, &t)?;
         let flops = (2 * n * hidden * rows) as f64;
-        for v in [Variant::Cooperative, Variant::Independent, Variant::UniformInput] {
+        for (label, v, w) in shapes(&t)? {
             let mut apart = vec![ops::rmsnorm::build(&ctx, &x, &g, &xn, &step, hidden, 1e-5, rows, false)?];
             apart.extend(ops::matmul::build_variant(&ctx, v, &w, &xn, None, &gu, Output::default(), &step, rows, 0)?);
             if glu {
                 apart.push(ops::swiglu::build(&ctx, &gu, &y, &step, ffn, rows)?);
             }
-            time_all(&ctx, &format!("{name} {v:?} apart"), apart, flops);
+            time_all(&ctx, &format!("{name} {label} apart"), apart, flops);
             let norm = Some(ops::matmul::Norm { weight: &g, eps: 1e-5 });
             let out = if glu { Output::GLU } else { Output::default() };
             time_all(
                 &ctx,
-                &format!("{name} {v:?} fused"),
+                &format!("{name} {label} fused"),
                 ops::matmul::build_variant(&ctx, v, &w, &x, norm, &y, out, &step, rows, 0)?,
                 flops,
             );

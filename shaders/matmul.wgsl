@@ -15,6 +15,12 @@
 //     dispatch (ceil(outputs / 8), 1, 1), or (ceil(outputs / 4), 1, 1) with GLU.
 // `matvec_row` (decode, up to 8 rows): one output per invocation, rows one after another;
 //     dispatch (ceil(outputs / 64), 1, 1).
+// `matvec_wide` (decode, one row; quantized weights in the rows layout, or float weights whose
+//     rows are whole 16-byte words): a workgroup of 64 computes WIDE outputs (with GLU, WIDE
+//     gate and up pairs); its lanes split each row in 16-byte words, neighbouring lanes reading
+//     neighbouring words, and the sums meet in workgroup memory. `matvec_wide_sg`
+//     (matvec_sg.wgsl, where the adapter has subgroups) reduces with subgroupAdd instead.
+//     Dispatch (ceil(outputs / WIDE), 1, 1).
 // `tiled` (prefill): workgroup of 256 computes a 64 × 64 tile of y, 4 × 4 per invocation,
 //     stepping k by 32; dispatch (ceil(n / 64), ceil(rows / 64), 1).
 // `blocked` (prefill): each invocation computes 4 outputs × 4 rows from global memory;
@@ -318,4 +324,185 @@ fn blocked(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wid
             }
         }
     }
+}
+
+// Outputs per `matvec_wide` workgroup (1, 2 or 4).
+override WIDE: u32 = 4u;
+// The weights again, as 16-byte words (`matvec_wide` only).
+@group(0) @binding(6) var<storage, read> wv: array<vec4<u32>>;
+// Per accumulator (8 weight rows, then Σ x²) the sums of the 64 lanes.
+var<workgroup> red: array<f32, 576>;
+
+// Weights per unit: one 16-byte word of a row (for Q6K, 64 weights from three).
+fn unit_weights() -> u32 {
+    switch WTYPE {
+        case 0u: { return 4u; }
+        case 1u, 2u: { return 8u; }
+        case 4u: { return 16u; }
+        case 8u: { return 64u; }
+        default: { return 32u; }
+    }
+}
+
+// Index in x of the 4 values that xs[i] of unit u holds.
+fn unit_x(u: u32, i: u32) -> u32 {
+    if WTYPE == 6u || WTYPE == 7u {
+        // Pair j of sub-blocks, half h of each: sub-block 2 j's 16 weights, then 2 j + 1's.
+        let v = u % 8u;
+        return (u / 8u) * 256u + (v / 2u) * 64u + (i / 4u) * 32u + (v % 2u) * 16u + (i % 4u) * 4u;
+    }
+    if WTYPE == 8u {
+        // Half n of the super-block, part q: 16 weights from each of its four quarters.
+        let a = u % 4u;
+        return (u / 4u) * 256u + (a / 2u) * 128u + (i / 4u) * 32u + (a % 2u) * 16u + (i % 4u) * 4u;
+    }
+    return u * unit_weights() + i * 4u;
+}
+
+// Σ_w W[row, w] · x[w] over the weights of unit u, given its x values (xs) and their sums by
+// 16 (xsum).
+fn unit_dot(row: u32, u: u32, xs: ptr<function, array<vec4<f32>, 16>>, xsum: ptr<function, array<f32, 4>>) -> f32 {
+    if WTYPE == 0u {
+        return dot(bitcast<vec4<f32>>(wv[row * (p.k / 4u) + u]), (*xs)[0]);
+    }
+    if WTYPE <= 2u {
+        let w = wv[row * (p.k / 8u) + u];
+        return dot(vec4<f32>(halves(w.x), halves(w.y)), (*xs)[0]) + dot(vec4<f32>(halves(w.z), halves(w.w)), (*xs)[1]);
+    }
+    let bw = select(32u, 256u, WTYPE >= 6u);
+    let nb = p.k / bw;
+    let pv = row * (row_words(nb) / 4u);  // the row's first 16-byte word
+    if WTYPE == 8u {
+        let b = u / 4u;
+        let a = u % 4u;
+        let n = a / 2u;
+        let part = a % 2u;
+        let base = pv + b * 12u;
+        let qa = wv[base + n * 4u + part];
+        let qb = wv[base + n * 4u + 2u + part];
+        let qh = wv[base + 8u + n * 2u + part];
+        let hb = header_base(row, nb, b);
+        var total = 0.0;
+        for (var t = 0u; t < 4u; t++) {
+            let lo = select(qa, qb, t % 2u == 1u);
+            var s = 0.0;
+            for (var c = 0u; c < 4u; c++) {
+                let q = bit_fields(lo[c], (t / 2u) * 4u, 15u) + 16.0 * bit_fields(qh[c], t * 2u, 3u) - vec4<f32>(32.0);
+                s += dot(q, (*xs)[t * 4u + c]);
+            }
+            total += signed_byte_at(hb, 192u + n * 8u + t * 2u + part) * s;
+        }
+        return unpack2x16float(weights[hb + 52u]).x * total;
+    }
+    let q = wv[pv + u];
+    if WTYPE == 4u {
+        var s = 0.0;
+        for (var c = 0u; c < 4u; c++) {
+            s += dot(signed_bytes(q[c]), (*xs)[c]);
+        }
+        return unpack2x16float(weights[header_base(row, nb, u / 2u)]).x * s;
+    }
+    if WTYPE == 6u || WTYPE == 7u {
+        let b = u / 8u;
+        let v = u % 8u;
+        let j = v / 2u;
+        let hb = header_base(row, nb, b);
+        var s0 = 0.0;
+        var s1 = 0.0;
+        for (var c = 0u; c < 4u; c++) {
+            var lo = nibbles(q[c], 0u);
+            var hi = nibbles(q[c], 4u);
+            if WTYPE == 7u {
+                let qh = weights[hb + 4u + (v % 2u) * 4u + c];
+                lo += 16.0 * bit_fields(qh, 2u * j, 1u);
+                hi += 16.0 * bit_fields(qh, 2u * j + 1u, 1u);
+            }
+            s0 += dot(lo, (*xs)[c]);
+            s1 += dot(hi, (*xs)[4u + c]);
+        }
+        let d = unpack2x16float(weights[hb]);
+        let sm0 = k_scale_min(hb, 2u * j);
+        let sm1 = k_scale_min(hb, 2u * j + 1u);
+        return d.x * (sm0.x * s0 + sm1.x * s1) - d.y * (sm0.y * (*xsum)[0] + sm1.y * (*xsum)[1]);
+    }
+    // Q4 and Q5: the unit is a block.
+    let hb = header_base(row, nb, u);
+    let dm = unpack2x16float(weights[hb]);
+    var s = 0.0;
+    for (var c = 0u; c < 4u; c++) {
+        var lo = nibbles(q[c], 0u);
+        var hi = nibbles(q[c], 4u);
+        if WTYPE == 5u {
+            let qh = weights[hb + 1u];
+            lo += fifth_bits(qh, c * 4u);
+            hi += fifth_bits(qh, 16u + c * 4u);
+        }
+        s += dot(lo, (*xs)[c]) + dot(hi, (*xs)[4u + c]);
+    }
+    return dm.x * s + dm.y * ((*xsum)[0] + (*xsum)[1]);
+}
+
+// Weight row `a` of workgroup `w`'s accumulators (with GLU the gate rows, then the up rows);
+// p.n where it has none.
+fn wide_row(w: u32, a: u32) -> u32 {
+    let o = w * WIDE + a % WIDE;
+    if GLU != 0u {
+        return select(p.n, o + (a / WIDE) * (p.n / 2u), o < p.n / 2u && a < 2u * WIDE);
+    }
+    return select(p.n, o, o < p.n && a < WIDE);
+}
+
+// This lane's share of each accumulator: units lid, lid + 64, ... of the workgroup's rows.
+fn wide_sums(lid: u32, w: u32) -> array<f32, 9> {
+    var acc: array<f32, 9>;
+    let units = p.k / unit_weights();
+    let vecs = min(unit_weights() / 4u, 16u);
+    for (var u = lid; u < units; u += 64u) {
+        var xs: array<vec4<f32>, 16>;
+        var xsum: array<f32, 4>;
+        for (var i = 0u; i < vecs; i++) {
+            let e = unit_x(u, i);
+            var v = vec4<f32>(x[e], x[e + 1u], x[e + 2u], x[e + 3u]);
+            if NORM != 0u {
+                acc[8] += dot(v, v);
+                v *= vec4<f32>(g[e], g[e + 1u], g[e + 2u], g[e + 3u]);
+            }
+            xs[i] = v;
+            xsum[i / 4u] += v.x + v.y + v.z + v.w;
+        }
+        for (var a = 0u; a < 8u; a++) {
+            let row = wide_row(w, a);
+            if row < p.n {
+                acc[a] += unit_dot(row, u, &xs, &xsum);
+            }
+        }
+    }
+    return acc;
+}
+
+// The epilogue, once red[a * 64] holds accumulator a's total: lane i < WIDE writes output i.
+fn wide_finish(lid: u32, w: u32) {
+    let o = w * WIDE + lid;
+    if lid < WIDE && o < n_out() && n_rows() > 0u {
+        let scale = rms_scale(red[512]);
+        finish(0u, o, red[lid * 64u] * scale, red[(WIDE + lid) * 64u] * scale);
+    }
+}
+
+@compute @workgroup_size(64)
+fn matvec_wide(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wid: vec3<u32>) {
+    let acc = wide_sums(lid, wid.x);
+    for (var a = 0u; a < 9u; a++) {
+        red[a * 64u + lid] = acc[a];
+    }
+    workgroupBarrier();
+    for (var half = 32u; half > 0u; half >>= 1u) {
+        if lid < half {
+            for (var a = 0u; a < 9u; a++) {
+                red[a * 64u + lid] += red[a * 64u + lid + half];
+            }
+        }
+        workgroupBarrier();
+    }
+    wide_finish(lid, wid.x);
 }

@@ -20,7 +20,17 @@
 //   8 Q6K   super-blocks of 256 weights in 53 words: GGUF's 210 bytes (128 bytes of low
 //           nibbles, 64 of 2-bit highs, 16 signed 8-bit scales, f16 d), 2 bytes of padding;
 //           w = d * scale * (q - 32).
+//
+// The quantized formats lie on the GPU in one of two layouts (override constant LAYOUT;
+// src/tensor.rs, Layout):
+//   0 blocks one after another, as above;
+//   1 row by row, each row padded to a whole 16 bytes: first the payload words of the row's
+//     blocks (the quantized weights: the words from payload_first() on, payload_words() of
+//     them), then the other words of each block (its header), in the block's order.
+// Kernels address word c of block b as header_base(...) + c or payload_base(...) + c, whichever
+// part c is in; both are the block's first word in layout 0.
 override WTYPE: u32 = 0u;
+override LAYOUT: u32 = 0u;
 
 // Eight consecutive weights.
 struct W8 {
@@ -105,6 +115,54 @@ fn block_words() -> u32 {
     }
 }
 
+// The first payload word of a block, and how many there are (WTYPE 3 ..= 8; the header is the
+// words before them, or for Q6K after them).
+fn payload_first() -> u32 {
+    switch WTYPE {
+        case 3u, 4u: { return 1u; }
+        case 5u: { return 2u; }
+        case 6u: { return 4u; }
+        case 7u: { return 12u; }
+        default: { return 0u; }
+    }
+}
+
+fn payload_words() -> u32 {
+    switch WTYPE {
+        case 3u, 5u: { return 4u; }
+        case 4u: { return 8u; }
+        case 8u: { return 48u; }
+        default: { return 32u; }
+    }
+}
+
+// Words per row of nb blocks.
+fn row_words(nb: u32) -> u32 {
+    if LAYOUT == 0u {
+        return nb * block_words();
+    }
+    return (nb * block_words() + 3u) & ~3u;
+}
+
+// Word c of block b of row `row` (nb blocks a row) is at payload_base(row, nb, b) + c for the
+// block's payload words. (u32 arithmetic wraps, so the base may lie below zero.)
+fn payload_base(row: u32, nb: u32, b: u32) -> u32 {
+    if LAYOUT == 0u {
+        return (row * nb + b) * block_words();
+    }
+    return row * row_words(nb) + b * payload_words() - payload_first();
+}
+
+// ... and at header_base(row, nb, b) + c for its header words.
+fn header_base(row: u32, nb: u32, b: u32) -> u32 {
+    if LAYOUT == 0u {
+        return (row * nb + b) * block_words();
+    }
+    let header = block_words() - payload_words();
+    let start = row * row_words(nb) + nb * payload_words() + b * header;
+    return select(start, start - payload_words(), payload_first() == 0u);
+}
+
 // Whether the format's weights are scale · q + offset with an offset per block (Σ x then
 // multiplies the offset once per block).
 fn has_offset() -> bool {
@@ -122,61 +180,62 @@ fn dequant8(row: u32, g: u32, k: u32) -> W8 {
     }
     if WTYPE >= 6u {
         // K-quants: group j of the super-block, weights 8 j .. 8 j + 7 of its 256.
+        let nb = k / 256u;
         let b = g / 32u;
         let j = g % 32u;
-        let base = (row * (k / 256u) + b) * block_words();
+        let hb = header_base(row, nb, b);
+        let pb = payload_base(row, nb, b);
         if WTYPE == 8u {
             let h = j / 16u;          // half of 128 weights
             let t = (j % 16u) / 4u;   // quarter of 32
             let l = (j % 4u) * 8u;    // first weight in the quarter
-            let lo = base + h * 16u + (t % 2u) * 8u + l / 4u;
-            let hi = base + 32u + h * 8u + l / 4u;
-            let scale = d_scale(base, unpack2x16float(weights[base + 52u]).x, 192u + h * 8u + t * 2u + l / 16u);
+            let lo = pb + h * 16u + (t % 2u) * 8u + l / 4u;
+            let hi = pb + 32u + h * 8u + l / 4u;
+            let scale = d_scale(hb, unpack2x16float(weights[hb + 52u]).x, 192u + h * 8u + t * 2u + l / 16u);
             let q0 = bit_fields(weights[lo], (t / 2u) * 4u, 15u) + 16.0 * bit_fields(weights[hi], t * 2u, 3u) - vec4<f32>(32.0);
             let q1 = bit_fields(weights[lo + 1u], (t / 2u) * 4u, 15u) + 16.0 * bit_fields(weights[hi + 1u], t * 2u, 3u) - vec4<f32>(32.0);
             return W8(scale * q0, scale * q1);
         }
         let s = j / 4u;           // sub-block of 32
         let l = (j % 4u) * 8u;    // first weight in it
-        let d = unpack2x16float(weights[base]);
-        let sm = k_scale_min(base, s);
+        let d = unpack2x16float(weights[hb]);
+        let sm = k_scale_min(hb, s);
         let scale = d.x * sm.x;
         let offset = d.y * sm.y;
-        let qs = base + select(4u, 12u, WTYPE == 7u) + (s / 2u) * 8u + l / 4u;
+        let qs = pb + select(4u, 12u, WTYPE == 7u) + (s / 2u) * 8u + l / 4u;
         var q0 = nibbles(weights[qs], (s % 2u) * 4u);
         var q1 = nibbles(weights[qs + 1u], (s % 2u) * 4u);
         if WTYPE == 7u {
-            q0 += 16.0 * bit_fields(weights[base + 4u + l / 4u], s, 1u);
-            q1 += 16.0 * bit_fields(weights[base + 5u + l / 4u], s, 1u);
+            q0 += 16.0 * bit_fields(weights[hb + 4u + l / 4u], s, 1u);
+            q1 += 16.0 * bit_fields(weights[hb + 5u + l / 4u], s, 1u);
         }
         return W8(scale * q0 - vec4<f32>(offset), scale * q1 - vec4<f32>(offset));
     }
     let nb = k / 32u;
     let b = g / 4u;
     let part = g % 4u;
+    let hb = header_base(row, nb, b);
+    let pb = payload_base(row, nb, b);
     if WTYPE == 5u {
-        let base = (row * nb + b) * 6u;
-        let dm = unpack2x16float(weights[base]);
-        let qh = weights[base + 1u];
+        let dm = unpack2x16float(weights[hb]);
+        let qh = weights[hb + 1u];
         let shift = (part >> 1u) * 4u;
-        let w0 = weights[base + 2u + (part & 1u) * 2u];
-        let w1 = weights[base + 3u + (part & 1u) * 2u];
+        let w0 = weights[pb + 2u + (part & 1u) * 2u];
+        let w1 = weights[pb + 3u + (part & 1u) * 2u];
         return W8(
             dm.x * (nibbles(w0, shift) + fifth_bits(qh, part * 8u)) + vec4<f32>(dm.y),
             dm.x * (nibbles(w1, shift) + fifth_bits(qh, part * 8u + 4u)) + vec4<f32>(dm.y),
         );
     }
     if WTYPE == 3u {
-        let base = (row * nb + b) * 5u;
-        let dm = unpack2x16float(weights[base]);
+        let dm = unpack2x16float(weights[hb]);
         let shift = (part >> 1u) * 4u;
-        let w0 = weights[base + 1u + (part & 1u) * 2u];
-        let w1 = weights[base + 2u + (part & 1u) * 2u];
+        let w0 = weights[pb + 1u + (part & 1u) * 2u];
+        let w1 = weights[pb + 2u + (part & 1u) * 2u];
         return W8(dm.x * nibbles(w0, shift) + vec4<f32>(dm.y), dm.x * nibbles(w1, shift) + vec4<f32>(dm.y));
     }
-    let base = (row * nb + b) * 9u;
-    let d = unpack2x16float(weights[base]).x;
-    return W8(d * signed_bytes(weights[base + 1u + part * 2u]), d * signed_bytes(weights[base + 2u + part * 2u]));
+    let d = unpack2x16float(weights[hb]).x;
+    return W8(d * signed_bytes(weights[pb + 1u + part * 2u]), d * signed_bytes(weights[pb + 2u + part * 2u]));
 }
 
 // d times the signed 8-bit scale at byte `i` of the Q6K super-block at word `base`.

@@ -15,6 +15,9 @@ pub struct ContextOptions {
     pub max_binding_size: Option<u64>,
     /// The kernel shapes to use; `None` chooses by the adapter's device type.
     pub kernel_shape: Option<KernelShape>,
+    /// `Some(false)`: leave the adapter's subgroup operations unused (to test or measure the
+    /// kernels' other path); `None` uses them where the adapter has them.
+    pub subgroups: Option<bool>,
 }
 
 /// Which kernel shapes suit a device. GPUs run cooperative workgroups and pay for every
@@ -77,6 +80,9 @@ pub struct Context {
     pub features: wgpu::Features,
     /// The kernel shapes this context uses.
     pub kernel_shape: KernelShape,
+    /// Whether kernels use subgroup operations: where the adapter has them, natively (browsers
+    /// do not all know the `subgroup_id` built-in yet), and unless the options say not to.
+    pub subgroups: bool,
     binding_limit: u64,
     pipelines: Mutex<HashMap<PipelineKey, Arc<wgpu::ComputePipeline>>>,
     last_error: Arc<Mutex<Option<String>>>,
@@ -138,7 +144,20 @@ impl Context {
         let binding_limit = options.max_binding_size.map_or(device_limit, |m| m.min(device_limit));
         let by_type = if info.device_type == wgpu::DeviceType::Cpu { KernelShape::Cpu } else { KernelShape::Gpu };
         let kernel_shape = options.kernel_shape.unwrap_or(by_type);
-        Ok(Self { device, queue, info, limits, features, kernel_shape, binding_limit, pipelines: Mutex::default(), last_error, lost })
+        let subgroups = features.contains(wgpu::Features::SUBGROUP) && options.subgroups != Some(false) && !cfg!(target_arch = "wasm32");
+        Ok(Self {
+            device,
+            queue,
+            info,
+            limits,
+            features,
+            kernel_shape,
+            subgroups,
+            binding_limit,
+            pipelines: Mutex::default(),
+            last_error,
+            lost,
+        })
     }
 
     /// Blocking form of [`Context::new`] for native programs.

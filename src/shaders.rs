@@ -50,6 +50,15 @@ macro_rules! shader {
     };
 }
 
+/// matmul.wgsl with `matvec_wide_sg` (matvec_sg.wgsl), for adapters with subgroups. Natively
+/// only: naga takes subgroup operations without a directive (and refuses `enable subgroups;`),
+/// where browsers require it.
+pub const MATMUL_SG: Shader = Shader {
+    name: "matmul_sg",
+    body: concat!(include_str!("../shaders/matmul.wgsl"), "\n", include_str!("../shaders/matvec_sg.wgsl")),
+    helpers: QUANT,
+};
+
 shader!(MATMUL, "matmul", QUANT);
 shader!(MATVEC_CPU, "matvec_cpu", QUANT);
 shader!(EMBED, "embed", QUANT);
@@ -81,6 +90,7 @@ shader!(QUEST_SCORE, "quest_score", "");
 /// Every kernel, for validation tests.
 pub const ALL: &[&Shader] = &[
     &MATMUL,
+    &MATMUL_SG,
     &MATVEC_CPU,
     &EMBED,
     &RMSNORM,

@@ -11,7 +11,7 @@ use std::borrow::Cow;
 use half::{bf16, f16};
 
 use crate::error::{Error, Result};
-use crate::gpu::Context;
+use crate::gpu::{Context, KernelShape};
 
 /// Element types of weight tensors.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -451,6 +451,90 @@ pub enum WType {
     Q6K = 8,
 }
 
+impl WType {
+    /// For the quantized formats: (words per block, the first of the block's payload words, how
+    /// many payload words). The payload is the block's quantized weights (and for Q6K their high
+    /// bits); the other words (scales, mins, Q5's and Q5K's high bits) are its header.
+    pub fn block_split(self) -> Option<(usize, usize, usize)> {
+        match self {
+            WType::F32 | WType::F16 | WType::BF16 => None,
+            WType::Q4 => Some((5, 1, 4)),
+            WType::Q8 => Some((9, 1, 8)),
+            WType::Q5 => Some((6, 2, 4)),
+            WType::Q4K => Some((36, 4, 32)),
+            WType::Q5K => Some((44, 12, 32)),
+            WType::Q6K => Some((53, 0, 48)),
+        }
+    }
+
+    /// Weights per block (1 for the float formats).
+    pub fn block_weights(self) -> usize {
+        match self {
+            WType::F32 | WType::F16 | WType::BF16 => 1,
+            WType::Q4K | WType::Q5K | WType::Q6K => QK_K,
+            _ => 32,
+        }
+    }
+}
+
+/// How a quantized matrix's words lie on the GPU (the LAYOUT override constant).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Layout {
+    /// Block after block, as [`pack_for_gpu`] lays them (the float formats always).
+    Blocks = 0,
+    /// Row by row, each row padded to a whole 16 bytes: first the payload words of all its
+    /// blocks, then their headers, so that the lanes of a workgroup walking a row read
+    /// consecutive 16-byte words (shaders/matmul.wgsl's `matvec_wide`).
+    Rows = 1,
+}
+
+impl Layout {
+    /// The layout for a device's kernel shape: rows on GPUs, blocks on CPU-backed adapters,
+    /// whose kernels (shaders/matvec_cpu.wgsl) read whole blocks.
+    pub fn for_device(ctx: &Context) -> Self {
+        match ctx.kernel_shape {
+            KernelShape::Gpu => Layout::Rows,
+            KernelShape::Cpu => Layout::Blocks,
+        }
+    }
+}
+
+/// Words of one row of `cols` weights in `layout` (the float formats are never re-laid).
+pub fn row_words(wtype: WType, layout: Layout, cols: usize) -> usize {
+    let Some((words, _, _)) = wtype.block_split() else {
+        return match wtype {
+            WType::F32 => cols,
+            _ => cols.div_ceil(2),
+        };
+    };
+    let blocks = cols / wtype.block_weights() * words;
+    match layout {
+        Layout::Blocks => blocks,
+        Layout::Rows => blocks.next_multiple_of(4),
+    }
+}
+
+/// Re-lays GPU-packed blocks (`pack_for_gpu`) of a (rows, cols) matrix row by row
+/// ([`Layout::Rows`]); the float formats are returned as they are.
+pub fn rows_layout(wtype: WType, packed: &[u8], rows: usize, cols: usize) -> Vec<u8> {
+    let Some((words, first, payload)) = wtype.block_split() else { return packed.to_vec() };
+    let nb = cols / wtype.block_weights();
+    let (row_in, row_out) = (nb * words * 4, row_words(wtype, Layout::Rows, cols) * 4);
+    let mut out = vec![0u8; rows * row_out];
+    for (src, dst) in packed.chunks_exact(row_in).zip(out.chunks_exact_mut(row_out)) {
+        let (pay, head) = dst.split_at_mut(nb * payload * 4);
+        let header = (words - payload) * 4;
+        for (b, blk) in src.chunks_exact(words * 4).enumerate() {
+            let (p0, p1) = (first * 4, (first + payload) * 4);
+            pay[b * payload * 4..(b + 1) * payload * 4].copy_from_slice(&blk[p0..p1]);
+            let h = &mut head[b * header..(b + 1) * header];
+            h[..p0].copy_from_slice(&blk[..p0]);
+            h[p0..].copy_from_slice(&blk[p1..]);
+        }
+    }
+    out
+}
+
 /// Re-lays a file's tensor bytes for the GPU, keeping its quantization: Q4_0 becomes the Q4
 /// layout with m = -8 d and Q5_0 the Q5 (Q5_1) layout with m = -16 d (both exact: a power of
 /// two times an f16), Q8_0 and Q6_K blocks get 2 bytes of padding, the rest is unchanged.
@@ -506,11 +590,12 @@ pub struct RowSplit {
 impl RowSplit {
     /// Uploads `t` whole if it fits in one binding, otherwise in as few row ranges as do.
     pub fn upload(ctx: &Context, t: &HostTensor) -> Result<Self> {
-        Self::upload_limited(ctx, t, ctx.binding_limit())
+        Self::upload_limited(ctx, t, ctx.binding_limit(), Layout::for_device(ctx))
     }
 
-    /// [`RowSplit::upload`] with parts of at most `limit` bytes (tests force splits with it).
-    pub fn upload_limited(ctx: &Context, t: &HostTensor, limit: u64) -> Result<Self> {
+    /// [`RowSplit::upload`] with parts of at most `limit` bytes (tests force splits with it), laid
+    /// out as `layout` says.
+    pub fn upload_limited(ctx: &Context, t: &HostTensor, limit: u64, layout: Layout) -> Result<Self> {
         let (rows, cols) = t.rows_cols();
         let block = t.dtype.block_size();
         if rows == 0 || !cols.is_multiple_of(block) {
@@ -520,7 +605,8 @@ impl RowSplit {
             });
         }
         let row_bytes = cols / block * t.dtype.block_bytes();
-        let gpu_row_bytes = pack_for_gpu(t.dtype, &t.data[..row_bytes]).1.len() as u64;
+        let wtype = pack_for_gpu(t.dtype, &t.data[..row_bytes]).0;
+        let gpu_row_bytes = row_words(wtype, layout, cols) as u64 * 4;
         let per_part = (limit / gpu_row_bytes.max(1)) as usize;
         if per_part == 0 {
             return Err(Error::TensorTooLarge { tensor: format!("{} (one row)", t.name), bytes: gpu_row_bytes, limit });
@@ -531,7 +617,7 @@ impl RowSplit {
             let name = if n == rows { t.name.clone() } else { format!("{} rows {first}..{}", t.name, first + n) };
             let data = &t.data[first * row_bytes..(first + n) * row_bytes];
             let part = HostTensor { name, dtype: t.dtype, shape: vec![n, cols], data: Cow::Borrowed(data) };
-            parts.push((first, GpuWeight::upload(ctx, &part)?));
+            parts.push((first, GpuWeight::upload_as(ctx, &part, layout)?));
         }
         Ok(Self { parts, rows, cols })
     }
@@ -546,14 +632,21 @@ impl RowSplit {
 pub struct GpuWeight {
     pub name: String,
     pub wtype: WType,
+    pub layout: Layout,
     pub rows: usize,
     pub cols: usize,
     pub buffer: wgpu::Buffer,
 }
 
 impl GpuWeight {
-    /// Uploads a tensor, checking that it fits in one binding of this device.
+    /// Uploads a tensor in the layout that suits the device ([`Layout::for_device`]), checking
+    /// that it fits in one binding.
     pub fn upload(ctx: &Context, t: &HostTensor) -> Result<Self> {
+        Self::upload_as(ctx, t, Layout::for_device(ctx))
+    }
+
+    /// [`GpuWeight::upload`] in a given layout (ignored by the float formats).
+    pub fn upload_as(ctx: &Context, t: &HostTensor, layout: Layout) -> Result<Self> {
         let (rows, cols) = t.rows_cols();
         let block = t.dtype.block_size();
         if !cols.is_multiple_of(block) {
@@ -562,10 +655,14 @@ impl GpuWeight {
                 what: format!("{}: rows of {cols} are not whole {:?} blocks of {block}", t.name, t.dtype),
             });
         }
-        let (wtype, bytes) = pack_for_gpu(t.dtype, &t.data);
+        let (wtype, mut bytes) = pack_for_gpu(t.dtype, &t.data);
+        let layout = if wtype.block_split().is_some() { layout } else { Layout::Blocks };
+        if layout == Layout::Rows {
+            bytes = rows_layout(wtype, &bytes, rows, cols);
+        }
         ctx.check_binding(&t.name, bytes.len() as u64)?;
         let buffer = ctx.storage_init(&t.name, &bytes)?;
-        Ok(Self { name: t.name.clone(), wtype, rows, cols, buffer })
+        Ok(Self { name: t.name.clone(), wtype, layout, rows, cols, buffer })
     }
 
     /// Matrices that multiply the same input, uploaded as one matrix with their rows stacked in

@@ -2,10 +2,12 @@
 
 mod common;
 
+use std::sync::Arc;
+
 use adore::gpu::{Context, Dispatch};
 use adore::ops::{self, attention::Heads, attention::INVALID_SLOT, matmul::Output, matmul::Variant, sample::Sampling, Step};
-use adore::tensor::{dequantize, quantize, DType, GpuWeight, HostTensor, RowSplit};
-use common::{assert_close, ctx, Rng, AWKWARD};
+use adore::tensor::{dequantize, quantize, DType, GpuWeight, HostTensor, Layout, RowSplit};
+use common::{assert_close, ctx, ctx_without_subgroups, Rng, AWKWARD};
 
 fn step(ctx: &Context, n_rows: usize, n_slots: usize, counter: u32) -> wgpu::Buffer {
     ctx.uniform("step", &Step::new(n_rows as u32, n_slots as u32, counter, 0))
@@ -27,17 +29,34 @@ fn read(ctx: &Context, b: &wgpu::Buffer, n: usize) -> Vec<f32> {
     pollster::block_on(ctx.read_f32(b, n)).unwrap()
 }
 
-fn weight(ctx: &Context, rng: &mut Rng, dtype: DType, n: usize, k: usize) -> (GpuWeight, Vec<f32>) {
+/// A random matrix (host tensor) and its exact values.
+fn host_weight(rng: &mut Rng, dtype: DType, n: usize, k: usize) -> (HostTensor<'static>, Vec<f32>) {
     let raw = rng.vec(n * k, 1.0);
     let data = quantize(dtype, &raw);
     let exact = dequantize(dtype, &data, n * k);
-    let t = HostTensor { name: format!("w {dtype:?} {n}x{k}"), dtype, shape: vec![n, k], data: data.into() };
-    (GpuWeight::upload(ctx, &t).unwrap(), exact)
+    (HostTensor { name: format!("w {dtype:?} {n}x{k}"), dtype, shape: vec![n, k], data: data.into() }, exact)
+}
+
+fn weight(ctx: &Context, rng: &mut Rng, dtype: DType, n: usize, k: usize) -> (GpuWeight, Vec<f32>) {
+    let (t, exact) = host_weight(rng, dtype, n, k);
+    (GpuWeight::upload_as(ctx, &t, Layout::Blocks).unwrap(), exact)
+}
+
+/// The ways a product of `rows` rows is checked: kernel shape, weight layout, context. The
+/// cooperative shape reads both layouts (GPUs get rows; the others read blocks), and where the
+/// adapter has subgroups its one-row product runs with and without them (`ctxs[1]`).
+fn variants(ctxs: &[Arc<Context>; 2], rows: usize) -> Vec<(Variant, Layout, &Context)> {
+    let mut v = vec![(Variant::Cooperative, Layout::Blocks, &*ctxs[0]), (Variant::Cooperative, Layout::Rows, &*ctxs[0])];
+    if ctxs[0].subgroups && rows == 1 {
+        v.push((Variant::Cooperative, Layout::Rows, &*ctxs[1]));
+    }
+    v.extend([(Variant::Independent, Layout::Blocks, &*ctxs[0]), (Variant::UniformInput, Layout::Blocks, &*ctxs[0])]);
+    v
 }
 
 #[test]
 fn matmul_all_types_variants_and_sizes() {
-    let ctx = ctx();
+    let ctxs = [ctx(), ctx_without_subgroups()];
     let mut rng = Rng::new(1);
     for dtype in DType::ALL {
         let ks: &[usize] = match dtype.block_size() {
@@ -51,18 +70,19 @@ fn matmul_all_types_variants_and_sizes() {
                     if n * k > 300_000 || rows * n > 40_000 {
                         continue;
                     }
-                    let (w, exact) = weight(&ctx, &mut rng, dtype, n, k);
+                    let (t, exact) = host_weight(&mut rng, dtype, n, k);
                     let x = rng.vec(rows * k, 1.0);
                     let want = ops::matmul::reference(&exact, &x, rows, k, n);
-                    for variant in [Variant::Cooperative, Variant::Independent, Variant::UniformInput] {
-                        let xb = buf(&ctx, &x);
+                    for (variant, layout, ctx) in variants(&ctxs, rows) {
+                        let w = &GpuWeight::upload_as(ctx, &t, layout).unwrap();
+                        let xb = buf(ctx, &x);
                         let y = ctx.storage("y", (rows * n * 4) as u64).unwrap();
                         let out = Output::default();
                         let d =
                             ops::matmul::build_variant(&ctx, variant, &w, &xb, None, &y, out, &step(&ctx, rows, 0, 0), rows, 0).unwrap();
                         ctx.run(&d).unwrap();
                         let tol = 1e-4 * (k as f32).sqrt();
-                        let what = format!("matmul {dtype:?} {variant:?} rows {rows} n {n} k {k}");
+                        let what = format!("matmul {dtype:?} {variant:?} {layout:?} subgroups {} rows {rows} n {n} k {k}", ctx.subgroups);
                         assert_close(&what, &read(&ctx, &y, rows * n), &want, tol, 1e-4);
                         // Placed in columns 3 .. 3 + n of wider rows and added to what they held.
                         if n * k <= 100_000 {
@@ -94,7 +114,8 @@ fn matmul_all_types_variants_and_sizes() {
 /// stacked gate and up rows, the residual add; every shape, against the unfused references.
 #[test]
 fn matmul_fused_norm_and_swiglu() {
-    let ctx = ctx();
+    let ctxs = [ctx(), ctx_without_subgroups()];
+    let ctx = ctxs[0].clone();
     let mut rng = Rng::new(11);
     for dtype in DType::ALL {
         let ks: &[usize] = match dtype.block_size() {
@@ -107,18 +128,20 @@ fn matmul_fused_norm_and_swiglu() {
                 for rows in [1, 3, 8] {
                     for (norm, glu, gelu) in [(true, false, false), (false, true, false), (true, true, false), (true, true, true)] {
                         let n = if glu { 2 * n_out } else { n_out };
-                        let (w, exact) = weight(&ctx, &mut rng, dtype, n, k);
+                        let (t, exact) = host_weight(&mut rng, dtype, n, k);
                         // Rows of different scales, so that a wrong row's norm shows.
                         let x: Vec<f32> = (0..rows).flat_map(|r| rng.vec(k, 0.5 + r as f32)).collect();
                         let g = rng.vec(k, 1.0);
                         let eps = 1e-5;
                         let gated = Output { glu, gelu, ..Output::default() };
                         let want = ops::matmul::reference_fused(&exact, &x, rows, k, n, norm.then_some((&g[..], eps)), gated);
-                        let (xb, gb) = (buf(&ctx, &x), buf(&ctx, &g));
-                        let nm = norm.then_some(ops::matmul::Norm { weight: &gb, eps });
-                        for variant in [Variant::Cooperative, Variant::Independent, Variant::UniformInput] {
+                        for (variant, layout, ctx) in variants(&ctxs, rows) {
+                            let w = GpuWeight::upload_as(ctx, &t, layout).unwrap();
+                            let (xb, gb) = (buf(ctx, &x), buf(ctx, &g));
+                            let nm = norm.then_some(ops::matmul::Norm { weight: &gb, eps });
                             let what = format!(
-                                "fused matmul {dtype:?} {variant:?} norm {norm} glu {glu} gelu {gelu} rows {rows} outputs {n_out} k {k}"
+                                "fused matmul {dtype:?} {variant:?} {layout:?} subgroups {} norm {norm} glu {glu} gelu {gelu} rows {rows} outputs {n_out} k {k}",
+                                ctx.subgroups
                             );
                             let tol = 1e-4 * (k as f32).sqrt();
                             // Placed in columns 2 .. 2 + n_out of wider rows and added to what they held.
@@ -187,11 +210,13 @@ fn embed_and_products_over_row_split_tables() {
         let raw = rng.vec(vocab * dim, 1.0);
         let t = HostTensor { name: format!("table {dtype:?}"), dtype, shape: vec![vocab, dim], data: quantize(dtype, &raw).into() };
         let exact = t.to_f32();
-        let row = adore::tensor::pack_for_gpu(dtype, &t.data[..dim / dtype.block_size() * dtype.block_bytes()]).1.len() as u64;
-        for rows_per_part in [1usize, 7, 64, vocab - 1, vocab] {
-            let split = RowSplit::upload_limited(&ctx, &t, row * rows_per_part as u64).unwrap();
+        let wtype = adore::tensor::pack_for_gpu(dtype, &t.data[..dim / dtype.block_size() * dtype.block_bytes()]).0;
+        for (rows_per_part, layout) in [1usize, 7, 64, vocab - 1, vocab].into_iter().flat_map(|r| [(r, Layout::Blocks), (r, Layout::Rows)])
+        {
+            let row = adore::tensor::row_words(wtype, layout, dim) as u64 * 4;
+            let split = RowSplit::upload_limited(&ctx, &t, row * rows_per_part as u64, layout).unwrap();
             assert_eq!(split.parts.len(), vocab.div_ceil(rows_per_part), "{dtype:?} parts of {rows_per_part} rows");
-            let what = format!("{dtype:?} {vocab} x {dim} in parts of {rows_per_part} rows");
+            let what = format!("{dtype:?} {vocab} x {dim} in parts of {rows_per_part} rows, {layout:?}");
             // Every part's first and last row, an id past the table, and random ids.
             let mut tokens: Vec<u32> = split.parts.iter().flat_map(|(f, p)| [*f as u32, (*f + p.rows - 1) as u32]).take(40).collect();
             tokens.push(vocab as u32 + 3);
@@ -770,9 +795,14 @@ fn every_shader_validates() {
         assert!(module.is_ok(), "{} does not parse: {:?}", s.name, module.err());
     }
     // Compiling through wgpu too, with the weight formats as constants.
-    for wtype in 0..5 {
-        for entry in ["matvec", "matvec_row", "tiled", "blocked"] {
-            ctx.pipeline(&adore::shaders::MATMUL, entry, &[("WTYPE", wtype as f64)]).unwrap();
+    for wtype in 0..9 {
+        for layout in [0.0, 1.0] {
+            for entry in ["matvec", "matvec_row", "tiled", "blocked", "matvec_wide"] {
+                ctx.pipeline(&adore::shaders::MATMUL, entry, &[("WTYPE", wtype as f64), ("LAYOUT", layout)]).unwrap();
+            }
+            if ctx.subgroups {
+                ctx.pipeline(&adore::shaders::MATMUL_SG, "matvec_wide_sg", &[("WTYPE", wtype as f64), ("LAYOUT", layout)]).unwrap();
+            }
         }
         for entry in ["matvec_cpu", "window_cpu"] {
             ctx.pipeline_with(&adore::shaders::MATVEC_CPU, entry, &[("WTYPE", wtype as f64)], &[("XLEN", 24)]).unwrap();

@@ -48,6 +48,10 @@ pub struct ModelArgs {
     /// read per step.
     #[arg(long, value_enum, default_value_t = KvCache::F32)]
     pub kv_cache: KvCache,
+    /// Leave the adapter's subgroup operations unused (the kernels' workgroup-memory path), to
+    /// compare the two.
+    #[arg(long)]
+    pub no_subgroups: bool,
 }
 
 /// `--kv-cache`.
@@ -70,8 +74,9 @@ impl ModelArgs {
     /// Loads the model onto the first adapter, with progress; says which adapter and model.
     pub fn load(&self) -> Result<Arc<Model>> {
         let path = self.path.path()?;
-        let ctx = Arc::new(Context::new_blocking(ContextOptions::default())?);
-        eprintln!("adapter: {}", ctx.describe());
+        let options = ContextOptions { subgroups: Some(!self.no_subgroups), ..ContextOptions::default() };
+        let ctx = Arc::new(Context::new_blocking(options)?);
+        eprintln!("adapter: {}, subgroups {}", ctx.describe(), if ctx.subgroups { "used" } else { "unused" });
         let bar = progress::bytes("loading");
         let t = std::time::Instant::now();
         let model = adore::model::files::load(ctx, &path, &mut |done, total| {

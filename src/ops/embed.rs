@@ -74,7 +74,8 @@ fn build_part(
     check_len("embed", "x", x, max_rows * dim)?;
     let p = Params { dim: dim as u32, vocab: vocab as u32, first: first as u32, last: last as u32, scale, pad: [0; 3] };
     let params = ctx.uniform("embed.params", &p);
-    let pipeline = ctx.pipeline(&shaders::EMBED, "main", &[("WTYPE", table.wtype as u32 as f64)])?;
+    let pipeline =
+        ctx.pipeline(&shaders::EMBED, "main", &[("WTYPE", table.wtype as u32 as f64), ("LAYOUT", table.layout as u32 as f64)])?;
     Ok(ctx.dispatch(
         pipeline,
         &[&table.buffer, tokens, x, &params, step],

@@ -7,7 +7,7 @@ use super::{check_len, groups};
 use crate::error::{Error, Result};
 use crate::gpu::{Context, Dispatch, KernelShape};
 use crate::shaders;
-use crate::tensor::GpuWeight;
+use crate::tensor::{GpuWeight, Layout, WType};
 
 /// Rows up to which the matrix-vector kernel is used; above, the tiled one.
 pub const MATVEC_MAX_ROWS: usize = 8;
@@ -193,6 +193,7 @@ pub fn build_variant(
     check_len("matmul", "y", y, max_rows * stride)?;
     let constants = [
         ("WTYPE", w.wtype as u32 as f64),
+        ("LAYOUT", w.layout as u32 as f64),
         ("ADD", out.add as u32 as f64),
         ("NORM", norm.is_some() as u32 as f64),
         ("GLU", out.glu as u32 as f64),
@@ -212,6 +213,8 @@ pub fn build_variant(
     // product that would need it takes `matvec_row`.
     let fused = norm.is_some() || out.glu;
     let window = window_rows(ctx, k).filter(|&window| !fused || max_rows <= MATVEC_MAX_ROWS.min(window));
+    // (They read whole blocks as the file lays them.)
+    let window = window.filter(|_| w.layout == Layout::Blocks);
     if let (Variant::UniformInput, Some(window)) = (variant, window) {
         // Decode: x whole, one dispatch. Prefill: one dispatch per window of rows.
         let (entry, window) = if max_rows <= MATVEC_MAX_ROWS.min(window) { ("matvec_cpu", max_rows) } else { ("window_cpu", window) };
@@ -235,6 +238,18 @@ pub fn build_variant(
         return Ok(plan);
     }
     let params = ctx.uniform("matmul.params", &params(0));
+    if max_rows == 1 && variant == Variant::Cooperative && wide_reads(w) {
+        // Fewer outputs per workgroup where there are few outputs, so that a small projection
+        // still spreads over a large GPU.
+        let wide = [4, 2].into_iter().find(|&r| n_out.div_ceil(r) >= WIDE_GROUPS).unwrap_or(1);
+        let (shader, entry) = if ctx.subgroups { (&shaders::MATMUL_SG, "matvec_wide_sg") } else { (&shaders::MATMUL, "matvec_wide") };
+        let mut constants = constants.to_vec();
+        constants.push(("WIDE", wide as f64));
+        let pipeline = ctx.pipeline(shader, entry, &constants)?;
+        let g = norm.map_or(x, |nm| nm.weight);
+        let wg = [groups("matmul", n_out, wide)?, 1, 1];
+        return Ok(vec![ctx.dispatch(pipeline, &[&w.buffer, x, y, &params, step, g, &w.buffer], wg)]);
+    }
     let per_group = if out.glu { 4 } else { 8 };
     let (entry, wg) = match (max_rows <= MATVEC_MAX_ROWS, variant) {
         (true, Variant::Cooperative) => ("matvec", [groups("matmul", n_out, per_group)?, 1, 1]),
@@ -251,6 +266,19 @@ pub fn build_variant(
         return Ok(vec![ctx.dispatch(pipeline, &[&w.buffer, x, y, &params, step, g], wg)]);
     }
     Ok(vec![ctx.dispatch(pipeline, &[&w.buffer, x, y, &params, step], wg)])
+}
+
+/// Workgroups a one-row product aims for at least (a large GPU has over a hundred compute units).
+const WIDE_GROUPS: usize = 256;
+
+/// Whether `matvec_wide` can walk this matrix's rows in 16-byte words: quantized in the rows
+/// layout, or float rows of whole 16-byte words.
+fn wide_reads(w: &GpuWeight) -> bool {
+    match w.wtype {
+        WType::F32 => w.cols.is_multiple_of(4),
+        WType::F16 | WType::BF16 => w.cols.is_multiple_of(8),
+        _ => w.layout == Layout::Rows,
+    }
 }
 
 /// Reference for a fused product: RMSNorm of x with `norm` = (weight, eps) where given, the

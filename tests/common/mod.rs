@@ -31,6 +31,18 @@ pub fn ctx() -> Arc<Context> {
     .clone()
 }
 
+/// A second context on the same adapter with its subgroup operations left unused, so that
+/// kernels with a subgroup path are checked on their other path too (the same as [`ctx`] where
+/// the adapter has none).
+pub fn ctx_without_subgroups() -> Arc<Context> {
+    static CTX: OnceLock<Arc<Context>> = OnceLock::new();
+    CTX.get_or_init(|| {
+        ctx();
+        Arc::new(Context::new_blocking(ContextOptions { subgroups: Some(false), ..ContextOptions::default() }).expect("a second context"))
+    })
+    .clone()
+}
+
 /// SplitMix64: small, seeded, good enough for test data.
 pub struct Rng(u64);
 

@@ -151,8 +151,9 @@ pub fn run(a: BenchArgs) -> Result<()> {
         );
     }
     eprintln!(
-        "bench: adapter {}; {:?} KV cache; at each context 1 warm-up token, then {repeats} x {decode_tokens} decode tokens, median reported",
+        "bench: adapter {} (subgroups {}); {:?} KV cache; at each context 1 warm-up token, then {repeats} x {decode_tokens} decode tokens, median reported",
         model.ctx.describe(),
+        if model.ctx.subgroups { "used" } else { "unused" },
         a.model.kv_cache
     );
     // A deterministic prompt: the vocabulary walked with a stride, skipping control tokens.
@@ -246,7 +247,7 @@ pub fn run(a: BenchArgs) -> Result<()> {
         }
     }
     if let Some(path) = &a.json {
-        let doc = serde_json::json!({"adapter": model.ctx.describe(), "decode_tokens": decode_tokens, "repeats": repeats, "rows": rows});
+        let doc = serde_json::json!({"adapter": model.ctx.describe(), "subgroups": model.ctx.subgroups, "decode_tokens": decode_tokens, "repeats": repeats, "rows": rows});
         std::fs::write(path, serde_json::to_string_pretty(&doc)?).with_context(|| format!("writing {}", path.display()))?;
         eprintln!("wrote {}", path.display());
     }
