@@ -622,10 +622,11 @@ fn generation_with_overlap_equals_one_step_at_a_time() {
                 let mut s = session(&model, policy, 96, 8, false);
                 let (out, stats) = run(adore::generate(&mut s, &prompt, &opts(seed, max_tokens, overlap), |_, _| true)).unwrap();
                 let held = s.len();
+                let stopped = run(s.last_logits()).unwrap();
                 let after = run(s.feed(7)).unwrap();
                 let logits = run(s.last_logits()).unwrap();
                 let kept = run(s.kept_positions()).unwrap();
-                got.push((out, stats.stop, held, after, logits, kept));
+                got.push((out, stats.stop, held, after, logits, kept, stopped));
             }
             let what = format!("{name}, seed {seed}, up to {max_tokens} tokens");
             let (a, b) = (&got[0], &got[1]);
@@ -641,6 +642,7 @@ fn generation_with_overlap_equals_one_step_at_a_time() {
             assert_eq!(a.3, b.3, "{what}: the token after the stop");
             assert_eq!(a.4, b.4, "{what}: the logits after the stop");
             assert_eq!(a.5, b.5, "{what}: the positions kept after the stop");
+            assert_eq!(a.6, b.6, "{what}: the logits at the stop (those of the last token read, not of an undone step)");
         }
     }
 }

@@ -41,6 +41,9 @@ pub struct Session {
     unread: VecDeque<usize>,
     /// The readback buffer the next step's token is copied to.
     next_readback: usize,
+    /// The logits as they were before the last decode step, where it could be undone
+    /// ([`Session::rewind_step`] puts them back); made with the first such step.
+    logits_before: Option<wgpu::Buffer>,
 }
 
 impl Session {
@@ -62,6 +65,7 @@ impl Session {
             last_rows: (0, 0),
             unread: VecDeque::new(),
             next_readback: 0,
+            logits_before: None,
         })
     }
 
@@ -184,9 +188,16 @@ impl Session {
     /// place when `tokens` is None), with rebuild rows when the policy asks for them; with
     /// `read`, copies the sampled id to a readback buffer for [`Session::read_token`].
     fn submit(&mut self, tokens: Option<&[u32]>, n: usize, read: bool) -> Result<()> {
+        let undoable = tokens.is_none() && n == 1 && self.can_rewind_step();
+        if undoable && self.logits_before.is_none() {
+            self.logits_before = Some(self.model.ctx.storage("logits before", self.state.logits.size())?);
+        }
         let (key, rows) = self.prepare(tokens, n)?;
         let ctx = &self.model.ctx;
         let mut encoder = ctx.encoder();
+        if let (true, Some(before)) = (undoable, &self.logits_before) {
+            encoder.copy_buffer_to_buffer(&self.state.logits, 0, before, 0, self.state.logits.size());
+        }
         ctx.record(&mut encoder, &self.plans[&key]);
         self.finish(encoder, rows, n, read)
     }
@@ -329,7 +340,8 @@ impl Session {
 
     /// Undoes the last step, a decode step (one token) that fed `fed`, the token the step before
     /// it chose: the session is as before it ran (its slot freed, the sampler's counter back,
-    /// `fed` in place to be fed again), and its token, if not read yet, is dropped. For
+    /// `fed` in place to be fed again, the logits the step before it left), and its token, if
+    /// not read yet, is dropped. For
     /// generation that queued a step before learning that the token it feeds ends the sequence.
     /// Refused where [`Session::can_rewind_step`] is false, and with an older step's token still
     /// unread.
@@ -347,7 +359,14 @@ impl Session {
         self.free_slots(&freed);
         self.n_past = n;
         self.counter = self.counter.wrapping_sub(1);
-        self.model.ctx.queue.write_buffer(&self.state.tokens, 0, bytemuck::bytes_of(&fed));
+        let ctx = &self.model.ctx;
+        ctx.queue.write_buffer(&self.state.tokens, 0, bytemuck::bytes_of(&fed));
+        // (Saved when the step was submitted: can_rewind_step held then as now.)
+        if let Some(before) = &self.logits_before {
+            let mut encoder = ctx.encoder();
+            encoder.copy_buffer_to_buffer(before, 0, &self.state.logits, 0, self.state.logits.size());
+            ctx.queue.submit([encoder.finish()]);
+        }
         Ok(())
     }
 

@@ -77,7 +77,8 @@ fn soak(session: &mut Session, prompt: &[u32], tokens: usize, every: usize, samp
         if generated.is_multiple_of(every) || generated == tokens {
             let logits = pollster::block_on(session.last_logits())?;
             let s = Sample {
-                tokens: session.len(),
+                // The tokens fed so far (session.len() also counts a step queued ahead).
+                tokens: prompt.len() + generated - 1,
                 tokens_per_s: since as f64 / t.elapsed().as_secs_f64().max(1e-9),
                 kv_bytes: session.kv_bytes(),
                 rss_bytes: rss_bytes(),
