@@ -32,10 +32,16 @@ fn fitted(m: &Arc<Model>, n: usize, rank: usize, dense_layers: usize) -> KeyInde
 }
 
 fn keys_session(m: &Arc<Model>, policy: Policy, protect: bool, index: &KeyIndex) -> Session {
+    keys_session_with(m, policy, protect, index, true)
+}
+
+/// [`keys_session`] with the prompt's rows attending densely or to the budget.
+fn keys_session_with(m: &Arc<Model>, policy: Policy, protect: bool, index: &KeyIndex, dense_prefill: bool) -> Session {
     let oracle = Oracle { ranking: OracleRanking::Keys, protect };
     let index = Some(Arc::new(index.clone()));
-    Session::new(m.clone(), SessionOptions { context: 320, chunk: 4, policy, oracle, index, record_queries: true, ..Default::default() })
-        .unwrap()
+    let options =
+        SessionOptions { context: 320, chunk: 4, policy, oracle, index, record_queries: true, dense_prefill, ..Default::default() };
+    Session::new(m.clone(), options).unwrap()
 }
 
 #[test]
@@ -163,17 +169,49 @@ fn candidates_are_nominated_by_short_keys_and_chosen_by_exact_attention() {
         assert_eq!(att, cache_update::reference(&nominated, &scores, p, t as u32 + 1, 1), "choice at step {t}");
     }
     assert!(apart > 1e-3, "exact choice among 14 nominees changed no logit from the short keys' (largest difference {apart})");
-    let mut prompted = keys_session(&m, policy, true, &index);
+    let mut prompted = keys_session_with(&m, policy, true, &index, false);
     run(prompted.prefill(&tokens[..40])).unwrap();
     let mut fed = keys_session(&m, policy, true, &index);
     for &tok in &tokens[..40] {
         run(fed.feed(tok)).unwrap();
     }
-    assert_eq!(run(prompted.last_logits()).unwrap(), run(fed.last_logits()).unwrap(), "a prompt runs one token per step");
+    assert_eq!(run(prompted.last_logits()).unwrap(), run(fed.last_logits()).unwrap(), "a sparse prompt runs one token per step");
     let e = Policy::new(PolicyKind::Adore, adore::policy::PolicyParts { budget: 6, candidates: 6, ..Default::default() }).unwrap_err();
     assert!(e.to_string().contains("candidates (6) must exceed the budget (6)"), "{e}");
     let e = Policy { kind: PolicyKind::Sink, budget: 6, candidates: 14, ..Policy::default() }.validate().unwrap_err();
     assert!(e.to_string().contains("not sink"), "{e}");
+}
+
+#[test]
+fn prompts_attend_densely_and_store_their_short_keys() {
+    // A prompt's rows attend to every token held: with a budget of 6, a prompt of 40 or 41
+    // tokens (the last chunk one token) in chunks of 4 gives full attention's token and logits.
+    // Its short keys are stored all the same: the step after it scores every past token as the
+    // CPU does from the keys the prompt wrote. With dense prefill off, a chunk's rows share
+    // one choice and the logits leave full attention's.
+    let m = tiny_model(46);
+    let index = fitted(&m, 40, 4, 0);
+    let l = LAYERS - 1;
+    let policy = Policy { kind: PolicyKind::Adore, budget: 6, sinks: 2, recent: 2, ..Policy::default() };
+    let tokens = ids(41);
+    for n in [40, 41] {
+        let mut s = keys_session(&m, policy, true, &index);
+        let mut full = session(&m, Policy::full(), 320, 4, false);
+        assert_eq!(run(s.prefill(&tokens[..n])).unwrap(), run(full.prefill(&tokens[..n])).unwrap(), "the token after a prompt of {n}");
+        let (got, want) = (run(s.last_logits()).unwrap(), run(full.last_logits()).unwrap());
+        assert_close(&format!("logits after a prompt of {n}"), &got, &want, 1e-4, 1e-4);
+        run(s.step()).unwrap();
+        let scores = run(s.inspect().slot_scores()).unwrap();
+        let want = layer_scores(&s, l, n, &|h, q, k| index.logit_stored(l, h, q, k), &|_| true);
+        assert_close(&format!("short-key scores after a prompt of {n}"), &scores[..=n], &want, 1e-5, 1e-3);
+    }
+    let mut sparse = keys_session_with(&m, policy, true, &index, false);
+    let mut full = session(&m, Policy::full(), 320, 4, false);
+    run(sparse.prefill(&tokens[..40])).unwrap();
+    run(full.prefill(&tokens[..40])).unwrap();
+    let (got, want) = (run(sparse.last_logits()).unwrap(), run(full.last_logits()).unwrap());
+    let apart = got.iter().zip(&want).map(|(a, b)| (a - b).abs()).fold(0.0, f32::max);
+    assert!(apart > 1e-3, "a sparse prompt gave full attention's logits (largest difference {apart})");
 }
 
 #[test]

@@ -127,11 +127,16 @@ pub struct PartsArgs {
     #[arg(long, value_enum, default_value = "keys")]
     pub ranking: Ranking,
     /// adore ranked by keys (ignored by the other policies): each layer's short keys nominate
-    /// this many past tokens and its exact attention over them chooses the budget; the prompt
-    /// then runs one token per step, each choosing its own set (0 = the short keys choose, the
-    /// prompt runs in chunks).
+    /// this many past tokens and its exact attention over them chooses the budget (0 = the
+    /// short keys choose). With --sparse-prefill the prompt then runs one token per step, each
+    /// choosing its own set.
     #[arg(long, default_value_t = 0)]
     pub candidates: usize,
+    /// adore ranked by keys: the prompt's rows attend to the budget as generated tokens do, a
+    /// chunk's rows sharing one choice (by default they attend to every token held, as full
+    /// attention's; the store holds them all anyway).
+    #[arg(long)]
+    pub sparse_prefill: bool,
     /// Released tokens recomputed with each generated token (adore with --rebuild-from
     /// recompute; 0 = release only).
     #[arg(long, default_value_t = 0)]
@@ -245,7 +250,18 @@ impl PolicyArgs {
         }
         let (controller, index) = (self.parts.controller(model)?, self.parts.index(model)?);
         let kv_cache = m.kv_cache.into();
-        let options = SessionOptions { context, chunk: m.chunk, all_logits, policy, controller, index, kv_cache, ..Default::default() };
+        let dense_prefill = !self.parts.sparse_prefill;
+        let options = SessionOptions {
+            context,
+            chunk: m.chunk,
+            all_logits,
+            policy,
+            controller,
+            index,
+            kv_cache,
+            dense_prefill,
+            ..Default::default()
+        };
         Ok(Session::new(model.clone(), options)?)
     }
 }

@@ -25,8 +25,9 @@ pub struct Session {
     pub model: Arc<Model>,
     pub options: SessionOptions,
     state: RunState,
-    /// Recorded plans by (row capacity: powers of two up to max_rows, rebuild rows).
-    plans: HashMap<(usize, usize), Vec<Dispatch>>,
+    /// Recorded plans by (row capacity: powers of two up to max_rows, rebuild rows, prompt
+    /// rows attending densely).
+    plans: HashMap<(usize, usize, bool), Vec<Dispatch>>,
     sampling: Sampling,
     /// Tokens in the sequence so far.
     n_past: usize,
@@ -188,11 +189,17 @@ impl Session {
     /// place when `tokens` is None), with rebuild rows when the policy asks for them; with
     /// `read`, copies the sampled id to a readback buffer for [`Session::read_token`].
     fn submit(&mut self, tokens: Option<&[u32]>, n: usize, read: bool) -> Result<()> {
+        self.submit_rows(tokens, n, read, false)
+    }
+
+    /// [`Session::submit`], saying whether the rows are a prompt's (`prefill`), which may
+    /// attend densely ([`SessionOptions::prefills_densely`]).
+    fn submit_rows(&mut self, tokens: Option<&[u32]>, n: usize, read: bool, prompt: bool) -> Result<()> {
         let undoable = tokens.is_none() && n == 1 && self.can_rewind_step();
         if undoable && self.logits_before.is_none() {
             self.logits_before = Some(self.model.ctx.storage("logits before", self.state.logits.size())?);
         }
-        let (key, rows) = self.prepare(tokens, n)?;
+        let (key, rows) = self.prepare(tokens, n, prompt)?;
         let ctx = &self.model.ctx;
         let mut encoder = ctx.encoder();
         if let (true, Some(before)) = (undoable, &self.logits_before) {
@@ -204,15 +211,16 @@ impl Session {
 
     /// Everything before recording a step: its plan built if new, slots and per-step values
     /// written. Returns the plan's key and the step's rows.
-    fn prepare(&mut self, tokens: Option<&[u32]>, n: usize) -> Result<((usize, usize), usize)> {
+    fn prepare(&mut self, tokens: Option<&[u32]>, n: usize, prompt: bool) -> Result<((usize, usize, bool), usize)> {
         let policy = self.options.policy;
         // Rebuild runs with single-token steps, once tokens have been released.
         let rebuild = if n == 1 { policy.rebuild.min(self.n_past.saturating_sub(policy.budget)) } else { 0 };
         let rows = n + rebuild;
         let cap = rows.next_power_of_two().min(self.max_rows);
-        if !self.plans.contains_key(&(cap, rebuild)) {
-            let plan = plan::Planner::new(&self.model, &self.state, &self.options, self.capacity).build(cap, rebuild)?;
-            self.plans.insert((cap, rebuild), plan);
+        let dense = prompt && self.options.prefills_densely();
+        if !self.plans.contains_key(&(cap, rebuild, dense)) {
+            let plan = plan::Planner::new(&self.model, &self.state, &self.options, self.capacity).build(cap, rebuild, dense)?;
+            self.plans.insert((cap, rebuild, dense), plan);
         }
         let positions: Vec<u32> = (self.n_past..self.n_past + n).map(|p| p as u32).collect();
         let on_gpu = policy.releases_on_gpu();
@@ -247,7 +255,7 @@ impl Session {
             pad: [0; 3],
         };
         ctx.queue.write_buffer(&s.step, 0, bytemuck::bytes_of(&step));
-        Ok(((cap, rebuild), rows))
+        Ok(((cap, rebuild, dense), rows))
     }
 
     /// Submits a recorded step (with `read`, and the copy of its token id to the next readback
@@ -289,6 +297,12 @@ impl Session {
 
     /// Processes `tokens` in chunks and returns the next token chosen after the last one.
     pub async fn prefill(&mut self, tokens: &[u32]) -> Result<u32> {
+        self.prefill_rows(tokens, true).await
+    }
+
+    /// [`Session::prefill`]; with `prompt` false the rows attend as generated tokens do
+    /// ([`Session::feed`]).
+    async fn prefill_rows(&mut self, tokens: &[u32], prompt: bool) -> Result<u32> {
         if self.options.all_logits {
             return Err(Error::arg("this session computes all logits (perplexity); use prefill_logits"));
         }
@@ -298,7 +312,7 @@ impl Session {
         self.unread.clear();
         let chunks = tokens.len().div_ceil(self.options.chunk);
         for (i, chunk) in tokens.chunks(self.options.chunk).enumerate() {
-            self.submit(Some(chunk), chunk.len(), i + 1 == chunks)?;
+            self.submit_rows(Some(chunk), chunk.len(), i + 1 == chunks, prompt)?;
         }
         self.read_token().await
     }
@@ -390,7 +404,7 @@ impl Session {
         if !self.unread.is_empty() {
             return Err(Error::arg("a profiled step needs the tokens of the steps before it read"));
         }
-        let (key, rows) = self.prepare(None, 1)?;
+        let (key, rows) = self.prepare(None, 1, false)?;
         let ctx = self.model.ctx.clone();
         let plan = &self.plans[&key];
         let stamped: Vec<(Arc<str>, [u32; 3])> = plan.iter().map(|d| (d.kernel.clone(), d.workgroups)).collect();
@@ -416,9 +430,10 @@ impl Session {
         Ok((token, StepProfile { timing, dispatches }))
     }
 
-    /// Feeds a token chosen on the CPU (for teacher forcing or chat turns) and returns the next.
+    /// Feeds a token chosen on the CPU (teacher forcing) and returns the next; it attends as a
+    /// generated token does.
     pub async fn feed(&mut self, token: u32) -> Result<u32> {
-        self.prefill(&[token]).await
+        self.prefill_rows(&[token], false).await
     }
 
     async fn read_token(&mut self) -> Result<u32> {

@@ -11,7 +11,7 @@ use crate::ops::{self, attention::Heads, attention::Mass, matmul::Output};
 use crate::policy::{Oracle, OracleRanking, Policy, PolicyKind};
 use crate::tensor::GpuWeight;
 
-use super::state::{ControllerState, RunState, SessionOptions};
+use super::state::{ControllerState, IndexState, RunState, SessionOptions};
 
 /// How a forward pass attends.
 #[derive(Clone, Copy)]
@@ -31,8 +31,9 @@ enum Attend<'b> {
     Quest(bool, usize),
     /// Each layer from the key index's first to the `budget` slots its attention over the
     /// short keys ranks highest (with true, the policy's sinks and recent window protected);
-    /// the layers before it to every slot.
-    Keys(bool),
+    /// the layers before it to every slot. With `dense` (prompt rows), every layer attends to
+    /// every slot, the new rows' short keys stored all the same.
+    Keys { protect: bool, dense: bool },
 }
 
 /// What a plan is recorded from.
@@ -55,7 +56,7 @@ impl<'a> Planner<'a> {
     }
 
     /// One step for up to `rows` rows, `rebuild` of them rebuild rows, in order.
-    pub fn build(&self, rows: usize, rebuild: usize) -> Result<Vec<Dispatch>> {
+    pub fn build(&self, rows: usize, rebuild: usize, dense: bool) -> Result<Vec<Dispatch>> {
         let (ctx, s) = (self.ctx, self.s);
         let mut plan = Vec::with_capacity(12 + self.c.layers * 16);
         let kind = self.policy().kind;
@@ -73,7 +74,7 @@ impl<'a> Planner<'a> {
             self.rebuild_rows(&mut plan, cl, rows, rebuild)?;
         }
         if let Some(rechoice) = self.options.rechoice() {
-            self.rechoose(&mut plan, rows, rechoice)?;
+            self.rechoose(&mut plan, rows, rechoice, dense)?;
         } else {
             let (table, mass) = (&s.slot_pos, kind.needs_mass().then_some(0));
             match s.controller.as_ref().filter(|cl| cl.gpu.input_layer > 0) {
@@ -168,19 +169,23 @@ impl<'a> Planner<'a> {
                     self.attention(plan, l, rows, attend, Mass::None, true)?;
                 }
                 // The key index's dense layers attend to every slot.
-                Attend::Keys(_) if s.index.as_ref().is_some_and(|ix| l < ix.first) => {
+                Attend::Keys { .. } if s.index.as_ref().is_some_and(|ix| l < ix.first) => {
                     self.attention(plan, l, rows, &s.slot_pos, Mass::None, false)?;
                 }
-                Attend::Keys(protect) => {
+                // A prompt's rows: every slot, as full attention; their short keys are stored
+                // for the steps that choose.
+                Attend::Keys { dense: true, .. } => {
+                    let Some(ix) = &s.index else { unreachable!("a session ranked by keys") };
+                    self.short_keys(plan, ix, l, &kv, rows)?;
+                    self.attention(plan, l, rows, &s.slot_pos, Mass::None, false)?;
+                }
+                Attend::Keys { protect, .. } => {
                     let (Some(ix), Some(attend), Some(score)) = (&s.index, &s.attend, &s.slot_score) else {
                         unreachable!("a session ranked by keys")
                     };
                     let i = l - ix.first;
+                    self.short_keys(plan, ix, l, &kv, rows)?;
                     plan.extend(ops::matmul::build(ctx, &ix.q_map[i], &s.q, &ix.q, step, rows, 0)?);
-                    plan.extend(ops::matmul::build(ctx, &ix.k_map[i], &s.k, &ix.k, step, rows, 0)?);
-                    let short = ops::kv_write::KvWrite { k: &ix.k, k_cache: &ix.keys[i], v_cache: None, ..kv };
-                    let short_dim = c.n_kv_heads * ix.rank;
-                    plan.push(ops::kv_write::build(ctx, &short, step, short_dim, self.capacity, rows, false, SHORT_KEYS)?);
                     let heads = Heads { n_heads: c.n_heads, n_kv_heads: c.n_kv_heads, head_dim: ix.rank, window: c.window(l) };
                     let ab = ops::attention::Buffers {
                         q: &ix.q,
@@ -249,6 +254,16 @@ impl<'a> Planner<'a> {
 
     /// x += w · input, in the product's epilogue; with `post_norm`, x += RMSNorm(w · input) (the
     /// product into xn, then the norm adding into x).
+    /// Layer l's short keys of the new rows (the key index's projection of its keys), stored
+    /// by slot as `kv` stores the keys.
+    fn short_keys(&self, plan: &mut Vec<Dispatch>, ix: &IndexState, l: usize, kv: &ops::kv_write::KvWrite, rows: usize) -> Result<()> {
+        let (ctx, s, i) = (self.ctx, self.s, l - ix.first);
+        plan.extend(ops::matmul::build(ctx, &ix.k_map[i], &s.k, &ix.k, &s.step, rows, 0)?);
+        let short = ops::kv_write::KvWrite { k: &ix.k, k_cache: &ix.keys[i], v_cache: None, ..*kv };
+        plan.push(ops::kv_write::build(ctx, &short, &s.step, self.c.n_kv_heads * ix.rank, self.capacity, rows, false, SHORT_KEYS)?);
+        Ok(())
+    }
+
     fn residual(
         &self,
         plan: &mut Vec<Dispatch>,
@@ -400,7 +415,7 @@ impl<'a> Planner<'a> {
     /// oracle's first pass with full attention ranks them by the last row's attention; its
     /// diagnostic rankings use one layer's attention (the layers up to it attending densely) or
     /// the controller's score, which is adore's ranking.
-    fn rechoose(&self, plan: &mut Vec<Dispatch>, rows: usize, rechoice: Oracle) -> Result<()> {
+    fn rechoose(&self, plan: &mut Vec<Dispatch>, rows: usize, rechoice: Oracle, dense: bool) -> Result<()> {
         let (ctx, s) = (self.ctx, self.s);
         let (Some(attend), Some(score)) = (&s.attend, &s.slot_score) else {
             unreachable!("a re-choosing session allocates its table and scores")
@@ -423,7 +438,7 @@ impl<'a> Planner<'a> {
             }
             OracleRanking::PerLayer => self.forward(plan, rows, 0..layers, Attend::ChosenPerLayer(protect)),
             OracleRanking::Quest(dense) => self.forward(plan, rows, 0..layers, Attend::Quest(protect, dense)),
-            OracleRanking::Keys => self.forward(plan, rows, 0..layers, Attend::Keys(protect)),
+            OracleRanking::Keys => self.forward(plan, rows, 0..layers, Attend::Keys { protect, dense }),
             OracleRanking::Controller => {
                 // The controller step ran after the embedding; the session wrote the new rows
                 // into the slot table before the submit.

@@ -39,6 +39,12 @@ pub struct SessionOptions {
     pub record_queries: bool,
     /// How the KV cache stores K and V: f16 holds twice the tokens in the same bytes.
     pub kv_cache: ops::KvType,
+    /// adore ranked by keys: the prompt's rows attend to every token held (as full attention's
+    /// do) and only generated tokens attend to the budget. Its store keeps every token's K/V
+    /// anyway, and a prompt chunk's rows would otherwise share one choice, made for its last
+    /// row. Sessions that compute every row's logits (perplexity) keep the budget for the
+    /// prompt too, since that is what they measure.
+    pub dense_prefill: bool,
 }
 
 impl Default for SessionOptions {
@@ -54,6 +60,7 @@ impl Default for SessionOptions {
             index: None,
             record_queries: false,
             kv_cache: ops::KvType::F32,
+            dense_prefill: true,
         }
     }
 }
@@ -98,6 +105,11 @@ impl SessionOptions {
         self.rechoice().is_some_and(|o| o.ranking == OracleRanking::Keys)
     }
 
+    /// Whether prompt rows attend to every token held (see `dense_prefill`).
+    pub fn prefills_densely(&self) -> bool {
+        self.dense_prefill && self.ranks_by_keys() && !self.all_logits
+    }
+
     /// Whether the session runs the ADORE controller: the adore policy (unless it ranks by
     /// keys), or the oracle ranked by it.
     pub fn runs_controller(&self) -> bool {
@@ -126,8 +138,9 @@ impl SessionOptions {
         let chunk = match self.policy.kind {
             PolicyKind::Full => self.chunk,
             // Exact choice from candidates is per row: a chunk's rows would share the last
-            // row's choice, so each prompt token is its own step.
-            _ if self.policy.candidates > 0 => 1,
+            // row's choice, so each prompt token is its own step (unless the prompt attends
+            // densely).
+            _ if self.policy.candidates > 0 && !self.prefills_densely() => 1,
             _ => self.chunk.min(self.policy.budget),
         }
         .min(self.context);

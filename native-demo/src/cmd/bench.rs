@@ -172,6 +172,7 @@ pub fn run(a: BenchArgs) -> Result<()> {
             index: index.clone(),
             cache_update: *update,
             kv_cache: a.model.kv_cache.into(),
+            dense_prefill: !a.parts.sparse_prefill,
             ..Default::default()
         };
         let mut session = Session::new(model.clone(), options)?;
