@@ -174,6 +174,16 @@ impl Context {
         format!("{name} ({:?}, {:?}{driver})", self.info.backend, self.info.device_type)
     }
 
+    /// Whether decode steps use subgroup operations, for logs: "used", "unused", or "unused by
+    /// the CPU kernel shape" (which has no subgroup path).
+    pub fn subgroup_use(&self) -> &'static str {
+        match (self.subgroups, self.kernel_shape) {
+            (true, KernelShape::Gpu) => "used",
+            (true, KernelShape::Cpu) => "unused by the CPU kernel shape",
+            (false, _) => "unused",
+        }
+    }
+
     /// Largest storage binding this context allows, in bytes.
     pub fn binding_limit(&self) -> u64 {
         self.binding_limit

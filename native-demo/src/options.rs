@@ -76,7 +76,7 @@ impl ModelArgs {
         let path = self.path.path()?;
         let options = ContextOptions { subgroups: Some(!self.no_subgroups), ..ContextOptions::default() };
         let ctx = Arc::new(Context::new_blocking(options)?);
-        eprintln!("adapter: {}, subgroups {}", ctx.describe(), if ctx.subgroups { "used" } else { "unused" });
+        eprintln!("adapter: {}, subgroups {}", ctx.describe(), ctx.subgroup_use());
         let bar = progress::bytes("loading");
         let t = std::time::Instant::now();
         let model = adore::model::files::load(ctx, &path, &mut |done, total| {

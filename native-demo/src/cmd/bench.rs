@@ -153,7 +153,7 @@ pub fn run(a: BenchArgs) -> Result<()> {
     eprintln!(
         "bench: adapter {} (subgroups {}); {:?} KV cache; at each context 1 warm-up token, then {repeats} x {decode_tokens} decode tokens, median reported",
         model.ctx.describe(),
-        if model.ctx.subgroups { "used" } else { "unused" },
+        model.ctx.subgroup_use(),
         a.model.kv_cache
     );
     // A deterministic prompt: the vocabulary walked with a stride, skipping control tokens.
