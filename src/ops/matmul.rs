@@ -209,12 +209,11 @@ pub fn build_variant(
         eps: norm.map_or(0.0, |nm| nm.eps),
         pad: 0,
     };
-    // The uniform-input kernels, where k suits them; the windowed one fuses nothing, so a fused
-    // product that would need it takes `matvec_row`.
+    // The uniform-input kernels, where k suits them and the weights lie in blocks (they read
+    // whole blocks); the windowed one fuses nothing, so a fused product that would need it
+    // takes `matvec_row`.
     let fused = norm.is_some() || out.glu;
-    let window = window_rows(ctx, k).filter(|&window| !fused || max_rows <= MATVEC_MAX_ROWS.min(window));
-    // (They read whole blocks as the file lays them.)
-    let window = window.filter(|_| w.layout == Layout::Blocks);
+    let window = window_rows(ctx, k).filter(|&window| w.layout == Layout::Blocks && (!fused || max_rows <= MATVEC_MAX_ROWS.min(window)));
     if let (Variant::UniformInput, Some(window)) = (variant, window) {
         // Decode: x whole, one dispatch. Prefill: one dispatch per window of rows.
         let (entry, window) = if max_rows <= MATVEC_MAX_ROWS.min(window) { ("matvec_cpu", max_rows) } else { ("window_cpu", window) };

@@ -187,14 +187,10 @@ impl Session {
 
     /// Uploads the per-step values and submits the plan for `n` new rows (tokens already in
     /// place when `tokens` is None), with rebuild rows when the policy asks for them; with
-    /// `read`, copies the sampled id to a readback buffer for [`Session::read_token`].
-    fn submit(&mut self, tokens: Option<&[u32]>, n: usize, read: bool) -> Result<()> {
-        self.submit_rows(tokens, n, read, false)
-    }
-
-    /// [`Session::submit`], saying whether the rows are a prompt's (`prefill`), which may
-    /// attend densely ([`SessionOptions::prefills_densely`]).
-    fn submit_rows(&mut self, tokens: Option<&[u32]>, n: usize, read: bool, prompt: bool) -> Result<()> {
+    /// `read`, copies the sampled id to a readback buffer for [`Session::read_token`]. With
+    /// `prompt`, the rows are a prompt's (`prefill`), which may attend densely
+    /// ([`SessionOptions::prefills_densely`]).
+    fn submit(&mut self, tokens: Option<&[u32]>, n: usize, read: bool, prompt: bool) -> Result<()> {
         let undoable = tokens.is_none() && n == 1 && self.can_rewind_step();
         if undoable && self.logits_before.is_none() {
             self.logits_before = Some(self.model.ctx.storage("logits before", self.state.logits.size())?);
@@ -312,7 +308,7 @@ impl Session {
         self.unread.clear();
         let chunks = tokens.len().div_ceil(self.options.chunk);
         for (i, chunk) in tokens.chunks(self.options.chunk).enumerate() {
-            self.submit_rows(Some(chunk), chunk.len(), i + 1 == chunks, prompt)?;
+            self.submit(Some(chunk), chunk.len(), i + 1 == chunks, prompt)?;
         }
         self.read_token().await
     }
@@ -332,7 +328,7 @@ impl Session {
         if self.unread.len() >= 2 {
             return Err(Error::arg("two steps already wait to be read: read one before submitting another"));
         }
-        self.submit(None, 1, true)
+        self.submit(None, 1, true, false)
     }
 
     /// The token of the oldest submitted step not read yet (see [`Session::submit_step`]).
@@ -458,7 +454,7 @@ impl Session {
         let vocab = self.model.config.vocab;
         let mut out = Vec::with_capacity(tokens.len() * vocab);
         for chunk in tokens.chunks(self.options.chunk) {
-            self.submit(Some(chunk), chunk.len(), false)?;
+            self.submit(Some(chunk), chunk.len(), false, false)?;
             out.extend(self.model.ctx.read_f32(&self.state.logits, chunk.len() * vocab).await?);
         }
         Ok(out)
