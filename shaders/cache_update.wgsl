@@ -6,7 +6,7 @@
 // against the budget (the oracle selects what those rows attend to).
 // The k-th score is found exactly by a radix select, a byte per pass (4 histogram passes); the
 // tie cut by position bit by bit (32 counting passes), only when some tied candidates stay and
-// some go. One workgroup of 256, each invocation owning a contiguous range of slots. Dispatch
+// some go. The passes end early where all candidates sharing the bytes found so far stay. One workgroup of 256, each invocation owning a contiguous range of slots. Dispatch
 // (1, 1, 1).
 // Entry points: main frees slots of slot_pos in place; choose first copies the table from src
 // (all capacity slots), and it and narrow (in place) then write the valid slots below
@@ -85,41 +85,56 @@ fn range_end(lid: u32) -> u32 {
     return min(range_start(lid) + (n + WG - 1u) / WG, n);
 }
 
-// The decision over the invocation's slots c0 .. c1 (called by every invocation).
-fn release(lid: u32, c0: u32, c1: u32) {
+// The decision over the invocation's slots c0 .. c1 (called by every invocation); returns how
+// many of them hold a token after it.
+fn release(lid: u32, c0: u32, c1: u32) -> u32 {
+    // The first pass counts and builds the first round's histogram (of the keys' top bytes).
+    atomicStore(&hist[lid], 0u);
+    workgroupBarrier();
+    var n_held = 0u;
     var n_valid = 0u;
     var n_prot = 0u;
     for (var j = c0; j < c1; j++) {
         let k = kind(j);
+        n_held += select(0u, 1u, slot_pos[j] != INVALID);
         n_valid += select(0u, 1u, k != 0u);
         n_prot += select(0u, 1u, k == 1u);
+        if k == 2u {
+            atomicAdd(&hist[order_key(score[j]) >> 24u], 1u);
+        }
     }
+    // (The totals' barriers also complete the histogram.)
     let valid = wg_total_u32(lid, n_valid);
     let prot = wg_total_u32(lid, n_prot);
     if valid <= p.budget {
-        return;
+        return n_held;
     }
     let keep = p.budget - min(prot, p.budget);  // candidates that stay
 
     // thr: the keep-th largest candidate key, a byte at a time from the top. need: how many
     // candidates with key == thr stay (the others above it all stay); ties: how many there are.
+    // shift: how many low bits of the key are still undecided (the rounds stop early once
+    // every candidate matching the bytes chosen so far stays).
     var thr = 0u;
     var need = keep;
     var ties = 0u;
+    var shift = 32u;
     for (var round = 0u; round < 4u; round++) {
-        let shift = 24u - 8u * round;
-        atomicStore(&hist[lid], 0u);
-        workgroupBarrier();
-        for (var j = c0; j < c1; j++) {
-            if kind(j) == 2u {
-                let key = order_key(score[j]);
-                // The bytes above this one must equal those chosen (none in the first round).
-                if round == 0u || (key >> (shift + 8u)) == thr {
-                    atomicAdd(&hist[(key >> shift) & 255u], 1u);
+        shift -= 8u;
+        if round > 0u {
+            atomicStore(&hist[lid], 0u);
+            workgroupBarrier();
+            for (var j = c0; j < c1; j++) {
+                if kind(j) == 2u {
+                    let key = order_key(score[j]);
+                    // The bytes above this one must equal those chosen.
+                    if (key >> (shift + 8u)) == thr {
+                        atomicAdd(&hist[(key >> shift) & 255u], 1u);
+                    }
                 }
             }
+            workgroupBarrier();
         }
-        workgroupBarrier();
         if lid == 0u {
             // From the largest byte down, to the bucket holding the need-th largest key.
             var d = 255u;
@@ -141,6 +156,9 @@ fn release(lid: u32, c0: u32, c1: u32) {
         need = workgroupUniformLoad(&chosen[1]);
         ties = workgroupUniformLoad(&chosen[2]);
         thr = (thr << 8u) | d;
+        if ties == need {
+            break;
+        }
     }
     // Every tied candidate stays, or some go: then the lowest positions stay.
     var cut = 0xffffffffu;
@@ -149,22 +167,21 @@ fn release(lid: u32, c0: u32, c1: u32) {
     }
     for (var j = c0; j < c1; j++) {
         if kind(j) == 2u {
-            let key = order_key(score[j]);
+            let key = order_key(score[j]) >> shift;
             let stays = keep > 0u && (key > thr || (key == thr && slot_pos[j] < cut));
             if !stays {
                 slot_pos[j] = INVALID;
+                n_held -= 1u;
             }
         }
     }
+    return n_held;
 }
 
-// The list of the valid slots below step.n_slots (called by every invocation).
-fn write_list(lid: u32, c0: u32, c1: u32) {
-    var c = 0u;
-    for (var j = c0; j < c1; j++) {
-        c += select(0u, 1u, slot_pos[j] != INVALID);
-    }
-    counts[lid] = c;
+// The list of the valid slots below step.n_slots, the invocation's `held` of them in c0 .. c1
+// (called by every invocation).
+fn write_list(lid: u32, c0: u32, c1: u32, held: u32) {
+    counts[lid] = held;
     workgroupBarrier();
     var off = 0u;
     for (var t = 0u; t < lid; t++) {
@@ -183,15 +200,15 @@ fn write_list(lid: u32, c0: u32, c1: u32) {
 
 @compute @workgroup_size(256)
 fn main(@builtin(local_invocation_index) lid: u32) {
-    release(lid, range_start(lid), range_end(lid));
+    _ = release(lid, range_start(lid), range_end(lid));
 }
 
 @compute @workgroup_size(256)
 fn narrow(@builtin(local_invocation_index) lid: u32) {
     let c0 = range_start(lid);
     let c1 = range_end(lid);
-    release(lid, c0, c1);
-    write_list(lid, c0, c1);
+    let held = release(lid, c0, c1);
+    write_list(lid, c0, c1, held);
 }
 
 @compute @workgroup_size(256)
@@ -206,6 +223,6 @@ fn choose(@builtin(local_invocation_index) lid: u32) {
     for (var j = slots_below() + lid; j < p.capacity; j += WG) {
         slot_pos[j] = src[j];
     }
-    release(lid, c0, c1);
-    write_list(lid, c0, c1);
+    let held = release(lid, c0, c1);
+    write_list(lid, c0, c1, held);
 }
