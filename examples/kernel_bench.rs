@@ -143,6 +143,36 @@ fn main() -> adore::Result<()> {
             );
         }
     }
+    // adore's ranking of one indexed layer over 8192 slots of short keys (rank 16, f16): the
+    // scores, then the choice of 128 (the slots in use vary; random keys).
+    let (rank, cap) = (16usize, 8192usize);
+    let chunks = ops::key_score::chunks(&ctx, cap);
+    let short_q = ctx.storage_init("short q", bytemuck::cast_slice(&rnd[..9 * rank]))?;
+    let short_k = ctx.storage_init("short k", bytemuck::cast_slice(&ops::KvType::F16.encode(&rnd[..cap * 3 * rank])))?;
+    let table = ctx.storage_init("table", bytemuck::cast_slice(&(0..cap as u32).collect::<Vec<_>>()))?;
+    let mass = ctx.storage("mass", (9 * cap * 4) as u64)?;
+    let stats = ctx.storage("stats", (9 * chunks * 8) as u64)?;
+    let score = ctx.storage("score", (cap * 4) as u64)?;
+    let (attend, list) = (ctx.storage("attend", (cap * 4) as u64)?, ctx.storage("list", ((cap + 1) * 4) as u64)?);
+    for n in [256usize, 4096, 8178] {
+        let pos = ctx.storage_init("pos", bytemuck::cast_slice(&[n as u32 - 1]))?;
+        let step = ctx.uniform("step", &Step::new(1, n as u32, 0, n as u32));
+        let shape = ops::key_score::Shape { n_heads: 9, n_kv_heads: 3, rank, window: 0, capacity: cap, chunks };
+        let b = ops::key_score::Buffers {
+            q: &short_q,
+            keys: &short_k,
+            kv: ops::KvType::F16,
+            slot_pos: &table,
+            positions: &pos,
+            mass: &mass,
+            stats: &stats,
+            score: &score,
+        };
+        let flops = (9 * n * rank * 2) as f64;
+        time_all(&ctx, &format!("key scores {n} slots, {chunks} ranges"), ops::key_score::build(&ctx, &b, &step, shape, 1, 1.0 / 270.0)?, flops);
+        let p = ops::cache_update::Params { capacity: cap as u32, budget: 128, sinks: 4, recent: 32, in_flight: 1, pad: [0; 3] };
+        time(&ctx, &format!("choose 128 of {n} slots"), ops::cache_update::build_chosen(&ctx, Some(&table), &attend, &score, &list, &step, p)?, 0.0);
+    }
     let g = ctx.storage("g", (ffn * 4) as u64)?;
     time(&ctx, "rmsnorm 576", ops::rmsnorm::build(&ctx, &x, &g, &y, &step, hidden, 1e-5, rows, false)?, (rows * hidden * 3) as f64);
     let (kc, vc) = (ctx.storage("kc", (512 * 192 * 4) as u64)?, ctx.storage("vc", (512 * 192 * 4) as u64)?);

@@ -70,6 +70,8 @@ shader!(KV_WRITE, "kv_write", "");
 shader!(ATTENTION, "attention", KV_READ);
 shader!(ATTENTION_SPLIT, "attention_split", KV_READ);
 shader!(ATTENTION_MERGE, "attention_merge", "");
+shader!(KEY_LOGITS, "key_logits", "");
+shader!(KEY_SCORE, "key_score", "");
 shader!(SAMPLE, "sample", "");
 shader!(TOPK, "topk", "");
 shader!(CACHE_UPDATE, "cache_update", "");
@@ -100,6 +102,8 @@ pub const ALL: &[&Shader] = &[
     &ATTENTION,
     &ATTENTION_SPLIT,
     &ATTENTION_MERGE,
+    &KEY_LOGITS,
+    &KEY_SCORE,
     &SAMPLE,
     &TOPK,
     &CACHE_UPDATE,

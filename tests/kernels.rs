@@ -604,6 +604,56 @@ fn attention_over_f16_caches_and_probabilities_only() {
     }
 }
 
+/// The key index's scores (short-key logits in ranges with their own softmax, then merged and
+/// summed over heads) against the f64 reference: both short-key types, several head layouts,
+/// range counts from one to more ranges than slots, rows whose last one scores, free slots,
+/// future positions, windows, and capacity above the slots in use (scored 0).
+#[test]
+fn key_scores_over_slot_ranges_match_the_reference() {
+    let ctx = ctx();
+    let mut rng = Rng::new(73);
+    let cases = [(9usize, 3usize, 16usize), (1, 1, 4), (8, 2, 32), (12, 4, 64), (4, 4, 8)];
+    for (ci, &(n_heads, n_kv, rank)) in cases.iter().enumerate() {
+        for &n_slots in &[1usize, 3, 63, 64, 65, 1000, 8192] {
+            if n_slots == 8192 && ci > 1 {
+                continue;
+            }
+            for chunks in [1usize, 3, 4, 33, n_slots.div_ceil(256)] {
+                let rows = if (ci + chunks) % 2 == 0 { 1 } else { 3 };
+                let window = if chunks == 3 { 3000 } else { 0 };
+                let heads = Heads { n_heads, n_kv_heads: n_kv, head_dim: rank, window };
+                let cap = n_slots + 5;
+                let SlotCase { slot_pos, positions, q, k, .. } = slot_case(&mut rng, heads, n_slots, rows);
+                let shape = ops::key_score::Shape { n_heads, n_kv_heads: n_kv, rank, window, capacity: cap, chunks };
+                let kv = if chunks % 2 == 0 { ops::KvType::F32 } else { ops::KvType::F16 };
+                let kr: Vec<f32> = k.iter().map(|&x| kv.round(x)).collect();
+                let last = &q[(rows - 1) * n_heads * rank..];
+                let mut want =
+                    ops::key_score::reference(last, &kr[..n_slots * n_kv * rank], &slot_pos[..n_slots], positions[rows - 1], shape, 0.5);
+                want.resize(cap, 0.0);
+                let (qb, kb, sb, pb) = (buf(&ctx, &q), buf_u32(&ctx, &kv.encode(&k)), buf_u32(&ctx, &slot_pos), buf_u32(&ctx, &positions));
+                let mass = buf(&ctx, &vec![0.5; rows * n_heads * cap]);
+                let stats = buf(&ctx, &vec![3.0; ops::key_score::stats_len(shape, rows)]);
+                let score = buf(&ctx, &vec![9.0; cap]);
+                let b = ops::key_score::Buffers {
+                    q: &qb,
+                    keys: &kb,
+                    kv,
+                    slot_pos: &sb,
+                    positions: &pb,
+                    mass: &mass,
+                    stats: &stats,
+                    score: &score,
+                };
+                let stp = step(&ctx, rows, n_slots, 0);
+                ctx.run(&ops::key_score::build(&ctx, &b, &stp, shape, rows, 0.5).unwrap()).unwrap();
+                let what = format!("key scores heads {n_heads}/{n_kv} rank {rank} slots {n_slots} ranges {chunks} rows {rows} {kv:?}");
+                assert_close(&what, &read(&ctx, &score, cap), &want, 1e-6, 1e-4);
+            }
+        }
+    }
+}
+
 #[test]
 fn attention_over_slots_with_gaps_and_causal_positions() {
     let ctx = ctx();

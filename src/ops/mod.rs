@@ -6,6 +6,7 @@ pub mod cache_update;
 pub mod controller;
 pub mod embed;
 pub mod head_norm;
+pub mod key_score;
 pub mod kv_write;
 pub mod matmul;
 pub mod quest;

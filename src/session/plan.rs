@@ -186,20 +186,25 @@ impl<'a> Planner<'a> {
                     let i = l - ix.first;
                     self.short_keys(plan, ix, l, &kv, rows)?;
                     plan.extend(ops::matmul::build(ctx, &ix.q_map[i], &s.q, &ix.q, step, rows, 0)?);
-                    let heads = Heads { n_heads: c.n_heads, n_kv_heads: c.n_kv_heads, head_dim: ix.rank, window: c.window(l) };
-                    let ab = ops::attention::Buffers {
+                    let shape = ops::key_score::Shape {
+                        n_heads: c.n_heads,
+                        n_kv_heads: c.n_kv_heads,
+                        rank: ix.rank,
+                        window: c.window(l),
+                        capacity: self.capacity,
+                        chunks: ix.chunks,
+                    };
+                    let kb = ops::key_score::Buffers {
                         q: &ix.q,
-                        k_cache: &ix.keys[i],
-                        v_cache: None,
+                        keys: &ix.keys[i],
                         kv: SHORT_KEYS,
                         slot_pos: &s.slot_pos,
                         positions: &s.positions,
-                        out: &ix.out,
                         mass: s.mass.as_ref().unwrap_or(&s.unused),
-                        list: None,
+                        stats: &ix.stats,
+                        score,
                     };
-                    plan.push(ops::attention::build(ctx, &ab, step, heads, self.capacity, rows, Mass::Write)?);
-                    self.score_from_mass(plan, rows, score)?;
+                    plan.extend(ops::key_score::build(ctx, &kb, step, shape, rows, self.score_params(false).scale)?);
                     let candidates = self.policy().candidates;
                     match candidates > 0 {
                         // The short keys nominate; the layer's exact attention over the

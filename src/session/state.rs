@@ -279,7 +279,9 @@ pub(crate) struct IndexState {
     pub keys: Vec<wgpu::Buffer>, // per layer (capacity, n_kv·rank), stored as SHORT_KEYS
     pub q: wgpu::Buffer,         // (rows, n_heads·rank)
     pub k: wgpu::Buffer,         // (rows, n_kv·rank)
-    pub out: wgpu::Buffer,       // (rows, n_heads·rank): bound, never written (no values)
+    /// Slot ranges of the short-key scan (`ops::key_score::chunks`).
+    pub chunks: usize,
+    pub stats: wgpu::Buffer, // the ranges' softmax statistics (`ops::key_score::stats_len`)
 }
 
 impl IndexState {
@@ -290,6 +292,7 @@ impl IndexState {
             GpuWeight::upload(ctx, &t)
         };
         let layers = index.dense_layers..c.layers;
+        let chunks = crate::ops::key_score::chunks(ctx, capacity);
         Ok(IndexState {
             first: index.dense_layers,
             rank: r,
@@ -304,7 +307,8 @@ impl IndexState {
             keys: layers.map(|l| ctx.storage(&format!("index.keys.{l}"), words(capacity * c.n_kv_heads * r))).collect::<Result<_>>()?,
             q: ctx.storage("index.q", f(rows * c.n_heads * r))?,
             k: ctx.storage("index.k", f(rows * c.n_kv_heads * r))?,
-            out: ctx.storage("index.out", f(rows * c.n_heads * r))?,
+            chunks,
+            stats: ctx.storage("index.stats", f(rows * c.n_heads * chunks * 2))?,
         })
     }
 

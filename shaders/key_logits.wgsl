@@ -1,0 +1,147 @@
+// key_logits.wgsl: the key index's ranking, first half. For the last new row r = n_new - 1 and
+// every query head h, the short-key logit of each slot j below step.n_slots,
+// s = scale · q[r, h] · k[j, h / group], over the slots the row sees (as attention.wgsl's
+// visible: valid, not after the row's position, within the window); a slot it does not see
+// scores MASKED. The slots are cut into p.chunks ranges of chunk_len(n) slots (a multiple of
+// 64) and each range keeps its own softmax: mass[r, h, j] = exp(s - m) for the range's largest
+// logit m, and stats[r, h, chunk] = (m, Σ exp(s - m)). key_score.wgsl merges the ranges'
+// statistics and normalises, so no pass runs over every slot in one workgroup.
+//
+// One workgroup of 64 per (GROUP query heads sharing a KV head, chunk): dispatch
+// (n_heads / GROUP, 1, chunks). The workgroup's heads share each key read; a lane takes the slots j0 + lid, j0 + lid + 64, ... of its range,
+// stores the logits, and after the heads' maxima are merged turns them into exponentials.
+// R4 = rank / 4 and GROUP are set per pipeline. Short keys are f32, or
+// with KV_HALF f16 pairs packed in a u32 (as pack2x16float writes them).
+
+struct Params {
+    n_heads: u32,
+    n_kv_heads: u32,
+    rank: u32,
+    scale: f32,
+    capacity: u32,  // slots in the cache (row stride of mass)
+    chunks: u32,    // slot ranges (workgroups along z)
+    window: u32,    // sliding window: keys at pos - window or before are not seen (0: none)
+    pad: u32,
+}
+
+@group(0) @binding(0) var<storage, read> q: array<vec4<f32>>;              // (rows, n_heads, rank)
+@group(0) @binding(1) var<storage, read> k_cache: array<vec2<u32>>;        // (capacity, n_kv_heads, rank)
+@group(0) @binding(2) var<storage, read> slot_pos: array<u32>;             // (capacity) position or INVALID
+@group(0) @binding(3) var<storage, read> positions: array<u32>;            // (rows)
+@group(0) @binding(4) var<storage, read_write> mass: array<f32>;           // (rows, n_heads, capacity)
+@group(0) @binding(5) var<storage, read_write> stats: array<vec2<f32>>;    // (rows, n_heads, chunks)
+@group(0) @binding(6) var<uniform> p: Params;
+@group(0) @binding(7) var<uniform> step: Step;
+
+const R4: u32 = 4u;       // rank / 4
+const GROUP: u32 = 3u;    // query heads per workgroup (of those sharing one KV head)
+const KV_HALF: u32 = 1u;  // 1: f16 short keys
+const WG: u32 = 64u;
+const INVALID: u32 = 0xffffffffu;
+
+var<workgroup> lanes: array<f32, 64>;
+
+// The vec4 `e` of the short keys.
+fn key4(e: u32) -> vec4<f32> {
+    if KV_HALF != 0u {
+        let w = k_cache[e];
+        return vec4<f32>(unpack2x16float(w.x), unpack2x16float(w.y));
+    }
+    return vec4<f32>(bitcast<vec2<f32>>(k_cache[2u * e]), bitcast<vec2<f32>>(k_cache[2u * e + 1u]));
+}
+
+fn visible(sp: u32, pos: u32) -> bool {
+    return sp != INVALID && sp <= pos && (p.window == 0u || pos - sp < p.window);
+}
+
+// Slots per range for n slots in use: the ranges' share, rounded up to a multiple of 64 (so
+// that key_score.wgsl's workgroups each lie in one range).
+fn chunk_len(n: u32) -> u32 {
+    return ((n + p.chunks - 1u) / p.chunks + 63u) / 64u * 64u;
+}
+
+// The workgroup's total (op 0: max, 1: sum) of every lane's v (called by every invocation).
+fn reduce(lid: u32, v: f32, op: u32) -> f32 {
+    lanes[lid] = v;
+    workgroupBarrier();
+    var t = lanes[0];
+    for (var i = 1u; i < WG; i++) {
+        if op == 0u {
+            t = max(t, lanes[i]);
+        } else {
+            t += lanes[i];
+        }
+    }
+    workgroupBarrier();
+    return t;
+}
+
+@compute @workgroup_size(64)
+fn main(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wid: vec3<u32>) {
+    let h0 = wid.x * GROUP;
+    let kvh = h0 / (p.n_heads / p.n_kv_heads);
+    let chunk = wid.z;
+    let r = step.n_new - 1u;
+    let n = min(p.capacity, step.n_slots);
+    let len = chunk_len(n);
+    let j0 = min(chunk * len, n);
+    let j1 = min(j0 + len, n);
+    let pos = positions[r];
+    let kv4 = p.n_kv_heads * R4;
+    var qv: array<vec4<f32>, GROUP * R4>;
+    for (var i = 0u; i < GROUP * R4; i++) {
+        qv[i] = q[(r * p.n_heads + h0) * R4 + i] * p.scale;
+    }
+    var m: array<f32, GROUP>;
+    for (var g = 0u; g < GROUP; g++) {
+        m[g] = MASKED;
+    }
+    // The logits, and each head's largest.
+    for (var j = j0 + lid; j < j1; j += WG) {
+        let seen = visible(slot_pos[j], pos);
+        var s: array<f32, GROUP>;
+        for (var g = 0u; g < GROUP; g++) {
+            s[g] = 0.0;
+        }
+        if seen {
+            let kb = j * kv4 + kvh * R4;
+            for (var c = 0u; c < R4; c++) {
+                let kc = key4(kb + c);
+                for (var g = 0u; g < GROUP; g++) {
+                    s[g] += dot(qv[g * R4 + c], kc);
+                }
+            }
+        }
+        for (var g = 0u; g < GROUP; g++) {
+            let v = select(MASKED, s[g], seen);
+            mass[(r * p.n_heads + h0 + g) * p.capacity + j] = v;
+            m[g] = max(m[g], v);
+        }
+    }
+    for (var g = 0u; g < GROUP; g++) {
+        m[g] = reduce(lid, m[g], 0u);
+    }
+    // Each lane reads back the logits it wrote, as exponentials relative to the range's maximum.
+    var l: array<f32, GROUP>;
+    for (var g = 0u; g < GROUP; g++) {
+        l[g] = 0.0;
+    }
+    for (var j = j0 + lid; j < j1; j += WG) {
+        for (var g = 0u; g < GROUP; g++) {
+            let i = (r * p.n_heads + h0 + g) * p.capacity + j;
+            let v = mass[i];
+            // Below exp(-60) of the range's largest a slot counts as 0: no exponential is
+            // then small enough to be subnormal, which CPUs compute far more slowly.
+            let d = v - m[g];
+            let e = select(0.0, exp(max(d, -60.0)), v > MASKED && d > -60.0);
+            mass[i] = e;
+            l[g] += e;
+        }
+    }
+    for (var g = 0u; g < GROUP; g++) {
+        l[g] = reduce(lid, l[g], 1u);
+        if lid == 0u {
+            stats[(r * p.n_heads + h0 + g) * p.chunks + chunk] = vec2<f32>(m[g], l[g]);
+        }
+    }
+}

@@ -1,0 +1,159 @@
+//! The key index's ranking of every slot: the last new row's attention over the short keys,
+//! each query head's probabilities summed (shaders/key_logits.wgsl, then shaders/key_score.wgsl).
+//! The slots are cut into ranges that keep their own softmax, so that many workgroups share
+//! the scan; the second dispatch merges the ranges and normalises.
+
+use super::{check_len, groups, KvType};
+use crate::error::{Error, Result};
+use crate::gpu::{Context, Dispatch, KernelShape};
+use crate::ops::attention::INVALID_SLOT;
+use crate::shaders;
+
+#[repr(C)]
+#[derive(Clone, Copy, Debug, bytemuck::Pod, bytemuck::Zeroable)]
+struct LogitParams {
+    n_heads: u32,
+    n_kv_heads: u32,
+    rank: u32,
+    scale: f32,
+    capacity: u32,
+    chunks: u32,
+    window: u32,
+    pad: u32,
+}
+
+#[repr(C)]
+#[derive(Clone, Copy, Debug, bytemuck::Pod, bytemuck::Zeroable)]
+struct ScoreParams {
+    n_heads: u32,
+    capacity: u32,
+    chunks: u32,
+    scale: f32,
+}
+
+/// The short keys' geometry.
+#[derive(Clone, Copy, Debug)]
+pub struct Shape {
+    pub n_heads: usize,
+    pub n_kv_heads: usize,
+    /// Floats per short key (a multiple of 4, at most 64).
+    pub rank: usize,
+    /// As [`crate::ops::attention::Heads::window`].
+    pub window: usize,
+    pub capacity: usize,
+    /// Slot ranges scanned by workgroups of their own ([`chunks`]).
+    pub chunks: usize,
+}
+
+/// Slot ranges for `capacity` slots: on GPUs one per 256 slots, so that a long cache fills many
+/// workgroups; on CPU-backed adapters one, a workgroup per KV head: there ranges (their
+/// barriers and the merge) cost more than they saved.
+pub fn chunks(ctx: &Context, capacity: usize) -> usize {
+    match ctx.kernel_shape {
+        KernelShape::Gpu => capacity.div_ceil(256).max(1),
+        KernelShape::Cpu => 1,
+    }
+}
+
+/// f32 values of the ranges' statistics for up to `max_rows` rows.
+pub fn stats_len(shape: Shape, max_rows: usize) -> usize {
+    max_rows * shape.n_heads * shape.chunks * 2
+}
+
+pub struct Buffers<'a> {
+    /// (rows, n_heads, rank) short queries.
+    pub q: &'a wgpu::Buffer,
+    /// (capacity, n_kv_heads, rank) short keys, as `kv` stores them.
+    pub keys: &'a wgpu::Buffer,
+    pub kv: KvType,
+    pub slot_pos: &'a wgpu::Buffer,
+    pub positions: &'a wgpu::Buffer,
+    /// (rows, n_heads, capacity) f32 scratch.
+    pub mass: &'a wgpu::Buffer,
+    /// [`stats_len`] f32 scratch.
+    pub stats: &'a wgpu::Buffer,
+    /// (capacity) the slots' scores.
+    pub score: &'a wgpu::Buffer,
+}
+
+/// The two dispatches: the ranges' logits and softmaxes, then the scores, scaled by `scale`.
+pub fn build(ctx: &Context, b: &Buffers, step: &wgpu::Buffer, shape: Shape, max_rows: usize, scale: f32) -> Result<Vec<Dispatch>> {
+    let Shape { n_heads, n_kv_heads, rank, window, capacity, chunks } = shape;
+    if n_kv_heads == 0 || n_heads % n_kv_heads != 0 || n_heads > 64 || rank == 0 || rank % 4 != 0 || rank > 64 || chunks == 0 {
+        return Err(Error::Shape {
+            op: "key_score",
+            what: format!(
+                "{n_heads} query heads, {n_kv_heads} KV heads, rank {rank}, {chunks} ranges: heads must divide evenly (at most 64), the rank be a multiple of 4 up to 64, and ranges at least one"
+            ),
+        });
+    }
+    check_len("key_score", "q", b.q, max_rows * n_heads * rank)?;
+    check_len("key_score", "keys", b.keys, b.kv.words(capacity * n_kv_heads * rank))?;
+    check_len("key_score", "slot_pos", b.slot_pos, capacity)?;
+    check_len("key_score", "positions", b.positions, max_rows)?;
+    check_len("key_score", "mass", b.mass, max_rows * n_heads * capacity)?;
+    check_len("key_score", "stats", b.stats, stats_len(shape, max_rows))?;
+    check_len("key_score", "score", b.score, capacity)?;
+    let lp = LogitParams {
+        n_heads: n_heads as u32,
+        n_kv_heads: n_kv_heads as u32,
+        rank: rank as u32,
+        scale: 1.0 / (rank as f32).sqrt(),
+        capacity: capacity as u32,
+        chunks: chunks as u32,
+        window: window as u32,
+        pad: 0,
+    };
+    let sp = ScoreParams { n_heads: n_heads as u32, capacity: capacity as u32, chunks: chunks as u32, scale };
+    // Query heads per workgroup: the whole group sharing a KV head (each key read once for all
+    // of them; on lavapipe one head per workgroup was slower, not faster).
+    let hpw = n_heads / n_kv_heads;
+    let defines = [("R4", (rank / 4) as u32), ("GROUP", hpw as u32), ("KV_HALF", b.kv.half())];
+    let logits = ctx.pipeline_with(&shaders::KEY_LOGITS, "main", &[], &defines)?;
+    let lp = ctx.uniform("key_logits.params", &lp);
+    let first = ctx.dispatch(
+        logits,
+        &[b.q, b.keys, b.slot_pos, b.positions, b.mass, b.stats, &lp, step],
+        [groups("key_score", n_heads / hpw, 1)?, 1, groups("key_score", chunks, 1)?],
+    );
+    let score = ctx.pipeline(&shaders::KEY_SCORE, if chunks == 1 { "single" } else { "ranges" }, &[])?;
+    let sp = ctx.uniform("key_score.params", &sp);
+    let second = ctx.dispatch(score, &[b.mass, b.stats, b.score, &sp, step], [groups("key_score", capacity, 64)?, 1, 1]);
+    Ok(vec![first, second])
+}
+
+/// Reference in f64: the scores of [`build`] for the row with short queries `q` (n_heads ·
+/// rank) at position `pos`, over short keys (n_slots, n_kv_heads · rank) with slot table
+/// `slot_pos`: scale Σ_h softmax_j(q_h · k_j / √rank), over the slots the row sees.
+pub fn reference(q: &[f32], keys: &[f32], slot_pos: &[u32], pos: u32, shape: Shape, scale: f32) -> Vec<f32> {
+    let Shape { n_heads, n_kv_heads, rank, window, .. } = shape;
+    let group = n_heads / n_kv_heads;
+    let kd = n_kv_heads * rank;
+    let sc = 1.0 / (rank as f64).sqrt();
+    let mut total = vec![0f64; slot_pos.len()];
+    for h in 0..n_heads {
+        let qh = &q[h * rank..(h + 1) * rank];
+        let kvh = h / group;
+        let logits: Vec<Option<f64>> = slot_pos
+            .iter()
+            .enumerate()
+            .map(|(j, &sp)| {
+                (sp != INVALID_SLOT && sp <= pos && (window == 0 || ((pos - sp) as usize) < window)).then(|| {
+                    let k = &keys[j * kd + kvh * rank..j * kd + (kvh + 1) * rank];
+                    qh.iter().zip(k).map(|(a, b)| *a as f64 * *b as f64).sum::<f64>() * sc
+                })
+            })
+            .collect();
+        let m = logits.iter().flatten().copied().fold(f64::NEG_INFINITY, f64::max);
+        if m == f64::NEG_INFINITY {
+            continue;
+        }
+        let z: f64 = logits.iter().flatten().map(|s| (s - m).exp()).sum();
+        for (t, s) in total.iter_mut().zip(&logits) {
+            if let Some(s) = s {
+                *t += (s - m).exp() / z;
+            }
+        }
+    }
+    total.iter().map(|t| (t * scale as f64) as f32).collect()
+}
