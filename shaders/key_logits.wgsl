@@ -7,11 +7,12 @@
 // logit m, and stats[r, h, chunk] = (m, Σ exp(s - m)). key_score.wgsl merges the ranges'
 // statistics and normalises, so no pass runs over every slot in one workgroup.
 //
-// One workgroup of 64 per (GROUP query heads sharing a KV head, chunk): dispatch
-// (n_heads / GROUP, 1, chunks). The workgroup's heads share each key read; a lane takes the slots j0 + lid, j0 + lid + 64, ... of its range,
-// stores the logits, and after the heads' maxima are merged turns them into exponentials.
-// R4 = rank / 4 and GROUP are set per pipeline. Short keys are f32, or
-// with KV_HALF f16 pairs packed in a u32 (as pack2x16float writes them).
+// One workgroup of 64 per (GROUP query heads sharing a KV head, range): dispatch
+// (n_heads / GROUP, 1, chunks). The workgroup's heads share each key read; a lane takes the
+// slots j0 + lid, j0 + lid + 64, ... of its range, stores the logits, and after the heads'
+// maxima are merged turns them into exponentials (below e^-60 of the maximum: 0, so that none
+// is subnormal). R4 = rank / 4 and GROUP are set per pipeline. Short keys are f32, or with
+// KV_HALF f16 pairs packed in a u32 (as pack2x16float writes them).
 
 struct Params {
     n_heads: u32,
