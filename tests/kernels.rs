@@ -633,7 +633,7 @@ fn key_scores_over_slot_ranges_match_the_reference() {
                 want.resize(cap, 0.0);
                 let (qb, kb, sb, pb) = (buf(&ctx, &q), buf_u32(&ctx, &kv.encode(&k)), buf_u32(&ctx, &slot_pos), buf_u32(&ctx, &positions));
                 let mass = buf(&ctx, &vec![0.5; rows * n_heads * cap]);
-                let stats = buf(&ctx, &vec![3.0; ops::key_score::stats_len(shape, rows)]);
+                let stats = buf(&ctx, &vec![3.0; ops::key_score::stats_len(n_heads, chunks, rows)]);
                 let score = buf(&ctx, &vec![9.0; cap]);
                 let b = ops::key_score::Buffers {
                     q: &qb,

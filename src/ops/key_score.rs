@@ -6,7 +6,7 @@
 use super::{check_len, groups, KvType};
 use crate::error::{Error, Result};
 use crate::gpu::{Context, Dispatch, KernelShape};
-use crate::ops::attention::INVALID_SLOT;
+use crate::ops::attention::{reference_with_mass, Heads};
 use crate::shaders;
 
 #[repr(C)]
@@ -56,8 +56,8 @@ pub fn chunks(ctx: &Context, capacity: usize) -> usize {
 }
 
 /// f32 values of the ranges' statistics for up to `max_rows` rows.
-pub fn stats_len(shape: Shape, max_rows: usize) -> usize {
-    max_rows * shape.n_heads * shape.chunks * 2
+pub fn stats_len(n_heads: usize, chunks: usize, max_rows: usize) -> usize {
+    max_rows * n_heads * chunks * 2
 }
 
 pub struct Buffers<'a> {
@@ -92,7 +92,7 @@ pub fn build(ctx: &Context, b: &Buffers, step: &wgpu::Buffer, shape: Shape, max_
     check_len("key_score", "slot_pos", b.slot_pos, capacity)?;
     check_len("key_score", "positions", b.positions, max_rows)?;
     check_len("key_score", "mass", b.mass, max_rows * n_heads * capacity)?;
-    check_len("key_score", "stats", b.stats, stats_len(shape, max_rows))?;
+    check_len("key_score", "stats", b.stats, stats_len(n_heads, chunks, max_rows))?;
     check_len("key_score", "score", b.score, capacity)?;
     let lp = LogitParams {
         n_heads: n_heads as u32,
@@ -124,36 +124,13 @@ pub fn build(ctx: &Context, b: &Buffers, step: &wgpu::Buffer, shape: Shape, max_
 
 /// Reference in f64: the scores of [`build`] for the row with short queries `q` (n_heads ·
 /// rank) at position `pos`, over short keys (n_slots, n_kv_heads · rank) with slot table
-/// `slot_pos`: scale Σ_h softmax_j(q_h · k_j / √rank), over the slots the row sees.
+/// `slot_pos`: scale Σ_h softmax_j(q_h · k_j / √rank), over the slots the row sees (attention's
+/// probabilities, [`crate::ops::attention::reference_with_mass`], summed over heads).
 pub fn reference(q: &[f32], keys: &[f32], slot_pos: &[u32], pos: u32, shape: Shape, scale: f32) -> Vec<f32> {
     let Shape { n_heads, n_kv_heads, rank, window, .. } = shape;
-    let group = n_heads / n_kv_heads;
-    let kd = n_kv_heads * rank;
-    let sc = 1.0 / (rank as f64).sqrt();
-    let mut total = vec![0f64; slot_pos.len()];
-    for h in 0..n_heads {
-        let qh = &q[h * rank..(h + 1) * rank];
-        let kvh = h / group;
-        let logits: Vec<Option<f64>> = slot_pos
-            .iter()
-            .enumerate()
-            .map(|(j, &sp)| {
-                (sp != INVALID_SLOT && sp <= pos && (window == 0 || ((pos - sp) as usize) < window)).then(|| {
-                    let k = &keys[j * kd + kvh * rank..j * kd + (kvh + 1) * rank];
-                    qh.iter().zip(k).map(|(a, b)| *a as f64 * *b as f64).sum::<f64>() * sc
-                })
-            })
-            .collect();
-        let m = logits.iter().flatten().copied().fold(f64::NEG_INFINITY, f64::max);
-        if m == f64::NEG_INFINITY {
-            continue;
-        }
-        let z: f64 = logits.iter().flatten().map(|s| (s - m).exp()).sum();
-        for (t, s) in total.iter_mut().zip(&logits) {
-            if let Some(s) = s {
-                *t += (s - m).exp() / z;
-            }
-        }
-    }
-    total.iter().map(|t| (t * scale as f64) as f32).collect()
+    let heads = Heads { n_heads, n_kv_heads, head_dim: rank, window };
+    let no_values = vec![0.0; keys.len()];
+    let (_, mass) = reference_with_mass(&q[..n_heads * rank], keys, &no_values, slot_pos, &[pos], heads);
+    let n = slot_pos.len();
+    (0..n).map(|j| ((0..n_heads).map(|h| mass[h * n + j] as f64).sum::<f64>() * scale as f64) as f32).collect()
 }

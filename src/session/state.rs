@@ -308,7 +308,7 @@ impl IndexState {
             q: ctx.storage("index.q", f(rows * c.n_heads * r))?,
             k: ctx.storage("index.k", f(rows * c.n_kv_heads * r))?,
             chunks,
-            stats: ctx.storage("index.stats", f(rows * c.n_heads * chunks * 2))?,
+            stats: ctx.storage("index.stats", f(crate::ops::key_score::stats_len(c.n_heads, chunks, rows)))?,
         })
     }
 
