@@ -169,9 +169,19 @@ fn main() -> adore::Result<()> {
             score: &score,
         };
         let flops = (9 * n * rank * 2) as f64;
-        time_all(&ctx, &format!("key scores {n} slots, {chunks} ranges"), ops::key_score::build(&ctx, &b, &step, shape, 1, 1.0 / 270.0)?, flops);
+        time_all(
+            &ctx,
+            &format!("key scores {n} slots, {chunks} ranges"),
+            ops::key_score::build(&ctx, &b, &step, shape, 1, 1.0 / 270.0)?,
+            flops,
+        );
         let p = ops::cache_update::Params { capacity: cap as u32, budget: 128, sinks: 4, recent: 32, in_flight: 1, pad: [0; 3] };
-        time(&ctx, &format!("choose 128 of {n} slots"), ops::cache_update::build_chosen(&ctx, Some(&table), &attend, &score, &list, &step, p)?, 0.0);
+        time(
+            &ctx,
+            &format!("choose 128 of {n} slots"),
+            ops::cache_update::build_chosen(&ctx, Some(&table), &attend, &score, &list, &step, p)?,
+            0.0,
+        );
     }
     let g = ctx.storage("g", (ffn * 4) as u64)?;
     time(&ctx, "rmsnorm 576", ops::rmsnorm::build(&ctx, &x, &g, &y, &step, hidden, 1e-5, rows, false)?, (rows * hidden * 3) as f64);
@@ -192,7 +202,7 @@ fn main() -> adore::Result<()> {
         positions: &pos,
         bias: None,
     };
-    let r = ops::rope::Rope { n_heads: 9, n_kv_heads: 3, head_dim: 64, theta: 1e5, interleaved: true };
+    let r = ops::rope::Rope { n_heads: 9, n_kv_heads: 3, head_dim: 64, theta: 1e5, factors: &[], interleaved: true };
     time(&ctx, "rope 9x64 + kv store", ops::rope::build(&ctx, &qkv, &step, r, 512, rows, true)?, (rows * 960 * 3) as f64);
     time(&ctx, "swiglu 1536", ops::swiglu::build(&ctx, &y, &x, &step, ffn, rows)?, (rows * ffn * 4) as f64);
 

@@ -1,6 +1,7 @@
 // rope.wgsl: one step's q, k and v from their stacked product, qkv (rows, q_dim + 2 kv_dim), into
 // place: rotary positions on q and k at each row's own position,
-// (a, b) <- (a cos θ - b sin θ, a sin θ + b cos θ), θ = pos · base^(-2i / head_dim),
+// (a, b) <- (a cos θ - b sin θ, a sin θ + b cos θ), θ = pos · base^(-2i / head_dim) / f_i
+// (f_i: RoPE scaling's divisor of pair i, 1 without),
 // q and k written rotated to their own buffers, k and v stored in the row's KV slot, and with
 // write_table the slot table too (it is shared by every layer). Pairs are (2i, 2i+1) when
 // interleaved (llama.cpp's GGUF layout) and (i, i + head_dim/2) otherwise (Hugging Face's
@@ -19,6 +20,7 @@ struct Params {
     write_table: u32,  // 1 for one layer per step
     capacity: u32,     // slots in the cache
     pad: u32,
+    factors: array<vec4<f32>, 32>,  // pair i's frequency divisor at [i / 4][i % 4] (RoPE scaling; 1: none)
 }
 
 @group(0) @binding(0) var<storage, read> qkv: array<f32>;            // (rows, q_dim + 2 kv_dim)
@@ -63,7 +65,7 @@ fn rotate(row: u32, src: u32, h: u32, i: u32, pos: u32) -> Rotated {
         ia = h * p.head_dim + 2u * i;
         ib = ia + 1u;
     }
-    let inv_freq = exp2(-(2.0 * f32(i) / f32(p.head_dim)) * log2(p.theta));
+    let inv_freq = exp2(-(2.0 * f32(i) / f32(p.head_dim)) * log2(p.theta)) / p.factors[i / 4u][i % 4u];
     let angle = f32(pos) * inv_freq;
     let c = cos(angle);
     let s = sin(angle);

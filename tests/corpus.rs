@@ -167,8 +167,10 @@ fn cases() -> Vec<Case> {
         gguf("bad-utf8-in-metadata", "malformed", bad_utf8),
         gguf("llama-qkv-bias", "unsupported", with_tensor("blk.0.attn_q.bias", vec![tiny::HIDDEN]))
             .says("tensor blk.0.attn_q.bias (a bias"),
-        gguf("llama3-rope-freqs", "unsupported", with_tensor("rope_freqs.weight", vec![tiny::HEAD_DIM / 2]))
-            .says("tensor rope_freqs.weight (RoPE frequency factors"),
+        gguf("rope-freqs-zero", "config", with_tensor("rope_freqs.weight", vec![tiny::HEAD_DIM / 2]))
+            .says("RoPE frequency factor 0 must be"),
+        gguf("rope-freqs-one-per-dim", "malformed", with_tensor("rope_freqs.weight", vec![tiny::HEAD_DIM]))
+            .says("rope_freqs.weight is F32 of shape"),
         gguf("rope-scaling-yarn", "unsupported", with_meta("llama.rope.scaling.type", Value::String("yarn".into())))
             .says("RoPE scaling type \"yarn\""),
         gguf("mixture-of-experts", "unsupported", with_meta("llama.expert_count", Value::U32(8))).says("mixture of 8 experts"),
@@ -200,14 +202,18 @@ fn cases() -> Vec<Case> {
             *file(f, "model-00001-of-00002.safetensors") = safetensors::serialize([("model.norm.weight".to_string(), view)], None).unwrap();
         }),
         hf("hf-tokenizer-garbage", "tokenizer", |f| *file(f, "tokenizer.json") = b"{\"model\": 42}".to_vec()),
-        hf("hf-rope-scaling-llama3", "unsupported", |f| {
+        hf("hf-rope-scaling-llama3-incomplete", "config", |f| {
             hf_config(
                 f,
                 "rope_scaling",
                 serde_json::json!({"rope_type": "llama3", "factor": 8.0, "original_max_position_embeddings": 8192}),
             )
         })
-        .says("RoPE scaling \"llama3\""),
+        .says("needs low_freq_factor"),
+        hf("hf-rope-scaling-yarn", "unsupported", |f| {
+            hf_config(f, "rope_scaling", serde_json::json!({"rope_type": "yarn", "factor": 4.0, "original_max_position_embeddings": 32768}))
+        })
+        .says("RoPE scaling \"yarn\""),
         hf("hf-model-type-gemma3", "unsupported", |f| hf_config(f, "model_type", serde_json::json!("gemma3")))
             .says("model_type \"gemma3\""),
         hf("hf-attention-bias", "unsupported", |f| hf_config(f, "attention_bias", serde_json::json!(true))).says("attention_bias: true"),

@@ -307,7 +307,10 @@ fn rope_on_stacked_qkv_with_the_kv_store() {
     let mut rng = Rng::new(4);
     let cap = 300;
     for kv in [ops::KvType::F32, ops::KvType::F16] {
-        for (interleaved, with_bias) in [(true, false), (false, false), (false, true)] {
+        // (interleaved, biases, RoPE scaling factors)
+        for (interleaved, with_bias, scaled) in
+            [(true, false, false), (false, false, false), (false, true, false), (true, false, true), (false, true, true)]
+        {
             for &(nh, nkv, hd) in &[(1usize, 1usize, 2usize), (3, 1, 64), (9, 3, 64), (17, 17, 16), (4, 2, 128), (2, 1, 4)] {
                 for &rows in &[1usize, 3, 17, 255] {
                     let (q_dim, kv_dim) = (nh * hd, nkv * hd);
@@ -323,8 +326,11 @@ fn rope_on_stacked_qkv_with_the_kv_store() {
                     let part = |from: usize, len: usize| -> Vec<f32> {
                         (0..rows).flat_map(|r| qkv[r * width + from..r * width + from + len].to_vec()).collect()
                     };
-                    let want_q = ops::rope::reference(&part(0, q_dim), &pos, nh, hd, 100000.0, interleaved);
-                    let want_k = ops::rope::reference(&part(q_dim, kv_dim), &pos, nkv, hd, 100000.0, interleaved);
+                    // Divisors as Llama 3's span them (1 to 32), and below 1.
+                    let factors: Vec<f32> =
+                        if scaled { (0..hd / 2).map(|_| 0.5 + rng.below(64) as f32 / 2.0).collect() } else { Vec::new() };
+                    let want_q = ops::rope::reference(&part(0, q_dim), &pos, nh, hd, 100000.0, &factors, interleaved);
+                    let want_k = ops::rope::reference(&part(q_dim, kv_dim), &pos, nkv, hd, 100000.0, &factors, interleaved);
                     // The caches start as arbitrary words; slots no row writes keep them.
                     let words = kv.words(kv_dim);
                     let init: Vec<u32> = (0..cap * words).map(|_| rng.below(1 << 32) as u32).collect();
@@ -345,8 +351,10 @@ fn rope_on_stacked_qkv_with_the_kv_store() {
                         positions: &pb,
                         bias: with_bias.then_some(&bb),
                     };
-                    let r = ops::rope::Rope { n_heads: nh, n_kv_heads: nkv, head_dim: hd, theta: 100000.0, interleaved };
-                    let what = format!("rope {kv:?} interleaved={interleaved} bias={with_bias} heads {nh}/{nkv} hd {hd} rows {rows}");
+                    let r = ops::rope::Rope { n_heads: nh, n_kv_heads: nkv, head_dim: hd, theta: 100000.0, factors: &factors, interleaved };
+                    let what = format!(
+                        "rope {kv:?} interleaved={interleaved} bias={with_bias} scaled={scaled} heads {nh}/{nkv} hd {hd} rows {rows}"
+                    );
                     let built = ops::rope::build(&ctx, &b, &step(&ctx, rows, 0, 0), r, cap, rows, true);
                     if kv == ops::KvType::F16 && hd % 4 != 0 {
                         let e = built.err().expect("f16 caches need head_dim a multiple of 4");

@@ -27,13 +27,22 @@ fn ids(v: &Value) -> Vec<u32> {
     v.as_array().unwrap().iter().map(|x| x.as_u64().unwrap() as u32).collect()
 }
 
-fn check(name: &str) -> Arc<Model> {
+fn refs(name: &str) -> Value {
     let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/llama-cpp");
-    let refs: Value = serde_json::from_str(&std::fs::read_to_string(dir.join(format!("{name}.json"))).unwrap()).unwrap();
+    serde_json::from_str(&std::fs::read_to_string(dir.join(format!("{name}.json"))).unwrap()).unwrap()
+}
+
+/// A known model, fetched, against its references.
+fn check(name: &str) -> Arc<Model> {
     let known = adore::fetch::known(name).unwrap_or_else(|| panic!("{name} is not a known model"));
+    let refs = refs(name);
     assert_eq!(refs["model_sha256"].as_str(), Some(known.sha256), "the references were made from another file");
     let path = adore::fetch::fetch(known, &mut |m| eprintln!("{m}"), &mut |_, _| {}).expect("fetching the model");
-    let model: Arc<Model> = Arc::new(adore::model::files::load(common::ctx(), &path, &mut |_, _| {}).expect("loading the model"));
+    check_file(name, &path, &refs)
+}
+
+fn check_file(name: &str, path: &std::path::Path, refs: &Value) -> Arc<Model> {
+    let model: Arc<Model> = Arc::new(adore::model::files::load(common::ctx(), path, &mut |_, _| {}).expect("loading the model"));
 
     let mut report = Vec::new();
     for (i, case) in refs["prompts"].as_array().unwrap().iter().enumerate() {
@@ -107,4 +116,64 @@ fn gemma_3_270m_matches_llama_cpp() {
     // A generation ends at the end of a turn too (the file names <eos> as end-of-sequence).
     let stops: Vec<String> = model.tokenizer.stop_ids().iter().filter_map(|&i| model.tokenizer.id_to_token(i)).collect();
     assert_eq!(stops, ["<eos>", "<end_of_turn>"]);
+}
+
+/// The default model with Llama 3's RoPE scaling added: a `rope_freqs.weight` tensor (as
+/// llama.cpp's converter writes for Llama 3.1 and 3.2) holding the factors of a Hugging Face
+/// `rope_scaling` of type llama3 with factor 4, low and high frequency factors 1 and 4 and an
+/// original context of 64, so that most of the 32 frequencies are scaled at the positions tested.
+/// Written to the test's temporary directory; its sha256 is the references' (made by
+/// scripts/llama-cpp-refs.mjs on this file, with tests/llama-cpp/smollm2-135m-llama3-rope.prompts.json
+/// and Hamlet).
+fn llama3_scaled_default() -> (PathBuf, Vec<f32>) {
+    use adore::model::gguf::{self, Gguf};
+    use adore::tensor::{DType, HostTensor};
+    let source = adore::fetch::default_model(&mut |m| eprintln!("{m}")).unwrap();
+    let bytes = std::fs::read(&source).unwrap();
+    let g = Gguf::parse("default model", &bytes).unwrap();
+    let theta = g.get("llama.rope.freq_base").and_then(|v| v.as_f64()).unwrap() as f32;
+    let head_dim = g.get("llama.embedding_length").and_then(|v| v.as_u64()).unwrap() as usize
+        / g.get("llama.attention.head_count").and_then(|v| v.as_u64()).unwrap() as usize;
+    let scaling = serde_json::json!({
+        "rope_type": "llama3", "factor": 4.0, "low_freq_factor": 1.0, "high_freq_factor": 4.0,
+        "original_max_position_embeddings": 64
+    });
+    let factors = adore::model::config::hf_rope_factors("test", &scaling, head_dim, theta).unwrap();
+    let metadata: Vec<(&str, gguf::Value)> = g.metadata.iter().map(|(k, v)| (k.as_str(), v.clone())).collect();
+    let mut tensors: Vec<HostTensor> = g.tensors.iter().map(|t| g.tensor(t)).collect();
+    tensors.push(HostTensor {
+        name: "rope_freqs.weight".into(),
+        dtype: DType::F32,
+        shape: vec![factors.len()],
+        data: bytemuck::cast_slice(&factors).to_vec().into(),
+    });
+    let out = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("smollm2-135m-llama3-rope.gguf");
+    std::fs::write(&out, gguf::write(&metadata, &tensors)).unwrap();
+    (out, factors)
+}
+
+/// Llama 3's RoPE scaling (per-frequency factors from `rope_freqs.weight`) against llama.cpp on
+/// the same file; and the factors are what make the difference: without them the perplexity
+/// leaves llama.cpp's by far more than the tolerance.
+#[test]
+fn llama3_rope_scaling_matches_llama_cpp() {
+    let name = "smollm2-135m-llama3-rope";
+    let (path, factors) = llama3_scaled_default();
+    let refs = refs(name);
+    let sha = adore::fetch::sha256_hex(&std::fs::read(&path).unwrap());
+    assert_eq!(refs["model_sha256"].as_str(), Some(sha.as_str()), "the references were made from another file");
+    // Pairs of short wavelength keep their frequency, long ones are divided by the factor.
+    assert_eq!((factors[0], factors[factors.len() - 1]), (1.0, 4.0));
+    assert!(factors.iter().filter(|&&f| f > 1.0 && f < 4.0).count() >= 1, "no interpolated factor: {factors:?}");
+    let model = check_file(name, &path, &refs);
+    assert_eq!(model.config.rope_factors, factors);
+    let plain = adore::fetch::default_model(&mut |m| eprintln!("{m}")).unwrap();
+    let plain = Arc::new(adore::model::files::load(common::ctx(), &plain, &mut |_, _| {}).unwrap());
+    let tokens = ids(&refs["perplexity"]["tokens"]);
+    let options = SessionOptions { context: tokens.len(), chunk: 256, all_logits: true, ..Default::default() };
+    let mut s = Session::new(plain, options).unwrap();
+    let unscaled = pollster::block_on(perplexity(&mut s, &tokens, tokens.len(), 1, |_, _| {})).unwrap().ppl;
+    let want = refs["perplexity"]["value"].as_f64().unwrap();
+    eprintln!("{name}: without the factors, perplexity {unscaled:.4} against llama.cpp's {want:.4}");
+    assert!((unscaled / want - 1.0).abs() > 5.0 * PPL_TOLERANCE, "the factors change too little to be tested: {unscaled} vs {want}");
 }

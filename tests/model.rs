@@ -113,6 +113,36 @@ fn qwen2_forward_matches_reference() {
     let _ = std::fs::remove_dir_all(dir);
 }
 
+/// Llama 3's RoPE scaling, from a GGUF file's `rope_freqs.weight` and from a Hugging Face
+/// config's `rope_scaling`, against the reference's frequencies scaled as Hugging Face scales
+/// them (an original context of 32, so that pairs are kept, interpolated and divided); the
+/// scaling must change the logits.
+#[test]
+fn llama3_rope_scaling_matches_reference() {
+    let mut tiny = Tiny::new(10);
+    tiny.llama3_rope = Some([4.0, 1.0, 4.0, 32.0]);
+    let dir = temp_dir("llama3-rope");
+    let path = dir.join("tiny-llama3.gguf");
+    let gguf = tiny.gguf_bytes();
+    std::fs::write(&path, &gguf).unwrap();
+    let model = load(&path);
+    assert_eq!(model.config.rope_factors.len(), common::tiny::HEAD_DIM / 2);
+    check_all_logits(model, &tiny, "llama3 rope gguf");
+    let g = adore::model::gguf::Gguf::parse("tiny-llama3.gguf", &gguf).unwrap();
+    let tok = adore::model::Tokenizer::from_gguf(&g).unwrap();
+    let hf = dir.join("hf");
+    tiny.write_hf_dir(&hf, &tok.to_json().unwrap());
+    let model = load(&hf);
+    let f = &model.config.rope_factors;
+    assert!(f[0] == 1.0 && f[1] > 1.0 && f[1] < 4.0 && f[2..].iter().all(|&x| x == 4.0), "factors {f:?}");
+    check_all_logits(model, &tiny, "llama3 rope safetensors");
+    let mut plain = Tiny::new(10);
+    plain.llama3_rope = None;
+    let (a, b) = (tiny.forward(&tokens()), plain.forward(&tokens()));
+    assert!(a.iter().zip(&b).any(|(x, y)| (x - y).abs() > 0.1), "the scaling changes nothing: the test could not fail");
+    let _ = std::fs::remove_dir_all(dir);
+}
+
 /// Gemma 3 (scaled embeddings, q/k norms, post-norms, GeGLU, a sliding window shorter than the
 /// sequence) from GGUF, in both kernel shapes, against the f64 reference; the window must matter.
 #[test]

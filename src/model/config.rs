@@ -23,6 +23,10 @@ pub struct Config {
     pub rope_interleaved: bool,
     /// How the family's forward pass differs from Llama's.
     pub family: Family,
+    /// RoPE scaling: pair i's frequency divided by rope_factors[i] (head_dim / 2 values) in the
+    /// layers that use `rope_theta` (Llama 3's per-frequency factors, or linear scaling's one
+    /// factor repeated); empty: none.
+    pub rope_factors: Vec<f32>,
 }
 
 /// The differences of a model family from Llama's forward pass, as data. The default is Llama.
@@ -96,10 +100,24 @@ impl Config {
 
     /// Layer `l`'s RoPE base.
     pub fn rope_theta(&self, l: usize) -> f32 {
-        if self.is_local(l) && self.family.rope_theta_local > 0.0 {
+        if self.uses_local_theta(l) {
             self.family.rope_theta_local
         } else {
             self.rope_theta
+        }
+    }
+
+    fn uses_local_theta(&self, l: usize) -> bool {
+        self.is_local(l) && self.family.rope_theta_local > 0.0
+    }
+
+    /// Layer `l`'s RoPE frequency divisors (empty: none). Layers with the local base are not
+    /// scaled (as in Gemma 3, whose linear scaling is for its global layers).
+    pub fn rope_factors(&self, l: usize) -> &[f32] {
+        if self.uses_local_theta(l) {
+            &[]
+        } else {
+            &self.rope_factors
         }
     }
 
@@ -136,7 +154,32 @@ impl Config {
         if !(self.rope_theta > 1.0 && self.rope_theta.is_finite()) {
             return bad(format!("RoPE base {} must be a finite number above 1", self.rope_theta));
         }
+        let f = &self.rope_factors;
+        if !f.is_empty() && f.len() != self.head_dim / 2 {
+            return bad(format!("{} RoPE frequency factors for a head dimension of {} (one per pair expected)", f.len(), self.head_dim));
+        }
+        if let Some(x) = f.iter().find(|x| !(x.is_finite() && **x > 0.0)) {
+            return bad(format!("RoPE frequency factor {x} must be a finite number above 0"));
+        }
         Ok(())
+    }
+
+    /// Applies a GGUF file's `rope_freqs.weight` (one divisor per RoPE pair, Llama 3's scaling),
+    /// on top of any linear scaling the metadata gave.
+    pub fn scale_rope(&mut self, file: &str, t: &crate::tensor::HostTensor) -> Result<()> {
+        let pairs = self.head_dim / 2;
+        if t.shape != [pairs] || t.dtype.is_quantized() {
+            return Err(Error::malformed(
+                file,
+                format!("{} is {:?} of shape {:?}; {pairs} F32, F16 or BF16 values expected", t.name, t.dtype, t.shape),
+            ));
+        }
+        let factors = t.to_f32();
+        self.rope_factors = match self.rope_factors.is_empty() {
+            true => factors,
+            false => self.rope_factors.iter().zip(&factors).map(|(a, b)| a * b).collect(),
+        };
+        self.validate()
     }
 
     /// From GGUF metadata (`<arch>.*` keys).
@@ -171,7 +214,7 @@ impl Config {
             Ok(v) => v,
             Err(_) => g.get("tokenizer.ggml.tokens").and_then(|v| v.as_array()).map_or(0, |a| a.len()),
         };
-        let cfg = Self {
+        let mut cfg = Self {
             hidden,
             ffn: int("feed_forward_length")?,
             layers: int("block_count")?,
@@ -193,13 +236,23 @@ impl Config {
                 global_every: if gemma3 { GEMMA3_GLOBAL_EVERY } else { 0 },
                 rope_theta_local: if gemma3 { GEMMA3_LOCAL_THETA } else { 0.0 },
             },
+            rope_factors: Vec::new(),
         };
         // Metadata that changes the computation in ways this engine does not implement.
         let key = |k: &str| format!("{arch}.{k}");
-        if let Some(t) = g.get(&key("rope.scaling.type")).and_then(|v| v.as_str()) {
-            if t != "none" {
-                return Err(Error::unsupported(&g.file, format!("RoPE scaling type {t:?} ({})", key("rope.scaling.type"))));
+        match g.get(&key("rope.scaling.type")).and_then(|v| v.as_str()) {
+            None | Some("none") => {}
+            Some("linear") => {
+                // Positions divided by the factor: every frequency divided by it.
+                let factor = g
+                    .get(&key("rope.scaling.factor"))
+                    .and_then(|v| v.as_f64())
+                    .ok_or_else(|| Error::Config(format!("{}: linear RoPE scaling without {}", g.file, key("rope.scaling.factor"))))?;
+                if factor != 1.0 {
+                    cfg.rope_factors = vec![factor as f32; cfg.head_dim / 2];
+                }
             }
+            Some(t) => return Err(Error::unsupported(&g.file, format!("RoPE scaling type {t:?} ({})", key("rope.scaling.type")))),
         }
         if let Ok(n) = int("expert_count") {
             if n > 0 {
@@ -284,9 +337,10 @@ impl Config {
         }
         let qwen2 = hf.model_type.as_deref() == Some("qwen2");
         // Settings that change the computation in ways this engine does not implement.
-        if let Some(r) = hf.rope_scaling.as_ref().filter(|r| !r.is_null()) {
+        let rope_scaling = hf.rope_scaling.as_ref().filter(|r| !r.is_null());
+        if let Some(r) = rope_scaling {
             let kind = r.get("rope_type").or_else(|| r.get("type")).and_then(|t| t.as_str()).unwrap_or("unnamed");
-            if kind != "default" {
+            if !["default", "linear", "llama3"].contains(&kind) {
                 return Err(Error::unsupported(file, format!("RoPE scaling {kind:?} (rope_scaling)")));
             }
         }
@@ -314,7 +368,7 @@ impl Config {
         };
         let n_heads = size("num_attention_heads", hf.num_attention_heads)?;
         let hidden = size("hidden_size", hf.hidden_size)?;
-        let cfg = Self {
+        let mut cfg = Self {
             hidden,
             ffn: size("intermediate_size", hf.intermediate_size)?,
             layers: size("num_hidden_layers", hf.num_hidden_layers)?,
@@ -331,8 +385,54 @@ impl Config {
             rope_theta: hf.rope_theta.unwrap_or(10000.0) as f32,
             rope_interleaved: false,
             family: Family { qkv_bias: qwen2, ..Family::default() },
+            rope_factors: Vec::new(),
         };
+        if let Some(r) = rope_scaling {
+            cfg.rope_factors = hf_rope_factors(file, r, cfg.head_dim, cfg.rope_theta)?;
+        }
         cfg.validate()?;
         Ok(cfg)
+    }
+}
+
+/// The frequency divisors of a Hugging Face `rope_scaling` entry of type "linear" or "llama3"
+/// (none for "default"). Llama 3's: pairs whose wavelength (2π / frequency) is shorter than
+/// original_max_position_embeddings / high_freq_factor keep their frequency, those longer than
+/// it / low_freq_factor are divided by `factor`, and those between are interpolated
+/// (smooth = (original / wavelength - low) / (high - low); frequency · ((1 - smooth) / factor +
+/// smooth)).
+pub fn hf_rope_factors(file: &str, r: &serde_json::Value, head_dim: usize, theta: f32) -> Result<Vec<f32>> {
+    let kind = r.get("rope_type").or_else(|| r.get("type")).and_then(|t| t.as_str()).unwrap_or("unnamed");
+    let num = |k: &str| -> Result<f64> {
+        r.get(k)
+            .and_then(|v| v.as_f64())
+            .filter(|v| v.is_finite() && *v > 0.0)
+            .ok_or_else(|| Error::Config(format!("{file}: rope_scaling of type {kind:?} needs {k}, a number above 0")))
+    };
+    match kind {
+        "default" => Ok(Vec::new()),
+        "linear" => Ok(vec![num("factor")? as f32; head_dim / 2]),
+        "llama3" => {
+            let (factor, low, high) = (num("factor")?, num("low_freq_factor")?, num("high_freq_factor")?);
+            let original = num("original_max_position_embeddings")?;
+            if high <= low {
+                return Err(Error::Config(format!("{file}: rope_scaling's high_freq_factor {high} is not above low_freq_factor {low}")));
+            }
+            Ok((0..head_dim / 2)
+                .map(|i| {
+                    let freq = (theta as f64).powf(-2.0 * i as f64 / head_dim as f64);
+                    let wavelength = 2.0 * std::f64::consts::PI / freq;
+                    if wavelength < original / high {
+                        1.0
+                    } else if wavelength > original / low {
+                        factor as f32
+                    } else {
+                        let smooth = (original / wavelength - low) / (high - low);
+                        (1.0 / ((1.0 - smooth) / factor + smooth)) as f32
+                    }
+                })
+                .collect())
+        }
+        other => Err(Error::unsupported(file, format!("RoPE scaling {other:?} (rope_scaling)"))),
     }
 }

@@ -98,12 +98,13 @@ const GEMMA_TEMPLATE: &str = "{{ bos_token }}{% for message in messages %}{% if 
 {% else %}{% set role = message['role'] %}{% endif %}{{ '<start_of_turn>' + role + '\n' + message['content'] | trim + '<end_of_turn>\n' }}\
 {% endfor %}{% if add_generation_prompt %}{{ '<start_of_turn>model\n' }}{% endif %}";
 
+/// Llama 3's RoPE frequency factors in GGUF files (head_dim / 2 divisors).
+const ROPE_FREQS: &str = "rope_freqs.weight";
+
 /// What a tensor the forward pass does not use is, for the error that refuses it.
 fn unused_tensor(name: &str) -> &'static str {
     if name.ends_with(".bias") {
         "a bias, which the Llama forward pass does not add"
-    } else if name.starts_with("rope_freqs") {
-        "RoPE frequency factors: Llama 3 RoPE scaling"
     } else {
         "a tensor the Llama forward pass does not use"
     }
@@ -115,9 +116,12 @@ impl<'a> ModelSpec<'a> {
         let spec = match source {
             Source::Gguf { name, bytes } => {
                 let g = gguf::Gguf::parse(&name, bytes)?;
-                let config = Config::from_gguf(&g)?;
+                let mut config = Config::from_gguf(&g)?;
                 let tokenizer = Tokenizer::from_gguf(&g)?;
-                let tensors = g.tensors.iter().map(|t| (t.name.clone(), g.tensor(t))).collect();
+                let mut tensors: HashMap<String, HostTensor> = g.tensors.iter().map(|t| (t.name.clone(), g.tensor(t))).collect();
+                if let Some(t) = tensors.remove(ROPE_FREQS) {
+                    config.scale_rope(&name, &t)?;
+                }
                 let chat_template = g.get("tokenizer.chat_template").and_then(|v| v.as_str()).map(str::to_string);
                 // Gemma's turns, for Gemma 3 files that carry no template.
                 let chat_template = chat_template.or_else(|| config.family.qk_norm.then(|| GEMMA_TEMPLATE.to_string()));
@@ -262,7 +266,8 @@ impl<'a> ModelSpec<'a> {
         let mut h = Sha256::new();
         // Fields added to Config after controllers were shipped are left out at their Llama
         // value, so that files made for a model still match it.
-        let config = format!("{:?}", self.config).replace(&format!(", family: {:?}", Family::default()), "");
+        let config =
+            format!("{:?}", self.config).replace(&format!(", family: {:?}", Family::default()), "").replace(", rope_factors: []", "");
         h.update(config.as_bytes());
         h.update(&embd.data);
         Ok(h.finalize().iter().map(|b| format!("{b:02x}")).collect())

@@ -18,7 +18,12 @@ pub struct Params {
     pub write_table: u32,
     pub capacity: u32,
     pub pad: u32,
+    /// Divisors of the pairs' frequencies (RoPE scaling; 1 where the model has none), 4 a vec4.
+    pub factors: [[f32; 4]; MAX_PAIRS / 4],
 }
+
+/// Pairs a head may have (head_dim ≤ 256).
+pub const MAX_PAIRS: usize = 128;
 
 /// The buffers the dispatch touches: it reads `qkv` (rows, q_dim + 2 kv_dim) and writes the
 /// rest.
@@ -39,11 +44,13 @@ pub struct Qkv<'a> {
 
 /// The heads' shape and rotation.
 #[derive(Clone, Copy, Debug)]
-pub struct Rope {
+pub struct Rope<'a> {
     pub n_heads: usize,
     pub n_kv_heads: usize,
     pub head_dim: usize,
     pub theta: f32,
+    /// RoPE scaling: the divisors of the head_dim / 2 pairs' frequencies (empty: none).
+    pub factors: &'a [f32],
     pub interleaved: bool,
 }
 
@@ -61,12 +68,14 @@ pub fn build(
     let (nh, nkv, hd) = (r.n_heads, r.n_kv_heads, r.head_dim);
     // f16 caches: each k invocation rotates two pairs, so head_dim / 2 must be even.
     let multiple = if b.kv == KvType::F16 { 4 } else { 2 };
-    if hd == 0 || !hd.is_multiple_of(multiple) || nh == 0 || nkv == 0 || !(r.theta > 0.0) {
+    if hd == 0 || hd / 2 > MAX_PAIRS || !hd.is_multiple_of(multiple) || nh == 0 || nkv == 0 || !(r.theta > 0.0) {
         return Err(Error::Shape {
             op: "rope",
             what: format!(
-                "n_heads {nh}, n_kv_heads {nkv}, head_dim {hd} (must be a multiple of {multiple} for {:?} caches), theta {}",
-                b.kv, r.theta
+                "n_heads {nh}, n_kv_heads {nkv}, head_dim {hd} (at most {} and a multiple of {multiple} for {:?} caches), theta {}",
+                2 * MAX_PAIRS,
+                b.kv,
+                r.theta
             ),
         });
     }
@@ -82,6 +91,13 @@ pub fn build(
     if let Some(bias) = b.bias {
         check_len("rope", "bias", bias, q_dim + 2 * kv_dim)?;
     }
+    if !r.factors.is_empty() && r.factors.len() != hd / 2 {
+        return Err(Error::Shape { op: "rope", what: format!("{} frequency factors for head_dim {hd}", r.factors.len()) });
+    }
+    let mut factors = [[1.0f32; 4]; MAX_PAIRS / 4];
+    for (i, &f) in r.factors.iter().enumerate() {
+        factors[i / 4][i % 4] = f;
+    }
     let p = Params {
         n_heads: nh as u32,
         n_kv_heads: nkv as u32,
@@ -91,6 +107,7 @@ pub fn build(
         write_table: write_table as u32,
         capacity: capacity as u32,
         pad: 0,
+        factors,
     };
     let params = ctx.uniform("rope.params", &p);
     let pipeline = ctx.pipeline_with(&shaders::ROPE, "main", &[("BIAS", b.bias.is_some() as u32 as f64)], &[("HALF", b.kv.half())])?;
@@ -102,8 +119,17 @@ pub fn build(
     ))
 }
 
-/// Reference rotation of x (rows, n_heads, head_dim), in f64.
-pub fn reference(x: &[f32], positions: &[u32], n_heads: usize, head_dim: usize, theta: f32, interleaved: bool) -> Vec<f32> {
+/// Reference rotation of x (rows, n_heads, head_dim), in f64; pair i's frequency divided by
+/// factors[i] where factors are given (empty: none).
+pub fn reference(
+    x: &[f32],
+    positions: &[u32],
+    n_heads: usize,
+    head_dim: usize,
+    theta: f32,
+    factors: &[f32],
+    interleaved: bool,
+) -> Vec<f32> {
     let mut y = x.to_vec();
     let half = head_dim / 2;
     for (r, &pos) in positions.iter().enumerate() {
@@ -111,7 +137,8 @@ pub fn reference(x: &[f32], positions: &[u32], n_heads: usize, head_dim: usize, 
             let base = (r * n_heads + h) * head_dim;
             for i in 0..half {
                 let (a, b) = if interleaved { (base + 2 * i, base + 2 * i + 1) } else { (base + i, base + i + half) };
-                let angle = pos as f64 * (theta as f64).powf(-2.0 * i as f64 / head_dim as f64);
+                let factor = factors.get(i).map_or(1.0, |&f| f as f64);
+                let angle = pos as f64 * (theta as f64).powf(-2.0 * i as f64 / head_dim as f64) / factor;
                 let (s, c) = angle.sin_cos();
                 let (xa, xb) = (x[a] as f64, x[b] as f64);
                 y[a] = (xa * c - xb * s) as f32;

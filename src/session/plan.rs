@@ -129,6 +129,7 @@ impl<'a> Planner<'a> {
                 n_kv_heads: c.n_kv_heads,
                 head_dim: c.head_dim,
                 theta: c.rope_theta(l),
+                factors: c.rope_factors(l),
                 interleaved: c.rope_interleaved,
             };
             plan.push(ops::rope::build(ctx, &qkv, step, rope, self.capacity, rows, l == 0)?);

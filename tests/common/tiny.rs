@@ -66,6 +66,10 @@ pub struct Tiny {
     pub window: usize,
     /// Keys (after RoPE) and values rounded to f16, as an f16 KV cache holds them.
     pub kv_f16: bool,
+    /// Llama 3's RoPE scaling (factor, low_freq_factor, high_freq_factor,
+    /// original_max_position_embeddings): `rope_freqs.weight` in GGUF, `rope_scaling` in
+    /// config.json; the reference follows Hugging Face's formula for the scaled frequencies.
+    pub llama3_rope: Option<[f64; 4]>,
 }
 
 /// The tiny Gemma 3's sliding window: shorter than the test sequences.
@@ -134,7 +138,7 @@ impl Tiny {
                 add(b("attn_v"), vec![kvd], DType::F32, 0.5, &mut rng);
             }
         }
-        Tiny { w, dtypes, qwen2, gemma3, window: if gemma3 { GEMMA_WINDOW } else { 0 }, kv_f16: false }
+        Tiny { w, dtypes, qwen2, gemma3, window: if gemma3 { GEMMA_WINDOW } else { 0 }, kv_f16: false, llama3_rope: None }
     }
 
     fn get(&self, name: &str) -> &[f32] {
@@ -155,6 +159,22 @@ impl Tiny {
             }
         }
         out
+    }
+
+    /// RoPE's frequency of pair i: θ^(-2i / HEAD_DIM), or with Llama 3's scaling as Hugging
+    /// Face's `_compute_llama3_parameters` scales it.
+    pub fn inv_freq(&self, i: usize) -> f64 {
+        let f = (THETA as f64).powf(-2.0 * i as f64 / HEAD_DIM as f64);
+        let Some([factor, low, high, original]) = self.llama3_rope else { return f };
+        let wavelen = 2.0 * std::f64::consts::PI / f;
+        if wavelen < original / high {
+            f
+        } else if wavelen > original / low {
+            f / factor
+        } else {
+            let smooth = (original / wavelen - low) / (high - low);
+            (1.0 - smooth) * f / factor + smooth * f
+        }
     }
 
     /// The model as a GGUF file (quantized as the types say; q/k rows in llama.cpp's order).
@@ -199,7 +219,7 @@ impl Tiny {
         }
         let mut names: Vec<&String> = self.w.keys().collect();
         names.sort();
-        let tensors: Vec<HostTensor> = names
+        let mut tensors: Vec<HostTensor> = names
             .into_iter()
             .map(|name| {
                 let (shape, vals) = &self.w[name];
@@ -216,6 +236,17 @@ impl Tiny {
                 HostTensor { name: name.clone(), dtype, shape: shape.clone(), data: quantize(dtype, &vals).into() }
             })
             .collect();
+        if self.llama3_rope.is_some() {
+            // As llama.cpp's converter writes them: each frequency's divisor.
+            let plain = Tiny { llama3_rope: None, w: HashMap::new(), dtypes: HashMap::new(), ..*self };
+            let factors: Vec<f32> = (0..HEAD_DIM / 2).map(|i| (plain.inv_freq(i) / self.inv_freq(i)) as f32).collect();
+            tensors.push(HostTensor {
+                name: "rope_freqs.weight".into(),
+                dtype: DType::F32,
+                shape: vec![HEAD_DIM / 2],
+                data: quantize(DType::F32, &factors).into(),
+            });
+        }
         gguf::write(&meta, &tensors)
     }
 
@@ -227,6 +258,13 @@ impl Tiny {
             "num_attention_heads": HEADS, "num_key_value_heads": KV_HEADS, "vocab_size": VOCAB,
             "max_position_embeddings": CONTEXT, "rms_norm_eps": EPS, "rope_theta": THETA, "tie_word_embeddings": true,
         });
+        let mut config = config;
+        if let Some([factor, low, high, original]) = self.llama3_rope {
+            config["rope_scaling"] = serde_json::json!({
+                "rope_type": "llama3", "factor": factor, "low_freq_factor": low, "high_freq_factor": high,
+                "original_max_position_embeddings": original,
+            });
+        }
         std::fs::write(dir.join("config.json"), config.to_string()).unwrap();
         std::fs::write(dir.join("tokenizer.json"), tokenizer_json).unwrap();
         let hf_name = |g: &str| -> String {
@@ -316,7 +354,7 @@ impl Tiny {
             for (row, &p) in x.chunks_mut(heads * HEAD_DIM).zip(positions) {
                 for h in 0..heads {
                     for i in 0..HEAD_DIM / 2 {
-                        let ang = p as f64 * (THETA as f64).powf(-2.0 * i as f64 / HEAD_DIM as f64);
+                        let ang = p as f64 * self.inv_freq(i);
                         let (s, c) = ang.sin_cos();
                         let (a, b) = (h * HEAD_DIM + i, h * HEAD_DIM + i + HEAD_DIM / 2);
                         let (xa, xb) = (row[a], row[b]);

@@ -100,7 +100,8 @@ impl Teacher {
         let n = ids.len();
         let dev = Device::Cpu;
         let (h, kvh, hd) = (c.n_heads, c.n_kv_heads, c.head_dim);
-        let inv: Vec<f32> = (0..hd / 2).map(|i| c.rope_theta.powf(-2.0 * i as f32 / hd as f32)).collect();
+        let factor = |i: usize| c.rope_factors.get(i).copied().unwrap_or(1.0);
+        let inv: Vec<f32> = (0..hd / 2).map(|i| c.rope_theta.powf(-2.0 * i as f32 / hd as f32) / factor(i)).collect();
         let ang: Vec<f32> = (0..n).flat_map(|p| inv.iter().map(move |f| p as f32 * f)).collect();
         let ang = Tensor::from_vec(ang, (n, hd / 2), &dev)?;
         let (cos, sin) = (ang.cos()?, ang.sin()?);
