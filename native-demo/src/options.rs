@@ -87,13 +87,14 @@ impl ModelArgs {
         bar.finish_and_clear();
         let c = &model.config;
         eprintln!(
-            "model: {} ({} layers, hidden {}, {} heads / {} KV heads, vocab {}), loaded in {:.2} s",
+            "model: {} ({} layers, hidden {}, {} heads / {} KV heads, vocab {}{}), loaded in {:.2} s",
             display_name(&path),
             c.layers,
             c.hidden,
             c.n_heads,
             c.n_kv_heads,
             c.vocab,
+            if c.rope_factors.is_empty() { "" } else { ", RoPE scaled" },
             t.elapsed().as_secs_f64()
         );
         Ok(Arc::new(model))
