@@ -227,6 +227,12 @@ const CHATML: &str = "{% for message in messages %}{{'<|im_start|>' + message['r
 /// Renders `messages` with the model's chat template (Jinja), ending with the assistant's turn.
 pub fn apply_chat_template(template: Option<&str>, messages: &[Message]) -> Result<String> {
     let mut env = minijinja::Environment::new();
+    // What templates written for Hugging Face's Jinja expect: Python's string methods
+    // (`content.startswith(...)`, `.split`, `.strip`) and `raise_exception(message)`.
+    env.set_unknown_method_callback(minijinja_contrib::pycompat::unknown_method_callback);
+    env.add_function("raise_exception", |message: String| -> std::result::Result<String, minijinja::Error> {
+        Err(minijinja::Error::new(minijinja::ErrorKind::InvalidOperation, message))
+    });
     env.add_template("chat", template.unwrap_or(CHATML))
         .map_err(|e| Error::Tokenizer(format!("the model's chat template does not parse: {e}")))?;
     let tmpl = env.get_template("chat").map_err(|e| Error::Tokenizer(e.to_string()))?;
@@ -280,4 +286,37 @@ pub async fn perplexity(
         return Err(Error::Gpu("perplexity is not finite: the forward pass produced NaN or infinity".into()));
     }
     Ok(Perplexity { ppl, tokens_scored: scored, windows: n_windows })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{apply_chat_template, Message};
+
+    fn msgs(pairs: &[(&str, &str)]) -> Vec<Message> {
+        pairs.iter().map(|(r, c)| Message { role: r.to_string(), content: c.to_string() }).collect()
+    }
+
+    /// The constructs of current templates (Qwen3's, Llama 3's) that plain Jinja in Rust lacks:
+    /// Python string methods, reversed slices with a namespace, loop controls, tojson.
+    #[test]
+    fn chat_templates_may_use_python_string_methods_and_loop_controls() {
+        let template = "{%- set ns = namespace(last_user=-1) %}\
+            {%- for m in messages[::-1] %}{%- if m.role == 'user' and not m.content.startswith('<tool') %}\
+            {%- set ns.last_user = messages|length - 1 - loop.index0 %}{%- break %}{%- endif %}{%- endfor %}\
+            {%- for m in messages %}{%- set c = m.content %}\
+            {%- if '</think>' in c %}{%- set c = c.split('</think>')[-1].lstrip('\\n') %}{%- endif %}\
+            [{{ m.role | tojson }}:{{ c.strip() | upper if loop.index0 == ns.last_user else c.strip() }}]\
+            {%- endfor %}";
+        let m = msgs(&[("user", " hello "), ("assistant", "<think>\nhm\n</think>\n\nhi"), ("user", "<tool_response>x")]);
+        assert_eq!(apply_chat_template(Some(template), &m).unwrap(), "[\"user\":HELLO][\"assistant\":hi][\"user\":<tool_response>x]");
+    }
+
+    #[test]
+    fn raise_exception_in_a_template_is_an_error_with_its_message() {
+        let template =
+            "{%- if messages[0].role != 'user' %}{{ raise_exception('Conversations must start with a user turn') }}{%- endif %}ok";
+        assert_eq!(apply_chat_template(Some(template), &msgs(&[("user", "a")])).unwrap(), "ok");
+        let e = apply_chat_template(Some(template), &msgs(&[("assistant", "a")])).unwrap_err().to_string();
+        assert!(e.contains("Conversations must start with a user turn"), "{e}");
+    }
 }

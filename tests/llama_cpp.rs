@@ -14,6 +14,8 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 use adore::generate::{apply_chat_template, perplexity, Message};
+use adore::model::gguf::{self, Gguf};
+use adore::tensor::{DType, HostTensor};
 use adore::{Model, Session, SessionOptions};
 use serde_json::Value;
 
@@ -118,38 +120,93 @@ fn gemma_3_270m_matches_llama_cpp() {
     assert_eq!(stops, ["<eos>", "<end_of_turn>"]);
 }
 
+/// The default model rewritten by `edit` (its metadata and tensors), written to the test's
+/// temporary directory as `file`: a model of a kind no fetchable file has, for llama.cpp's
+/// references (made by scripts/llama-cpp-refs.mjs on the written file, with
+/// tests/llama-cpp/NAME.prompts.json and Hamlet; the test checks the file's sha256 against them).
+fn derived_default(file: &str, edit: impl FnOnce(&mut Vec<(String, gguf::Value)>, &mut Vec<HostTensor>)) -> PathBuf {
+    let source = adore::fetch::default_model(&mut |m| eprintln!("{m}")).unwrap();
+    let bytes = std::fs::read(&source).unwrap();
+    let g = Gguf::parse("default model", &bytes).unwrap();
+    let mut metadata: Vec<(String, gguf::Value)> = g.metadata.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
+    let mut tensors: Vec<HostTensor> = g.tensors.iter().map(|t| g.tensor(t)).collect();
+    edit(&mut metadata, &mut tensors);
+    let metadata: Vec<(&str, gguf::Value)> = metadata.iter().map(|(k, v)| (k.as_str(), v.clone())).collect();
+    let out = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join(file);
+    std::fs::write(&out, gguf::write(&metadata, &tensors)).unwrap();
+    out
+}
+
+fn f32_tensor(name: String, values: &[f32]) -> HostTensor<'static> {
+    HostTensor { name, dtype: DType::F32, shape: vec![values.len()], data: bytemuck::cast_slice(values).to_vec().into() }
+}
+
 /// The default model with Llama 3's RoPE scaling added: a `rope_freqs.weight` tensor (as
 /// llama.cpp's converter writes for Llama 3.1 and 3.2) holding the factors of a Hugging Face
 /// `rope_scaling` of type llama3 with factor 4, low and high frequency factors 1 and 4 and an
 /// original context of 64, so that most of the 32 frequencies are scaled at the positions tested.
-/// Written to the test's temporary directory; its sha256 is the references' (made by
-/// scripts/llama-cpp-refs.mjs on this file, with tests/llama-cpp/smollm2-135m-llama3-rope.prompts.json
-/// and Hamlet).
 fn llama3_scaled_default() -> (PathBuf, Vec<f32>) {
-    use adore::model::gguf::{self, Gguf};
-    use adore::tensor::{DType, HostTensor};
-    let source = adore::fetch::default_model(&mut |m| eprintln!("{m}")).unwrap();
-    let bytes = std::fs::read(&source).unwrap();
-    let g = Gguf::parse("default model", &bytes).unwrap();
-    let theta = g.get("llama.rope.freq_base").and_then(|v| v.as_f64()).unwrap() as f32;
-    let head_dim = g.get("llama.embedding_length").and_then(|v| v.as_u64()).unwrap() as usize
-        / g.get("llama.attention.head_count").and_then(|v| v.as_u64()).unwrap() as usize;
+    let m = load_default();
     let scaling = serde_json::json!({
         "rope_type": "llama3", "factor": 4.0, "low_freq_factor": 1.0, "high_freq_factor": 4.0,
         "original_max_position_embeddings": 64
     });
-    let factors = adore::model::config::hf_rope_factors("test", &scaling, head_dim, theta).unwrap();
-    let metadata: Vec<(&str, gguf::Value)> = g.metadata.iter().map(|(k, v)| (k.as_str(), v.clone())).collect();
-    let mut tensors: Vec<HostTensor> = g.tensors.iter().map(|t| g.tensor(t)).collect();
-    tensors.push(HostTensor {
-        name: "rope_freqs.weight".into(),
-        dtype: DType::F32,
-        shape: vec![factors.len()],
-        data: bytemuck::cast_slice(&factors).to_vec().into(),
-    });
-    let out = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("smollm2-135m-llama3-rope.gguf");
-    std::fs::write(&out, gguf::write(&metadata, &tensors)).unwrap();
-    (out, factors)
+    let factors = adore::model::config::hf_rope_factors("test", &scaling, m.config.head_dim, m.config.rope_theta).unwrap();
+    let path =
+        derived_default("smollm2-135m-llama3-rope.gguf", |_, tensors| tensors.push(f32_tensor("rope_freqs.weight".into(), &factors)));
+    (path, factors)
+}
+
+fn load_default() -> Arc<Model> {
+    let path = adore::fetch::default_model(&mut |m| eprintln!("{m}")).unwrap();
+    Arc::new(adore::model::files::load(common::ctx(), &path, &mut |_, _| {}).unwrap())
+}
+
+/// The default model as a Qwen3 file: architecture `qwen3`, its q and k rows put back in the
+/// order of rotate-half RoPE (llama.cpp's Llama converter interleaves them; Qwen's keeps them),
+/// and an RMSNorm weight for each layer's q and k heads (1 + 0.5 sin, so that they matter).
+fn qwen3_default() -> PathBuf {
+    derived_default("smollm2-135m-as-qwen3.gguf", |metadata, tensors| {
+        // GGUF row 2i + j of a head is rotate-half row j · d/2 + i.
+        let head_dim = 64;
+        for t in tensors.iter_mut().filter(|t| t.name.ends_with("attn_q.weight") || t.name.ends_with("attn_k.weight")) {
+            let row_bytes = t.data.len() / t.shape[0];
+            let mut data = vec![0u8; t.data.len()];
+            for r in 0..t.shape[0] {
+                let (h, within) = (r / head_dim, r % head_dim);
+                let to = h * head_dim + (within % 2) * (head_dim / 2) + within / 2;
+                data[to * row_bytes..(to + 1) * row_bytes].copy_from_slice(&t.data[r * row_bytes..(r + 1) * row_bytes]);
+            }
+            t.data = data.into();
+        }
+        for (k, v) in metadata.iter_mut() {
+            if let Some(rest) = k.strip_prefix("llama.") {
+                *k = format!("qwen3.{rest}");
+            }
+            if k == "general.architecture" {
+                *v = gguf::Value::String("qwen3".into());
+            }
+        }
+        let layers = tensors.iter().filter(|t| t.name.ends_with("attn_q.weight")).count();
+        for l in 0..layers {
+            for (j, part) in ["attn_q_norm", "attn_k_norm"].iter().enumerate() {
+                let w: Vec<f32> = (0..head_dim).map(|i| 1.0 + 0.5 * ((i * 7 + l * 3 + j) as f32).sin()).collect();
+                tensors.push(f32_tensor(format!("blk.{l}.{part}.weight"), &w));
+            }
+        }
+    })
+}
+
+/// Qwen3 (per-head q/k RMSNorm, rotate-half RoPE, no biases) against llama.cpp on the same file.
+#[test]
+fn qwen3_matches_llama_cpp() {
+    let name = "smollm2-135m-as-qwen3";
+    let path = qwen3_default();
+    let refs = refs(name);
+    let sha = adore::fetch::sha256_hex(&std::fs::read(&path).unwrap());
+    assert_eq!(refs["model_sha256"].as_str(), Some(sha.as_str()), "the references were made from another file");
+    let model = check_file(name, &path, &refs);
+    assert!(model.config.family.qk_norm && !model.config.rope_interleaved);
 }
 
 /// Llama 3's RoPE scaling (per-frequency factors from `rope_freqs.weight`) against llama.cpp on
@@ -167,8 +224,7 @@ fn llama3_rope_scaling_matches_llama_cpp() {
     assert!(factors.iter().filter(|&&f| f > 1.0 && f < 4.0).count() >= 1, "no interpolated factor: {factors:?}");
     let model = check_file(name, &path, &refs);
     assert_eq!(model.config.rope_factors, factors);
-    let plain = adore::fetch::default_model(&mut |m| eprintln!("{m}")).unwrap();
-    let plain = Arc::new(adore::model::files::load(common::ctx(), &plain, &mut |_, _| {}).unwrap());
+    let plain = load_default();
     let tokens = ids(&refs["perplexity"]["tokens"]);
     let options = SessionOptions { context: tokens.len(), chunk: 256, all_logits: true, ..Default::default() };
     let mut s = Session::new(plain, options).unwrap();

@@ -113,6 +113,31 @@ fn qwen2_forward_matches_reference() {
     let _ = std::fs::remove_dir_all(dir);
 }
 
+/// Qwen3 (rotate-half RoPE, an RMSNorm of each head's q and k, no biases) from GGUF and from
+/// a safetensors directory against the f64 reference; the norms must matter.
+#[test]
+fn qwen3_forward_matches_reference() {
+    let tiny = Tiny::qwen3(11);
+    let dir = temp_dir("qwen3");
+    let path = dir.join("tiny-qwen3.gguf");
+    let gguf = tiny.gguf_bytes();
+    std::fs::write(&path, &gguf).unwrap();
+    let model = load(&path);
+    assert!(!model.config.rope_interleaved && model.config.family.qk_norm && !model.config.family.qkv_bias);
+    check_all_logits(model, &tiny, "qwen3 gguf");
+    let g = adore::model::gguf::Gguf::parse("tiny-qwen3.gguf", &gguf).unwrap();
+    let tok = adore::model::Tokenizer::from_gguf(&g).unwrap();
+    let hf = dir.join("hf");
+    tiny.write_hf_dir(&hf, &tok.to_json().unwrap());
+    check_all_logits(load(&hf), &tiny, "qwen3 safetensors");
+    let mut flat = Tiny::qwen3(11);
+    let qk_norm = |n: &str| n.ends_with("attn_q_norm.weight") || n.ends_with("attn_k_norm.weight");
+    flat.w.iter_mut().filter(|(n, _)| qk_norm(n)).for_each(|(_, (_, v))| v.iter_mut().for_each(|x| *x = 1.0));
+    let (a, b) = (tiny.forward(&tokens()), flat.forward(&tokens()));
+    assert!(a.iter().zip(&b).any(|(x, y)| (x - y).abs() > 0.1), "the q/k norms' weights change nothing: the test could not fail");
+    let _ = std::fs::remove_dir_all(dir);
+}
+
 /// Llama 3's RoPE scaling, from a GGUF file's `rope_freqs.weight` and from a Hugging Face
 /// config's `rope_scaling`, against the reference's frequencies scaled as Hugging Face scales
 /// them (an original context of 32, so that pairs are kept, interpolated and divided); the

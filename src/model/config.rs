@@ -67,8 +67,9 @@ impl Default for Family {
 }
 
 /// The architectures read: Llama (and Mistral, the same computation); Qwen2 (q/k/v biases,
-/// rotate-half RoPE: its GGUF rows are not permuted for RoPE pairs); Gemma 3 (see [`Family`]).
-const ARCHITECTURES: &[&str] = &["llama", "mistral", "qwen2", "gemma3"];
+/// rotate-half RoPE: its GGUF rows are not permuted for RoPE pairs); Qwen3 (Qwen2's RoPE, no
+/// biases, an RMSNorm of each head's q and k); Gemma 3 (see [`Family`]).
+const ARCHITECTURES: &[&str] = &["llama", "mistral", "qwen2", "qwen3", "gemma3"];
 
 /// Gemma 3's local layers: 5 of every 6, RoPE base 10000 (llama.cpp's values; GGUF files do
 /// not carry them).
@@ -192,7 +193,7 @@ impl Config {
                 ARCHITECTURES.join(", ")
             )));
         }
-        let (qwen2, gemma3) = (arch == "qwen2", arch == "gemma3");
+        let (qwen2, qwen3, gemma3) = (arch == "qwen2", arch == "qwen3", arch == "gemma3");
         let int = |key: &str| -> Result<usize> {
             let full = format!("{arch}.{key}");
             g.get(&full)
@@ -225,11 +226,11 @@ impl Config {
             context: int("context_length")?,
             rms_eps: float("attention.layer_norm_rms_epsilon", 1e-5),
             rope_theta: float("rope.freq_base", 10000.0),
-            rope_interleaved: !(qwen2 || gemma3),
+            rope_interleaved: !(qwen2 || qwen3 || gemma3),
             family: Family {
                 qkv_bias: qwen2,
                 embed_scale: if gemma3 { (hidden as f32).sqrt() } else { 1.0 },
-                qk_norm: gemma3,
+                qk_norm: gemma3 || qwen3,
                 post_norms: gemma3,
                 gelu: gemma3,
                 sliding_window: if gemma3 { int("attention.sliding_window").unwrap_or(0) } else { 0 },
@@ -336,6 +337,7 @@ impl Config {
             }
         }
         let qwen2 = hf.model_type.as_deref() == Some("qwen2");
+        let qwen3 = hf.model_type.as_deref() == Some("qwen3");
         // Settings that change the computation in ways this engine does not implement.
         let rope_scaling = hf.rope_scaling.as_ref().filter(|r| !r.is_null());
         if let Some(r) = rope_scaling {
@@ -384,7 +386,7 @@ impl Config {
             rms_eps: hf.rms_norm_eps.unwrap_or(1e-6) as f32,
             rope_theta: hf.rope_theta.unwrap_or(10000.0) as f32,
             rope_interleaved: false,
-            family: Family { qkv_bias: qwen2, ..Family::default() },
+            family: Family { qkv_bias: qwen2, qk_norm: qwen3, ..Family::default() },
             rope_factors: Vec::new(),
         };
         if let Some(r) = rope_scaling {

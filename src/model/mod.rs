@@ -83,6 +83,8 @@ fn hf_to_gguf(name: &str) -> Option<String> {
         "self_attn.k_proj" => "attn_k",
         "self_attn.v_proj" => "attn_v",
         "self_attn.o_proj" => "attn_output",
+        "self_attn.q_norm" => "attn_q_norm",
+        "self_attn.k_norm" => "attn_k_norm",
         "post_attention_layernorm" => "ffn_norm",
         "mlp.gate_proj" => "ffn_gate",
         "mlp.up_proj" => "ffn_up",
@@ -124,7 +126,8 @@ impl<'a> ModelSpec<'a> {
                 }
                 let chat_template = g.get("tokenizer.chat_template").and_then(|v| v.as_str()).map(str::to_string);
                 // Gemma's turns, for Gemma 3 files that carry no template.
-                let chat_template = chat_template.or_else(|| config.family.qk_norm.then(|| GEMMA_TEMPLATE.to_string()));
+                let gemma3 = g.get("general.architecture").and_then(|v| v.as_str()) == Some("gemma3");
+                let chat_template = chat_template.or_else(|| gemma3.then(|| GEMMA_TEMPLATE.to_string()));
                 ModelSpec { name, config, tensors, tokenizer, chat_template }
             }
             Source::HfDir { config_json, safetensors, tokenizer_json } => {

@@ -59,6 +59,9 @@ pub struct Tiny {
     /// Qwen2: q/k/v biases, rotate-half RoPE in GGUF too (no row permutation), architecture
     /// `qwen2`, and Q5_0 / Q5_1 matrices where the Llama model has Q4_0 / Q4_1.
     pub qwen2: bool,
+    /// Qwen3: rotate-half RoPE (no row permutation), an RMSNorm of each head's q and k, no
+    /// biases, architecture `qwen3`.
+    pub qwen3: bool,
     /// Gemma 3: embeddings scaled by sqrt(HIDDEN), q/k norms, post-norms, GeGLU, both layers
     /// local with a sliding window of [`GEMMA_WINDOW`] (GGUF only; rotate-half RoPE).
     pub gemma3: bool,
@@ -82,6 +85,22 @@ fn round_bf16(v: f32) -> f32 {
 impl Tiny {
     pub fn new(seed: u64) -> Self {
         Self::build(seed, false, false)
+    }
+
+    /// The Qwen3 variant (see [`Tiny::qwen3`]).
+    pub fn qwen3(seed: u64) -> Self {
+        let mut t = Self::build(seed, false, false);
+        let mut rng = Rng::new(seed ^ 0x5157_3e33);
+        for l in 0..LAYERS {
+            for s in ["attn_q_norm", "attn_k_norm"] {
+                let name = format!("blk.{l}.{s}.weight");
+                let vals = rng.vec(HEAD_DIM, 0.5).iter().map(|v| round_bf16(1.0 + v)).collect();
+                t.dtypes.insert(name.clone(), DType::F32);
+                t.w.insert(name, (vec![HEAD_DIM], vals));
+            }
+        }
+        t.qwen3 = true;
+        t
     }
 
     /// The Qwen2 variant (see [`Tiny::qwen2`]).
@@ -138,7 +157,7 @@ impl Tiny {
                 add(b("attn_v"), vec![kvd], DType::F32, 0.5, &mut rng);
             }
         }
-        Tiny { w, dtypes, qwen2, gemma3, window: if gemma3 { GEMMA_WINDOW } else { 0 }, kv_f16: false, llama3_rope: None }
+        Tiny { w, dtypes, qwen2, qwen3: false, gemma3, window: if gemma3 { GEMMA_WINDOW } else { 0 }, kv_f16: false, llama3_rope: None }
     }
 
     fn get(&self, name: &str) -> &[f32] {
@@ -186,6 +205,8 @@ impl Tiny {
         }
         let arch = if self.qwen2 {
             "qwen2"
+        } else if self.qwen3 {
+            "qwen3"
         } else if self.gemma3 {
             "gemma3"
         } else {
@@ -223,7 +244,7 @@ impl Tiny {
             .into_iter()
             .map(|name| {
                 let (shape, vals) = &self.w[name];
-                let vals = if self.qwen2 || self.gemma3 {
+                let vals = if self.qwen2 || self.qwen3 || self.gemma3 {
                     vals.clone()
                 } else if name.ends_with("attn_q.weight") {
                     Self::permute_rows(vals, HEADS, HIDDEN)
@@ -254,7 +275,7 @@ impl Tiny {
     pub fn write_hf_dir(&self, dir: &Path, tokenizer_json: &str) {
         std::fs::create_dir_all(dir).unwrap();
         let config = serde_json::json!({
-            "model_type": if self.qwen2 { "qwen2" } else { "llama" }, "hidden_size": HIDDEN, "intermediate_size": FFN, "num_hidden_layers": LAYERS,
+            "model_type": if self.qwen2 { "qwen2" } else if self.qwen3 { "qwen3" } else { "llama" }, "hidden_size": HIDDEN, "intermediate_size": FFN, "num_hidden_layers": LAYERS,
             "num_attention_heads": HEADS, "num_key_value_heads": KV_HEADS, "vocab_size": VOCAB,
             "max_position_embeddings": CONTEXT, "rms_norm_eps": EPS, "rope_theta": THETA, "tie_word_embeddings": true,
         });
@@ -283,6 +304,8 @@ impl Tiny {
                         "attn_k.bias" => "self_attn.k_proj.bias",
                         "attn_v.bias" => "self_attn.v_proj.bias",
                         "attn_output.weight" => "self_attn.o_proj.weight",
+                        "attn_q_norm.weight" => "self_attn.q_norm.weight",
+                        "attn_k_norm.weight" => "self_attn.k_norm.weight",
                         "ffn_norm.weight" => "post_attention_layernorm.weight",
                         "ffn_gate.weight" => "mlp.gate_proj.weight",
                         "ffn_up.weight" => "mlp.up_proj.weight",
@@ -398,7 +421,7 @@ impl Tiny {
                     x.iter_mut().enumerate().for_each(|(i, v)| *v += b[i % b.len()] as f64);
                 }
             }
-            if self.gemma3 {
+            if self.gemma3 || self.qwen3 {
                 head_norm(&mut q, g("attn_q_norm"));
                 head_norm(&mut k, g("attn_k_norm"));
             }
