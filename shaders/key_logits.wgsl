@@ -2,17 +2,20 @@
 // every query head h, the short-key logit of each slot j below step.n_slots,
 // s = scale · q[r, h] · k[j, h / group], over the slots the row sees (as attention.wgsl's
 // visible: valid, not after the row's position, within the window); a slot it does not see
-// scores MASKED. The slots are cut into p.chunks ranges of chunk_len(n) slots (a multiple of
-// 64) and each range keeps its own softmax: mass[r, h, j] = exp(s - m) for the range's largest
-// logit m, and stats[r, h, chunk] = (m, Σ exp(s - m)). key_score.wgsl merges the ranges'
-// statistics and normalises, so no pass runs over every slot in one workgroup.
+// scores MASKED. mass[r, h, j] = s. The slots are cut into p.chunks ranges of chunk_len(n) slots
+// (a multiple of 64) and each range keeps its softmax's statistics, stats[r, h, chunk] = (m,
+// Σ exp(s - m)) for the range's largest logit m; key_score.wgsl merges the ranges' statistics
+// and turns the logits into probabilities, so no pass runs over every slot in one workgroup and
+// this one reads each slot once.
 //
 // One workgroup of 64 per (GROUP query heads sharing a KV head, range): dispatch
 // (n_heads / GROUP, 1, chunks). The workgroup's heads share each key read; a lane takes the
-// slots j0 + lid, j0 + lid + 64, ... of its range, stores the logits, and after the heads'
-// maxima are merged turns them into exponentials (below e^-60 of the maximum: 0, so that none
-// is subnormal). R4 = rank / 4 and GROUP are set per pipeline. Short keys are f32, or with
-// KV_HALF f16 pairs packed in a u32 (as pack2x16float writes them).
+// slots j0 + lid, j0 + lid + 64, ... of its range, keeping a running maximum and a sum of
+// exponentials relative to it (rescaled when the maximum grows, which is rare after the first
+// slots), and the lanes' pairs are merged at the end. Exponentials below e^-60 of the maximum
+// count as 0, so that none is subnormal (CPUs compute those far more slowly). R4 = rank / 4 and
+// GROUP are set per pipeline. Short keys are f32, or with KV_HALF f16 pairs packed in a u32 (as
+// pack2x16float writes them).
 
 struct Params {
     n_heads: u32,
@@ -49,6 +52,11 @@ fn key4(e: u32) -> vec4<f32> {
         return vec4<f32>(unpack2x16float(w.x), unpack2x16float(w.y));
     }
     return vec4<f32>(bitcast<vec2<f32>>(k_cache[2u * e]), bitcast<vec2<f32>>(k_cache[2u * e + 1u]));
+}
+
+// x · e^d, or 0 where d ≤ -60 (d ≤ 0 here).
+fn scaled(x: f32, d: f32) -> f32 {
+    return select(0.0, x * exp(max(d, -60.0)), d > -60.0);
 }
 
 fn visible(sp: u32, pos: u32) -> bool {
@@ -93,11 +101,13 @@ fn main(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wid: v
     for (var i = 0u; i < GROUP * R4; i++) {
         qv[i] = q[(r * p.n_heads + h0) * R4 + i] * p.scale;
     }
+    // Each lane's running maximum and sum of exponentials relative to it, per head.
     var m: array<f32, GROUP>;
+    var l: array<f32, GROUP>;
     for (var g = 0u; g < GROUP; g++) {
         m[g] = MASKED;
+        l[g] = 0.0;
     }
-    // The logits, and each head's largest.
     for (var j = j0 + lid; j < j1; j += WG) {
         let seen = visible(slot_pos[j], pos);
         var s: array<f32, GROUP>;
@@ -116,33 +126,19 @@ fn main(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wid: v
         for (var g = 0u; g < GROUP; g++) {
             let v = select(MASKED, s[g], seen);
             mass[(r * p.n_heads + h0 + g) * p.capacity + j] = v;
-            m[g] = max(m[g], v);
+            if v > m[g] {
+                l[g] = scaled(l[g], m[g] - v);
+                m[g] = v;
+            }
+            l[g] += select(0.0, scaled(1.0, v - m[g]), seen);
         }
     }
+    // The range's statistics: the lanes' largest, and their sums relative to it.
     for (var g = 0u; g < GROUP; g++) {
-        m[g] = reduce(lid, m[g], 0u);
-    }
-    // Each lane reads back the logits it wrote, as exponentials relative to the range's maximum.
-    var l: array<f32, GROUP>;
-    for (var g = 0u; g < GROUP; g++) {
-        l[g] = 0.0;
-    }
-    for (var j = j0 + lid; j < j1; j += WG) {
-        for (var g = 0u; g < GROUP; g++) {
-            let i = (r * p.n_heads + h0 + g) * p.capacity + j;
-            let v = mass[i];
-            // Below exp(-60) of the range's largest a slot counts as 0: no exponential is
-            // then small enough to be subnormal, which CPUs compute far more slowly.
-            let d = v - m[g];
-            let e = select(0.0, exp(max(d, -60.0)), v > MASKED && d > -60.0);
-            mass[i] = e;
-            l[g] += e;
-        }
-    }
-    for (var g = 0u; g < GROUP; g++) {
-        l[g] = reduce(lid, l[g], 1u);
+        let big = reduce(lid, m[g], 0u);
+        let total = reduce(lid, scaled(l[g], m[g] - big), 1u);
         if lid == 0u {
-            stats[(r * p.n_heads + h0 + g) * p.chunks + chunk] = vec2<f32>(m[g], l[g]);
+            stats[(r * p.n_heads + h0 + g) * p.chunks + chunk] = vec2<f32>(big, total);
         }
     }
 }

@@ -1,14 +1,14 @@
-// key_score.wgsl: the key index's ranking, second half. From key_logits.wgsl's per-range
-// softmaxes of the last new row r, each slot's probability under every query head, summed:
-//   score[j] = scale Σ_h mass[r, h, j] · exp(m[h, c] - M[h]) / L[h]
-// where c is slot j's range, M[h] the largest of the ranges' maxima and L[h] = Σ_c l[h, c]
-// exp(m[h, c] - M[h]) (the row's softmax over every slot it sees); a range whose maximum is
-// below exp(-60) of the largest counts as 0 (as key_logits.wgsl's small exponentials). Slots at
-// or above step.n_slots score 0. Dispatch (ceil(capacity / 64), 1, 1).
-// Entry points: `ranges`, a workgroup of 64 slots in one range (ranges are multiples of 64
-// long) whose lanes first compute the factor of each head; `single`, for one range (p.chunks =
-// 1), where the factor is 1 / L[h] and needs no barrier (on lavapipe the barrier's form cost
-// 40 times as much).
+// key_score.wgsl: the key index's ranking, second half. From key_logits.wgsl's logits of the
+// last new row r and its ranges' softmax statistics, each slot's probability under every query
+// head, summed:
+//   score[j] = scale Σ_h exp(mass[r, h, j] - M[h]) / L[h]
+// where M[h] is the largest of the ranges' maxima m[h, c] and L[h] = Σ_c l[h, c] exp(m[h, c] -
+// M[h]) (the row's softmax over every slot it sees); exponentials below e^-60 count as 0 (as in
+// key_logits.wgsl), so masked slots score nothing. Slots at or above step.n_slots score 0.
+// Dispatch (ceil(capacity / 64), 1, 1). Entry points: `ranges`, whose lanes first merge the
+// ranges' statistics of each head; `single`, for one range (p.chunks = 1), where the statistics
+// are M and L already and no barrier is needed (on lavapipe the barrier's form cost 40 times as
+// much).
 
 struct Params {
     n_heads: u32,
@@ -24,12 +24,15 @@ struct Params {
 @group(0) @binding(4) var<uniform> step: Step;
 
 const WG: u32 = 64u;
-// Query heads of at most 64 (checked where the pipeline is built).
-var<workgroup> factor: array<f32, 64>;
+// Each head's M and 1 / L (0 where it sees nothing), for query heads of at most 64 (checked
+// where the pipeline is built).
+var<workgroup> head_max: array<f32, 64>;
+var<workgroup> head_inv: array<f32, 64>;
 
-// As key_logits.wgsl's chunk_len.
-fn chunk_len(n: u32) -> u32 {
-    return ((n + p.chunks - 1u) / p.chunks + 63u) / 64u * 64u;
+// exp(v - big) · inv, or 0 below e^-60.
+fn prob(v: f32, big: f32, inv: f32) -> f32 {
+    let d = v - big;
+    return select(0.0, exp(max(d, -60.0)) * inv, d > -60.0);
 }
 
 @compute @workgroup_size(64)
@@ -37,7 +40,6 @@ fn ranges(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wid:
     let r = step.n_new - 1u;
     let n = min(p.capacity, step.n_slots);
     let first = wid.x * WG;
-    let chunk = first / chunk_len(n);
     if lid < p.n_heads && first < n {
         let st = (r * p.n_heads + lid) * p.chunks;
         var big = MASKED;
@@ -50,8 +52,8 @@ fn ranges(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wid:
             // A range that saw no slot has l = 0 and weighs nothing.
             total += s.y * exp(max(s.x - big, -60.0));
         }
-        let d = stats[st + chunk].x - big;
-        factor[lid] = select(0.0, exp(max(d, -60.0)) / total, total > 0.0 && d > -60.0);
+        head_max[lid] = big;
+        head_inv[lid] = select(0.0, 1.0 / total, total > 0.0);
     }
     workgroupBarrier();
     let j = first + lid;
@@ -61,7 +63,7 @@ fn ranges(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wid:
     var s = 0.0;
     if j < n {
         for (var h = 0u; h < p.n_heads; h++) {
-            s += mass[(r * p.n_heads + h) * p.capacity + j] * factor[h];
+            s += prob(mass[(r * p.n_heads + h) * p.capacity + j], head_max[h], head_inv[h]);
         }
     }
     score[j] = s * p.scale;
@@ -78,8 +80,8 @@ fn single(@builtin(global_invocation_id) gid: vec3<u32>) {
     var s = 0.0;
     if j < n {
         for (var h = 0u; h < p.n_heads; h++) {
-            let total = stats[r * p.n_heads + h].y;
-            s += select(0.0, mass[(r * p.n_heads + h) * p.capacity + j] / total, total > 0.0);
+            let st = stats[r * p.n_heads + h];
+            s += prob(mass[(r * p.n_heads + h) * p.capacity + j], st.x, select(0.0, 1.0 / st.y, st.y > 0.0));
         }
     }
     score[j] = s * p.scale;
