@@ -186,6 +186,13 @@ impl PartsArgs {
     }
 }
 
+/// Prompt tokens adore fits a key index to, for a model with none: at least this many...
+pub const FIT_MIN_TOKENS: usize = 128;
+/// ...and at most this many (the first).
+const FIT_MAX_TOKENS: usize = 1024;
+/// Floats per token and KV head of a fitted index (the shipped indexes' rank).
+const FIT_RANK: usize = 16;
+
 /// What a command runs when --policy is not given.
 #[derive(Clone, Copy, PartialEq, Eq)]
 pub enum DefaultPolicy {
@@ -214,10 +221,65 @@ pub struct PolicyArgs {
 }
 
 impl PolicyArgs {
+    /// Whether the policy asked for, or the command's default, is adore.
+    fn wants_adore(&self, default: DefaultPolicy) -> bool {
+        match (self.policy, default) {
+            (Some(kind), _) => kind == PolicyKind::Adore,
+            (None, DefaultPolicy::FullUnlessBudget) => self.budget.is_some(),
+            (None, DefaultPolicy::Adore) => true,
+        }
+    }
+
+    /// The key index to rank by: --index; else, where adore would rank by keys and the model
+    /// has no shipped index, one fitted to this model earlier (kept in the cache), or one
+    /// fitted now to `fit_text` (the prompt) when it has at least [`FIT_MIN_TOKENS`] tokens.
+    fn key_index(
+        &self,
+        model: &Arc<Model>,
+        default: DefaultPolicy,
+        context: usize,
+        fit_text: Option<&[u32]>,
+    ) -> Result<Option<Arc<KeyIndex>>> {
+        if let Some(index) = self.parts.index(model)? {
+            return Ok(Some(index));
+        }
+        let parts = self.parts.parts(self.budget.unwrap_or(DEFAULT_BUDGET));
+        let ranks_by_keys = Policy::new(PolicyKind::Adore, parts).is_ok_and(|p| p.ranks_by_keys());
+        if !self.wants_adore(default) || !ranks_by_keys || KeyIndex::builtin(&model.fingerprint).is_some() {
+            return Ok(None);
+        }
+        let Ok(dir) = adore::fetch::cache_dir() else { return Ok(None) };
+        let path = dir.join("indexes").join(format!("{}.index.safetensors", model.fingerprint));
+        if let Ok(bytes) = std::fs::read(&path) {
+            match KeyIndex::from_bytes(&path.display().to_string(), &bytes, &model.fingerprint) {
+                Ok(index) => {
+                    eprintln!("index: {} ({})", path.display(), index.fitting);
+                    return Ok(Some(Arc::new(index)));
+                }
+                Err(e) => eprintln!("index: ignoring {}: {e}", path.display()),
+            }
+        }
+        // (A prompt longer than the session's context is refused when it is run.)
+        let Some(ids) = fit_text.filter(|ids| ids.len() >= FIT_MIN_TOKENS && ids.len() <= context) else { return Ok(None) };
+        let ids = &ids[..ids.len().min(FIT_MAX_TOKENS)];
+        let c = &model.config;
+        let rank = FIT_RANK.min(c.head_dim / 4 * 4);
+        eprintln!("index: no key index is shipped for this model; fitting one (rank {rank}) to the prompt's first {} tokens", ids.len());
+        let index = crate::cmd::index::fit_on(model, ids, rank)?;
+        let bytes = index.to_bytes()?;
+        let saved = std::fs::create_dir_all(path.parent().expect("a file in a directory")).and_then(|_| std::fs::write(&path, bytes));
+        match saved {
+            Ok(()) => eprintln!("index: kept in {} for later runs", path.display()),
+            Err(e) => eprintln!("index: not kept ({e}); it is used for this run"),
+        }
+        Ok(Some(Arc::new(index)))
+    }
+
     /// The policy asked for, or the command's default. adore needs what it ranks by for the
     /// model (a key index, or a controller ranking by the controller or recomputing): given,
-    /// or shipped for the model; without it the default falls back to sink.
-    fn policy(&self, model: &Model, default: DefaultPolicy) -> Result<Policy> {
+    /// shipped for the model, or (a key index) fitted to it; without it the default falls back
+    /// to sink.
+    fn policy(&self, model: &Model, default: DefaultPolicy, fitted_index: bool) -> Result<Policy> {
         let parts = self.parts.parts(self.budget.unwrap_or(DEFAULT_BUDGET));
         let kind = match (self.policy, default) {
             (Some(kind), _) => kind,
@@ -225,7 +287,7 @@ impl PolicyArgs {
             (None, _) => {
                 let adore = Policy::new(PolicyKind::Adore, parts)?;
                 let (has, what, flag) = match adore.ranks_by_keys() {
-                    true => (self.parts.index.is_some() || KeyIndex::builtin(&model.fingerprint).is_some(), "key index", "--index"),
+                    true => (fitted_index || KeyIndex::builtin(&model.fingerprint).is_some(), "key index", "--index"),
                     false => (
                         self.parts.controller.is_some() || Controller::builtin(&model.fingerprint).is_some(),
                         "ADORE controller",
@@ -235,7 +297,11 @@ impl PolicyArgs {
                 if has {
                     PolicyKind::Adore
                 } else {
-                    eprintln!("policy: no {what} is shipped for this model, so sink (StreamingLLM); {flag} FILE gives adore one");
+                    let fit = match adore.ranks_by_keys() {
+                        true => format!(", a prompt of {FIT_MIN_TOKENS} tokens or more gets one fitted to it,"),
+                        false => String::new(),
+                    };
+                    eprintln!("policy: no {what} is shipped for this model, so sink (StreamingLLM){fit} and {flag} FILE gives adore one");
                     PolicyKind::Sink
                 }
             }
@@ -244,12 +310,22 @@ impl PolicyArgs {
     }
 
     /// A session of `context` tokens for this policy (the command's default when not given).
-    pub fn session(&self, model: &Arc<Model>, m: &ModelArgs, default: DefaultPolicy, context: usize, all_logits: bool) -> Result<Session> {
-        let policy = self.policy(model, default)?;
+    /// `fit_text` (a prompt's ids) is what a key index is fitted to for a model without one.
+    pub fn session(
+        &self,
+        model: &Arc<Model>,
+        m: &ModelArgs,
+        default: DefaultPolicy,
+        context: usize,
+        all_logits: bool,
+        fit_text: Option<&[u32]>,
+    ) -> Result<Session> {
+        let index = self.key_index(model, default, context, fit_text)?;
+        let policy = self.policy(model, default, index.is_some())?;
         if policy.kind != PolicyKind::Full || self.policy.is_some() {
             eprintln!("policy: {}", describe(&policy));
         }
-        let (controller, index) = (self.parts.controller(model)?, self.parts.index(model)?);
+        let controller = self.parts.controller(model)?;
         let kv_cache = m.kv_cache.into();
         let dense_prefill = !self.parts.sparse_prefill;
         let options = SessionOptions {

@@ -368,3 +368,34 @@ fn eval_runs_the_diagnostic_oracles() {
     let bad = args("heads");
     fails_with(&bad.iter().map(String::as_str).collect::<Vec<_>>(), "unknown oracle ranking");
 }
+
+/// For a model with no shipped key index, `--budget` falls back to sink on a short prompt and
+/// says why; a prompt of 128 tokens or more gets an index fitted to it, kept in the cache and
+/// used by later runs (then whatever the prompt).
+#[test]
+fn adore_fits_a_key_index_to_a_long_prompt_and_keeps_it() {
+    let m = tiny_model();
+    let cache = m.with_extension("fit-cache");
+    let _ = std::fs::remove_dir_all(&cache);
+    let run = |prompt: &str| {
+        let args = ["generate", "--model", m.to_str().unwrap(), "--prompt", prompt, "--max-tokens", "8", "--budget", "12", "--chunk", "16"];
+        let out = Command::new(env!("CARGO_BIN_EXE_adore"))
+            .args(args)
+            .env("XDG_RUNTIME_DIR", std::env::temp_dir())
+            .env("ADORE_CACHE", &cache)
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr).to_string();
+        assert!(out.status.success(), "{stderr}");
+        stderr
+    };
+    let short = run("the cat");
+    assert!(short.contains("so sink") && short.contains("gets one fitted to it"), "{short}");
+    let long = run(&"the cat in the hat sat on the mat, and the hat sat on the cat. ".repeat(4));
+    assert!(long.contains("fitting one (rank 16) to the prompt's first") && long.contains("policy: adore"), "{long}");
+    let kept: Vec<_> = std::fs::read_dir(cache.join("indexes")).unwrap().collect();
+    assert_eq!(kept.len(), 1, "{long}");
+    let again = run("the cat");
+    assert!(again.contains("fitted to rotated queries and keys of a prompt") && again.contains("policy: adore"), "{again}");
+    let _ = std::fs::remove_dir_all(&cache);
+}

@@ -29,7 +29,7 @@ pub fn run(a: ChatArgs) -> Result<()> {
     let sampling = a.sampling.sampling()?;
     let model = a.model.load()?;
     let context = a.policy.context.unwrap_or(SessionOptions::default_context(&model.config));
-    let mut session = a.policy.session(&model, &a.model, DefaultPolicy::Adore, context, false)?;
+    let mut session = a.policy.session(&model, &a.model, DefaultPolicy::Adore, context, false, None)?;
     let mut held: Vec<u32> = Vec::new(); // the tokens the session holds
     let mut messages: Vec<Message> = a.system.into_iter().map(|content| Message { role: "system".into(), content }).collect();
     let interactive = std::io::stdin().is_terminal();

@@ -34,7 +34,7 @@ pub fn run(a: GenerateArgs) -> Result<()> {
     let model = a.model.load()?;
     let ids = model.tokenizer.encode(&a.prompt)?;
     let context = a.policy.context.unwrap_or((ids.len() + a.max_tokens).min(model.config.context));
-    let mut session = a.policy.session(&model, &a.model, DefaultPolicy::FullUnlessBudget, context, false)?;
+    let mut session = a.policy.session(&model, &a.model, DefaultPolicy::FullUnlessBudget, context, false, Some(&ids))?;
     let opts = GenerateOptions { max_tokens: a.max_tokens, sampling, stop_at_eos: true, overlap: true };
     let mut stdout = std::io::stdout();
     let mut text = String::new();

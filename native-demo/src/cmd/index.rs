@@ -104,6 +104,20 @@ pub fn run(action: Action) -> Result<()> {
     Ok(())
 }
 
+/// A key index of `rank` fitted to the rotated queries and keys of `ids` (for a model with
+/// none, on a prompt).
+pub fn fit_on(m: &Arc<Model>, ids: &[u32], rank: usize) -> Result<KeyIndex> {
+    let c = &m.config;
+    let mut stats = IndexStats::new(c.layers, c.n_heads, c.n_kv_heads, c.head_dim);
+    let (qs, ks) = record(m, ids)?;
+    for l in 0..c.layers {
+        stats.add_queries(l, &qs[l][..ids.len() * c.q_dim()]);
+        stats.add_keys(l, &ks[l][..ids.len() * c.kv_dim()]);
+    }
+    let fitting = format!("rank {rank} fitted to rotated queries and keys of a prompt ({} tokens)", ids.len());
+    Ok(KeyIndex::fit(&m.fingerprint, &stats, rank, 0, fitting)?)
+}
+
 /// Every layer's rotated queries and keys over `ids` under full attention, by position.
 fn record(m: &Arc<Model>, ids: &[u32]) -> Result<(Vec<Vec<f32>>, Vec<Vec<f32>>)> {
     let options = SessionOptions { context: ids.len(), chunk: 256, record_queries: true, ..Default::default() };

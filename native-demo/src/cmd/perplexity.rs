@@ -32,7 +32,7 @@ pub fn run(a: PerplexityArgs) -> Result<()> {
     let model = a.model.load()?;
     let ids = model.tokenizer.encode(&text)?;
     let context = a.policy.context.unwrap_or(a.window);
-    let mut session = a.policy.session(&model, &a.model, DefaultPolicy::FullUnlessBudget, context, true)?;
+    let mut session = a.policy.session(&model, &a.model, DefaultPolicy::FullUnlessBudget, context, true, None)?;
     let n = a.windows.unwrap_or(usize::MAX);
     let bar = progress::count((ids.len() / a.window.max(1)).min(n) as u64, "perplexity", "windows");
     let r = pollster::block_on(perplexity(&mut session, &ids, a.window, n, |done, _| bar.set_position(done as u64)))?;

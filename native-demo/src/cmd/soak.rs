@@ -38,7 +38,7 @@ pub fn run(a: SoakArgs) -> Result<()> {
     let m = a.model.load()?;
     let ids = m.tokenizer.encode(&a.prompt)?;
     let context = a.policy.context.unwrap_or(ids.len() + a.tokens);
-    let mut session = a.policy.session(&m, &a.model, DefaultPolicy::FullUnlessBudget, context, false)?;
+    let mut session = a.policy.session(&m, &a.model, DefaultPolicy::FullUnlessBudget, context, false, None)?;
     soak(&mut session, &ids, a.tokens, a.every, a.sampling.sampling()?, a.json)
 }
 
