@@ -277,9 +277,9 @@ impl PolicyArgs {
 
     /// The policy asked for, or the command's default. adore needs what it ranks by for the
     /// model (a key index, or a controller ranking by the controller or recomputing): given,
-    /// shipped for the model, or (a key index) fitted to it; without it the default falls back
-    /// to sink.
-    fn policy(&self, model: &Model, default: DefaultPolicy, fitted_index: bool) -> Result<Policy> {
+    /// shipped for the model, or (a key index, `has_index`) kept or fitted for it; without it
+    /// the default falls back to sink.
+    fn policy(&self, model: &Model, default: DefaultPolicy, has_index: bool) -> Result<Policy> {
         let parts = self.parts.parts(self.budget.unwrap_or(DEFAULT_BUDGET));
         let kind = match (self.policy, default) {
             (Some(kind), _) => kind,
@@ -287,7 +287,7 @@ impl PolicyArgs {
             (None, _) => {
                 let adore = Policy::new(PolicyKind::Adore, parts)?;
                 let (has, what, flag) = match adore.ranks_by_keys() {
-                    true => (fitted_index || KeyIndex::builtin(&model.fingerprint).is_some(), "key index", "--index"),
+                    true => (has_index || KeyIndex::builtin(&model.fingerprint).is_some(), "key index", "--index"),
                     false => (
                         self.parts.controller.is_some() || Controller::builtin(&model.fingerprint).is_some(),
                         "ADORE controller",
