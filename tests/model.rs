@@ -138,6 +138,35 @@ fn qwen3_forward_matches_reference() {
     let _ = std::fs::remove_dir_all(dir);
 }
 
+/// Linear RoPE scaling in GGUF metadata divides every frequency by its factor, and combines
+/// with a `rope_freqs.weight` (the corpus has the refused types).
+#[test]
+fn linear_rope_scaling_divides_every_frequency() {
+    use adore::model::gguf::Value;
+    let read = |bytes: Vec<u8>| adore::ModelSpec::read(adore::Source::Gguf { name: "t.gguf".into(), bytes: &bytes }).map(|s| s.config);
+    let linear = |m: &mut Vec<(&'static str, Value)>| {
+        m.push(("llama.rope.scaling.type", Value::String("linear".into())));
+        m.push(("llama.rope.scaling.factor", Value::F32(2.0)));
+    };
+    let half = common::tiny::HEAD_DIM / 2;
+    let c = read(common::malformed::tiny_with(|m, _| linear(m))).unwrap();
+    assert_eq!(c.rope_factors, vec![2.0; half]);
+    let c = read(common::malformed::tiny_with(|m, ts| {
+        linear(m);
+        let f: Vec<f32> = (0..half).map(|i| 1.0 + i as f32).collect();
+        ts.push(adore::tensor::HostTensor {
+            name: "rope_freqs.weight".into(),
+            dtype: adore::tensor::DType::F32,
+            shape: vec![half],
+            data: bytemuck::cast_slice(&f).to_vec().into(),
+        });
+    }))
+    .unwrap();
+    assert_eq!(c.rope_factors, (0..half).map(|i| 2.0 * (1.0 + i as f32)).collect::<Vec<_>>());
+    let none = read(common::malformed::tiny_with(|m, _| m.push(("llama.rope.scaling.type", Value::String("none".into()))))).unwrap();
+    assert!(none.rope_factors.is_empty());
+}
+
 /// Llama 3's RoPE scaling, from a GGUF file's `rope_freqs.weight` and from a Hugging Face
 /// config's `rope_scaling`, against the reference's frequencies scaled as Hugging Face scales
 /// them (an original context of 32, so that pairs are kept, interpolated and divided); the
