@@ -233,11 +233,70 @@ pub fn apply_chat_template(template: Option<&str>, messages: &[Message]) -> Resu
     env.add_function("raise_exception", |message: String| -> std::result::Result<String, minijinja::Error> {
         Err(minijinja::Error::new(minijinja::ErrorKind::InvalidOperation, message))
     });
+    // Today's date, which Llama 3's templates put in the system header (as Hugging Face and
+    // llama.cpp do; without it they fall back to a fixed date).
+    env.add_function("strftime_now", |format: String| {
+        let now = web_time::SystemTime::now().duration_since(web_time::UNIX_EPOCH).map_or(0, |d| d.as_secs() as i64);
+        strftime(&format, now)
+    });
     env.add_template("chat", template.unwrap_or(CHATML))
         .map_err(|e| Error::Tokenizer(format!("the model's chat template does not parse: {e}")))?;
     let tmpl = env.get_template("chat").map_err(|e| Error::Tokenizer(e.to_string()))?;
     tmpl.render(minijinja::context! { messages => messages, add_generation_prompt => true, bos_token => "", eos_token => "" })
         .map_err(|e| Error::Tokenizer(format!("rendering the chat template: {e}")))
+}
+
+/// `format` with C's strftime conversions for the UTC time `secs` after 1970: %Y %y %m %d %e %j
+/// %H %M %S %b %B %a %A and %%; any other conversion is kept as written.
+pub fn strftime(format: &str, secs: i64) -> String {
+    const MONTHS: [&str; 12] =
+        ["January", "February", "March", "April", "May", "June", "July", "August", "September", "October", "November", "December"];
+    const DAYS: [&str; 7] = ["Sunday", "Monday", "Tuesday", "Wednesday", "Thursday", "Friday", "Saturday"];
+    let (days, rest) = (secs.div_euclid(86400), secs.rem_euclid(86400));
+    // The civil date of a day count (the proleptic Gregorian calendar in 400-year eras).
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy_march = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy_march + 2) / 153;
+    let day = doy_march - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + (month <= 2) as i64;
+    let leap = (year % 4 == 0 && year % 100 != 0) || year % 400 == 0;
+    let before = [0, 31, 59, 90, 120, 151, 181, 212, 243, 273, 304, 334][month as usize - 1];
+    let yday = before + day + (leap && month > 2) as i64;
+    let weekday = (days + 4).rem_euclid(7) as usize; // 1970-01-01 was a Thursday
+    let mut out = String::new();
+    let mut chars = format.chars();
+    while let Some(c) = chars.next() {
+        if c != '%' {
+            out.push(c);
+            continue;
+        }
+        match chars.next() {
+            Some('Y') => out += &year.to_string(),
+            Some('y') => out += &format!("{:02}", year.rem_euclid(100)),
+            Some('m') => out += &format!("{month:02}"),
+            Some('d') => out += &format!("{day:02}"),
+            Some('e') => out += &format!("{day:2}"),
+            Some('j') => out += &format!("{yday:03}"),
+            Some('H') => out += &format!("{:02}", rest / 3600),
+            Some('M') => out += &format!("{:02}", rest / 60 % 60),
+            Some('S') => out += &format!("{:02}", rest % 60),
+            Some('B') => out += MONTHS[month as usize - 1],
+            Some('b') => out += &MONTHS[month as usize - 1][..3],
+            Some('A') => out += DAYS[weekday],
+            Some('a') => out += &DAYS[weekday][..3],
+            Some('%') => out.push('%'),
+            Some(other) => {
+                out.push('%');
+                out.push(other);
+            }
+            None => out.push('%'),
+        }
+    }
+    out
 }
 
 /// Perplexity result.
@@ -309,6 +368,26 @@ mod tests {
             {%- endfor %}";
         let m = msgs(&[("user", " hello "), ("assistant", "<think>\nhm\n</think>\n\nhi"), ("user", "<tool_response>x")]);
         assert_eq!(apply_chat_template(Some(template), &m).unwrap(), "[\"user\":HELLO][\"assistant\":hi][\"user\":<tool_response>x]");
+    }
+
+    /// Against Python's time.strftime over time.gmtime for the same instants.
+    #[test]
+    fn strftime_formats_dates_as_c_does() {
+        let f = "%d %b %Y|%Y-%m-%d %H:%M:%S|%B %e, %y|%a %A %j|%%|%Q";
+        let want = [
+            (0, "01 Jan 1970|1970-01-01 00:00:00|January  1, 70|Thu Thursday 001|%|%Q"),
+            (1_721_952_000, "26 Jul 2024|2024-07-26 00:00:00|July 26, 24|Fri Friday 208|%|%Q"),
+            (1_709_210_096, "29 Feb 2024|2024-02-29 12:34:56|February 29, 24|Thu Thursday 060|%|%Q"),
+            (1_798_761_599, "31 Dec 2026|2026-12-31 23:59:59|December 31, 26|Thu Thursday 365|%|%Q"),
+            (951_782_400, "29 Feb 2000|2000-02-29 00:00:00|February 29, 00|Tue Tuesday 060|%|%Q"),
+        ];
+        for (secs, text) in want {
+            assert_eq!(super::strftime(f, secs), text, "at {secs}");
+        }
+        // Templates test whether it is defined, then call it.
+        let t = "{% if strftime_now is defined %}{{ strftime_now('%Y') }}{% else %}none{% endif %}";
+        let year: i64 = apply_chat_template(Some(t), &[]).unwrap().parse().unwrap();
+        assert!((2024..2200).contains(&year), "{year}");
     }
 
     #[test]
