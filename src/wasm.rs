@@ -271,6 +271,8 @@ pub async fn load_model(files: js_sys::Array, progress: Option<js_sys::Function>
         "weightBytes": total,
         "maxStorageBufferBindingSize": model.ctx.binding_limit(),
         "chatTemplate": model.chat_template.is_some(),
+        // adore ranked by keys (the default) needs one; the page falls back to sink without it.
+        "keyIndex": crate::index::KeyIndex::builtin(&model.fingerprint).is_some(),
     })
     .to_string();
     Ok(Engine { inner: Rc::new(RefCell::new(Inner { model: Arc::new(model), session: None, generation: None })), info })

@@ -70,6 +70,12 @@ async function load(source) {
     const seconds = (performance.now() - t0) / 1000;
     $('status').textContent = `${i.name}: ${i.layers} layers, ${mb(i.weightBytes)} MB of weights, loaded in ${seconds.toFixed(1)} s on ${i.adapter}`;
     $('status').dataset.loadSeconds = seconds.toFixed(3);
+    $('status').dataset.keyIndex = String(i.keyIndex);
+    if (!i.keyIndex && $('policy').value === 'adore' && $('ranking').value === 'keys') {
+      // adore ranks by a key index fitted to each model; none ships for this one.
+      $('policy').value = 'sink';
+      $('status').textContent += '; no key index ships for this model, so the policy is sink instead of adore';
+    }
     newChat();
   } catch (e) {
     engine = null;

@@ -103,6 +103,8 @@ export interface ModelInfo {
   weightBytes: number;
   maxStorageBufferBindingSize: number;
   chatTemplate: boolean;
+  /** Whether a key index ships for this model: the adore policy ranked by keys needs one. */
+  keyIndex: boolean;
 }
 
 export interface Message {

@@ -175,6 +175,9 @@ try {
     const phases = checkProgress(await page.evaluate(() => window.adoreProgress), label);
     const stats = JSON.parse(got.stats);
     const loadSeconds = Number(await page.$eval('#status', (e) => e.dataset.loadSeconds));
+    // Both test models ship a key index, so the page keeps adore where it is asked for.
+    const keyIndex = await page.$eval('#status', (e) => e.dataset.keyIndex);
+    if (keyIndex !== 'true') fail(`${label}: the engine reports no key index for a model that ships one (${keyIndex})`);
     const row = {
       policy: c.policy,
       budget: c.budget,
