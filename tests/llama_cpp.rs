@@ -145,8 +145,7 @@ fn f32_tensor(name: String, values: &[f32]) -> HostTensor<'static> {
 /// llama.cpp's converter writes for Llama 3.1 and 3.2) holding the factors of a Hugging Face
 /// `rope_scaling` of type llama3 with factor 4, low and high frequency factors 1 and 4 and an
 /// original context of 64, so that most of the 32 frequencies are scaled at the positions tested.
-fn llama3_scaled_default() -> (PathBuf, Vec<f32>) {
-    let m = load_default();
+fn llama3_scaled_default(m: &Model) -> (PathBuf, Vec<f32>) {
     let scaling = serde_json::json!({
         "rope_type": "llama3", "factor": 4.0, "low_freq_factor": 1.0, "high_freq_factor": 4.0,
         "original_max_position_embeddings": 64
@@ -197,15 +196,19 @@ fn qwen3_default() -> PathBuf {
     })
 }
 
+/// A model written by [`derived_default`] against its references, which must have been made
+/// from the same bytes: the model, and the references.
+fn check_derived(name: &str, path: &std::path::Path) -> (Arc<Model>, Value) {
+    let refs = refs(name);
+    let sha = adore::fetch::sha256_hex(&std::fs::read(path).unwrap());
+    assert_eq!(refs["model_sha256"].as_str(), Some(sha.as_str()), "the references were made from another file");
+    (check_file(name, path, &refs), refs)
+}
+
 /// Qwen3 (per-head q/k RMSNorm, rotate-half RoPE, no biases) against llama.cpp on the same file.
 #[test]
 fn qwen3_matches_llama_cpp() {
-    let name = "smollm2-135m-as-qwen3";
-    let path = qwen3_default();
-    let refs = refs(name);
-    let sha = adore::fetch::sha256_hex(&std::fs::read(&path).unwrap());
-    assert_eq!(refs["model_sha256"].as_str(), Some(sha.as_str()), "the references were made from another file");
-    let model = check_file(name, &path, &refs);
+    let (model, _) = check_derived("smollm2-135m-as-qwen3", &qwen3_default());
     assert!(model.config.family.qk_norm && !model.config.rope_interleaved);
 }
 
@@ -215,16 +218,13 @@ fn qwen3_matches_llama_cpp() {
 #[test]
 fn llama3_rope_scaling_matches_llama_cpp() {
     let name = "smollm2-135m-llama3-rope";
-    let (path, factors) = llama3_scaled_default();
-    let refs = refs(name);
-    let sha = adore::fetch::sha256_hex(&std::fs::read(&path).unwrap());
-    assert_eq!(refs["model_sha256"].as_str(), Some(sha.as_str()), "the references were made from another file");
+    let plain = load_default();
+    let (path, factors) = llama3_scaled_default(&plain);
     // Pairs of short wavelength keep their frequency, long ones are divided by the factor.
     assert_eq!((factors[0], factors[factors.len() - 1]), (1.0, 4.0));
     assert!(factors.iter().filter(|&&f| f > 1.0 && f < 4.0).count() >= 1, "no interpolated factor: {factors:?}");
-    let model = check_file(name, &path, &refs);
+    let (model, refs) = check_derived(name, &path);
     assert_eq!(model.config.rope_factors, factors);
-    let plain = load_default();
     let tokens = ids(&refs["perplexity"]["tokens"]);
     let options = SessionOptions { context: tokens.len(), chunk: 256, all_logits: true, ..Default::default() };
     let mut s = Session::new(plain, options).unwrap();

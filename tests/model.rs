@@ -34,6 +34,26 @@ fn check_all_logits(model: Arc<Model>, tiny: &Tiny, what: &str) {
     }
 }
 
+/// `tiny` written under `dir` as a GGUF file and as a Hugging Face directory (its tokenizer.json
+/// converted from the GGUF's tokenizer), each loaded: (from GGUF, from safetensors).
+fn load_both(tiny: &Tiny, dir: &std::path::Path) -> (Arc<Model>, Arc<Model>) {
+    let path = dir.join("tiny.gguf");
+    let gguf = tiny.gguf_bytes();
+    std::fs::write(&path, &gguf).unwrap();
+    let g = adore::model::gguf::Gguf::parse("tiny.gguf", &gguf).unwrap();
+    let tok = adore::model::Tokenizer::from_gguf(&g).unwrap();
+    let hf = dir.join("hf");
+    tiny.write_hf_dir(&hf, &tok.to_json().unwrap());
+    (load(&path), load(&hf))
+}
+
+/// Whether two reference models' logits over [`tokens`] differ somewhere by more than 0.1 (so
+/// that a test telling them apart can fail).
+fn references_differ(a: &Tiny, b: &Tiny) -> bool {
+    let (a, b) = (a.forward(&tokens()), b.forward(&tokens()));
+    a.iter().zip(&b).any(|(x, y)| (x - y).abs() > 0.1)
+}
+
 #[test]
 fn gguf_forward_matches_reference() {
     let tiny = Tiny::new(7);
@@ -94,22 +114,14 @@ fn safetensors_dir_forward_matches_reference() {
 fn qwen2_forward_matches_reference() {
     let tiny = Tiny::qwen2(8);
     let dir = temp_dir("qwen2");
-    let path = dir.join("tiny-qwen2.gguf");
-    let gguf = tiny.gguf_bytes();
-    std::fs::write(&path, &gguf).unwrap();
-    let model = load(&path);
+    let (model, hf) = load_both(&tiny, &dir);
     assert!(!model.config.rope_interleaved && model.config.family.qkv_bias);
     assert!(model.weights.layers.iter().all(|l| l.qkv_bias.is_some()));
-    check_all_logits(model.clone(), &tiny, "qwen2 gguf");
-    let g = adore::model::gguf::Gguf::parse("tiny-qwen2.gguf", &gguf).unwrap();
-    let tok = adore::model::Tokenizer::from_gguf(&g).unwrap();
-    let hf = dir.join("hf");
-    tiny.write_hf_dir(&hf, &tok.to_json().unwrap());
-    check_all_logits(load(&hf), &tiny, "qwen2 safetensors");
+    check_all_logits(model, &tiny, "qwen2 gguf");
+    check_all_logits(hf, &tiny, "qwen2 safetensors");
     let mut unbiased = Tiny::qwen2(8);
     unbiased.w.iter_mut().filter(|(n, _)| n.ends_with(".bias")).for_each(|(_, (_, v))| v.iter_mut().for_each(|x| *x = 0.0));
-    let (a, b) = (tiny.forward(&tokens()), unbiased.forward(&tokens()));
-    assert!(a.iter().zip(&b).any(|(x, y)| (x - y).abs() > 0.1), "the biases change nothing: the test could not fail");
+    assert!(references_differ(&tiny, &unbiased), "the biases change nothing: the test could not fail");
     let _ = std::fs::remove_dir_all(dir);
 }
 
@@ -119,22 +131,14 @@ fn qwen2_forward_matches_reference() {
 fn qwen3_forward_matches_reference() {
     let tiny = Tiny::qwen3(11);
     let dir = temp_dir("qwen3");
-    let path = dir.join("tiny-qwen3.gguf");
-    let gguf = tiny.gguf_bytes();
-    std::fs::write(&path, &gguf).unwrap();
-    let model = load(&path);
+    let (model, hf) = load_both(&tiny, &dir);
     assert!(!model.config.rope_interleaved && model.config.family.qk_norm && !model.config.family.qkv_bias);
     check_all_logits(model, &tiny, "qwen3 gguf");
-    let g = adore::model::gguf::Gguf::parse("tiny-qwen3.gguf", &gguf).unwrap();
-    let tok = adore::model::Tokenizer::from_gguf(&g).unwrap();
-    let hf = dir.join("hf");
-    tiny.write_hf_dir(&hf, &tok.to_json().unwrap());
-    check_all_logits(load(&hf), &tiny, "qwen3 safetensors");
+    check_all_logits(hf, &tiny, "qwen3 safetensors");
     let mut flat = Tiny::qwen3(11);
     let qk_norm = |n: &str| n.ends_with("attn_q_norm.weight") || n.ends_with("attn_k_norm.weight");
     flat.w.iter_mut().filter(|(n, _)| qk_norm(n)).for_each(|(_, (_, v))| v.iter_mut().for_each(|x| *x = 1.0));
-    let (a, b) = (tiny.forward(&tokens()), flat.forward(&tokens()));
-    assert!(a.iter().zip(&b).any(|(x, y)| (x - y).abs() > 0.1), "the q/k norms' weights change nothing: the test could not fail");
+    assert!(references_differ(&tiny, &flat), "the q/k norms' weights change nothing: the test could not fail");
     let _ = std::fs::remove_dir_all(dir);
 }
 
@@ -176,24 +180,13 @@ fn llama3_rope_scaling_matches_reference() {
     let mut tiny = Tiny::new(10);
     tiny.llama3_rope = Some([4.0, 1.0, 4.0, 32.0]);
     let dir = temp_dir("llama3-rope");
-    let path = dir.join("tiny-llama3.gguf");
-    let gguf = tiny.gguf_bytes();
-    std::fs::write(&path, &gguf).unwrap();
-    let model = load(&path);
+    let (model, hf) = load_both(&tiny, &dir);
     assert_eq!(model.config.rope_factors.len(), common::tiny::HEAD_DIM / 2);
     check_all_logits(model, &tiny, "llama3 rope gguf");
-    let g = adore::model::gguf::Gguf::parse("tiny-llama3.gguf", &gguf).unwrap();
-    let tok = adore::model::Tokenizer::from_gguf(&g).unwrap();
-    let hf = dir.join("hf");
-    tiny.write_hf_dir(&hf, &tok.to_json().unwrap());
-    let model = load(&hf);
-    let f = &model.config.rope_factors;
+    let f = &hf.config.rope_factors;
     assert!(f[0] == 1.0 && f[1] > 1.0 && f[1] < 4.0 && f[2..].iter().all(|&x| x == 4.0), "factors {f:?}");
-    check_all_logits(model, &tiny, "llama3 rope safetensors");
-    let mut plain = Tiny::new(10);
-    plain.llama3_rope = None;
-    let (a, b) = (tiny.forward(&tokens()), plain.forward(&tokens()));
-    assert!(a.iter().zip(&b).any(|(x, y)| (x - y).abs() > 0.1), "the scaling changes nothing: the test could not fail");
+    check_all_logits(hf, &tiny, "llama3 rope safetensors");
+    assert!(references_differ(&tiny, &Tiny::new(10)), "the scaling changes nothing: the test could not fail");
     let _ = std::fs::remove_dir_all(dir);
 }
 

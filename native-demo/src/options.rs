@@ -281,10 +281,10 @@ impl PolicyArgs {
     /// the default falls back to sink.
     fn policy(&self, model: &Model, default: DefaultPolicy, has_index: bool) -> Result<Policy> {
         let parts = self.parts.parts(self.budget.unwrap_or(DEFAULT_BUDGET));
-        let kind = match (self.policy, default) {
-            (Some(kind), _) => kind,
-            (None, DefaultPolicy::FullUnlessBudget) if self.budget.is_none() => PolicyKind::Full,
-            (None, _) => {
+        let kind = match self.policy {
+            Some(kind) => kind,
+            None if !self.wants_adore(default) => PolicyKind::Full,
+            None => {
                 let adore = Policy::new(PolicyKind::Adore, parts)?;
                 let (has, what, flag) = match adore.ranks_by_keys() {
                     true => (has_index || KeyIndex::builtin(&model.fingerprint).is_some(), "key index", "--index"),

@@ -82,6 +82,11 @@ fn round_bf16(v: f32) -> f32 {
     half::bf16::from_f32(v).to_f32()
 }
 
+/// RoPE's unscaled frequency of pair i: θ^(-2i / HEAD_DIM).
+fn rope_freq(i: usize) -> f64 {
+    (THETA as f64).powf(-2.0 * i as f64 / HEAD_DIM as f64)
+}
+
 impl Tiny {
     pub fn new(seed: u64) -> Self {
         Self::build(seed, false, false)
@@ -180,10 +185,10 @@ impl Tiny {
         out
     }
 
-    /// RoPE's frequency of pair i: θ^(-2i / HEAD_DIM), or with Llama 3's scaling as Hugging
-    /// Face's `_compute_llama3_parameters` scales it.
+    /// RoPE's frequency of pair i ([`rope_freq`]), or with Llama 3's scaling as Hugging Face's
+    /// `_compute_llama3_parameters` scales it.
     pub fn inv_freq(&self, i: usize) -> f64 {
-        let f = (THETA as f64).powf(-2.0 * i as f64 / HEAD_DIM as f64);
+        let f = rope_freq(i);
         let Some([factor, low, high, original]) = self.llama3_rope else { return f };
         let wavelen = 2.0 * std::f64::consts::PI / f;
         if wavelen < original / high {
@@ -259,8 +264,7 @@ impl Tiny {
             .collect();
         if self.llama3_rope.is_some() {
             // As llama.cpp's converter writes them: each frequency's divisor.
-            let plain = Tiny { llama3_rope: None, w: HashMap::new(), dtypes: HashMap::new(), ..*self };
-            let factors: Vec<f32> = (0..HEAD_DIM / 2).map(|i| (plain.inv_freq(i) / self.inv_freq(i)) as f32).collect();
+            let factors: Vec<f32> = (0..HEAD_DIM / 2).map(|i| (rope_freq(i) / self.inv_freq(i)) as f32).collect();
             tensors.push(HostTensor {
                 name: "rope_freqs.weight".into(),
                 dtype: DType::F32,

@@ -110,15 +110,16 @@ pub fn fit_on(m: &Arc<Model>, ids: &[u32], rank: usize) -> Result<KeyIndex> {
     let c = &m.config;
     let mut stats = IndexStats::new(c.layers, c.n_heads, c.n_kv_heads, c.head_dim);
     let (qs, ks) = record(m, ids)?;
-    for l in 0..c.layers {
-        stats.add_queries(l, &qs[l][..ids.len() * c.q_dim()]);
-        stats.add_keys(l, &ks[l][..ids.len() * c.kv_dim()]);
+    for (l, (q, k)) in qs.iter().zip(&ks).enumerate() {
+        stats.add_queries(l, q);
+        stats.add_keys(l, k);
     }
     let fitting = format!("rank {rank} fitted to rotated queries and keys of a prompt ({} tokens)", ids.len());
     Ok(KeyIndex::fit(&m.fingerprint, &stats, rank, 0, fitting)?)
 }
 
-/// Every layer's rotated queries and keys over `ids` under full attention, by position.
+/// Every layer's rotated queries and keys over `ids` under full attention, by position: (ids.len(),
+/// q_dim) and (ids.len(), kv_dim) each (a full cache of that context has a slot per position).
 fn record(m: &Arc<Model>, ids: &[u32]) -> Result<(Vec<Vec<f32>>, Vec<Vec<f32>>)> {
     let options = SessionOptions { context: ids.len(), chunk: 256, record_queries: true, ..Default::default() };
     let mut s = Session::new(m.clone(), options)?;
