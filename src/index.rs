@@ -12,9 +12,13 @@
 //! decomposition U Σ Vᵀ of S_q^{1/2} S_k^{1/2} (queries and keys taken as independent). The
 //! file (safetensors, like the controller's) names the model it was fitted for.
 
+use std::sync::Arc;
+
 use crate::error::{Error, Result};
+use crate::model::Model;
 use crate::model_file;
 use crate::ops::KvType;
+use crate::session::{Session, SessionOptions};
 
 /// How a session stores each token's short keys: f16, half the bytes of f32 (the ranking they
 /// give moves by the rounding of a 16-element dot product, far below the index's own error).
@@ -27,6 +31,15 @@ const KIND: model_file::Kind = model_file::Kind {
     made: "fitted",
     remedy: "fit one for this model (`adore index fit`)",
 };
+
+/// A prompt gets a key index fitted to it (for a model with none) when it has at least this
+/// many tokens: on the default model an index fitted to 128 tokens of one play already ranks
+/// another play well above sink (docs/results.md, 2026-12-06)...
+pub const FIT_MIN_TOKENS: usize = 128;
+/// ...from at most this many (its first).
+pub const FIT_MAX_TOKENS: usize = 1024;
+/// Floats per token and KV head of an index fitted to a prompt (the shipped indexes' rank).
+pub const FIT_RANK: usize = 16;
 
 /// Key indexes shipped with the library: (file name, contents).
 const BUILTIN: &[(&str, &[u8])] = &[
@@ -409,6 +422,42 @@ impl KeyIndex {
         }
         Ok(())
     }
+}
+
+/// A session of full attention that has run `ids` as a prompt, recording every layer's rotated
+/// queries: `session.inspect().queries(l)` and `.kv_cache(l)` then give layer l's queries and
+/// keys by position (a fresh full-attention session places position p in slot p). `done` is
+/// told how many tokens have run after each chunk.
+pub async fn record(model: &Arc<Model>, ids: &[u32], chunk: usize, mut done: impl FnMut(usize)) -> Result<Session> {
+    let options = SessionOptions { context: ids.len(), chunk, record_queries: true, ..Default::default() };
+    let mut s = Session::new(model.clone(), options)?;
+    let mut n = 0;
+    for part in ids.chunks(chunk) {
+        s.prefill(part).await?;
+        n += part.len();
+        done(n);
+    }
+    Ok(s)
+}
+
+/// A key index fitted to a prompt, for a model with none: rank [`FIT_RANK`] (or the largest
+/// multiple of 4 up to head_dim), from the rotated queries and keys of the prompt's first
+/// [`FIT_MAX_TOKENS`] tokens under full attention. A prompt needs [`FIT_MIN_TOKENS`] tokens.
+pub async fn fit_to_prompt(model: &Arc<Model>, ids: &[u32], chunk: usize, done: impl FnMut(usize)) -> Result<KeyIndex> {
+    let c = &model.config;
+    if ids.len() < FIT_MIN_TOKENS {
+        return Err(Error::arg(format!("a key index is fitted to a prompt of at least {FIT_MIN_TOKENS} tokens, not {}", ids.len())));
+    }
+    let ids = &ids[..ids.len().min(FIT_MAX_TOKENS)];
+    let rank = FIT_RANK.min(c.head_dim / 4 * 4);
+    let s = record(model, ids, chunk, done).await?;
+    let mut stats = IndexStats::new(c.layers, c.n_heads, c.n_kv_heads, c.head_dim);
+    for l in 0..c.layers {
+        stats.add_queries(l, &s.inspect().queries(l).await?);
+        stats.add_keys(l, &s.inspect().kv_cache(l).await?.0);
+    }
+    let fitting = format!("rank {rank} fitted to rotated queries and keys of a prompt ({} tokens)", ids.len());
+    KeyIndex::fit(&model.fingerprint, &stats, rank, 0, fitting)
 }
 
 #[cfg(test)]

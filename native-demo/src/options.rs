@@ -4,7 +4,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use adore::controller::Controller;
-use adore::index::KeyIndex;
+use adore::index::{KeyIndex, FIT_MAX_TOKENS, FIT_MIN_TOKENS};
 use adore::ops::KvType;
 use adore::policy::{CacheUpdate, Policy, PolicyKind, PolicyParts, Ranking, RebuildFrom, DEFAULT_BUDGET, DEFAULT_SINKS};
 use adore::{Context, ContextOptions, Model, Sampling, Session, SessionOptions};
@@ -186,13 +186,6 @@ impl PartsArgs {
     }
 }
 
-/// Prompt tokens adore fits a key index to, for a model with none: at least this many...
-pub const FIT_MIN_TOKENS: usize = 128;
-/// ...and at most this many (the first).
-const FIT_MAX_TOKENS: usize = 1024;
-/// Floats per token and KV head of a fitted index (the shipped indexes' rank).
-const FIT_RANK: usize = 16;
-
 /// What a command runs when --policy is not given.
 #[derive(Clone, Copy, PartialEq, Eq)]
 pub enum DefaultPolicy {
@@ -262,10 +255,11 @@ impl PolicyArgs {
         // (A prompt longer than the session's context is refused when it is run.)
         let Some(ids) = fit_text.filter(|ids| ids.len() >= FIT_MIN_TOKENS && ids.len() <= context) else { return Ok(None) };
         let ids = &ids[..ids.len().min(FIT_MAX_TOKENS)];
-        let c = &model.config;
-        let rank = FIT_RANK.min(c.head_dim / 4 * 4);
-        eprintln!("index: no key index is shipped for this model; fitting one (rank {rank}) to the prompt's first {} tokens", ids.len());
-        let index = crate::cmd::index::fit_on(model, ids, rank)?;
+        eprintln!("index: no key index is shipped for this model; fitting one to the prompt's first {} tokens", ids.len());
+        let bar = crate::progress::count(ids.len() as u64, "index", "tokens");
+        let index = pollster::block_on(adore::index::fit_to_prompt(model, ids, 256, |n| bar.set_position(n as u64)))?;
+        bar.finish_and_clear();
+        eprintln!("index: {}", index.fitting);
         let bytes = index.to_bytes()?;
         let saved = std::fs::create_dir_all(path.parent().expect("a file in a directory")).and_then(|_| std::fs::write(&path, bytes));
         match saved {

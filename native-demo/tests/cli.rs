@@ -392,10 +392,50 @@ fn adore_fits_a_key_index_to_a_long_prompt_and_keeps_it() {
     let short = run("the cat");
     assert!(short.contains("so sink") && short.contains("gets one fitted to it"), "{short}");
     let long = run(&"the cat in the hat sat on the mat, and the hat sat on the cat. ".repeat(4));
-    assert!(long.contains("fitting one (rank 16) to the prompt's first") && long.contains("policy: adore"), "{long}");
+    assert!(
+        long.contains("fitting one to the prompt's first")
+            && long.contains("rank 16 fitted to rotated queries and keys of a prompt")
+            && long.contains("policy: adore"),
+        "{long}"
+    );
     let kept: Vec<_> = std::fs::read_dir(cache.join("indexes")).unwrap().collect();
     assert_eq!(kept.len(), 1, "{long}");
     let again = run("the cat");
     assert!(again.contains("fitted to rotated queries and keys of a prompt") && again.contains("policy: adore"), "{again}");
+    let _ = std::fs::remove_dir_all(&cache);
+}
+
+/// `chat` on a model with no key index starts with sink and moves to adore, with an index
+/// fitted to the conversation, once the conversation is long enough to fit one to; a
+/// conversation that outgrows the context starts over and answers its last message.
+#[test]
+fn chat_moves_to_adore_when_the_conversation_is_long_enough() {
+    let m = tiny_model();
+    let cache = m.with_extension("chat-cache");
+    let _ = std::fs::remove_dir_all(&cache);
+    let mut child = Command::new(env!("CARGO_BIN_EXE_adore"))
+        .args(["chat", "--model", m.to_str().unwrap(), "--max-tokens", "4", "--budget", "12", "--chunk", "16"])
+        .env("XDG_RUNTIME_DIR", std::env::temp_dir())
+        .env("ADORE_CACHE", &cache)
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let long = "the cat in the hat sat on the mat, and the hat sat on the cat. ".repeat(3);
+    // Then a conversation grown past the context (it starts over from its last message, which
+    // is answered) and a message too long on its own (refused; the chat goes on).
+    let input = format!("the cat\n{long}\nthe hat\n{long}\n{long}{long}\nthe end\n\n");
+    std::io::Write::write_all(child.stdin.as_mut().unwrap(), input.as_bytes()).unwrap();
+    let out = child.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr).to_string();
+    assert!(out.status.success(), "{stderr}");
+    let sink = stderr.find("so sink").unwrap_or_else(|| panic!("{stderr}"));
+    let fit = stderr.find("fitting one to the prompt's first").unwrap_or_else(|| panic!("{stderr}"));
+    let adore = stderr.find("policy: adore").unwrap_or_else(|| panic!("{stderr}"));
+    assert!(sink < fit && fit < adore, "{stderr}");
+    assert_eq!(stderr.matches("fitting one").count(), 1, "{stderr}");
+    assert!(stderr.contains("starting over with the last message") && stderr.contains("send a shorter one"), "{stderr}");
+    assert_eq!(stderr.matches("tokens/s]").count(), 5, "a reply to each message but the too long one: {stderr}");
     let _ = std::fs::remove_dir_all(&cache);
 }

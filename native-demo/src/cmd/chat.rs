@@ -4,6 +4,8 @@
 use std::io::{BufRead, IsTerminal, Write};
 
 use adore::generate::{apply_chat_template, GenerateOptions, Message};
+use adore::index::FIT_MIN_TOKENS;
+use adore::policy::PolicyKind;
 use adore::SessionOptions;
 use anyhow::Result;
 use clap::Args;
@@ -30,6 +32,9 @@ pub fn run(a: ChatArgs) -> Result<()> {
     let model = a.model.load()?;
     let context = a.policy.context.unwrap_or(SessionOptions::default_context(&model.config));
     let mut session = a.policy.session(&model, &a.model, DefaultPolicy::Adore, context, false, None)?;
+    // Sink in place of the default adore (no key index for the model): once the conversation is
+    // long enough to fit one to, the chat moves to adore, running the conversation again.
+    let mut fallback = a.policy.policy.is_none() && session.options.policy.kind == PolicyKind::Sink;
     let mut held: Vec<u32> = Vec::new(); // the tokens the session holds
     let mut messages: Vec<Message> = a.system.into_iter().map(|content| Message { role: "system".into(), content }).collect();
     let interactive = std::io::stdin().is_terminal();
@@ -47,18 +52,33 @@ pub fn run(a: ChatArgs) -> Result<()> {
         }
         messages.push(Message { role: "user".into(), content: line.trim_end().to_string() });
         // The conversation is re-rendered whole; the part the session already holds is kept
-        // and only the rest is run.
-        let prompt = apply_chat_template(model.chat_template.as_deref(), &messages)?;
-        let ids = model.tokenizer.encode(&prompt)?;
-        let common = pollster::block_on(adore::generate::reuse_prefix(&mut session, &held, &ids));
-        held.truncate(common);
-        if ids.len() + a.max_tokens > context {
-            eprintln!("(the conversation no longer fits in {context} tokens; starting over with the last message)");
-            messages.drain(..messages.len() - 1);
+        // and only the rest is run. One that no longer fits starts over from the last message.
+        let (ids, common) = loop {
+            let prompt = apply_chat_template(model.chat_template.as_deref(), &messages)?;
+            let ids = model.tokenizer.encode(&prompt)?;
+            if fallback && ids.len() >= FIT_MIN_TOKENS && ids.len() + a.max_tokens <= context {
+                fallback = false;
+                drop(session); // its buffers first
+                session = a.policy.session(&model, &a.model, DefaultPolicy::Adore, context, false, Some(&ids))?;
+                held.clear();
+            }
+            let common = pollster::block_on(adore::generate::reuse_prefix(&mut session, &held, &ids));
+            held.truncate(common);
+            if ids.len() + a.max_tokens <= context {
+                break Some((ids, common));
+            }
             session.reset();
             held.clear();
-            continue;
+            if messages.len() == 1 {
+                eprintln!("(the message and its reply do not fit in {context} tokens; send a shorter one)");
+                messages.clear();
+                break None;
+            }
+            eprintln!("(the conversation no longer fits in {context} tokens; starting over with the last message)");
+            messages.drain(..messages.len() - 1);
         }
+        .unzip();
+        let (Some(ids), Some(common)) = (ids, common) else { continue };
         let opts = GenerateOptions { max_tokens: a.max_tokens, sampling, stop_at_eos: true, overlap: true };
         let mut reply = String::new();
         let mut stdout = std::io::stdout();

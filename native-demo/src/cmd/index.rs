@@ -6,7 +6,6 @@ use std::sync::Arc;
 
 use adore::index::{IndexStats, KeyIndex};
 use adore::model::{Config, Model};
-use adore::session::{Session, SessionOptions};
 use anyhow::{bail, Context as _, Result};
 use clap::{Args, Subcommand};
 
@@ -104,34 +103,14 @@ pub fn run(action: Action) -> Result<()> {
     Ok(())
 }
 
-/// A key index of `rank` fitted to the rotated queries and keys of `ids` (for a model with
-/// none, on a prompt).
-pub fn fit_on(m: &Arc<Model>, ids: &[u32], rank: usize) -> Result<KeyIndex> {
-    let c = &m.config;
-    let mut stats = IndexStats::new(c.layers, c.n_heads, c.n_kv_heads, c.head_dim);
-    let (qs, ks) = record(m, ids)?;
-    for (l, (q, k)) in qs.iter().zip(&ks).enumerate() {
-        stats.add_queries(l, q);
-        stats.add_keys(l, k);
-    }
-    let fitting = format!("rank {rank} fitted to rotated queries and keys of a prompt ({} tokens)", ids.len());
-    Ok(KeyIndex::fit(&m.fingerprint, &stats, rank, 0, fitting)?)
-}
-
 /// Every layer's rotated queries and keys over `ids` under full attention, by position: (ids.len(),
-/// q_dim) and (ids.len(), kv_dim) each (a full cache of that context has a slot per position).
+/// q_dim) and (ids.len(), kv_dim) each.
 fn record(m: &Arc<Model>, ids: &[u32]) -> Result<(Vec<Vec<f32>>, Vec<Vec<f32>>)> {
-    let options = SessionOptions { context: ids.len(), chunk: 256, record_queries: true, ..Default::default() };
-    let mut s = Session::new(m.clone(), options)?;
     let bar = progress::count(ids.len() as u64, "index", "tokens");
-    for chunk in ids.chunks(256) {
-        pollster::block_on(s.prefill(chunk))?;
-        bar.inc(chunk.len() as u64);
-    }
+    let s = pollster::block_on(adore::index::record(m, ids, 256, |n| bar.set_position(n as u64)))?;
     bar.finish_and_clear();
     let (mut qs, mut ks) = (Vec::new(), Vec::new());
     for l in 0..m.config.layers {
-        // A fresh full-attention session places position p in slot p.
         qs.push(pollster::block_on(s.inspect().queries(l))?);
         ks.push(pollster::block_on(s.inspect().kv_cache(l))?.0);
     }
