@@ -16,6 +16,7 @@ use wasm_bindgen::prelude::*;
 use crate::error::{Error, Result};
 use crate::generate::{apply_chat_template, reuse_prefix, GenerateOptions, Generation, Message, Stats};
 use crate::gpu::{Context, ContextOptions};
+use crate::index::{KeyIndex, FIT_MIN_TOKENS};
 use crate::model::{Model, ModelSpec, Source};
 use crate::ops::sample::Sampling;
 use crate::ops::KvType;
@@ -117,6 +118,9 @@ impl FinalStats {
 
 struct Inner {
     model: Arc<Model>,
+    /// The key index that adore ranks by: the one shipped for the model, or one fitted to the
+    /// first prompt long enough (kept for the engine's life).
+    index: Option<Arc<KeyIndex>>,
     /// The session, with the options it was made for and the tokens it holds.
     session: Option<(SessionOptions, Session, Vec<u32>)>,
     generation: Option<(Generation, bool)>,
@@ -141,13 +145,27 @@ impl Inner {
             "f32" => KvType::F32,
             other => return Err(Error::arg(format!("kvCache must be f16 or f32, got {other:?}"))),
         };
-        Ok(SessionOptions { context, chunk: 128, policy, kv_cache, ..Default::default() })
+        Ok(SessionOptions { context, chunk: 128, policy, kv_cache, index: self.index.clone(), ..Default::default() })
     }
 
     async fn start(&mut self, ids: Vec<u32>, o: Options) -> Result<()> {
-        let options = self.session_options(&o)?;
+        let mut options = self.session_options(&o)?;
         if ids.len() + 1 > options.context {
             return Err(Error::PromptTooLong { tokens: ids.len(), context: options.context });
+        }
+        if options.ranks_by_keys() && options.index.is_none() {
+            // No key index ships for this model: fit one to this prompt, as `adore generate` does.
+            if ids.len() < FIT_MIN_TOKENS {
+                return Err(Error::arg(format!(
+                    "adore ranks by a key index, none ships for this model, and one is fitted to a prompt of at least {FIT_MIN_TOKENS} tokens (this one has {}): give a longer prompt, or use another policy (sink)",
+                    ids.len()
+                )));
+            }
+            self.generation = None;
+            self.session = None; // free the old buffers first
+            let index = Arc::new(crate::index::fit_to_prompt(&self.model, &ids, 128, |_| {}).await?);
+            self.index = Some(index.clone());
+            options.index = Some(index);
         }
         let reuse = matches!(&self.session, Some((old, ..)) if old.context == options.context && old.policy == options.policy && old.kv_cache == options.kv_cache);
         if !reuse {
@@ -259,6 +277,7 @@ pub async fn load_model(files: js_sys::Array, progress: Option<js_sys::Function>
     let model = Model::load(ctx, spec, &mut |done, total| report("upload", done, total)).map_err(|e| js_error(&e))?;
     drop(named);
     let c = &model.config;
+    let index = KeyIndex::builtin(&model.fingerprint).map(Arc::new);
     let info = serde_json::json!({
         "name": model.name,
         "adapter": model.ctx.describe(),
@@ -271,11 +290,14 @@ pub async fn load_model(files: js_sys::Array, progress: Option<js_sys::Function>
         "weightBytes": total,
         "maxStorageBufferBindingSize": model.ctx.binding_limit(),
         "chatTemplate": model.chat_template.is_some(),
-        // adore ranked by keys (the default) needs one; the page falls back to sink without it.
-        "keyIndex": crate::index::KeyIndex::builtin(&model.fingerprint).is_some(),
+        // adore ranked by keys (the default) needs one: without it, one is fitted to the first
+        // prompt of keyIndexMinTokens or more.
+        "keyIndex": index.is_some(),
+        "keyIndexMinTokens": FIT_MIN_TOKENS,
     })
     .to_string();
-    Ok(Engine { inner: Rc::new(RefCell::new(Inner { model: Arc::new(model), session: None, generation: None })), info })
+    let inner = Inner { model: Arc::new(model), index, session: None, generation: None };
+    Ok(Engine { inner: Rc::new(RefCell::new(inner)), info })
 }
 
 #[wasm_bindgen]

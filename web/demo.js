@@ -13,6 +13,8 @@ const params = new URLSearchParams(location.search);
 let engine = null;
 let abort = null;
 let messages = [];
+// Whether adore ranked by keys can run: an index ships for the model or was fitted to a prompt.
+let indexReady = false;
 // Tokens of this conversation: { position, span }; the cache state after the last step.
 let tokens = [];
 let series = [];
@@ -71,10 +73,10 @@ async function load(source) {
     $('status').textContent = `${i.name}: ${i.layers} layers, ${mb(i.weightBytes)} MB of weights, loaded in ${seconds.toFixed(1)} s on ${i.adapter}`;
     $('status').dataset.loadSeconds = seconds.toFixed(3);
     $('status').dataset.keyIndex = String(i.keyIndex);
-    if (!i.keyIndex && $('policy').value === 'adore' && $('ranking').value === 'keys') {
+    indexReady = i.keyIndex;
+    if (!i.keyIndex) {
       // adore ranks by a key index fitted to each model; none ships for this one.
-      $('policy').value = 'sink';
-      $('status').textContent += '; no key index ships for this model, so the policy is sink instead of adore';
+      $('status').textContent += `; no key index ships for this model: adore fits one to the first prompt of ${i.keyIndexMinTokens} tokens or more, and uses sink before`;
     }
     newChat();
   } catch (e) {
@@ -168,11 +170,14 @@ function drawChart() {
   g.fillText(`${series.at(-1)[1]} slots / ${maxX} tokens`, w - 150, 14);
 }
 
-function showStats(s) {
+function showStats(s, policy = $('policy').value) {
   $('speed').textContent =
     `${s.generatedTokens} tokens, ${s.decodeTokensPerS.toFixed(2)} tokens/s decode, ` +
     `${s.prefillTokensPerS.toFixed(1)} tokens/s prefill (${s.promptTokens} prompt tokens), ` +
     `KV cache ${mb(s.kvBytes)} MB, stop: ${s.stop}`;
+  if (policy !== $('policy').value) {
+    $('speed').textContent += `; policy ${policy}: adore fits a key index to a conversation of ${engine.info.keyIndexMinTokens} tokens or more`;
+  }
 }
 
 async function send(text) {
@@ -184,12 +189,30 @@ async function send(text) {
   setBusy(true);
   let content = '';
   try {
-    const run = engine.chat(messages, options({ signal: abort.signal, onToken }));
-    for await (const piece of run) {
-      content += piece;
-      reply.textContent = content;
+    let opts = options({ signal: abort.signal, onToken });
+    const fits = !indexReady && opts.policy === 'adore' && opts.ranking === 'keys';
+    if (fits) $('speed').textContent = 'adore: fitting a key index to the conversation if it is long enough…';
+    let run = engine.chat(messages, opts);
+    let stats;
+    try {
+      for await (const piece of run) {
+        content += piece;
+        reply.textContent = content;
+      }
+      stats = await run.stats;
+      if (fits) indexReady = true;
+    } catch (e) {
+      // Too short to fit a key index to: this reply runs sink (said under the reply).
+      if (!fits || content || !/key index/.test(e.message)) throw e;
+      opts = { ...opts, policy: 'sink' };
+      run = engine.chat(messages, opts);
+      for await (const piece of run) {
+        content += piece;
+        reply.textContent = content;
+      }
+      stats = await run.stats;
     }
-    showStats(await run.stats);
+    showStats(stats, opts.policy);
     messages.push({ role: 'assistant', content });
   } catch (e) {
     showError(e);

@@ -103,8 +103,12 @@ export interface ModelInfo {
   weightBytes: number;
   maxStorageBufferBindingSize: number;
   chatTemplate: boolean;
-  /** Whether a key index ships for this model: the adore policy ranked by keys needs one. */
+  /** Whether a key index ships for this model: the adore policy ranked by keys needs one.
+   * Without it, the first prompt of `keyIndexMinTokens` or more run with adore gets one fitted
+   * to it (a second pass over its first 1024 tokens), kept for the engine's life; a shorter
+   * prompt is refused with an `ArgumentError` naming the key index. */
   keyIndex: boolean;
+  keyIndexMinTokens: number;
 }
 
 export interface Message {

@@ -4,6 +4,7 @@
 //    (full attention, and the adore policy under a small budget);
 //  - load progress events arrive in order (phases in order, bytes never going back);
 //  - a corrupt model file shows a readable error in the page, and the page keeps working;
+//  - a model with no shipped key index gets one fitted to a long prompt, as natively;
 //  - every case of the malformed-input corpus (tests/corpus) gives its error kind through the
 //    JS API, naming what it refuses where the case says, as natively (tests/corpus.rs);
 //  - no panic message appears in any console output;
@@ -19,7 +20,7 @@
 // (apt-get install chromium).
 
 import { execFileSync, spawn } from 'node:child_process';
-import { existsSync, mkdirSync, readFileSync, statSync, writeFileSync } from 'node:fs';
+import { existsSync, mkdirSync, readFileSync, rmSync, statSync, writeFileSync } from 'node:fs';
 import { dirname, join, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
 
@@ -273,6 +274,51 @@ async function pageChecks() {
     const unnamed = results.filter((r) => !/^(ModelFormatError|DownloadError|ArgumentError): /.test(r.error));
     if (unnamed.length) fail(`corpus errors without a named class: ${unnamed.map((r) => r.error).join(' | ')}`);
     console.log(`browser test: ok ${results.length} corpus cases give their error kinds through the JS API`);
+    await page.close();
+  }
+
+  // 4. A model with no shipped key index (the default model with another context length, so
+  // another fingerprint): adore refuses a short prompt naming the key index, then fits one to
+  // a long prompt and gives the native engine's tokens (which fits its own to the same prompt).
+  {
+    const bytes = Buffer.from(readFileSync(model));
+    const key = Buffer.from('llama.context_length');
+    const at = bytes.indexOf(key);
+    if (at < 0 || bytes.readUInt32LE(at + key.length) !== 4) fail(`${model}: no u32 llama.context_length to change`);
+    bytes.writeUInt32LE(bytes.readUInt32LE(at + key.length + 4) / 2, at + key.length + 4);
+    writeFileSync(join(outDir, 'no-index.gguf'), bytes);
+    const prompt = readFileSync(join(repo, 'ARCHITECTURE.md'), 'utf8').slice(0, 1500);
+    const cache = join(outDir, 'no-index-cache');
+    rmSync(cache, { recursive: true, force: true });
+    const args = ['generate', '--model', join(outDir, 'no-index.gguf'), '--prompt', prompt, '--max-tokens', String(TOKENS), '--policy', 'adore', '--budget', '64', '--json'];
+    const expected = JSON.parse(execFileSync(adore, args, { encoding: 'utf8', stdio: ['ignore', 'pipe', 'pipe'], env: { ...process.env, ADORE_CACHE: cache } }));
+    const page = await open(base);
+    const got = await page.evaluate(async (prompt) => {
+      const { createEngine } = await import('./pkg/index.js');
+      const engine = await createEngine('/test-output/no-index.gguf');
+      const out = { info: engine.info };
+      const options = { maxTokens: 8, policy: 'adore', budget: 64 };
+      try {
+        for await (const _ of engine.generate('The capital of France is', options));
+        out.short = 'accepted';
+      } catch (e) {
+        out.short = `${e.name}: ${e.message}`;
+      }
+      const run = engine.generate(prompt, options);
+      for await (const _ of run);
+      out.tokens = (await run.stats).tokens;
+      const again = engine.generate('The capital of France is', options);
+      for await (const _ of again);
+      out.again = (await again.stats).tokens.length;
+      engine.dispose();
+      return out;
+    }, prompt);
+    if (got.info.keyIndex !== false || got.info.keyIndexMinTokens !== 128) fail(`the derived model's info: ${JSON.stringify(got.info)}`);
+    if (!/^ArgumentError: .*key index.*128 tokens/.test(got.short)) fail(`adore on a short prompt without a key index: ${got.short}`);
+    if (JSON.stringify(got.tokens) !== JSON.stringify(expected.tokens)) fail(`adore with a fitted key index: browser tokens ${got.tokens} differ from native ${expected.tokens}`);
+    if (!got.again) fail('adore on a short prompt after the fit gave no tokens');
+    rmSync(cache, { recursive: true, force: true });
+    console.log(`browser test: ok a key index fitted to a ${expected.stats.prompt_tokens}-token prompt gives native's tokens; a short prompt before it is refused (${got.short})`);
     await page.close();
   }
 }
