@@ -318,7 +318,18 @@ async function pageChecks() {
     if (JSON.stringify(got.tokens) !== JSON.stringify(expected.tokens)) fail(`adore with a fitted key index: browser tokens ${got.tokens} differ from native ${expected.tokens}`);
     if (!got.again) fail('adore on a short prompt after the fit gave no tokens');
     rmSync(cache, { recursive: true, force: true });
-    console.log(`browser test: ok a key index fitted to a ${expected.stats.prompt_tokens}-token prompt gives native's tokens; a short prompt before it is refused (${got.short})`);
     await page.close();
+    // The page: a short first message with adore is answered with sink, saying why.
+    const demo = await open(`${base.split('?')[0]}?model=/test-output/no-index.gguf`);
+    await demo.click('#load-url');
+    await demo.waitForSelector('#prompt:not([disabled])', { timeout: 120_000 });
+    await demo.fill('#max-tokens', '2');
+    await demo.fill('#prompt', 'Hello');
+    await demo.click('#send');
+    await demo.waitForFunction(() => /tokens\/s/.test(document.getElementById('speed').textContent), null, { timeout: 300_000 });
+    const speed = await demo.$eval('#speed', (e) => e.textContent);
+    if (!/policy sink: adore fits a key index/.test(speed) || !(await demo.$eval('#error', (e) => e.hidden))) fail(`the page's short first message without a key index: ${speed}`);
+    await demo.close();
+    console.log(`browser test: ok a key index fitted to a ${expected.stats.prompt_tokens}-token prompt gives native's tokens; a short prompt before it is refused (${got.short}), and the page answers one with sink`);
   }
 }
