@@ -12,6 +12,38 @@ pub struct Tokenizer {
     pub bos: Option<u32>,
     pub eos: Option<u32>,
     pub add_bos: bool,
+    /// The end of a turn where the file names one (`tokenizer.ggml.eot_token_id`).
+    pub eot: Option<u32>,
+}
+
+/// The byte-level BPE pre-tokenizers read from GGUF files, by the names llama.cpp gives them
+/// (`tokenizer.ggml.pre`; models converted from the same tokenizer share one).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum PreTokenizer {
+    /// GPT-2's split.
+    Gpt2,
+    /// Digits one by one, then GPT-2's split (SmolLM, StarCoder).
+    Digits,
+    /// Llama 3's split, pieces that are tokens taken whole.
+    Llama3,
+    /// Llama 3's split with every piece merged (DBRX, Smaug).
+    Llama3Merged,
+    /// Llama 3's split with single digits, the text composed first (Qwen2).
+    Qwen2,
+}
+
+impl PreTokenizer {
+    fn named(name: &str) -> Option<Self> {
+        Some(match name {
+            "default" | "gpt2" | "gpt-2" | "phi-2" | "gigachat" | "mellum" | "exaone4" | "a.x-4.0" | "mpt" | "olmo" | "jais"
+            | "trillion" | "granite-docling" => Self::Gpt2,
+            "smollm" | "starcoder" | "refact" | "command-r" | "codeshell" | "exaone" | "minerva-7b" => Self::Digits,
+            "llama-bpe" | "llama3" | "llama-v3" | "falcon3" | "falcon-h1" | "pixtral" | "midm-2.0" | "lfm2" => Self::Llama3,
+            "dbrx" | "smaug-bpe" => Self::Llama3Merged,
+            "qwen2" | "deepseek-r1-qwen" | "megrez" | "kormo" | "stablelm2" => Self::Qwen2,
+            _ => return None,
+        })
+    }
 }
 
 const LLAMA3_SPLIT: &str =
@@ -31,7 +63,7 @@ impl Tokenizer {
         let find = |names: &[&str]| names.iter().find_map(|n| inner.token_to_id(n));
         let bos = find(&["<|im_start|>", "<s>", "<|begin_of_text|>"]);
         let eos = find(&["<|im_end|>", "</s>", "<|eot_id|>", "<|endoftext|>"]);
-        Ok(Self { inner, bos, eos, add_bos: false })
+        Ok(Self { inner, bos, eos, add_bos: false, eot: None })
     }
 
     /// Builds the tokenizer described by a GGUF file's `tokenizer.ggml.*` metadata.
@@ -79,24 +111,32 @@ impl Tokenizer {
             let pre = g.get("tokenizer.ggml.pre").and_then(|v| v.as_str()).unwrap_or("default");
             let byte_level =
                 |regex: bool| json!({"type": "ByteLevel", "add_prefix_space": false, "trim_offsets": true, "use_regex": regex});
-            let pre_tokenizer = match pre {
-                "default" | "gpt2" | "gpt-2" => byte_level(true),
-                "smollm" | "starcoder" | "refact" => json!({"type": "Sequence", "pretokenizers": [
-                    {"type": "Digits", "individual_digits": true}, byte_level(true)]}),
-                "llama-bpe" | "llama3" | "dbrx" | "smaug-bpe" => json!({"type": "Sequence", "pretokenizers": [
-                    {"type": "Split", "pattern": {"Regex": LLAMA3_SPLIT}, "behavior": "Isolated", "invert": false}, byte_level(false)]}),
-                "qwen2" => json!({"type": "Sequence", "pretokenizers": [
-                    {"type": "Split", "pattern": {"Regex": QWEN2_SPLIT}, "behavior": "Isolated", "invert": false}, byte_level(false)]}),
-                other => return Err(err(format!("pre-tokenizer {other:?} is not supported (gpt2, smollm, llama-bpe, qwen2 are)"))),
+            let split = |regex: &str| {
+                json!({"type": "Sequence", "pretokenizers": [
+                    {"type": "Split", "pattern": {"Regex": regex}, "behavior": "Isolated", "invert": false}, byte_level(false)]})
             };
+            let pre_tokenizer = match PreTokenizer::named(pre) {
+                Some(PreTokenizer::Gpt2) => byte_level(true),
+                Some(PreTokenizer::Digits) => json!({"type": "Sequence", "pretokenizers": [
+                    {"type": "Digits", "individual_digits": true}, byte_level(true)]}),
+                Some(PreTokenizer::Llama3 | PreTokenizer::Llama3Merged) => split(LLAMA3_SPLIT),
+                Some(PreTokenizer::Qwen2) => split(QWEN2_SPLIT),
+                None => return Err(err(format!(
+                    "pre-tokenizer {pre:?} is not supported (those of GPT-2, SmolLM, Llama 3 and Qwen2 are, under the names llama.cpp gives them)"
+                ))),
+            };
+            // Llama 3's tokenizer takes a piece that is a token whole, merges or not (as
+            // llama.cpp and tokenizer.json do).
+            let ignore_merges = PreTokenizer::named(pre) == Some(PreTokenizer::Llama3);
             // Qwen2 composes the text (NFC) before splitting it.
-            let normalizer = if pre == "qwen2" { json!({"type": "NFC"}) } else { serde_json::Value::Null };
+            let normalizer =
+                if PreTokenizer::named(pre) == Some(PreTokenizer::Qwen2) { json!({"type": "NFC"}) } else { serde_json::Value::Null };
             json!({
                 "version": "1.0", "truncation": null, "padding": null, "added_tokens": added, "normalizer": normalizer,
                 "pre_tokenizer": pre_tokenizer, "post_processor": null,
                 "decoder": {"type": "ByteLevel", "add_prefix_space": true, "trim_offsets": true, "use_regex": true},
                 "model": {"type": "BPE", "dropout": null, "unk_token": null, "continuing_subword_prefix": null,
-                          "end_of_word_suffix": null, "fuse_unk": false, "byte_fallback": false, "ignore_merges": false,
+                          "end_of_word_suffix": null, "fuse_unk": false, "byte_fallback": false, "ignore_merges": ignore_merges,
                           "vocab": vocab, "merges": merges},
             })
         };
@@ -107,7 +147,12 @@ impl Tokenizer {
             inner,
             bos: id("tokenizer.ggml.bos_token_id"),
             eos: id("tokenizer.ggml.eos_token_id"),
-            add_bos: g.get("tokenizer.ggml.add_bos_token").and_then(|v| v.as_bool()).unwrap_or(false),
+            // Without the key, as llama.cpp: SentencePiece and Llama 3's tokenizer add BOS.
+            add_bos: g.get("tokenizer.ggml.add_bos_token").and_then(|v| v.as_bool()).unwrap_or(
+                model == "llama"
+                    || g.get("tokenizer.ggml.pre").and_then(|v| v.as_str()).and_then(PreTokenizer::named) == Some(PreTokenizer::Llama3),
+            ),
+            eot: id("tokenizer.ggml.eot_token_id"),
         })
     }
 
@@ -115,7 +160,8 @@ impl Tokenizer {
     /// (Gemma's `<end_of_turn>`, whose files name `<eos>` as end-of-sequence).
     pub fn stop_ids(&self) -> Vec<u32> {
         let turns = ["<end_of_turn>", "<|im_end|>", "<|eot_id|>"].into_iter().filter_map(|t| self.inner.token_to_id(t));
-        let mut ids: Vec<u32> = self.eos.into_iter().chain(turns).collect();
+        let mut ids: Vec<u32> = self.eos.into_iter().chain(self.eot).chain(turns).collect();
+        ids.sort_unstable();
         ids.dedup();
         ids
     }
@@ -218,5 +264,88 @@ impl TextStream {
         }
         self.ids.clear();
         Ok(text)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::gguf::{self, Value};
+
+    /// A byte-level BPE tokenizer over `pre` whose vocabulary holds every character of the
+    /// texts below and "ab", "abc", "Ġab", "12", "!ab" (merges: only "a b", "Ġ ab", "1 2" and
+    /// "! ab").
+    fn bpe(pre: &str, extra: &[(&str, Value)]) -> Result<Tokenizer> {
+        let mut tokens: Vec<String> = "abcdefghijklmnopqrstuvwxyz0123456789'.,!ĠĊ".chars().map(String::from).collect();
+        tokens.extend(["ab", "abc", "Ġab", "12", "!ab", "<|eot|>"].map(String::from));
+        let n = tokens.len();
+        let mut types = vec![Value::I32(1); n];
+        types[n - 1] = Value::I32(3);
+        let mut meta = vec![
+            ("tokenizer.ggml.model", Value::String("gpt2".into())),
+            ("tokenizer.ggml.pre", Value::String(pre.into())),
+            ("tokenizer.ggml.tokens", Value::Array(tokens.into_iter().map(Value::String).collect())),
+            ("tokenizer.ggml.token_type", Value::Array(types)),
+            ("tokenizer.ggml.merges", Value::Array(["a b", "Ġ ab", "1 2", "! ab"].map(|m| Value::String(m.into())).to_vec())),
+        ];
+        meta.extend(extra.iter().cloned());
+        let bytes = gguf::write(&meta, &[]);
+        Tokenizer::from_gguf(&gguf::Gguf::parse("t.gguf", &bytes)?)
+    }
+
+    const TEXT: &str = "abc it's 12345 ab, abc!ab\n\n ab  abc's 7";
+
+    #[test]
+    fn pre_tokenizers_named_alike_split_alike() {
+        let groups: &[&[&str]] = &[
+            &["gpt-2", "default", "phi-2", "olmo", "mpt"],
+            &["smollm", "starcoder", "refact", "command-r", "exaone"],
+            &["llama-bpe", "llama3", "llama-v3", "falcon3", "pixtral"],
+            &["qwen2", "deepseek-r1-qwen", "megrez", "stablelm2"],
+        ];
+        let mut seen = Vec::new();
+        for group in groups {
+            let first = bpe(group[0], &[]).unwrap().encode(TEXT).unwrap();
+            for name in &group[1..] {
+                assert_eq!(bpe(name, &[]).unwrap().encode(TEXT).unwrap(), first, "{name} against {}", group[0]);
+            }
+            seen.push(first);
+        }
+        // The groups split differently: digits alone, in threes or together; punctuation
+        // joined to the word after it or not; a piece that is a token taken whole or not.
+        for i in 0..seen.len() {
+            for j in i + 1..seen.len() {
+                assert_ne!(seen[i], seen[j], "{:?} and {:?} split alike", groups[i], groups[j]);
+            }
+        }
+    }
+
+    #[test]
+    fn llama3_takes_a_piece_that_is_a_token_whole() {
+        let id = |t: &Tokenizer, s: &str| t.inner.token_to_id(s).unwrap();
+        let whole = bpe("llama-bpe", &[]).unwrap();
+        assert_eq!(whole.encode("abc").unwrap(), [id(&whole, "abc")]);
+        // DBRX's and Smaug's files merge every piece ("abc" has no merge path).
+        let merged = bpe("smaug-bpe", &[]).unwrap();
+        assert_eq!(merged.encode("abc").unwrap(), [id(&merged, "ab"), id(&merged, "c")]);
+    }
+
+    #[test]
+    fn bos_and_end_of_turn_as_llama_cpp_reads_them() {
+        // Without tokenizer.ggml.add_bos_token: Llama 3's tokenizer adds BOS, GPT-2's does not.
+        let bos = [("tokenizer.ggml.bos_token_id", Value::U32(0))];
+        assert_eq!(bpe("llama-bpe", &bos).unwrap().encode("b").unwrap(), [0, 1]);
+        assert_eq!(bpe("gpt-2", &bos).unwrap().encode("b").unwrap(), [1]);
+        let no = [bos[0].clone(), ("tokenizer.ggml.add_bos_token", Value::Bool(false))];
+        assert_eq!(bpe("llama-bpe", &no).unwrap().encode("b").unwrap(), [1]);
+        // An end-of-turn token named by the file stops a generation.
+        let t = bpe("gpt-2", &[("tokenizer.ggml.eos_token_id", Value::U32(2)), ("tokenizer.ggml.eot_token_id", Value::U32(47))]).unwrap();
+        assert_eq!(t.stop_ids(), [2, 47]);
+    }
+
+    #[test]
+    fn an_unknown_pre_tokenizer_is_refused_by_name() {
+        let e = bpe("tekken", &[]).err().expect("refused").to_string();
+        assert!(e.contains("\"tekken\"") && e.contains("not supported"), "{e}");
     }
 }
