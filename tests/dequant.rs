@@ -1,6 +1,6 @@
 //! adore's dequantization against an independent one: `tests/fixtures/dequant.gguf` holds rows of
 //! real quantized tensors (gemma-3-270m Q4_K_M: Q5_0, Q8_0, Q4_K, Q6_K) and quantized random
-//! rows (Q4_0, Q4_1, Q5_0, Q5_1, Q8_0 by the `gguf` package's quantizers, Q5_K as random bytes),
+//! rows (Q4_0, Q4_1, Q5_0, Q5_1, Q8_0 by the `gguf` package's quantizers, Q5_K and Q3_K as random bytes),
 //! each with the `gguf` Python package's dequantization of it. Made by
 //! scripts/make-dequant-fixtures.py.
 

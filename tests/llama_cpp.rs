@@ -15,7 +15,7 @@ use std::sync::Arc;
 
 use adore::generate::{apply_chat_template, perplexity, Message};
 use adore::model::gguf::{self, Gguf};
-use adore::tensor::{DType, HostTensor};
+use adore::tensor::{quantize, DType, HostTensor};
 use adore::{Model, Session, SessionOptions};
 use serde_json::Value;
 
@@ -196,6 +196,21 @@ fn qwen3_default() -> PathBuf {
     })
 }
 
+/// The default model with its down projections (rows of 1536, the only weights whose rows are
+/// whole 256-weight super-blocks) requantized to Q3_K from their Q4_1 values.
+fn q3_k_default() -> PathBuf {
+    derived_default("smollm2-135m-q3k.gguf", |_, tensors| {
+        for t in tensors.iter_mut().filter(|t| t.name.ends_with("ffn_down.weight")) {
+            *t = HostTensor {
+                name: t.name.clone(),
+                dtype: DType::Q3_K,
+                shape: t.shape.clone(),
+                data: quantize(DType::Q3_K, &t.to_f32()).into(),
+            };
+        }
+    })
+}
+
 /// A model written by [`derived_default`] against its references, which must have been made
 /// from the same bytes: the model, and the references.
 fn check_derived(name: &str, path: &std::path::Path) -> (Arc<Model>, Value) {
@@ -210,6 +225,16 @@ fn check_derived(name: &str, path: &std::path::Path) -> (Arc<Model>, Value) {
 fn qwen3_matches_llama_cpp() {
     let (model, _) = check_derived("smollm2-135m-as-qwen3", &qwen3_default());
     assert!(model.config.family.qk_norm && !model.config.rope_interleaved);
+}
+
+/// Q3_K weights (read as Q6_K on the GPU) against llama.cpp on the same file.
+#[test]
+fn q3_k_matches_llama_cpp() {
+    let path = q3_k_default();
+    let bytes = std::fs::read(&path).unwrap();
+    let q3 = Gguf::parse("q3k", &bytes).unwrap().tensors.iter().filter(|t| t.dtype == DType::Q3_K).count();
+    assert_eq!(q3, 30, "one Q3_K down projection per layer");
+    check_derived("smollm2-135m-q3k", &path);
 }
 
 /// Llama 3's RoPE scaling (per-frequency factors from `rope_freqs.weight`) against llama.cpp on
