@@ -97,48 +97,50 @@ fn main(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wid: v
     let j1 = min(j0 + len, n);
     let pos = positions[r];
     let kv4 = p.n_kv_heads * R4;
-    var qv: array<vec4<f32>, GROUP * R4>;
-    for (var i = 0u; i < GROUP * R4; i++) {
-        qv[i] = q[(r * p.n_heads + h0) * R4 + i] * p.scale;
-    }
-    // Each lane's running maximum and sum of exponentials relative to it, per head.
-    var m: array<f32, GROUP>;
-    var l: array<f32, GROUP>;
-    for (var g = 0u; g < GROUP; g++) {
-        m[g] = MASKED;
-        l[g] = 0.0;
-    }
+    // The GROUP heads' queries, running maxima and sums in variables of their own (written out
+    // per head and vector: see `unroll` in src/shaders.rs).
+    let qb = (r * p.n_heads + h0) * R4;
+    // unroll g GROUP
+    // unroll c R4
+    let q{g}_{c} = q[qb + {g}u * R4 + {c}u] * p.scale;
+    // end unroll
+    var m{g} = MASKED;
+    var l{g} = 0.0;
+    // end unroll
     for (var j = j0 + lid; j < j1; j += WG) {
         let seen = visible(slot_pos[j], pos);
-        var s: array<f32, GROUP>;
-        for (var g = 0u; g < GROUP; g++) {
-            s[g] = 0.0;
-        }
+        // unroll g GROUP
+        var s{g} = MASKED;
+        // end unroll
         if seen {
             let kb = j * kv4 + kvh * R4;
-            for (var c = 0u; c < R4; c++) {
-                let kc = key4(kb + c);
-                for (var g = 0u; g < GROUP; g++) {
-                    s[g] += dot(qv[g * R4 + c], kc);
-                }
-            }
+            // unroll c R4
+            let k{c} = key4(kb + {c}u);
+            // end unroll
+            // unroll g GROUP
+            s{g} = 0.0;
+            // unroll c R4
+            s{g} += dot(q{g}_{c}, k{c});
+            // end unroll
+            // end unroll
         }
-        for (var g = 0u; g < GROUP; g++) {
-            let v = select(MASKED, s[g], seen);
-            mass[(r * p.n_heads + h0 + g) * p.capacity + j] = v;
-            if v > m[g] {
-                l[g] = scaled(l[g], m[g] - v);
-                m[g] = v;
-            }
-            l[g] += select(0.0, scaled(1.0, v - m[g]), seen);
+        // unroll g GROUP
+        mass[(r * p.n_heads + h0 + {g}u) * p.capacity + j] = s{g};
+        if s{g} > m{g} {
+            l{g} = scaled(l{g}, m{g} - s{g});
+            m{g} = s{g};
         }
+        l{g} += select(0.0, scaled(1.0, s{g} - m{g}), seen);
+        // end unroll
     }
     // The range's statistics: the lanes' largest, and their sums relative to it.
-    for (var g = 0u; g < GROUP; g++) {
-        let big = reduce(lid, m[g], 0u);
-        let total = reduce(lid, scaled(l[g], m[g] - big), 1u);
+    // unroll g GROUP
+    {
+        let big = reduce(lid, m{g}, 0u);
+        let total = reduce(lid, scaled(l{g}, m{g} - big), 1u);
         if lid == 0u {
-            stats[(r * p.n_heads + h0 + g) * p.chunks + chunk] = vec2<f32>(big, total);
+            stats[(r * p.n_heads + h0 + {g}u) * p.chunks + chunk] = vec2<f32>(big, total);
         }
     }
+    // end unroll
 }
