@@ -357,6 +357,29 @@ impl Engine {
         Ok(())
     }
 
+    /// The key index that adore ranks by (the one shipped for the model, or one fitted to a
+    /// prompt), as the bytes of its file, or undefined before there is one: an application can
+    /// keep a fitted index and give it to a later engine (`setKeyIndex`) instead of fitting again.
+    #[wasm_bindgen(js_name = keyIndex)]
+    pub fn key_index(&self) -> std::result::Result<Option<Vec<u8>>, JsValue> {
+        let inner = self.inner.try_borrow().map_err(|_| busy())?;
+        inner.index.as_ref().map(|i| i.to_bytes()).transpose().map_err(|e| js_error(&e))
+    }
+
+    /// Makes `bytes` (a key index file: from `keyIndex`, or written by `adore index fit`) the
+    /// index that adore ranks by, after checking that it was fitted for this model; the
+    /// conversation is forgotten.
+    #[wasm_bindgen(js_name = setKeyIndex)]
+    pub fn set_key_index(&self, bytes: &[u8]) -> std::result::Result<(), JsValue> {
+        let mut inner = self.inner.try_borrow_mut().map_err(|_| busy())?;
+        let index = KeyIndex::from_bytes("key index", bytes, &inner.model.fingerprint).map_err(|e| js_error(&e))?;
+        index.check(&inner.model.config).map_err(|e| js_error(&e))?;
+        inner.generation = None;
+        inner.session = None;
+        inner.index = Some(Arc::new(index));
+        Ok(())
+    }
+
     /// Forgets the conversation (the model stays loaded).
     pub fn reset(&self) -> std::result::Result<(), JsValue> {
         let mut inner = self.inner.try_borrow_mut().map_err(|_| busy())?;

@@ -241,6 +241,22 @@ export class Engine {
     });
   }
 
+  /** The key index adore ranks by (shipped, given or fitted to a prompt) as a file's bytes, or
+   * null before there is one: keep a fitted one and give it to a later engine. */
+  async keyIndex() {
+    this.#check();
+    return (await this.#call(() => this.#backend.keyIndex())) ?? null;
+  }
+
+  /** Makes `bytes` (from `keyIndex()`, or a file of `adore index fit`) the key index adore ranks
+   * by; refused unless fitted for this model. The conversation is forgotten. */
+  async setKeyIndex(bytes) {
+    this.#check();
+    if (bytes instanceof ArrayBuffer) bytes = new Uint8Array(bytes);
+    if (!(bytes instanceof Uint8Array)) throw new ArgumentError('setKeyIndex takes the index file as a Uint8Array or an ArrayBuffer');
+    await this.#call(() => this.#backend.setKeyIndex(bytes));
+  }
+
   /** Forgets the conversation the engine holds (the model stays loaded). */
   async reset() {
     this.#check();

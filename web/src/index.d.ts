@@ -128,6 +128,12 @@ export declare class Engine {
   readonly info: ModelInfo;
   generate(prompt: string, options?: GenerateOptions): Generation;
   chat(messages: Message[], options?: GenerateOptions): Generation;
+  /** The key index adore ranks by (shipped, given, or fitted to a prompt) as a file's bytes, or
+   * null before there is one: keep a fitted one and give it to a later engine. */
+  keyIndex(): Promise<Uint8Array | null>;
+  /** Makes `bytes` (from `keyIndex()`, or a file of `adore index fit`) the key index adore ranks
+   * by; refused unless fitted for this model. The conversation is forgotten. */
+  setKeyIndex(bytes: Uint8Array | ArrayBuffer): Promise<void>;
   /** Forgets the conversation (the model stays loaded). */
   reset(): Promise<void>;
   /** Frees the model and its GPU memory. */

@@ -45,6 +45,12 @@ class PageBackend {
   chatPrompt(messages) {
     return this.#raw.chatPrompt(messages);
   }
+  keyIndex() {
+    return this.#raw.keyIndex() ?? null;
+  }
+  setKeyIndex(bytes) {
+    this.#raw.setKeyIndex(bytes);
+  }
   dispose() {
     this.#raw.free();
   }

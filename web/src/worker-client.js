@@ -73,6 +73,8 @@ export async function createWorkerEngine(source, { onProgress, signal, cache = f
     cancel: () => call('cancel'),
     reset: () => call('reset'),
     chatPrompt: (messages) => call('chatPrompt', [messages]),
+    keyIndex: () => call('keyIndex'),
+    setKeyIndex: (bytes) => call('setKeyIndex', [bytes]),
     dispose: () => {
       call('dispose')
         .catch(() => {})

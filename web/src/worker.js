@@ -31,7 +31,7 @@ self.onmessage = async ({ data }) => {
     } else if (op === 'dispose') {
       backend.dispose();
       backend = null;
-    } else if (['start', 'next', 'cancel', 'reset', 'chatPrompt'].includes(op)) {
+    } else if (['start', 'next', 'cancel', 'reset', 'chatPrompt', 'keyIndex', 'setKeyIndex'].includes(op)) {
       value = await backend[op](...args);
     } else {
       throw { kind: 'invalid_argument', message: `unknown worker call ${op}` };

@@ -4,7 +4,8 @@
 //    (full attention, and the adore policy under a small budget);
 //  - load progress events arrive in order (phases in order, bytes never going back);
 //  - a corrupt model file shows a readable error in the page, and the page keeps working;
-//  - a model with no shipped key index gets one fitted to a long prompt, as natively;
+//  - a model with no shipped key index gets one fitted to a long prompt, as natively, which a
+//    second engine can be given;
 //  - every case of the malformed-input corpus (tests/corpus) gives its error kind through the
 //    JS API, naming what it refuses where the case says, as natively (tests/corpus.rs);
 //  - no panic message appears in any console output;
@@ -309,14 +310,32 @@ async function pageChecks() {
       out.tokens = (await run.stats).tokens;
       const again = engine.generate('The capital of France is', options);
       for await (const _ of again);
-      out.again = (await again.stats).tokens.length;
+      out.again = (await again.stats).tokens;
+      // The fitted index, kept and given to a second engine: no fit, the same tokens.
+      const saved = await engine.keyIndex();
       engine.dispose();
+      const second = await createEngine('/test-output/no-index.gguf');
+      out.before = await second.keyIndex();
+      try {
+        await second.setKeyIndex(saved.slice(0, 100));
+        out.garbage = 'accepted';
+      } catch (e) {
+        out.garbage = `${e.name}: ${e.message}`;
+      }
+      await second.setKeyIndex(saved);
+      const given = second.generate(prompt, options);
+      for await (const _ of given);
+      out.given = (await given.stats).tokens;
+      second.dispose();
       return out;
     }, prompt);
     if (got.info.keyIndex !== false || got.info.keyIndexMinTokens !== 128) fail(`the derived model's info: ${JSON.stringify(got.info)}`);
     if (!/^ArgumentError: .*key index.*128 tokens/.test(got.short)) fail(`adore on a short prompt without a key index: ${got.short}`);
     if (JSON.stringify(got.tokens) !== JSON.stringify(expected.tokens)) fail(`adore with a fitted key index: browser tokens ${got.tokens} differ from native ${expected.tokens}`);
-    if (!got.again) fail('adore on a short prompt after the fit gave no tokens');
+    if (!got.again.length) fail('adore on a short prompt after the fit gave no tokens');
+    if (got.before !== null) fail(`a fresh engine of a model with no shipped index has a key index: ${got.before}`);
+    if (!/^(ModelFormatError|ArgumentError): .*key index/.test(got.garbage)) fail(`a truncated key index: ${got.garbage}`);
+    if (JSON.stringify(got.given) !== JSON.stringify(got.tokens)) fail(`the kept index given to a second engine: ${got.given} against ${got.tokens}`);
     rmSync(cache, { recursive: true, force: true });
     await page.close();
     // The page: a short first message with adore is answered with sink, saying why.
@@ -330,6 +349,6 @@ async function pageChecks() {
     const speed = await demo.$eval('#speed', (e) => e.textContent);
     if (!/policy sink: adore fits a key index/.test(speed) || !(await demo.$eval('#error', (e) => e.hidden))) fail(`the page's short first message without a key index: ${speed}`);
     await demo.close();
-    console.log(`browser test: ok a key index fitted to a ${expected.stats.prompt_tokens}-token prompt gives native's tokens; a short prompt before it is refused (${got.short}), and the page answers one with sink`);
+    console.log(`browser test: ok a key index fitted to a ${expected.stats.prompt_tokens}-token prompt gives native's tokens; a short prompt before it is refused (${got.short}); kept and given to a second engine, the same tokens; the page answers a short prompt with sink`);
   }
 }

@@ -13,6 +13,8 @@ async function example(file: File): Promise<Stats> {
   const stats = await run.stats;
   const again: string = await engine.generate(text, { temperature: 0.7, topK: 40, topP: 0.9, seed: 1 }).text();
   void again;
+  const index: Uint8Array | null = await engine.keyIndex();
+  if (index) await engine.setKeyIndex(index.buffer as ArrayBuffer);
   await engine.reset();
   engine.dispose();
   await clearModelCache();
