@@ -425,7 +425,7 @@ impl KeyIndex {
 }
 
 /// A session of full attention that has run `ids` as a prompt, recording every layer's rotated
-/// queries: `session.inspect().queries(l)` and `.kv_cache(l)` then give layer l's queries and
+/// queries: `session.inspect().queries(l)` and `.keys(l)` then give layer l's queries and
 /// keys by position (a fresh full-attention session places position p in slot p). `done` is
 /// told how many tokens have run after each chunk.
 pub async fn record(model: &Arc<Model>, ids: &[u32], chunk: usize, mut done: impl FnMut(usize)) -> Result<Session> {
@@ -454,7 +454,7 @@ pub async fn fit_to_prompt(model: &Arc<Model>, ids: &[u32], chunk: usize, done: 
     let mut stats = IndexStats::new(c.layers, c.n_heads, c.n_kv_heads, c.head_dim);
     for l in 0..c.layers {
         stats.add_queries(l, &s.inspect().queries(l).await?);
-        stats.add_keys(l, &s.inspect().kv_cache(l).await?.0);
+        stats.add_keys(l, &s.inspect().keys(l).await?);
     }
     let fitting = format!("rank {rank} fitted to rotated queries and keys of a prompt ({} tokens)", ids.len());
     KeyIndex::fit(&model.fingerprint, &stats, rank, 0, fitting)

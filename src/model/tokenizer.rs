@@ -95,6 +95,9 @@ impl Tokenizer {
                                   "normalized": false, "special": types.get(id) == Some(&3)}));
             }
         }
+        // The byte-level BPE's split, as the file names it (read for BPE files only).
+        let pre = g.get("tokenizer.ggml.pre").and_then(|v| v.as_str()).unwrap_or("default");
+        let split_kind = PreTokenizer::named(pre);
         let spec = if model == "llama" {
             let scores = match g.get("tokenizer.ggml.scores").and_then(|v| v.as_array()) {
                 Some(a) if a.len() == tokens.len() => a
@@ -108,14 +111,13 @@ impl Tokenizer {
             sentencepiece_spec(&tokens, &scores, vocab, added, prefix, unk.copied())
         } else {
             let merges = strings("tokenizer.ggml.merges")?;
-            let pre = g.get("tokenizer.ggml.pre").and_then(|v| v.as_str()).unwrap_or("default");
             let byte_level =
                 |regex: bool| json!({"type": "ByteLevel", "add_prefix_space": false, "trim_offsets": true, "use_regex": regex});
             let split = |regex: &str| {
                 json!({"type": "Sequence", "pretokenizers": [
                     {"type": "Split", "pattern": {"Regex": regex}, "behavior": "Isolated", "invert": false}, byte_level(false)]})
             };
-            let pre_tokenizer = match PreTokenizer::named(pre) {
+            let pre_tokenizer = match split_kind {
                 Some(PreTokenizer::Gpt2) => byte_level(true),
                 Some(PreTokenizer::Digits) => json!({"type": "Sequence", "pretokenizers": [
                     {"type": "Digits", "individual_digits": true}, byte_level(true)]}),
@@ -127,10 +129,9 @@ impl Tokenizer {
             };
             // Llama 3's tokenizer takes a piece that is a token whole, merges or not (as
             // llama.cpp and tokenizer.json do).
-            let ignore_merges = PreTokenizer::named(pre) == Some(PreTokenizer::Llama3);
+            let ignore_merges = split_kind == Some(PreTokenizer::Llama3);
             // Qwen2 composes the text (NFC) before splitting it.
-            let normalizer =
-                if PreTokenizer::named(pre) == Some(PreTokenizer::Qwen2) { json!({"type": "NFC"}) } else { serde_json::Value::Null };
+            let normalizer = if split_kind == Some(PreTokenizer::Qwen2) { json!({"type": "NFC"}) } else { serde_json::Value::Null };
             json!({
                 "version": "1.0", "truncation": null, "padding": null, "added_tokens": added, "normalizer": normalizer,
                 "pre_tokenizer": pre_tokenizer, "post_processor": null,
@@ -148,10 +149,10 @@ impl Tokenizer {
             bos: id("tokenizer.ggml.bos_token_id"),
             eos: id("tokenizer.ggml.eos_token_id"),
             // Without the key, as llama.cpp: SentencePiece and Llama 3's tokenizer add BOS.
-            add_bos: g.get("tokenizer.ggml.add_bos_token").and_then(|v| v.as_bool()).unwrap_or(
-                model == "llama"
-                    || g.get("tokenizer.ggml.pre").and_then(|v| v.as_str()).and_then(PreTokenizer::named) == Some(PreTokenizer::Llama3),
-            ),
+            add_bos: g
+                .get("tokenizer.ggml.add_bos_token")
+                .and_then(|v| v.as_bool())
+                .unwrap_or(model == "llama" || (model == "gpt2" && split_kind == Some(PreTokenizer::Llama3))),
             eot: id("tokenizer.ggml.eot_token_id"),
         })
     }

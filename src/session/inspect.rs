@@ -45,14 +45,19 @@ impl Inspect<'_> {
 
     /// One layer's K and V caches, (capacity, kv_dim) each (f16 caches read back as f32).
     pub async fn kv_cache(&self, layer: usize) -> Result<(Vec<f32>, Vec<f32>)> {
+        Ok((self.cache(&self.session.state.k_cache, layer).await?, self.cache(&self.session.state.v_cache, layer).await?))
+    }
+
+    /// One layer's K cache alone, (capacity, kv_dim).
+    pub async fn keys(&self, layer: usize) -> Result<Vec<f32>> {
+        self.cache(&self.session.state.k_cache, layer).await
+    }
+
+    async fn cache(&self, caches: &[wgpu::Buffer], layer: usize) -> Result<Vec<f32>> {
         let s = self.session;
-        let (k, v) = match (s.state.k_cache.get(layer), s.state.v_cache.get(layer)) {
-            (Some(k), Some(v)) => (k, v),
-            _ => return Err(Error::arg(format!("layer {layer} does not exist"))),
-        };
+        let Some(buf) = caches.get(layer) else { return Err(Error::arg(format!("layer {layer} does not exist"))) };
         let kv = s.options.kv_cache;
-        let n = kv.words(s.capacity * s.model.config.kv_dim());
-        Ok((kv.decode(&s.model.ctx.read_u32(k, n).await?), kv.decode(&s.model.ctx.read_u32(v, n).await?)))
+        Ok(kv.decode(&s.model.ctx.read_u32(buf, kv.words(s.capacity * s.model.config.kv_dim())).await?))
     }
 
     /// One layer's rotated queries by slot, (capacity, q_dim), in a session that records them.

@@ -53,7 +53,7 @@ pub fn run(a: ChatArgs) -> Result<()> {
         messages.push(Message { role: "user".into(), content: line.trim_end().to_string() });
         // The conversation is re-rendered whole; the part the session already holds is kept
         // and only the rest is run. One that no longer fits starts over from the last message.
-        let (ids, common) = loop {
+        let fits = loop {
             let prompt = apply_chat_template(model.chat_template.as_deref(), &messages)?;
             let ids = model.tokenizer.encode(&prompt)?;
             if fallback && ids.len() >= FIT_MIN_TOKENS && ids.len() + a.max_tokens <= context {
@@ -76,9 +76,8 @@ pub fn run(a: ChatArgs) -> Result<()> {
             }
             eprintln!("(the conversation no longer fits in {context} tokens; starting over with the last message)");
             messages.drain(..messages.len() - 1);
-        }
-        .unzip();
-        let (Some(ids), Some(common)) = (ids, common) else { continue };
+        };
+        let Some((ids, common)) = fits else { continue };
         let opts = GenerateOptions { max_tokens: a.max_tokens, sampling, stop_at_eos: true, overlap: true };
         let mut reply = String::new();
         let mut stdout = std::io::stdout();

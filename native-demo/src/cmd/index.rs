@@ -112,7 +112,7 @@ fn record(m: &Arc<Model>, ids: &[u32]) -> Result<(Vec<Vec<f32>>, Vec<Vec<f32>>)>
     let (mut qs, mut ks) = (Vec::new(), Vec::new());
     for l in 0..m.config.layers {
         qs.push(pollster::block_on(s.inspect().queries(l))?);
-        ks.push(pollster::block_on(s.inspect().kv_cache(l))?.0);
+        ks.push(pollster::block_on(s.inspect().keys(l))?);
     }
     Ok((qs, ks))
 }
