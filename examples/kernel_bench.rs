@@ -1,6 +1,7 @@
 //! Times each kernel of a decode / prefill step in isolation on the current adapter:
 //! `cargo run --release --example kernel_bench [rows] [no-subgroups]`. Median of 3 submits
-//! (after one warm-up) of 5 repeats of the kernel's dispatches. The cooperative products are
+//! (after one warm-up; `KERNEL_BENCH_SUBMITS=N` for N) of 5 repeats of the kernel's dispatches;
+//! `KERNEL_BENCH_ONLY=TEXT` times only the kernels whose names contain TEXT. The cooperative products are
 //! timed over weights in both layouts: blocks (as the file lays them) and rows (what GPUs get).
 
 use std::sync::Arc;
@@ -15,9 +16,13 @@ fn time(ctx: &Context, name: &str, d: Dispatch, flops: f64) {
 
 /// One kernel made of several dispatches (a matmul in row windows).
 fn time_all(ctx: &Context, name: &str, d: Vec<Dispatch>, flops: f64) {
+    if std::env::var("KERNEL_BENCH_ONLY").is_ok_and(|only| !name.contains(&only)) {
+        return;
+    }
     let list: Vec<&Dispatch> = std::iter::repeat_n(d.iter(), 5).flatten().collect();
     let mut times = Vec::new();
-    for _ in 0..4 {
+    let submits = std::env::var("KERNEL_BENCH_SUBMITS").ok().and_then(|s| s.parse().ok()).unwrap_or(3usize).max(1);
+    for _ in 0..=submits {
         let t = std::time::Instant::now();
         let mut enc = ctx.encoder();
         {
@@ -35,7 +40,7 @@ fn time_all(ctx: &Context, name: &str, d: Vec<Dispatch>, flops: f64) {
     times.remove(0);
     times.sort_by(|a, b| a.total_cmp(b));
     let t = times[times.len() / 2];
-    println!("{name:<40} {:>9.3} ms  {:>7.2} GFLOP/s", t * 1e3, flops / t / 1e9);
+    println!("{name:<40} {:>9.3} ms  {:>7.2} GFLOP/s  (fastest {:.3} ms)", t * 1e3, flops / t / 1e9, times[0] * 1e3);
 }
 
 fn main() -> adore::Result<()> {

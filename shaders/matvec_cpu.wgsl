@@ -1,16 +1,18 @@
 // matvec_cpu.wgsl: y = x · Wᵀ on CPU-backed devices (lavapipe, SwiftShader), with W dequantized
 // in the kernel.
 //
-// A CPU device runs a workgroup's invocations as lanes of SIMD registers. There, a storage-buffer
-// load is made lane by lane, while a uniform-buffer load at an address that is the same in every
-// lane is made once and broadcast. So x, which every invocation reads whole, is bound as a uniform
-// buffer, and each invocation computes one output over whole blocks of 32 weights, loading each
-// word of W once per row (5 loads per 32 Q4 weights, against 12 for three 8-weight reads).
-// `matvec_cpu` (decode, up to 8 rows): one output of one row per invocation;
-//     dispatch (ceil(n / 64), rows, 1). Needs rows · k ≤ 4 · XLEN.
+// A CPU device runs a workgroup's invocations as lanes of SIMD registers, and a load at an
+// address the compiler cannot prove constant is made lane by lane, even where every lane reads
+// the same address: from a storage buffer in a loop with a test per lane, from a uniform buffer
+// as separate loads. So x, which every invocation reads whole, is bound as a uniform buffer; W is
+// read in whole blocks of 32 weights (5 loads per 32 Q4 weights, against 12 for three 8-weight
+// reads); and each block of x, once loaded, serves several outputs (with one output per
+// invocation, loading x took over half the kernel's time on lavapipe).
+// `matvec_cpu` (decode, up to 8 rows): 4 outputs of one row per invocation (2 with GLU);
+//     dispatch (ceil(n_out / 256) (ceil(n_out / 128) with GLU), rows, 1). Needs rows · k ≤ 4 · XLEN.
 // `window_cpu` (prefill): x is bound as a window of XLEN · 4 / k rows starting at row p.first (one
-//     dispatch per window); each invocation computes one output for 4 rows, reading each weight
-//     once for the 4; dispatch (ceil(n / 64), ceil(window rows / 4), 1).
+//     dispatch per window); each invocation computes WOUTS outputs for 4 rows, each weight and
+//     each value of x loaded once for them; dispatch (ceil(n / (64 · WOUTS)), ceil(window rows / 4), 1).
 // Both need k % 32 == 0.
 // `matvec_cpu` can fuse the steps around its product, in this order: with NORM, RMSNorm of x as
 // it is read (x[r, k] / sqrt(mean_k(x[r, :]²) + eps) · g[k]); the product; with GLU, SwiGLU of
@@ -183,9 +185,23 @@ fn xin(i: u32, gi: u32) -> vec4<f32> {
     return x[i];
 }
 
-// Σ over the block of w · x[4 xb .. 4 xb + 32] (x as xin reads it from g's vec4 gb on):
-// scale · Σ a x + offset · Σ x.
-fn block_dot(w: Block, xb: u32, gb: u32) -> f32 {
+// One block's 32 values of x (x[4 xb .. 4 xb + 32] as xin reads them from g's vec4 gb on) and,
+// for formats with an offset, their sum. Each load of x is a load per lane on a CPU device
+// (the lanes read one address, but the compiler cannot know it), and they cost more than the
+// weights' loads: a block of x is loaded once for every row an invocation computes.
+struct XBlock {
+    x0: vec4<f32>,
+    x1: vec4<f32>,
+    x2: vec4<f32>,
+    x3: vec4<f32>,
+    x4: vec4<f32>,
+    x5: vec4<f32>,
+    x6: vec4<f32>,
+    x7: vec4<f32>,
+    sum: f32,
+}
+
+fn x_block(xb: u32, gb: u32) -> XBlock {
     let x0 = xin(xb, gb);
     let x1 = xin(xb + 1u, gb + 1u);
     let x2 = xin(xb + 2u, gb + 2u);
@@ -194,21 +210,37 @@ fn block_dot(w: Block, xb: u32, gb: u32) -> f32 {
     let x5 = xin(xb + 5u, gb + 5u);
     let x6 = xin(xb + 6u, gb + 6u);
     let x7 = xin(xb + 7u, gb + 7u);
-    let s = dot(w.a0, x0) + dot(w.a1, x1) + dot(w.a2, x2) + dot(w.a3, x3)
-        + dot(w.a4, x4) + dot(w.a5, x5) + dot(w.a6, x6) + dot(w.a7, x7);
+    var sum = 0.0;
     if has_offset() {
-        return w.scale * s + w.offset * dot(x0 + x1 + x2 + x3 + x4 + x5 + x6 + x7, vec4<f32>(1.0));
+        sum = dot(x0 + x1 + x2 + x3 + x4 + x5 + x6 + x7, vec4<f32>(1.0));
+    }
+    return XBlock(x0, x1, x2, x3, x4, x5, x6, x7, sum);
+}
+
+// Σ over the block of w · x: scale · Σ a x + offset · Σ x.
+fn block_dot(w: Block, x: XBlock) -> f32 {
+    let s = dot(w.a0, x.x0) + dot(w.a1, x.x1) + dot(w.a2, x.x2) + dot(w.a3, x.x3)
+        + dot(w.a4, x.x4) + dot(w.a5, x.x5) + dot(w.a6, x.x6) + dot(w.a7, x.x7);
+    if has_offset() {
+        return w.scale * s + w.offset * x.sum;
     }
     return w.scale * s;
 }
 
-// Σ_k W[row, k] · x[k] for the row of x starting at vec4 x0 (x as xin reads it).
-fn row_dot(row: u32, x0: u32) -> f32 {
-    var acc = 0.0;
+// Σ_k W[r, k] · x[k] for the 4 rows r of W given, against the row of x starting at vec4 x0
+// (x as xin reads it), each block of x loaded once for the 4.
+fn rows_dot(r: vec4<u32>, x0: u32) -> vec4<f32> {
+    var acc = vec4<f32>(0.0);
     for (var b = 0u; b < p.k / 32u; b++) {
-        acc += block_dot(block(row, b), x0 + b * 8u, b * 8u);
+        let xv = x_block(x0 + b * 8u, b * 8u);
+        acc += vec4<f32>(block_dot(block(r.x, b), xv), block_dot(block(r.y, b), xv), block_dot(block(r.z, b), xv), block_dot(block(r.w, b), xv));
     }
     return acc;
+}
+
+// Outputs per invocation of `matvec_cpu`: 4, or 2 with GLU (each needs a gate and an up row).
+fn outs_per_lane() -> u32 {
+    return select(4u, 2u, GLU != 0u);
 }
 
 @compute @workgroup_size(64)
@@ -218,8 +250,12 @@ fn matvec_cpu(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(workgroup_
         return;
     }
     let n_out = select(p.n, p.n / 2u, GLU != 0u);
-    // Lanes past the last output compute the last one again and do not write it.
-    let out = min(gid.x, n_out - 1u);
+    let o0 = gid.x * outs_per_lane();
+    if o0 >= n_out {
+        return;
+    }
+    // Outputs past the last compute the last one again and are not written.
+    let last = n_out - 1u;
     let x0 = t * p.k / 4u;
     // The norm's prologue: the row's 1 / rms (x is read whole by every lane, at one address).
     var scale = 1.0;
@@ -231,40 +267,70 @@ fn matvec_cpu(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(workgroup_
         }
         scale = inverseSqrt(dot(s, vec4<f32>(1.0)) / f32(p.k) + p.eps);
     }
-    var v = row_dot(out, x0) * scale;
+    var v: vec4<f32>;
     if GLU != 0u {
-        v = gate_act(v) * row_dot(out + p.n / 2u, x0) * scale;
+        // Rows: gate o0, gate o0 + 1, up o0, up o0 + 1.
+        let o1 = min(o0 + 1u, last);
+        let h = p.n / 2u;
+        let d = rows_dot(vec4<u32>(o0, o1, o0 + h, o1 + h), x0) * scale;
+        v = vec4<f32>(gate_act(d.x) * d.z, gate_act(d.y) * d.w, 0.0, 0.0);
+    } else {
+        v = rows_dot(min(vec4<u32>(o0) + vec4<u32>(0u, 1u, 2u, 3u), vec4<u32>(last)), x0) * scale;
     }
-    if gid.x < n_out {
-        store(t, gid.x, v);
+    for (var i = 0u; i < outs_per_lane(); i++) {
+        if o0 + i < n_out {
+            store(t, o0 + i, v[i]);
+        }
     }
+}
+
+// Outputs per invocation of `window_cpu` (1 to 4), each for the invocation's 4 rows of x (set
+// when the pipeline is made).
+const WOUTS: u32 = 4u;
+
+// Σ over the block of w · x for 4 rows of x.
+fn dots4(w: Block, a: XBlock, b: XBlock, c: XBlock, d: XBlock) -> vec4<f32> {
+    return vec4<f32>(block_dot(w, a), block_dot(w, b), block_dot(w, c), block_dot(w, d));
 }
 
 @compute @workgroup_size(64)
 fn window_cpu(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(workgroup_id) wid: vec3<u32>) {
     let rows = select(step.n_rows, p.rows, p.rows != 0u);
     let r0 = wid.y * 4u;  // first of this invocation's rows in the window
-    if p.first + r0 >= rows {
+    let o0 = gid.x * WOUTS;  // first of its outputs
+    if p.first + r0 >= rows || o0 >= p.n {
         return;
     }
-    // Rows past the window or past x repeat its last valid row and are not written.
+    // Rows past the window or past x repeat its last valid row, and outputs past the last
+    // repeat it; neither is written.
     let last = min(XLEN * 4u / p.k, rows - p.first) - 1u;
     let stride = p.k / 4u;
     let x0 = r0 * stride;
     let x1 = min(r0 + 1u, last) * stride;
     let x2 = min(r0 + 2u, last) * stride;
     let x3 = min(r0 + 3u, last) * stride;
-    let out = min(gid.x, p.n - 1u);
-    var acc = vec4<f32>(0.0);
+    let out = min(vec4<u32>(o0) + vec4<u32>(0u, 1u, 2u, 3u), vec4<u32>(p.n - 1u));
+    // acc[j][i]: output o0 + j of row r0 + i.
+    var acc = mat4x4<f32>();
     for (var b = 0u; b < p.k / 32u; b++) {
-        let w = block(out, b);
         let o = b * 8u;
-        acc += vec4<f32>(block_dot(w, x0 + o, 0u), block_dot(w, x1 + o, 0u), block_dot(w, x2 + o, 0u), block_dot(w, x3 + o, 0u));
+        let xa = x_block(x0 + o, 0u);
+        let xb = x_block(x1 + o, 0u);
+        let xc = x_block(x2 + o, 0u);
+        let xd = x_block(x3 + o, 0u);
+        acc[0] += dots4(block(out.x, b), xa, xb, xc, xd);
+        if WOUTS > 1u {
+            acc[1] += dots4(block(out.y, b), xa, xb, xc, xd);
+        }
+        if WOUTS > 2u {
+            acc[2] += dots4(block(out.z, b), xa, xb, xc, xd);
+            acc[3] += dots4(block(out.w, b), xa, xb, xc, xd);
+        }
     }
-    if gid.x < p.n {
+    for (var j = 0u; j < WOUTS; j++) {
         for (var i = 0u; i < 4u; i++) {
-            if r0 + i <= last {
-                store(p.first + r0 + i, gid.x, acc[i]);
+            if o0 + j < p.n && r0 + i <= last {
+                store(p.first + r0 + i, o0 + j, acc[j][i]);
             }
         }
     }
