@@ -3,12 +3,12 @@
 // with slot_pos[j] valid and slot_pos[j] <= positions[r] (causal by original position), and
 // within p.window positions of it where the layer has a sliding window.
 //
-// One workgroup of 64 per (row, HPW query heads sharing one KV head); dispatch
-// (n_heads / HPW, rows, 1). HD4 = head_dim / 4 and HPW are set per pipeline, HPW * HD4 <= 64.
-// Each lane takes the slots lid, lid + 64, ... and keeps its own online softmax (running max,
-// sum and weighted V) for each of its HPW heads, so a K or V row is read once for all the
-// heads that share it and the scan needs no barrier; the 64 partial softmaxes are merged at
-// the end through workgroup memory.
+// One workgroup of WG lanes (64, or 8 on CPU devices) per (row, HPW query heads sharing one KV
+// head); dispatch (n_heads / HPW, rows, 1). HD4 = head_dim / 4, HPW and WG are set per pipeline,
+// HPW * HD4 <= 64. Each lane takes the slots lid, lid + WG, ... and keeps its own online softmax
+// (running max, sum and weighted V) for each of its HPW heads, so a K or V row is read once for
+// all the heads that share it and the scan needs no barrier; the WG partial softmaxes are merged
+// at the end through workgroup memory.
 // With listed, the slots visited are list[1 ..= list[0]] (written by cache_update.wgsl's choose
 // and narrow: the valid slots of a long table with few of them) instead of 0 .. step.n_slots.
 // With write_mass, a last pass stores each slot's attention probability for this row and head in
@@ -42,7 +42,7 @@ struct Params {
 const HD4: u32 = 16u;  // head_dim / 4
 const HPW: u32 = 1u;   // query heads per workgroup
 const VALUES: u32 = 1u;   // 0: probabilities only
-const WG: u32 = 64u;
+const WG: u32 = 64u;  // lanes: 8 to 64, at least ROUND
 const INVALID: u32 = 0xffffffffu;
 // Merging: 8 vec4 of every lane's accumulator per round.
 const ROUND: u32 = 8u;
@@ -58,7 +58,7 @@ fn visible(sp: u32, pos: u32) -> bool {
     return sp != INVALID && sp <= pos && (p.window == 0u || pos - sp < p.window);
 }
 
-@compute @workgroup_size(64)
+@compute @workgroup_size(WG)
 fn main(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wid: vec3<u32>) {
     let h0 = wid.x * HPW;
     let r = wid.y;

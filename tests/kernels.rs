@@ -7,7 +7,7 @@ use std::sync::Arc;
 use adore::gpu::{Context, Dispatch};
 use adore::ops::{self, attention::Heads, attention::INVALID_SLOT, matmul::Output, matmul::Variant, sample::Sampling, Step};
 use adore::tensor::{dequantize, quantize, DType, GpuWeight, HostTensor, Layout, RowSplit};
-use common::{assert_close, ctx, ctx_without_subgroups, Rng, AWKWARD};
+use common::{assert_close, ctx, ctx_gpu_shape, ctx_without_subgroups, Rng, AWKWARD};
 
 fn step(ctx: &Context, n_rows: usize, n_slots: usize, counter: u32) -> wgpu::Buffer {
     ctx.uniform("step", &Step::new(n_rows as u32, n_slots as u32, counter, 0))
@@ -662,9 +662,16 @@ fn key_scores_over_slot_ranges_match_the_reference() {
     }
 }
 
+/// In both kernel shapes (workgroups of 8 lanes on CPU devices, 64 on GPUs).
 #[test]
 fn attention_over_slots_with_gaps_and_causal_positions() {
-    let ctx = ctx();
+    for ctx in [ctx(), ctx_gpu_shape()] {
+        attention_over_slots(&ctx);
+    }
+}
+
+fn attention_over_slots(ctx: &Arc<Context>) {
+    let ctx = ctx.clone();
     let mut rng = Rng::new(7);
     let cases = [(1usize, 1usize, 8usize), (9, 3, 64), (4, 4, 20), (8, 2, 128), (2, 1, 256), (12, 2, 12)];
     for &(n_heads, n_kv, hd) in &cases {
@@ -696,7 +703,7 @@ fn attention_over_slots_with_gaps_and_causal_positions() {
                     mass: &mass,
                     list: None,
                 };
-                let what = format!("attention heads {n_heads}/{n_kv} hd {hd} slots {n_slots} rows {rows}");
+                let what = format!("attention {:?} shape heads {n_heads}/{n_kv} hd {hd} slots {n_slots} rows {rows}", ctx.kernel_shape);
                 // A cache with slots beyond step.n_slots (valid-looking ones too): they are not
                 // attended to, and their probabilities are left as they were.
                 if rows == 3 {
@@ -787,7 +794,7 @@ fn split_and_one_pass_attention_at_chunk_edges() {
                 };
                 let stp = step(&ctx, rows, n_slots, 0);
                 let part = ctx.storage("part", (ops::attention::split_scratch_len(heads, cap, rows) * 4) as u64).unwrap();
-                let what = format!("attention heads {n_heads}/{n_kv} hd {hd} slots {n_slots} rows {rows}");
+                let what = format!("attention {:?} shape heads {n_heads}/{n_kv} hd {hd} slots {n_slots} rows {rows}", ctx.kernel_shape);
                 run(&ctx, ops::attention::build(&ctx, &b, &stp, heads, cap, rows, ops::attention::Mass::None).unwrap());
                 assert_close(&format!("{what}, one pass"), &read(&ctx, &out, want.len()), &want, 1e-4, 1e-4);
                 let split = ctx.storage("out", (rows * n_heads * hd * 4) as u64).unwrap();

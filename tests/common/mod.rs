@@ -43,6 +43,18 @@ pub fn ctx_without_subgroups() -> Arc<Context> {
     .clone()
 }
 
+/// A context on the same adapter with the GPU kernel shape whatever the adapter is, so that on a
+/// CPU renderer the kernels' GPU forms are checked too (the same shape as [`ctx`] on a GPU).
+pub fn ctx_gpu_shape() -> Arc<Context> {
+    static CTX: OnceLock<Arc<Context>> = OnceLock::new();
+    CTX.get_or_init(|| {
+        ctx();
+        let options = ContextOptions { kernel_shape: Some(adore::gpu::KernelShape::Gpu), ..ContextOptions::default() };
+        Arc::new(Context::new_blocking(options).expect("a GPU-shaped context"))
+    })
+    .clone()
+}
+
 /// SplitMix64: small, seeded, good enough for test data.
 pub struct Rng(u64);
 
