@@ -53,7 +53,8 @@ fn main() -> adore::Result<()> {
             ("Cooperative blocks", Variant::Cooperative, GpuWeight::upload_as(&ctx, t, Layout::Blocks)?),
             ("Cooperative rows", Variant::Cooperative, GpuWeight::upload_as(&ctx, t, Layout::Rows)?),
             ("Independent", Variant::Independent, GpuWeight::upload_as(&ctx, t, Layout::Blocks)?),
-            ("UniformInput", Variant::UniformInput, GpuWeight::upload_as(&ctx, t, Layout::Blocks)?),
+            ("UniformInput blocks", Variant::UniformInput, GpuWeight::upload_as(&ctx, t, Layout::Blocks)?),
+            ("UniformInput rows", Variant::UniformInput, GpuWeight::upload_as(&ctx, t, Layout::Rows)?),
         ])
     };
     let step = ctx.uniform("step", &Step::new(rows as u32, 512, 0, 0));

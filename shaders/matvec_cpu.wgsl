@@ -5,9 +5,10 @@
 // address the compiler cannot prove constant is made lane by lane, even where every lane reads
 // the same address: from a storage buffer in a loop with a test per lane, from a uniform buffer
 // as separate loads. So x, which every invocation reads whole, is bound as a uniform buffer; W is
-// read in whole blocks of 32 weights (5 loads per 32 Q4 weights, against 12 for three 8-weight
-// reads); and each block of x, once loaded, serves several outputs (with one output per
-// invocation, loading x took over half the kernel's time on lavapipe).
+// read in whole blocks of 32 weights, their payload in 16-byte loads where W lies in rows (2
+// loads per 32 Q4 weights; 5 in blocks; 12 for three 8-weight reads); and each block of x, once
+// loaded, serves several outputs (with one output per invocation, loading x took over half the
+// kernel's time on lavapipe).
 // `matvec_cpu` (decode, up to 8 rows): 4 outputs of one row per invocation (2 with GLU);
 //     dispatch (ceil(n_out / 256) (ceil(n_out / 128) with GLU), rows, 1). Needs rows · k ≤ 4 · XLEN.
 // `window_cpu` (prefill): x is bound as a window of XLEN · 4 / k rows starting at row p.first (one
@@ -63,6 +64,18 @@ fn store(r: u32, o: u32, v: f32) {
 @group(0) @binding(4) var<uniform> step: Step;
 // Bound for `matvec_cpu` only; without NORM any 16 bytes, unread.
 @group(0) @binding(5) var<uniform> g: array<vec4<f32>, GLEN>;  // (k) the norm's weight
+@group(0) @binding(6) var<storage, read> wv: array<vec4<u32>>;  // W again, as 16-byte words
+
+// Words e .. e + 3 of W. In the rows layout every group of 4 payload words a block is read in
+// starts on a 16-byte boundary and is one load of `wv`; a load from a storage buffer is made
+// lane by lane with a test per word on a CPU device, and one 16-byte load runs the lane loop once
+// for the 4 (decode's products 1.3 times faster on lavapipe). In the blocks layout, 4 loads.
+fn quad(e: u32) -> vec4<u32> {
+    if LAYOUT == 1u {
+        return wv[e >> 2u];
+    }
+    return vec4<u32>(weights[e], weights[e + 1u], weights[e + 2u], weights[e + 3u]);
+}
 
 fn float4(e: u32) -> vec4<f32> {
     if WTYPE == 0u {
@@ -72,7 +85,8 @@ fn float4(e: u32) -> vec4<f32> {
 }
 
 // Block `b` (32 weights) of row `row` of W: w = scale · (a0 .. a7) + offset, elementwise (for
-// K-quants, sub-block b % 8 of super-block b / 8).
+// K-quants, sub-block b % 8 of super-block b / 8). Word c of a block is read at hb + c in its
+// header and pb + c in its payload (quant.wgsl), so both layouts are read alike.
 struct Block {
     a0: vec4<f32>,
     a1: vec4<f32>,
@@ -86,68 +100,70 @@ struct Block {
     offset: f32,
 }
 
+// Each byte of each word of q, from bit `shift` on under `mask`: 16 weights.
+struct Fields4 {
+    a: vec4<f32>,
+    b: vec4<f32>,
+    c: vec4<f32>,
+    d: vec4<f32>,
+}
+
+fn fields4(q: vec4<u32>, shift: u32, mask: u32) -> Fields4 {
+    return Fields4(bit_fields(q.x, shift, mask), bit_fields(q.y, shift, mask), bit_fields(q.z, shift, mask), bit_fields(q.w, shift, mask));
+}
+
 fn block(row: u32, b: u32) -> Block {
     if WTYPE >= 6u {
         // K-quants: 32-weight block b is sub-block s = b % 8 of super-block b / 8.
-        let base = (row * (p.k / 256u) + b / 8u) * block_words();
+        let nb = p.k / 256u;
+        let hb = header_base(row, nb, b / 8u);
+        let pb = payload_base(row, nb, b / 8u);
         let s = b % 8u;
         if WTYPE == 8u {
             // Q6K: half h, quarter t; the two 16-weight scales are folded into the weights.
             let h = s / 4u;
             let t = s % 4u;
-            let lo = base + h * 16u + (t % 2u) * 8u;
-            let hi = base + 32u + h * 8u;
-            let ls = (t / 2u) * 4u;
-            let hs = t * 2u;
-            let c0 = signed_byte_at(base, 192u + h * 8u + t * 2u);
-            let c1 = signed_byte_at(base, 193u + h * 8u + t * 2u);
+            let lo = pb + h * 16u + (t % 2u) * 8u;
+            let hi = pb + 32u + h * 8u;
+            let l0 = fields4(quad(lo), (t / 2u) * 4u, 15u);
+            let l1 = fields4(quad(lo + 4u), (t / 2u) * 4u, 15u);
+            let h0 = fields4(quad(hi), t * 2u, 3u);
+            let h1 = fields4(quad(hi + 4u), t * 2u, 3u);
+            let c0 = signed_byte_at(hb, 192u + h * 8u + t * 2u);
+            let c1 = signed_byte_at(hb, 193u + h * 8u + t * 2u);
             let m = vec4<f32>(32.0);
             return Block(
-                c0 * (bit_fields(weights[lo], ls, 15u) + 16.0 * bit_fields(weights[hi], hs, 3u) - m),
-                c0 * (bit_fields(weights[lo + 1u], ls, 15u) + 16.0 * bit_fields(weights[hi + 1u], hs, 3u) - m),
-                c0 * (bit_fields(weights[lo + 2u], ls, 15u) + 16.0 * bit_fields(weights[hi + 2u], hs, 3u) - m),
-                c0 * (bit_fields(weights[lo + 3u], ls, 15u) + 16.0 * bit_fields(weights[hi + 3u], hs, 3u) - m),
-                c1 * (bit_fields(weights[lo + 4u], ls, 15u) + 16.0 * bit_fields(weights[hi + 4u], hs, 3u) - m),
-                c1 * (bit_fields(weights[lo + 5u], ls, 15u) + 16.0 * bit_fields(weights[hi + 5u], hs, 3u) - m),
-                c1 * (bit_fields(weights[lo + 6u], ls, 15u) + 16.0 * bit_fields(weights[hi + 6u], hs, 3u) - m),
-                c1 * (bit_fields(weights[lo + 7u], ls, 15u) + 16.0 * bit_fields(weights[hi + 7u], hs, 3u) - m),
-                unpack2x16float(weights[base + 52u]).x, 0.0,
+                c0 * (l0.a + 16.0 * h0.a - m), c0 * (l0.b + 16.0 * h0.b - m), c0 * (l0.c + 16.0 * h0.c - m), c0 * (l0.d + 16.0 * h0.d - m),
+                c1 * (l1.a + 16.0 * h1.a - m), c1 * (l1.b + 16.0 * h1.b - m), c1 * (l1.c + 16.0 * h1.c - m), c1 * (l1.d + 16.0 * h1.d - m),
+                unpack2x16float(weights[hb + 52u]).x, 0.0,
             );
         }
-        let d = unpack2x16float(weights[base]);
-        let sm = k_scale_min(base, s);
-        let qs = base + select(4u, 12u, WTYPE == 7u) + (s / 2u) * 8u;
+        let d = unpack2x16float(weights[hb]);
+        let sm = k_scale_min(hb, s);
+        let qs = pb + select(4u, 12u, WTYPE == 7u) + (s / 2u) * 8u;
         let sh = (s % 2u) * 4u;
-        var w = Block(
-            nibbles(weights[qs], sh), nibbles(weights[qs + 1u], sh), nibbles(weights[qs + 2u], sh), nibbles(weights[qs + 3u], sh),
-            nibbles(weights[qs + 4u], sh), nibbles(weights[qs + 5u], sh), nibbles(weights[qs + 6u], sh), nibbles(weights[qs + 7u], sh),
-            d.x * sm.x, -d.y * sm.y,
-        );
+        let q0 = fields4(quad(qs), sh, 15u);
+        let q1 = fields4(quad(qs + 4u), sh, 15u);
+        var w = Block(q0.a, q0.b, q0.c, q0.d, q1.a, q1.b, q1.c, q1.d, d.x * sm.x, -d.y * sm.y);
         if WTYPE == 7u {
-            let qh = base + 4u;
-            w.a0 += 16.0 * bit_fields(weights[qh], s, 1u);
-            w.a1 += 16.0 * bit_fields(weights[qh + 1u], s, 1u);
-            w.a2 += 16.0 * bit_fields(weights[qh + 2u], s, 1u);
-            w.a3 += 16.0 * bit_fields(weights[qh + 3u], s, 1u);
-            w.a4 += 16.0 * bit_fields(weights[qh + 4u], s, 1u);
-            w.a5 += 16.0 * bit_fields(weights[qh + 5u], s, 1u);
-            w.a6 += 16.0 * bit_fields(weights[qh + 6u], s, 1u);
-            w.a7 += 16.0 * bit_fields(weights[qh + 7u], s, 1u);
+            let e0 = fields4(quad(hb + 4u), s, 1u);
+            let e1 = fields4(quad(hb + 8u), s, 1u);
+            w.a0 += 16.0 * e0.a;
+            w.a1 += 16.0 * e0.b;
+            w.a2 += 16.0 * e0.c;
+            w.a3 += 16.0 * e0.d;
+            w.a4 += 16.0 * e1.a;
+            w.a5 += 16.0 * e1.b;
+            w.a6 += 16.0 * e1.c;
+            w.a7 += 16.0 * e1.d;
         }
         return w;
     }
-    let nb = p.k / 32u;
-    if WTYPE == 3u || WTYPE == 5u {
-        let base = (row * nb + b) * select(5u, 6u, WTYPE == 5u);
-        let dm = unpack2x16float(weights[base]);
-        let q = base + select(1u, 2u, WTYPE == 5u);
-        var w = Block(
-            nibbles(weights[q], 0u), nibbles(weights[q + 1u], 0u), nibbles(weights[q + 2u], 0u), nibbles(weights[q + 3u], 0u),
-            nibbles(weights[q], 4u), nibbles(weights[q + 1u], 4u), nibbles(weights[q + 2u], 4u), nibbles(weights[q + 3u], 4u),
-            dm.x, dm.y,
-        );
+    if WTYPE >= 3u {
+        let hb = header_base(row, p.k / 32u, b);
+        var w = block_q(row, b, weights[hb]);
         if WTYPE == 5u {
-            let qh = weights[base + 1u];
+            let qh = weights[hb + 1u];
             w.a0 += fifth_bits(qh, 0u);
             w.a1 += fifth_bits(qh, 4u);
             w.a2 += fifth_bits(qh, 8u);
@@ -159,22 +175,31 @@ fn block(row: u32, b: u32) -> Block {
         }
         return w;
     }
-    if WTYPE == 4u {
-        let base = (row * nb + b) * 9u;
-        return Block(
-            signed_bytes(weights[base + 1u]), signed_bytes(weights[base + 2u]),
-            signed_bytes(weights[base + 3u]), signed_bytes(weights[base + 4u]),
-            signed_bytes(weights[base + 5u]), signed_bytes(weights[base + 6u]),
-            signed_bytes(weights[base + 7u]), signed_bytes(weights[base + 8u]),
-            unpack2x16float(weights[base]).x, 0.0,
-        );
-    }
     let e = row * p.k + b * 32u;
     return Block(
         float4(e), float4(e + 4u), float4(e + 8u), float4(e + 12u),
         float4(e + 16u), float4(e + 20u), float4(e + 24u), float4(e + 28u),
         1.0, 0.0,
     );
+}
+
+// Block b of row `row` of a Q4 or Q8 matrix (of Q5, all but the fifth bits), given the block's
+// first header word (d, and m where the format has it).
+fn block_q(row: u32, b: u32, head: u32) -> Block {
+    let pb = payload_base(row, p.k / 32u, b) + payload_first();
+    if WTYPE == 4u {
+        let q0 = quad(pb);
+        let q1 = quad(pb + 4u);
+        return Block(
+            signed_bytes(q0.x), signed_bytes(q0.y), signed_bytes(q0.z), signed_bytes(q0.w),
+            signed_bytes(q1.x), signed_bytes(q1.y), signed_bytes(q1.z), signed_bytes(q1.w),
+            unpack2x16float(head).x, 0.0,
+        );
+    }
+    let dm = unpack2x16float(head);
+    let lo = fields4(quad(pb), 0u, 15u);
+    let hi = fields4(quad(pb), 4u, 15u);
+    return Block(lo.a, lo.b, lo.c, lo.d, hi.a, hi.b, hi.c, hi.d, dm.x, dm.y);
 }
 
 // x[i] (a vec4), times the norm's weight g[gi] with NORM.
@@ -231,7 +256,8 @@ fn block_dot(w: Block, x: XBlock) -> f32 {
 // (x as xin reads it), each block of x loaded once for the 4.
 fn rows_dot(r: vec4<u32>, x0: u32) -> vec4<f32> {
     var acc = vec4<f32>(0.0);
-    for (var b = 0u; b < p.k / 32u; b++) {
+    let nb = p.k / 32u;
+    for (var b = 0u; b < nb; b++) {
         let xv = x_block(x0 + b * 8u, b * 8u);
         acc += vec4<f32>(block_dot(block(r.x, b), xv), block_dot(block(r.y, b), xv), block_dot(block(r.z, b), xv), block_dot(block(r.w, b), xv));
     }

@@ -12,7 +12,7 @@ use std::borrow::Cow;
 use half::{bf16, f16};
 
 use crate::error::{Error, Result};
-use crate::gpu::{Context, KernelShape};
+use crate::gpu::Context;
 
 /// Element types of weight tensors.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -570,19 +570,10 @@ pub enum Layout {
     Blocks = 0,
     /// Row by row, each row padded to a whole 16 bytes: first the payload words of all its
     /// blocks, then their headers, so that the lanes of a workgroup walking a row read
-    /// consecutive 16-byte words (shaders/matmul.wgsl's `matvec_wide`).
+    /// consecutive 16-byte words (shaders/matmul.wgsl's `matvec_wide`), and a CPU device's
+    /// invocation reads a block's payload in 16-byte loads (shaders/matvec_cpu.wgsl). What
+    /// every device gets.
     Rows = 1,
-}
-
-impl Layout {
-    /// The layout for a device's kernel shape: rows on GPUs, blocks on CPU-backed adapters,
-    /// whose kernels (shaders/matvec_cpu.wgsl) read whole blocks.
-    pub fn for_device(ctx: &Context) -> Self {
-        match ctx.kernel_shape {
-            KernelShape::Gpu => Layout::Rows,
-            KernelShape::Cpu => Layout::Blocks,
-        }
-    }
 }
 
 /// Words of one row of `cols` weights in `layout` (the float formats are never re-laid).
@@ -677,7 +668,7 @@ pub struct RowSplit {
 impl RowSplit {
     /// Uploads `t` whole if it fits in one binding, otherwise in as few row ranges as do.
     pub fn upload(ctx: &Context, t: &HostTensor) -> Result<Self> {
-        Self::upload_limited(ctx, t, ctx.binding_limit(), Layout::for_device(ctx))
+        Self::upload_limited(ctx, t, ctx.binding_limit(), Layout::Rows)
     }
 
     /// [`RowSplit::upload`] with parts of at most `limit` bytes (tests force splits with it), laid
@@ -726,10 +717,10 @@ pub struct GpuWeight {
 }
 
 impl GpuWeight {
-    /// Uploads a tensor in the layout that suits the device ([`Layout::for_device`]), checking
+    /// Uploads a tensor in the rows layout (what every device's kernels read fastest), checking
     /// that it fits in one binding.
     pub fn upload(ctx: &Context, t: &HostTensor) -> Result<Self> {
-        Self::upload_as(ctx, t, Layout::for_device(ctx))
+        Self::upload_as(ctx, t, Layout::Rows)
     }
 
     /// [`GpuWeight::upload`] in a given layout (ignored by the float formats).

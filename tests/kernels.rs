@@ -43,14 +43,19 @@ fn weight(ctx: &Context, rng: &mut Rng, dtype: DType, n: usize, k: usize) -> (Gp
 }
 
 /// The ways a product of `rows` rows is checked: kernel shape, weight layout, context. The
-/// cooperative shape reads both layouts (GPUs get rows; the others read blocks), and where the
-/// adapter has subgroups its one-row product runs with and without them (`ctxs[1]`).
+/// cooperative and uniform-input shapes read both layouts (devices get rows; blocks stay
+/// possible), and where the adapter has subgroups the one-row product runs with and without
+/// them (`ctxs[1]`).
 fn variants(ctxs: &[Arc<Context>; 2], rows: usize) -> Vec<(Variant, Layout, &Context)> {
     let mut v = vec![(Variant::Cooperative, Layout::Blocks, &*ctxs[0]), (Variant::Cooperative, Layout::Rows, &*ctxs[0])];
     if ctxs[0].subgroups && rows == 1 {
         v.push((Variant::Cooperative, Layout::Rows, &*ctxs[1]));
     }
-    v.extend([(Variant::Independent, Layout::Blocks, &*ctxs[0]), (Variant::UniformInput, Layout::Blocks, &*ctxs[0])]);
+    v.extend([
+        (Variant::Independent, Layout::Rows, &*ctxs[0]),
+        (Variant::UniformInput, Layout::Blocks, &*ctxs[0]),
+        (Variant::UniformInput, Layout::Rows, &*ctxs[0]),
+    ]);
     v
 }
 

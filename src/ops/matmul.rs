@@ -209,11 +209,10 @@ pub fn build_variant(
         eps: norm.map_or(0.0, |nm| nm.eps),
         pad: 0,
     };
-    // The uniform-input kernels, where k suits them and the weights lie in blocks (they read
-    // whole blocks); the windowed one fuses nothing, so a fused product that would need it
-    // takes `matvec_row`.
+    // The uniform-input kernels, where k suits them (they read whole blocks, in either layout);
+    // the windowed one fuses nothing, so a fused product that would need it takes `matvec_row`.
     let fused = norm.is_some() || out.glu;
-    let window = window_rows(ctx, k).filter(|&window| w.layout == Layout::Blocks && (!fused || max_rows <= MATVEC_MAX_ROWS.min(window)));
+    let window = window_rows(ctx, k).filter(|&window| !fused || max_rows <= MATVEC_MAX_ROWS.min(window));
     if let (Variant::UniformInput, Some(window)) = (variant, window) {
         // Decode: x whole, one dispatch. Prefill: one dispatch per window of rows.
         let (entry, window) = if max_rows <= MATVEC_MAX_ROWS.min(window) { ("matvec_cpu", max_rows) } else { ("window_cpu", window) };
@@ -230,7 +229,7 @@ pub fn build_variant(
             let pipeline = ctx.pipeline_with(&shaders::MATVEC_CPU, entry, &constants, &defines)?;
             let params = ctx.storage_init("matmul.params", bytemuck::bytes_of(&params(first)))?;
             let range = Some((first as u64 * row_bytes, count as u64 * row_bytes));
-            let bound = [(&w.buffer, None), (x, range), (y, None), (&params, None), (step, None), (g, g_range)];
+            let bound = [(&w.buffer, None), (x, range), (y, None), (&params, None), (step, None), (g, g_range), (&w.buffer, None)];
             // matvec_cpu: 4 outputs an invocation (2 with SwiGLU), each row of x in its own
             // workgroups; window_cpu: WINDOW_OUTS outputs of 4 rows.
             let (wg_x, wg_y) = match entry {
