@@ -1,6 +1,7 @@
 //! `adore bench`: prefill and decode tokens/s per context length. Each policy prefills once,
 //! growing through the contexts in ascending order, and decodes at each: one warm-up token,
-//! then the median of the measured repeats. JSON for machines, a markdown table for people.
+//! then the median of the measured repeats, the policies' repeats interleaved. JSON for
+//! machines, a markdown table for people.
 
 use std::path::PathBuf;
 
@@ -90,6 +91,25 @@ struct ProfileJson {
     kernels: Vec<KernelRow>,
 }
 
+/// Decode tokens/s over `tokens` steps. With `overlap` (where the session can undo a step),
+/// each step is queued before the previous token is read, as generation does.
+fn decode(session: &mut Session, tokens: usize, overlap: bool) -> Result<f64> {
+    let overlap = overlap && session.can_rewind_step();
+    let t = std::time::Instant::now();
+    if overlap {
+        session.submit_step()?;
+    }
+    for i in 0..tokens {
+        match overlap {
+            true if i + 1 < tokens => session.submit_step()?,
+            true => {}
+            false => session.submit_step()?,
+        }
+        pollster::block_on(session.read_step())?;
+    }
+    Ok(tokens as f64 / t.elapsed().as_secs_f64())
+}
+
 fn median(mut v: Vec<f64>) -> f64 {
     v.sort_by(|a, b| a.total_cmp(b));
     let n = v.len();
@@ -161,7 +181,10 @@ pub fn run(a: BenchArgs) -> Result<()> {
     let chunk = a.model.chunk;
     let controller = a.parts.controller(&model)?;
     let index = a.parts.index(&model)?;
-    let mut rows = Vec::new();
+    // Every run's session lives through the whole bench, and each repeat decodes every run in
+    // turn, so that a change in the machine's speed falls on all of them alike: their ratios
+    // are measured in one run, interleaved. (Each session holds its KV cache meanwhile.)
+    let mut sessions = Vec::new();
     for (policy, update) in &runs {
         let options = SessionOptions {
             context: max_ctx,
@@ -180,7 +203,12 @@ pub fn run(a: BenchArgs) -> Result<()> {
         pollster::block_on(session.prefill(&prompt[..chunk.min(contexts[0])]))?;
         pollster::block_on(session.step())?;
         session.reset();
-        for &ctx_len in &contexts {
+        sessions.push(session);
+    }
+    let mut rows = Vec::new();
+    for &ctx_len in &contexts {
+        let mut prefills = Vec::new();
+        for session in &mut sessions {
             // Grow the sequence to this context with the prompt (generated tokens stay in it).
             let have = session.len();
             let mut prefill = None;
@@ -190,23 +218,16 @@ pub fn run(a: BenchArgs) -> Result<()> {
                 prefill = Some((ctx_len - have) as f64 / t.elapsed().as_secs_f64());
             }
             pollster::block_on(session.step())?;
-            let overlap = !a.sequential && session.can_rewind_step();
-            let mut dec = Vec::new();
-            for _ in 0..repeats {
-                let t = std::time::Instant::now();
-                if overlap {
-                    session.submit_step()?;
-                }
-                for i in 0..decode_tokens {
-                    match overlap {
-                        true if i + 1 < decode_tokens => session.submit_step()?,
-                        true => {}
-                        false => session.submit_step()?,
-                    }
-                    pollster::block_on(session.read_step())?;
-                }
-                dec.push(decode_tokens as f64 / t.elapsed().as_secs_f64());
+            prefills.push(prefill);
+        }
+        let mut dec = vec![Vec::new(); sessions.len()];
+        for _ in 0..repeats {
+            for (session, dec) in sessions.iter_mut().zip(&mut dec) {
+                dec.push(decode(session, decode_tokens, !a.sequential)?);
             }
+        }
+        for (i, session) in sessions.iter_mut().enumerate() {
+            let (policy, update) = runs[i];
             let profile = if a.profile {
                 let (_, p) = pollster::block_on(session.profile_step(Timing::best(&model.ctx)))?;
                 Some(profile_json(&p, model.weights.matrix_bytes(), session.attended_kv_bytes()))
@@ -223,9 +244,9 @@ pub fn run(a: BenchArgs) -> Result<()> {
                     KvCache::F32 => "f32",
                 },
                 context: ctx_len,
-                prefill_tokens_per_s: prefill,
-                decode_tokens_per_s: median(dec),
-                overlap,
+                prefill_tokens_per_s: prefills[i],
+                decode_tokens_per_s: median(std::mem::take(&mut dec[i])),
+                overlap: !a.sequential && session.can_rewind_step(),
                 kv_bytes: session.kv_bytes(),
                 attended_kv_bytes: session.attended_kv_bytes(),
                 profile,
@@ -235,12 +256,15 @@ pub fn run(a: BenchArgs) -> Result<()> {
                 row.policy,
                 row.cache_update,
                 row.context,
-                prefill.map_or("-".to_string(), |p| format!("{p:.1}")),
+                row.prefill_tokens_per_s.map_or("-".to_string(), |p| format!("{p:.1}")),
                 row.decode_tokens_per_s
             );
-            rows.push(row);
+            rows.push((i, row));
         }
     }
+    // Grouped by run, contexts ascending within each, as each run's rows read best.
+    rows.sort_by_key(|(i, _)| *i);
+    let rows: Vec<Row> = rows.into_iter().map(|(_, r)| r).collect();
     print!("{}", table(&rows));
     for r in &rows {
         if let Some(p) = &r.profile {
