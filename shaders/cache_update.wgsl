@@ -6,8 +6,10 @@
 // against the budget (the oracle selects what those rows attend to).
 // The k-th score is found exactly by a radix select, a byte per pass (4 histogram passes); the
 // tie cut by position bit by bit (32 counting passes), only when some tied candidates stay and
-// some go. The passes end early where all candidates sharing the bytes found so far stay. One workgroup of 256, each invocation owning a contiguous range of slots. Dispatch
-// (1, 1, 1).
+// some go. The passes end early where all candidates sharing the bytes found so far stay. One
+// workgroup of WG lanes (set per pipeline: 256 on GPUs, fewer on CPU devices, where a
+// workgroup's lanes take turns in SIMD registers at every barrier), each invocation owning a
+// contiguous range of slots. Dispatch (1, 1, 1).
 // Entry points: main frees slots of slot_pos in place; choose first copies the table from src
 // (all capacity slots), and it and narrow (in place) then write the valid slots below
 // step.n_slots as a compact ascending list (list[0] = count, list[1 + k] = the k-th slot), so
@@ -31,13 +33,15 @@ struct Params {
 @group(0) @binding(4) var<storage, read_write> list: array<u32>;     // (1 + capacity), choose and narrow
 @group(0) @binding(5) var<storage, read> src: array<u32>;            // (capacity), choose
 
-const WG: u32 = 256u;
+const WG: u32 = 256u;  // lanes, a power of two up to 256
 // Counts per byte value of the score keys that match the bytes chosen so far.
 var<workgroup> hist: array<atomic<u32>, 256>;
 // The current pass's byte, how many candidates of that byte stay, and how many it has.
 var<workgroup> chosen: array<u32, 3>;
 // Valid slots per invocation, for the list's offsets.
-var<workgroup> counts: array<u32, 256>;
+var<workgroup> counts: array<u32, WG>;
+// The lanes' values being summed.
+var<workgroup> red: array<u32, WG>;
 const INVALID: u32 = 0xffffffffu;
 fn protected_pos(pos: u32) -> bool {
     return pos < p.sinks || pos + p.recent >= step.n_seen;
@@ -52,6 +56,29 @@ fn kind(j: u32) -> u32 {
     return select(2u, 1u, protected_pos(pos));
 }
 
+// Sum of v over the workgroup, a uniform value (called by every invocation).
+fn total(lid: u32, v: u32) -> u32 {
+    red[lid] = v;
+    workgroupBarrier();
+    for (var w = WG / 2u; w > 0u; w >>= 1u) {
+        if lid < w {
+            red[lid] += red[lid + w];
+        }
+        workgroupBarrier();
+    }
+    let t = workgroupUniformLoad(&red[0]);
+    workgroupBarrier();
+    return t;
+}
+
+// Clears the histogram (called by every invocation; a barrier follows).
+fn clear_hist(lid: u32) {
+    for (var i = lid; i < 256u; i += WG) {
+        atomicStore(&hist[i], 0u);
+    }
+    workgroupBarrier();
+}
+
 // The largest position cut c with count(tied, pos < c) <= need, tied meaning a candidate with
 // score key thr (called by every invocation).
 fn tie_cut(lid: u32, c0: u32, c1: u32, thr: u32, need: u32) -> u32 {
@@ -62,7 +89,7 @@ fn tie_cut(lid: u32, c0: u32, c1: u32, thr: u32, need: u32) -> u32 {
         for (var j = c0; j < c1; j++) {
             cnt += select(0u, 1u, kind(j) == 2u && order_key(score[j]) == thr && slot_pos[j] < cand);
         }
-        if wg_total_u32(lid, cnt) <= need {
+        if total(lid, cnt) <= need {
             cut = cand;
         }
     }
@@ -89,8 +116,7 @@ fn range_end(lid: u32) -> u32 {
 // many of them hold a token after it.
 fn release(lid: u32, c0: u32, c1: u32) -> u32 {
     // The first pass counts and builds the first round's histogram (of the keys' top bytes).
-    atomicStore(&hist[lid], 0u);
-    workgroupBarrier();
+    clear_hist(lid);
     var n_held = 0u;
     var n_valid = 0u;
     var n_prot = 0u;
@@ -104,8 +130,8 @@ fn release(lid: u32, c0: u32, c1: u32) -> u32 {
         }
     }
     // (The totals' barriers also complete the histogram.)
-    let valid = wg_total_u32(lid, n_valid);
-    let prot = wg_total_u32(lid, n_prot);
+    let valid = total(lid, n_valid);
+    let prot = total(lid, n_prot);
     if valid <= p.budget {
         return n_held;
     }
@@ -122,8 +148,7 @@ fn release(lid: u32, c0: u32, c1: u32) -> u32 {
     for (var round = 0u; round < 4u; round++) {
         shift -= 8u;
         if round > 0u {
-            atomicStore(&hist[lid], 0u);
-            workgroupBarrier();
+            clear_hist(lid);
             for (var j = c0; j < c1; j++) {
                 if kind(j) == 2u {
                     let key = order_key(score[j]);
@@ -198,12 +223,12 @@ fn write_list(lid: u32, c0: u32, c1: u32, held: u32) {
     }
 }
 
-@compute @workgroup_size(256)
+@compute @workgroup_size(WG)
 fn main(@builtin(local_invocation_index) lid: u32) {
     _ = release(lid, range_start(lid), range_end(lid));
 }
 
-@compute @workgroup_size(256)
+@compute @workgroup_size(WG)
 fn narrow(@builtin(local_invocation_index) lid: u32) {
     let c0 = range_start(lid);
     let c1 = range_end(lid);
@@ -211,7 +236,7 @@ fn narrow(@builtin(local_invocation_index) lid: u32) {
     write_list(lid, c0, c1, held);
 }
 
-@compute @workgroup_size(256)
+@compute @workgroup_size(WG)
 fn choose(@builtin(local_invocation_index) lid: u32) {
     let c0 = range_start(lid);
     let c1 = range_end(lid);

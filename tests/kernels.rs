@@ -911,88 +911,99 @@ fn topk_equals_a_cpu_sort_with_ties() {
 #[test]
 fn cache_update_score_and_assign_match_references() {
     use ops::cache_update::{self as cu, Params, ScoreParams};
-    let ctx = ctx();
-    let mut rng = Rng::new(10);
-    for &cap in &[1usize, 3, 17, 255, 257, 1000, 8192] {
-        for round in 0..12 {
-            let n_seen = 9000u32;
-            // Distinct positions, some slots free; scores with ties.
-            let mut positions: Vec<u32> = (0..n_seen).collect();
-            for i in (1..positions.len()).rev() {
-                positions.swap(i, rng.below(i as u64 + 1) as usize);
-            }
-            // Slots from the high-water mark up are free (the step's n_slots, which may exceed
-            // the capacity: the kernel scans below both).
-            let high = match round % 4 {
-                0 => cap + 5,
-                _ => rng.below(cap as u64 + 1) as usize,
-            };
-            let slot_pos: Vec<u32> = (0..cap).map(|j| if j >= high || rng.below(4) == 0 { INVALID_SLOT } else { positions[j] }).collect();
-            // Rounds 0 to 5: few distinct values (ties everywhere); 6 to 11: distinct values of
-            // both signs and many magnitudes (every byte of the radix select matters).
-            let score: Vec<f32> = match round < 6 {
-                true => (0..cap).map(|_| rng.below(7) as f32 * 0.125).collect(),
-                false => (0..cap).map(|_| rng.f32() * 10f32.powi(rng.below(9) as i32 - 4)).collect(),
-            };
-            let budget = rng.below(cap as u64 + 1) as u32;
-            // Odd rounds keep the step's new rows (the last n_new positions) outside the budget.
-            let p = Params {
-                capacity: cap as u32,
-                budget,
-                sinks: [0, 4, 100][round % 3],
-                recent: [0, 16, 500][round % 3],
-                in_flight: (round % 2) as u32,
-                pad: [0; 3],
-            };
-            let n_new = [1, 700, 2000][round % 3];
-            let (tb, sb) = (buf_u32(&ctx, &slot_pos), buf(&ctx, &score));
-            let st = ctx.uniform("step", &Step::new(n_new, high as u32, 0, n_seen));
-            run(&ctx, cu::build(&ctx, &tb, &sb, &st, p).unwrap());
-            let got = pollster::block_on(ctx.read_u32(&tb, cap)).unwrap();
-            let want = cu::reference(&slot_pos, &score, p, n_seen, n_new);
-            assert_eq!(got, want, "cache_update cap {cap} {p:?} n_new {n_new}");
-            // The attended choice: copied from the table into one holding garbage, or in place;
-            // then its valid slots listed.
-            let want_list = ops::attention::reference_list(&want, high);
-            for from_src in [true, false] {
-                let garbage: Vec<u32> = (0..cap).map(|_| rng.below(1 << 32) as u32).collect();
-                let (table, src) = match from_src {
-                    true => (buf_u32(&ctx, &garbage), Some(buf_u32(&ctx, &slot_pos))),
-                    false => (buf_u32(&ctx, &slot_pos), None),
+    // The decision in both kernel shapes (its workgroup's lanes differ); the scores and the
+    // placement, which do not depend on the shape, in the adapter's.
+    for (shaped, ctx) in [(false, ctx()), (true, ctx_gpu_shape())] {
+        let mut rng = Rng::new(10);
+        for &cap in &[1usize, 3, 17, 255, 257, 1000, 8192] {
+            for round in 0..12 {
+                let n_seen = 9000u32;
+                // Distinct positions, some slots free; scores with ties.
+                let mut positions: Vec<u32> = (0..n_seen).collect();
+                for i in (1..positions.len()).rev() {
+                    positions.swap(i, rng.below(i as u64 + 1) as usize);
+                }
+                // Slots from the high-water mark up are free (the step's n_slots, which may exceed
+                // the capacity: the kernel scans below both).
+                let high = match round % 4 {
+                    0 => cap + 5,
+                    _ => rng.below(cap as u64 + 1) as usize,
                 };
-                let list = ctx.storage("list", ((cap + 1) * 4) as u64).unwrap();
-                run(&ctx, cu::build_chosen(&ctx, src.as_ref(), &table, &sb, &list, &st, p).unwrap());
-                let what = format!("chosen (copied: {from_src}) cap {cap} {p:?} n_new {n_new}");
-                assert_eq!(pollster::block_on(ctx.read_u32(&table, cap)).unwrap(), want, "{what}");
-                let got_list = pollster::block_on(ctx.read_u32(&list, want_list.len())).unwrap();
-                assert_eq!(got_list, want_list, "{what}: list");
-            }
+                let slot_pos: Vec<u32> =
+                    (0..cap).map(|j| if j >= high || rng.below(4) == 0 { INVALID_SLOT } else { positions[j] }).collect();
+                // Rounds 0 to 5: few distinct values (ties everywhere); 6 to 11: distinct values of
+                // both signs and many magnitudes (every byte of the radix select matters).
+                let score: Vec<f32> = match round < 6 {
+                    true => (0..cap).map(|_| rng.below(7) as f32 * 0.125).collect(),
+                    false => (0..cap).map(|_| rng.f32() * 10f32.powi(rng.below(9) as i32 - 4)).collect(),
+                };
+                let budget = rng.below(cap as u64 + 1) as u32;
+                // Odd rounds keep the step's new rows (the last n_new positions) outside the budget.
+                let p = Params {
+                    capacity: cap as u32,
+                    budget,
+                    sinks: [0, 4, 100][round % 3],
+                    recent: [0, 16, 500][round % 3],
+                    in_flight: (round % 2) as u32,
+                    pad: [0; 3],
+                };
+                let n_new = [1, 700, 2000][round % 3];
+                let (tb, sb) = (buf_u32(&ctx, &slot_pos), buf(&ctx, &score));
+                let st = ctx.uniform("step", &Step::new(n_new, high as u32, 0, n_seen));
+                run(&ctx, cu::build(&ctx, &tb, &sb, &st, p).unwrap());
+                let got = pollster::block_on(ctx.read_u32(&tb, cap)).unwrap();
+                let want = cu::reference(&slot_pos, &score, p, n_seen, n_new);
+                assert_eq!(got, want, "cache_update {:?} shape cap {cap} {p:?} n_new {n_new}", ctx.kernel_shape);
+                // The attended choice: copied from the table into one holding garbage, or in place;
+                // then its valid slots listed.
+                let want_list = ops::attention::reference_list(&want, high);
+                for from_src in [true, false] {
+                    let garbage: Vec<u32> = (0..cap).map(|_| rng.below(1 << 32) as u32).collect();
+                    let (table, src) = match from_src {
+                        true => (buf_u32(&ctx, &garbage), Some(buf_u32(&ctx, &slot_pos))),
+                        false => (buf_u32(&ctx, &slot_pos), None),
+                    };
+                    let list = ctx.storage("list", ((cap + 1) * 4) as u64).unwrap();
+                    run(&ctx, cu::build_chosen(&ctx, src.as_ref(), &table, &sb, &list, &st, p).unwrap());
+                    let what = format!("chosen (copied: {from_src}) {:?} shape cap {cap} {p:?} n_new {n_new}", ctx.kernel_shape);
+                    assert_eq!(pollster::block_on(ctx.read_u32(&table, cap)).unwrap(), want, "{what}");
+                    let got_list = pollster::block_on(ctx.read_u32(&list, want_list.len())).unwrap();
+                    assert_eq!(got_list, want_list, "{what}: list");
+                }
 
-            let rows = 1 + rng.below(4) as usize;
-            let want_slots = cu::reference_assign(&slot_pos, rows);
-            if want_slots.len() == rows {
-                let slots = ctx.storage("slots", (rows * 4) as u64).unwrap();
-                run(&ctx, cu::build_assign(&ctx, &buf_u32(&ctx, &slot_pos), &slots, &step(&ctx, rows, 0, 0), cap, rows).unwrap());
-                assert_eq!(pollster::block_on(ctx.read_u32(&slots, rows)).unwrap(), want_slots, "slot_assign cap {cap} rows {rows}");
+                let rows = 1 + rng.below(4) as usize;
+                let want_slots = cu::reference_assign(&slot_pos, rows);
+                if want_slots.len() == rows && !shaped {
+                    let slots = ctx.storage("slots", (rows * 4) as u64).unwrap();
+                    run(&ctx, cu::build_assign(&ctx, &buf_u32(&ctx, &slot_pos), &slots, &step(&ctx, rows, 0, 0), cap, rows).unwrap());
+                    assert_eq!(pollster::block_on(ctx.read_u32(&slots, rows)).unwrap(), want_slots, "slot_assign cap {cap} rows {rows}");
 
-                let heads = 3;
-                let mass = rng.vec(rows * heads * cap, 1.0);
-                let old = rng.vec(cap, 1.0);
-                for accumulate in [0, 1] {
-                    let sp = ScoreParams { capacity: cap as u32, n_heads: heads as u32, accumulate, scale: 0.25 };
-                    let score_b = buf(&ctx, &old);
-                    let d =
-                        cu::build_score(&ctx, &buf(&ctx, &mass), &buf_u32(&ctx, &want_slots), &score_b, &step(&ctx, rows, 0, 0), sp, rows)
-                            .unwrap();
-                    run(&ctx, d);
-                    let want = cu::reference_score(&mass, &want_slots, &old, sp, rows);
-                    assert_close(
-                        &format!("slot_score cap {cap} rows {rows} accumulate {accumulate}"),
-                        &read(&ctx, &score_b, cap),
-                        &want,
-                        1e-5,
-                        1e-5,
-                    );
+                    let heads = 3;
+                    let mass = rng.vec(rows * heads * cap, 1.0);
+                    let old = rng.vec(cap, 1.0);
+                    for accumulate in [0, 1] {
+                        let sp = ScoreParams { capacity: cap as u32, n_heads: heads as u32, accumulate, scale: 0.25 };
+                        let score_b = buf(&ctx, &old);
+                        let d = cu::build_score(
+                            &ctx,
+                            &buf(&ctx, &mass),
+                            &buf_u32(&ctx, &want_slots),
+                            &score_b,
+                            &step(&ctx, rows, 0, 0),
+                            sp,
+                            rows,
+                        )
+                        .unwrap();
+                        run(&ctx, d);
+                        let want = cu::reference_score(&mass, &want_slots, &old, sp, rows);
+                        assert_close(
+                            &format!("slot_score cap {cap} rows {rows} accumulate {accumulate}"),
+                            &read(&ctx, &score_b, cap),
+                            &want,
+                            1e-5,
+                            1e-5,
+                        );
+                    }
                 }
             }
         }
