@@ -312,38 +312,29 @@ impl KeyIndex {
         &m[at..at + per]
     }
 
-    /// Layer `l`'s query map as one block-diagonal matrix (n_heads·rank, n_heads·head_dim),
-    /// row-major, scaled by sqrt(rank / head_dim) so that attention over the short vectors
-    /// (which scales by 1 / sqrt(rank)) sees the model's logit scale 1 / sqrt(head_dim).
-    pub fn query_matrix(&self, l: usize) -> Vec<f32> {
-        let (hd, r, nh) = (self.head_dim, self.rank, self.n_heads);
-        let group = nh / self.n_kv_heads;
-        let scale = (r as f32 / hd as f32).sqrt();
-        let mut w = vec![0.0; nh * r * nh * hd];
-        for h in 0..nh {
-            let a = self.map(&self.a, l, h / group);
-            for c in 0..r {
-                for i in 0..hd {
-                    w[(h * r + c) * nh * hd + h * hd + i] = a[i * r + c] * scale;
-                }
-            }
+    /// Layer `l`'s maps as the GPU reads them (shaders/short_rows.wgsl): (2, n_kv_heads,
+    /// head_dim, rank), the query maps a_g first, scaled by sqrt(rank / head_dim) so that
+    /// attention over the short vectors (which scales by 1 / sqrt(rank)) sees the model's logit
+    /// scale 1 / sqrt(head_dim), then the key maps b_g.
+    pub fn maps(&self, l: usize) -> Vec<f32> {
+        let scale = (self.rank as f32 / self.head_dim as f32).sqrt();
+        let mut w = Vec::with_capacity(2 * self.n_kv_heads * self.head_dim * self.rank);
+        for g in 0..self.n_kv_heads {
+            w.extend(self.map(&self.a, l, g).iter().map(|v| v * scale));
+        }
+        for g in 0..self.n_kv_heads {
+            w.extend_from_slice(self.map(&self.b, l, g));
         }
         w
     }
 
-    /// Layer `l`'s key map, block-diagonal (n_kv_heads·rank, n_kv_heads·head_dim), row-major.
-    pub fn key_matrix(&self, l: usize) -> Vec<f32> {
-        let (hd, r, nk) = (self.head_dim, self.rank, self.n_kv_heads);
-        let mut w = vec![0.0; nk * r * nk * hd];
-        for g in 0..nk {
-            let b = self.map(&self.b, l, g);
-            for c in 0..r {
-                for i in 0..hd {
-                    w[(g * r + c) * nk * hd + g * hd + i] = b[i * r + c];
-                }
-            }
-        }
-        w
+    /// Reference: head `h`'s short query (or with `key`, KV head `h`'s short key) of the vector
+    /// `x` (head_dim) at layer `l`, from [`KeyIndex::maps`].
+    pub fn short(&self, l: usize, h: usize, x: &[f32], key: bool) -> Vec<f32> {
+        let (hd, r) = (self.head_dim, self.rank);
+        let g = if key { self.n_kv_heads + h } else { h / (self.n_heads / self.n_kv_heads) };
+        let m = &self.maps(l)[g * hd * r..(g + 1) * hd * r];
+        (0..r).map(|c| (0..hd).map(|i| m[i * r + c] * x[i]).sum()).collect()
     }
 
     /// Reference: the approximate logit of query head `h`'s vector `q` against a key `k` of
@@ -555,15 +546,13 @@ mod tests {
         assert!(KeyIndex::fit("abc", &stats, 6, 0, String::new()).is_err());
         assert!(KeyIndex::fit("abc", &stats, 4, 2, String::new()).is_err());
         assert!(KeyIndex::fit("abc", &IndexStats::new(2, 4, 2, 8), 4, 0, String::new()).is_err());
-        // The block-diagonal matrices give the reference logit.
+        // The maps as the GPU reads them give the reference logit.
         let q: Vec<f32> = (0..32).map(|_| rng(&mut s) as f32).collect();
         let k: Vec<f32> = (0..16).map(|_| rng(&mut s) as f32).collect();
-        let (qm, km) = (idx.query_matrix(1), idx.key_matrix(1));
-        let qs: Vec<f32> = (0..16).map(|i| (0..32).map(|j| qm[i * 32 + j] * q[j]).sum()).collect();
-        let ks: Vec<f32> = (0..8).map(|i| (0..16).map(|j| km[i * 16 + j] * k[j]).sum()).collect();
         for h in 0..4 {
             let g = h / 2;
-            let short: f32 = (0..4).map(|c| qs[h * 4 + c] * ks[g * 4 + c]).sum::<f32>() / (4f32 / 8.0).sqrt();
+            let (qs, ks) = (idx.short(1, h, &q[h * 8..h * 8 + 8], false), idx.short(1, g, &k[g * 8..g * 8 + 8], true));
+            let short: f32 = (0..4).map(|c| qs[c] * ks[c]).sum::<f32>() / (4f32 / 8.0).sqrt();
             let want = idx.logit(1, h, &q[h * 8..h * 8 + 8], &k[g * 8..g * 8 + 8]);
             assert!((short - want).abs() < 1e-4, "head {h}: {short} vs {want}");
         }

@@ -132,6 +132,7 @@ shader!(ATTENTION_SPLIT, "attention_split", KV_READ);
 shader!(ATTENTION_MERGE, "attention_merge", "");
 shader!(KEY_LOGITS, "key_logits", "");
 shader!(KEY_SCORE, "key_score", "");
+shader!(SHORT_ROWS, "short_rows", "");
 shader!(SAMPLE, "sample", "");
 shader!(TOPK, "topk", "");
 shader!(CACHE_UPDATE, "cache_update", "");
@@ -164,6 +165,7 @@ pub const ALL: &[&Shader] = &[
     &ATTENTION_MERGE,
     &KEY_LOGITS,
     &KEY_SCORE,
+    &SHORT_ROWS,
     &SAMPLE,
     &TOPK,
     &CACHE_UPDATE,

@@ -198,9 +198,9 @@ fn decode_dispatches_per_policy_and_kernel_shape() {
         let full_max = per_layer * layers + 4;
         assert!(full <= full_max, "{shape:?} kernels, full attention: {full} dispatches per decode step, more than {full_max}");
         assert!(sink <= full_max, "{shape:?} kernels, sink: {sink} dispatches per decode step, more than {full_max}");
-        // adore ranks by keys in every layer: at most 6 more per layer (short q and k, their
-        // store, their attention, its scores, the choice).
-        let adore_max = full_max + 6 * layers;
+        // adore ranks by keys in every layer: at most 4 more per layer (the short queries and
+        // keys, their attention, its scores, the choice).
+        let adore_max = full_max + 4 * layers;
         assert!(adore <= adore_max, "{shape:?} kernels, adore: {adore} dispatches per decode step, more than {adore_max}");
         logits.push((token, full_logits));
     }

@@ -667,6 +667,66 @@ fn key_scores_over_slot_ranges_match_the_reference() {
     }
 }
 
+/// The key index's short queries and keys of a step's rows: queries in f32, keys stored in
+/// their slots (f32 exactly as computed, f16 within one step of the f32 value); a row whose slot
+/// is beyond the capacity stores nothing, and the other slots keep what they held. Keys only:
+/// the short queries untouched.
+#[test]
+fn short_rows_match_the_reference() {
+    let ctx = ctx();
+    let mut rng = Rng::new(74);
+    let cases = [(9usize, 3usize, 64usize, 16usize), (1, 1, 8, 4), (8, 1, 32, 64), (12, 4, 48, 8), (4, 4, 20, 4)];
+    for &(n_heads, n_kv, hd, rank) in &cases {
+        for &rows in &[1usize, 3, 65] {
+            for (kv, keys_only) in [(ops::KvType::F16, false), (ops::KvType::F32, false), (ops::KvType::F16, true)] {
+                let cap = rows + 7;
+                let q = rng.vec(rows * n_heads * hd, 2.0);
+                let k = rng.vec(rows * n_kv * hd, 2.0);
+                let maps = rng.vec(2 * n_kv * hd * rank, 0.5);
+                // Distinct slots; the second row's beyond the capacity (stores nothing).
+                let mut slots = distinct_slots(&mut rng, cap, rows);
+                if rows > 1 {
+                    slots[1] = cap as u32 + 3;
+                }
+                let old_keys = kv.encode(&rng.vec(cap * n_kv * rank, 3.0));
+                let old_qs = rng.vec(rows * n_heads * rank, 1.0);
+                let (qb, kb, mb, sb) = (buf(&ctx, &q), buf(&ctx, &k), buf(&ctx, &maps), buf_u32(&ctx, &slots));
+                let (qs, keys) = (buf(&ctx, &old_qs), buf_u32(&ctx, &old_keys));
+                let b = ops::key_score::ShortBuffers { q: &qb, k: &kb, maps: &mb, qs: &qs, keys: &keys, kv, slots: &sb };
+                let shape = ops::key_score::Shape { n_heads, n_kv_heads: n_kv, rank, window: 0, capacity: cap, chunks: 1 };
+                run(&ctx, ops::key_score::build_short(&ctx, &b, &step(&ctx, rows, 0, 0), shape, hd, rows, keys_only).unwrap());
+                let what = format!("short rows heads {n_heads}/{n_kv} hd {hd} rank {rank} rows {rows} {kv:?} keys only {keys_only}");
+                let mut want_qs = Vec::new();
+                let mut want_keys = kv.decode(&old_keys);
+                for r in 0..rows {
+                    let (wq, wk) = ops::key_score::short_reference(
+                        &maps,
+                        &q[r * n_heads * hd..(r + 1) * n_heads * hd],
+                        &k[r * n_kv * hd..(r + 1) * n_kv * hd],
+                        n_heads,
+                        n_kv,
+                        hd,
+                        rank,
+                    );
+                    want_qs.extend(wq);
+                    let slot = slots[r] as usize;
+                    if slot < cap {
+                        want_keys[slot * n_kv * rank..(slot + 1) * n_kv * rank].copy_from_slice(&wk);
+                    }
+                }
+                if keys_only {
+                    want_qs = old_qs.clone();
+                }
+                assert_close(&format!("{what}: queries"), &read(&ctx, &qs, want_qs.len()), &want_qs, 1e-4, 1e-4);
+                let got_keys = kv.decode(&pollster::block_on(ctx.read_u32(&keys, old_keys.len())).unwrap());
+                // f16: within one f16 step (2^-10 relative) of the f32 value.
+                let tol = if kv == ops::KvType::F16 { 1.0 / 1024.0 } else { 1e-4 };
+                assert_close(&format!("{what}: keys"), &got_keys, &want_keys, 1e-4, tol);
+            }
+        }
+    }
+}
+
 /// In both kernel shapes (workgroups of 8 lanes on CPU devices, 64 on GPUs).
 #[test]
 fn attention_over_slots_with_gaps_and_causal_positions() {

@@ -134,3 +134,91 @@ pub fn reference(q: &[f32], keys: &[f32], slot_pos: &[u32], pos: u32, shape: Sha
     let n = slot_pos.len();
     (0..n).map(|j| ((0..n_heads).map(|h| mass[h * n + j] as f64).sum::<f64>() * scale as f64) as f32).collect()
 }
+
+#[repr(C)]
+#[derive(Clone, Copy, Debug, bytemuck::Pod, bytemuck::Zeroable)]
+struct ShortParams {
+    n_heads: u32,
+    n_kv_heads: u32,
+    head_dim: u32,
+    rank: u32,
+    capacity: u32,
+    pad: [u32; 3],
+}
+
+/// The buffers of [`build_short`].
+pub struct ShortBuffers<'a> {
+    /// (rows, n_heads, head_dim) the rows' rotated queries.
+    pub q: &'a wgpu::Buffer,
+    /// (rows, n_kv_heads, head_dim) their rotated keys.
+    pub k: &'a wgpu::Buffer,
+    /// (2, n_kv_heads, head_dim, rank) the layer's maps ([`crate::index::KeyIndex::maps`]).
+    pub maps: &'a wgpu::Buffer,
+    /// (rows, n_heads, rank) out: the short queries.
+    pub qs: &'a wgpu::Buffer,
+    /// (capacity, n_kv_heads, rank) the layer's short keys, as `kv` stores them.
+    pub keys: &'a wgpu::Buffer,
+    pub kv: KvType,
+    /// (rows) the rows' slots.
+    pub slots: &'a wgpu::Buffer,
+}
+
+/// The dispatch computing the rows' short queries (unless `keys_only`) and storing their short
+/// keys in their slots (shaders/short_rows.wgsl), for rows of `head_dim` per head.
+pub fn build_short(
+    ctx: &Context,
+    b: &ShortBuffers,
+    step: &wgpu::Buffer,
+    shape: Shape,
+    head_dim: usize,
+    max_rows: usize,
+    keys_only: bool,
+) -> Result<Dispatch> {
+    let Shape { n_heads, n_kv_heads, rank, capacity, .. } = shape;
+    if n_kv_heads == 0 || n_heads % n_kv_heads != 0 || rank == 0 || rank % 2 != 0 {
+        return Err(Error::Shape {
+            op: "short_rows",
+            what: format!("{n_heads} query heads, {n_kv_heads} KV heads, rank {rank}: heads must divide evenly and the rank be even"),
+        });
+    }
+    check_len("short_rows", "q", b.q, max_rows * n_heads * head_dim)?;
+    check_len("short_rows", "k", b.k, max_rows * n_kv_heads * head_dim)?;
+    check_len("short_rows", "maps", b.maps, 2 * n_kv_heads * head_dim * rank)?;
+    check_len("short_rows", "qs", b.qs, max_rows * n_heads * rank)?;
+    check_len("short_rows", "keys", b.keys, b.kv.words(capacity * n_kv_heads * rank))?;
+    check_len("short_rows", "slots", b.slots, max_rows)?;
+    let group = n_heads / n_kv_heads;
+    let p = ShortParams {
+        n_heads: n_heads as u32,
+        n_kv_heads: n_kv_heads as u32,
+        head_dim: head_dim as u32,
+        rank: rank as u32,
+        capacity: capacity as u32,
+        pad: [0; 3],
+    };
+    let defines = [("GROUP", group as u32), ("HALF", b.kv.half()), ("QUERIES", !keys_only as u32)];
+    let pipeline = ctx.pipeline_with(&shaders::SHORT_ROWS, "main", &[], &defines)?;
+    let params = ctx.uniform("short_rows.params", &p);
+    Ok(ctx.dispatch(
+        pipeline,
+        &[b.q, b.k, b.maps, b.qs, b.keys, b.slots, &params, step],
+        [
+            groups("short_rows", (group + 1) * rank / 2, 64)?,
+            groups("short_rows", n_kv_heads, 1)?,
+            groups("short_rows", max_rows, 1)?,
+        ],
+    ))
+}
+
+/// Reference: one row's short queries (n_heads · rank) and short keys (n_kv_heads · rank, in
+/// f32) from its queries `q` and keys `k` and the maps of [`build_short`].
+pub fn short_reference(maps: &[f32], q: &[f32], k: &[f32], n_heads: usize, n_kv_heads: usize, head_dim: usize, rank: usize) -> (Vec<f32>, Vec<f32>) {
+    let group = n_heads / n_kv_heads;
+    let short = |m: usize, x: &[f32]| -> Vec<f32> {
+        let m = &maps[m * head_dim * rank..(m + 1) * head_dim * rank];
+        (0..rank).map(|c| (0..head_dim).map(|i| m[i * rank + c] as f64 * x[i] as f64).sum::<f64>() as f32).collect()
+    };
+    let qs = (0..n_heads).flat_map(|h| short(h / group, &q[h * head_dim..(h + 1) * head_dim])).collect();
+    let ks = (0..n_kv_heads).flat_map(|g| short(n_kv_heads + g, &k[g * head_dim..(g + 1) * head_dim])).collect();
+    (qs, ks)
+}

@@ -177,7 +177,7 @@ impl<'a> Planner<'a> {
                 // for the steps that choose.
                 Attend::Keys { dense: true, .. } => {
                     let Some(ix) = &s.index else { unreachable!("a session ranked by keys") };
-                    self.short_keys(plan, ix, l, &kv, rows)?;
+                    self.short_rows(plan, ix, l, rows, true)?;
                     self.attention(plan, l, rows, &s.slot_pos, Mass::None, false)?;
                 }
                 Attend::Keys { protect, .. } => {
@@ -185,16 +185,8 @@ impl<'a> Planner<'a> {
                         unreachable!("a session ranked by keys")
                     };
                     let i = l - ix.first;
-                    self.short_keys(plan, ix, l, &kv, rows)?;
-                    plan.extend(ops::matmul::build(ctx, &ix.q_map[i], &s.q, &ix.q, step, rows, 0)?);
-                    let shape = ops::key_score::Shape {
-                        n_heads: c.n_heads,
-                        n_kv_heads: c.n_kv_heads,
-                        rank: ix.rank,
-                        window: c.window(l),
-                        capacity: self.capacity,
-                        chunks: ix.chunks,
-                    };
+                    let shape = self.short_shape(ix, l);
+                    self.short_rows(plan, ix, l, rows, false)?;
                     let kb = ops::key_score::Buffers {
                         q: &ix.q,
                         keys: &ix.keys[i],
@@ -260,13 +252,25 @@ impl<'a> Planner<'a> {
 
     /// x += w · input, in the product's epilogue; with `post_norm`, x += RMSNorm(w · input) (the
     /// product into xn, then the norm adding into x).
-    /// Layer l's short keys of the new rows (the key index's projection of its keys), stored
-    /// by slot as `kv` stores the keys.
-    fn short_keys(&self, plan: &mut Vec<Dispatch>, ix: &IndexState, l: usize, kv: &ops::kv_write::KvWrite, rows: usize) -> Result<()> {
-        let (ctx, s, i) = (self.ctx, self.s, l - ix.first);
-        plan.extend(ops::matmul::build(ctx, &ix.k_map[i], &s.k, &ix.k, &s.step, rows, 0)?);
-        let short = ops::kv_write::KvWrite { k: &ix.k, k_cache: &ix.keys[i], v_cache: None, ..*kv };
-        plan.push(ops::kv_write::build(ctx, &short, &s.step, self.c.n_kv_heads * ix.rank, self.capacity, rows, false, SHORT_KEYS)?);
+    /// The key index's geometry at layer l.
+    fn short_shape(&self, ix: &IndexState, l: usize) -> ops::key_score::Shape {
+        let c = self.c;
+        ops::key_score::Shape {
+            n_heads: c.n_heads,
+            n_kv_heads: c.n_kv_heads,
+            rank: ix.rank,
+            window: c.window(l),
+            capacity: self.capacity,
+            chunks: ix.chunks,
+        }
+    }
+
+    /// Layer l's short queries of the new rows (unless `keys_only`) and their short keys,
+    /// stored by slot as the KV write stores their keys.
+    fn short_rows(&self, plan: &mut Vec<Dispatch>, ix: &IndexState, l: usize, rows: usize, keys_only: bool) -> Result<()> {
+        let (s, i) = (self.s, l - ix.first);
+        let b = ops::key_score::ShortBuffers { q: &s.q, k: &s.k, maps: &ix.maps[i], qs: &ix.q, keys: &ix.keys[i], kv: SHORT_KEYS, slots: &s.slots };
+        plan.push(ops::key_score::build_short(self.ctx, &b, &s.step, self.short_shape(ix, l), self.c.head_dim, rows, keys_only)?);
         Ok(())
     }
 

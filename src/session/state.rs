@@ -11,7 +11,6 @@ use crate::index::KeyIndex;
 use crate::model::{Config, Model};
 use crate::ops::{self, attention::INVALID_SLOT, controller::GpuController, sample::Sampling, Step};
 use crate::policy::{CacheUpdate, Oracle, OracleRanking, Policy, PolicyKind};
-use crate::tensor::{DType, GpuWeight, HostTensor};
 
 /// The context a session gets when none is asked for: the model's, at most this many tokens.
 pub const DEFAULT_CONTEXT: usize = 4096;
@@ -267,18 +266,16 @@ pub(crate) struct RunState {
     pub q_record: Vec<wgpu::Buffer>,
 }
 
-/// The key index on the GPU: per indexed layer its two block-diagonal maps and its short keys
-/// by slot; the step's short rows.
+/// The key index on the GPU: per indexed layer its maps and its short keys by slot; the step's
+/// short queries.
 pub(crate) struct IndexState {
     /// The first layer indexed (those before it attend densely).
     pub first: usize,
     /// Floats per KV head.
     pub rank: usize,
-    pub q_map: Vec<GpuWeight>,   // per layer (n_heads·rank, q_dim)
-    pub k_map: Vec<GpuWeight>,   // per layer (n_kv·rank, kv_dim)
+    pub maps: Vec<wgpu::Buffer>, // per layer (2, n_kv, head_dim, rank): `KeyIndex::maps`
     pub keys: Vec<wgpu::Buffer>, // per layer (capacity, n_kv·rank), stored as SHORT_KEYS
     pub q: wgpu::Buffer,         // (rows, n_heads·rank)
-    pub k: wgpu::Buffer,         // (rows, n_kv·rank)
     /// Slot ranges of the short-key scan (`ops::key_score::chunks`).
     pub chunks: usize,
     pub stats: wgpu::Buffer, // the ranges' softmax statistics (`ops::key_score::stats_len`)
@@ -287,26 +284,17 @@ pub(crate) struct IndexState {
 impl IndexState {
     fn new(ctx: &Context, c: &Config, index: &KeyIndex, capacity: usize, rows: usize) -> Result<Self> {
         let r = index.rank;
-        let upload = |name: String, rows: usize, cols: usize, w: Vec<f32>| {
-            let t = HostTensor { name, dtype: DType::F32, shape: vec![rows, cols], data: bytemuck::cast_slice(&w).to_vec().into() };
-            GpuWeight::upload(ctx, &t)
-        };
         let layers = index.dense_layers..c.layers;
         let chunks = crate::ops::key_score::chunks(ctx, capacity);
         Ok(IndexState {
             first: index.dense_layers,
             rank: r,
-            q_map: layers
+            maps: layers
                 .clone()
-                .map(|l| upload(format!("index.q_map.{l}"), c.n_heads * r, c.q_dim(), index.query_matrix(l)))
-                .collect::<Result<_>>()?,
-            k_map: layers
-                .clone()
-                .map(|l| upload(format!("index.k_map.{l}"), c.n_kv_heads * r, c.kv_dim(), index.key_matrix(l)))
+                .map(|l| ctx.storage_init(&format!("index.maps.{l}"), bytemuck::cast_slice(&index.maps(l))))
                 .collect::<Result<_>>()?,
             keys: layers.map(|l| ctx.storage(&format!("index.keys.{l}"), words(capacity * c.n_kv_heads * r))).collect::<Result<_>>()?,
             q: ctx.storage("index.q", f(rows * c.n_heads * r))?,
-            k: ctx.storage("index.k", f(rows * c.n_kv_heads * r))?,
             chunks,
             stats: ctx.storage("index.stats", f(crate::ops::key_score::stats_len(c.n_heads, chunks, rows)))?,
         })
