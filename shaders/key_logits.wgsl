@@ -15,7 +15,10 @@
 // slots), and the lanes' pairs are merged at the end. Exponentials below e^-60 of the maximum
 // count as 0, so that none is subnormal (CPUs compute those far more slowly). R4 = rank / 4 and
 // GROUP are set per pipeline. Short keys are f32, or with KV_HALF f16 pairs packed in a u32 (as
-// pack2x16float writes them).
+// pack2x16float writes them), read in 16-byte words (the buffer padded to 16 bytes): with f16
+// and R4 even, each word holds two vec4s of one head's key (R8 = R4 / 2 words, RN = 0); else one
+// vec4 is read at a time (RN = R4, R8 = 0). llvmpipe loads a word per lane at a time, so fewer,
+// wider loads are what it reads fastest.
 
 struct Params {
     n_heads: u32,
@@ -29,7 +32,7 @@ struct Params {
 }
 
 @group(0) @binding(0) var<storage, read> q: array<vec4<f32>>;              // (rows, n_heads, rank)
-@group(0) @binding(1) var<storage, read> k_cache: array<vec2<u32>>;        // (capacity, n_kv_heads, rank)
+@group(0) @binding(1) var<storage, read> k_cache: array<vec4<u32>>;        // (capacity, n_kv_heads, rank), padded
 @group(0) @binding(2) var<storage, read> slot_pos: array<u32>;             // (capacity) position or INVALID
 @group(0) @binding(3) var<storage, read> positions: array<u32>;            // (rows)
 @group(0) @binding(4) var<storage, read_write> mass: array<f32>;           // (rows, n_heads, capacity)
@@ -38,6 +41,8 @@ struct Params {
 @group(0) @binding(7) var<uniform> step: Step;
 
 const R4: u32 = 4u;       // rank / 4
+const RN: u32 = 0u;       // vec4s read one at a time: R4, or 0 where R8 reads them in pairs
+const R8: u32 = 2u;       // f16 words holding two vec4s each: R4 / 2, or 0
 const GROUP: u32 = 3u;    // query heads per workgroup (of those sharing one KV head)
 const KV_HALF: u32 = 1u;  // 1: f16 short keys
 const WG: u32 = 64u;
@@ -48,10 +53,11 @@ var<workgroup> lanes: array<f32, 64>;
 // The vec4 `e` of the short keys.
 fn key4(e: u32) -> vec4<f32> {
     if KV_HALF != 0u {
-        let w = k_cache[e];
-        return vec4<f32>(unpack2x16float(w.x), unpack2x16float(w.y));
+        let w = k_cache[e >> 1u];
+        let h = select(w.xy, w.zw, (e & 1u) != 0u);
+        return vec4<f32>(unpack2x16float(h.x), unpack2x16float(h.y));
     }
-    return vec4<f32>(bitcast<vec2<f32>>(k_cache[2u * e]), bitcast<vec2<f32>>(k_cache[2u * e + 1u]));
+    return bitcast<vec4<f32>>(k_cache[e]);
 }
 
 // x · e^d, or 0 where d ≤ -60 (d ≤ 0 here).
@@ -101,8 +107,12 @@ fn main(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wid: v
     // per head and vector: see `unroll` in src/shaders.rs).
     let qb = (r * p.n_heads + h0) * R4;
     // unroll g GROUP
-    // unroll c R4
+    // unroll c RN
     let q{g}_{c} = q[qb + {g}u * R4 + {c}u] * p.scale;
+    // end unroll
+    // unroll c R8
+    let qx{g}_{c} = q[qb + {g}u * R4 + 2u * {c}u] * p.scale;
+    let qy{g}_{c} = q[qb + {g}u * R4 + 2u * {c}u + 1u] * p.scale;
     // end unroll
     var m{g} = MASKED;
     var l{g} = 0.0;
@@ -114,13 +124,22 @@ fn main(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wid: v
         // end unroll
         if seen {
             let kb = j * kv4 + kvh * R4;
-            // unroll c R4
+            // unroll c RN
             let k{c} = key4(kb + {c}u);
+            // end unroll
+            // unroll c R8
+            let w{c} = k_cache[(kb >> 1u) + {c}u];
+            let kx{c} = vec4<f32>(unpack2x16float(w{c}.x), unpack2x16float(w{c}.y));
+            let ky{c} = vec4<f32>(unpack2x16float(w{c}.z), unpack2x16float(w{c}.w));
             // end unroll
             // unroll g GROUP
             s{g} = 0.0;
-            // unroll c R4
+            // unroll c RN
             s{g} += dot(q{g}_{c}, k{c});
+            // end unroll
+            // unroll c R8
+            s{g} += dot(qx{g}_{c}, kx{c});
+            s{g} += dot(qy{g}_{c}, ky{c});
             // end unroll
             // end unroll
         }

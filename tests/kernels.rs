@@ -644,7 +644,10 @@ fn key_scores_over_slot_ranges_match_the_reference() {
                 let mut want =
                     ops::key_score::reference(last, &kr[..n_slots * n_kv * rank], &slot_pos[..n_slots], positions[rows - 1], shape, 0.5);
                 want.resize(cap, 0.0);
-                let (qb, kb, sb, pb) = (buf(&ctx, &q), buf_u32(&ctx, &kv.encode(&k)), buf_u32(&ctx, &slot_pos), buf_u32(&ctx, &positions));
+                // The keys padded to 16 bytes, as sessions store them.
+                let mut words = kv.encode(&k);
+                words.resize(words.len().next_multiple_of(4), 0);
+                let (qb, kb, sb, pb) = (buf(&ctx, &q), buf_u32(&ctx, &words), buf_u32(&ctx, &slot_pos), buf_u32(&ctx, &positions));
                 let mass = buf(&ctx, &vec![0.5; rows * n_heads * cap]);
                 let stats = buf(&ctx, &vec![3.0; ops::key_score::stats_len(n_heads, chunks, rows)]);
                 let score = buf(&ctx, &vec![9.0; cap]);

@@ -55,6 +55,12 @@ pub fn chunks(ctx: &Context, capacity: usize) -> usize {
     }
 }
 
+/// Words of a layer's short keys as stored for `capacity` slots: padded to 16 bytes, since the
+/// scan reads them in 16-byte words.
+pub fn keys_words(kv: KvType, capacity: usize, n_kv_heads: usize, rank: usize) -> usize {
+    kv.words(capacity * n_kv_heads * rank).next_multiple_of(4)
+}
+
 /// f32 values of the ranges' statistics for up to `max_rows` rows.
 pub fn stats_len(n_heads: usize, chunks: usize, max_rows: usize) -> usize {
     max_rows * n_heads * chunks * 2
@@ -88,7 +94,7 @@ pub fn build(ctx: &Context, b: &Buffers, step: &wgpu::Buffer, shape: Shape, max_
         });
     }
     check_len("key_score", "q", b.q, max_rows * n_heads * rank)?;
-    check_len("key_score", "keys", b.keys, b.kv.words(capacity * n_kv_heads * rank))?;
+    check_len("key_score", "keys", b.keys, keys_words(b.kv, capacity, n_kv_heads, rank))?;
     check_len("key_score", "slot_pos", b.slot_pos, capacity)?;
     check_len("key_score", "positions", b.positions, max_rows)?;
     check_len("key_score", "mass", b.mass, max_rows * n_heads * capacity)?;
@@ -108,7 +114,11 @@ pub fn build(ctx: &Context, b: &Buffers, step: &wgpu::Buffer, shape: Shape, max_
     // Query heads per workgroup: the whole group sharing a KV head (each key read once for all
     // of them; on lavapipe one head per workgroup was slower, not faster).
     let hpw = n_heads / n_kv_heads;
-    let defines = [("R4", (rank / 4) as u32), ("GROUP", hpw as u32), ("KV_HALF", b.kv.half())];
+    // f16 keys of an even number of vec4s are read two vec4s a 16-byte word.
+    let r4 = (rank / 4) as u32;
+    let paired = b.kv == KvType::F16 && r4 % 2 == 0;
+    let (rn, r8) = if paired { (0, r4 / 2) } else { (r4, 0) };
+    let defines = [("R4", r4), ("RN", rn), ("R8", r8), ("GROUP", hpw as u32), ("KV_HALF", b.kv.half())];
     let logits = ctx.pipeline_with(&shaders::KEY_LOGITS, "main", &[], &defines)?;
     let lp = ctx.uniform("key_logits.params", &lp);
     let first = ctx.dispatch(
@@ -202,17 +212,21 @@ pub fn build_short(
     Ok(ctx.dispatch(
         pipeline,
         &[b.q, b.k, b.maps, b.qs, b.keys, b.slots, &params, step],
-        [
-            groups("short_rows", (group + 1) * rank / 2, 64)?,
-            groups("short_rows", n_kv_heads, 1)?,
-            groups("short_rows", max_rows, 1)?,
-        ],
+        [groups("short_rows", (group + 1) * rank / 2, 64)?, groups("short_rows", n_kv_heads, 1)?, groups("short_rows", max_rows, 1)?],
     ))
 }
 
 /// Reference: one row's short queries (n_heads · rank) and short keys (n_kv_heads · rank, in
 /// f32) from its queries `q` and keys `k` and the maps of [`build_short`].
-pub fn short_reference(maps: &[f32], q: &[f32], k: &[f32], n_heads: usize, n_kv_heads: usize, head_dim: usize, rank: usize) -> (Vec<f32>, Vec<f32>) {
+pub fn short_reference(
+    maps: &[f32],
+    q: &[f32],
+    k: &[f32],
+    n_heads: usize,
+    n_kv_heads: usize,
+    head_dim: usize,
+    rank: usize,
+) -> (Vec<f32>, Vec<f32>) {
     let group = n_heads / n_kv_heads;
     let short = |m: usize, x: &[f32]| -> Vec<f32> {
         let m = &maps[m * head_dim * rank..(m + 1) * head_dim * rank];

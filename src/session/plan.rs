@@ -269,7 +269,15 @@ impl<'a> Planner<'a> {
     /// stored by slot as the KV write stores their keys.
     fn short_rows(&self, plan: &mut Vec<Dispatch>, ix: &IndexState, l: usize, rows: usize, keys_only: bool) -> Result<()> {
         let (s, i) = (self.s, l - ix.first);
-        let b = ops::key_score::ShortBuffers { q: &s.q, k: &s.k, maps: &ix.maps[i], qs: &ix.q, keys: &ix.keys[i], kv: SHORT_KEYS, slots: &s.slots };
+        let b = ops::key_score::ShortBuffers {
+            q: &s.q,
+            k: &s.k,
+            maps: &ix.maps[i],
+            qs: &ix.q,
+            keys: &ix.keys[i],
+            kv: SHORT_KEYS,
+            slots: &s.slots,
+        };
         plan.push(ops::key_score::build_short(self.ctx, &b, &s.step, self.short_shape(ix, l), self.c.head_dim, rows, keys_only)?);
         Ok(())
     }

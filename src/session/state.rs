@@ -293,7 +293,14 @@ impl IndexState {
                 .clone()
                 .map(|l| ctx.storage_init(&format!("index.maps.{l}"), bytemuck::cast_slice(&index.maps(l))))
                 .collect::<Result<_>>()?,
-            keys: layers.map(|l| ctx.storage(&format!("index.keys.{l}"), words(capacity * c.n_kv_heads * r))).collect::<Result<_>>()?,
+            keys: layers
+                .map(|l| {
+                    ctx.storage(
+                        &format!("index.keys.{l}"),
+                        f(crate::ops::key_score::keys_words(crate::index::SHORT_KEYS, capacity, c.n_kv_heads, r)),
+                    )
+                })
+                .collect::<Result<_>>()?,
             q: ctx.storage("index.q", f(rows * c.n_heads * r))?,
             chunks,
             stats: ctx.storage("index.stats", f(crate::ops::key_score::stats_len(c.n_heads, chunks, rows)))?,
@@ -331,11 +338,6 @@ pub(crate) struct StagedState {
 /// Bytes of `n` 4-byte values.
 fn f(n: usize) -> u64 {
     (n * 4) as u64
-}
-
-/// Bytes of `n` short-key elements as stored.
-fn words(n: usize) -> u64 {
-    f(crate::index::SHORT_KEYS.words(n))
 }
 
 impl RunState {
