@@ -250,8 +250,6 @@ impl<'a> Planner<'a> {
         Ok(())
     }
 
-    /// x += w · input, in the product's epilogue; with `post_norm`, x += RMSNorm(w · input) (the
-    /// product into xn, then the norm adding into x).
     /// The key index's geometry at layer l.
     fn short_shape(&self, ix: &IndexState, l: usize) -> ops::key_score::Shape {
         let c = self.c;
@@ -282,6 +280,8 @@ impl<'a> Planner<'a> {
         Ok(())
     }
 
+    /// x += w · input, in the product's epilogue; with `post_norm`, x += RMSNorm(w · input) (the
+    /// product into xn, then the norm adding into x).
     fn residual(
         &self,
         plan: &mut Vec<Dispatch>,
