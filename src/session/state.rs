@@ -274,7 +274,7 @@ pub(crate) struct IndexState {
     /// Floats per KV head.
     pub rank: usize,
     pub maps: Vec<wgpu::Buffer>, // per layer (2, n_kv, head_dim, rank): `KeyIndex::maps`
-    pub keys: Vec<wgpu::Buffer>, // per layer (capacity, n_kv·rank), stored as SHORT_KEYS
+    pub keys: Vec<wgpu::Buffer>, // per layer (capacity, n_kv·rank), stored as SHORT_KEYS, padded to 16 bytes
     pub q: wgpu::Buffer,         // (rows, n_heads·rank)
     /// Slot ranges of the short-key scan (`ops::key_score::chunks`).
     pub chunks: usize,
