@@ -156,7 +156,7 @@ fn main() -> adore::Result<()> {
     let short_q = ctx.storage_init("short q", bytemuck::cast_slice(&rnd[..9 * rank]))?;
     let short_k = ctx.storage_init("short k", bytemuck::cast_slice(&ops::KvType::F16.encode(&rnd[..cap * 3 * rank])))?;
     let table = ctx.storage_init("table", bytemuck::cast_slice(&(0..cap as u32).collect::<Vec<_>>()))?;
-    let mass = ctx.storage("mass", (9 * cap * 4) as u64)?;
+    let logits = ctx.storage("logits", (ops::key_score::logits_len(9, 3, cap) * 4) as u64)?;
     let stats = ctx.storage("stats", (9 * chunks * 8) as u64)?;
     let score = ctx.storage("score", (cap * 4) as u64)?;
     let (attend, list) = (ctx.storage("attend", (cap * 4) as u64)?, ctx.storage("list", ((cap + 1) * 4) as u64)?);
@@ -170,7 +170,7 @@ fn main() -> adore::Result<()> {
             kv: ops::KvType::F16,
             slot_pos: &table,
             positions: &pos,
-            mass: &mass,
+            logits: &logits,
             stats: &stats,
             score: &score,
         };

@@ -1,23 +1,26 @@
 // key_logits.wgsl: the key index's ranking, first half. For the last new row r = n_new - 1 and
 // every query head h, the short-key logit of each slot j below step.n_slots,
-// s = scale · q[r, h] · k[j, h / group], over the slots the row sees (as attention.wgsl's
+// s = scale · q[r, h] · k[h / group, j], over the slots the row sees (as attention.wgsl's
 // visible: valid, not after the row's position, within the window); a slot it does not see
-// scores MASKED. mass[r, h, j] = s. The slots are cut into p.chunks ranges of chunk_len(n) slots
-// (a multiple of 64) and each range keeps its softmax's statistics, stats[r, h, chunk] = (m,
-// Σ exp(s - m)) for the range's largest logit m; key_score.wgsl merges the ranges' statistics
-// and turns the logits into probabilities, so no pass runs over every slot in one workgroup and
-// this one reads each slot once.
+// scores MASKED. logits[h / GROUP, j, h % GROUP] = s: a slot's logits under the GROUP heads of
+// one KV head side by side in G4 = ceil(GROUP / 4) vec4s, which a lane stores in G4 writes
+// (llvmpipe writes, as it loads, a word per lane at a time). The slots are cut into p.chunks
+// ranges of chunk_len(n) slots (a multiple of 64) and each range keeps its softmax's statistics,
+// stats[r, h, chunk] = (m, Σ exp(s - m)) for the range's largest logit m; key_score.wgsl merges
+// the ranges' statistics and turns the logits into probabilities, so no pass runs over every
+// slot in one workgroup and this one reads each slot once.
 //
 // One workgroup of 64 per (GROUP query heads sharing a KV head, range): dispatch
 // (n_heads / GROUP, 1, chunks). The workgroup's heads share each key read; a lane takes the
 // slots j0 + lid, j0 + lid + 64, ... of its range, keeping a running maximum and a sum of
 // exponentials relative to it (rescaled when the maximum grows, which is rare after the first
 // slots), and the lanes' pairs are merged at the end. Exponentials below e^-60 of the maximum
-// count as 0, so that none is subnormal (CPUs compute those far more slowly). R4 = rank / 4 and
-// GROUP are set per pipeline. Short keys are f32, or with KV_HALF f16 pairs packed in a u32 (as
-// pack2x16float writes them), read in 16-byte words (the buffer padded to 16 bytes): with f16
-// and R4 even, each word holds two vec4s of one head's key (R8 = R4 / 2 words, RN = 0); else one
-// vec4 is read at a time (RN = R4, R8 = 0). llvmpipe loads a word per lane at a time, so fewer,
+// count as 0, so that none is subnormal (CPUs compute those far more slowly). R4 = rank / 4,
+// GROUP and G4 are set per pipeline. Short keys are f32, or with KV_HALF f16 pairs packed in a
+// u32 (as pack2x16float writes them), each KV head's keys together (a workgroup reads cache
+// lines of its own), read in 16-byte words (the buffer padded to 16 bytes): with f16 and R4
+// even, each word holds two vec4s of one head's key (R8 = R4 / 2 words, RN = 0); else one vec4
+// is read at a time (RN = R4, R8 = 0). llvmpipe loads a word per lane at a time, so fewer,
 // wider loads are what it reads fastest.
 
 struct Params {
@@ -25,17 +28,17 @@ struct Params {
     n_kv_heads: u32,
     rank: u32,
     scale: f32,
-    capacity: u32,  // slots in the cache (row stride of mass)
+    capacity: u32,  // slots in the cache
     chunks: u32,    // slot ranges (workgroups along z)
     window: u32,    // sliding window: keys at pos - window or before are not seen (0: none)
     pad: u32,
 }
 
 @group(0) @binding(0) var<storage, read> q: array<vec4<f32>>;              // (rows, n_heads, rank)
-@group(0) @binding(1) var<storage, read> k_cache: array<vec4<u32>>;        // (capacity, n_kv_heads, rank), padded
+@group(0) @binding(1) var<storage, read> k_cache: array<vec4<u32>>;        // (n_kv_heads, capacity, rank), padded
 @group(0) @binding(2) var<storage, read> slot_pos: array<u32>;             // (capacity) position or INVALID
 @group(0) @binding(3) var<storage, read> positions: array<u32>;            // (rows)
-@group(0) @binding(4) var<storage, read_write> mass: array<f32>;           // (rows, n_heads, capacity)
+@group(0) @binding(4) var<storage, read_write> logits: array<vec4<f32>>;   // (n_kv_heads, capacity, G4)
 @group(0) @binding(5) var<storage, read_write> stats: array<vec2<f32>>;    // (rows, n_heads, chunks)
 @group(0) @binding(6) var<uniform> p: Params;
 @group(0) @binding(7) var<uniform> step: Step;
@@ -44,6 +47,7 @@ const R4: u32 = 4u;       // rank / 4
 const RN: u32 = 0u;       // vec4s read one at a time: R4, or 0 where R8 reads them in pairs
 const R8: u32 = 2u;       // f16 words holding two vec4s each: R4 / 2, or 0
 const GROUP: u32 = 3u;    // query heads per workgroup (of those sharing one KV head)
+const G4: u32 = 1u;       // vec4s of a slot's logits: ceil(GROUP / 4)
 const KV_HALF: u32 = 1u;  // 1: f16 short keys
 const WG: u32 = 64u;
 const INVALID: u32 = 0xffffffffu;
@@ -102,7 +106,8 @@ fn main(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wid: v
     let j0 = min(chunk * len, n);
     let j1 = min(j0 + len, n);
     let pos = positions[r];
-    let kv4 = p.n_kv_heads * R4;
+    // The KV head's keys, slot after slot (each workgroup reads lines of its own).
+    let kb0 = kvh * p.capacity * R4;
     // The GROUP heads' queries, running maxima and sums in variables of their own (written out
     // per head and vector: see `unroll` in src/shaders.rs).
     let qb = (r * p.n_heads + h0) * R4;
@@ -117,13 +122,15 @@ fn main(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wid: v
     var m{g} = MASKED;
     var l{g} = 0.0;
     // end unroll
+    let lb = kvh * p.capacity * G4;
     for (var j = j0 + lid; j < j1; j += WG) {
         let seen = visible(slot_pos[j], pos);
+        var out: array<vec4<f32>, G4>;
         // unroll g GROUP
         var s{g} = MASKED;
         // end unroll
         if seen {
-            let kb = j * kv4 + kvh * R4;
+            let kb = kb0 + j * R4;
             // unroll c RN
             let k{c} = key4(kb + {c}u);
             // end unroll
@@ -144,7 +151,12 @@ fn main(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wid: v
             // end unroll
         }
         // unroll g GROUP
-        mass[(r * p.n_heads + h0 + {g}u) * p.capacity + j] = s{g};
+        out[{g}u / 4u][{g}u % 4u] = s{g};
+        // end unroll
+        // unroll v G4
+        logits[lb + j * G4 + {v}u] = out[{v}u];
+        // end unroll
+        // unroll g GROUP
         if s{g} > m{g} {
             l{g} = scaled(l{g}, m{g} - s{g});
             m{g} = s{g};

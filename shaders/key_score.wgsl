@@ -1,7 +1,8 @@
 // key_score.wgsl: the key index's ranking, second half. From key_logits.wgsl's logits of the
-// last new row r and its ranges' softmax statistics, each slot's probability under every query
-// head, summed:
-//   score[j] = scale Σ_h exp(mass[r, h, j] - M[h]) / L[h]
+// last new row r (logits[h / GROUP, j, h % GROUP], a slot's GROUP heads of one KV head in G4
+// vec4s) and its ranges' softmax statistics, each slot's probability under every query head,
+// summed:
+//   score[j] = scale Σ_h exp(logits[h / GROUP, j, h % GROUP] - M[h]) / L[h]
 // where M[h] is the largest of the ranges' maxima m[h, c] and L[h] = Σ_c l[h, c] exp(m[h, c] -
 // M[h]) (the row's softmax over every slot it sees); exponentials below e^-60 count as 0 (as in
 // key_logits.wgsl), so masked slots score nothing. Slots at or above step.n_slots score 0.
@@ -17,13 +18,15 @@ struct Params {
     scale: f32,
 }
 
-@group(0) @binding(0) var<storage, read> mass: array<f32>;          // (rows, n_heads, capacity)
+@group(0) @binding(0) var<storage, read> logits: array<vec4<f32>>;  // (n_heads / GROUP, capacity, G4)
 @group(0) @binding(1) var<storage, read> stats: array<vec2<f32>>;   // (rows, n_heads, chunks)
 @group(0) @binding(2) var<storage, read_write> score: array<f32>;   // (capacity)
 @group(0) @binding(3) var<uniform> p: Params;
 @group(0) @binding(4) var<uniform> step: Step;
 
 const WG: u32 = 64u;
+const GROUP: u32 = 3u;  // query heads per KV head
+const G4: u32 = 1u;     // vec4s of a slot's logits per KV head: ceil(GROUP / 4)
 // Each head's M and 1 / L (0 where it sees nothing), for query heads of at most 64 (checked
 // where the pipeline is built).
 var<workgroup> head_max: array<f32, 64>;
@@ -62,8 +65,18 @@ fn ranges(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wid:
     }
     var s = 0.0;
     if j < n {
-        for (var h = 0u; h < p.n_heads; h++) {
-            s += prob(mass[(r * p.n_heads + h) * p.capacity + j], head_max[h], head_inv[h]);
+        for (var g = 0u; g < p.n_heads / GROUP; g++) {
+            // unroll v G4
+            {
+                let w = logits[(g * p.capacity + j) * G4 + {v}u];
+                // unroll i 4
+                if 4u * {v}u + {i}u < GROUP {
+                    let h = g * GROUP + 4u * {v}u + {i}u;
+                    s += prob(w[{i}u], head_max[h], head_inv[h]);
+                }
+                // end unroll
+            }
+            // end unroll
         }
     }
     score[j] = s * p.scale;
@@ -79,9 +92,18 @@ fn single(@builtin(global_invocation_id) gid: vec3<u32>) {
     }
     var s = 0.0;
     if j < n {
-        for (var h = 0u; h < p.n_heads; h++) {
-            let st = stats[r * p.n_heads + h];
-            s += prob(mass[(r * p.n_heads + h) * p.capacity + j], st.x, select(0.0, 1.0 / st.y, st.y > 0.0));
+        for (var g = 0u; g < p.n_heads / GROUP; g++) {
+            // unroll v G4
+            {
+                let w = logits[(g * p.capacity + j) * G4 + {v}u];
+                // unroll i 4
+                if 4u * {v}u + {i}u < GROUP {
+                    let st = stats[r * p.n_heads + g * GROUP + 4u * {v}u + {i}u];
+                    s += prob(w[{i}u], st.x, select(0.0, 1.0 / st.y, st.y > 0.0));
+                }
+                // end unroll
+            }
+            // end unroll
         }
     }
     score[j] = s * p.scale;

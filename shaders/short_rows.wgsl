@@ -1,7 +1,7 @@
 // short_rows.wgsl: the key index's short vectors of this step's rows at one layer. For row r
 // and KV head g, with the layer's maps a_g and b_g (head_dim × rank each, a scaled already):
 //   short query  qs[r, h, c] = Σ_i a_g[i, c] q[r, h, i]   for the GROUP query heads h of g
-//   short key    keys[slots[r], g, c] = Σ_i b_g[i, c] k[r, g, i], stored as HALF says
+//   short key    keys[g, slots[r], c] = Σ_i b_g[i, c] k[r, g, i], stored as HALF says
 // (f32, or f16 pairs packed in a u32 as pack2x16float writes them); a row whose slot is at or
 // beyond the capacity stores no key. With QUERIES = 0 only the keys (a prompt's rows).
 // One kernel for what a block-diagonal product of each, and a KV write, would do in three.
@@ -23,7 +23,7 @@ struct Params {
 @group(0) @binding(1) var<storage, read> k: array<f32>;             // (rows, n_kv_heads, head_dim)
 @group(0) @binding(2) var<storage, read> maps: array<vec2<f32>>;    // (2, n_kv_heads, head_dim, rank): a, then b
 @group(0) @binding(3) var<storage, read_write> qs: array<f32>;      // (rows, n_heads, rank)
-@group(0) @binding(4) var<storage, read_write> keys: array<u32>;    // (capacity, n_kv_heads, rank) words
+@group(0) @binding(4) var<storage, read_write> keys: array<u32>;    // (n_kv_heads, capacity, rank) words
 @group(0) @binding(5) var<storage, read> slots: array<u32>;         // (rows) the rows' slots
 @group(0) @binding(6) var<uniform> p: Params;
 @group(0) @binding(7) var<uniform> step: Step;
@@ -66,7 +66,7 @@ fn main(@builtin(global_invocation_id) gid: vec3<u32>) {
     if slot >= p.capacity {
         return;
     }
-    let e = (slot * p.n_kv_heads + g) * p.rank + c;
+    let e = (g * p.capacity + slot) * p.rank + c;
     if HALF != 0u {
         keys[e / 2u] = pack2x16float(acc);
     } else {

@@ -617,15 +617,21 @@ fn attention_over_f16_caches_and_probabilities_only() {
     }
 }
 
+/// Short keys (slots, n_kv, rank) laid out as sessions store them: (n_kv, slots, rank).
+fn heads_first(keys: &[f32], n_kv: usize, rank: usize) -> Vec<f32> {
+    let slots = keys.len() / (n_kv * rank);
+    (0..n_kv).flat_map(|g| (0..slots).flat_map(move |j| keys[(j * n_kv + g) * rank..][..rank].iter().copied())).collect()
+}
+
 /// The key index's scores (short-key logits in ranges with their own softmax, then merged and
-/// summed over heads) against the f64 reference: both short-key types, several head layouts,
-/// range counts from one to more ranges than slots, rows whose last one scores, free slots,
+/// summed over heads) against the f64 reference: both short-key types, several head layouts
+/// (groups of 1 to 8 query heads a KV head: a slot's logits in one or two vec4s), range counts from one to more ranges than slots, rows whose last one scores, free slots,
 /// future positions, windows, and capacity above the slots in use (scored 0).
 #[test]
 fn key_scores_over_slot_ranges_match_the_reference() {
     let ctx = ctx();
     let mut rng = Rng::new(73);
-    let cases = [(9usize, 3usize, 16usize), (1, 1, 4), (8, 2, 32), (12, 4, 64), (4, 4, 8)];
+    let cases = [(9usize, 3usize, 16usize), (1, 1, 4), (8, 2, 32), (12, 4, 64), (4, 4, 8), (10, 2, 8), (8, 1, 12)];
     for (ci, &(n_heads, n_kv, rank)) in cases.iter().enumerate() {
         for &n_slots in &[1usize, 3, 63, 64, 65, 1000, 8192] {
             if n_slots == 8192 && ci > 1 {
@@ -644,11 +650,11 @@ fn key_scores_over_slot_ranges_match_the_reference() {
                 let mut want =
                     ops::key_score::reference(last, &kr[..n_slots * n_kv * rank], &slot_pos[..n_slots], positions[rows - 1], shape, 0.5);
                 want.resize(cap, 0.0);
-                // The keys padded to 16 bytes, as sessions store them.
-                let mut words = kv.encode(&k);
+                // The keys by KV head and padded to 16 bytes, as sessions store them.
+                let mut words = kv.encode(&heads_first(&k, n_kv, rank));
                 words.resize(words.len().next_multiple_of(4), 0);
                 let (qb, kb, sb, pb) = (buf(&ctx, &q), buf_u32(&ctx, &words), buf_u32(&ctx, &slot_pos), buf_u32(&ctx, &positions));
-                let mass = buf(&ctx, &vec![0.5; rows * n_heads * cap]);
+                let logits = buf(&ctx, &vec![0.5; ops::key_score::logits_len(n_heads, n_kv, cap)]);
                 let stats = buf(&ctx, &vec![3.0; ops::key_score::stats_len(n_heads, chunks, rows)]);
                 let score = buf(&ctx, &vec![9.0; cap]);
                 let b = ops::key_score::Buffers {
@@ -657,7 +663,7 @@ fn key_scores_over_slot_ranges_match_the_reference() {
                     kv,
                     slot_pos: &sb,
                     positions: &pb,
-                    mass: &mass,
+                    logits: &logits,
                     stats: &stats,
                     score: &score,
                 };
@@ -713,8 +719,9 @@ fn short_rows_match_the_reference() {
                     );
                     want_qs.extend(wq);
                     let slot = slots[r] as usize;
-                    if slot < cap {
-                        want_keys[slot * n_kv * rank..(slot + 1) * n_kv * rank].copy_from_slice(&wk);
+                    // Stored by KV head: each head's keys, slot after slot.
+                    for g in (0..n_kv).filter(|_| slot < cap) {
+                        want_keys[(g * cap + slot) * rank..][..rank].copy_from_slice(&wk[g * rank..][..rank]);
                     }
                 }
                 if keys_only {

@@ -61,6 +61,12 @@ pub fn keys_words(kv: KvType, capacity: usize, n_kv_heads: usize, rank: usize) -
     kv.words(capacity * n_kv_heads * rank).next_multiple_of(4)
 }
 
+/// f32 values of the last row's short-key logits for `capacity` slots: each KV head's group of
+/// query heads in vec4s per slot.
+pub fn logits_len(n_heads: usize, n_kv_heads: usize, capacity: usize) -> usize {
+    n_kv_heads * capacity * (n_heads / n_kv_heads).div_ceil(4) * 4
+}
+
 /// f32 values of the ranges' statistics for up to `max_rows` rows.
 pub fn stats_len(n_heads: usize, chunks: usize, max_rows: usize) -> usize {
     max_rows * n_heads * chunks * 2
@@ -69,13 +75,14 @@ pub fn stats_len(n_heads: usize, chunks: usize, max_rows: usize) -> usize {
 pub struct Buffers<'a> {
     /// (rows, n_heads, rank) short queries.
     pub q: &'a wgpu::Buffer,
-    /// (capacity, n_kv_heads, rank) short keys, as `kv` stores them.
+    /// (n_kv_heads, capacity, rank) short keys, as `kv` stores them: each KV head's keys
+    /// together, so that the scan's workgroups (one per KV head) read cache lines of their own.
     pub keys: &'a wgpu::Buffer,
     pub kv: KvType,
     pub slot_pos: &'a wgpu::Buffer,
     pub positions: &'a wgpu::Buffer,
-    /// (rows, n_heads, capacity) f32 scratch.
-    pub mass: &'a wgpu::Buffer,
+    /// [`logits_len`] f32 scratch: the last row's short-key logits.
+    pub logits: &'a wgpu::Buffer,
     /// [`stats_len`] f32 scratch.
     pub stats: &'a wgpu::Buffer,
     /// (capacity) the slots' scores.
@@ -97,7 +104,7 @@ pub fn build(ctx: &Context, b: &Buffers, step: &wgpu::Buffer, shape: Shape, max_
     check_len("key_score", "keys", b.keys, keys_words(b.kv, capacity, n_kv_heads, rank))?;
     check_len("key_score", "slot_pos", b.slot_pos, capacity)?;
     check_len("key_score", "positions", b.positions, max_rows)?;
-    check_len("key_score", "mass", b.mass, max_rows * n_heads * capacity)?;
+    check_len("key_score", "logits", b.logits, logits_len(n_heads, n_kv_heads, capacity))?;
     check_len("key_score", "stats", b.stats, stats_len(n_heads, chunks, max_rows))?;
     check_len("key_score", "score", b.score, capacity)?;
     let lp = LogitParams {
@@ -118,17 +125,19 @@ pub fn build(ctx: &Context, b: &Buffers, step: &wgpu::Buffer, shape: Shape, max_
     let r4 = (rank / 4) as u32;
     let paired = b.kv == KvType::F16 && r4 % 2 == 0;
     let (rn, r8) = if paired { (0, r4 / 2) } else { (r4, 0) };
-    let defines = [("R4", r4), ("RN", rn), ("R8", r8), ("GROUP", hpw as u32), ("KV_HALF", b.kv.half())];
+    let g4 = hpw.div_ceil(4) as u32;
+    let defines = [("R4", r4), ("RN", rn), ("R8", r8), ("GROUP", hpw as u32), ("G4", g4), ("KV_HALF", b.kv.half())];
     let logits = ctx.pipeline_with(&shaders::KEY_LOGITS, "main", &[], &defines)?;
     let lp = ctx.uniform("key_logits.params", &lp);
     let first = ctx.dispatch(
         logits,
-        &[b.q, b.keys, b.slot_pos, b.positions, b.mass, b.stats, &lp, step],
+        &[b.q, b.keys, b.slot_pos, b.positions, b.logits, b.stats, &lp, step],
         [groups("key_score", n_heads / hpw, 1)?, 1, groups("key_score", chunks, 1)?],
     );
-    let score = ctx.pipeline(&shaders::KEY_SCORE, if chunks == 1 { "single" } else { "ranges" }, &[])?;
+    let entry = if chunks == 1 { "single" } else { "ranges" };
+    let score = ctx.pipeline_with(&shaders::KEY_SCORE, entry, &[], &[("GROUP", hpw as u32), ("G4", g4)])?;
     let sp = ctx.uniform("key_score.params", &sp);
-    let second = ctx.dispatch(score, &[b.mass, b.stats, b.score, &sp, step], [groups("key_score", capacity, 64)?, 1, 1]);
+    let second = ctx.dispatch(score, &[b.logits, b.stats, b.score, &sp, step], [groups("key_score", capacity, 64)?, 1, 1]);
     Ok(vec![first, second])
 }
 
@@ -166,7 +175,7 @@ pub struct ShortBuffers<'a> {
     pub maps: &'a wgpu::Buffer,
     /// (rows, n_heads, rank) out: the short queries.
     pub qs: &'a wgpu::Buffer,
-    /// (capacity, n_kv_heads, rank) the layer's short keys, as `kv` stores them.
+    /// (n_kv_heads, capacity, rank) the layer's short keys, as `kv` stores them.
     pub keys: &'a wgpu::Buffer,
     pub kv: KvType,
     /// (rows) the rows' slots.

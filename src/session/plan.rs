@@ -193,7 +193,7 @@ impl<'a> Planner<'a> {
                         kv: SHORT_KEYS,
                         slot_pos: &s.slot_pos,
                         positions: &s.positions,
-                        mass: s.mass.as_ref().unwrap_or(&s.unused),
+                        logits: &ix.logits,
                         stats: &ix.stats,
                         score,
                     };

@@ -274,11 +274,12 @@ pub(crate) struct IndexState {
     /// Floats per KV head.
     pub rank: usize,
     pub maps: Vec<wgpu::Buffer>, // per layer (2, n_kv, head_dim, rank): `KeyIndex::maps`
-    pub keys: Vec<wgpu::Buffer>, // per layer (capacity, n_kv·rank), stored as SHORT_KEYS, padded to 16 bytes
+    pub keys: Vec<wgpu::Buffer>, // per layer (n_kv, capacity, rank), stored as SHORT_KEYS, padded to 16 bytes
     pub q: wgpu::Buffer,         // (rows, n_heads·rank)
     /// Slot ranges of the short-key scan (`ops::key_score::chunks`).
     pub chunks: usize,
-    pub stats: wgpu::Buffer, // the ranges' softmax statistics (`ops::key_score::stats_len`)
+    pub stats: wgpu::Buffer,  // the ranges' softmax statistics (`ops::key_score::stats_len`)
+    pub logits: wgpu::Buffer, // the last row's short-key logits (`ops::key_score::logits_len`)
 }
 
 impl IndexState {
@@ -304,6 +305,7 @@ impl IndexState {
             q: ctx.storage("index.q", f(rows * c.n_heads * r))?,
             chunks,
             stats: ctx.storage("index.stats", f(crate::ops::key_score::stats_len(c.n_heads, chunks, rows)))?,
+            logits: ctx.storage("index.logits", f(crate::ops::key_score::logits_len(c.n_heads, c.n_kv_heads, capacity)))?,
         })
     }
 
@@ -419,7 +421,10 @@ impl RunState {
             slot_pos: ctx.storage_init("slot_pos", bytemuck::cast_slice(&vec![INVALID_SLOT; capacity]))?,
             readback: [ctx.staging(4), ctx.staging(4)],
             unused: ctx.storage("unused", 4)?,
-            mass: (kind.needs_mass() || o.ranks_by_keys()).then(|| ctx.storage("mass", f(rows * c.n_heads * capacity))).transpose()?,
+            // (Ranked by keys, the layers' attention over the nominees.)
+            mass: (kind.needs_mass() || (o.ranks_by_keys() && o.policy.candidates > 0))
+                .then(|| ctx.storage("mass", f(rows * c.n_heads * capacity)))
+                .transpose()?,
             slot_score: (o.policy.releases_on_gpu() || rechooses).then(|| ctx.storage("slot_score", f(capacity))).transpose()?,
             attend: rechooses.then(|| ctx.storage("attend", f(capacity))).transpose()?,
             attend_list: rechooses.then(|| ctx.storage("attend_list", f(capacity + 1))).transpose()?,
