@@ -9,7 +9,8 @@
 // some go. The passes end early where all candidates sharing the bytes found so far stay. One
 // workgroup of WG lanes (set per pipeline: 256 on GPUs, fewer on CPU devices, where a
 // workgroup's lanes take turns in SIMD registers at every barrier), each invocation owning a
-// contiguous range of slots. Dispatch (1, 1, 1).
+// contiguous range of slots, a multiple of 4 read four at a time (slot_pos, src and score are
+// padded to 16 bytes). Dispatch (1, 1, 1).
 // Entry points: main frees slots of slot_pos in place; choose first copies the table from src
 // (all capacity slots), and it and narrow (in place) then write the valid slots below
 // step.n_slots as a compact ascending list (list[0] = count, list[1 + k] = the k-th slot), so
@@ -26,12 +27,12 @@ struct Params {
     pad2: u32,
 }
 
-@group(0) @binding(0) var<storage, read_write> slot_pos: array<u32>;  // (capacity) position or INVALID
-@group(0) @binding(1) var<storage, read> score: array<f32>;           // (capacity)
+@group(0) @binding(0) var<storage, read_write> slot_pos: array<vec4<u32>>;  // (capacity) position or INVALID, padded to 16 bytes
+@group(0) @binding(1) var<storage, read> score: array<vec4<f32>>;           // (capacity), padded to 16 bytes
 @group(0) @binding(2) var<uniform> p: Params;
 @group(0) @binding(3) var<uniform> step: Step;
-@group(0) @binding(4) var<storage, read_write> list: array<u32>;     // (1 + capacity), choose and narrow
-@group(0) @binding(5) var<storage, read> src: array<u32>;            // (capacity), choose
+@group(0) @binding(4) var<storage, read_write> list: array<u32>;           // (1 + capacity), choose and narrow
+@group(0) @binding(5) var<storage, read> src: array<vec4<u32>>;            // (capacity), choose, padded to 16 bytes
 
 const WG: u32 = 256u;  // lanes, a power of two up to 256
 // Counts per byte value of the score keys that match the bytes chosen so far.
@@ -47,9 +48,8 @@ fn protected_pos(pos: u32) -> bool {
     return pos < p.sinks || pos + p.recent >= step.n_seen;
 }
 
-// 0: free (or in flight), 1: protected, 2: candidate for release.
-fn kind(j: u32) -> u32 {
-    let pos = slot_pos[j];
+// 0: free (or in flight), 1: protected, 2: candidate for release; for a slot holding pos.
+fn kind(pos: u32) -> u32 {
     if pos == INVALID || (p.in_flight != 0u && pos + step.n_new >= step.n_seen) {
         return 0u;
     }
@@ -79,6 +79,10 @@ fn clear_hist(lid: u32) {
     workgroupBarrier();
 }
 
+// The slots are read four at a time (a vec4 of slot_pos and of score: llvmpipe loads a word per
+// lane at a time, so one 16-byte load serves four slots); slot j0 + i of a vec4 counts where
+// j0 + i < c1.
+
 // The largest position cut c with count(tied, pos < c) <= need, tied meaning a candidate with
 // score key thr (called by every invocation).
 fn tie_cut(lid: u32, c0: u32, c1: u32, thr: u32, need: u32) -> u32 {
@@ -86,8 +90,12 @@ fn tie_cut(lid: u32, c0: u32, c1: u32, thr: u32, need: u32) -> u32 {
     for (var bit = 31i; bit >= 0i; bit--) {
         let cand = cut | (1u << u32(bit));
         var cnt = 0u;
-        for (var j = c0; j < c1; j++) {
-            cnt += select(0u, 1u, kind(j) == 2u && order_key(score[j]) == thr && slot_pos[j] < cand);
+        for (var j0 = c0; j0 < c1; j0 += 4u) {
+            let sp = slot_pos[j0 >> 2u];
+            let sc = score[j0 >> 2u];
+            // unroll i 4
+            cnt += select(0u, 1u, j0 + {i}u < c1 && kind(sp[{i}u]) == 2u && order_key(sc[{i}u]) == thr && sp[{i}u] < cand);
+            // end unroll
         }
         if total(lid, cnt) <= need {
             cut = cand;
@@ -97,19 +105,21 @@ fn tie_cut(lid: u32, c0: u32, c1: u32, thr: u32, need: u32) -> u32 {
 }
 
 // Slots at or above step.n_slots are free: only those below are scanned, invocation lid
-// owning c0 .. c1 of them.
+// owning c0 .. c1 of them (c0 a multiple of 4).
 fn slots_below() -> u32 {
     return min(p.capacity, step.n_slots);
 }
 
+fn range_len() -> u32 {
+    return ((slots_below() + 3u) / 4u + WG - 1u) / WG * 4u;
+}
+
 fn range_start(lid: u32) -> u32 {
-    let n = slots_below();
-    return min(lid * ((n + WG - 1u) / WG), n);
+    return min(lid * range_len(), slots_below());
 }
 
 fn range_end(lid: u32) -> u32 {
-    let n = slots_below();
-    return min(range_start(lid) + (n + WG - 1u) / WG, n);
+    return min(range_start(lid) + range_len(), slots_below());
 }
 
 // The decision over the invocation's slots c0 .. c1 (called by every invocation); returns how
@@ -120,14 +130,20 @@ fn release(lid: u32, c0: u32, c1: u32) -> u32 {
     var n_held = 0u;
     var n_valid = 0u;
     var n_prot = 0u;
-    for (var j = c0; j < c1; j++) {
-        let k = kind(j);
-        n_held += select(0u, 1u, slot_pos[j] != INVALID);
-        n_valid += select(0u, 1u, k != 0u);
-        n_prot += select(0u, 1u, k == 1u);
-        if k == 2u {
-            atomicAdd(&hist[order_key(score[j]) >> 24u], 1u);
+    for (var j0 = c0; j0 < c1; j0 += 4u) {
+        let sp = slot_pos[j0 >> 2u];
+        let sc = score[j0 >> 2u];
+        // unroll i 4
+        if j0 + {i}u < c1 {
+            let k = kind(sp[{i}u]);
+            n_held += select(0u, 1u, sp[{i}u] != INVALID);
+            n_valid += select(0u, 1u, k != 0u);
+            n_prot += select(0u, 1u, k == 1u);
+            if k == 2u {
+                atomicAdd(&hist[order_key(sc[{i}u]) >> 24u], 1u);
+            }
         }
+        // end unroll
     }
     // (The totals' barriers also complete the histogram.)
     let valid = total(lid, n_valid);
@@ -149,14 +165,18 @@ fn release(lid: u32, c0: u32, c1: u32) -> u32 {
         shift -= 8u;
         if round > 0u {
             clear_hist(lid);
-            for (var j = c0; j < c1; j++) {
-                if kind(j) == 2u {
-                    let key = order_key(score[j]);
+            for (var j0 = c0; j0 < c1; j0 += 4u) {
+                let sp = slot_pos[j0 >> 2u];
+                let sc = score[j0 >> 2u];
+                // unroll i 4
+                if j0 + {i}u < c1 && kind(sp[{i}u]) == 2u {
+                    let key = order_key(sc[{i}u]);
                     // The bytes above this one must equal those chosen.
                     if (key >> (shift + 8u)) == thr {
                         atomicAdd(&hist[(key >> shift) & 255u], 1u);
                     }
                 }
+                // end unroll
             }
             workgroupBarrier();
         }
@@ -190,14 +210,25 @@ fn release(lid: u32, c0: u32, c1: u32) -> u32 {
     if keep > 0u && ties != need {
         cut = tie_cut(lid, c0, c1, thr, need);
     }
-    for (var j = c0; j < c1; j++) {
-        if kind(j) == 2u {
-            let key = order_key(score[j]) >> shift;
-            let stays = keep > 0u && (key > thr || (key == thr && slot_pos[j] < cut));
+    // Slots of the last vec4 at or beyond c1 keep what they hold (only this invocation writes
+    // that vec4).
+    for (var j0 = c0; j0 < c1; j0 += 4u) {
+        var sp = slot_pos[j0 >> 2u];
+        let sc = score[j0 >> 2u];
+        var freed = false;
+        // unroll i 4
+        if j0 + {i}u < c1 && kind(sp[{i}u]) == 2u {
+            let key = order_key(sc[{i}u]) >> shift;
+            let stays = keep > 0u && (key > thr || (key == thr && sp[{i}u] < cut));
             if !stays {
-                slot_pos[j] = INVALID;
+                sp[{i}u] = INVALID;
                 n_held -= 1u;
+                freed = true;
             }
+        }
+        // end unroll
+        if freed {
+            slot_pos[j0 >> 2u] = sp;
         }
     }
     return n_held;
@@ -212,11 +243,14 @@ fn write_list(lid: u32, c0: u32, c1: u32, held: u32) {
     for (var t = 0u; t < lid; t++) {
         off += counts[t];
     }
-    for (var j = c0; j < c1; j++) {
-        if slot_pos[j] != INVALID {
-            list[1u + off] = j;
+    for (var j0 = c0; j0 < c1; j0 += 4u) {
+        let sp = slot_pos[j0 >> 2u];
+        // unroll i 4
+        if j0 + {i}u < c1 && sp[{i}u] != INVALID {
+            list[1u + off] = j0 + {i}u;
             off++;
         }
+        // end unroll
     }
     if lid == WG - 1u {
         list[0] = off;
@@ -240,13 +274,14 @@ fn narrow(@builtin(local_invocation_index) lid: u32) {
 fn choose(@builtin(local_invocation_index) lid: u32) {
     let c0 = range_start(lid);
     let c1 = range_end(lid);
-    // Each invocation copies the slots it owns (and a share of the free ones above), so no
-    // barrier is needed before its own decision reads them.
-    for (var j = c0; j < c1; j++) {
-        slot_pos[j] = src[j];
+    // Each invocation copies the vec4s of the slots it owns (the last one's may run beyond
+    // slots_below) and a share of those above, so no barrier is needed before its own decision
+    // reads them.
+    for (var j0 = c0; j0 < c1; j0 += 4u) {
+        slot_pos[j0 >> 2u] = src[j0 >> 2u];
     }
-    for (var j = slots_below() + lid; j < p.capacity; j += WG) {
-        slot_pos[j] = src[j];
+    for (var v = (slots_below() + 3u) / 4u + lid; v < (p.capacity + 3u) / 4u; v += WG) {
+        slot_pos[v] = src[v];
     }
     let held = release(lid, c0, c1);
     write_list(lid, c0, c1, held);

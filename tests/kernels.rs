@@ -817,7 +817,8 @@ fn attention_over_slots(ctx: &Arc<Context>) {
                     in_flight: 0,
                     pad: [0; 3],
                 };
-                let score = buf(&ctx, &vec![0.0; n_slots]);
+                let score = buf(&ctx, &vec![0.0; ops::cache_update::table_len(n_slots)]);
+                let sb = buf_u32(&ctx, &[slot_pos.clone(), vec![INVALID_SLOT; 3]].concat());
                 run(&ctx, ops::cache_update::build_chosen(&ctx, None, &sb, &score, &list, &stp, keep_all).unwrap());
                 let got_list = pollster::block_on(ctx.read_u32(&list, n_slots + 1)).unwrap();
                 let want_list = ops::attention::reference_list(&slot_pos, n_slots);
@@ -1018,25 +1019,31 @@ fn cache_update_score_and_assign_match_references() {
                     pad: [0; 3],
                 };
                 let n_new = [1, 700, 2000][round % 3];
-                let (tb, sb) = (buf_u32(&ctx, &slot_pos), buf(&ctx, &score));
+                // The tables and scores padded as sessions hold them (to a multiple of 4), the
+                // padding holding what no slot would: the decision must leave it be.
+                let padded = cu::table_len(cap);
+                let pad_u32 = |v: &[u32]| -> Vec<u32> { v.iter().copied().chain((cap..padded).map(|i| 77 + i as u32)).collect() };
+                let score_padded: Vec<f32> = score.iter().copied().chain((cap..padded).map(|_| 1e9)).collect();
+                let (tb, sb) = (buf_u32(&ctx, &pad_u32(&slot_pos)), buf(&ctx, &score_padded));
                 let st = ctx.uniform("step", &Step::new(n_new, high as u32, 0, n_seen));
                 run(&ctx, cu::build(&ctx, &tb, &sb, &st, p).unwrap());
-                let got = pollster::block_on(ctx.read_u32(&tb, cap)).unwrap();
+                let got = pollster::block_on(ctx.read_u32(&tb, padded)).unwrap();
                 let want = cu::reference(&slot_pos, &score, p, n_seen, n_new);
-                assert_eq!(got, want, "cache_update {:?} shape cap {cap} {p:?} n_new {n_new}", ctx.kernel_shape);
+                assert_eq!(got, pad_u32(&want), "cache_update {:?} shape cap {cap} {p:?} n_new {n_new}", ctx.kernel_shape);
                 // The attended choice: copied from the table into one holding garbage, or in place;
                 // then its valid slots listed.
                 let want_list = ops::attention::reference_list(&want, high);
                 for from_src in [true, false] {
-                    let garbage: Vec<u32> = (0..cap).map(|_| rng.below(1 << 32) as u32).collect();
+                    let garbage: Vec<u32> = (0..padded).map(|_| rng.below(1 << 32) as u32).collect();
                     let (table, src) = match from_src {
-                        true => (buf_u32(&ctx, &garbage), Some(buf_u32(&ctx, &slot_pos))),
-                        false => (buf_u32(&ctx, &slot_pos), None),
+                        true => (buf_u32(&ctx, &garbage), Some(buf_u32(&ctx, &pad_u32(&slot_pos)))),
+                        false => (buf_u32(&ctx, &pad_u32(&slot_pos)), None),
                     };
                     let list = ctx.storage("list", ((cap + 1) * 4) as u64).unwrap();
                     run(&ctx, cu::build_chosen(&ctx, src.as_ref(), &table, &sb, &list, &st, p).unwrap());
                     let what = format!("chosen (copied: {from_src}) {:?} shape cap {cap} {p:?} n_new {n_new}", ctx.kernel_shape);
-                    assert_eq!(pollster::block_on(ctx.read_u32(&table, cap)).unwrap(), want, "{what}");
+                    // Copied or in place, the padding ends as the table's.
+                    assert_eq!(pollster::block_on(ctx.read_u32(&table, padded)).unwrap(), pad_u32(&want), "{what}");
                     let got_list = pollster::block_on(ctx.read_u32(&list, want_list.len())).unwrap();
                     assert_eq!(got_list, want_list, "{what}: list");
                 }

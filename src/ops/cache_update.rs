@@ -44,10 +44,17 @@ fn lanes(ctx: &Context) -> u32 {
     }
 }
 
+/// Entries of the slot tables and scores the decision reads for `capacity` slots: padded to a
+/// multiple of 4, since it reads them four slots a load.
+pub fn table_len(capacity: usize) -> usize {
+    capacity.next_multiple_of(4)
+}
+
 /// Dispatch freeing slots down to `budget` by score, protecting sinks and recent positions.
 pub fn build(ctx: &Context, slot_pos: &wgpu::Buffer, score: &wgpu::Buffer, step: &wgpu::Buffer, p: Params) -> Result<Dispatch> {
-    check_len("cache_update", "slot_pos", slot_pos, p.capacity as usize)?;
-    check_len("cache_update", "score", score, p.capacity as usize)?;
+    let padded = table_len(p.capacity as usize);
+    check_len("cache_update", "slot_pos", slot_pos, padded)?;
+    check_len("cache_update", "score", score, padded)?;
     let params = ctx.uniform("cache_update.params", &p);
     let pipeline = ctx.pipeline_with(&shaders::CACHE_UPDATE, "main", &[], &[("WG", lanes(ctx))])?;
     Ok(ctx.dispatch(pipeline, &[slot_pos, score, &params, step], [1, 1, 1]))
@@ -66,13 +73,13 @@ pub fn build_chosen(
     p: Params,
 ) -> Result<Dispatch> {
     let cap = p.capacity as usize;
-    check_len("cache_update", "table", table, cap)?;
-    check_len("cache_update", "score", score, cap)?;
+    check_len("cache_update", "table", table, table_len(cap))?;
+    check_len("cache_update", "score", score, table_len(cap))?;
     check_len("cache_update", "list", list, cap + 1)?;
     let params = ctx.uniform("cache_update.params", &p);
     Ok(match src {
         Some(src) => {
-            check_len("cache_update", "src", src, cap)?;
+            check_len("cache_update", "src", src, table_len(cap))?;
             let pipeline = ctx.pipeline_with(&shaders::CACHE_UPDATE, "choose", &[], &[("WG", lanes(ctx))])?;
             ctx.dispatch(pipeline, &[table, score, &params, step, list, src], [1, 1, 1])
         }

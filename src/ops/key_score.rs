@@ -123,7 +123,7 @@ pub fn build(ctx: &Context, b: &Buffers, step: &wgpu::Buffer, shape: Shape, max_
     let hpw = n_heads / n_kv_heads;
     // f16 keys of an even number of vec4s are read two vec4s a 16-byte word.
     let r4 = (rank / 4) as u32;
-    let paired = b.kv == KvType::F16 && r4 % 2 == 0;
+    let paired = b.kv == KvType::F16 && r4.is_multiple_of(2);
     let (rn, r8) = if paired { (0, r4 / 2) } else { (r4, 0) };
     let g4 = hpw.div_ceil(4) as u32;
     let defines = [("R4", r4), ("RN", rn), ("R8", r8), ("GROUP", hpw as u32), ("G4", g4), ("KV_HALF", b.kv.half())];

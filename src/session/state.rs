@@ -418,15 +418,18 @@ impl RunState {
             logits: ctx.storage("logits", f(logit_rows * c.vocab))?,
             k_cache: cache("k")?,
             v_cache: cache("v")?,
-            slot_pos: ctx.storage_init("slot_pos", bytemuck::cast_slice(&vec![INVALID_SLOT; capacity]))?,
+            // (Padded as the release decision reads them: `cache_update::table_len`.)
+            slot_pos: ctx.storage_init("slot_pos", bytemuck::cast_slice(&vec![INVALID_SLOT; ops::cache_update::table_len(capacity)]))?,
             readback: [ctx.staging(4), ctx.staging(4)],
             unused: ctx.storage("unused", 4)?,
             // (Ranked by keys, the layers' attention over the nominees.)
             mass: (kind.needs_mass() || (o.ranks_by_keys() && o.policy.candidates > 0))
                 .then(|| ctx.storage("mass", f(rows * c.n_heads * capacity)))
                 .transpose()?,
-            slot_score: (o.policy.releases_on_gpu() || rechooses).then(|| ctx.storage("slot_score", f(capacity))).transpose()?,
-            attend: rechooses.then(|| ctx.storage("attend", f(capacity))).transpose()?,
+            slot_score: (o.policy.releases_on_gpu() || rechooses)
+                .then(|| ctx.storage("slot_score", f(ops::cache_update::table_len(capacity))))
+                .transpose()?,
+            attend: rechooses.then(|| ctx.storage("attend", f(ops::cache_update::table_len(capacity)))).transpose()?,
             attend_list: rechooses.then(|| ctx.storage("attend_list", f(capacity + 1))).transpose()?,
             controller,
             rebuild,
