@@ -157,7 +157,7 @@ fn main() -> adore::Result<()> {
     let short_k = ctx.storage_init("short k", bytemuck::cast_slice(&ops::KvType::F16.encode(&rnd[..cap * 3 * rank])))?;
     let table = ctx.storage_init("table", bytemuck::cast_slice(&(0..cap as u32).collect::<Vec<_>>()))?;
     let logits = ctx.storage("logits", (ops::key_score::logits_len(9, 3, cap) * 4) as u64)?;
-    let stats = ctx.storage("stats", (9 * chunks * 8) as u64)?;
+    let stats = ctx.storage("stats", (ops::key_score::stats_len(&ctx, 9, chunks, 1) * 4) as u64)?;
     let score = ctx.storage("score", (cap * 4) as u64)?;
     let (attend, list) = (ctx.storage("attend", (cap * 4) as u64)?, ctx.storage("list", ((cap + 1) * 4) as u64)?);
     for n in [256usize, 4096, 8178] {

@@ -14,7 +14,9 @@
 // (n_heads / GROUP, 1, chunks). The workgroup's heads share each key read; a lane takes the
 // slots j0 + lid, j0 + lid + 64, ... of its range, keeping a running maximum and a sum of
 // exponentials relative to it (rescaled when the maximum grows, which is rare after the first
-// slots), and the lanes' pairs are merged at the end. Exponentials below e^-60 of the maximum
+// slots), and the lanes' pairs are merged at the end; with LANE_STATS (CPU devices, where a
+// workgroup barrier is dear) each lane's pair is written out and key_score.wgsl's `merge`
+// merges them. Exponentials below e^-60 of the maximum
 // count as 0, so that none is subnormal (CPUs compute those far more slowly). R4 = rank / 4,
 // GROUP and G4 are set per pipeline. Short keys are f32, or with KV_HALF f16 pairs packed in a
 // u32 (as pack2x16float writes them), each KV head's keys together (a workgroup reads cache
@@ -39,7 +41,7 @@ struct Params {
 @group(0) @binding(2) var<storage, read> slot_pos: array<u32>;             // (capacity) position or INVALID
 @group(0) @binding(3) var<storage, read> positions: array<u32>;            // (rows)
 @group(0) @binding(4) var<storage, read_write> logits: array<vec4<f32>>;   // (n_kv_heads, capacity, G4)
-@group(0) @binding(5) var<storage, read_write> stats: array<vec2<f32>>;    // (rows, n_heads, chunks)
+@group(0) @binding(5) var<storage, read_write> stats: array<vec2<f32>>;    // (rows, n_heads, chunks) or (rows, n_heads, chunks, WG)
 @group(0) @binding(6) var<uniform> p: Params;
 @group(0) @binding(7) var<uniform> step: Step;
 
@@ -49,6 +51,7 @@ const R8: u32 = 2u;       // f16 words holding two vec4s each: R4 / 2, or 0
 const GROUP: u32 = 3u;    // query heads per workgroup (of those sharing one KV head)
 const G4: u32 = 1u;       // vec4s of a slot's logits: ceil(GROUP / 4)
 const KV_HALF: u32 = 1u;  // 1: f16 short keys
+const LANE_STATS: u32 = 0u;  // 1: statistics per lane, not per range (CPU devices)
 const WG: u32 = 64u;
 const INVALID: u32 = 0xffffffffu;
 
@@ -164,7 +167,15 @@ fn main(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wid: v
         l{g} += select(0.0, scaled(1.0, s{g} - m{g}), seen);
         // end unroll
     }
-    // The range's statistics: the lanes' largest, and their sums relative to it.
+    // With LANE_STATS each lane's own statistics, a range of WG of them (key_score.wgsl's
+    // `merge` merges them: no barrier here); else the range's: the lanes' largest, and their
+    // sums relative to it.
+    if LANE_STATS != 0u {
+        // unroll g GROUP
+        stats[((r * p.n_heads + h0 + {g}u) * p.chunks + chunk) * WG + lid] = vec2<f32>(m{g}, l{g});
+        // end unroll
+        return;
+    }
     // unroll g GROUP
     {
         let big = reduce(lid, m{g}, 0u);

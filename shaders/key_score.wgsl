@@ -7,22 +7,29 @@
 // M[h]) (the row's softmax over every slot it sees); exponentials below e^-60 count as 0 (as in
 // key_logits.wgsl), so masked slots score nothing. Slots at or above step.n_slots score 0.
 // Dispatch (ceil(capacity / 64), 1, 1). Entry points: `ranges`, whose lanes first merge the
-// ranges' statistics of each head; `single`, for one range (p.chunks = 1), where the statistics
-// are M and L already and no barrier is needed (on lavapipe the barrier's form cost 40 times as
-// much).
+// ranges' statistics of each head (GPUs); `single`, reading each head's M and L from
+// stats[p.merged + r · n_heads + h]: the statistics of one range (p.chunks = 1, p.merged = 0),
+// or those `merge` wrote there (dispatch (1, 1, 1), a lane per head). On CPU devices a
+// workgroup barrier is dear (on llvmpipe the `ranges` form took 2.4 ms a dispatch whatever the
+// slots, against 0.1-0.4), so there the merge is a dispatch of its own, of the scan's lanes'
+// statistics (key_logits.wgsl's LANE_STATS).
 
 struct Params {
     n_heads: u32,
     capacity: u32,
     chunks: u32,
     scale: f32,
+    merged: u32,  // where `single` reads the heads' statistics (vec2s into stats)
+    pad0: u32,
+    pad1: u32,
+    pad2: u32,
 }
 
-@group(0) @binding(0) var<storage, read> logits: array<vec4<f32>>;  // (n_heads / GROUP, capacity, G4)
-@group(0) @binding(1) var<storage, read> stats: array<vec2<f32>>;   // (rows, n_heads, chunks)
-@group(0) @binding(2) var<storage, read_write> score: array<f32>;   // (capacity)
-@group(0) @binding(3) var<uniform> p: Params;
-@group(0) @binding(4) var<uniform> step: Step;
+@group(0) @binding(0) var<storage, read_write> stats: array<vec2<f32>>;  // (rows, n_heads, chunks), then (rows, n_heads) merged
+@group(0) @binding(1) var<uniform> p: Params;
+@group(0) @binding(2) var<uniform> step: Step;
+@group(0) @binding(3) var<storage, read> logits: array<vec4<f32>>;  // (n_heads / GROUP, capacity, G4)
+@group(0) @binding(4) var<storage, read_write> score: array<f32>;   // (capacity)
 
 const WG: u32 = 64u;
 const GROUP: u32 = 3u;  // query heads per KV head
@@ -38,25 +45,39 @@ fn prob(v: f32, big: f32, inv: f32) -> f32 {
     return select(0.0, exp(max(d, -60.0)) * inv, d > -60.0);
 }
 
+// Head h's merged statistics (M, L) of row r.
+fn merged_stats(r: u32, h: u32) -> vec2<f32> {
+    let st = (r * p.n_heads + h) * p.chunks;
+    var big = MASKED;
+    for (var c = 0u; c < p.chunks; c++) {
+        big = max(big, stats[st + c].x);
+    }
+    var total = 0.0;
+    for (var c = 0u; c < p.chunks; c++) {
+        let s = stats[st + c];
+        // A range that saw no slot has l = 0 and weighs nothing.
+        total += s.y * exp(max(s.x - big, -60.0));
+    }
+    return vec2<f32>(big, total);
+}
+
+@compute @workgroup_size(64)
+fn merge(@builtin(local_invocation_index) lid: u32) {
+    let r = step.n_new - 1u;
+    if lid < p.n_heads {
+        stats[p.merged + r * p.n_heads + lid] = merged_stats(r, lid);
+    }
+}
+
 @compute @workgroup_size(64)
 fn ranges(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wid: vec3<u32>) {
     let r = step.n_new - 1u;
     let n = min(p.capacity, step.n_slots);
     let first = wid.x * WG;
     if lid < p.n_heads && first < n {
-        let st = (r * p.n_heads + lid) * p.chunks;
-        var big = MASKED;
-        for (var c = 0u; c < p.chunks; c++) {
-            big = max(big, stats[st + c].x);
-        }
-        var total = 0.0;
-        for (var c = 0u; c < p.chunks; c++) {
-            let s = stats[st + c];
-            // A range that saw no slot has l = 0 and weighs nothing.
-            total += s.y * exp(max(s.x - big, -60.0));
-        }
-        head_max[lid] = big;
-        head_inv[lid] = select(0.0, 1.0 / total, total > 0.0);
+        let st = merged_stats(r, lid);
+        head_max[lid] = st.x;
+        head_inv[lid] = select(0.0, 1.0 / st.y, st.y > 0.0);
     }
     workgroupBarrier();
     let j = first + lid;
@@ -98,7 +119,7 @@ fn single(@builtin(global_invocation_id) gid: vec3<u32>) {
                 let w = logits[(g * p.capacity + j) * G4 + {v}u];
                 // unroll i 4
                 if 4u * {v}u + {i}u < GROUP {
-                    let st = stats[r * p.n_heads + g * GROUP + 4u * {v}u + {i}u];
+                    let st = stats[p.merged + r * p.n_heads + g * GROUP + 4u * {v}u + {i}u];
                     s += prob(w[{i}u], st.x, select(0.0, 1.0 / st.y, st.y > 0.0));
                 }
                 // end unroll

@@ -629,15 +629,16 @@ fn heads_first(keys: &[f32], n_kv: usize, rank: usize) -> Vec<f32> {
 /// future positions, windows, and capacity above the slots in use (scored 0).
 #[test]
 fn key_scores_over_slot_ranges_match_the_reference() {
-    let ctx = ctx();
     let mut rng = Rng::new(73);
     let cases = [(9usize, 3usize, 16usize), (1, 1, 4), (8, 2, 32), (12, 4, 64), (4, 4, 8), (10, 2, 8), (8, 1, 12)];
+    // Both kernel shapes (the scores' workgroups are 8 lanes on CPU devices, 64 on GPUs).
     for (ci, &(n_heads, n_kv, rank)) in cases.iter().enumerate() {
+        let ctx = if ci % 2 == 0 { ctx() } else { ctx_gpu_shape() };
         for &n_slots in &[1usize, 3, 63, 64, 65, 1000, 8192] {
             if n_slots == 8192 && ci > 1 {
                 continue;
             }
-            for chunks in [1usize, 3, 4, 33, n_slots.div_ceil(256)] {
+            for chunks in [1usize, 2, 3, 4, 33, n_slots.div_ceil(256)] {
                 let rows = if (ci + chunks) % 2 == 0 { 1 } else { 3 };
                 let window = if chunks == 3 { 3000 } else { 0 };
                 let heads = Heads { n_heads, n_kv_heads: n_kv, head_dim: rank, window };
@@ -655,7 +656,7 @@ fn key_scores_over_slot_ranges_match_the_reference() {
                 words.resize(words.len().next_multiple_of(4), 0);
                 let (qb, kb, sb, pb) = (buf(&ctx, &q), buf_u32(&ctx, &words), buf_u32(&ctx, &slot_pos), buf_u32(&ctx, &positions));
                 let logits = buf(&ctx, &vec![0.5; ops::key_score::logits_len(n_heads, n_kv, cap)]);
-                let stats = buf(&ctx, &vec![3.0; ops::key_score::stats_len(n_heads, chunks, rows)]);
+                let stats = buf(&ctx, &vec![3.0; ops::key_score::stats_len(&ctx, n_heads, chunks, rows)]);
                 let score = buf(&ctx, &vec![9.0; cap]);
                 let b = ops::key_score::Buffers {
                     q: &qb,

@@ -29,6 +29,8 @@ struct ScoreParams {
     capacity: u32,
     chunks: u32,
     scale: f32,
+    merged: u32,
+    pad: [u32; 3],
 }
 
 /// The short keys' geometry.
@@ -46,12 +48,22 @@ pub struct Shape {
 }
 
 /// Slot ranges for `capacity` slots: on GPUs one per 256 slots, so that a long cache fills many
-/// workgroups; on CPU-backed adapters one, a workgroup per KV head: there ranges (their
-/// barriers and the merge) cost more than they saved.
+/// workgroups; on CPU-backed adapters one, a workgroup per KV head (two, for three KV heads on
+/// two cores, was no faster).
 pub fn chunks(ctx: &Context, capacity: usize) -> usize {
     match ctx.kernel_shape {
         KernelShape::Gpu => capacity.div_ceil(256).max(1),
         KernelShape::Cpu => 1,
+    }
+}
+
+/// Softmax statistics per head that the scan leaves for the scores: one per range on GPUs; on
+/// CPU devices one per lane of each range's workgroup (64), merged by a dispatch of their own,
+/// since there a workgroup barrier costs llvmpipe more than the merge.
+fn partials(ctx: &Context, chunks: usize) -> usize {
+    match ctx.kernel_shape {
+        KernelShape::Gpu => chunks,
+        KernelShape::Cpu => chunks * 64,
     }
 }
 
@@ -67,9 +79,9 @@ pub fn logits_len(n_heads: usize, n_kv_heads: usize, capacity: usize) -> usize {
     n_kv_heads * capacity * (n_heads / n_kv_heads).div_ceil(4) * 4
 }
 
-/// f32 values of the ranges' statistics for up to `max_rows` rows.
-pub fn stats_len(n_heads: usize, chunks: usize, max_rows: usize) -> usize {
-    max_rows * n_heads * chunks * 2
+/// f32 values of the scan's statistics for up to `max_rows` rows, and of their merge.
+pub fn stats_len(ctx: &Context, n_heads: usize, chunks: usize, max_rows: usize) -> usize {
+    max_rows * n_heads * (partials(ctx, chunks) + 1) * 2
 }
 
 pub struct Buffers<'a> {
@@ -89,7 +101,8 @@ pub struct Buffers<'a> {
     pub score: &'a wgpu::Buffer,
 }
 
-/// The two dispatches: the ranges' logits and softmaxes, then the scores, scaled by `scale`.
+/// The dispatches: the ranges' logits and softmaxes, (on CPU devices, with more than one
+/// range, their merge,) then the scores, scaled by `scale`.
 pub fn build(ctx: &Context, b: &Buffers, step: &wgpu::Buffer, shape: Shape, max_rows: usize, scale: f32) -> Result<Vec<Dispatch>> {
     let Shape { n_heads, n_kv_heads, rank, window, capacity, chunks } = shape;
     if n_kv_heads == 0 || n_heads % n_kv_heads != 0 || n_heads > 64 || rank == 0 || rank % 4 != 0 || rank > 64 || chunks == 0 {
@@ -105,7 +118,7 @@ pub fn build(ctx: &Context, b: &Buffers, step: &wgpu::Buffer, shape: Shape, max_
     check_len("key_score", "slot_pos", b.slot_pos, capacity)?;
     check_len("key_score", "positions", b.positions, max_rows)?;
     check_len("key_score", "logits", b.logits, logits_len(n_heads, n_kv_heads, capacity))?;
-    check_len("key_score", "stats", b.stats, stats_len(n_heads, chunks, max_rows))?;
+    check_len("key_score", "stats", b.stats, stats_len(ctx, n_heads, chunks, max_rows))?;
     check_len("key_score", "score", b.score, capacity)?;
     let lp = LogitParams {
         n_heads: n_heads as u32,
@@ -117,7 +130,10 @@ pub fn build(ctx: &Context, b: &Buffers, step: &wgpu::Buffer, shape: Shape, max_
         window: window as u32,
         pad: 0,
     };
-    let sp = ScoreParams { n_heads: n_heads as u32, capacity: capacity as u32, chunks: chunks as u32, scale };
+    // Where `single` reads the heads' statistics: the one range's, or the merge's.
+    let parts = partials(ctx, chunks);
+    let merged = if parts == 1 { 0 } else { max_rows * n_heads * parts } as u32;
+    let sp = ScoreParams { n_heads: n_heads as u32, capacity: capacity as u32, chunks: parts as u32, scale, merged, pad: [0; 3] };
     // Query heads per workgroup: the whole group sharing a KV head (each key read once for all
     // of them; on lavapipe one head per workgroup was slower, not faster).
     let hpw = n_heads / n_kv_heads;
@@ -126,7 +142,9 @@ pub fn build(ctx: &Context, b: &Buffers, step: &wgpu::Buffer, shape: Shape, max_
     let paired = b.kv == KvType::F16 && r4.is_multiple_of(2);
     let (rn, r8) = if paired { (0, r4 / 2) } else { (r4, 0) };
     let g4 = hpw.div_ceil(4) as u32;
-    let defines = [("R4", r4), ("RN", rn), ("R8", r8), ("GROUP", hpw as u32), ("G4", g4), ("KV_HALF", b.kv.half())];
+    let lane_stats = (parts > chunks) as u32;
+    let defines =
+        [("R4", r4), ("RN", rn), ("R8", r8), ("GROUP", hpw as u32), ("G4", g4), ("KV_HALF", b.kv.half()), ("LANE_STATS", lane_stats)];
     let logits = ctx.pipeline_with(&shaders::KEY_LOGITS, "main", &[], &defines)?;
     let lp = ctx.uniform("key_logits.params", &lp);
     let first = ctx.dispatch(
@@ -134,11 +152,23 @@ pub fn build(ctx: &Context, b: &Buffers, step: &wgpu::Buffer, shape: Shape, max_
         &[b.q, b.keys, b.slot_pos, b.positions, b.logits, b.stats, &lp, step],
         [groups("key_score", n_heads / hpw, 1)?, 1, groups("key_score", chunks, 1)?],
     );
-    let entry = if chunks == 1 { "single" } else { "ranges" };
-    let score = ctx.pipeline_with(&shaders::KEY_SCORE, entry, &[], &[("GROUP", hpw as u32), ("G4", g4)])?;
     let sp = ctx.uniform("key_score.params", &sp);
-    let second = ctx.dispatch(score, &[b.logits, b.stats, b.score, &sp, step], [groups("key_score", capacity, 64)?, 1, 1]);
-    Ok(vec![first, second])
+    let score_defines = [("GROUP", hpw as u32), ("G4", g4)];
+    let mut out = vec![first];
+    // Ranges merged in the scores' workgroups on GPUs; on CPU devices, whose barriers are dear,
+    // by a dispatch of their own.
+    let entry = match (parts, ctx.kernel_shape) {
+        (1, _) => "single",
+        (_, KernelShape::Gpu) => "ranges",
+        (_, KernelShape::Cpu) => {
+            let merge = ctx.pipeline_with(&shaders::KEY_SCORE, "merge", &[], &score_defines)?;
+            out.push(ctx.dispatch(merge, &[b.stats, &sp, step], [1, 1, 1]));
+            "single"
+        }
+    };
+    let score = ctx.pipeline_with(&shaders::KEY_SCORE, entry, &[], &score_defines)?;
+    out.push(ctx.dispatch(score, &[b.stats, &sp, step, b.logits, b.score], [groups("key_score", capacity, 64)?, 1, 1]));
+    Ok(out)
 }
 
 /// Reference in f64: the scores of [`build`] for the row with short queries `q` (n_heads ·

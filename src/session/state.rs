@@ -304,7 +304,7 @@ impl IndexState {
                 .collect::<Result<_>>()?,
             q: ctx.storage("index.q", f(rows * c.n_heads * r))?,
             chunks,
-            stats: ctx.storage("index.stats", f(crate::ops::key_score::stats_len(c.n_heads, chunks, rows)))?,
+            stats: ctx.storage("index.stats", f(crate::ops::key_score::stats_len(ctx, c.n_heads, chunks, rows)))?,
             logits: ctx.storage("index.logits", f(crate::ops::key_score::logits_len(c.n_heads, c.n_kv_heads, capacity)))?,
         })
     }
