@@ -6,7 +6,8 @@
 // where M[h] is the largest of the ranges' maxima m[h, c] and L[h] = Σ_c l[h, c] exp(m[h, c] -
 // M[h]) (the row's softmax over every slot it sees); exponentials below e^-60 count as 0 (as in
 // key_logits.wgsl), so masked slots score nothing. Slots at or above step.n_slots score 0.
-// Dispatch (ceil(capacity / 64), 1, 1). Entry points: `ranges`, whose lanes first merge the
+// Dispatch (ceil(capacity / 64), 1, 1) for `ranges`, (ceil(capacity / 256), 1, 1) for `single`,
+// whose invocations take 4 slots each. Entry points: `ranges`, whose lanes first merge the
 // ranges' statistics of each head (GPUs); `single`, reading each head's M and L from
 // stats[p.merged + r · n_heads + h]: the statistics of one range (p.chunks = 1, p.merged = 0),
 // or those `merge` wrote there (dispatch (1, 1, 1), a lane per head). On CPU devices a
@@ -34,6 +35,8 @@ struct Params {
 const WG: u32 = 64u;
 const GROUP: u32 = 3u;  // query heads per KV head
 const G4: u32 = 1u;     // vec4s of a slot's logits per KV head: ceil(GROUP / 4)
+const N_KV: u32 = 3u;   // KV heads (n_heads / GROUP)
+const SLOTS: u32 = 4u;  // slots per invocation of `single` (the heads' statistics read once for them)
 // Each head's M and 1 / L (0 where it sees nothing), for query heads of at most 64 (checked
 // where the pipeline is built).
 var<workgroup> head_max: array<f32, 64>;
@@ -107,25 +110,37 @@ fn ranges(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wid:
 fn single(@builtin(global_invocation_id) gid: vec3<u32>) {
     let r = step.n_new - 1u;
     let n = min(p.capacity, step.n_slots);
-    let j = gid.x;
-    if j >= p.capacity {
+    let j0 = gid.x * SLOTS;
+    if j0 >= p.capacity {
         return;
     }
-    var s = 0.0;
-    if j < n {
-        for (var g = 0u; g < p.n_heads / GROUP; g++) {
+    // Each head's M and 1 / L, read once for the invocation's slots (in variables of their own,
+    // per KV head, vec4 and component; those beyond GROUP are read but not used).
+    let sb = p.merged + r * p.n_heads;
+    // unroll g N_KV
+    // unroll v G4
+    // unroll i 4
+    let st{g}_{v}_{i} = stats[sb + min({g}u * GROUP + 4u * {v}u + {i}u, p.n_heads - 1u)];
+    let inv{g}_{v}_{i} = select(0.0, 1.0 / st{g}_{v}_{i}.y, st{g}_{v}_{i}.y > 0.0);
+    // end unroll
+    // end unroll
+    // end unroll
+    for (var j = j0; j < min(j0 + SLOTS, p.capacity); j++) {
+        var s = 0.0;
+        if j < n {
+            // unroll g N_KV
             // unroll v G4
             {
-                let w = logits[(g * p.capacity + j) * G4 + {v}u];
+                let w = logits[({g}u * p.capacity + j) * G4 + {v}u];
                 // unroll i 4
                 if 4u * {v}u + {i}u < GROUP {
-                    let st = stats[p.merged + r * p.n_heads + g * GROUP + 4u * {v}u + {i}u];
-                    s += prob(w[{i}u], st.x, select(0.0, 1.0 / st.y, st.y > 0.0));
+                    s += prob(w[{i}u], st{g}_{v}_{i}.x, inv{g}_{v}_{i});
                 }
                 // end unroll
             }
             // end unroll
+            // end unroll
         }
+        score[j] = s * p.scale;
     }
-    score[j] = s * p.scale;
 }

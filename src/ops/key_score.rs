@@ -153,7 +153,7 @@ pub fn build(ctx: &Context, b: &Buffers, step: &wgpu::Buffer, shape: Shape, max_
         [groups("key_score", n_heads / hpw, 1)?, 1, groups("key_score", chunks, 1)?],
     );
     let sp = ctx.uniform("key_score.params", &sp);
-    let score_defines = [("GROUP", hpw as u32), ("G4", g4)];
+    let score_defines = [("GROUP", hpw as u32), ("G4", g4), ("N_KV", n_kv_heads as u32)];
     let mut out = vec![first];
     // Ranges merged in the scores' workgroups on GPUs; on CPU devices, whose barriers are dear,
     // by a dispatch of their own.
@@ -167,7 +167,9 @@ pub fn build(ctx: &Context, b: &Buffers, step: &wgpu::Buffer, shape: Shape, max_
         }
     };
     let score = ctx.pipeline_with(&shaders::KEY_SCORE, entry, &[], &score_defines)?;
-    out.push(ctx.dispatch(score, &[b.stats, &sp, step, b.logits, b.score], [groups("key_score", capacity, 64)?, 1, 1]));
+    // `single` takes 4 slots an invocation, `ranges` one.
+    let per_group = if entry == "single" { 4 * 64 } else { 64 };
+    out.push(ctx.dispatch(score, &[b.stats, &sp, step, b.logits, b.score], [groups("key_score", capacity, per_group)?, 1, 1]));
     Ok(out)
 }
 
