@@ -76,8 +76,8 @@ fn visible(sp: u32, pos: u32) -> bool {
     return sp != INVALID && sp <= pos && (p.window == 0u || pos - sp < p.window);
 }
 
-// Slots per range for n slots in use: the ranges' share, rounded up to a multiple of 64 (so
-// that key_score.wgsl's workgroups each lie in one range).
+// Slots per range for n slots in use: the ranges' share, rounded up to a multiple of 64 (whole
+// rounds of the workgroup's lanes).
 fn chunk_len(n: u32) -> u32 {
     return ((n + p.chunks - 1u) / p.chunks + 63u) / 64u * 64u;
 }

@@ -101,8 +101,8 @@ pub struct Buffers<'a> {
     pub score: &'a wgpu::Buffer,
 }
 
-/// The dispatches: the ranges' logits and softmaxes, (on CPU devices, with more than one
-/// range, their merge,) then the scores, scaled by `scale`.
+/// The dispatches: the ranges' logits and softmaxes, on CPU devices the merge of the scan's
+/// lanes' statistics, then the scores, scaled by `scale`.
 pub fn build(ctx: &Context, b: &Buffers, step: &wgpu::Buffer, shape: Shape, max_rows: usize, scale: f32) -> Result<Vec<Dispatch>> {
     let Shape { n_heads, n_kv_heads, rank, window, capacity, chunks } = shape;
     if n_kv_heads == 0 || n_heads % n_kv_heads != 0 || n_heads > 64 || rank == 0 || rank % 4 != 0 || rank > 64 || chunks == 0 {
