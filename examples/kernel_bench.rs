@@ -159,7 +159,16 @@ fn main() -> adore::Result<()> {
     let logits = ctx.storage("logits", (ops::key_score::logits_len(9, 3, cap) * 4) as u64)?;
     let stats = ctx.storage("stats", (ops::key_score::stats_len(&ctx, 9, chunks, 1) * 4) as u64)?;
     let score = ctx.storage("score", (cap * 4) as u64)?;
-    let (attend, list) = (ctx.storage("attend", (cap * 4) as u64)?, ctx.storage("list", ((cap + 1) * 4) as u64)?);
+    let (attend, list) = (ctx.storage("attend", (cap * 4) as u64)?, ctx.storage("list", (ops::cache_update::list_len(cap, 1) * 4) as u64)?);
+    let spread: Vec<f32> = (0..cap)
+        .map(|i| {
+            // A normal deviate from two uniform ones (Box-Muller), hashed from the slot.
+            let u = |k: usize| ((i * 2 + k).wrapping_mul(2654435761) % 1_000_003) as f32 / 1_000_003.0 + 1e-7;
+            let z = (-2.0 * u(0).ln()).sqrt() * (std::f32::consts::TAU * u(1)).cos();
+            (2.5 * z).exp() / cap as f32
+        })
+        .collect();
+    let spread = ctx.storage_init("spread scores", bytemuck::cast_slice(&spread))?;
     for n in [256usize, 4096, 8178] {
         let pos = ctx.storage_init("pos", bytemuck::cast_slice(&[n as u32 - 1]))?;
         let step = ctx.uniform("step", &Step::new(1, n as u32, 0, n as u32));
@@ -181,11 +190,20 @@ fn main() -> adore::Result<()> {
             ops::key_score::build(&ctx, &b, &step, shape, 1, 1.0 / 270.0)?,
             flops,
         );
-        let p = ops::cache_update::Params { capacity: cap as u32, budget: 128, sinks: 4, recent: 32, in_flight: 1, pad: [0; 3] };
+        let p = ops::cache_update::Params { capacity: cap as u32, budget: 128, sinks: 4, recent: 32, in_flight: 1, hint: 0, pad: [0; 2] };
         time(
             &ctx,
             &format!("choose 128 of {n} slots"),
             ops::cache_update::build_chosen(&ctx, Some(&table), &attend, &score, &list, &step, p)?,
+            0.0,
+        );
+        // Scores spread as attention's are (log-normal, e^N(0, 2.5²)): the choice a session
+        // makes, where the radix rounds end early (random keys' near-uniform scores take all of
+        // them).
+        time(
+            &ctx,
+            &format!("choose 128 of {n} slots, spread scores"),
+            ops::cache_update::build_chosen(&ctx, Some(&table), &attend, &spread, &list, &step, p)?,
             0.0,
         );
     }
@@ -238,7 +256,8 @@ fn main() -> adore::Result<()> {
         (context * 2 * 64) as f64,
     );
     time(&ctx, "topk 4 of 4096 seen", ops::topk::build(&ctx, &score, &sel, &idx, context, 4, Some(&seen))?, 0.0);
-    let up = ops::cache_update::Params { capacity: cap as u32, budget: budget as u32, sinks: 4, recent: 16, in_flight: 0, pad: [0; 3] };
+    let up =
+        ops::cache_update::Params { capacity: cap as u32, budget: budget as u32, sinks: 4, recent: 16, in_flight: 0, hint: 0, pad: [0; 2] };
     time(&ctx, "cache_update 512 slots", ops::cache_update::build(&ctx, &table, &score, &seen, up)?, 0.0);
     let p = ops::staged_update::Params { capacity: cap as u32, budget: budget as u32, kv_dim: kvd as u32, pad: 0 };
     let matrix = ctx.storage("select", (budget * cap * 4) as u64)?;

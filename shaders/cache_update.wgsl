@@ -6,7 +6,8 @@
 // against the budget (the oracle selects what those rows attend to).
 // The k-th score is found exactly by a radix select, a byte per pass (4 histogram passes); the
 // tie cut by position bit by bit (32 counting passes), only when some tied candidates stay and
-// some go. The passes end early where all candidates sharing the bytes found so far stay. One
+// some go. The passes end early where all candidates sharing the bytes found so far stay; choose
+// and narrow guess the first byte from their last call (HINT), saving a pass when right. One
 // workgroup of WG lanes (set per pipeline: 256 on GPUs, fewer on CPU devices, where a
 // workgroup's lanes take turns in SIMD registers at every barrier), each invocation owning a
 // contiguous range of slots, a multiple of 4 read four at a time (slot_pos, src and score are
@@ -14,7 +15,8 @@
 // Entry points: main frees slots of slot_pos in place; choose first copies the table from src
 // (all capacity slots), and it and narrow (in place) then write the valid slots below
 // step.n_slots as a compact ascending list (list[0] = count, list[1 + k] = the k-th slot), so
-// that attention visits only the chosen slots.
+// that attention visits only the chosen slots; after the list's capacity + 1 entries, each
+// choice's hint.
 
 struct Params {
     capacity: u32,
@@ -22,7 +24,7 @@ struct Params {
     sinks: u32,
     recent: u32,
     in_flight: u32,  // 1: this step's new rows stay outside the budget
-    pad0: u32,
+    hint: u32,       // choose and narrow: this choice's entry after the list (see HINT)
     pad1: u32,
     pad2: u32,
 }
@@ -31,10 +33,16 @@ struct Params {
 @group(0) @binding(1) var<storage, read> score: array<vec4<f32>>;           // (capacity), padded to 16 bytes
 @group(0) @binding(2) var<uniform> p: Params;
 @group(0) @binding(3) var<uniform> step: Step;
-@group(0) @binding(4) var<storage, read_write> list: array<u32>;           // (1 + capacity), choose and narrow
+@group(0) @binding(4) var<storage, read_write> list: array<u32>;           // (1 + capacity + hints), choose and narrow
 @group(0) @binding(5) var<storage, read> src: array<vec4<u32>>;            // (capacity), choose, padded to 16 bytes
 
 const WG: u32 = 256u;  // lanes, a power of two up to 256
+// 1 (choose, narrow): the first round's byte is guessed, as the one this choice found last time
+// (list[1 + capacity + p.hint]); the first pass counts the candidates above and at it, and builds
+// the second round's histogram of those at it. Where the k-th largest key has that byte, the
+// first round needs no histogram (the same byte, need and ties as the histogram's) and the
+// second no pass; else the first round's histogram is built in a pass of its own.
+const HINT: u32 = 0u;
 // Counts per byte value of the score keys that match the bytes chosen so far.
 var<workgroup> hist: array<atomic<u32>, 256>;
 // The current pass's byte, how many candidates of that byte stay, and how many it has.
@@ -122,6 +130,23 @@ fn range_end(lid: u32) -> u32 {
     return min(range_start(lid) + range_len(), slots_below());
 }
 
+// The first round's byte as this choice found it last time (HINT), read by every invocation.
+fn hint_byte() -> u32 {
+    // unroll _ HINT
+    return list[1u + p.capacity + p.hint];
+    // end unroll
+    return 0u;
+}
+
+// Keeps the first round's byte for the next time (HINT; every invocation has read the last one).
+fn set_hint(lid: u32, d: u32) {
+    // unroll _ HINT
+    if lid == 0u {
+        list[1u + p.capacity + p.hint] = d;
+    }
+    // end unroll
+}
+
 // The decision over the invocation's slots c0 .. c1 (called by every invocation); returns how
 // many of them hold a token after it.
 fn release(lid: u32, c0: u32, c1: u32) -> u32 {
@@ -130,6 +155,12 @@ fn release(lid: u32, c0: u32, c1: u32) -> u32 {
     var n_held = 0u;
     var n_valid = 0u;
     var n_prot = 0u;
+    var n_above = 0u;  // candidates whose top byte is above the guess (HINT)
+    var n_at = 0u;     // and at it
+    if lid == 0u {
+        chosen[0] = hint_byte();
+    }
+    let guess = workgroupUniformLoad(&chosen[0]);
     for (var j0 = c0; j0 < c1; j0 += 4u) {
         let sp = slot_pos[j0 >> 2u];
         let sc = score[j0 >> 2u];
@@ -140,7 +171,17 @@ fn release(lid: u32, c0: u32, c1: u32) -> u32 {
             n_valid += select(0u, 1u, k != 0u);
             n_prot += select(0u, 1u, k == 1u);
             if k == 2u {
-                atomicAdd(&hist[order_key(sc[{i}u]) >> 24u], 1u);
+                let key = order_key(sc[{i}u]);
+                let top = key >> 24u;
+                if HINT != 0u {
+                    n_above += select(0u, 1u, top > guess);
+                    if top == guess {
+                        n_at++;
+                        atomicAdd(&hist[(key >> 16u) & 255u], 1u);
+                    }
+                } else {
+                    atomicAdd(&hist[top], 1u);
+                }
             }
         }
         // end unroll
@@ -152,6 +193,14 @@ fn release(lid: u32, c0: u32, c1: u32) -> u32 {
         return n_held;
     }
     let keep = p.budget - min(prot, p.budget);  // candidates that stay
+    var g_above = 0u;
+    var g_at = 0u;
+    if HINT != 0u {
+        g_above = total(lid, n_above);
+        g_at = total(lid, n_at);
+    }
+    // The guess holds where the keep-th largest key's top byte is guess.
+    let guessed = HINT != 0u && g_above < keep && keep <= g_above + g_at;
 
     // thr: the keep-th largest candidate key, a byte at a time from the top. need: how many
     // candidates with key == thr stay (the others above it all stay); ties: how many there are.
@@ -163,7 +212,17 @@ fn release(lid: u32, c0: u32, c1: u32) -> u32 {
     var shift = 32u;
     for (var round = 0u; round < 4u; round++) {
         shift -= 8u;
-        if round > 0u {
+        if round == 0u && guessed {
+            thr = guess;
+            need = keep - g_above;
+            ties = g_at;
+            if ties == need {
+                break;
+            }
+            continue;
+        }
+        // (With the guess right, the histogram of round 1 was built by the first pass.)
+        if (round > 0u || HINT != 0u) && !(round == 1u && guessed) {
             clear_hist(lid);
             for (var j0 = c0; j0 < c1; j0 += 4u) {
                 let sp = slot_pos[j0 >> 2u];
@@ -172,7 +231,7 @@ fn release(lid: u32, c0: u32, c1: u32) -> u32 {
                 if j0 + {i}u < c1 && kind(sp[{i}u]) == 2u {
                     let key = order_key(sc[{i}u]);
                     // The bytes above this one must equal those chosen.
-                    if (key >> (shift + 8u)) == thr {
+                    if round == 0u || (key >> (shift + 8u)) == thr {
                         atomicAdd(&hist[(key >> shift) & 255u], 1u);
                     }
                 }
@@ -201,6 +260,9 @@ fn release(lid: u32, c0: u32, c1: u32) -> u32 {
         need = workgroupUniformLoad(&chosen[1]);
         ties = workgroupUniformLoad(&chosen[2]);
         thr = (thr << 8u) | d;
+        if round == 0u {
+            set_hint(lid, d);
+        }
         if ties == need {
             break;
         }

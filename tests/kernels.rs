@@ -808,7 +808,7 @@ fn attention_over_slots(ctx: &Arc<Context>) {
                 }
                 // Through the compact list of the valid slots (made by the selection with a
                 // budget that keeps them all): the same.
-                let list = ctx.storage("list", ((n_slots + 1) * 4) as u64).unwrap();
+                let list = ctx.storage("list", (ops::cache_update::list_len(n_slots, 1) * 4) as u64).unwrap();
                 let stp = step(&ctx, rows, n_slots, 0);
                 let keep_all = ops::cache_update::Params {
                     capacity: n_slots as u32,
@@ -816,7 +816,8 @@ fn attention_over_slots(ctx: &Arc<Context>) {
                     sinks: 0,
                     recent: 0,
                     in_flight: 0,
-                    pad: [0; 3],
+                    hint: 0,
+                    pad: [0; 2],
                 };
                 let score = buf(&ctx, &vec![0.0; ops::cache_update::table_len(n_slots)]);
                 let sb = buf_u32(&ctx, &[slot_pos.clone(), vec![INVALID_SLOT; 3]].concat());
@@ -1017,7 +1018,8 @@ fn cache_update_score_and_assign_match_references() {
                     sinks: [0, 4, 100][round % 3],
                     recent: [0, 16, 500][round % 3],
                     in_flight: (round % 2) as u32,
-                    pad: [0; 3],
+                    hint: rng.below(3) as u32,
+                    pad: [0; 2],
                 };
                 let n_new = [1, 700, 2000][round % 3];
                 // The tables and scores padded as sessions hold them (to a multiple of 4), the
@@ -1034,19 +1036,38 @@ fn cache_update_score_and_assign_match_references() {
                 // The attended choice: copied from the table into one holding garbage, or in place;
                 // then its valid slots listed.
                 let want_list = ops::attention::reference_list(&want, high);
+                // The hint the choice leaves: the first radix round's byte, that of the keep-th
+                // largest candidate key (255 when none stays); unchanged within the budget.
+                let want_hint = cu::reference_hint(&slot_pos, &score, p, n_seen, n_new);
                 for from_src in [true, false] {
-                    let garbage: Vec<u32> = (0..padded).map(|_| rng.below(1 << 32) as u32).collect();
-                    let (table, src) = match from_src {
-                        true => (buf_u32(&ctx, &garbage), Some(buf_u32(&ctx, &pad_u32(&slot_pos)))),
-                        false => (buf_u32(&ctx, &pad_u32(&slot_pos)), None),
-                    };
-                    let list = ctx.storage("list", ((cap + 1) * 4) as u64).unwrap();
-                    run(&ctx, cu::build_chosen(&ctx, src.as_ref(), &table, &sb, &list, &st, p).unwrap());
-                    let what = format!("chosen (copied: {from_src}) {:?} shape cap {cap} {p:?} n_new {n_new}", ctx.kernel_shape);
-                    // Copied or in place, the padding ends as the table's.
-                    assert_eq!(pollster::block_on(ctx.read_u32(&table, padded)).unwrap(), pad_u32(&want), "{what}");
-                    let got_list = pollster::block_on(ctx.read_u32(&list, want_list.len())).unwrap();
-                    assert_eq!(got_list, want_list, "{what}: list");
+                    // The list's hints start as any byte or none (a guess right or wrong), then
+                    // the same choice runs again on the hint it left (right).
+                    let mut list_init = vec![0u32; cu::list_len(cap, 3)];
+                    for h in &mut list_init[cap + 1..] {
+                        *h = rng.below(300) as u32;
+                    }
+                    let list = buf_u32(&ctx, &list_init);
+                    for again in [false, true] {
+                        let garbage: Vec<u32> = (0..padded).map(|_| rng.below(1 << 32) as u32).collect();
+                        let (table, src) = match from_src {
+                            true => (buf_u32(&ctx, &garbage), Some(buf_u32(&ctx, &pad_u32(&slot_pos)))),
+                            false => (buf_u32(&ctx, &pad_u32(&slot_pos)), None),
+                        };
+                        run(&ctx, cu::build_chosen(&ctx, src.as_ref(), &table, &sb, &list, &st, p).unwrap());
+                        let what = format!(
+                            "chosen (copied: {from_src}, again: {again}) {:?} shape cap {cap} {p:?} n_new {n_new}",
+                            ctx.kernel_shape
+                        );
+                        // Copied or in place, the padding ends as the table's.
+                        assert_eq!(pollster::block_on(ctx.read_u32(&table, padded)).unwrap(), pad_u32(&want), "{what}");
+                        let got = pollster::block_on(ctx.read_u32(&list, list_init.len())).unwrap();
+                        assert_eq!(got[..want_list.len()], want_list[..], "{what}: list");
+                        let mut hints = list_init[cap + 1..].to_vec();
+                        if let Some(h) = want_hint {
+                            hints[p.hint as usize] = h;
+                        }
+                        assert_eq!(got[cap + 1..], hints[..], "{what}: hints");
+                    }
                 }
 
                 let rows = 1 + rng.below(4) as usize;

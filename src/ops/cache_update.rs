@@ -17,7 +17,10 @@ pub struct Params {
     pub recent: u32,
     /// 1: the step's new rows stay and do not count against the budget (oracle selection).
     pub in_flight: u32,
-    pub pad: [u32; 3],
+    /// [`build_chosen`]: this choice's entry in the hints after the list (see [`list_len`]);
+    /// each choice of a step (a layer's, say) keeps one of its own.
+    pub hint: u32,
+    pub pad: [u32; 2],
 }
 
 impl Params {
@@ -28,7 +31,8 @@ impl Params {
             sinks: policy.sinks as u32,
             recent: policy.recent as u32,
             in_flight: 0,
-            pad: [0; 3],
+            hint: 0,
+            pad: [0; 2],
         }
     }
 }
@@ -60,9 +64,18 @@ pub fn build(ctx: &Context, slot_pos: &wgpu::Buffer, score: &wgpu::Buffer, step:
     Ok(ctx.dispatch(pipeline, &[slot_pos, score, &params, step], [1, 1, 1]))
 }
 
+/// Entries of the list buffer of [`build_chosen`] for `capacity` slots and `hints` choices a
+/// step: the count, a slot each, then each choice's hint (the first radix round's byte it found
+/// last time: where the next step's falls in the same byte, as it mostly does, that round
+/// counts two numbers instead of building a histogram). Zeroed is a valid start.
+pub fn list_len(capacity: usize, hints: usize) -> usize {
+    1 + capacity + hints
+}
+
 /// Dispatch choosing the attended slots: the decision of [`build`] on `table`, after copying it
 /// from `src` when given (in place otherwise), and the valid slots below `Step::n_slots` listed
-/// into `list` (count first; [`crate::ops::attention::reference_list`]).
+/// into `list` (count first; [`crate::ops::attention::reference_list`]); the choice's hint is
+/// `list`'s entry `1 + capacity + p.hint` ([`list_len`]).
 pub fn build_chosen(
     ctx: &Context,
     src: Option<&wgpu::Buffer>,
@@ -75,19 +88,35 @@ pub fn build_chosen(
     let cap = p.capacity as usize;
     check_len("cache_update", "table", table, table_len(cap))?;
     check_len("cache_update", "score", score, table_len(cap))?;
-    check_len("cache_update", "list", list, cap + 1)?;
+    check_len("cache_update", "list", list, list_len(cap, p.hint as usize + 1))?;
     let params = ctx.uniform("cache_update.params", &p);
     Ok(match src {
         Some(src) => {
             check_len("cache_update", "src", src, table_len(cap))?;
-            let pipeline = ctx.pipeline_with(&shaders::CACHE_UPDATE, "choose", &[], &[("WG", lanes(ctx))])?;
+            let pipeline = ctx.pipeline_with(&shaders::CACHE_UPDATE, "choose", &[], &[("WG", lanes(ctx)), ("HINT", 1)])?;
             ctx.dispatch(pipeline, &[table, score, &params, step, list, src], [1, 1, 1])
         }
         None => {
-            let pipeline = ctx.pipeline_with(&shaders::CACHE_UPDATE, "narrow", &[], &[("WG", lanes(ctx))])?;
+            let pipeline = ctx.pipeline_with(&shaders::CACHE_UPDATE, "narrow", &[], &[("WG", lanes(ctx)), ("HINT", 1)])?;
             ctx.dispatch(pipeline, &[table, score, &params, step, list], [1, 1, 1])
         }
     })
+}
+
+/// Reference: the hint [`build_chosen`] leaves (None: unchanged, the cache within budget).
+pub fn reference_hint(slot_pos: &[u32], score: &[f32], p: Params, n_seen: u32, n_new: u32) -> Option<u32> {
+    let protected = |pos: u32| pos < p.sinks || pos + p.recent >= n_seen;
+    let counted = |pos: u32| pos != INVALID_SLOT && !(p.in_flight != 0 && pos + n_new >= n_seen);
+    let valid = slot_pos.iter().filter(|&&s| counted(s)).count();
+    if valid <= p.budget as usize {
+        return None;
+    }
+    let n_prot = slot_pos.iter().filter(|&&s| counted(s) && protected(s)).count();
+    let keep = (p.budget as usize).saturating_sub(n_prot);
+    let mut keys: Vec<u32> =
+        (0..slot_pos.len()).filter(|&j| counted(slot_pos[j]) && !protected(slot_pos[j])).map(|j| super::order_key(score[j])).collect();
+    keys.sort_unstable_by(|a, b| b.cmp(a));
+    Some(if keep == 0 { 255 } else { keys[keep - 1] >> 24 })
 }
 
 /// Reference: the slot table after the decision, for `n_seen` tokens of which the last

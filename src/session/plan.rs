@@ -13,6 +13,18 @@ use crate::tensor::GpuWeight;
 
 use super::state::{ControllerState, IndexState, RunState, SessionOptions};
 
+/// The entry among the attended list's hints ([`ops::cache_update::list_len`]) of the choice
+/// made at layer `l` (`layers` for a choice before or after all of them); the one after it is
+/// the same layer's second choice (the budget among nominees).
+fn hint_of(l: usize) -> usize {
+    2 * l
+}
+
+/// Hints a step's choices keep, for a model of `layers` layers.
+pub(super) fn hints(layers: usize) -> usize {
+    hint_of(layers) + 2
+}
+
 /// How a forward pass attends.
 #[derive(Clone, Copy)]
 enum Attend<'b> {
@@ -166,7 +178,7 @@ impl<'a> Planner<'a> {
                     let (Some(attend), Some(score)) = (&s.attend, &s.slot_score) else { unreachable!("an oracle session") };
                     self.attention(plan, l, rows, &s.slot_pos, Mass::Write, false)?;
                     self.score_from_mass(plan, rows, score)?;
-                    self.choose(plan, attend, score, protect)?;
+                    self.choose(plan, attend, score, protect, hint_of(l))?;
                     self.attention(plan, l, rows, attend, Mass::None, true)?;
                 }
                 // The key index's dense layers attend to every slot.
@@ -203,12 +215,12 @@ impl<'a> Planner<'a> {
                         // The short keys nominate; the layer's exact attention over the
                         // nominees chooses the budget among them.
                         true => {
-                            self.choose_n(plan, attend, score, protect, candidates)?;
+                            self.choose_n(plan, attend, score, protect, candidates, hint_of(l))?;
                             self.attention(plan, l, rows, attend, Mass::Write, true)?;
                             self.score_from_mass(plan, rows, score)?;
-                            self.select(plan, attend, score, protect, self.policy().budget)?;
+                            self.select(plan, attend, score, protect, self.policy().budget, hint_of(l) + 1)?;
                         }
-                        false => self.choose(plan, attend, score, protect)?,
+                        false => self.choose(plan, attend, score, protect, hint_of(l))?,
                     }
                     self.attention(plan, l, rows, attend, Mass::None, true)?;
                 }
@@ -236,7 +248,7 @@ impl<'a> Planner<'a> {
                         rows,
                     )?);
                     plan.push(ops::quest::build_score(ctx, &s.q, bounds, score, step, qp, rows)?);
-                    self.choose(plan, attend, score, protect)?;
+                    self.choose(plan, attend, score, protect, hint_of(l))?;
                     self.attention(plan, l, rows, attend, Mass::None, true)?;
                 }
             }
@@ -444,14 +456,14 @@ impl<'a> Planner<'a> {
             OracleRanking::Attention => {
                 self.forward(plan, rows, 0..layers, Attend::Table(&s.slot_pos, Some(0)))?;
                 self.score_from_mass(plan, rows, score)?;
-                self.choose(plan, attend, score, protect)?;
+                self.choose(plan, attend, score, protect, hint_of(layers))?;
                 plan.extend(self.embed(rows)?);
                 self.forward(plan, rows, 0..layers, Attend::Chosen)
             }
             OracleRanking::Layer(l) => {
                 self.forward(plan, rows, 0..l + 1, Attend::Table(&s.slot_pos, Some(l)))?;
                 self.score_from_mass(plan, rows, score)?;
-                self.choose(plan, attend, score, protect)?;
+                self.choose(plan, attend, score, protect, hint_of(layers))?;
                 self.forward(plan, rows, l + 1..layers, Attend::Chosen)
             }
             OracleRanking::PerLayer => self.forward(plan, rows, 0..layers, Attend::ChosenPerLayer(protect)),
@@ -462,7 +474,7 @@ impl<'a> Planner<'a> {
                 // into the slot table before the submit.
                 let Some(cl) = &s.controller else { unreachable!("a session ranked by the controller runs it") };
                 plan.push(ops::controller::build_score(ctx, &cl.gpu, &cl.state, &cl.keys, &s.slot_pos, score, &s.step)?);
-                self.choose(plan, attend, score, protect)?;
+                self.choose(plan, attend, score, protect, hint_of(layers))?;
                 self.forward(plan, rows, 0..layers, Attend::Chosen)
             }
         }
@@ -478,38 +490,63 @@ impl<'a> Planner<'a> {
 
     /// The re-choice: `attend` = the slot table less all but the `budget` best-scored past
     /// tokens (the step's rows stay; with `protect`, the policy's sinks and recent window too).
-    fn choose(&self, plan: &mut Vec<Dispatch>, attend: &wgpu::Buffer, score: &wgpu::Buffer, protect: bool) -> Result<()> {
-        self.choose_n(plan, attend, score, protect, self.policy().budget)
+    /// `hint`: the choice's own entry among the list's hints ([`hint_of`]).
+    fn choose(&self, plan: &mut Vec<Dispatch>, attend: &wgpu::Buffer, score: &wgpu::Buffer, protect: bool, hint: usize) -> Result<()> {
+        self.choose_n(plan, attend, score, protect, self.policy().budget, hint)
     }
 
     /// The re-choice with `n` past tokens kept instead of the budget.
-    fn choose_n(&self, plan: &mut Vec<Dispatch>, attend: &wgpu::Buffer, score: &wgpu::Buffer, protect: bool, n: usize) -> Result<()> {
-        self.chosen(plan, Some(&self.s.slot_pos), attend, score, protect, n)
+    fn choose_n(
+        &self,
+        plan: &mut Vec<Dispatch>,
+        attend: &wgpu::Buffer,
+        score: &wgpu::Buffer,
+        protect: bool,
+        n: usize,
+        hint: usize,
+    ) -> Result<()> {
+        self.chosen(plan, Some(&self.s.slot_pos), attend, score, self.choice(protect, n, hint))
     }
 
     /// `table` less all but its `n` best-scored past tokens (the step's rows stay; with
     /// `protect`, the policy's sinks and recent window too), and its compact list.
-    fn select(&self, plan: &mut Vec<Dispatch>, attend: &wgpu::Buffer, score: &wgpu::Buffer, protect: bool, n: usize) -> Result<()> {
-        self.chosen(plan, None, attend, score, protect, n)
+    fn select(
+        &self,
+        plan: &mut Vec<Dispatch>,
+        attend: &wgpu::Buffer,
+        score: &wgpu::Buffer,
+        protect: bool,
+        n: usize,
+        hint: usize,
+    ) -> Result<()> {
+        self.chosen(plan, None, attend, score, self.choice(protect, n, hint))
     }
 
-    /// The choice of `n` into `attend` (copied from `src` when given, in place otherwise) and
-    /// its list, in one dispatch.
+    /// The parameters of a choice of `n` past tokens (the step's rows stay; with `protect`, the
+    /// policy's sinks and recent window too) keeping hint `hint`.
+    fn choice(&self, protect: bool, n: usize, hint: usize) -> ops::cache_update::Params {
+        let base = ops::cache_update::Params {
+            budget: n as u32,
+            hint: hint as u32,
+            ..ops::cache_update::Params::new(self.capacity, &self.policy())
+        };
+        match protect {
+            true => ops::cache_update::Params { in_flight: 1, ..base },
+            false => ops::cache_update::Params { sinks: 0, recent: 0, in_flight: 1, ..base },
+        }
+    }
+
+    /// The choice `up` into `attend` (copied from `src` when given, in place otherwise) and its
+    /// list, in one dispatch.
     fn chosen(
         &self,
         plan: &mut Vec<Dispatch>,
         src: Option<&wgpu::Buffer>,
         attend: &wgpu::Buffer,
         score: &wgpu::Buffer,
-        protect: bool,
-        n: usize,
+        up: ops::cache_update::Params,
     ) -> Result<()> {
         let s = self.s;
-        let base = ops::cache_update::Params { budget: n as u32, ..ops::cache_update::Params::new(self.capacity, &self.policy()) };
-        let up = match protect {
-            true => ops::cache_update::Params { in_flight: 1, ..base },
-            false => ops::cache_update::Params { sinks: 0, recent: 0, in_flight: 1, ..base },
-        };
         let Some(list) = &s.attend_list else { unreachable!("a re-choosing session lists its choice") };
         plan.push(ops::cache_update::build_chosen(self.ctx, src, attend, score, list, &s.step, up)?);
         Ok(())

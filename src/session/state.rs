@@ -254,7 +254,8 @@ pub(crate) struct RunState {
     pub slot_score: Option<wgpu::Buffer>,
     /// (capacity) the re-chosen selection (oracle, adore's store): slot_pos less what this step skips.
     pub attend: Option<wgpu::Buffer>,
-    /// (1 + capacity) the valid slots of `attend` as a compact list, count first.
+    /// (1 + capacity) the valid slots of `attend` as a compact list, count first; then the
+    /// choices' hints (`ops::cache_update::list_len`).
     pub attend_list: Option<wgpu::Buffer>,
     pub controller: Option<ControllerState>,
     pub rebuild: Option<RebuildState>,
@@ -430,7 +431,9 @@ impl RunState {
                 .then(|| ctx.storage("slot_score", f(ops::cache_update::table_len(capacity))))
                 .transpose()?,
             attend: rechooses.then(|| ctx.storage("attend", f(ops::cache_update::table_len(capacity)))).transpose()?,
-            attend_list: rechooses.then(|| ctx.storage("attend_list", f(capacity + 1))).transpose()?,
+            attend_list: rechooses
+                .then(|| ctx.storage("attend_list", f(ops::cache_update::list_len(capacity, super::plan::hints(c.layers)))))
+                .transpose()?,
             controller,
             rebuild,
             staged,
