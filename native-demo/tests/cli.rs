@@ -184,6 +184,41 @@ fn generates_text_on_stdout_and_stats_on_stderr() {
     let bytes = |i: usize, key: &str| v["rows"][i][key].as_u64().unwrap();
     assert!(bytes(1, "kv_bytes") > bytes(2, "kv_bytes"), "{v}");
     assert!(bytes(1, "attended_kv_bytes") > bytes(2, "attended_kv_bytes"), "{v}");
+    // With every context in a session of its own, interleaved: a row per policy and context,
+    // each prefilled from empty to its context.
+    let out = adore(&[
+        "bench",
+        "--model",
+        m.to_str().unwrap(),
+        "--contexts",
+        "40,20",
+        "--decode-tokens",
+        "2",
+        "--repeats",
+        "2",
+        "--policies",
+        "full,adore",
+        "--budget",
+        "12",
+        "--recent",
+        "4",
+        "--index",
+        index.to_str().unwrap(),
+        "--interleave-contexts",
+        "--json",
+        json.to_str().unwrap(),
+    ]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let v: serde_json::Value = serde_json::from_slice(&std::fs::read(&json).unwrap()).unwrap();
+    assert_eq!(v["interleave_contexts"], true, "{v}");
+    let rows: Vec<(String, u64, u64)> = v["rows"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| (r["policy"].as_str().unwrap().into(), r["context"].as_u64().unwrap(), r["prefill_tokens"].as_u64().unwrap()))
+        .collect();
+    let want = [("full", 20, 20), ("full", 40, 40), ("adore", 20, 20), ("adore", 40, 40)];
+    assert_eq!(rows, want.map(|(a, b, c)| (a.to_string(), b, c)), "{v}");
     for policy in ["h2o", "tova", "oracle"] {
         let out = adore(&[
             "generate",

@@ -1,6 +1,7 @@
 //! `adore bench`: prefill and decode tokens/s per context length. Each policy prefills once,
 //! growing through the contexts in ascending order, and decodes at each: one warm-up token,
-//! then the median of the measured repeats, the policies' repeats interleaved. JSON for
+//! then the median of the measured repeats, the policies' repeats interleaved (with
+//! `--interleave-contexts`, each context's too, every one in a session of its own). JSON for
 //! machines, a markdown table for people.
 
 use std::path::PathBuf;
@@ -56,6 +57,22 @@ pub struct BenchArgs {
     /// is queued before the previous token is read.
     #[arg(long)]
     sequential: bool,
+    /// Give every policy a session per context, each prefilled to its length, and interleave
+    /// the decode repeats of all of them, so that a change in the machine's speed falls on every
+    /// context alike: how flat decode stays is then measured in one run, as the ratios between
+    /// policies are. Holds a KV cache per policy and context.
+    #[arg(long)]
+    interleave_contexts: bool,
+}
+
+/// A session being measured: its run (policy and cache update), context, the prefill tokens/s
+/// that grew it there, and its decode repeats.
+struct Cell<'s> {
+    run: usize,
+    context: usize,
+    session: &'s mut Session,
+    /// Tokens prefilled to reach the context, and their tokens/s.
+    prefill: (usize, Option<f64>),
 }
 
 #[derive(serde::Serialize)]
@@ -67,7 +84,9 @@ struct Row {
     /// How the KV cache stores K and V (`--kv-cache`).
     kv_cache: &'static str,
     context: usize,
-    /// Prompt tokens/s of the prefill that grew the sequence to this context.
+    /// Prompt tokens of the prefill that grew the sequence to this context (all of them in a
+    /// session of its own; the growth since the last context otherwise), and their tokens/s.
+    prefill_tokens: usize,
     prefill_tokens_per_s: Option<f64>,
     decode_tokens_per_s: f64,
     /// Whether decode queued each step before the previous token was read.
@@ -183,87 +202,53 @@ pub fn run(a: BenchArgs) -> Result<()> {
     let index = a.parts.index(&model)?;
     // Every run's session lives through the whole bench, and each repeat decodes every run in
     // turn, so that a change in the machine's speed falls on all of them alike: their ratios
-    // are measured in one run, interleaved. (Each session holds its KV cache meanwhile.)
+    // are measured in one run, interleaved. (Each session holds its KV cache meanwhile.) With
+    // --interleave-contexts every run has a session per context.
+    let per_run = if a.interleave_contexts { contexts.len() } else { 1 };
     let mut sessions = Vec::new();
     for (policy, update) in &runs {
-        let options = SessionOptions {
-            context: max_ctx,
-            chunk,
-            all_logits: false,
-            policy: *policy,
-            controller: controller.clone(),
-            index: index.clone(),
-            cache_update: *update,
-            kv_cache: a.model.kv_cache.into(),
-            dense_prefill: !a.parts.sparse_prefill,
-            ..Default::default()
-        };
-        let mut session = Session::new(model.clone(), options)?;
-        // Warm-up: compile the pipelines of a chunk-sized prefill and of a decode step.
-        pollster::block_on(session.prefill(&prompt[..chunk.min(contexts[0])]))?;
-        pollster::block_on(session.step())?;
-        session.reset();
-        sessions.push(session);
+        for _ in 0..per_run {
+            let options = SessionOptions {
+                context: max_ctx,
+                chunk,
+                all_logits: false,
+                policy: *policy,
+                controller: controller.clone(),
+                index: index.clone(),
+                cache_update: *update,
+                kv_cache: a.model.kv_cache.into(),
+                dense_prefill: !a.parts.sparse_prefill,
+                ..Default::default()
+            };
+            let mut session = Session::new(model.clone(), options)?;
+            // Warm-up: compile the pipelines of a chunk-sized prefill and of a decode step.
+            pollster::block_on(session.prefill(&prompt[..chunk.min(contexts[0])]))?;
+            pollster::block_on(session.step())?;
+            session.reset();
+            sessions.push(session);
+        }
     }
     let mut rows = Vec::new();
-    for &ctx_len in &contexts {
-        let mut prefills = Vec::new();
-        for session in &mut sessions {
-            // Grow the sequence to this context with the prompt (generated tokens stay in it).
-            let have = session.len();
-            let mut prefill = None;
-            if ctx_len > have {
-                let t = std::time::Instant::now();
-                pollster::block_on(session.prefill(&prompt[have..ctx_len]))?;
-                prefill = Some((ctx_len - have) as f64 / t.elapsed().as_secs_f64());
-            }
-            pollster::block_on(session.step())?;
-            prefills.push(prefill);
+    if a.interleave_contexts {
+        let mut cells = Vec::new();
+        for (k, session) in sessions.iter_mut().enumerate() {
+            let (run, context) = (k / per_run, contexts[k % per_run]);
+            let prefill = grow(session, &prompt, context)?;
+            cells.push(Cell { run, context, session, prefill });
         }
-        let mut dec = vec![Vec::new(); sessions.len()];
-        for _ in 0..repeats {
-            for (session, dec) in sessions.iter_mut().zip(&mut dec) {
-                dec.push(decode(session, decode_tokens, !a.sequential)?);
+        measure(&a, &model, &runs, cells, &mut rows)?;
+    } else {
+        for &context in &contexts {
+            let mut cells = Vec::new();
+            for (run, session) in sessions.iter_mut().enumerate() {
+                let prefill = grow(session, &prompt, context)?;
+                cells.push(Cell { run, context, session, prefill });
             }
-        }
-        for (i, session) in sessions.iter_mut().enumerate() {
-            let (policy, update) = runs[i];
-            let profile = if a.profile {
-                let (_, p) = pollster::block_on(session.profile_step(Timing::best(&model.ctx)))?;
-                Some(profile_json(&p, model.weights.matrix_bytes(), session.attended_kv_bytes()))
-            } else {
-                None
-            };
-            let row = Row {
-                policy: policy.name(),
-                budget: (policy.kind != PolicyKind::Full).then_some(policy.budget),
-                rebuild: policy.rebuild,
-                cache_update: update.name(),
-                kv_cache: match a.model.kv_cache {
-                    KvCache::F16 => "f16",
-                    KvCache::F32 => "f32",
-                },
-                context: ctx_len,
-                prefill_tokens_per_s: prefills[i],
-                decode_tokens_per_s: median(std::mem::take(&mut dec[i])),
-                overlap: !a.sequential && session.can_rewind_step(),
-                kv_bytes: session.kv_bytes(),
-                attended_kv_bytes: session.attended_kv_bytes(),
-                profile,
-            };
-            eprintln!(
-                "{:>6} ({}) context {:>6}: prefill {:>9} tokens/s, decode {:>8.2} tokens/s",
-                row.policy,
-                row.cache_update,
-                row.context,
-                row.prefill_tokens_per_s.map_or("-".to_string(), |p| format!("{p:.1}")),
-                row.decode_tokens_per_s
-            );
-            rows.push((i, row));
+            measure(&a, &model, &runs, cells, &mut rows)?;
         }
     }
     // Grouped by run, contexts ascending within each, as each run's rows read best.
-    rows.sort_by_key(|(i, _)| *i);
+    rows.sort_by_key(|(i, r)| (*i, r.context));
     let rows: Vec<Row> = rows.into_iter().map(|(_, r)| r).collect();
     print!("{}", table(&rows));
     for r in &rows {
@@ -272,9 +257,78 @@ pub fn run(a: BenchArgs) -> Result<()> {
         }
     }
     if let Some(path) = &a.json {
-        let doc = serde_json::json!({"adapter": model.ctx.describe(), "subgroups": model.ctx.subgroups, "decode_tokens": decode_tokens, "repeats": repeats, "rows": rows});
+        let doc = serde_json::json!({"adapter": model.ctx.describe(), "subgroups": model.ctx.subgroups, "decode_tokens": decode_tokens, "repeats": repeats, "interleave_contexts": a.interleave_contexts, "rows": rows});
         std::fs::write(path, serde_json::to_string_pretty(&doc)?).with_context(|| format!("writing {}", path.display()))?;
         eprintln!("wrote {}", path.display());
+    }
+    Ok(())
+}
+
+/// Grows the session's sequence to `context` tokens with the prompt (generated tokens stay in
+/// it), then decodes one warm-up token; the tokens prefilled and their tokens/s (None if none).
+fn grow(session: &mut Session, prompt: &[u32], context: usize) -> Result<(usize, Option<f64>)> {
+    let have = session.len();
+    let mut prefill = (0, None);
+    if context > have {
+        let t = std::time::Instant::now();
+        pollster::block_on(session.prefill(&prompt[have..context]))?;
+        prefill = (context - have, Some((context - have) as f64 / t.elapsed().as_secs_f64()));
+    }
+    pollster::block_on(session.step())?;
+    Ok(prefill)
+}
+
+/// The cells' decode repeats, each repeat decoding every cell in turn; then each one's row (and
+/// profiled step) into `rows`, with its run's index.
+fn measure(
+    a: &BenchArgs,
+    model: &adore::Model,
+    runs: &[(Policy, CacheUpdate)],
+    mut cells: Vec<Cell>,
+    rows: &mut Vec<(usize, Row)>,
+) -> Result<()> {
+    let mut dec = vec![Vec::new(); cells.len()];
+    for _ in 0..a.repeats {
+        for (cell, dec) in cells.iter_mut().zip(&mut dec) {
+            dec.push(decode(cell.session, a.decode_tokens, !a.sequential)?);
+        }
+    }
+    for (cell, dec) in cells.into_iter().zip(dec) {
+        let session = cell.session;
+        let (policy, update) = runs[cell.run];
+        let profile = if a.profile {
+            let (_, p) = pollster::block_on(session.profile_step(Timing::best(&model.ctx)))?;
+            Some(profile_json(&p, model.weights.matrix_bytes(), session.attended_kv_bytes()))
+        } else {
+            None
+        };
+        let row = Row {
+            policy: policy.name(),
+            budget: (policy.kind != PolicyKind::Full).then_some(policy.budget),
+            rebuild: policy.rebuild,
+            cache_update: update.name(),
+            kv_cache: match a.model.kv_cache {
+                KvCache::F16 => "f16",
+                KvCache::F32 => "f32",
+            },
+            context: cell.context,
+            prefill_tokens: cell.prefill.0,
+            prefill_tokens_per_s: cell.prefill.1,
+            decode_tokens_per_s: median(dec),
+            overlap: !a.sequential && session.can_rewind_step(),
+            kv_bytes: session.kv_bytes(),
+            attended_kv_bytes: session.attended_kv_bytes(),
+            profile,
+        };
+        eprintln!(
+            "{:>6} ({}) context {:>6}: prefill {:>9} tokens/s, decode {:>8.2} tokens/s",
+            row.policy,
+            row.cache_update,
+            row.context,
+            row.prefill_tokens_per_s.map_or("-".to_string(), |p| format!("{p:.1}")),
+            row.decode_tokens_per_s
+        );
+        rows.push((cell.run, row));
     }
     Ok(())
 }
