@@ -65,8 +65,8 @@ pub struct BenchArgs {
     interleave_contexts: bool,
 }
 
-/// A session being measured: its run (policy and cache update), context, the prefill tokens/s
-/// that grew it there, and its decode repeats.
+/// A session being measured: its run (policy and cache update), its context, and the prefill
+/// that grew it there.
 struct Cell<'s> {
     run: usize,
     context: usize,
