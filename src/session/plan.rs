@@ -215,10 +215,13 @@ impl<'a> Planner<'a> {
                         // The short keys nominate; the layer's exact attention over the
                         // nominees chooses the budget among them.
                         true => {
-                            self.choose_n(plan, attend, score, protect, candidates, hint_of(l))?;
+                            let nominate = self.choice(protect, candidates, hint_of(l));
+                            self.chosen(plan, Some(&s.slot_pos), attend, score, nominate)?;
                             self.attention(plan, l, rows, attend, Mass::Write, true)?;
                             self.score_from_mass(plan, rows, score)?;
-                            self.select(plan, attend, score, protect, self.policy().budget, hint_of(l) + 1)?;
+                            // The budget among the nominees, in place.
+                            let budget = self.choice(protect, self.policy().budget, hint_of(l) + 1);
+                            self.chosen(plan, None, attend, score, budget)?;
                         }
                         false => self.choose(plan, attend, score, protect, hint_of(l))?,
                     }
@@ -492,34 +495,7 @@ impl<'a> Planner<'a> {
     /// tokens (the step's rows stay; with `protect`, the policy's sinks and recent window too).
     /// `hint`: the choice's own entry among the list's hints ([`hint_of`]).
     fn choose(&self, plan: &mut Vec<Dispatch>, attend: &wgpu::Buffer, score: &wgpu::Buffer, protect: bool, hint: usize) -> Result<()> {
-        self.choose_n(plan, attend, score, protect, self.policy().budget, hint)
-    }
-
-    /// The re-choice with `n` past tokens kept instead of the budget.
-    fn choose_n(
-        &self,
-        plan: &mut Vec<Dispatch>,
-        attend: &wgpu::Buffer,
-        score: &wgpu::Buffer,
-        protect: bool,
-        n: usize,
-        hint: usize,
-    ) -> Result<()> {
-        self.chosen(plan, Some(&self.s.slot_pos), attend, score, self.choice(protect, n, hint))
-    }
-
-    /// `table` less all but its `n` best-scored past tokens (the step's rows stay; with
-    /// `protect`, the policy's sinks and recent window too), and its compact list.
-    fn select(
-        &self,
-        plan: &mut Vec<Dispatch>,
-        attend: &wgpu::Buffer,
-        score: &wgpu::Buffer,
-        protect: bool,
-        n: usize,
-        hint: usize,
-    ) -> Result<()> {
-        self.chosen(plan, None, attend, score, self.choice(protect, n, hint))
+        self.chosen(plan, Some(&self.s.slot_pos), attend, score, self.choice(protect, self.policy().budget, hint))
     }
 
     /// The parameters of a choice of `n` past tokens (the step's rows stay; with `protect`, the
