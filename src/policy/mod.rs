@@ -33,11 +33,12 @@ pub enum PolicyKind {
     /// Sinks and recent window protected, the rest by the current query's attention.
     /// Decided on the GPU.
     Tova,
-    /// ADORE: sinks and recent window protected, the rest by the learned controller's score.
-    /// By default every token's K/V stays in a store and each step attends to the `budget` the
-    /// controller ranks highest among all past tokens, so a release is undone exactly; with
-    /// `RebuildFrom::Recompute` released tokens are dropped and each single-token step
-    /// recomputes the `rebuild` best-scored of them. Decided on the GPU.
+    /// ADORE: sinks and recent window protected, the rest ranked by each layer's attention over
+    /// short keys (the key index; or the learned controller's score, `Ranking`). By default
+    /// every token's K/V stays in a store and each step attends to the `budget` ranked highest
+    /// among all past tokens, so a release is undone exactly; with `RebuildFrom::Recompute`
+    /// released tokens are dropped and each single-token step recomputes the `rebuild`
+    /// best-scored of them (ranked by the controller). Decided on the GPU.
     Adore,
     /// Quest (Tang et al., 2024), a baseline that keeps the whole sequence: every layer
     /// attends to the `budget` tokens of the pages (16 tokens) whose min/max keys bound its
