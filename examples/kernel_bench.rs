@@ -1,8 +1,9 @@
 //! Times each kernel of a decode / prefill step in isolation on the current adapter:
 //! `cargo run --release --example kernel_bench [rows] [no-subgroups]`. Median of 3 submits
 //! (after one warm-up; `KERNEL_BENCH_SUBMITS=N` for N) of 5 repeats of the kernel's dispatches;
-//! `KERNEL_BENCH_ONLY=TEXT` times only the kernels whose names contain TEXT. The cooperative products are
-//! timed over weights in both layouts: blocks (as the file lays them) and rows (what GPUs get).
+//! `KERNEL_BENCH_ONLY=TEXT` times only the kernels whose names contain TEXT (the key scores also
+//! time each of their dispatches apart). The cooperative products are timed over weights in
+//! both layouts: blocks (as the file lays them) and rows (what GPUs get).
 
 use std::sync::Arc;
 
@@ -184,12 +185,12 @@ fn main() -> adore::Result<()> {
             score: &score,
         };
         let flops = (9 * n * rank * 2) as f64;
-        time_all(
-            &ctx,
-            &format!("key scores {n} slots, {chunks} ranges"),
-            ops::key_score::build(&ctx, &b, &step, shape, 1, 1.0 / 270.0)?,
-            flops,
-        );
+        let dispatches = ops::key_score::build(&ctx, &b, &step, shape, 1, 1.0 / 270.0)?;
+        // Each dispatch apart too (the scan, a merge on CPU devices, the scores).
+        for d in &dispatches {
+            time(&ctx, &format!("  {} {n} slots, {:?}", d.kernel, d.workgroups), d.clone(), 0.0);
+        }
+        time_all(&ctx, &format!("key scores {n} slots, {chunks} ranges"), dispatches, flops);
         let p = ops::cache_update::Params { capacity: cap as u32, budget: 128, sinks: 4, recent: 32, in_flight: 1, hint: 0, pad: [0; 2] };
         time(
             &ctx,

@@ -58,6 +58,7 @@ impl std::fmt::Display for PipelineKey {
 }
 
 /// One recorded compute dispatch: everything needed to replay it in a later step.
+#[derive(Clone)]
 pub struct Dispatch {
     pub pipeline: Arc<wgpu::ComputePipeline>,
     pub bind_group: wgpu::BindGroup,
