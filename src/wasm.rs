@@ -137,6 +137,7 @@ impl Inner {
             rebuild_from: o.rebuild_from.parse()?,
             ranking: o.ranking.parse()?,
             candidates: 0,
+            layers_per_choice: 1,
         };
         let policy = Policy::shared(kind, parts)?;
         let context = o.context.unwrap_or(SessionOptions::default_context(&self.model.config));

@@ -142,6 +142,7 @@ fn the_default_model_ships_with_a_trained_controller() {
         rebuild_from: adore::policy::RebuildFrom::Recompute,
         ranking: adore::policy::Ranking::Controller,
         candidates: 0,
+        layers_per_choice: 1,
     };
     // The shipped key index matches too, and the default adore (ranked by keys) uses it.
     let ix = adore::index::KeyIndex::builtin(&m.fingerprint).expect("no shipped key index matches the default model");

@@ -14,8 +14,8 @@ use adore::ops::cache_update;
 use adore::policy::{Oracle, OracleRanking, Policy, PolicyKind};
 use adore::{Model, Session, SessionOptions};
 use common::assert_close;
-use common::sessions::{ids, session, tiny_model};
-use common::tiny::{HEADS, HEAD_DIM, KV_HEADS, LAYERS};
+use common::sessions::{ids, load, session, tiny_model};
+use common::tiny::{Tiny, HEADS, HEAD_DIM, KV_HEADS, LAYERS, VOCAB};
 use pollster::block_on as run;
 
 /// An index of `rank` fitted to the model's queries and keys over `n` tokens.
@@ -180,6 +180,51 @@ fn candidates_are_nominated_by_short_keys_and_chosen_by_exact_attention() {
     assert!(e.to_string().contains("candidates (6) must exceed the budget (6)"), "{e}");
     let e = Policy { kind: PolicyKind::Sink, budget: 6, candidates: 14, ..Policy::default() }.validate().unwrap_err();
     assert!(e.to_string().contains("not sink"), "{e}");
+}
+
+#[test]
+fn layers_after_a_ranking_layer_attend_to_its_choice() {
+    // adore with two layers per choice: in the tiny model layer 0 ranks and layer 1 attends to
+    // its choice. After each of 200 steps the scores are layer 0's short-key attention and the
+    // choice the reference fed them; the logits equal an f64 forward pass with both layers
+    // masked to the choices (layer 1 choosing for itself, or attending to every token, fails
+    // it); a step has fewer dispatches than with a choice per layer; zero layers per choice,
+    // and sharing by a policy that does not rank by keys, are refused.
+    let tiny = Tiny::new(46);
+    let m = load(&tiny);
+    let tokens = ids(200);
+    let index = fitted(&m, 40, 4, 0);
+    let policy = Policy { kind: PolicyKind::Adore, budget: 6, sinks: 2, recent: 2, layers_per_choice: 2, ..Policy::default() };
+    policy.validate().unwrap();
+    let mut s = keys_session(&m, policy, true, &index);
+    let p = cache_update::Params { in_flight: 1, ..cache_update::Params::new(320, &policy) };
+    let (mut chosen_at, mut logits) = (Vec::new(), Vec::new());
+    for (t, &tok) in tokens.iter().enumerate() {
+        run(s.feed(tok)).unwrap();
+        let scores = run(s.inspect().slot_scores()).unwrap();
+        let want = layer_scores(&s, 0, t, &|h, q, k| index.logit_stored(0, h, q, k), &|_| true);
+        assert_close(&format!("layer 0's short-key scores at step {t}"), &scores[..=t], &want, 1e-5, 1e-3);
+        let table = run(s.inspect().slot_table()).unwrap();
+        let att = run(s.inspect().attended_table()).unwrap();
+        assert_eq!(att, cache_update::reference(&table, &scores, p, t as u32 + 1, 1), "choice at step {t}");
+        chosen_at.push(run(s.attended_positions()).unwrap());
+        logits.push(run(s.last_logits()).unwrap());
+    }
+    let want = tiny.forward_masked(&tokens, &|t, j| chosen_at[t].contains(&(j as u32)));
+    for (t, got) in logits.iter().enumerate() {
+        assert_close(&format!("logits at position {t}"), got, &want[t * VOCAB..(t + 1) * VOCAB], 2e-3, 2e-3);
+    }
+    let dispatches = |policy: Policy| {
+        let mut s = keys_session(&m, policy, true, &index);
+        run(s.prefill(&tokens[..24])).unwrap();
+        run(s.profile_step(adore::profile::Timing::best(&m.ctx))).unwrap().1.dispatches.len()
+    };
+    let (each, shared) = (dispatches(Policy { layers_per_choice: 1, ..policy }), dispatches(policy));
+    assert!(shared < each, "two layers per choice: {shared} dispatches a step, against {each} with a choice per layer");
+    let e = Policy { layers_per_choice: 0, ..policy }.validate().unwrap_err();
+    assert!(e.to_string().contains("at least 1"), "{e}");
+    let e = Policy { kind: PolicyKind::Tova, ..policy }.validate().unwrap_err();
+    assert!(e.to_string().contains("not tova"), "{e}");
 }
 
 #[test]

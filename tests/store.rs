@@ -18,7 +18,7 @@ use pollster::block_on as run;
 
 fn store(budget: usize, sinks: usize, recent: usize) -> Policy {
     let ranking = Ranking::Controller;
-    Policy { kind: PolicyKind::Adore, budget, sinks, recent, rebuild: 0, rebuild_from: RebuildFrom::Store, ranking, candidates: 0 }
+    Policy { kind: PolicyKind::Adore, budget, sinks, recent, rebuild_from: RebuildFrom::Store, ranking, ..Policy::default() }
 }
 
 #[test]

@@ -133,6 +133,12 @@ pub struct PartsArgs {
     /// choosing its own set.
     #[arg(long, default_value_t = 0)]
     pub candidates: usize,
+    /// adore ranked by keys (ignored by the other policies): indexed layers per choice. 1 =
+    /// each layer ranks by its own short keys; N = the first of every N ranks and the next
+    /// N - 1 attend to its choice (fewer dispatches and short keys, lower fidelity: see
+    /// docs/results.md).
+    #[arg(long, default_value_t = 1)]
+    pub layers_per_choice: usize,
     /// adore ranked by keys: the prompt's rows attend to the budget as generated tokens do, a
     /// chunk's rows sharing one choice (by default they attend to every token held, as full
     /// attention's; the store holds them all anyway).
@@ -162,6 +168,7 @@ impl PartsArgs {
             rebuild_from: self.rebuild_from,
             ranking: self.ranking,
             candidates: self.candidates,
+            layers_per_choice: self.layers_per_choice,
         }
     }
 
@@ -362,6 +369,10 @@ pub fn describe(p: &Policy) -> String {
                 Ranking::Keys if p.candidates > 0 => {
                     &format!("by each layer's exact attention over the {} its short keys nominate", p.candidates)
                 }
+                Ranking::Keys if p.layers_per_choice > 1 => &format!(
+                    "by the first of every {} layers over its short keys, the layers after it sharing its choice",
+                    p.layers_per_choice
+                ),
                 Ranking::Keys => "by each layer over its short keys",
                 Ranking::Controller => "by the controller",
             };

@@ -305,6 +305,10 @@ pub struct Policy {
     /// adore ranked by keys: with C > 0, each layer's short keys nominate C past tokens and
     /// its exact attention over them chooses the budget (0: the short keys choose).
     pub candidates: usize,
+    /// adore ranked by keys: indexed layers per choice. 1 (the default): every layer ranks by
+    /// its own short keys; N: the first of every N indexed layers ranks and the N - 1 after it
+    /// attend to its choice (fewer dispatches and short keys, at a cost in fidelity).
+    pub layers_per_choice: usize,
 }
 
 impl Default for Policy {
@@ -318,6 +322,7 @@ impl Default for Policy {
             rebuild_from: RebuildFrom::Store,
             ranking: Ranking::Keys,
             candidates: 0,
+            layers_per_choice: 1,
         }
     }
 }
@@ -333,6 +338,7 @@ pub struct PolicyParts {
     pub rebuild_from: RebuildFrom,
     pub ranking: Ranking,
     pub candidates: usize,
+    pub layers_per_choice: usize,
 }
 
 impl Default for PolicyParts {
@@ -345,6 +351,7 @@ impl Default for PolicyParts {
             rebuild_from: RebuildFrom::Store,
             ranking: Ranking::Keys,
             candidates: 0,
+            layers_per_choice: 1,
         }
     }
 }
@@ -372,6 +379,7 @@ impl Policy {
             rebuild_from: parts.rebuild_from,
             ranking: parts.ranking,
             candidates: if by_keys { parts.candidates } else { 0 },
+            layers_per_choice: if by_keys { parts.layers_per_choice } else { 1 },
         };
         p.validate()?;
         Ok(p)
@@ -450,6 +458,12 @@ impl Policy {
         }
         if self.candidates > 0 && !self.ranks_by_keys() {
             return Err(Error::arg(format!("candidates apply to adore ranked by keys, not {}", self.name())));
+        }
+        if self.layers_per_choice == 0 {
+            return Err(Error::arg("layers per choice must be at least 1"));
+        }
+        if self.layers_per_choice > 1 && !self.ranks_by_keys() {
+            return Err(Error::arg(format!("layers per choice apply to adore ranked by keys, not {}", self.name())));
         }
         if self.candidates > 0 && self.candidates <= self.budget {
             return Err(Error::arg(format!(

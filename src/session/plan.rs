@@ -186,11 +186,18 @@ impl<'a> Planner<'a> {
                     self.attention(plan, l, rows, &s.slot_pos, Mass::None, false)?;
                 }
                 // A prompt's rows: every slot, as full attention; their short keys are stored
-                // for the steps that choose.
+                // for the steps that choose (in the layers that rank).
                 Attend::Keys { dense: true, .. } => {
                     let Some(ix) = &s.index else { unreachable!("a session ranked by keys") };
-                    self.short_rows(plan, ix, l, rows, true)?;
+                    if ix.ranks(l) {
+                        self.short_rows(plan, ix, l, rows, true)?;
+                    }
                     self.attention(plan, l, rows, &s.slot_pos, Mass::None, false)?;
+                }
+                // A layer sharing the choice of the last layer that ranked.
+                Attend::Keys { .. } if s.index.as_ref().is_some_and(|ix| !ix.ranks(l)) => {
+                    let Some(attend) = &s.attend else { unreachable!("a re-choosing session") };
+                    self.attention(plan, l, rows, attend, Mass::None, true)?;
                 }
                 Attend::Keys { protect, .. } => {
                     let (Some(ix), Some(attend), Some(score)) = (&s.index, &s.attend, &s.slot_score) else {

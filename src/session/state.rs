@@ -272,10 +272,13 @@ pub(crate) struct RunState {
 pub(crate) struct IndexState {
     /// The first layer indexed (those before it attend densely).
     pub first: usize,
+    /// Indexed layers per choice (`Policy::layers_per_choice`): the first of every `every`
+    /// ranks by its short keys, the others attend to its choice and hold no short keys.
+    pub every: usize,
     /// Floats per KV head.
     pub rank: usize,
     pub maps: Vec<wgpu::Buffer>, // per layer (2, n_kv, head_dim, rank): `KeyIndex::maps`
-    pub keys: Vec<wgpu::Buffer>, // per layer (n_kv, capacity, rank), stored as SHORT_KEYS, padded to 16 bytes
+    pub keys: Vec<wgpu::Buffer>, // per layer (n_kv, capacity, rank), stored as SHORT_KEYS, padded to 16 bytes (16 bytes where the layer does not rank)
     pub q: wgpu::Buffer,         // (rows, n_heads·rank)
     /// Slot ranges of the short-key scan (`ops::key_score::chunks`).
     pub chunks: usize,
@@ -284,12 +287,14 @@ pub(crate) struct IndexState {
 }
 
 impl IndexState {
-    fn new(ctx: &Context, c: &Config, index: &KeyIndex, capacity: usize, rows: usize) -> Result<Self> {
+    fn new(ctx: &Context, c: &Config, index: &KeyIndex, every: usize, capacity: usize, rows: usize) -> Result<Self> {
         let r = index.rank;
         let layers = index.dense_layers..c.layers;
         let chunks = crate::ops::key_score::chunks(ctx, capacity);
+        let ranks = |l: usize| (l - index.dense_layers).is_multiple_of(every);
         Ok(IndexState {
             first: index.dense_layers,
+            every,
             rank: r,
             maps: layers
                 .clone()
@@ -297,10 +302,11 @@ impl IndexState {
                 .collect::<Result<_>>()?,
             keys: layers
                 .map(|l| {
-                    ctx.storage(
-                        &format!("index.keys.{l}"),
-                        f(crate::ops::key_score::keys_words(crate::index::SHORT_KEYS, capacity, c.n_kv_heads, r)),
-                    )
+                    let words = match ranks(l) {
+                        true => crate::ops::key_score::keys_words(crate::index::SHORT_KEYS, capacity, c.n_kv_heads, r),
+                        false => 4,
+                    };
+                    ctx.storage(&format!("index.keys.{l}"), f(words))
                 })
                 .collect::<Result<_>>()?,
             q: ctx.storage("index.q", f(rows * c.n_heads * r))?,
@@ -313,6 +319,11 @@ impl IndexState {
     /// Bytes of short keys held.
     pub fn bytes(&self) -> u64 {
         self.keys.iter().map(|b| b.size()).sum()
+    }
+
+    /// Whether layer `l` (indexed) ranks by its own short keys.
+    pub fn ranks(&self, l: usize) -> bool {
+        (l - self.first).is_multiple_of(self.every)
     }
 }
 
@@ -439,7 +450,7 @@ impl RunState {
             staged,
             quest_bounds,
             index: match (&o.index, o.ranks_by_keys()) {
-                (Some(index), true) => Some(IndexState::new(ctx, c, index, capacity, rows)?),
+                (Some(index), true) => Some(IndexState::new(ctx, c, index, o.policy.layers_per_choice, capacity, rows)?),
                 _ => None,
             },
             q_record: match o.record_queries {
