@@ -195,7 +195,10 @@ fn decode_dispatches_per_policy_and_kernel_shape() {
         let (full, token, full_logits) = count(Policy::full());
         let (sink, ..) = count(Policy::new(PolicyKind::Sink, parts).unwrap());
         let (adore, ..) = count(Policy::new(PolicyKind::Adore, parts).unwrap());
-        eprintln!("{shape:?} kernels, decode dispatches: full {full}, sink {sink}, adore {adore} ({layers} layers)");
+        let (shared, ..) = count(Policy::new(PolicyKind::Adore, PolicyParts { layers_per_choice: 2, ..parts }).unwrap());
+        eprintln!(
+            "{shape:?} kernels, decode dispatches: full {full}, sink {sink}, adore {adore}, adore with two layers per choice {shared} ({layers} layers)"
+        );
         let full_max = per_layer * layers + 4;
         assert!(full <= full_max, "{shape:?} kernels, full attention: {full} dispatches per decode step, more than {full_max}");
         assert!(sink <= full_max, "{shape:?} kernels, sink: {sink} dispatches per decode step, more than {full_max}");
@@ -205,6 +208,9 @@ fn decode_dispatches_per_policy_and_kernel_shape() {
         let per_layer_adore = if shape == KernelShape::Cpu { 5 } else { 4 };
         let adore_max = full_max + per_layer_adore * layers;
         assert!(adore <= adore_max, "{shape:?} kernels, adore: {adore} dispatches per decode step, more than {adore_max}");
+        // Two layers per choice: the ranking in every other layer.
+        let shared_max = full_max + per_layer_adore * layers.div_ceil(2);
+        assert!(shared <= shared_max, "{shape:?} kernels, adore, two layers per choice: {shared} dispatches, more than {shared_max}");
         logits.push((token, full_logits));
     }
     let ((gpu_token, gpu), (cpu_token, cpu)) = (&logits[0], &logits[1]);
