@@ -291,7 +291,6 @@ impl IndexState {
         let r = index.rank;
         let layers = index.dense_layers..c.layers;
         let chunks = crate::ops::key_score::chunks(ctx, capacity);
-        let ranks = |l: usize| (l - index.dense_layers).is_multiple_of(every);
         Ok(IndexState {
             first: index.dense_layers,
             every,
@@ -302,7 +301,7 @@ impl IndexState {
                 .collect::<Result<_>>()?,
             keys: layers
                 .map(|l| {
-                    let words = match ranks(l) {
+                    let words = match Self::ranking(index.dense_layers, every, l) {
                         true => crate::ops::key_score::keys_words(crate::index::SHORT_KEYS, capacity, c.n_kv_heads, r),
                         false => 4,
                     };
@@ -323,7 +322,13 @@ impl IndexState {
 
     /// Whether layer `l` (indexed) ranks by its own short keys.
     pub fn ranks(&self, l: usize) -> bool {
-        (l - self.first).is_multiple_of(self.every)
+        Self::ranking(self.first, self.every, l)
+    }
+
+    /// Whether indexed layer `l` ranks, the index starting at layer `first` with `every`
+    /// layers per choice.
+    fn ranking(first: usize, every: usize, l: usize) -> bool {
+        (l - first).is_multiple_of(every)
     }
 }
 
