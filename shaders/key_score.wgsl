@@ -5,7 +5,9 @@
 //   score[j] = scale Σ_h exp(logits[h / GROUP, j, h % GROUP] - M[h]) / L[h]
 // where M[h] is the largest of the ranges' maxima m[h, c] and L[h] = Σ_c l[h, c] exp(m[h, c] -
 // M[h]) (the row's softmax over every slot it sees); exponentials below e^-60 count as 0 (as in
-// key_logits.wgsl), so masked slots score nothing. Slots at or above step.n_slots score 0.
+// key_logits.wgsl), so masked slots score nothing. Slots at or above step.n_slots are free:
+// their scores are left as they were (no choice reads them), so a long cache's workgroups beyond
+// the slots in use return at once.
 // Dispatch (ceil(capacity / 64), 1, 1) for `ranges`, (ceil(capacity / 256), 1, 1) for `single`,
 // whose invocations take 4 slots each. Entry points: `ranges`, whose lanes first merge the
 // ranges' statistics of each head (GPUs); `single`, reading each head's M and L from
@@ -77,31 +79,32 @@ fn ranges(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wid:
     let r = step.n_new - 1u;
     let n = min(p.capacity, step.n_slots);
     let first = wid.x * WG;
-    if lid < p.n_heads && first < n {
+    if first >= n {
+        return;
+    }
+    if lid < p.n_heads {
         let st = merged_stats(r, lid);
         head_max[lid] = st.x;
         head_inv[lid] = select(0.0, 1.0 / st.y, st.y > 0.0);
     }
     workgroupBarrier();
     let j = first + lid;
-    if j >= p.capacity {
+    if j >= n {
         return;
     }
     var s = 0.0;
-    if j < n {
-        for (var g = 0u; g < p.n_heads / GROUP; g++) {
-            // unroll v G4
-            {
-                let w = logits[(g * p.capacity + j) * G4 + {v}u];
-                // unroll i 4
-                if 4u * {v}u + {i}u < GROUP {
-                    let h = g * GROUP + 4u * {v}u + {i}u;
-                    s += prob(w[{i}u], head_max[h], head_inv[h]);
-                }
-                // end unroll
+    for (var g = 0u; g < p.n_heads / GROUP; g++) {
+        // unroll v G4
+        {
+            let w = logits[(g * p.capacity + j) * G4 + {v}u];
+            // unroll i 4
+            if 4u * {v}u + {i}u < GROUP {
+                let h = g * GROUP + 4u * {v}u + {i}u;
+                s += prob(w[{i}u], head_max[h], head_inv[h]);
             }
             // end unroll
         }
+        // end unroll
     }
     score[j] = s * p.scale;
 }
@@ -111,7 +114,7 @@ fn single(@builtin(global_invocation_id) gid: vec3<u32>) {
     let r = step.n_new - 1u;
     let n = min(p.capacity, step.n_slots);
     let j0 = gid.x * SLOTS;
-    if j0 >= p.capacity {
+    if j0 >= n {
         return;
     }
     // Each head's M and 1 / L, read once for the invocation's slots (in variables of their own,
@@ -125,22 +128,20 @@ fn single(@builtin(global_invocation_id) gid: vec3<u32>) {
     // end unroll
     // end unroll
     // end unroll
-    for (var j = j0; j < min(j0 + SLOTS, p.capacity); j++) {
+    for (var j = j0; j < min(j0 + SLOTS, n); j++) {
         var s = 0.0;
-        if j < n {
-            // unroll g N_KV
-            // unroll v G4
-            {
-                let w = logits[({g}u * p.capacity + j) * G4 + {v}u];
-                // unroll i 4
-                if 4u * {v}u + {i}u < GROUP {
-                    s += prob(w[{i}u], st{g}_{v}_{i}.x, inv{g}_{v}_{i});
-                }
-                // end unroll
+        // unroll g N_KV
+        // unroll v G4
+        {
+            let w = logits[({g}u * p.capacity + j) * G4 + {v}u];
+            // unroll i 4
+            if 4u * {v}u + {i}u < GROUP {
+                s += prob(w[{i}u], st{g}_{v}_{i}.x, inv{g}_{v}_{i});
             }
             // end unroll
-            // end unroll
         }
+        // end unroll
+        // end unroll
         score[j] = s * p.scale;
     }
 }

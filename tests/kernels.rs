@@ -650,7 +650,8 @@ fn key_scores_over_slot_ranges_match_the_reference() {
                 let last = &q[(rows - 1) * n_heads * rank..];
                 let mut want =
                     ops::key_score::reference(last, &kr[..n_slots * n_kv * rank], &slot_pos[..n_slots], positions[rows - 1], shape, 0.5);
-                want.resize(cap, 0.0);
+                // Slots at and above n_slots are free: their scores are left as they were.
+                want.resize(cap, 9.0);
                 // The keys by KV head and padded to 16 bytes, as sessions store them.
                 let mut words = kv.encode(&heads_first(&k, n_kv, rank));
                 words.resize(words.len().next_multiple_of(4), 0);

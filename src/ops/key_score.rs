@@ -97,7 +97,7 @@ pub struct Buffers<'a> {
     pub logits: &'a wgpu::Buffer,
     /// [`stats_len`] f32 scratch.
     pub stats: &'a wgpu::Buffer,
-    /// (capacity) the slots' scores.
+    /// (capacity) the slots' scores; those at or above `Step::n_slots` (free) are left as they were.
     pub score: &'a wgpu::Buffer,
 }
 
