@@ -219,6 +219,17 @@ fn generates_text_on_stdout_and_stats_on_stderr() {
         .collect();
     let want = [("full", 20, 20), ("full", 40, 40), ("adore", 20, 20), ("adore", 40, 40)];
     assert_eq!(rows, want.map(|(a, b, c)| (a.to_string(), b, c)), "{v}");
+    // Each larger context's speed as a share of its policy's smallest, paired repeat by repeat.
+    for (i, row) in v["rows"].as_array().unwrap().iter().enumerate() {
+        let share = row.get("decode_vs_first_context").and_then(|x| x.as_f64());
+        assert_eq!(share.is_some(), i % 2 == 1, "{v}");
+        assert!(share.is_none_or(|x| x > 0.0 && x.is_finite()), "{v}");
+    }
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        stdout.contains("adore at context 40: ") && stdout.contains("of its decode speed at context 20 (median of 2 repeats"),
+        "{stdout}"
+    );
     for policy in ["h2o", "tova", "oracle"] {
         let out = adore(&[
             "generate",

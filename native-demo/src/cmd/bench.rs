@@ -89,6 +89,13 @@ struct Row {
     prefill_tokens: usize,
     prefill_tokens_per_s: Option<f64>,
     decode_tokens_per_s: f64,
+    /// Each repeat's decode tokens/s, in the order measured.
+    decode_repeats: Vec<f64>,
+    /// With --interleave-contexts: the median, over the repeats, of this context's decode
+    /// tokens/s over that of the same policy's smallest context in the same repeat (each pair
+    /// measured back to back, so the machine's drift between repeats cancels).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    decode_vs_first_context: Option<f64>,
     /// Whether decode queued each step before the previous token was read.
     overlap: bool,
     /// K/V bytes the session holds (its KV buffers).
@@ -251,6 +258,17 @@ pub fn run(a: BenchArgs) -> Result<()> {
     rows.sort_by_key(|(i, r)| (*i, r.context));
     let rows: Vec<Row> = rows.into_iter().map(|(_, r)| r).collect();
     print!("{}", table(&rows));
+    for r in rows.iter().filter(|r| r.decode_vs_first_context.is_some()) {
+        let first = rows.iter().filter(|f| f.policy == r.policy && f.budget == r.budget).map(|f| f.context).min().unwrap_or(0);
+        println!(
+            "{} at context {}: {:.3} of its decode speed at context {} (median of {} repeats, each pair measured back to back)",
+            r.policy,
+            r.context,
+            r.decode_vs_first_context.unwrap_or(0.0),
+            first,
+            repeats
+        );
+    }
     for r in &rows {
         if let Some(p) = &r.profile {
             print!("\n{}", profile_table(r, p));
@@ -293,7 +311,16 @@ fn measure(
             dec.push(decode(cell.session, a.decode_tokens, !a.sequential)?);
         }
     }
-    for (cell, dec) in cells.into_iter().zip(dec) {
+    // Per repeat, each cell against its run's smallest context (interleaved contexts only).
+    let paired: Vec<Option<f64>> = cells
+        .iter()
+        .zip(&dec)
+        .map(|(cell, d)| {
+            let first = cells.iter().zip(&dec).filter(|(c, _)| c.run == cell.run).min_by_key(|(c, _)| c.context)?;
+            (a.interleave_contexts && first.0.context != cell.context).then(|| median(d.iter().zip(first.1).map(|(x, y)| x / y).collect()))
+        })
+        .collect();
+    for ((cell, dec), vs_first) in cells.into_iter().zip(dec).zip(paired) {
         let session = cell.session;
         let (policy, update) = runs[cell.run];
         let profile = if a.profile {
@@ -314,7 +341,9 @@ fn measure(
             context: cell.context,
             prefill_tokens: cell.prefill.0,
             prefill_tokens_per_s: cell.prefill.1,
-            decode_tokens_per_s: median(dec),
+            decode_tokens_per_s: median(dec.clone()),
+            decode_repeats: dec,
+            decode_vs_first_context: vs_first,
             overlap: !a.sequential && session.can_rewind_step(),
             kv_bytes: session.kv_bytes(),
             attended_kv_bytes: session.attended_kv_bytes(),
