@@ -64,6 +64,8 @@ struct Options {
     rebuild_from: String,
     /// What adore from its store ranks by: "keys" or "controller".
     ranking: String,
+    /// adore ranked by keys: one choice for every this many layers.
+    layers_per_choice: usize,
     /// How the KV cache stores K and V: "f16" or "f32".
     kv_cache: String,
     context: Option<usize>,
@@ -137,7 +139,7 @@ impl Inner {
             rebuild_from: o.rebuild_from.parse()?,
             ranking: o.ranking.parse()?,
             candidates: 0,
-            layers_per_choice: 1,
+            layers_per_choice: o.layers_per_choice,
         };
         let policy = Policy::shared(kind, parts)?;
         let context = o.context.unwrap_or(SessionOptions::default_context(&self.model.config));

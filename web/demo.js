@@ -3,7 +3,7 @@
 // chart of the slots in use against the tokens seen.
 //
 // URL parameters run one generation on load, for tests and shareable links:
-//   ?model=URL&prompt=TEXT&max_tokens=N&temperature=T&policy=P&budget=M&rebuild_from=store|recompute&ranking=keys|controller&rebuild=R&autorun=1
+//   ?model=URL&prompt=TEXT&max_tokens=N&temperature=T&policy=P&budget=M&rebuild_from=store|recompute&ranking=keys|controller&rebuild=R&layers_per_choice=N&autorun=1
 // The output text goes into #output (data-tokens: the token ids), which gets data-done="1".
 
 import { clearModelCache, createWorkerEngine } from './pkg/index.js';
@@ -100,6 +100,7 @@ function options(extra = {}) {
     ranking: $('ranking').value,
     rebuild: policy === 'adore' && $('rebuild-from').value === 'recompute' ? Number($('rebuild').value) : 0,
     trace: true,
+    ...(params.has('layers_per_choice') ? { layersPerChoice: Number(params.get('layers_per_choice')) } : {}),
     ...extra,
   };
 }

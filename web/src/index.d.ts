@@ -49,12 +49,14 @@ export interface GenerateOptions {
   budget?: number;
   /** Protected first tokens (default 4). */
   sinks?: number;
-  /** Protected most recent tokens (h2o, tova, adore; default: half the budget for h2o, three quarters for adore, 16 for tova). */
+  /** Protected most recent tokens (h2o, tova, adore; default: half the budget for h2o, 16 for tova and adore, three quarters of the budget for adore with `ranking: 'controller'` or `rebuildFrom: 'recompute'`). */
   recent?: number | null;
   /** Where adore gets released tokens back from: `store` (default; every token's K/V stays on the GPU and each step re-chooses the attended budget among all of them) or `recompute` (released K/V dropped, memory flat; `rebuild` of them recomputed per step). */
   rebuildFrom?: 'store' | 'recompute';
   /** What adore from its store ranks past tokens by: `keys` (default; each layer its own choice, by its attention over short keys fitted to the model's queries and keys) or `controller` (the learned controller's score, one choice for every layer). */
   ranking?: 'keys' | 'controller';
+  /** adore ranked by keys: the first of every N layers chooses by its short keys and the N - 1 after it attend to its choice (default 1, a choice per layer; 2 decodes long contexts faster, with lower fidelity). */
+  layersPerChoice?: number;
   /** How the KV cache stores keys and values: `f32` (default) or `f16` (half the GPU memory; Hamlet perplexity within 0.5% of f32's). */
   kvCache?: 'f16' | 'f32';
   /** Released tokens adore recomputes per step with `rebuildFrom: 'recompute'` (default 0). */

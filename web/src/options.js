@@ -18,6 +18,7 @@ export const GENERATE_DEFAULTS = Object.freeze({
   rebuild: 0,
   rebuildFrom: 'store',
   ranking: 'keys',
+  layersPerChoice: 1,
   kvCache: 'f32',
   context: null,
   trace: false,
@@ -82,6 +83,10 @@ export function checkGenerateOptions(options) {
   }
   if (!['keys', 'controller'].includes(o.ranking)) {
     throw new ArgumentError(`ranking must be keys or controller, got ${describe(o.ranking)}`);
+  }
+  integer('layersPerChoice', o.layersPerChoice, 1, 1 << 10);
+  if (o.layersPerChoice > 1 && (o.policy !== 'adore' || o.ranking !== 'keys' || o.rebuildFrom !== 'store')) {
+    throw new ArgumentError(`layersPerChoice above 1 applies to adore ranked by keys from its store (policy: 'adore', ranking: 'keys', rebuildFrom: 'store')`);
   }
   if (!['f16', 'f32'].includes(o.kvCache)) {
     throw new ArgumentError(`kvCache must be f16 or f32, got ${describe(o.kvCache)}`);

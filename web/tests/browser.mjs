@@ -62,12 +62,14 @@ if (promptsFile) {
   const golden = JSON.parse(readFileSync(join(repo, '../shared/golden/smollm2-135m-instruct.json'), 'utf8'));
   cases = golden.cases.map((c) => ({ prompt: c.prompt, policy: 'full', budget: 256 }));
   cases.push({ prompt: golden.cases.at(-1).prompt, policy: 'adore', budget: 24 });
+  cases.push({ prompt: golden.cases.at(-1).prompt, policy: 'adore', budget: 24, layersPerChoice: 2 });
 }
 
 function native(c) {
   const out = execFileSync(
     adore,
-    ['generate', '--model', model, '--prompt', c.prompt, '--max-tokens', String(TOKENS), '--policy', c.policy, '--budget', String(c.budget), '--json'],
+    ['generate', '--model', model, '--prompt', c.prompt, '--max-tokens', String(TOKENS), '--policy', c.policy, '--budget', String(c.budget), '--json',
+      ...(c.layersPerChoice ? ['--layers-per-choice', String(c.layersPerChoice)] : [])],
     { encoding: 'utf8', stdio: ['ignore', 'pipe', 'pipe'] },
   );
   return JSON.parse(out);
@@ -163,11 +165,12 @@ try {
   for (const [i, c] of cases.entries()) {
     const expected = expectations[i];
     const q = new URLSearchParams({ prompt: c.prompt, max_tokens: String(TOKENS), policy: c.policy, budget: String(c.budget), autorun: '1' });
+    if (c.layersPerChoice) q.set('layers_per_choice', String(c.layersPerChoice));
     const t0 = Date.now();
     const page = await open(`${base}&${q}`);
     await page.waitForSelector('#output[data-done="1"]', { state: 'attached', timeout: 300_000 });
     const got = await page.$eval('#output', (e) => ({ text: e.textContent, tokens: e.dataset.tokens, error: e.dataset.error, stats: e.dataset.stats }));
-    const label = `${c.policy}/${c.budget} ${JSON.stringify(c.prompt.slice(0, 30))}`;
+    const label = `${c.policy}/${c.budget}${c.layersPerChoice ? `, ${c.layersPerChoice} layers per choice` : ''} ${JSON.stringify(c.prompt.slice(0, 30))}`;
     if (got.error) fail(`${label}: the page reported ${got.error}`);
     const tokens = got.tokens.split(',').map(Number);
     if (JSON.stringify(tokens) !== JSON.stringify(expected.tokens)) {

@@ -11,7 +11,7 @@ async function example(file: File): Promise<Stats> {
   let text = '';
   for await (const piece of run) text += piece;
   const stats = await run.stats;
-  const again: string = await engine.generate(text, { temperature: 0.7, topK: 40, topP: 0.9, seed: 1 }).text();
+  const again: string = await engine.generate(text, { temperature: 0.7, topK: 40, topP: 0.9, seed: 1, policy: 'adore', layersPerChoice: 2 }).text();
   void again;
   const index: Uint8Array | null = await engine.keyIndex();
   if (index) await engine.setKeyIndex(index.buffer as ArrayBuffer);
