@@ -258,16 +258,14 @@ pub fn run(a: BenchArgs) -> Result<()> {
     rows.sort_by_key(|(i, r)| (*i, r.context));
     let rows: Vec<Row> = rows.into_iter().map(|(_, r)| r).collect();
     print!("{}", table(&rows));
-    for r in rows.iter().filter(|r| r.decode_vs_first_context.is_some()) {
-        let first = rows.iter().filter(|f| f.policy == r.policy && f.budget == r.budget).map(|f| f.context).min().unwrap_or(0);
-        println!(
-            "{} at context {}: {:.3} of its decode speed at context {} (median of {} repeats, each pair measured back to back)",
-            r.policy,
-            r.context,
-            r.decode_vs_first_context.unwrap_or(0.0),
-            first,
-            repeats
-        );
+    // (Interleaved, every run measures every context, the smallest first.)
+    for r in &rows {
+        if let Some(share) = r.decode_vs_first_context {
+            println!(
+                "{} at context {}: {share:.3} of its decode speed at context {} (median of {repeats} repeats, each pair measured back to back)",
+                r.policy, r.context, contexts[0]
+            );
+        }
     }
     for r in &rows {
         if let Some(p) = &r.profile {
