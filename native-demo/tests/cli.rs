@@ -271,6 +271,10 @@ fn bad_arguments_and_files() {
     fails_with(&["generate", "--model", m, "--prompt", "x", "--top-p", "1.5"], "top-p");
     fails_with(&["generate", "--model", m, "--prompt", "x", "--max-tokens", "0"], "max-tokens");
     fails_with(&["generate", "--model", "/nonexistent.gguf", "--prompt", "x"], "/nonexistent.gguf");
+    // The cause is said once, not again by the error chain.
+    let out = adore(&["generate", "--model", "/nonexistent.gguf", "--prompt", "x"]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(stderr.matches("os error").count(), 1, "{stderr}");
     fails_with(&["generate", "--model", m, "--prompt", &"the ".repeat(300)], "context");
     fails_with(&["generate", "--model", m, "--prompt", ""], "empty");
     let bad = Path::new(m).with_file_name("bad.gguf");
