@@ -8,6 +8,7 @@
 use std::sync::Arc;
 
 use adore::gpu::{Context, ContextOptions, Dispatch};
+use adore::ops::key_score::ShortKeyType;
 use adore::ops::{self, attention::Heads, matmul::Output, matmul::Variant, Step};
 use adore::tensor::{quantize, DType, GpuWeight, HostTensor, Layout};
 
@@ -150,12 +151,13 @@ fn main() -> adore::Result<()> {
             );
         }
     }
-    // adore's ranking of one indexed layer over 8192 slots of short keys (rank 16, f16): the
-    // scores, then the choice of 128 (the slots in use vary; random keys).
+    // adore's ranking of one indexed layer over 8192 slots of short keys (rank 16, as sessions
+    // store them): the scores, then the choice of 128 (the slots in use vary; random keys).
     let (rank, cap) = (16usize, 8192usize);
     let chunks = ops::key_score::chunks(&ctx, cap);
     let short_q = ctx.storage_init("short q", bytemuck::cast_slice(&rnd[..9 * rank]))?;
-    let short_k = ctx.storage_init("short k", bytemuck::cast_slice(&ops::KvType::F16.encode(&rnd[..cap * 3 * rank])))?;
+    let kind = adore::index::SHORT_KEYS;
+    let short_k = ctx.storage_init("short k", bytemuck::cast_slice(&kind.encode(&rnd[..cap * 3 * rank], rank)))?;
     let table = ctx.storage_init("table", bytemuck::cast_slice(&(0..cap as u32).collect::<Vec<_>>()))?;
     let logits = ctx.storage("logits", (ops::key_score::logits_len(9, 3, cap) * 4) as u64)?;
     let stats = ctx.storage("stats", (ops::key_score::stats_len(&ctx, 9, chunks, 1) * 4) as u64)?;
@@ -177,7 +179,7 @@ fn main() -> adore::Result<()> {
         let b = ops::key_score::Buffers {
             q: &short_q,
             keys: &short_k,
-            kv: ops::KvType::F16,
+            kv: kind,
             slot_pos: &table,
             positions: &pos,
             logits: &logits,
@@ -207,6 +209,23 @@ fn main() -> adore::Result<()> {
             ops::cache_update::build_chosen(&ctx, Some(&table), &attend, &spread, &list, &step, p)?,
             0.0,
         );
+    }
+    // The step's short queries and keys (one layer), keys stored in each type.
+    {
+        let (qr, kr) = (
+            ctx.storage_init("q rows", bytemuck::cast_slice(&rnd[..rows * 576]))?,
+            ctx.storage_init("k rows", bytemuck::cast_slice(&rnd[..rows * 192]))?,
+        );
+        let maps = ctx.storage_init("maps", bytemuck::cast_slice(&rnd[..2 * 3 * 64 * rank]))?;
+        let slots = ctx.storage_init("slots", bytemuck::cast_slice(&(0..rows as u32).collect::<Vec<_>>()))?;
+        let qs = ctx.storage("short q rows", (rows * 9 * rank * 4) as u64)?;
+        let step = ctx.uniform("step", &Step::new(rows as u32, rows as u32, 0, rows as u32));
+        let shape = ops::key_score::Shape { n_heads: 9, n_kv_heads: 3, rank, window: 0, capacity: cap, chunks };
+        for kind in [ShortKeyType::F16, ShortKeyType::I8] {
+            let keys = ctx.storage("keys", (ops::key_score::keys_words(kind, cap, 3, rank) * 4) as u64)?;
+            let b = ops::key_score::ShortBuffers { q: &qr, k: &kr, maps: &maps, qs: &qs, keys: &keys, kv: kind, slots: &slots };
+            time(&ctx, &format!("short rows, {kind:?} keys"), ops::key_score::build_short(&ctx, &b, &step, shape, 64, rows, false)?, 0.0);
+        }
     }
     let g = ctx.storage("g", (ffn * 4) as u64)?;
     time(&ctx, "rmsnorm 576", ops::rmsnorm::build(&ctx, &x, &g, &y, &step, hidden, 1e-5, rows, false)?, (rows * hidden * 3) as f64);

@@ -18,12 +18,13 @@
 // workgroup barrier is dear) each lane's pair is written out and key_score.wgsl's `merge`
 // merges them. Exponentials below e^-60 of the maximum
 // count as 0, so that none is subnormal (CPUs compute those far more slowly). R4 = rank / 4,
-// GROUP and G4 are set per pipeline. Short keys are f32, or with KV_HALF f16 pairs packed in a
-// u32 (as pack2x16float writes them), each KV head's keys together (a workgroup reads cache
-// lines of its own), read in 16-byte words (the buffer padded to 16 bytes): with f16 and R4
-// even, each word holds two vec4s of one head's key (R8 = R4 / 2 words, RN = 0); else one vec4
-// is read at a time (RN = R4, R8 = 0). llvmpipe loads a word per lane at a time, so fewer,
-// wider loads are what it reads fastest.
+// GROUP and G4 are set per pipeline. Short keys (KEYS) are f32, f16 pairs packed in a u32 (as
+// pack2x16float writes them), or int8 (as pack4x8snorm writes them) times an f32 scale per key,
+// the scales after all the keys; each KV head's keys together (a workgroup reads cache lines of
+// its own), read in 16-byte words (the buffer padded to 16 bytes): with f16 and R4 even, each
+// word holds two vec4s of one head's key (R8 = R4 / 2 words); with int8 and R4 a multiple of 4,
+// four (R16 = R4 / 4 words); else one vec4 is read at a time (RN = R4). llvmpipe loads a word
+// per lane at a time, so fewer, wider loads are what it reads fastest.
 
 struct Params {
     n_heads: u32,
@@ -46,25 +47,35 @@ struct Params {
 @group(0) @binding(7) var<uniform> step: Step;
 
 const R4: u32 = 4u;       // rank / 4
-const RN: u32 = 0u;       // vec4s read one at a time: R4, or 0 where R8 reads them in pairs
+const RN: u32 = 0u;       // vec4s read one at a time: R4, or 0 where R8 or R16 read them
 const R8: u32 = 2u;       // f16 words holding two vec4s each: R4 / 2, or 0
+const R16: u32 = 0u;      // int8 words holding four vec4s each: R4 / 4, or 0
 const GROUP: u32 = 3u;    // query heads per workgroup (of those sharing one KV head)
 const G4: u32 = 1u;       // vec4s of a slot's logits: ceil(GROUP / 4)
-const KV_HALF: u32 = 1u;  // 1: f16 short keys
+const KEYS: u32 = 1u;     // short keys: 0 f32, 1 f16, 2 int8 with a scale per key
 const LANE_STATS: u32 = 0u;  // 1: statistics per lane, not per range (CPU devices)
 const WG: u32 = 64u;
 const INVALID: u32 = 0xffffffffu;
 
 var<workgroup> lanes: array<f32, 64>;
 
-// The vec4 `e` of the short keys.
+// The vec4 `e` of the short keys (int8: unscaled, as 4-byte word e).
 fn key4(e: u32) -> vec4<f32> {
-    if KV_HALF != 0u {
+    if KEYS == 1u {
         let w = k_cache[e >> 1u];
         let h = select(w.xy, w.zw, (e & 1u) != 0u);
         return vec4<f32>(unpack2x16float(h.x), unpack2x16float(h.y));
     }
+    if KEYS == 2u {
+        return unpack4x8snorm(k_cache[e >> 2u][e & 3u]);
+    }
     return bitcast<vec4<f32>>(k_cache[e]);
+}
+
+// The int8 scale of key j of KV head kvh (after every key's R4 words).
+fn key_scale(kvh: u32, j: u32) -> f32 {
+    let e = (p.n_kv_heads * R4 + kvh) * p.capacity + j;
+    return bitcast<f32>(k_cache[e >> 2u][e & 3u]);
 }
 
 // x · e^d, or 0 where d ≤ -60 (d ≤ 0 here).
@@ -122,6 +133,12 @@ fn main(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wid: v
     let qx{g}_{c} = q[qb + {g}u * R4 + 2u * {c}u] * p.scale;
     let qy{g}_{c} = q[qb + {g}u * R4 + 2u * {c}u + 1u] * p.scale;
     // end unroll
+    // unroll c R16
+    let qa{g}_{c} = q[qb + {g}u * R4 + 4u * {c}u] * p.scale;
+    let qb{g}_{c} = q[qb + {g}u * R4 + 4u * {c}u + 1u] * p.scale;
+    let qc{g}_{c} = q[qb + {g}u * R4 + 4u * {c}u + 2u] * p.scale;
+    let qd{g}_{c} = q[qb + {g}u * R4 + 4u * {c}u + 3u] * p.scale;
+    // end unroll
     var m{g} = MASKED;
     var l{g} = 0.0;
     // end unroll
@@ -142,6 +159,13 @@ fn main(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wid: v
             let kx{c} = vec4<f32>(unpack2x16float(w{c}.x), unpack2x16float(w{c}.y));
             let ky{c} = vec4<f32>(unpack2x16float(w{c}.z), unpack2x16float(w{c}.w));
             // end unroll
+            // unroll c R16
+            let b{c} = k_cache[(kb >> 2u) + {c}u];
+            // end unroll
+            var sc = 1.0;
+            if KEYS == 2u {
+                sc = key_scale(kvh, j);
+            }
             // unroll g GROUP
             s{g} = 0.0;
             // unroll c RN
@@ -151,6 +175,11 @@ fn main(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wid: v
             s{g} += dot(qx{g}_{c}, kx{c});
             s{g} += dot(qy{g}_{c}, ky{c});
             // end unroll
+            // unroll c R16
+            s{g} += dot(qa{g}_{c}, unpack4x8snorm(b{c}.x)) + dot(qb{g}_{c}, unpack4x8snorm(b{c}.y));
+            s{g} += dot(qc{g}_{c}, unpack4x8snorm(b{c}.z)) + dot(qd{g}_{c}, unpack4x8snorm(b{c}.w));
+            // end unroll
+            s{g} *= sc;
             // end unroll
         }
         // unroll g GROUP

@@ -17,12 +17,14 @@ use std::sync::Arc;
 use crate::error::{Error, Result};
 use crate::model::Model;
 use crate::model_file;
-use crate::ops::KvType;
+use crate::ops::key_score::ShortKeyType;
 use crate::session::{Session, SessionOptions};
 
-/// How a session stores each token's short keys: f16, half the bytes of f32 (the ranking they
-/// give moves by the rounding of a 16-element dot product, far below the index's own error).
-pub const SHORT_KEYS: KvType = KvType::F16;
+/// How a session stores each token's short keys: int8 with a scale per key, 20 bytes a key of
+/// rank 16 against 32 in f16 and 64 in f32 (the scan over every token's keys is what grows with
+/// the context, and on a CPU device it waits on memory). The ranking moves by the rounding of
+/// each value to 1/254 of its key's largest, far below the index's own error.
+pub const SHORT_KEYS: ShortKeyType = ShortKeyType::I8;
 
 const KIND: model_file::Kind = model_file::Kind {
     name: "key index",
@@ -340,7 +342,7 @@ impl KeyIndex {
     /// Reference: the approximate logit of query head `h`'s vector `q` against a key `k` of
     /// its KV head at layer `l` (without the 1 / sqrt(head_dim) scale).
     pub fn logit(&self, l: usize, h: usize, q: &[f32], k: &[f32]) -> f32 {
-        self.logit_as(l, h, q, k, KvType::F32)
+        self.logit_as(l, h, q, k, ShortKeyType::F32)
     }
 
     /// [`KeyIndex::logit`] with the short key as a session stores it ([`SHORT_KEYS`]).
@@ -348,19 +350,19 @@ impl KeyIndex {
         self.logit_as(l, h, q, k, SHORT_KEYS)
     }
 
-    fn logit_as(&self, l: usize, h: usize, q: &[f32], k: &[f32], kv: KvType) -> f32 {
+    fn logit_as(&self, l: usize, h: usize, q: &[f32], k: &[f32], kind: ShortKeyType) -> f32 {
         let (hd, r) = (self.head_dim, self.rank);
         let g = h / (self.n_heads / self.n_kv_heads);
         let (a, b) = (self.map(&self.a, l, g), self.map(&self.b, l, g));
-        (0..r)
-            .map(|c| (0..hd).map(|i| a[i * r + c] * q[i]).sum::<f32>() * kv.round((0..hd).map(|i| b[i * r + c] * k[i]).sum::<f32>()))
-            .sum()
+        let key: Vec<f32> = (0..r).map(|c| (0..hd).map(|i| b[i * r + c] * k[i]).sum::<f32>()).collect();
+        let key = kind.round(&key, r);
+        (0..r).map(|c| (0..hd).map(|i| a[i * r + c] * q[i]).sum::<f32>() * key[c]).sum()
     }
 
     /// Bytes the index adds per token: rank elements ([`SHORT_KEYS`]) per KV head of every
     /// indexed layer.
     pub fn bytes_per_token(&self) -> usize {
-        (self.layers - self.dense_layers) * SHORT_KEYS.words(self.n_kv_heads * self.rank) * 4
+        (self.layers - self.dense_layers) * SHORT_KEYS.bytes_per_token(self.n_kv_heads, self.rank)
     }
 
     pub fn to_bytes(&self) -> Result<Vec<u8>> {

@@ -5,6 +5,7 @@ mod common;
 use std::sync::Arc;
 
 use adore::gpu::{Context, Dispatch};
+use adore::ops::key_score::ShortKeyType;
 use adore::ops::{self, attention::Heads, attention::INVALID_SLOT, matmul::Output, matmul::Variant, sample::Sampling, Step};
 use adore::tensor::{dequantize, quantize, DType, GpuWeight, HostTensor, Layout, RowSplit};
 use common::{assert_close, ctx, ctx_gpu_shape, ctx_without_subgroups, Rng, AWKWARD};
@@ -624,7 +625,7 @@ fn heads_first(keys: &[f32], n_kv: usize, rank: usize) -> Vec<f32> {
 }
 
 /// The key index's scores (short-key logits in ranges with their own softmax, then merged and
-/// summed over heads) against the f64 reference: both short-key types, several head layouts
+/// summed over heads) against the f64 reference: the three short-key types, several head layouts
 /// (groups of 1 to 8 query heads a KV head: a slot's logits in one or two vec4s), range counts from one to more ranges than slots, rows whose last one scores, free slots,
 /// future positions, windows, and capacity above the slots in use (scored 0).
 #[test]
@@ -645,16 +646,15 @@ fn key_scores_over_slot_ranges_match_the_reference() {
                 let cap = n_slots + 5;
                 let SlotCase { slot_pos, positions, q, k, .. } = slot_case(&mut rng, heads, n_slots, rows);
                 let shape = ops::key_score::Shape { n_heads, n_kv_heads: n_kv, rank, window, capacity: cap, chunks };
-                let kv = if chunks % 2 == 0 { ops::KvType::F32 } else { ops::KvType::F16 };
-                let kr: Vec<f32> = k.iter().map(|&x| kv.round(x)).collect();
+                let kv = [ShortKeyType::F32, ShortKeyType::F16, ShortKeyType::I8][(ci + chunks) % 3];
+                let kr = kv.round(&k, rank);
                 let last = &q[(rows - 1) * n_heads * rank..];
                 let mut want =
                     ops::key_score::reference(last, &kr[..n_slots * n_kv * rank], &slot_pos[..n_slots], positions[rows - 1], shape, 0.5);
                 // Slots at and above n_slots are free: their scores are left as they were.
                 want.resize(cap, 9.0);
                 // The keys by KV head and padded to 16 bytes, as sessions store them.
-                let mut words = kv.encode(&heads_first(&k, n_kv, rank));
-                words.resize(words.len().next_multiple_of(4), 0);
+                let words = kv.encode(&heads_first(&k, n_kv, rank), rank);
                 let (qb, kb, sb, pb) = (buf(&ctx, &q), buf_u32(&ctx, &words), buf_u32(&ctx, &slot_pos), buf_u32(&ctx, &positions));
                 let logits = buf(&ctx, &vec![0.5; ops::key_score::logits_len(n_heads, n_kv, cap)]);
                 let stats = buf(&ctx, &vec![3.0; ops::key_score::stats_len(&ctx, n_heads, chunks, rows)]);
@@ -689,7 +689,16 @@ fn short_rows_match_the_reference() {
     let cases = [(9usize, 3usize, 64usize, 16usize), (1, 1, 8, 4), (8, 1, 32, 64), (12, 4, 48, 8), (4, 4, 20, 4)];
     for &(n_heads, n_kv, hd, rank) in &cases {
         for &rows in &[1usize, 3, 65] {
-            for (kv, keys_only) in [(ops::KvType::F16, false), (ops::KvType::F32, false), (ops::KvType::F16, true)] {
+            for (kv, keys_only) in [
+                (ShortKeyType::F16, false),
+                (ShortKeyType::F32, false),
+                (ShortKeyType::F16, true),
+                (ShortKeyType::I8, false),
+                (ShortKeyType::I8, true),
+            ] {
+                if kv == ShortKeyType::I8 && rank % 4 != 0 {
+                    continue;
+                }
                 let cap = rows + 7;
                 let q = rng.vec(rows * n_heads * hd, 2.0);
                 let k = rng.vec(rows * n_kv * hd, 2.0);
@@ -699,7 +708,7 @@ fn short_rows_match_the_reference() {
                 if rows > 1 {
                     slots[1] = cap as u32 + 3;
                 }
-                let old_keys = kv.encode(&rng.vec(cap * n_kv * rank, 3.0));
+                let old_keys = kv.encode(&rng.vec(cap * n_kv * rank, 3.0), rank);
                 let old_qs = rng.vec(rows * n_heads * rank, 1.0);
                 let (qb, kb, mb, sb) = (buf(&ctx, &q), buf(&ctx, &k), buf(&ctx, &maps), buf_u32(&ctx, &slots));
                 let (qs, keys) = (buf(&ctx, &old_qs), buf_u32(&ctx, &old_keys));
@@ -708,7 +717,7 @@ fn short_rows_match_the_reference() {
                 run(&ctx, ops::key_score::build_short(&ctx, &b, &step(&ctx, rows, 0, 0), shape, hd, rows, keys_only).unwrap());
                 let what = format!("short rows heads {n_heads}/{n_kv} hd {hd} rank {rank} rows {rows} {kv:?} keys only {keys_only}");
                 let mut want_qs = Vec::new();
-                let mut want_keys = kv.decode(&old_keys);
+                let mut want_keys = kv.decode(&old_keys, cap * n_kv, rank);
                 for r in 0..rows {
                     let (wq, wk) = ops::key_score::short_reference(
                         &maps,
@@ -730,10 +739,34 @@ fn short_rows_match_the_reference() {
                     want_qs = old_qs.clone();
                 }
                 assert_close(&format!("{what}: queries"), &read(&ctx, &qs, want_qs.len()), &want_qs, 1e-4, 1e-4);
-                let got_keys = kv.decode(&pollster::block_on(ctx.read_u32(&keys, old_keys.len())).unwrap());
-                // f16: within one f16 step (2^-10 relative) of the f32 value.
-                let tol = if kv == ops::KvType::F16 { 1.0 / 1024.0 } else { 1e-4 };
-                assert_close(&format!("{what}: keys"), &got_keys, &want_keys, 1e-4, tol);
+                let got_words = pollster::block_on(ctx.read_u32(&keys, old_keys.len())).unwrap();
+                let got_keys = kv.decode(&got_words, cap * n_kv, rank);
+                if kv == ShortKeyType::I8 {
+                    // Each key within half a step (its largest magnitude / 127) of the f32 value,
+                    // and its largest value stored as its scale; the untouched slots unchanged.
+                    for (key, (got, want)) in got_keys.chunks(rank).zip(want_keys.chunks(rank)).enumerate() {
+                        let big = want.iter().fold(0.0f32, |m, v| m.max(v.abs()));
+                        let scale = f32::from_bits(got_words[cap * n_kv * rank / 4 + key]);
+                        assert!((scale - big).abs() <= 1e-4 * big, "{what}: key {key} scale {scale}, largest value {big}");
+                        for (c, (g, w)) in got.iter().zip(want).enumerate() {
+                            assert!(
+                                (g - w).abs() <= 0.5 * big / 127.0 * 1.001 + 1e-4 * big,
+                                "{what}: key {key} value {c}: {g} against {w}"
+                            );
+                        }
+                    }
+                    let moved: Vec<u32> = slots.iter().filter(|&&s| (s as usize) < cap).copied().collect();
+                    for (i, (g, o)) in got_words.iter().zip(&old_keys).enumerate() {
+                        let key = if i < cap * n_kv * rank / 4 { i / (rank / 4) } else { i - cap * n_kv * rank / 4 };
+                        if key < cap * n_kv && !moved.contains(&((key % cap) as u32)) {
+                            assert_eq!(g, o, "{what}: word {i} of an untouched slot changed");
+                        }
+                    }
+                } else {
+                    // f16: within one f16 step (2^-10 relative) of the f32 value.
+                    let tol = if kv == ShortKeyType::F16 { 1.0 / 1024.0 } else { 1e-4 };
+                    assert_close(&format!("{what}: keys"), &got_keys, &want_keys, 1e-4, tol);
+                }
             }
         }
     }

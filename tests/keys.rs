@@ -275,7 +275,8 @@ fn dense_layers_attend_to_everything_and_a_foreign_index_is_refused() {
     }
     let att = run(s.inspect().attended_table()).unwrap();
     assert_eq!(att.iter().filter(|&&x| x != INVALID_SLOT).count(), policy.budget + 1);
-    assert_eq!(index.bytes_per_token(), (LAYERS - 1) * KV_HEADS * 8 * 2);
+    // One indexed layer's short keys: rank 8 in int8 and a 4-byte scale per KV head.
+    assert_eq!(index.bytes_per_token(), (LAYERS - (LAYERS - 1)) * KV_HEADS * (8 + 4));
     let other = tiny_model(44);
     let oracle = Oracle { ranking: OracleRanking::Keys, protect: true };
     let foreign = SessionOptions { context: 64, chunk: 4, policy, oracle, index: Some(Arc::new(index)), ..Default::default() };

@@ -127,11 +127,12 @@ fn store_and_recompute_are_told_apart() {
     assert_eq!(s.kv_bytes() / r.kv_bytes(), 256 / (16 + 8));
     assert_eq!(r.options.policy.name(), "adore-recompute");
     assert_eq!(s.options.policy.name(), "adore-controller");
-    // Ranked by keys (the default), the store also holds every token's short keys (rank 4, f16).
+    // Ranked by keys (the default), the store also holds every token's short keys (rank 4,
+    // int8: 4 bytes and a 4-byte scale).
     let k = session(&m, Policy { ranking: Ranking::Keys, ..store(16, 2, 4) }, 256, 8, false);
     assert_eq!(k.options.policy.name(), "adore");
-    assert_eq!(adore::index::SHORT_KEYS, adore::ops::KvType::F16);
-    let short = (m.config.layers * m.config.n_kv_heads * 4 * 2 * 256) as u64;
+    assert_eq!(adore::index::SHORT_KEYS, adore::ops::key_score::ShortKeyType::I8);
+    let short = (m.config.layers * m.config.n_kv_heads * (4 + 4) * 256) as u64;
     assert_eq!(k.kv_bytes(), s.kv_bytes() + short);
     let e =
         Session::new(m.clone(), SessionOptions { policy: Policy { rebuild: 2, ..store(16, 2, 4) }, ..Default::default() }).err().unwrap();

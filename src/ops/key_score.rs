@@ -67,10 +67,105 @@ fn partials(ctx: &Context, chunks: usize) -> usize {
     }
 }
 
+/// How a layer's short keys are stored.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ShortKeyType {
+    F32,
+    /// f16, two to a 4-byte word (WGSL's `pack2x16float`).
+    F16,
+    /// int8, four to a word (WGSL's `pack4x8snorm`: round(127 · v / s)), each key (rank values of
+    /// one KV head at one slot) scaled by its largest magnitude s, kept as an f32 after all the
+    /// keys: rank + 4 bytes a key, against 2 · rank in f16. The rank must be a multiple of 4.
+    I8,
+}
+
+impl ShortKeyType {
+    /// 4-byte words of `keys` keys of `rank` values (f16: an even rank).
+    pub fn key_words(self, keys: usize, rank: usize) -> usize {
+        match self {
+            ShortKeyType::F32 => keys * rank,
+            ShortKeyType::F16 => (keys * rank).div_ceil(2),
+            ShortKeyType::I8 => keys * (rank.div_ceil(4) + 1),
+        }
+    }
+
+    /// Bytes a token's short keys take at one layer (n_kv_heads keys of `rank`).
+    pub fn bytes_per_token(self, n_kv_heads: usize, rank: usize) -> usize {
+        self.key_words(n_kv_heads, rank) * 4
+    }
+
+    /// The kernels' `KEYS` define.
+    fn define(self) -> u32 {
+        match self {
+            ShortKeyType::F32 => 0,
+            ShortKeyType::F16 => 1,
+            ShortKeyType::I8 => 2,
+        }
+    }
+
+    /// Keys of `rank` values, one after the other, as stored (for I8: every key's bytes, then
+    /// every key's scale), padded to 16 bytes.
+    pub fn encode(self, keys: &[f32], rank: usize) -> Vec<u32> {
+        let mut words = match self {
+            ShortKeyType::F32 => KvType::F32.encode(keys),
+            ShortKeyType::F16 => KvType::F16.encode(keys),
+            ShortKeyType::I8 => {
+                let scales: Vec<f32> = keys.chunks(rank).map(largest).collect();
+                let mut words: Vec<u32> = keys
+                    .chunks(rank)
+                    .zip(&scales)
+                    .flat_map(|(key, &s)| {
+                        let inv = if s > 0.0 { 1.0 / s } else { 0.0 };
+                        key.chunks(4)
+                            .map(move |four| four.iter().enumerate().map(|(i, &v)| (snorm8(v * inv) as u8 as u32) << (8 * i)).sum::<u32>())
+                    })
+                    .collect();
+                words.extend(scales.iter().map(|s| s.to_bits()));
+                words
+            }
+        };
+        words.resize(words.len().next_multiple_of(4), 0);
+        words
+    }
+
+    /// `keys` keys of `rank` values read back from their words ([`ShortKeyType::encode`]).
+    pub fn decode(self, words: &[u32], keys: usize, rank: usize) -> Vec<f32> {
+        match self {
+            ShortKeyType::F32 => KvType::F32.decode(&words[..keys * rank]),
+            ShortKeyType::F16 => KvType::F16.decode(&words[..(keys * rank).div_ceil(2)])[..keys * rank].to_vec(),
+            ShortKeyType::I8 => {
+                let w4 = rank.div_ceil(4);
+                (0..keys)
+                    .flat_map(|k| {
+                        let s = f32::from_bits(words[keys * w4 + k]);
+                        (0..rank).map(move |c| (words[k * w4 + c / 4] >> (8 * (c % 4))) as u8 as i8 as f32 / 127.0 * s)
+                    })
+                    .collect()
+            }
+        }
+    }
+
+    /// Keys of `rank` values as stored and read back: for CPU references.
+    pub fn round(self, keys: &[f32], rank: usize) -> Vec<f32> {
+        let n = keys.len() / rank;
+        self.decode(&self.encode(keys, rank), n, rank)
+    }
+}
+
+/// The largest magnitude of a key's values.
+fn largest(key: &[f32]) -> f32 {
+    key.iter().fold(0.0f32, |m, v| m.max(v.abs()))
+}
+
+/// `pack4x8snorm`'s byte for one value: round(127 · clamp(v, -1, 1)).
+fn snorm8(v: f32) -> i8 {
+    (v.clamp(-1.0, 1.0) * 127.0).round() as i8
+}
+
 /// Words of a layer's short keys as stored for `capacity` slots: padded to 16 bytes, since the
 /// scan reads them in 16-byte words.
-pub fn keys_words(kv: KvType, capacity: usize, n_kv_heads: usize, rank: usize) -> usize {
-    kv.words(capacity * n_kv_heads * rank).next_multiple_of(4)
+pub fn keys_words(kind: ShortKeyType, capacity: usize, n_kv_heads: usize, rank: usize) -> usize {
+    kind.key_words(capacity * n_kv_heads, rank).next_multiple_of(4)
 }
 
 /// f32 values of the last row's short-key logits for `capacity` slots: each KV head's group of
@@ -90,7 +185,7 @@ pub struct Buffers<'a> {
     /// (n_kv_heads, capacity, rank) short keys, as `kv` stores them: each KV head's keys
     /// together, so that the scan's workgroups (one per KV head) read cache lines of their own.
     pub keys: &'a wgpu::Buffer,
-    pub kv: KvType,
+    pub kv: ShortKeyType,
     pub slot_pos: &'a wgpu::Buffer,
     pub positions: &'a wgpu::Buffer,
     /// [`logits_len`] f32 scratch: the last row's short-key logits.
@@ -137,14 +232,26 @@ pub fn build(ctx: &Context, b: &Buffers, step: &wgpu::Buffer, shape: Shape, max_
     // Query heads per workgroup: the whole group sharing a KV head (each key read once for all
     // of them; on lavapipe one head per workgroup was slower, not faster).
     let hpw = n_heads / n_kv_heads;
-    // f16 keys of an even number of vec4s are read two vec4s a 16-byte word.
+    // f16 keys of an even number of vec4s are read two vec4s a 16-byte word, int8 keys of a
+    // multiple of four vec4s four a word; others a vec4 at a time.
     let r4 = (rank / 4) as u32;
-    let paired = b.kv == KvType::F16 && r4.is_multiple_of(2);
-    let (rn, r8) = if paired { (0, r4 / 2) } else { (r4, 0) };
+    let (rn, r8, r16) = match b.kv {
+        ShortKeyType::F16 if r4.is_multiple_of(2) => (0, r4 / 2, 0),
+        ShortKeyType::I8 if r4.is_multiple_of(4) => (0, 0, r4 / 4),
+        _ => (r4, 0, 0),
+    };
     let g4 = hpw.div_ceil(4) as u32;
     let lane_stats = (parts > chunks) as u32;
-    let defines =
-        [("R4", r4), ("RN", rn), ("R8", r8), ("GROUP", hpw as u32), ("G4", g4), ("KV_HALF", b.kv.half()), ("LANE_STATS", lane_stats)];
+    let defines = [
+        ("R4", r4),
+        ("RN", rn),
+        ("R8", r8),
+        ("R16", r16),
+        ("GROUP", hpw as u32),
+        ("G4", g4),
+        ("KEYS", b.kv.define()),
+        ("LANE_STATS", lane_stats),
+    ];
     let logits = ctx.pipeline_with(&shaders::KEY_LOGITS, "main", &[], &defines)?;
     let lp = ctx.uniform("key_logits.params", &lp);
     let first = ctx.dispatch(
@@ -209,7 +316,7 @@ pub struct ShortBuffers<'a> {
     pub qs: &'a wgpu::Buffer,
     /// (n_kv_heads, capacity, rank) the layer's short keys, as `kv` stores them.
     pub keys: &'a wgpu::Buffer,
-    pub kv: KvType,
+    pub kv: ShortKeyType,
     /// (rows) the rows' slots.
     pub slots: &'a wgpu::Buffer,
 }
@@ -226,17 +333,20 @@ pub fn build_short(
     keys_only: bool,
 ) -> Result<Dispatch> {
     let Shape { n_heads, n_kv_heads, rank, capacity, .. } = shape;
-    if n_kv_heads == 0 || n_heads % n_kv_heads != 0 || rank == 0 || rank % 2 != 0 {
+    let multiple = if b.kv == ShortKeyType::I8 { 4 } else { 2 };
+    if n_kv_heads == 0 || n_heads % n_kv_heads != 0 || rank == 0 || rank % multiple != 0 || rank > 64 {
         return Err(Error::Shape {
             op: "short_rows",
-            what: format!("{n_heads} query heads, {n_kv_heads} KV heads, rank {rank}: heads must divide evenly and the rank be even"),
+            what: format!(
+                "{n_heads} query heads, {n_kv_heads} KV heads, rank {rank}: heads must divide evenly and the rank be a multiple of {multiple} up to 64"
+            ),
         });
     }
     check_len("short_rows", "q", b.q, max_rows * n_heads * head_dim)?;
     check_len("short_rows", "k", b.k, max_rows * n_kv_heads * head_dim)?;
     check_len("short_rows", "maps", b.maps, 2 * n_kv_heads * head_dim * rank)?;
     check_len("short_rows", "qs", b.qs, max_rows * n_heads * rank)?;
-    check_len("short_rows", "keys", b.keys, b.kv.words(capacity * n_kv_heads * rank))?;
+    check_len("short_rows", "keys", b.keys, b.kv.key_words(capacity * n_kv_heads, rank))?;
     check_len("short_rows", "slots", b.slots, max_rows)?;
     let group = n_heads / n_kv_heads;
     let p = ShortParams {
@@ -247,7 +357,7 @@ pub fn build_short(
         capacity: capacity as u32,
         pad: [0; 3],
     };
-    let defines = [("GROUP", group as u32), ("HALF", b.kv.half()), ("QUERIES", !keys_only as u32)];
+    let defines = [("GROUP", group as u32), ("KEYS", b.kv.define()), ("W4", (rank / 4) as u32), ("QUERIES", !keys_only as u32)];
     let pipeline = ctx.pipeline_with(&shaders::SHORT_ROWS, "main", &[], &defines)?;
     let params = ctx.uniform("short_rows.params", &p);
     Ok(ctx.dispatch(

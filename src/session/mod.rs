@@ -104,7 +104,7 @@ impl Session {
             // rows, and the short keys of every token.
             Some(ix) => {
                 let indexed = c.layers - ix.first;
-                let short = self.n_past * crate::index::SHORT_KEYS.words(c.n_kv_heads * ix.rank) * 4;
+                let short = self.n_past * crate::index::SHORT_KEYS.bytes_per_token(c.n_kv_heads, ix.rank);
                 (ix.first * self.n_past * row + indexed * (slots * row + short)) as u64
             }
             None => (slots * row * c.layers) as u64,
