@@ -221,6 +221,13 @@ fn layers_after_a_ranking_layer_attend_to_its_choice() {
     };
     let (each, shared) = (dispatches(Policy { layers_per_choice: 1, ..policy }), dispatches(policy));
     assert!(shared < each, "two layers per choice: {shared} dispatches a step, against {each} with a choice per layer");
+    // A step reads one layer's short keys, not two (rank 4 in int8 and a 4-byte scale a KV head).
+    let read = |policy: Policy| {
+        let mut s = keys_session(&m, policy, true, &index);
+        run(s.prefill(&tokens[..24])).unwrap();
+        s.attended_kv_bytes()
+    };
+    assert_eq!(read(Policy { layers_per_choice: 1, ..policy }) - read(policy), (24 * KV_HEADS * (4 + 4)) as u64);
     let e = Policy { layers_per_choice: 0, ..policy }.validate().unwrap_err();
     assert!(e.to_string().contains("at least 1"), "{e}");
     let e = Policy { kind: PolicyKind::Tova, ..policy }.validate().unwrap_err();

@@ -101,11 +101,13 @@ impl Session {
         let row = self.options.kv_cache.words(c.kv_dim()) * 4 * 2;
         match &self.state.index {
             // Ranked by keys: the dense layers read everything; each indexed layer its chosen
-            // rows, and the short keys of every token.
+            // rows, and each that ranks (every `layers_per_choice`-th) the short keys of every
+            // token.
             Some(ix) => {
                 let indexed = c.layers - ix.first;
+                let ranking = (ix.first..c.layers).filter(|&l| ix.ranks(l)).count();
                 let short = self.n_past * crate::index::SHORT_KEYS.bytes_per_token(c.n_kv_heads, ix.rank);
-                (ix.first * self.n_past * row + indexed * (slots * row + short)) as u64
+                (ix.first * self.n_past * row + indexed * slots * row + ranking * short) as u64
             }
             None => (slots * row * c.layers) as u64,
         }
