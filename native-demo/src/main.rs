@@ -70,25 +70,9 @@ fn main() {
         std::env::set_var("XDG_RUNTIME_DIR", std::env::temp_dir());
     }
     if let Err(e) = run(Cli::parse()) {
-        eprintln!("error: {}", describe(&e));
+        eprintln!("error: {e:#}");
         std::process::exit(1);
     }
-}
-
-/// The error and its causes joined by ": ", leaving out a cause whose text the message before it
-/// already ends with (the library's I/O errors name their cause in their own text).
-fn describe(e: &anyhow::Error) -> String {
-    let mut out = String::new();
-    for cause in e.chain() {
-        let text = cause.to_string();
-        if !out.ends_with(&text) {
-            if !out.is_empty() {
-                out.push_str(": ");
-            }
-            out.push_str(&text);
-        }
-    }
-    out
 }
 
 fn run(cli: Cli) -> Result<()> {

@@ -442,7 +442,7 @@ pub mod files {
     }
 
     fn read(path: &Path) -> Result<Vec<u8>> {
-        let bytes = std::fs::read(path).map_err(|e| Error::Io { path: path.to_path_buf(), source: e })?;
+        let bytes = std::fs::read(path).map_err(|e| Error::Io { path: path.to_path_buf(), error: e })?;
         if bytes.is_empty() {
             return Err(Error::EmptyFile { path: path.display().to_string() });
         }
@@ -451,7 +451,7 @@ pub mod files {
 
     impl Files {
         pub fn read(path: &Path) -> Result<Self> {
-            let meta = std::fs::metadata(path).map_err(|e| Error::Io { path: path.to_path_buf(), source: e })?;
+            let meta = std::fs::metadata(path).map_err(|e| Error::Io { path: path.to_path_buf(), error: e })?;
             if !meta.is_dir() {
                 return Ok(Files::Gguf(path.display().to_string(), read(path)?));
             }
@@ -460,7 +460,7 @@ pub mod files {
                 Ok((p.display().to_string(), read(&p)?))
             };
             let mut st: Vec<PathBuf> = std::fs::read_dir(path)
-                .map_err(|e| Error::Io { path: path.to_path_buf(), source: e })?
+                .map_err(|e| Error::Io { path: path.to_path_buf(), error: e })?
                 .filter_map(|e| e.ok().map(|e| e.path()))
                 .filter(|p| p.extension().is_some_and(|x| x == "safetensors"))
                 .collect();
