@@ -140,6 +140,7 @@ impl Inner {
             ranking: o.ranking.parse()?,
             candidates: 0,
             layers_per_choice: o.layers_per_choice,
+            rank_ahead: false,
         };
         let policy = Policy::shared(kind, parts)?;
         let context = o.context.unwrap_or(SessionOptions::default_context(&self.model.config));

@@ -235,6 +235,66 @@ fn layers_after_a_ranking_layer_attend_to_its_choice() {
 }
 
 #[test]
+fn ranking_ahead_predicts_a_layers_query_before_the_previous_feed_forward() {
+    // Ranking ahead, layer 1 ranks with its query made from the residual stream before layer
+    // 0's feed-forward (layer 0, first, ranks by its own). With layer 0's down projection zero
+    // that stream is layer 1's input, so every step's scores, choice, token and logits equal
+    // ranking by layer 1's own query (a prediction from another layer's weights, norm or
+    // position fails it). With the model's own down projection the scores differ (the
+    // prediction is not layer 1's input) and the choice is the reference's fed them; a step
+    // has more dispatches (the prediction's own product, rotation and short queries); other
+    // policies refuse it.
+    let tokens = ids(120);
+    let policy = Policy { kind: PolicyKind::Adore, budget: 6, sinks: 2, recent: 2, ..Policy::default() };
+    let ahead = Policy { rank_ahead: true, ..policy };
+    ahead.validate().unwrap();
+    let p = cache_update::Params { in_flight: 1, ..cache_update::Params::new(320, &policy) };
+    let mut no_ffn = Tiny::new(47);
+    no_ffn.w.get_mut("blk.0.ffn_down.weight").unwrap().1.fill(0.0);
+    let m = load(&no_ffn);
+    let index = fitted(&m, 40, 4, 0);
+    let (mut a, mut b) = (keys_session(&m, ahead, true, &index), keys_session(&m, policy, true, &index));
+    for (t, &tok) in tokens.iter().enumerate() {
+        assert_eq!(run(a.feed(tok)).unwrap(), run(b.feed(tok)).unwrap(), "no feed-forward: token after position {t}");
+        let (sa, sb) = (run(a.inspect().slot_scores()).unwrap(), run(b.inspect().slot_scores()).unwrap());
+        assert_close(&format!("no feed-forward: scores at step {t}"), &sa[..=t], &sb[..=t], 1e-7, 1e-6);
+        let (ta, tb) = (run(a.inspect().attended_table()).unwrap(), run(b.inspect().attended_table()).unwrap());
+        assert_eq!(ta, tb, "no feed-forward: choice at step {t}");
+        assert_close(
+            &format!("no feed-forward: logits at {t}"),
+            &run(a.last_logits()).unwrap(),
+            &run(b.last_logits()).unwrap(),
+            1e-6,
+            1e-6,
+        );
+    }
+    let tiny = Tiny::new(47);
+    let m = load(&tiny);
+    let index = fitted(&m, 40, 4, 0);
+    let (mut a, mut b) = (keys_session(&m, ahead, true, &index), keys_session(&m, policy, true, &index));
+    let mut apart = 0f32;
+    for (t, &tok) in tokens.iter().enumerate() {
+        run(a.feed(tok)).unwrap();
+        run(b.feed(tok)).unwrap();
+        let (scores, own) = (run(a.inspect().slot_scores()).unwrap(), run(b.inspect().slot_scores()).unwrap());
+        apart = apart.max(scores[..=t].iter().zip(&own[..=t]).map(|(x, y)| (x - y).abs()).fold(0.0, f32::max));
+        let table = run(a.inspect().slot_table()).unwrap();
+        let att = run(a.inspect().attended_table()).unwrap();
+        assert_eq!(att, cache_update::reference(&table, &scores, p, t as u32 + 1, 1), "choice at step {t}");
+    }
+    assert!(apart > 1e-3, "ranking ahead gave layer 1's own scores (largest difference {apart})");
+    let dispatches = |policy: Policy| {
+        let mut s = keys_session(&m, policy, true, &index);
+        run(s.prefill(&tokens[..24])).unwrap();
+        run(s.profile_step(adore::profile::Timing::best(&m.ctx))).unwrap().1.dispatches.len()
+    };
+    let (own, more) = (dispatches(policy), dispatches(ahead));
+    assert!(more > own, "ranking ahead: {more} dispatches a step, against {own} by each layer's own query");
+    let e = Policy { kind: PolicyKind::Tova, ..ahead }.validate().unwrap_err();
+    assert!(e.to_string().contains("not tova"), "{e}");
+}
+
+#[test]
 fn prompts_attend_densely_and_store_their_short_keys() {
     // A prompt's rows attend to every token held: with a budget of 6, a prompt of 40 or 41
     // tokens (the last chunk one token) in chunks of 4 gives full attention's token and logits.

@@ -139,6 +139,11 @@ pub struct PartsArgs {
     /// docs/results.md).
     #[arg(long, default_value_t = 1)]
     pub layers_per_choice: usize,
+    /// adore ranked by keys (ignored by the other policies): each layer after the first ranks
+    /// with a query predicted from the residual stream before the previous layer's
+    /// feed-forward, not its own (a query product more a layer today; see docs/results.md).
+    #[arg(long)]
+    pub rank_ahead: bool,
     /// adore ranked by keys: the prompt's rows attend to the budget as generated tokens do, a
     /// chunk's rows sharing one choice (by default they attend to every token held, as full
     /// attention's; the store holds them all anyway).
@@ -169,6 +174,7 @@ impl PartsArgs {
             ranking: self.ranking,
             candidates: self.candidates,
             layers_per_choice: self.layers_per_choice,
+            rank_ahead: self.rank_ahead,
         }
     }
 
@@ -373,6 +379,9 @@ pub fn describe(p: &Policy) -> String {
                     "by the first of every {} layers over its short keys, the layers after it sharing its choice",
                     p.layers_per_choice
                 ),
+                Ranking::Keys if p.rank_ahead => {
+                    "by each layer over its short keys, with a query predicted before the layer before it ends"
+                }
                 Ranking::Keys => "by each layer over its short keys",
                 Ranking::Controller => "by the controller",
             };

@@ -309,6 +309,12 @@ pub struct Policy {
     /// its own short keys; N: the first of every N indexed layers ranks and the N - 1 after it
     /// attend to its choice (fewer dispatches and short keys, at a cost in fidelity).
     pub layers_per_choice: usize,
+    /// adore ranked by keys: each ranking layer after the first ranks with a query predicted
+    /// from the residual stream before the previous layer's feed-forward (that layer's norm
+    /// and query projection applied to it), so that its ranking no longer waits on the
+    /// previous layer's end. Today it costs a query product more a layer; it is the ranking
+    /// that a plan overlapping it with the previous layer needs (see docs/results.md).
+    pub rank_ahead: bool,
 }
 
 impl Default for Policy {
@@ -323,6 +329,7 @@ impl Default for Policy {
             ranking: Ranking::Keys,
             candidates: 0,
             layers_per_choice: 1,
+            rank_ahead: false,
         }
     }
 }
@@ -339,6 +346,7 @@ pub struct PolicyParts {
     pub ranking: Ranking,
     pub candidates: usize,
     pub layers_per_choice: usize,
+    pub rank_ahead: bool,
 }
 
 impl Default for PolicyParts {
@@ -352,6 +360,7 @@ impl Default for PolicyParts {
             ranking: Ranking::Keys,
             candidates: 0,
             layers_per_choice: 1,
+            rank_ahead: false,
         }
     }
 }
@@ -380,6 +389,7 @@ impl Policy {
             ranking: parts.ranking,
             candidates: if by_keys { parts.candidates } else { 0 },
             layers_per_choice: if by_keys { parts.layers_per_choice } else { 1 },
+            rank_ahead: by_keys && parts.rank_ahead,
         };
         p.validate()?;
         Ok(p)
@@ -464,6 +474,9 @@ impl Policy {
         }
         if self.layers_per_choice > 1 && !self.ranks_by_keys() {
             return Err(Error::arg(format!("layers per choice apply to adore ranked by keys, not {}", self.name())));
+        }
+        if self.rank_ahead && !self.ranks_by_keys() {
+            return Err(Error::arg(format!("ranking ahead applies to adore ranked by keys, not {}", self.name())));
         }
         if self.candidates > 0 && self.candidates <= self.budget {
             return Err(Error::arg(format!(

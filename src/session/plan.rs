@@ -136,15 +136,7 @@ impl<'a> Planner<'a> {
                 positions: &s.positions,
                 bias: layer.qkv_bias.as_ref(),
             };
-            let rope = ops::rope::Rope {
-                n_heads: c.n_heads,
-                n_kv_heads: c.n_kv_heads,
-                head_dim: c.head_dim,
-                theta: c.rope_theta(l),
-                factors: c.rope_factors(l),
-                interleaved: c.rope_interleaved,
-            };
-            plan.push(ops::rope::build(ctx, &qkv, step, rope, self.capacity, rows, l == 0)?);
+            plan.push(ops::rope::build(ctx, &qkv, step, self.rope(l), self.capacity, rows, l == 0)?);
             // The other writes into slots (queries recorded, short keys) take this one's buffers.
             let kv = ops::kv_write::KvWrite {
                 k: &s.k,
@@ -205,7 +197,8 @@ impl<'a> Planner<'a> {
                     };
                     let i = l - ix.first;
                     let shape = self.short_shape(ix, l);
-                    self.short_rows(plan, ix, l, rows, false)?;
+                    // Ranked ahead, the short query is made already: only the new rows' keys.
+                    self.short_rows(plan, ix, l, rows, self.ranks_ahead(ix, l))?;
                     let kb = ops::key_score::Buffers {
                         q: &ix.q,
                         keys: &ix.keys[i],
@@ -265,6 +258,12 @@ impl<'a> Planner<'a> {
             // The output projection adds into the residual stream (through its norm, where the
             // model has one).
             self.residual(plan, &layer.o, &s.att, layer.post_norms.as_ref().map(|n| &n.0), rows)?;
+            // Ranking ahead, the next layer's query from the stream as it stands now.
+            if let (Attend::Keys { dense: false, .. }, Some(ix)) = (attend, &s.index) {
+                if self.ranks_ahead(ix, l + 1) {
+                    self.ahead(plan, ix, l + 1, rows)?;
+                }
+            }
             // Feed-forward: norm, gate and up projections and SwiGLU (GeGLU), down projection added in.
             self.normed(plan, &layer.ffn_norm, &layer.gate_up, &s.gate, true, rows)?;
             self.residual(plan, &layer.down, &s.gate, layer.post_norms.as_ref().map(|n| &n.1), rows)?;
@@ -300,6 +299,65 @@ impl<'a> Planner<'a> {
         };
         plan.push(ops::key_score::build_short(self.ctx, &b, &s.step, self.short_shape(ix, l), self.c.head_dim, rows, keys_only)?);
         Ok(())
+    }
+
+    /// Whether layer l ranks with a query predicted ahead of it: ranking ahead, a layer that
+    /// ranks by its own short keys and has a layer before it.
+    fn ranks_ahead(&self, ix: &IndexState, l: usize) -> bool {
+        ix.ahead.is_some() && l > 0 && l < self.c.layers && l >= ix.first && ix.ranks(l)
+    }
+
+    /// Layer l's short queries of the new rows, predicted from the residual stream before the
+    /// previous layer's feed-forward: layer l's norm, q/k/v product (and head norm) and
+    /// rotation, into the ranking-ahead buffers, then the short queries into the index's (which
+    /// nothing writes before layer l's scan reads them). No key or value is stored: the rows'
+    /// slots are out of the cache here.
+    fn ahead(&self, plan: &mut Vec<Dispatch>, ix: &IndexState, l: usize, rows: usize) -> Result<()> {
+        let (ctx, c, s) = (self.ctx, self.c, self.s);
+        let Some(ahead) = &ix.ahead else { unreachable!("ranking ahead allocates its buffers") };
+        let layer = &self.w.layers[l];
+        self.normed(plan, &layer.attn_norm, &layer.qkv, &ahead.qkv, false, rows)?;
+        if let Some(g) = &layer.qk_norm {
+            plan.push(ops::head_norm::build(ctx, &ahead.qkv, g, &s.step, (c.n_heads, c.n_kv_heads, c.head_dim), c.rms_eps, rows)?);
+        }
+        let qkv = ops::rope::Qkv {
+            qkv: &ahead.qkv,
+            q: &ahead.q,
+            k: &ahead.k,
+            k_cache: &s.k_cache[l],
+            v_cache: &s.v_cache[l],
+            kv: self.options.kv_cache,
+            slots: &ahead.nowhere,
+            slot_pos: &s.slot_pos,
+            positions: &s.positions,
+            bias: layer.qkv_bias.as_ref(),
+        };
+        plan.push(ops::rope::build(ctx, &qkv, &s.step, self.rope(l), self.capacity, rows, false)?);
+        let i = l - ix.first;
+        let b = ops::key_score::ShortBuffers {
+            q: &ahead.q,
+            k: &ahead.k,
+            maps: &ix.maps[i],
+            qs: &ix.q,
+            keys: &ix.keys[i],
+            kv: SHORT_KEYS,
+            slots: &ahead.nowhere,
+        };
+        plan.push(ops::key_score::build_short(ctx, &b, &s.step, self.short_shape(ix, l), c.head_dim, rows, false)?);
+        Ok(())
+    }
+
+    /// Layer l's rotary positions.
+    fn rope(&self, l: usize) -> ops::rope::Rope<'_> {
+        let c = self.c;
+        ops::rope::Rope {
+            n_heads: c.n_heads,
+            n_kv_heads: c.n_kv_heads,
+            head_dim: c.head_dim,
+            theta: c.rope_theta(l),
+            factors: c.rope_factors(l),
+            interleaved: c.rope_interleaved,
+        }
     }
 
     /// x += w · input, in the product's epilogue; with `post_norm`, x += RMSNorm(w · input) (the

@@ -280,14 +280,27 @@ pub(crate) struct IndexState {
     pub maps: Vec<wgpu::Buffer>, // per layer (2, n_kv, head_dim, rank): `KeyIndex::maps`
     pub keys: Vec<wgpu::Buffer>, // per layer (n_kv, capacity, rank), stored as SHORT_KEYS, padded to 16 bytes (16 bytes where the layer does not rank)
     pub q: wgpu::Buffer,         // (rows, n_heads·rank)
+    /// Ranking ahead (`Policy::rank_ahead`): where a layer's predicted query is made.
+    pub ahead: Option<Ahead>,
     /// Slot ranges of the short-key scan (`ops::key_score::chunks`).
     pub chunks: usize,
     pub stats: wgpu::Buffer,  // the ranges' softmax statistics (`ops::key_score::stats_len`)
     pub logits: wgpu::Buffer, // the last row's short-key logits (`ops::key_score::logits_len`)
 }
 
+/// A layer's query predicted ahead of it, made as the layer makes its own (norm, product,
+/// rotation, short query) into buffers of its own: `nowhere` gives every row a slot beyond the
+/// cache, so that neither the rotation nor the short rows store a key or value.
+pub(crate) struct Ahead {
+    pub qkv: wgpu::Buffer,     // (rows, q_dim + 2 kv_dim)
+    pub q: wgpu::Buffer,       // (rows, q_dim) rotated
+    pub k: wgpu::Buffer,       // (rows, kv_dim) rotated, unread
+    pub nowhere: wgpu::Buffer, // (rows) u32::MAX
+}
+
 impl IndexState {
-    fn new(ctx: &Context, c: &Config, index: &KeyIndex, every: usize, capacity: usize, rows: usize) -> Result<Self> {
+    fn new(ctx: &Context, c: &Config, index: &KeyIndex, policy: &crate::policy::Policy, capacity: usize, rows: usize) -> Result<Self> {
+        let every = policy.layers_per_choice;
         let r = index.rank;
         let layers = index.dense_layers..c.layers;
         let chunks = crate::ops::key_score::chunks(ctx, capacity);
@@ -309,6 +322,15 @@ impl IndexState {
                 })
                 .collect::<Result<_>>()?,
             q: ctx.storage("index.q", f(rows * c.n_heads * r))?,
+            ahead: match policy.rank_ahead {
+                true => Some(Ahead {
+                    qkv: ctx.storage("ahead.qkv", f(rows * (c.q_dim() + 2 * c.kv_dim())))?,
+                    q: ctx.storage("ahead.q", f(rows * c.q_dim()))?,
+                    k: ctx.storage("ahead.k", f(rows * c.kv_dim()))?,
+                    nowhere: ctx.storage_init("ahead.nowhere", bytemuck::cast_slice(&vec![u32::MAX; rows]))?,
+                }),
+                false => None,
+            },
             chunks,
             stats: ctx.storage("index.stats", f(crate::ops::key_score::stats_len(ctx, c.n_heads, chunks, rows)))?,
             logits: ctx.storage("index.logits", f(crate::ops::key_score::logits_len(c.n_heads, c.n_kv_heads, capacity)))?,
@@ -455,7 +477,7 @@ impl RunState {
             staged,
             quest_bounds,
             index: match (&o.index, o.ranks_by_keys()) {
-                (Some(index), true) => Some(IndexState::new(ctx, c, index, o.policy.layers_per_choice, capacity, rows)?),
+                (Some(index), true) => Some(IndexState::new(ctx, c, index, &o.policy, capacity, rows)?),
                 _ => None,
             },
             q_record: match o.record_queries {
