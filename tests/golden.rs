@@ -143,6 +143,7 @@ fn the_default_model_ships_with_a_trained_controller() {
         ranking: adore::policy::Ranking::Controller,
         candidates: 0,
         layers_per_choice: 1,
+        rank_ahead: false,
     };
     // The shipped key index matches too, and the default adore (ranked by keys) uses it.
     let ix = adore::index::KeyIndex::builtin(&m.fingerprint).expect("no shipped key index matches the default model");
@@ -196,8 +197,9 @@ fn decode_dispatches_per_policy_and_kernel_shape() {
         let (sink, ..) = count(Policy::new(PolicyKind::Sink, parts).unwrap());
         let (adore, ..) = count(Policy::new(PolicyKind::Adore, parts).unwrap());
         let (shared, ..) = count(Policy::new(PolicyKind::Adore, PolicyParts { layers_per_choice: 2, ..parts }).unwrap());
+        let (ahead, ..) = count(Policy::new(PolicyKind::Adore, PolicyParts { rank_ahead: true, ..parts }).unwrap());
         eprintln!(
-            "{shape:?} kernels, decode dispatches: full {full}, sink {sink}, adore {adore}, adore with two layers per choice {shared} ({layers} layers)"
+            "{shape:?} kernels, decode dispatches: full {full}, sink {sink}, adore {adore}, adore with two layers per choice {shared}, ranking ahead {ahead} ({layers} layers)"
         );
         let full_max = per_layer * layers + 4;
         assert!(full <= full_max, "{shape:?} kernels, full attention: {full} dispatches per decode step, more than {full_max}");
@@ -211,6 +213,10 @@ fn decode_dispatches_per_policy_and_kernel_shape() {
         // Two layers per choice: the ranking in every other layer.
         let shared_max = full_max + per_layer_adore * layers.div_ceil(2);
         assert!(shared <= shared_max, "{shape:?} kernels, adore, two layers per choice: {shared} dispatches, more than {shared_max}");
+        // Ranking ahead, layers after the first predict their query by their own norm, product
+        // and rotation (a norm of its own on CPU devices), then its short queries.
+        let ahead_max = adore_max + if shape == KernelShape::Cpu { 4 } else { 3 } * (layers - 1);
+        assert!(ahead <= ahead_max, "{shape:?} kernels, adore ranking ahead: {ahead} dispatches, more than {ahead_max}");
         logits.push((token, full_logits));
     }
     let ((gpu_token, gpu), (cpu_token, cpu)) = (&logits[0], &logits[1]);
