@@ -25,6 +25,14 @@ pub(super) fn hints(layers: usize) -> usize {
     hint_of(layers) + 2
 }
 
+/// Where a layer's q, k and v of the new rows are made, and the rows' slots.
+struct Rows<'b> {
+    qkv: &'b wgpu::Buffer,
+    q: &'b wgpu::Buffer,
+    k: &'b wgpu::Buffer,
+    slots: &'b wgpu::Buffer,
+}
+
 /// How a forward pass attends.
 #[derive(Clone, Copy)]
 enum Attend<'b> {
@@ -120,23 +128,7 @@ impl<'a> Planner<'a> {
         for l in layers {
             let layer = &self.w.layers[l];
             // Attention: norm and q/k/v projections, rotary positions, store k/v, attend, project, add.
-            self.normed(plan, &layer.attn_norm, &layer.qkv, &s.qkv, false, rows)?;
-            if let Some(g) = &layer.qk_norm {
-                plan.push(ops::head_norm::build(ctx, &s.qkv, g, step, (c.n_heads, c.n_kv_heads, c.head_dim), c.rms_eps, rows)?);
-            }
-            let qkv = ops::rope::Qkv {
-                qkv: &s.qkv,
-                q: &s.q,
-                k: &s.k,
-                k_cache: &s.k_cache[l],
-                v_cache: &s.v_cache[l],
-                kv: self.options.kv_cache,
-                slots: &s.slots,
-                slot_pos: &s.slot_pos,
-                positions: &s.positions,
-                bias: layer.qkv_bias.as_ref(),
-            };
-            plan.push(ops::rope::build(ctx, &qkv, step, self.rope(l), self.capacity, rows, l == 0)?);
+            self.queries_and_keys(plan, l, rows, &self.own_rows(), l == 0)?;
             // The other writes into slots (queries recorded, short keys) take this one's buffers.
             let kv = ops::kv_write::KvWrite {
                 k: &s.k,
@@ -182,7 +174,7 @@ impl<'a> Planner<'a> {
                 Attend::Keys { dense: true, .. } => {
                     let Some(ix) = &s.index else { unreachable!("a session ranked by keys") };
                     if ix.ranks(l) {
-                        self.short_rows(plan, ix, l, rows, true)?;
+                        self.short_rows(plan, ix, l, rows, &self.own_rows(), true)?;
                     }
                     self.attention(plan, l, rows, &s.slot_pos, Mass::None, false)?;
                 }
@@ -198,7 +190,7 @@ impl<'a> Planner<'a> {
                     let i = l - ix.first;
                     let shape = self.short_shape(ix, l);
                     // Ranked ahead, the short query is made already: only the new rows' keys.
-                    self.short_rows(plan, ix, l, rows, self.ranks_ahead(ix, l))?;
+                    self.short_rows(plan, ix, l, rows, &self.own_rows(), self.ranks_ahead(ix, l))?;
                     let kb = ops::key_score::Buffers {
                         q: &ix.q,
                         keys: &ix.keys[i],
@@ -284,18 +276,50 @@ impl<'a> Planner<'a> {
         }
     }
 
-    /// Layer l's short queries of the new rows (unless `keys_only`) and their short keys,
+    /// The session's own buffers for the new rows' q, k and v.
+    fn own_rows(&self) -> Rows<'a> {
+        let s = self.s;
+        Rows { qkv: &s.qkv, q: &s.q, k: &s.k, slots: &s.slots }
+    }
+
+    /// Layer l's q, k and v of the new rows into `at`: norm, q/k/v products (and head norm),
+    /// rotary positions, k and v stored in the rows' slots (none where a slot is out of the
+    /// cache); with `write_table`, the slot table too.
+    fn queries_and_keys(&self, plan: &mut Vec<Dispatch>, l: usize, rows: usize, at: &Rows, write_table: bool) -> Result<()> {
+        let (ctx, c, s) = (self.ctx, self.c, self.s);
+        let layer = &self.w.layers[l];
+        self.normed(plan, &layer.attn_norm, &layer.qkv, at.qkv, false, rows)?;
+        if let Some(g) = &layer.qk_norm {
+            plan.push(ops::head_norm::build(ctx, at.qkv, g, &s.step, (c.n_heads, c.n_kv_heads, c.head_dim), c.rms_eps, rows)?);
+        }
+        let qkv = ops::rope::Qkv {
+            qkv: at.qkv,
+            q: at.q,
+            k: at.k,
+            k_cache: &s.k_cache[l],
+            v_cache: &s.v_cache[l],
+            kv: self.options.kv_cache,
+            slots: at.slots,
+            slot_pos: &s.slot_pos,
+            positions: &s.positions,
+            bias: layer.qkv_bias.as_ref(),
+        };
+        plan.push(ops::rope::build(ctx, &qkv, &s.step, self.rope(l), self.capacity, rows, write_table)?);
+        Ok(())
+    }
+
+    /// Layer l's short queries of the rows in `at` (unless `keys_only`) and their short keys,
     /// stored by slot as the KV write stores their keys.
-    fn short_rows(&self, plan: &mut Vec<Dispatch>, ix: &IndexState, l: usize, rows: usize, keys_only: bool) -> Result<()> {
+    fn short_rows(&self, plan: &mut Vec<Dispatch>, ix: &IndexState, l: usize, rows: usize, at: &Rows, keys_only: bool) -> Result<()> {
         let (s, i) = (self.s, l - ix.first);
         let b = ops::key_score::ShortBuffers {
-            q: &s.q,
-            k: &s.k,
+            q: at.q,
+            k: at.k,
             maps: &ix.maps[i],
             qs: &ix.q,
             keys: &ix.keys[i],
             kv: SHORT_KEYS,
-            slots: &s.slots,
+            slots: at.slots,
         };
         plan.push(ops::key_score::build_short(self.ctx, &b, &s.step, self.short_shape(ix, l), self.c.head_dim, rows, keys_only)?);
         Ok(())
@@ -313,38 +337,10 @@ impl<'a> Planner<'a> {
     /// nothing writes before layer l's scan reads them). No key or value is stored: the rows'
     /// slots are out of the cache here.
     fn ahead(&self, plan: &mut Vec<Dispatch>, ix: &IndexState, l: usize, rows: usize) -> Result<()> {
-        let (ctx, c, s) = (self.ctx, self.c, self.s);
         let Some(ahead) = &ix.ahead else { unreachable!("ranking ahead allocates its buffers") };
-        let layer = &self.w.layers[l];
-        self.normed(plan, &layer.attn_norm, &layer.qkv, &ahead.qkv, false, rows)?;
-        if let Some(g) = &layer.qk_norm {
-            plan.push(ops::head_norm::build(ctx, &ahead.qkv, g, &s.step, (c.n_heads, c.n_kv_heads, c.head_dim), c.rms_eps, rows)?);
-        }
-        let qkv = ops::rope::Qkv {
-            qkv: &ahead.qkv,
-            q: &ahead.q,
-            k: &ahead.k,
-            k_cache: &s.k_cache[l],
-            v_cache: &s.v_cache[l],
-            kv: self.options.kv_cache,
-            slots: &ahead.nowhere,
-            slot_pos: &s.slot_pos,
-            positions: &s.positions,
-            bias: layer.qkv_bias.as_ref(),
-        };
-        plan.push(ops::rope::build(ctx, &qkv, &s.step, self.rope(l), self.capacity, rows, false)?);
-        let i = l - ix.first;
-        let b = ops::key_score::ShortBuffers {
-            q: &ahead.q,
-            k: &ahead.k,
-            maps: &ix.maps[i],
-            qs: &ix.q,
-            keys: &ix.keys[i],
-            kv: SHORT_KEYS,
-            slots: &ahead.nowhere,
-        };
-        plan.push(ops::key_score::build_short(ctx, &b, &s.step, self.short_shape(ix, l), c.head_dim, rows, false)?);
-        Ok(())
+        let at = Rows { qkv: &ahead.qkv, q: &ahead.q, k: &ahead.k, slots: &ahead.nowhere };
+        self.queries_and_keys(plan, l, rows, &at, false)?;
+        self.short_rows(plan, ix, l, rows, &at, false)
     }
 
     /// Layer l's rotary positions.
